@@ -1,0 +1,44 @@
+# Set-up is idempotent: `make demo` and `make test` each create .venv, install everything
+# (torch first, pinned to the CPU build) and the Fashion-MNIST Debian package when missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR ?= $(or $(COMPRESSOR_FASHION_MNIST),/usr/share/datasets/fashion-mnist)
+FMNIST := $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test bench train clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first and exactly 2.13.0 (the CPU build): anything else pulls GBs of CUDA packages
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(FMNIST):
+	@echo "Fashion-MNIST missing in $(FMNIST_DIR): installing Debian package dataset-fashion-mnist"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+	@test -f $@ || { echo "dataset-fashion-mnist installed but $@ is missing; set COMPRESSOR_FASHION_MNIST"; exit 1; }
+
+demo: setup
+	mkdir -p build
+	$(VENV)/bin/compress models/paper_mlp.pt --arch models.mlp:paper_mlp \
+		--target 0.85 --data fashion-mnist -o build/paper_mlp.compressed.onnx
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+# Re-train the shipped example weights (about 40 s on 2 cores).
+train: setup
+	$(PY) -m models.train
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,1 @@
+"""compressor: activation-based pruning of PyTorch models into small, fast ONNX."""

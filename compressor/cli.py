@@ -1,0 +1,138 @@
+"""Command line: parses options, builds configs, calls one library function per command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import BenchConfig, Compensation, CompressConfig, FinetuneConfig, PruneConfig, Scope
+from .errors import CompressorError, first_line
+from .pipeline import Paths, compress
+from .report import format_table
+
+USAGE_ERROR = 2
+
+
+# Subcommands by name (`compress check ...`); anything else is the main job, `compress MODEL`.
+SUBCOMMANDS: dict[str, click.Command] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point `compress`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command, name = compress_command, "compress"
+    if args and args[0] in SUBCOMMANDS:
+        command, name, args = SUBCOMMANDS[args[0]], f"compress {args[0]}", args[1:]
+    try:
+        code = command.main(args, prog_name=name, standalone_mode=False)
+    except click.UsageError as e:  # one line, not click's three
+        click.echo(f"Error: {e.format_message()} (see '{name} --help')", err=True)
+        code = USAGE_ERROR
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        code = 1
+    sys.exit(code or 0)
+
+
+@click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="compressor")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", type=float, required=True,
+              help="Fraction of the model's Linear weights to remove, 0 < T < 1 (0.85 = 85% fewer).")
+@click.option("--data", "-d", required=True, metavar="fashion-mnist|FILE",
+              help="Calibration data: 'fashion-mnist' (built in) or a .npz (x, optional y), "
+                   ".npy (x) or .pt file (tensor or dict with x, optional y).")
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), default="global",
+              show_default=True, help="Rank neurons across all layers, or remove the same "
+                                      "fraction of each layer.")
+@click.option("--cycles", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Pruning cycles with fine-tuning between them (labelled data only; "
+                   "unlabelled data is pruned in one shot).")
+@click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
+              default="mean", show_default=True,
+              help="Fold each removed neuron's mean activation into the next bias (mean), or "
+                   "only exact constants (none).")
+@click.option("--epochs", type=click.IntRange(0, 1000), default=6, show_default=True,
+              help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
+                   "is kept); 0 disables fine-tuning.")
+@click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Epochs without a better validation accuracy before fine-tuning stops.")
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Fine-tuning learning rate (Adam, cosine decay within each cycle).")
+@click.option("--distill", type=float, default=0.5, show_default=True,
+              help="Weight of distillation from the dense model's outputs during fine-tuning "
+                   "(0 = labels only, 1 = teacher only).")
+@click.option("--calibration-samples", type=click.IntRange(1), default=10_000,
+              show_default=True, help="Most samples used to count activations.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="ONNX file to write [default: <model stem>.compressed.onnx beside MODEL].")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="JSON report to write [default: the output path with .json].")
+@click.option("--arch", metavar="MODULE:CALLABLE",
+              help="For state_dict files: the function or class that builds the model, "
+                   "importable from the current directory or PYTHONPATH.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a whole pickled nn.Module. Unpickling runs code from the "
+                   "file: use only for files you trust.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="onnxruntime intra-op threads for the latency measurement.")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for data splits and fine-tuning.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the report table.")
+def compress_command(model: Path, target: float, data: str, scope: str, cycles: int,
+                     compensate: str, epochs: int, patience: int, lr: float, distill: float,
+                     calibration_samples: int, output: Path | None, report: Path | None,
+                     arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
+                     seed: int, quiet: bool) -> None:
+    """Prune MODEL to --target fewer weights and write a verified ONNX file and JSON report.
+
+    MODEL is a TorchScript archive, a torch.export program (.pt2), a state_dict or checkpoint
+    (with --arch), or a pickled nn.Module (only with --trust-pickle).
+    """
+    try:
+        config = CompressConfig(
+            prune=PruneConfig(target=target, scope=Scope(scope), cycles=cycles,
+                              compensate=Compensation(compensate),
+                              calibration_samples=calibration_samples),
+            finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
+            bench=None if no_latency else BenchConfig(threads=threads),
+            seed=seed)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    paths = Paths(model, output, report, arch, trust_pickle)
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    progress = None if quiet or not sys.stderr.isatty() else _progress
+    result = _run(lambda: compress(paths, data, config, log=log, progress=progress))
+    click.echo(format_table(result))
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    click.echo(f"\r{stage} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}",
+               err=True, nl=False)
+    if end:
+        click.echo("", err=True)
+
+
+def _run(job):
+    """Run a library call; user errors become one line and exit code 2, never a traceback."""
+    try:
+        return job()
+    except CompressorError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(USAGE_ERROR)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; nothing was written.", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: one line, the traceback only on request
+        if os.environ.get("COMPRESSOR_DEBUG"):
+            raise
+        click.echo(f"Internal error ({type(e).__name__}: {first_line(e)}); nothing was written. "
+                   "Re-run with COMPRESSOR_DEBUG=1 for the traceback and report it.", err=True)
+        sys.exit(3)

@@ -1,0 +1,84 @@
+"""Export the working graph to one self-contained ONNX file and verify it in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import fx
+
+from .errors import ExportError, first_line
+from .graph import quiet, run_batched
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
+    """ONNX bytes (opset 18, dynamic batch axis, weights inside), checked by onnx.checker."""
+    batch = torch.export.Dim("batch")
+    try:
+        with quiet():
+            program = torch.onnx.export(gm, (example,), dynamo=True, external_data=False,
+                                        dynamic_shapes=({0: batch},), opset_version=OPSET,
+                                        verbose=False)
+        proto = program.model_proto
+        _rename(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+        _rename(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
+        for flat, original in gm.meta.get("original_names", {}).items():
+            _rename(proto.graph, flat, original)
+        _strip_debug_info(proto.graph)
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # the exporter raises many types
+        raise ExportError(f"ONNX export failed ({first_line(e)}); nothing was written") from e
+    return proto.SerializeToString()
+
+
+def session(model: bytes, *, threads: int = 1) -> ort.InferenceSession:
+    """A CPU onnxruntime session with `threads` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(sess: ort.InferenceSession, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Outputs of an onnxruntime session on `x`, in batches."""
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch_size].numpy()})[0]
+            for i in range(0, x.shape[0], batch_size)]
+    return torch.from_numpy(np.concatenate(outs))
+
+
+def verify(model: bytes, gm: fx.GraphModule, x: torch.Tensor, *, tolerance: float) -> float:
+    """Max |onnxruntime - PyTorch| on `x`; raises ExportError above `tolerance`."""
+    diff = float((run_onnx(session(model), x) - run_batched(gm, x)).abs().max())
+    if not diff <= tolerance:
+        raise ExportError(f"the ONNX model differs from the pruned PyTorch model by {diff:.3g} "
+                          f"(limit {tolerance:g}) on {x.shape[0]} inputs; nothing was written. "
+                          "Please report this with the model")
+    return diff
+
+
+def _strip_debug_info(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node stack traces and FX text: they are most of a small
+    model's file and would ship the user's source paths."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    taken = {v for n in graph.node for v in (*n.input, *n.output)} | \
+        {v.name for v in (*graph.input, *graph.output, *graph.initializer)}
+    if old == new or new in taken:
+        return
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + \
+            list(graph.initializer):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]

@@ -1,0 +1,202 @@
+"""Load a model file: TorchScript, torch.export `.pt2`, state_dict + `--arch`, or (opt-in) a
+pickled module. Nothing here modifies the file."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import DataError, ModelError, first_line
+
+
+class ModelFormat(str, Enum):
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "torch.export"
+    STATE_DICT = "state_dict"
+    PICKLED_MODULE = "pickled module"
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model: `run` is callable on a batch; `program` is set for `.pt2` files."""
+
+    path: Path
+    format: ModelFormat
+    run: Callable[[torch.Tensor], Any]
+    program: torch.export.ExportedProgram | None = None
+
+
+def load_model(path: Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Detect the format of `path` and load it on the CPU.
+
+    Args:
+        path: the model file.
+        arch: `module:callable` that builds the module, for state_dict files.
+        trust_pickle: allow unpickling a whole `nn.Module` (runs code from the file).
+
+    Returns:
+        The loaded model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist: check the path")
+    if path.is_dir():
+        raise ModelError(f"model path {path} is a directory: pass the model file itself")
+    if path.stat().st_size == 0:
+        raise ModelError(f"model file {path} is empty: re-save the model")
+    fmt = _sniff(path)
+    if arch is not None and fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORTED_PROGRAM):
+        raise ModelError(f"--arch is only for state_dict files, but {path} is a {fmt.value} "
+                         "archive that describes itself: drop --arch")
+    if fmt is ModelFormat.TORCHSCRIPT:
+        module = _guard(path, "TorchScript archive", lambda: torch.jit.load(str(path), "cpu"))
+        return LoadedModel(path, fmt, module.eval())
+    if fmt is ModelFormat.EXPORTED_PROGRAM:
+        program = _guard(path, "torch.export program", lambda: torch.export.load(str(path)))
+        return LoadedModel(path, fmt, program.module(), program)
+    return _load_pickle(path, arch=arch, trust_pickle=trust_pickle)
+
+
+def find_input_layout(model: LoadedModel, x: torch.Tensor) -> tuple[Callable, int]:
+    """Find how `x` must be shaped for the model (as is, flattened, or without its channel axis).
+
+    Returns:
+        The reshaping function and the model's number of outputs per sample.
+    """
+    candidates = [("as given", lambda t: t)]
+    if x.ndim > 2:
+        candidates.append(("flattened", lambda t: t.flatten(1)))
+    if x.ndim == 4 and x.shape[1] == 1:
+        candidates.append(("without the channel axis", lambda t: t.squeeze(1)))
+    first_error = None
+    for _, layout in candidates:
+        try:
+            with torch.no_grad():
+                out = output_tensor(model.run(layout(x[:2])))
+        except Exception as e:  # the user's model code may raise anything
+            first_error = first_error or first_line(e)
+            continue
+        if out.ndim == 2 and out.shape[0] == min(2, x.shape[0]):
+            return layout, int(out.shape[1])
+        first_error = first_error or f"it returned shape {list(out.shape)}, not [batch, classes]"
+    tried = ", ".join(name for name, _ in candidates)
+    raise DataError(f"the model cannot take the data (inputs of shape [N, "
+                    f"{', '.join(map(str, x.shape[1:]))}], tried {tried}): {first_error}; "
+                    "give data in the shape the model expects")
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """The single logits tensor a model returns (a 1-tuple is unwrapped)."""
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"the model returns {type(out).__name__}; compressor needs a model that "
+                         "returns one tensor of logits [batch, classes]")
+    return out
+
+
+def _sniff(path: Path) -> ModelFormat:
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle
+            return ModelFormat.STATE_DICT
+        raise ModelError(f"{path} is not a PyTorch model file (not a zip archive or pickle): "
+                         "save it with torch.save, torch.jit.save or torch.export.save")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelError(f"{path} is a corrupt zip archive ({e}): re-save the model") from e
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return ModelFormat.TORCHSCRIPT
+    if any(n.endswith("archive_format") or "serialized_exported_program" in n for n in names):
+        return ModelFormat.EXPORTED_PROGRAM
+    if any(n.endswith("data.pkl") for n in names):
+        return ModelFormat.STATE_DICT
+    raise ModelError(f"{path} is a zip archive but not a PyTorch model (no TorchScript code, "
+                     "exported program or torch.save data): check the file")
+
+
+def _load_pickle(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedModel:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            raise ModelError(
+                f"{path} is a pickled Python object (probably a whole nn.Module), and unpickling "
+                "runs arbitrary code from the file: pass --trust-pickle only if you trust it, or "
+                "save model.state_dict() and pass --arch module:callable") from e
+        obj = _guard(path, "pickled module",
+                     lambda: torch.load(path, map_location="cpu", weights_only=False))
+    except Exception as e:  # corrupt archives raise RuntimeError, EOFError, KeyError, ...
+        raise ModelError(f"{path} is corrupt or truncated ({first_line(e)}): re-save the model") from e
+    if isinstance(obj, nn.Module):
+        if arch is not None:
+            raise ModelError(f"{path} holds a whole module: drop --arch")
+        return LoadedModel(path, ModelFormat.PICKLED_MODULE, obj.eval())
+    state = _state_dict_of(obj)
+    if state is None:
+        raise ModelError(f"{path} holds a {type(obj).__name__}, not a state_dict or module: save "
+                         "model.state_dict() (or a checkpoint dict with a 'state_dict' entry)")
+    if arch is None:
+        raise ModelError(f"{path} is a state_dict without the model's code: pass "
+                         "--arch module:callable, a function or class that builds the module")
+    module = build_arch(arch)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"the weights in {path} do not fit --arch {arch} "
+                         f"({first_line(e)}): pass the architecture they were trained with") from e
+    return LoadedModel(path, ModelFormat.STATE_DICT, module.eval())
+
+
+def build_arch(arch: str) -> nn.Module:
+    """Import `module:callable` (from the current directory or PYTHONPATH) and call it."""
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"--arch {arch!r} must look like module:callable, e.g. models.mlp:paper_mlp")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"cannot find --arch {arch} ({first_line(e)}): run from the directory "
+                         "that holds the module or add it to PYTHONPATH") from e
+    try:
+        module = target()
+    except Exception as e:  # the user's constructor may raise anything
+        raise ModelError(f"--arch {arch}() failed ({first_line(e)}): it must build the model "
+                         "without arguments") from e
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"--arch {arch}() returned {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj:
+                return _state_dict_of(obj[key])
+    return None
+
+
+def _guard(path: Path, what: str, load: Callable[[], Any]) -> Any:
+    try:
+        return load()
+    except Exception as e:  # loaders raise many types for damaged files
+        raise ModelError(f"cannot load {path} as a {what} ({first_line(e)}): re-save the model "
+                         "with the same torch version (2.13)") from e

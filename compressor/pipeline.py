@@ -1,0 +1,210 @@
+"""`compress`: load -> trace -> (calibrate -> select -> compensate -> shrink -> fine-tune) per
+cycle -> export -> verify -> report -> write. Nothing is written unless every step succeeds."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import fx
+
+from .bench import latency_ms
+from .calibrate import ActivationStats, count_activations
+from .compensate import compensate
+from .config import CompressConfig
+from .data import DataSplits, load_data
+from .errors import DataError, NothingToPruneError, OutputError
+from .export import run_onnx, session, to_onnx, verify
+from .files import check_output, write_atomic
+from .finetune import accuracy, finetune
+from .graph import capture, get_tensor, run_batched
+from .load import find_input_layout, load_model
+from .pack import shrink
+from .report import CycleRow, LayerRow, Latency, Report, format_table
+from .select import Budget, select
+from .trace import Trace, trace
+
+TOLERANCE = 0.0095  # the achieved reduction lands in [target, target + 0.01)
+PARITY_SAMPLES = 1_000
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where `compress` reads and writes (the model may carry its own code via `arch`)."""
+
+    model: Path
+    output: Path | None = None
+    report: Path | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+
+
+def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None = None,
+             progress: Progress | None = None) -> Report:
+    """Prune the model at `paths.model` to `config.prune.target`, export and verify ONNX, write
+    the ONNX file and the JSON report, and return the report.
+
+    Args:
+        paths: model, outputs (default: `<stem>.compressed.onnx` and `.json` beside the model).
+        data: `fashion-mnist` or a data file (see `compressor.data.load_data`).
+        config: pruning, fine-tuning and benchmark settings.
+        log: receives one line per stage.
+        progress: receives (stage, done, total) while counting activations.
+    """
+    started = time.perf_counter()
+    log = log or (lambda _: None)
+    torch.manual_seed(config.seed)
+    model_path = Path(paths.model)
+    output = check_output(paths.output or _default_output(model_path), inputs=(model_path,))
+    report_path = check_output(paths.report or output.with_suffix(".json"),
+                               inputs=(model_path, output))
+    model = load_model(model_path, arch=paths.arch, trust_pickle=paths.trust_pickle)
+    splits = _fit_data(model, load_data(data, seed=config.seed))
+    log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
+        f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
+    dense = capture(model, splits.train.x[:2])
+    gm = copy.deepcopy(dense)
+    found = trace(gm)
+    if not found.groups:
+        reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or "no Linear layers"
+        raise NothingToPruneError(f"nothing to prune in {model_path} ({reasons}): compressor "
+                                  "removes neurons of a Linear followed by a ReLU and one Linear")
+    teacher = run_batched(dense, splits.train.x) if splits.labelled else None
+    pruned = _prune(gm, found, splits, config, teacher, log, progress)
+    log("exporting ONNX and verifying it in onnxruntime")
+    onnx_dense, onnx_pruned = to_onnx(dense, splits.train.x[:2]), to_onnx(gm, splits.train.x[:2])
+    parity_x = splits.validation.x[:PARITY_SAMPLES]
+    diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
+    acc_before = acc_after = None
+    if splits.test is not None and splits.test.y is not None:
+        acc_before = accuracy(run_batched(dense, splits.test.x), splits.test.y)
+        acc_after = accuracy(run_onnx(session(onnx_pruned), splits.test.x), splits.test.y)
+    latencies = _latencies(onnx_dense, onnx_pruned, splits.validation.x[:256], config)
+    w_before, w_after = _weights(dense, found), _weights(gm, found)
+    report = Report(
+        model=str(model_path), model_format=model.format.value, data=data, output=str(output),
+        report=str(report_path), target=config.prune.target, scope=config.prune.scope.value,
+        compensate=config.prune.compensate.value,
+        calibration_samples=pruned.stats.samples, weights_before=w_before, weights_after=w_after,
+        flops_before=2 * w_before, flops_after=2 * w_after,
+        onnx_bytes_before=len(onnx_dense), onnx_bytes=len(onnx_pruned),
+        accuracy_before=acc_before, accuracy_after=acc_after,
+        accuracy_data=None if acc_before is None else
+        f"{'fashion-mnist test' if data == 'fashion-mnist' else 'held-out test split'} "
+        f"({len(splits.test):,} samples, not used for fine-tuning)",
+        parity_max_abs_diff=diff, parity_samples=int(parity_x.shape[0]),
+        latency_threads=config.bench.threads if config.bench else 0, latency=latencies,
+        layers=_layer_rows(dense, gm, found, pruned.stats), cycles=pruned.cycles,
+        plan=pruned.plan, seconds=round(time.perf_counter() - started, 2))
+    write_atomic({output: onnx_pruned, report_path: report.to_json().encode()})
+    return report
+
+
+@dataclass(frozen=True)
+class _Pruned:
+    stats: ActivationStats  # first cycle's counts (of the original model)
+    cycles: tuple[CycleRow, ...]
+    plan: dict[str, dict[str, object]]
+
+
+def schedule(target: float, cycles: int) -> list[float]:
+    """Cumulative targets: cycle n removes a share proportional to 0.8**n (paper Algorithm 1)."""
+    shares = [0.8 ** n for n in range(cycles)]
+    total, done, out = sum(shares), 0.0, []
+    for share in shares:
+        done += share
+        out.append(target * done / total)
+    out[-1] = target
+    return out
+
+
+def _prune(gm: fx.GraphModule, found: Trace, splits: DataSplits, config: CompressConfig,
+           teacher: torch.Tensor | None, log: Log, progress: Progress | None) -> _Pruned:
+    prune, groups = config.prune, found.groups
+    original = {g.name: g.size for g in groups}
+    kept = {g.name: torch.arange(g.size) for g in groups}
+    w0 = _weights(gm, found)
+    train = splits.labelled and config.finetune.max_epochs > 0
+    targets = schedule(prune.target, prune.cycles if splits.labelled else 1)
+    calib = splits.train.x[:prune.calibration_samples]
+    rows, first = [], None
+    for n, target in enumerate(targets, 1):
+        stage = f"cycle {n}/{len(targets)}: counting activations"
+        stats = count_activations(gm, groups, calib, batch_size=prune.batch_size,
+                                  progress=progress and (lambda d, t: progress(stage, d, t)))
+        first = first or stats
+        shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
+        budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
+        removed = select(groups, stats.counts, shapes, budget, scope=prune.scope,
+                         original_sizes=original)
+        exact = compensate(gm, groups, removed, stats, mode=prune.compensate)
+        dead = sum(int((stats.counts[g.name][removed[g.name]] == 0).sum()) for g in groups)
+        for g in groups:
+            mask = torch.ones(g.size, dtype=torch.bool)
+            mask[removed[g.name]] = False
+            kept[g.name] = kept[g.name][mask]
+        groups = shrink(gm, groups, removed)
+        result = finetune(gm, splits.train, splits.validation, config.finetune,
+                          teacher=teacher, seed=config.seed + n) if train else None
+        reached = 1 - _weights(gm, found) / w0
+        rows.append(CycleRow(n, round(target, 6), round(reached, 6),
+                             sum(int(r.numel()) for r in removed.values()), dead,
+                             sum(exact.values()), result.epochs if result else 0,
+                             result.val_accuracy if result else None))
+        log(f"cycle {n}/{len(targets)}: removed {rows[-1].removed} neurons ({dead} dead), "
+            f"weights -{100 * reached:.2f}%" + (f", fine-tuned {result.epochs} epochs, "
+                                                f"val acc {100 * result.val_accuracy:.2f}%"
+                                                if result else ""))
+    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
+    return _Pruned(first, tuple(rows), plan)
+
+
+def _fit_data(model, splits: DataSplits) -> DataSplits:
+    layout, classes = find_input_layout(model, splits.train.x)
+    splits = splits.map_x(layout)
+    for part in (splits.train, splits.validation, splits.test):
+        if part is not None and part.y is not None and int(part.y.max()) >= classes:
+            raise DataError(f"{splits.name}: labels go up to {int(part.y.max())} but the model "
+                            f"has {classes} outputs: give labels 0..{classes - 1}")
+    return splits
+
+
+def _latencies(dense: bytes, pruned: bytes, sample: torch.Tensor,
+               config: CompressConfig) -> tuple[Latency, ...]:
+    if config.bench is None:
+        return ()
+    b = config.bench
+    return tuple(Latency(batch, latency_ms(dense, sample, batch=batch, threads=b.threads,
+                                           seconds=b.seconds),
+                         latency_ms(pruned, sample, batch=batch, threads=b.threads,
+                                    seconds=b.seconds)) for batch in b.batches)
+
+
+def _weights(gm: fx.GraphModule, found: Trace) -> int:
+    return sum(get_tensor(gm, layer.weight).numel() for layer in found.layers)
+
+
+def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
+                stats: ActivationStats) -> tuple[LayerRow, ...]:
+    reasons = dict(found.dense)
+    rows = []
+    for layer in found.layers:
+        before, after = get_tensor(dense, layer.weight).shape, get_tensor(gm, layer.weight).shape
+        pruned = layer.name in stats.counts
+        rows.append(LayerRow(layer.name, int(before[1]), int(before[0]), int(after[1]),
+                             int(after[0]), stats.dead(layer.name) if pruned else None,
+                             "pruned" if pruned else reasons.get(layer.name, "")))
+    return tuple(rows)
+
+
+def _default_output(model: Path) -> Path:
+    if not model.name:
+        raise OutputError(f"cannot derive an output name from {model}: pass -o/--output")
+    return model.with_name(f"{model.stem}.compressed.onnx")

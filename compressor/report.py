@@ -1,0 +1,126 @@
+"""The report: a table for people (stdout) and the same facts as JSON (beside the output)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    in_before: int
+    out_before: int
+    in_after: int
+    out_after: int
+    dead: int | None  # neurons that never fired on the calibration data (prunable layers)
+    note: str  # "pruned", or why the layer's outputs were left dense
+
+
+@dataclass(frozen=True)
+class CycleRow:
+    cycle: int
+    target: float  # cumulative reduction this cycle aims for
+    reduction: float  # cumulative reduction reached
+    removed: int  # neurons removed this cycle
+    dead: int  # of them, never fired
+    exact: int  # of them, constant outputs folded exactly
+    epochs: int  # fine-tuning epochs run
+    val_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Latency:
+    batch: int
+    before_ms: float
+    after_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.before_ms / self.after_ms
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    model_format: str
+    data: str
+    output: str
+    report: str
+    target: float
+    scope: str
+    compensate: str
+    calibration_samples: int
+    weights_before: int
+    weights_after: int
+    flops_before: int
+    flops_after: int
+    onnx_bytes_before: int
+    onnx_bytes: int
+    accuracy_before: float | None
+    accuracy_after: float | None
+    accuracy_data: str | None
+    parity_max_abs_diff: float
+    parity_samples: int
+    latency_threads: int
+    latency: tuple[Latency, ...]
+    layers: tuple[LayerRow, ...]
+    cycles: tuple[CycleRow, ...]
+    plan: dict[str, dict[str, object]]
+    seconds: float
+
+    @property
+    def reduction(self) -> float:
+        return 1 - self.weights_after / self.weights_before
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["reduction"] = round(self.reduction, 6)
+        data["latency"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)} for lat in self.latency]
+        return json.dumps(data, indent=2) + "\n"
+
+
+def format_table(r: Report) -> str:
+    """The report as aligned text."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    rows = [
+        ("weights", f"{r.weights_before:,}", f"{r.weights_after:,}",
+         f"-{100 * r.reduction:.2f}% (target {100 * r.target:.2f}%)"),
+        ("FLOPs / sample", f"{r.flops_before:,}", f"{r.flops_after:,}",
+         f"{r.flops_before / r.flops_after:.1f}x fewer (2 x multiply-adds)"),
+        ("ONNX bytes", f"{r.onnx_bytes_before:,}", f"{r.onnx_bytes:,}",
+         f"{100 * r.onnx_bytes / r.onnx_bytes_before:.1f}% of dense"),
+    ]
+    if r.accuracy_before is not None:
+        rows.append(("accuracy", pct(r.accuracy_before), pct(r.accuracy_after),
+                     f"{100 * (r.accuracy_after - r.accuracy_before):+.2f} pt on {r.accuracy_data}"))
+    for lat in r.latency:
+        rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms", f"{lat.after_ms:.4f} ms",
+                     f"{lat.speedup:.1f}x faster (onnxruntime CPU, {r.latency_threads} thread"
+                     f"{'s' if r.latency_threads > 1 else ''})"))
+    lines = [f"compressed {r.model} -> {r.output}", ""]
+    lines += _align([("", "before", "after", "")] + rows)
+    lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
+                  f"{r.parity_samples:,} held-back inputs", ""]
+    layer_rows = [("layer", "before", "after", "dead", "")]
+    for row in r.layers:
+        layer_rows.append((row.name, f"{row.in_before} -> {row.out_before}",
+                           f"{row.in_after} -> {row.out_after}",
+                           "-" if row.dead is None else str(row.dead), row.note))
+    lines += _align(layer_rows)
+    if r.cycles:
+        lines += [""]
+        cycle_rows = [("cycle", "target", "reached", "removed", "dead", "epochs", "val acc")]
+        for c in r.cycles:
+            cycle_rows.append((str(c.cycle), pct(c.target), pct(c.reduction), str(c.removed),
+                               str(c.dead), str(c.epochs), pct(c.val_accuracy)))
+        lines += _align(cycle_rows)
+    lines += ["", f"{r.scope} scope, compensation {r.compensate}, {r.calibration_samples:,} "
+                  f"calibration samples of {r.data}; took {r.seconds:.1f} s; report: {r.report}"]
+    return "\n".join(lines)
+
+
+def _align(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) if i < len(row) - 1 else cell
+                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]

@@ -1,0 +1,1 @@
+"""Example models: definitions, training scripts, small trained weights."""
