@@ -110,6 +110,9 @@ def _sniff(path: Path) -> ModelFormat:
             head = f.read(2)
         if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle
             return ModelFormat.STATE_DICT
+        if head == b"PK":  # a zip whose directory at the end is missing
+            raise ModelError(f"{path} is a damaged or truncated zip archive: re-save the model "
+                             "or copy it again")
         raise ModelError(f"{path} is not a PyTorch model file (not a zip archive or pickle): "
                          "save it with torch.save, torch.jit.save or torch.export.save")
     try:

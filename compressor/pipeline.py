@@ -69,7 +69,8 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     splits = _fit_data(model, load_data(data, seed=config.seed))
     log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
         f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
-    dense = capture(model, splits.train.x[:2])
+    example = _example(splits.train.x)
+    dense = capture(model, example)
     gm = copy.deepcopy(dense)
     found = trace(gm)
     if not found.groups:
@@ -79,7 +80,7 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     teacher = run_batched(dense, splits.train.x) if splits.labelled else None
     pruned = _prune(gm, found, splits, config, teacher, log, progress)
     log("exporting ONNX and verifying it in onnxruntime")
-    onnx_dense, onnx_pruned = to_onnx(dense, splits.train.x[:2]), to_onnx(gm, splits.train.x[:2])
+    onnx_dense, onnx_pruned = to_onnx(dense, example), to_onnx(gm, example)
     parity_x = splits.validation.x[:PARITY_SAMPLES]
     diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
     acc_before = acc_after = None
@@ -162,6 +163,10 @@ def _prune(gm: fx.GraphModule, found: Trace, splits: DataSplits, config: Compres
             f"weights -{100 * reached:.2f}%" + (f", fine-tuned {result.epochs} epochs, "
                                                 f"val acc {100 * result.val_accuracy:.2f}%"
                                                 if result else ""))
+    if rows[-1].reduction > prune.target + 0.01:
+        log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
+            f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
+            "its weights to land within 1 point (try --cycles 1)")
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
     return _Pruned(first, tuple(rows), plan)
 
@@ -202,6 +207,11 @@ def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
                              int(after[0]), stats.dead(layer.name) if pruned else None,
                              "pruned" if pruned else reasons.get(layer.name, "")))
     return tuple(rows)
+
+
+def _example(x: torch.Tensor) -> torch.Tensor:
+    """Two samples: torch.export treats a batch of one as a fixed size."""
+    return x[:2] if x.shape[0] >= 2 else x.repeat(2, *[1] * (x.ndim - 1))
 
 
 def _default_output(model: Path) -> Path:

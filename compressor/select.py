@@ -27,7 +27,9 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
            original_sizes: dict[str, int]) -> dict[str, torch.Tensor]:
     """Pick units to remove: all dead units (score 0), then lowest scores first until the weight
     count is within budget. A unit whose removal would undershoot `min_weights` is skipped for
-    the next one that does not, when there is one. Every group keeps at least one unit.
+    the next one that does not, when there is one; if the count still lands below
+    `min_weights`, removed live units are restored (best first) while the budget holds.
+    Every group keeps at least one unit.
 
     Args:
         groups: current groups.
@@ -50,10 +52,10 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
     names = [g.name for g in groups]
     start = 0  # ranking[:start] is removed or in a group at its minimum: never a candidate again
 
-    def count(name: str | None = None) -> int:
+    def count(name: str | None = None, change: int = -1) -> int:
         trial = dict(sizes)
         if name is not None:
-            trial[name] -= 1
+            trial[name] += change
         return weight_count(shapes, list(groups), trial)
 
     def remove(name: str, unit: int) -> None:
@@ -98,4 +100,17 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
                 "choose a smaller --target")
         remove(*(fit or first))
         current = count()
+    _fill_back(gone, sizes, scores, count, budget, names)
     return {name: torch.tensor(sorted(units), dtype=torch.int64) for name, units in gone.items()}
+
+
+def _fill_back(gone, sizes, scores, count, budget: Budget, names: list[str]) -> None:
+    """Restore removed live units, highest score first, while the count stays in budget."""
+    restorable = sorted(((float(scores[name][u]), name, u) for name in names for u in gone[name]
+                         if scores[name][u] != 0), reverse=True)
+    for _, name, unit in restorable:
+        if count() >= budget.min_weights:
+            return
+        if count(name, +1) <= budget.max_weights:
+            gone[name].discard(unit)
+            sizes[name] += 1

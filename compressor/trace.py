@@ -76,7 +76,8 @@ def _follow(linear: fx.Node) -> tuple[fx.Node | None, str]:
         if len(users) != 1:
             if not users or any(u.op == "output" for u in users):
                 return None, "output layer (never pruned)"
-            return None, f"its output is used by {len(users)} nodes"
+            what = "its output" if relu is None else "its ReLU output"
+            return None, f"{what} is read by {len(users)} nodes, not by one Linear"
         user = users[0]
         if user.op == "output":
             return None, "output layer (never pruned)" if relu is None else \

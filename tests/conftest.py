@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compressor import cli
+from tests.nets import tiny
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `compress ARGS...` in-process; return exit code, stdout, stderr."""
+
+    def run(*args: object) -> CliResult:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(exit_info.value.code, captured.out, captured.err)
+
+    return run
+
+
+def labelled(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs for `tiny` with labels from a fixed random linear rule (learnable, 4 classes)."""
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, 20)).astype(np.float32)
+    rule = np.random.default_rng(123).normal(size=(20, 4))
+    return x, (x @ rule).argmax(axis=1)
+
+
+@pytest.fixture
+def tiny_files(tmp_path: Path) -> dict[str, Path]:
+    """The tiny model as a state_dict and labelled data as .npz."""
+    model = tmp_path / "tiny.pt"
+    torch.save(tiny().state_dict(), model)
+    data = tmp_path / "data.npz"
+    x, y = labelled()
+    np.savez(data, x=x, y=y)
+    return {"model": model, "data": data, "dir": tmp_path}
+
+
+def graph_of(module: torch.nn.Module, example: torch.Tensor):
+    """The working graph of an in-memory module (as `compress` builds it)."""
+    from compressor.graph import capture
+    from compressor.load import LoadedModel, ModelFormat
+
+    return capture(LoadedModel(Path("in-memory"), ModelFormat.PICKLED_MODULE, module.eval()),
+                   example)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from compressor.errors import ExportError
+from compressor.export import run_onnx, session, to_onnx, verify
+from compressor.graph import get_tensor, set_tensor
+from tests.conftest import graph_of
+from tests.nets import ImageNet, tiny
+
+
+@pytest.mark.parametrize("net, shape", [(tiny(), (20,)), (ImageNet(), (1, 28, 28))])
+def test_onnx_matches_pytorch_at_any_batch_size(net, shape):
+    gm = graph_of(net, torch.randn(2, *shape))
+    model = to_onnx(gm, torch.randn(2, *shape))
+    sess = session(model)
+    for batch in (1, 7, 64):
+        x = torch.randn(batch, *shape)
+        torch.testing.assert_close(run_onnx(sess, x), gm(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_is_one_clean_file_with_readable_names():
+    gm = graph_of(tiny(), torch.randn(2, 20))
+    proto = onnx.load_from_string(to_onnx(gm, torch.randn(2, 20)))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert {i.name for i in proto.graph.initializer} >= {"0.weight", "0.bias", "6.weight"}
+    assert all(not n.metadata_props and not n.doc_string for n in proto.graph.node)
+    assert proto.opset_import[0].version >= 17
+
+
+def test_verify_fails_loudly_when_onnx_and_pytorch_disagree():
+    gm = graph_of(tiny(), torch.randn(2, 20))
+    model = to_onnx(gm, torch.randn(2, 20))
+    x = torch.randn(16, 20)
+    assert verify(model, gm, x, tolerance=1e-4) <= 1e-4
+    set_tensor(gm, "p_6_bias", get_tensor(gm, "p_6_bias") + 1.0)
+    with pytest.raises(ExportError, match="differs from the pruned PyTorch model"):
+        verify(model, gm, x, tolerance=1e-4)

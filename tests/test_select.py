@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from compressor.config import Scope
+from compressor.errors import NothingToPruneError
+from compressor.groups import PrunableGroup, Slice, weight_count
+from compressor.select import Budget, select
+
+
+def chain(widths: list[int]) -> tuple[tuple[PrunableGroup, ...], dict[str, tuple[int, ...]]]:
+    """Groups of an MLP with these widths (hidden layers prunable), and its weight shapes."""
+    shapes = {f"w{i}": (n_out, n_in) for i, (n_in, n_out) in enumerate(zip(widths, widths[1:]))}
+    groups = tuple(
+        PrunableGroup(name=f"h{i}", size=widths[i + 1], weights=(Slice(f"w{i}", 0),),
+                      biases=(), activation=f"relu{i}", consumers=(Slice(f"w{i + 1}", 1),),
+                      consumer_biases=(f"b{i + 1}",))
+        for i in range(len(widths) - 2))
+    return groups, shapes
+
+
+def budget(total: int, target: float) -> Budget:
+    return Budget(math.floor((1 - target) * total), math.ceil((1 - target - 0.0095) * total))
+
+
+def remaining(groups, shapes, removed) -> int:
+    return weight_count(shapes, list(groups), {g.name: g.size - len(removed[g.name]) for g in groups})
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+@pytest.mark.parametrize("seed", range(12))
+def test_selection_meets_the_budget_for_random_layer_sizes(scope, seed):
+    rng = random.Random(seed)
+    widths = [784] + [rng.randint(40, 400) for _ in range(rng.randint(1, 4))] + [10]
+    groups, shapes = chain(widths)
+    scores = {g.name: torch.randint(0, 1000, (g.size,)).float() for g in groups}
+    target = rng.uniform(0.3, 0.95)
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    removed = select(groups, scores, shapes, budget(total, target), scope=scope,
+                     original_sizes={g.name: g.size for g in groups})
+    reduction = 1 - remaining(groups, shapes, removed) / total
+    assert target <= reduction <= target + 0.01, (widths, target, reduction)
+
+
+def test_global_removes_lowest_scores_first_and_dead_units_always():
+    groups, shapes = chain([100, 50, 50, 10])
+    scores = {"h0": torch.arange(50).float() + 10, "h1": torch.arange(50).float() + 100}
+    scores["h1"][7] = 0  # dead, though its layer scores high
+    total = weight_count(shapes, list(groups), {"h0": 50, "h1": 50})
+    removed = select(groups, scores, shapes, budget(total, 0.3), scope=Scope.GLOBAL,
+                     original_sizes={"h0": 50, "h1": 50})
+    assert 7 in removed["h1"].tolist()
+    kept_h0 = sorted(set(range(50)) - set(removed["h0"].tolist()))
+    assert removed["h0"].tolist() == list(range(len(removed["h0"])))  # the lowest counts
+    assert all(scores["h0"][k] > scores["h0"][r] for k in kept_h0 for r in removed["h0"])
+
+
+def test_local_removes_the_same_fraction_of_each_layer():
+    groups, shapes = chain([300, 200, 100, 10])
+    scores = {g.name: torch.rand(g.size) + 1 for g in groups}
+    total = weight_count(shapes, list(groups), {"h0": 200, "h1": 100})
+    removed = select(groups, scores, shapes, budget(total, 0.6), scope=Scope.LOCAL,
+                     original_sizes={"h0": 200, "h1": 100})
+    fractions = [len(removed["h0"]) / 200, len(removed["h1"]) / 100]
+    assert abs(fractions[0] - fractions[1]) <= 0.011
+
+
+def test_every_group_keeps_at_least_one_unit():
+    groups, shapes = chain([10, 8, 8, 3])
+    scores = {g.name: torch.zeros(g.size) for g in groups}  # all dead
+    removed = select(groups, scores, shapes, Budget(10**6, 0), scope=Scope.GLOBAL,
+                     original_sizes={"h0": 8, "h1": 8})
+    assert [len(removed[g]) for g in ("h0", "h1")] == [7, 7]
+
+
+def test_unreachable_target_is_a_clear_error():
+    groups, shapes = chain([1000, 4, 4, 3])  # the 1000 input columns stay
+    scores = {g.name: torch.ones(g.size) for g in groups}
+    with pytest.raises(NothingToPruneError, match="smaller --target"):
+        select(groups, scores, shapes, Budget(100, 0), scope=Scope.GLOBAL,
+               original_sizes={"h0": 4, "h1": 4})
