@@ -61,11 +61,8 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     started = time.perf_counter()
     log = log or (lambda _: None)
     torch.manual_seed(config.seed)
-    model_path = Path(paths.model)
-    output = check_output(paths.output or _default_output(model_path), inputs=(model_path,))
-    report_path = check_output(paths.report or output.with_suffix(".json"),
-                               inputs=(model_path, output))
-    model = load_model(model_path, arch=paths.arch, trust_pickle=paths.trust_pickle)
+    output, report_path = _check_paths(paths, data)
+    model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
     splits = _fit_data(model, load_data(data, seed=config.seed))
     log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
         f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
@@ -75,37 +72,30 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     found = trace(gm)
     if not found.groups:
         reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or "no Linear layers"
-        raise NothingToPruneError(f"nothing to prune in {model_path} ({reasons}): compressor "
+        raise NothingToPruneError(f"nothing to prune in {paths.model} ({reasons}): compressor "
                                   "removes neurons of a Linear followed by a ReLU and one Linear")
     teacher = run_batched(dense, splits.train.x) if splits.labelled else None
     pruned = _prune(gm, found, splits, config, teacher, log, progress)
     log("exporting ONNX and verifying it in onnxruntime")
-    onnx_dense, onnx_pruned = to_onnx(dense, example), to_onnx(gm, example)
+    run = _Run(model.format.value, splits, dense, gm, found, pruned,
+               to_onnx(dense, example), to_onnx(gm, example))
     parity_x = splits.validation.x[:PARITY_SAMPLES]
-    diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
-    acc_before = acc_after = None
-    if splits.test is not None and splits.test.y is not None:
-        acc_before = accuracy(run_batched(dense, splits.test.x), splits.test.y)
-        acc_after = accuracy(run_onnx(session(onnx_pruned), splits.test.x), splits.test.y)
-    latencies = _latencies(onnx_dense, onnx_pruned, splits.validation.x[:256], config)
-    w_before, w_after = _weights(dense, found), _weights(gm, found)
-    report = Report(
-        model=str(model_path), model_format=model.format.value, data=data, output=str(output),
-        report=str(report_path), target=config.prune.target, scope=config.prune.scope.value,
-        compensate=config.prune.compensate.value,
-        calibration_samples=pruned.stats.samples, weights_before=w_before, weights_after=w_after,
-        flops_before=2 * w_before, flops_after=2 * w_after,
-        onnx_bytes_before=len(onnx_dense), onnx_bytes=len(onnx_pruned),
-        accuracy_before=acc_before, accuracy_after=acc_after,
-        accuracy_data=None if acc_before is None else
-        f"{'fashion-mnist test' if data == 'fashion-mnist' else 'held-out test split'} "
-        f"({len(splits.test):,} samples, not used for fine-tuning)",
-        parity_max_abs_diff=diff, parity_samples=int(parity_x.shape[0]),
-        latency_threads=config.bench.threads if config.bench else 0, latency=latencies,
-        layers=_layer_rows(dense, gm, found, pruned.stats), cycles=pruned.cycles,
-        plan=pruned.plan, seconds=round(time.perf_counter() - started, 2))
-    write_atomic({output: onnx_pruned, report_path: report.to_json().encode()})
+    diff = verify(run.onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
+    report = _report(run, paths, data, config, output=output, report_path=report_path,
+                     parity=(diff, int(parity_x.shape[0])), started=started)
+    write_atomic({output: run.onnx_pruned, report_path: report.to_json().encode()})
     return report
+
+
+def _check_paths(paths: Paths, data: str) -> tuple[Path, Path]:
+    """The output and report paths, checked before any work is done."""
+    inputs = (Path(paths.model),) if data == "fashion-mnist" else (Path(paths.model), Path(data))
+    output = check_output(paths.output or _default_output(Path(paths.model)), inputs=inputs)
+    report = check_output(paths.report or output.with_suffix(".json"), inputs=inputs)
+    if report == output:
+        raise OutputError(f"--report and --output are the same file ({output}): give the "
+                          "report its own path, e.g. ending in .json")
+    return output, report
 
 
 @dataclass(frozen=True)
@@ -113,6 +103,44 @@ class _Pruned:
     stats: ActivationStats  # first cycle's counts (of the original model)
     cycles: tuple[CycleRow, ...]
     plan: dict[str, dict[str, object]]
+
+
+@dataclass(frozen=True)
+class _Run:
+    model_format: str
+    splits: DataSplits
+    dense: fx.GraphModule
+    gm: fx.GraphModule
+    found: Trace
+    pruned: _Pruned
+    onnx_dense: bytes
+    onnx_pruned: bytes
+
+
+def _report(run: _Run, paths: Paths, data: str, config: CompressConfig, *, output: Path,
+            report_path: Path, parity: tuple[float, int], started: float) -> Report:
+    test = run.splits.test
+    acc_before = acc_after = accuracy_data = None
+    if test is not None and test.y is not None:
+        acc_before = accuracy(run_batched(run.dense, test.x), test.y)
+        acc_after = accuracy(run_onnx(session(run.onnx_pruned), test.x), test.y)
+        accuracy_data = (f"{'fashion-mnist test' if data == 'fashion-mnist' else 'held-out test split'}"
+                         f" ({len(test):,} samples, not used for fine-tuning)")
+    w_before, w_after = _weights(run.dense, run.found), _weights(run.gm, run.found)
+    return Report(
+        model=str(paths.model), model_format=run.model_format, data=data, output=str(output),
+        report=str(report_path), target=config.prune.target, scope=config.prune.scope.value,
+        compensate=config.prune.compensate.value,
+        calibration_samples=run.pruned.stats.samples, weights_before=w_before,
+        weights_after=w_after, flops_before=2 * w_before, flops_after=2 * w_after,
+        onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.onnx_pruned),
+        accuracy_before=acc_before, accuracy_after=acc_after, accuracy_data=accuracy_data,
+        parity_max_abs_diff=parity[0], parity_samples=parity[1],
+        latency_threads=config.bench.threads if config.bench else 0,
+        latency=_latencies(run.onnx_dense, run.onnx_pruned, run.splits.validation.x[:256], config),
+        layers=_layer_rows(run.dense, run.gm, run.found, run.pruned.stats),
+        cycles=run.pruned.cycles, plan=run.pruned.plan,
+        seconds=round(time.perf_counter() - started, 2))
 
 
 def schedule(target: float, cycles: int) -> list[float]:

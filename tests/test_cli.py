@@ -150,6 +150,10 @@ def bad_case(name: str, d: dict[str, Path]) -> list[object]:
         return [*ok, "-o", data / "x.onnx"]
     if name == "output is the input":
         return [*ok, "-o", model]
+    if name == "output is the data":
+        return [*ok, "-o", data]
+    if name == "report is the output":
+        return [*ok, "-o", tmp / "a.onnx", "--report", tmp / "a.onnx"]
     raise AssertionError(name)
 
 
@@ -157,7 +161,8 @@ BAD = ["missing model", "random bytes", "empty model", "truncated model", "zip o
        "target 0", "target 1", "target -0.5", "target nan", "target abc", "wrong features",
        "nan in data", "labels out of range", "empty data", "nothing to prune", "forward fails",
        "pickle without trust", "state_dict without arch", "output dir missing",
-       "output is a directory", "output under a file", "output is the input"]
+       "output is a directory", "output under a file", "output is the input",
+       "output is the data", "report is the output"]
 
 
 @pytest.mark.parametrize("name", BAD)
