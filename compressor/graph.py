@@ -44,12 +44,13 @@ def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.Exp
         return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
 
 
-def capture(model: LoadedModel, example: torch.Tensor) -> fx.GraphModule:
+def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.GraphModule:
     """Turn any loaded model into the clean working graph (parameters copied, input untouched).
 
     Args:
         model: the loaded model.
-        example: a batch (>= 2 samples) in the layout the model takes.
+        example: a batch (>= 2 samples) in the layout the model takes; not needed for `.pt2`
+            programs, which are already captured.
     """
     try:
         if model.format is ModelFormat.EXPORTED_PROGRAM:

@@ -139,8 +139,15 @@ def _load_pickle(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedM
                 f"{path} is a pickled Python object (probably a whole nn.Module), and unpickling "
                 "runs arbitrary code from the file: pass --trust-pickle only if you trust it, or "
                 "save model.state_dict() and pass --arch module:callable") from e
-        obj = _guard(path, "pickled module",
-                     lambda: torch.load(path, map_location="cpu", weights_only=False))
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except (AttributeError, ModuleNotFoundError) as e2:
+            raise ModelError(f"cannot unpickle {path}: the classes it names must be importable "
+                             f"({first_line(e2)}); define them in a module on PYTHONPATH, or save "
+                             "a state_dict and pass --arch") from e2
+        except Exception as e2:  # corrupt pickles raise many types
+            raise ModelError(f"{path} is a corrupt pickle ({first_line(e2)}): re-save the "
+                             "model") from e2
     except Exception as e:  # corrupt archives raise RuntimeError, EOFError, KeyError, ...
         raise ModelError(f"{path} is corrupt or truncated ({first_line(e)}): re-save the model") from e
     if isinstance(obj, nn.Module):

@@ -4,6 +4,7 @@ cycle -> export -> verify -> report -> write. Nothing is written unless every st
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from .export import run_onnx, session, to_onnx, verify
 from .files import check_output, write_atomic
 from .finetune import accuracy, finetune
 from .graph import capture, get_tensor, run_batched
-from .load import find_input_layout, load_model
+from .load import ModelFormat, find_input_layout, load_model
 from .pack import shrink
 from .report import CycleRow, LayerRow, Latency, Report, format_table
 from .select import Budget, select
@@ -63,6 +64,8 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     torch.manual_seed(config.seed)
     output, report_path = _check_paths(paths, data)
     model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
+    if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
+        model = dataclasses.replace(model, run=capture(model))
     splits = _fit_data(model, load_data(data, seed=config.seed))
     log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
         f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")

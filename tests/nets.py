@@ -55,3 +55,14 @@ class Broken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("forward is broken on purpose")
+
+
+class Tied(nn.Module):
+    """One Linear applied twice (shared weights), then the output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(20, 20), nn.Linear(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(torch.relu(self.a(x)))))

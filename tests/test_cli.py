@@ -60,7 +60,7 @@ def test_unlabelled_data_prunes_in_one_shot_with_default_paths(run_cli, tiny_fil
     assert report["cycles"][0]["epochs"] == 0 and 0.5 <= report["reduction"] <= 0.51
 
 
-@pytest.mark.parametrize("kind", ["ts", "pt2", "pickle"])
+@pytest.mark.parametrize("kind", ["ts", "pt2", "pt2-fixed-batch", "pickle"])
 def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     path = tiny_files["dir"] / f"m.{kind}"
     net = tiny().eval()
@@ -68,6 +68,8 @@ def test_self_describing_formats_compress(run_cli, tiny_files, kind):
         torch.jit.script(net).save(str(path))
     elif kind == "pt2":
         torch.export.save(export_program(net, torch.randn(2, 20)), str(path))
+    elif kind == "pt2-fixed-batch":  # exported for batch 4 only; compress runs any batch
+        torch.export.save(torch.export.export(net, (torch.randn(4, 20),)), str(path))
     else:
         torch.save(net, path)
     trust = ("--trust-pickle",) if kind == "pickle" else ()

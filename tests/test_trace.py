@@ -7,7 +7,7 @@ from torch import nn
 from compressor.graph import get_tensor
 from compressor.trace import trace
 from tests.conftest import graph_of
-from tests.nets import ImageNet, NoReLU, tiny
+from tests.nets import ImageNet, NoReLU, Tied, tiny
 
 
 def test_finds_every_hidden_layer_of_an_mlp_and_never_the_output_layer():
@@ -48,3 +48,9 @@ def test_a_relu_read_by_two_layers_is_not_pruned():
     found = trace(graph_of(Branching(), torch.randn(2, 8)))
     assert found.groups == ()
     assert found.dense[0] == ("a", "its ReLU output is read by 2 nodes, not by one Linear")
+
+
+def test_layers_with_shared_weights_are_not_pruned():
+    found = trace(graph_of(Tied(), torch.randn(2, 20)))
+    assert found.groups == ()
+    assert ("a", "its weights are shared with another layer") in found.dense
