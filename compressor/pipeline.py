@@ -191,7 +191,8 @@ def _prune(gm: fx.GraphModule, found: Trace, splits: DataSplits, config: Compres
                              sum(exact.values()), result.epochs if result else 0,
                              result.val_accuracy if result else None))
         log(f"cycle {n}/{len(targets)}: removed {rows[-1].removed} neurons ({dead} dead), "
-            f"weights -{100 * reached:.2f}%" + (f", fine-tuned {result.epochs} epochs, "
+            f"weights -{100 * reached:.2f}%" + (f", fine-tuned {result.epochs} epoch"
+                                                f"{'' if result.epochs == 1 else 's'}, "
                                                 f"val acc {100 * result.val_accuracy:.2f}%"
                                                 if result else ""))
     if rows[-1].reduction > prune.target + 0.01:
