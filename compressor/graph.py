@@ -92,8 +92,12 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
                  if isinstance(a, fx.Node)}
     root = nn.Module()
     original_names: dict[str, str] = {}
+    renamed: dict[str, str] = {}  # one tensor per original name, so tied weights stay tied
     for node in graph.nodes:
         if node.op != "get_attr":
+            continue
+        if node.target in renamed:
+            node.target = renamed[node.target]
             continue
         value = _get_attr(gm, node.target)
         if not isinstance(value, torch.Tensor):
@@ -105,7 +109,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
             root.register_parameter(name, nn.Parameter(tensor))
         else:
             root.register_buffer(name, tensor)
-        original_names[name] = node.target
+        original_names[name], renamed[node.target] = node.target, name
         node.target = name
     if any(n.op == "call_module" for n in graph.nodes):
         raise ModelError("the traced model still calls submodules; compressor needs a flat graph")

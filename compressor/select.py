@@ -43,74 +43,83 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
     Returns:
         Per group, the sorted indices of the units to remove.
     """
-    sizes = {g.name: g.size for g in groups}
-    gone: dict[str, set[int]] = {g.name: set() for g in groups}
-    order = {g.name: sorted(range(g.size), key=lambda u, g=g: (float(scores[g.name][u]), u))
-             for g in groups}
-    ranking = sorted((float(scores[g.name][u]), gi, u) for gi, g in enumerate(groups)
-                     for u in range(g.size))
-    names = [g.name for g in groups]
-    start = 0  # ranking[:start] is removed or in a group at its minimum: never a candidate again
-
-    def count(name: str | None = None, change: int = -1) -> int:
-        trial = dict(sizes)
-        if name is not None:
-            trial[name] += change
-        return weight_count(shapes, list(groups), trial)
-
-    def remove(name: str, unit: int) -> None:
-        gone[name].add(unit)
-        sizes[name] -= 1
-
-    def usable(item: tuple[float, int, int]) -> bool:
-        return item[2] not in gone[names[item[1]]] and sizes[names[item[1]]] > 1
-
-    def candidates():
-        nonlocal start
-        if scope is Scope.GLOBAL:
-            while start < len(ranking) and not usable(ranking[start]):
-                start += 1
-            for item in ranking[start:]:
-                if usable(item):
-                    yield names[item[1]], item[2]
-            return
-        by_fraction = sorted(range(len(groups)),
-                             key=lambda gi: (1 - sizes[names[gi]] / original_sizes[names[gi]], gi))
-        for gi in by_fraction:
-            name = names[gi]
-            if sizes[name] > 1:
-                yield name, next(u for u in order[name] if u not in gone[name])
-
-    for g in groups:
-        for u in order[g.name]:
-            if scores[g.name][u] == 0 and sizes[g.name] > 1:
-                remove(g.name, u)
-    current = count()
-    while current > budget.max_weights:
+    state = _Selection(groups, scores, shapes, original_sizes)
+    state.remove_dead()
+    while state.count() > budget.max_weights:
+        candidates = state.global_candidates() if scope is Scope.GLOBAL else state.local_candidates()
         first = fit = None
-        for name, unit in candidates():
+        for name, unit in candidates:
             first = first or (name, unit)
-            if count(name) >= budget.min_weights:
+            if state.count(name, -1) >= budget.min_weights:
                 fit = (name, unit)
                 break
         if first is None:
             raise NothingToPruneError(
                 f"cannot remove enough weights: with one unit left per prunable layer the model "
-                f"keeps {current} weights, above the {budget.max_weights} the target allows; "
-                "choose a smaller --target")
-        remove(*(fit or first))
-        current = count()
-    _fill_back(gone, sizes, scores, count, budget, names)
-    return {name: torch.tensor(sorted(units), dtype=torch.int64) for name, units in gone.items()}
+                f"keeps {state.count()} weights, above the {budget.max_weights} the target "
+                "allows; choose a smaller --target")
+        state.remove(*(fit or first))
+    state.fill_back(budget)
+    return {name: torch.tensor(sorted(units), dtype=torch.int64)
+            for name, units in state.gone.items()}
 
 
-def _fill_back(gone, sizes, scores, count, budget: Budget, names: list[str]) -> None:
-    """Restore removed live units, highest score first, while the count stays in budget."""
-    restorable = sorted(((float(scores[name][u]), name, u) for name in names for u in gone[name]
-                         if scores[name][u] != 0), reverse=True)
-    for _, name, unit in restorable:
-        if count() >= budget.min_weights:
-            return
-        if count(name, +1) <= budget.max_weights:
-            gone[name].discard(unit)
-            sizes[name] += 1
+class _Selection:
+    """Units removed so far, group sizes, and the weight count they imply."""
+
+    def __init__(self, groups, scores, shapes, original_sizes) -> None:
+        self.groups, self.scores, self.shapes = list(groups), scores, shapes
+        self.original_sizes = original_sizes
+        self.sizes = {g.name: g.size for g in groups}
+        self.gone: dict[str, set[int]] = {g.name: set() for g in groups}
+        self.order = {g.name: sorted(range(g.size), key=lambda u, g=g: (float(scores[g.name][u]), u))
+                      for g in groups}
+        self.ranking = sorted((float(scores[g.name][u]), gi, g.name, u)
+                              for gi, g in enumerate(groups) for u in range(g.size))
+        self.start = 0  # ranking[:start] is never a candidate again
+
+    def count(self, name: str | None = None, change: int = 0) -> int:
+        sizes = dict(self.sizes)
+        if name is not None:
+            sizes[name] += change
+        return weight_count(self.shapes, self.groups, sizes)
+
+    def remove(self, name: str, unit: int) -> None:
+        self.gone[name].add(unit)
+        self.sizes[name] -= 1
+
+    def remove_dead(self) -> None:
+        for name, units in self.order.items():
+            for u in units:
+                if self.scores[name][u] == 0 and self.sizes[name] > 1:
+                    self.remove(name, u)
+
+    def usable(self, name: str, unit: int) -> bool:
+        return unit not in self.gone[name] and self.sizes[name] > 1
+
+    def global_candidates(self):
+        """Every removable unit, lowest score first."""
+        while self.start < len(self.ranking) and not self.usable(*self.ranking[self.start][2:]):
+            self.start += 1
+        for *_, name, unit in self.ranking[self.start:]:
+            if self.usable(name, unit):
+                yield name, unit
+
+    def local_candidates(self):
+        """The lowest-scored unit of each group, least-pruned group (by fraction) first."""
+        names = sorted(self.sizes, key=lambda n: (1 - self.sizes[n] / self.original_sizes[n],
+                                                  list(self.sizes).index(n)))
+        for name in names:
+            if self.sizes[name] > 1:
+                yield name, next(u for u in self.order[name] if u not in self.gone[name])
+
+    def fill_back(self, budget: Budget) -> None:
+        """Restore removed live units, highest score first, while the count stays in budget."""
+        restorable = sorted(((float(self.scores[n][u]), n, u) for n in self.gone
+                             for u in self.gone[n] if self.scores[n][u] != 0), reverse=True)
+        for _, name, unit in restorable:
+            if self.count() >= budget.min_weights:
+                return
+            if self.count(name, +1) <= budget.max_weights:
+                self.gone[name].discard(unit)
+                self.sizes[name] += 1

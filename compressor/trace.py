@@ -42,9 +42,9 @@ def trace(gm: fx.GraphModule) -> Trace:
     """
     names = gm.meta.get("original_names", {})
     linears = [n for n in gm.graph.nodes if n.target is LINEAR]
-    weight_uses: dict[object, int] = {}
+    weight_uses: dict[object, int] = {}  # by tensor: two get_attr nodes may name one tensor
     for n in linears:
-        weight_uses[n.args[1]] = weight_uses.get(n.args[1], 0) + 1
+        weight_uses[_tensor_key(n.args[1])] = weight_uses.get(_tensor_key(n.args[1]), 0) + 1
     layers, groups, dense = [], [], []
     for node in linears:
         weight = node.args[1]
@@ -53,11 +53,13 @@ def trace(gm: fx.GraphModule) -> Trace:
             continue
         name = names.get(weight.target, weight.target).removesuffix(".weight")
         shape = get_tensor(gm, weight.target).shape
-        layers.append(Layer(name, weight.target, node.name, int(shape[1]), int(shape[0])))
+        if all(layer.weight != weight.target for layer in layers):  # count each tensor once
+            layers.append(Layer(name, weight.target, node.name, int(shape[1]), int(shape[0])))
         consumer, reason = _follow(node)
         if consumer is None:
             dense.append((name, reason))
-        elif weight_uses[weight] > 1 or weight_uses.get(consumer.args[1], 0) > 1:
+        elif weight_uses[_tensor_key(weight)] > 1 or \
+                weight_uses.get(_tensor_key(consumer.args[1]), 0) > 1:
             dense.append((name, "its weights are shared with another layer"))
         elif consumer.args[1].op != "get_attr":
             dense.append((name, "the next layer's weight is computed in the graph"))
@@ -111,6 +113,10 @@ def _group(gm: fx.GraphModule, name: str, producer: fx.Node, consumer: fx.Node,
         consumers=(Slice(consumer.args[1].target, 1),),
         consumer_biases=(consumer_bias,),
     )
+
+
+def _tensor_key(node: fx.Node) -> object:
+    return node.target if node.op == "get_attr" else node
 
 
 def _is_eval_dropout(node: fx.Node) -> bool:

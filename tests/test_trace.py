@@ -50,7 +50,8 @@ def test_a_relu_read_by_two_layers_is_not_pruned():
     assert found.dense[0] == ("a", "its ReLU output is read by 2 nodes, not by one Linear")
 
 
-def test_layers_with_shared_weights_are_not_pruned():
+def test_layers_with_shared_weights_are_not_pruned_and_count_once():
     found = trace(graph_of(Tied(), torch.randn(2, 20)))
     assert found.groups == ()
     assert ("a", "its weights are shared with another layer") in found.dense
+    assert [layer.name for layer in found.layers] == ["a", "b"]
