@@ -71,7 +71,18 @@ def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.Graph
 
 
 def _clean(gm: fx.GraphModule) -> fx.GraphModule:
-    graph = gm.graph
+    """One tensor in, one tensor out, no guards, and tensors owned by a fresh flat root."""
+    _strip_plumbing(gm.graph)
+    root, original_names = _own_tensors(gm)
+    if any(n.op == "call_module" for n in gm.graph.nodes):
+        raise ModelError("the traced model still calls submodules; compressor needs a flat graph")
+    clean = fx.GraphModule(root, gm.graph)
+    clean.graph.lint()
+    clean.meta["original_names"] = original_names
+    return clean
+
+
+def _strip_plumbing(graph: fx.Graph) -> None:
     for node in list(graph.nodes):
         if node.op == "call_module" or (node.op == "call_function" and "_assert" in str(node.target)):
             if not node.users:
@@ -88,6 +99,12 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
             raise ModelError(f"the model returns {len(result)} outputs; compressor needs one "
                              "tensor of logits")
         out.args = (result[0],)
+
+
+def _own_tensors(gm: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
+    """Copy every tensor the graph reads onto a new root under a flat name; Linear weights and
+    biases become trainable parameters. Returns the root and {flat name: original name}."""
+    graph = gm.graph
     trainable = {a.target for n in graph.nodes if n.target is LINEAR for a in n.args[1:3]
                  if isinstance(a, fx.Node)}
     root = nn.Module()
@@ -111,12 +128,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
             root.register_buffer(name, tensor)
         original_names[name], renamed[node.target] = node.target, name
         node.target = name
-    if any(n.op == "call_module" for n in graph.nodes):
-        raise ModelError("the traced model still calls submodules; compressor needs a flat graph")
-    gm = fx.GraphModule(root, graph)
-    gm.graph.lint()
-    gm.meta["original_names"] = original_names
-    return gm
+    return root, original_names
 
 
 def with_outputs(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
