@@ -122,7 +122,7 @@ def split(data: Dataset, *, name: str, seed: int) -> DataSplits:
     n = len(data)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     data = Dataset(data.x[order], None if data.y is None else data.y[order])
-    n_val = max(1, n // 10) if n > 1 else 0
+    n_val = max(1, n // 10)
     n_test = n_val if data.y is not None else 0
     if n - n_val - n_test < 1:
         raise DataError(f"{name}: {n} samples are too few to calibrate and verify: "

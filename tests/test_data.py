@@ -35,6 +35,8 @@ def test_npy_and_pt_inputs_without_labels(tmp_path):
     (np.array([[1.0, np.nan], [0.0, 1.0]] * 5), None, "NaN/Inf"),
     (np.array([[1.0, np.inf], [0.0, 1.0]] * 5), None, "NaN/Inf"),
     (np.zeros((0, 3)), None, "N > 0"),
+    (np.zeros((1, 3)), None, "too few"),
+    (np.zeros((2, 3)), np.zeros(2), "too few"),
     (np.zeros(10), None, r"shape \[N, ...\]"),
     (np.zeros((10, 3)), np.zeros(9), "labels must have shape"),
     (np.zeros((10, 3)), -np.ones(10), ">= 0"),
