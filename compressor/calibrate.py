@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from .graph import with_outputs
+from .graph import outputs_of
 from .groups import PrunableGroup
 
 Progress = Callable[[int, int], None]
@@ -41,13 +41,13 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     Returns:
         Counts and mean activations accumulated over all batches.
     """
-    probe = with_outputs(gm, [g.activation for g in groups])
+    probe = outputs_of(gm, [g.activation for g in groups])
     counts = {g.name: torch.zeros(g.size, dtype=torch.int64) for g in groups}
     sums = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     n = int(x.shape[0])
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            _, *acts = probe(x[start:start + batch_size])
+            acts = probe(x[start:start + batch_size])
             for g, a in zip(groups, acts):
                 per_unit = a.reshape(a.shape[0], a.shape[1], -1)  # conv-ready: [B, units, positions]
                 counts[g.name] += (per_unit != 0).any(dim=2).sum(dim=0)

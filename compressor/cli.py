@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from .config import BenchConfig, Compensation, CompressConfig, FinetuneConfig, PruneConfig, Scope
+from .config import (BenchConfig, Compensation, CompressConfig, Criterion, FinetuneConfig,
+                     PruneConfig, Scope)
 from .errors import CompressorError, first_line
 from .pipeline import Paths, compress
 from .report import format_table
@@ -42,19 +43,28 @@ def main(argv: list[str] | None = None) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", type=float, required=True,
               help="Fraction of the model's Linear weights to remove, 0 < T < 1 (0.85 = 85% fewer).")
-@click.option("--data", "-d", required=True, metavar="fashion-mnist|FILE",
+@click.option("--data", "-d", metavar="fashion-mnist|FILE",
               help="Calibration data: 'fashion-mnist' (built in) or a .npz (x, optional y), "
-                   ".npy (x) or .pt file (tensor or dict with x, optional y).")
+                   ".npy (x) or .pt file (tensor or dict with x, optional y). Without it, "
+                   "pruning is data-free (weight-norm criterion, merge compensation).")
 @click.option("--scope", type=click.Choice([s.value for s in Scope]), default="global",
               show_default=True, help="Rank neurons across all layers, or remove the same "
                                       "fraction of each layer.")
 @click.option("--cycles", type=click.IntRange(1, 50), default=5, show_default=True,
-              help="Pruning cycles with fine-tuning between them (labelled data only; "
-                   "unlabelled data is pruned in one shot).")
+              help="Pruning cycles with fine-tuning between them (labelled data and --epochs "
+                   "> 0 only; otherwise one shot).")
+@click.option("--criterion", type=click.Choice([c.value for c in Criterion]),
+              help="Rank neurons by activation count, by the l1/l2 norm of their weights and "
+                   "bias, or by the output error their removal leaves after a least-squares "
+                   "refit (error).  [default: activation; l1 without --data]")
 @click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
-              default="mean", show_default=True,
-              help="Fold each removed neuron's mean activation into the next bias (mean), or "
-                   "only exact constants (none).")
+              default="auto", show_default=True,
+              help="How the next layer makes up for removed neurons: lsq (least-squares refit "
+                   "on calibration data), merge (into similar kept neurons, data-free), mean "
+                   "(mean activation into the bias), none; auto = lsq with --data, else merge.")
+@click.option("--merge-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True,
+              help="Least cosine similarity at which --compensate merge folds a removed neuron "
+                   "into a kept one.")
 @click.option("--epochs", type=click.IntRange(0, 1000), default=6, show_default=True,
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
                    "is kept); 0 disables fine-tuning.")
@@ -83,12 +93,15 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for data splits and fine-tuning.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the report table.")
-def compress_command(model: Path, target: float, data: str, scope: str, cycles: int,
-                     compensate: str, epochs: int, patience: int, lr: float, distill: float,
+def compress_command(model: Path, target: float, data: str | None, scope: str, cycles: int,
+                     criterion: str | None, compensate: str, merge_threshold: float,
+                     epochs: int, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
                      seed: int, quiet: bool) -> None:
     """Prune MODEL to --target fewer weights and write a verified ONNX file and JSON report.
+    With --data the neurons are ranked by activation and pruned in cycles with fine-tuning
+    (labelled data) or in one shot; without it, data-free by weight norm with neuron merging.
 
     MODEL is a TorchScript archive, a torch.export program (.pt2), a state_dict or checkpoint
     (with --arch), or a pickled nn.Module (only with --trust-pickle).
@@ -96,7 +109,9 @@ def compress_command(model: Path, target: float, data: str, scope: str, cycles: 
     try:
         config = CompressConfig(
             prune=PruneConfig(target=target, scope=Scope(scope), cycles=cycles,
+                              criterion=Criterion(criterion or ("activation" if data else "l1")),
                               compensate=Compensation(compensate),
+                              merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
             bench=None if no_latency else BenchConfig(threads=threads),

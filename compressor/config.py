@@ -15,10 +15,36 @@ class Scope(str, Enum):
 
 
 class Compensation(str, Enum):
-    """What is folded into the next layer when a neuron is removed."""
+    """How the next layer makes up for removed neurons (exact constants are always folded)."""
 
-    NONE = "none"  # only exact constants (neurons with no incoming weights)
-    MEAN = "mean"  # the removed neuron's mean calibration activation
+    NONE = "none"  # plain removal
+    MEAN = "mean"  # fold the removed neuron's mean calibration activation into the next bias
+    MERGE = "merge"  # neuron merging (Kim et al. 2020): data-free
+    LSQ = "lsq"  # refit the next layer by least squares on calibration data
+    AUTO = "auto"  # lsq with calibration data, merge without
+
+    def resolve(self, *, has_data: bool) -> Compensation:
+        """The concrete method: AUTO becomes LSQ or MERGE."""
+        if self is Compensation.AUTO:
+            return Compensation.LSQ if has_data else Compensation.MERGE
+        return self
+
+    @property
+    def needs_data(self) -> bool:
+        return self in (Compensation.MEAN, Compensation.LSQ)
+
+
+class Criterion(str, Enum):
+    """How neurons are ranked: the lowest are removed first."""
+
+    ACTIVATION = "activation"  # on how many calibration samples the neuron fires (the paper's)
+    L1 = "l1"  # l1 norm of the neuron's [weights | bias] row (the merging paper's)
+    L2 = "l2"  # l2 norm of that row
+    ERROR = "error"  # output error left after greedy removal with least-squares refits
+
+    @property
+    def needs_data(self) -> bool:
+        return self in (Criterion.ACTIVATION, Criterion.ERROR)
 
 
 @dataclass(frozen=True)
@@ -28,8 +54,13 @@ class PruneConfig:
     Args:
         target: fraction of the original Linear weight entries to remove, 0 < target < 1.
         scope: global or local ranking.
-        cycles: pruning cycles when labels exist (one shot otherwise).
-        compensate: what to fold into the next layer's bias.
+        cycles: pruning cycles when the model is fine-tuned (one shot otherwise).
+        compensate: how the next layer makes up for removed neurons.
+        criterion: how neurons are ranked.
+        merge_threshold: least cosine similarity at which `merge` folds a removed neuron into
+            a kept one (the paper: 0.45 for LeNet-300-100).
+        ridge: `lsq` regularisation towards the layer's current weights, relative to the mean
+            variance of its inputs.
         calibration_samples: most samples used to count activations.
         batch_size: batch size for counting activations.
     """
@@ -37,7 +68,10 @@ class PruneConfig:
     target: float
     scope: Scope = Scope.GLOBAL
     cycles: int = 5
-    compensate: Compensation = Compensation.MEAN
+    compensate: Compensation = Compensation.AUTO
+    criterion: Criterion = Criterion.ACTIVATION
+    merge_threshold: float = 0.45
+    ridge: float = 1e-3
     calibration_samples: int = 10_000
     batch_size: int = 1_000
 
@@ -50,8 +84,13 @@ class PruneConfig:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ValueError("calibration_samples and batch_size must be positive")
+        if not 0 <= self.merge_threshold <= 1:
+            raise ValueError(f"merge threshold must be between 0 and 1, got {self.merge_threshold}")
+        if not (self.ridge > 0 and math.isfinite(self.ridge)):
+            raise ValueError(f"ridge must be a positive number, got {self.ridge}")
         object.__setattr__(self, "scope", Scope(self.scope))
         object.__setattr__(self, "compensate", Compensation(self.compensate))
+        object.__setattr__(self, "criterion", Criterion(self.criterion))
 
 
 @dataclass(frozen=True)

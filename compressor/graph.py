@@ -131,14 +131,15 @@ def _own_tensors(gm: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
     return root, original_names
 
 
-def with_outputs(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
-    """A view of `gm` (sharing its parameters) that returns (output, *the named nodes)."""
+def outputs_of(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
+    """A view of `gm` (sharing its parameters) that returns the named nodes as a tuple and
+    computes nothing else (later layers are dropped)."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    out = graph.graph_copy(gm.graph, env, return_output_node=True)
+    graph.graph_copy(gm.graph, env)
     nodes = {n.name: n for n in gm.graph.nodes}
-    graph.output((out[0].args[0] if isinstance(out, tuple) else out,
-                  *[env[nodes[name]] for name in names]))
+    graph.output(tuple(env[nodes[name]] for name in names))
+    graph.eliminate_dead_code()
     return fx.GraphModule(gm, graph)
 
 

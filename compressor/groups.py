@@ -76,6 +76,30 @@ def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
     return value
 
 
+def unit_rows(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
+    """Per unit, everything that produces it, as one float64 row: [weights | biases]."""
+    parts = [get_tensor(gm, s.param).detach().double().movedim(s.axis, 0).reshape(group.size, -1)
+             for s in group.weights + group.biases]
+    return torch.cat(parts, dim=1)
+
+
+def merge_into(gm: fx.GraphModule, group: PrunableGroup, sources: torch.Tensor,
+               targets: torch.Tensor, scales: torch.Tensor) -> None:
+    """Make each consumer read unit `targets[i]` for what it read from `sources[i]` too:
+    column target += scales[i] * column source (exact when source = scales[i] * target)."""
+    if sources.numel() == 0:
+        return
+    for s in group.consumers:
+        w = get_tensor(gm, s.param).detach()
+        moved = w.double().movedim(s.axis, -1).clone()
+        offsets = torch.arange(s.block)
+        src = (sources[:, None] * s.block + offsets).reshape(-1)
+        dst = (targets[:, None] * s.block + offsets).reshape(-1)
+        added = moved.index_select(-1, src) * scales.double().repeat_interleave(s.block)
+        moved.index_add_(-1, dst, added)
+        set_tensor(gm, s.param, moved.movedim(-1, s.axis).to(w.dtype).contiguous())
+
+
 def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor,
                         values: torch.Tensor) -> None:
     """Add what units `units` contribute when they output `values` to the consumers' biases."""
@@ -87,6 +111,15 @@ def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.T
         contribution = w.index_select(-1, columns) @ values.double().repeat_interleave(s.block)
         bias = get_tensor(gm, bias_name).detach()
         set_tensor(gm, bias_name, (bias.double() + contribution).to(bias.dtype))
+
+
+def zero_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor) -> None:
+    """Zero the consumer columns of `units`: the network computes as if they were removed."""
+    for s in group.consumers:
+        w = get_tensor(gm, s.param).detach().clone()
+        columns = (units[:, None] * s.block + torch.arange(s.block)).reshape(-1)
+        w.index_fill_(s.axis, columns, 0)
+        set_tensor(gm, s.param, w)
 
 
 def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup],

@@ -5,35 +5,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import fx
 
 from .bench import latency_ms
-from .calibrate import ActivationStats, count_activations
-from .compensate import compensate
+from .calibrate import ActivationStats
 from .config import CompressConfig
 from .data import DataSplits, load_data
 from .errors import DataError, NothingToPruneError, OutputError
 from .export import run_onnx, session, to_onnx, verify
 from .files import check_output, write_atomic
-from .finetune import accuracy, finetune
+from .finetune import accuracy
 from .graph import capture, get_tensor, run_batched
-from .load import ModelFormat, find_input_layout, load_model
-from .pack import shrink
-from .report import CycleRow, LayerRow, Latency, Report, format_table
-from .select import Budget, select
+from .load import LoadedModel, ModelFormat, find_input_layout, load_model
+from .prune import Log, Progress, Pruned, prune, weights
+from .report import LayerRow, Latency, Report
 from .trace import Trace, trace
 
-TOLERANCE = 0.0095  # the achieved reduction lands in [target, target + 0.01)
 PARITY_SAMPLES = 1_000
-Log = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -47,14 +40,16 @@ class Paths:
     trust_pickle: bool = False
 
 
-def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None = None,
+def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log | None = None,
              progress: Progress | None = None) -> Report:
     """Prune the model at `paths.model` to `config.prune.target`, export and verify ONNX, write
     the ONNX file and the JSON report, and return the report.
 
     Args:
         paths: model, outputs (default: `<stem>.compressed.onnx` and `.json` beside the model).
-        data: `fashion-mnist` or a data file (see `compressor.data.load_data`).
+        data: `fashion-mnist`, a data file (see `compressor.data.load_data`), or None to prune
+            data-free (weight-norm criterion, merge or no compensation; the export is then
+            checked on random inputs).
         config: pruning, fine-tuning and benchmark settings.
         log: receives one line per stage.
         progress: receives (stage, done, total) while counting activations.
@@ -62,14 +57,21 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     started = time.perf_counter()
     log = log or (lambda _: None)
     torch.manual_seed(config.seed)
+    _check_options(data, config)
     output, report_path = _check_paths(paths, data)
     model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
     if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
         model = dataclasses.replace(model, run=capture(model))
-    splits = _fit_data(model, load_data(data, seed=config.seed))
-    log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
-        f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
-    example = _example(splits.train.x)
+    if data is None:
+        splits, probe = None, _random_inputs(model, seed=config.seed)
+        log(f"loaded {model.format.value} model; no data: pruning data-free, checking the "
+            f"export on {len(probe):,} random inputs")
+    else:
+        splits = _fit_data(model, load_data(data, seed=config.seed))
+        probe = splits.validation.x
+        log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
+            f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
+    example = _example(probe)
     dense = capture(model, example)
     gm = copy.deepcopy(dense)
     found = trace(gm)
@@ -77,12 +79,12 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
         reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or "no Linear layers"
         raise NothingToPruneError(f"nothing to prune in {paths.model} ({reasons}): compressor "
                                   "removes neurons of a Linear followed by a ReLU and one Linear")
-    teacher = run_batched(dense, splits.train.x) if splits.labelled else None
-    pruned = _prune(gm, found, splits, config, teacher, log, progress)
+    teacher = run_batched(dense, splits.train.x) if splits and splits.labelled else None
+    pruned = prune(gm, found, splits, config, teacher=teacher, log=log, progress=progress)
     log("exporting ONNX and verifying it in onnxruntime")
-    run = _Run(model.format.value, splits, dense, gm, found, pruned,
+    run = _Run(model.format.value, splits, probe, dense, gm, found, pruned,
                to_onnx(dense, example), to_onnx(gm, example))
-    parity_x = splits.validation.x[:PARITY_SAMPLES]
+    parity_x = probe[:PARITY_SAMPLES]
     diff = verify(run.onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
     report = _report(run, paths, data, config, output=output, report_path=report_path,
                      parity=(diff, int(parity_x.shape[0])), started=started)
@@ -90,9 +92,49 @@ def compress(paths: Paths, data: str, config: CompressConfig, *, log: Log | None
     return report
 
 
-def _check_paths(paths: Paths, data: str) -> tuple[Path, Path]:
+def _check_options(data: str | None, config: CompressConfig) -> None:
+    """Options that cannot work without data, refused before any work is done."""
+    if data is not None:
+        return
+    prune = config.prune
+    if prune.criterion.needs_data:
+        raise DataError(f"ranking neurons by {prune.criterion.value} needs calibration data: "
+                        "pass --data, or rank by weights with --criterion l1 (or l2)")
+    if prune.compensate.resolve(has_data=False).needs_data:
+        raise DataError(f"--compensate {prune.compensate.value} needs calibration data: pass "
+                        "--data, or use --compensate merge (data-free) or none")
+
+
+def _random_inputs(model: LoadedModel, *, seed: int) -> torch.Tensor:
+    """Inputs to check the export on when there is no data: uniform [0, 1) in the model's
+    input shape (from a .pt2 program's signature, else the first weight matrix's columns)."""
+    shape = _input_shape(model)
+    x = torch.rand((PARITY_SAMPLES, *shape), generator=torch.Generator().manual_seed(seed))
+    try:
+        layout, _ = find_input_layout(model, x)
+    except DataError as e:
+        raise DataError(f"without --data the model is checked on random inputs of shape "
+                        f"[N, {', '.join(map(str, shape))}], and it does not take them: pass "
+                        "--data with inputs in the shape it expects") from e
+    return layout(x)
+
+
+def _input_shape(model: LoadedModel) -> tuple[int, ...]:
+    if model.program is not None:
+        names = set(model.program.graph_signature.user_inputs)
+        for node in model.program.graph.nodes:
+            if node.op == "placeholder" and node.name in names and "val" in node.meta:
+                return tuple(int(d) for d in node.meta["val"].shape[1:])
+    for _, p in model.run.named_parameters():
+        if p.ndim == 2:
+            return (int(p.shape[1]),)
+    raise DataError("cannot tell the model's input shape without data: pass --data")
+
+
+def _check_paths(paths: Paths, data: str | None) -> tuple[Path, Path]:
     """The output and report paths, checked before any work is done."""
-    inputs = (Path(paths.model),) if data == "fashion-mnist" else (Path(paths.model), Path(data))
+    inputs = (Path(paths.model),) if data in (None, "fashion-mnist") else \
+        (Path(paths.model), Path(data))
     output = check_output(paths.output or _default_output(Path(paths.model)), inputs=inputs)
     report = check_output(paths.report or output.with_suffix(".json"), inputs=inputs)
     if report == output:
@@ -102,105 +144,45 @@ def _check_paths(paths: Paths, data: str) -> tuple[Path, Path]:
 
 
 @dataclass(frozen=True)
-class _Pruned:
-    stats: ActivationStats  # first cycle's counts (of the original model)
-    cycles: tuple[CycleRow, ...]
-    plan: dict[str, dict[str, object]]
-
-
-@dataclass(frozen=True)
 class _Run:
     model_format: str
-    splits: DataSplits
+    splits: DataSplits | None
+    probe: torch.Tensor  # inputs for parity and latency: held-back data, or random
     dense: fx.GraphModule
     gm: fx.GraphModule
     found: Trace
-    pruned: _Pruned
+    pruned: Pruned
     onnx_dense: bytes
     onnx_pruned: bytes
 
 
 def _report(run: _Run, paths: Paths, data: str, config: CompressConfig, *, output: Path,
             report_path: Path, parity: tuple[float, int], started: float) -> Report:
-    test = run.splits.test
+    test = run.splits.test if run.splits else None
     acc_before = acc_after = accuracy_data = None
     if test is not None and test.y is not None:
         acc_before = accuracy(run_batched(run.dense, test.x), test.y)
         acc_after = accuracy(run_onnx(session(run.onnx_pruned), test.x), test.y)
         accuracy_data = (f"{'fashion-mnist test' if data == 'fashion-mnist' else 'held-out test split'}"
                          f" ({len(test):,} samples, not used for fine-tuning)")
-    w_before, w_after = _weights(run.dense, run.found), _weights(run.gm, run.found)
+    w_before, w_after = weights(run.dense, run.found), weights(run.gm, run.found)
     return Report(
         model=str(paths.model), model_format=run.model_format, data=data, output=str(output),
         report=str(report_path), target=config.prune.target, scope=config.prune.scope.value,
-        compensate=config.prune.compensate.value,
-        calibration_samples=run.pruned.stats.samples, weights_before=w_before,
+        criterion=config.prune.criterion.value,
+        compensate=config.prune.compensate.resolve(has_data=run.splits is not None).value,
+        calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
+        weights_before=w_before,
         weights_after=w_after, flops_before=2 * w_before, flops_after=2 * w_after,
         onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.onnx_pruned),
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_data=accuracy_data,
         parity_max_abs_diff=parity[0], parity_samples=parity[1],
+        parity_inputs="held-back" if run.splits else "random",
         latency_threads=config.bench.threads if config.bench else 0,
-        latency=_latencies(run.onnx_dense, run.onnx_pruned, run.splits.validation.x[:256], config),
+        latency=_latencies(run.onnx_dense, run.onnx_pruned, run.probe[:256], config),
         layers=_layer_rows(run.dense, run.gm, run.found, run.pruned.stats),
         cycles=run.pruned.cycles, plan=run.pruned.plan,
         seconds=round(time.perf_counter() - started, 2))
-
-
-def schedule(target: float, cycles: int) -> list[float]:
-    """Cumulative targets: cycle n removes a share proportional to 0.8**n (paper Algorithm 1)."""
-    shares = [0.8 ** n for n in range(cycles)]
-    total, done, out = sum(shares), 0.0, []
-    for share in shares:
-        done += share
-        out.append(target * done / total)
-    out[-1] = target
-    return out
-
-
-def _prune(gm: fx.GraphModule, found: Trace, splits: DataSplits, config: CompressConfig,
-           teacher: torch.Tensor | None, log: Log, progress: Progress | None) -> _Pruned:
-    prune, groups = config.prune, found.groups
-    original = {g.name: g.size for g in groups}
-    kept = {g.name: torch.arange(g.size) for g in groups}
-    w0 = _weights(gm, found)
-    train = splits.labelled and config.finetune.max_epochs > 0
-    targets = schedule(prune.target, prune.cycles if splits.labelled else 1)
-    calib = splits.train.x[:prune.calibration_samples]
-    rows, first = [], None
-    for n, target in enumerate(targets, 1):
-        stage = f"cycle {n}/{len(targets)}: counting activations"
-        stats = count_activations(gm, groups, calib, batch_size=prune.batch_size,
-                                  progress=progress and (lambda d, t: progress(stage, d, t)))
-        first = first or stats
-        shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
-        budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
-        removed = select(groups, stats.counts, shapes, budget, scope=prune.scope,
-                         original_sizes=original)
-        exact = compensate(gm, groups, removed, stats, mode=prune.compensate)
-        dead = sum(int((stats.counts[g.name][removed[g.name]] == 0).sum()) for g in groups)
-        for g in groups:
-            mask = torch.ones(g.size, dtype=torch.bool)
-            mask[removed[g.name]] = False
-            kept[g.name] = kept[g.name][mask]
-        groups = shrink(gm, groups, removed)
-        result = finetune(gm, splits.train, splits.validation, config.finetune,
-                          teacher=teacher, seed=config.seed + n) if train else None
-        reached = 1 - _weights(gm, found) / w0
-        rows.append(CycleRow(n, round(target, 6), round(reached, 6),
-                             sum(int(r.numel()) for r in removed.values()), dead,
-                             sum(exact.values()), result.epochs if result else 0,
-                             result.val_accuracy if result else None))
-        log(f"cycle {n}/{len(targets)}: removed {rows[-1].removed} neurons ({dead} dead), "
-            f"weights -{100 * reached:.2f}%" + (f", fine-tuned {result.epochs} epoch"
-                                                f"{'' if result.epochs == 1 else 's'}, "
-                                                f"val acc {100 * result.val_accuracy:.2f}%"
-                                                if result else ""))
-    if rows[-1].reduction > prune.target + 0.01:
-        log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
-            f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
-            "its weights to land within 1 point (try --cycles 1)")
-    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return _Pruned(first, tuple(rows), plan)
 
 
 def _fit_data(model, splits: DataSplits) -> DataSplits:
@@ -224,19 +206,17 @@ def _latencies(dense: bytes, pruned: bytes, sample: torch.Tensor,
                                     seconds=b.seconds)) for batch in b.batches)
 
 
-def _weights(gm: fx.GraphModule, found: Trace) -> int:
-    return sum(get_tensor(gm, layer.weight).numel() for layer in found.layers)
-
-
 def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
-                stats: ActivationStats) -> tuple[LayerRow, ...]:
+                stats: ActivationStats | None) -> tuple[LayerRow, ...]:
     reasons = dict(found.dense)
+    prunable = {g.name for g in found.groups}
     rows = []
     for layer in found.layers:
         before, after = get_tensor(dense, layer.weight).shape, get_tensor(gm, layer.weight).shape
-        pruned = layer.name in stats.counts
+        pruned = layer.name in prunable
+        dead = stats.dead(layer.name) if pruned and stats is not None else None
         rows.append(LayerRow(layer.name, int(before[1]), int(before[0]), int(after[1]),
-                             int(after[0]), stats.dead(layer.name) if pruned else None,
+                             int(after[0]), dead,
                              "pruned" if pruned else reasons.get(layer.name, "")))
     return tuple(rows)
 

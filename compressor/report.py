@@ -23,8 +23,10 @@ class CycleRow:
     target: float  # cumulative reduction this cycle aims for
     reduction: float  # cumulative reduction reached
     removed: int  # neurons removed this cycle
-    dead: int  # of them, never fired
+    dead: int | None  # of them, never fired (None without calibration data)
     exact: int  # of them, constant outputs folded exactly
+    merged: int  # of them, merged into a similar kept neuron
+    compensate_seconds: float  # time spent compensating
     epochs: int  # fine-tuning epochs run
     val_accuracy: float | None
 
@@ -44,11 +46,12 @@ class Latency:
 class Report:
     model: str
     model_format: str
-    data: str
+    data: str | None
     output: str
     report: str
     target: float
     scope: str
+    criterion: str
     compensate: str
     calibration_samples: int
     weights_before: int
@@ -62,6 +65,7 @@ class Report:
     accuracy_data: str | None
     parity_max_abs_diff: float
     parity_samples: int
+    parity_inputs: str  # "held-back" (data) or "random" (no data)
     latency_threads: int
     latency: tuple[Latency, ...]
     layers: tuple[LayerRow, ...]
@@ -101,7 +105,7 @@ def format_table(r: Report) -> str:
     lines = [f"compressed {r.model} -> {r.output}", ""]
     lines += _align([("", "before", "after", "")] + rows)
     lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
-                  f"{r.parity_samples:,} held-back inputs", ""]
+                  f"{r.parity_samples:,} {r.parity_inputs} inputs", ""]
     layer_rows = [("layer", "before", "after", "dead", "")]
     for row in r.layers:
         layer_rows.append((row.name, f"{row.in_before} -> {row.out_before}",
@@ -113,11 +117,25 @@ def format_table(r: Report) -> str:
         cycle_rows = [("cycle", "target", "reached", "removed", "dead", "epochs", "val acc")]
         for c in r.cycles:
             cycle_rows.append((str(c.cycle), pct(c.target), pct(c.reduction), str(c.removed),
-                               str(c.dead), str(c.epochs), pct(c.val_accuracy)))
+                               "-" if c.dead is None else str(c.dead), str(c.epochs),
+                               pct(c.val_accuracy)))
         lines += _align(cycle_rows)
-    lines += ["", f"{r.scope} scope, compensation {r.compensate}, {r.calibration_samples:,} "
-                  f"calibration samples of {r.data}; took {r.seconds:.1f} s; report: {r.report}"]
+    lines += ["", _summary(r)]
     return "\n".join(lines)
+
+
+def _summary(r: Report) -> str:
+    removed = sum(c.removed for c in r.cycles)
+    merged = sum(c.merged for c in r.cycles)
+    seconds = sum(c.compensate_seconds for c in r.cycles)
+    how = f"compensation {r.compensate}"
+    if r.compensate == "merge":
+        how += f" ({merged} of {removed} removed neurons merged)"
+    how += f" in {seconds:.2f} s"
+    data = "no calibration data (data-free)" if r.data is None else \
+        f"{r.calibration_samples:,} calibration samples of {r.data}"
+    return (f"{r.scope} scope, criterion {r.criterion}, {how}, {data}; took {r.seconds:.1f} s; "
+            f"report: {r.report}")
 
 
 def _align(rows: list[tuple[str, ...]]) -> list[str]:

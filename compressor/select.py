@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import fx
 
-from .config import Scope
+from .calibrate import ActivationStats
+from .config import Criterion, PruneConfig, Scope
 from .errors import NothingToPruneError
-from .groups import PrunableGroup, weight_count
+from .groups import PrunableGroup, unit_rows, weight_count
+from .lsq import removal_errors
 
 
 @dataclass(frozen=True)
@@ -22,11 +25,41 @@ class Budget:
     min_weights: int
 
 
+def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: PruneConfig, *,
+                stats: ActivationStats | None = None,
+                x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per group, one score per unit (lower is removed first), by `config.criterion`:
+
+    - activation: activation counts (needs `stats`);
+    - l1 / l2: the norm of each unit's [weights | bias] row, divided by the mean norm of its
+      group (layers with more inputs have larger norms; a global ranking must compare like
+      with like);
+    - error: the output error greedy removal with least-squares refits leaves (needs
+      calibration inputs `x`; see `compressor.lsq.removal_errors`).
+    """
+    criterion = config.criterion
+    if criterion.needs_data and (stats is None or x is None):
+        raise ValueError(f"the {criterion.value} criterion needs calibration data")
+    if criterion is Criterion.ACTIVATION:
+        return {g.name: stats.counts[g.name].double() for g in groups}
+    if criterion is Criterion.ERROR:
+        return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size)
+    order = 1 if criterion is Criterion.L1 else 2
+    scores = {}
+    for g in groups:
+        norms = torch.linalg.vector_norm(unit_rows(gm, g), ord=order, dim=1)
+        mean = float(norms.mean())
+        scores[g.name] = norms / mean if mean > 0 else norms
+    return scores
+
+
 def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
            shapes: dict[str, tuple[int, ...]], budget: Budget, *, scope: Scope,
-           original_sizes: dict[str, int]) -> dict[str, torch.Tensor]:
-    """Pick units to remove: all dead units (score 0), then lowest scores first until the weight
-    count is within budget. A unit whose removal would undershoot `min_weights` is skipped for
+           original_sizes: dict[str, int],
+           dead: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Pick units to remove: all dead units, then lowest scores first until the weight
+    count is within budget; equal scores go in graph order (earlier group, lower index
+    first). A unit whose removal would undershoot `min_weights` is skipped for
     the next one that does not, when there is one; if the count still lands below
     `min_weights`, removed live units are restored (best first) while the budget holds.
     Every group keeps at least one unit.
@@ -39,11 +72,13 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
         scope: GLOBAL ranks all units together; LOCAL removes the same fraction of each group
             (fractions of `original_sizes`, so earlier removals count).
         original_sizes: group sizes before any pruning.
+        dead: per group, a mask of units that never fire [default: score 0].
 
     Returns:
         Per group, the sorted indices of the units to remove.
     """
-    state = _Selection(groups, scores, shapes, original_sizes)
+    dead = dead or {g.name: scores[g.name] == 0 for g in groups}
+    state = _Selection(groups, scores, shapes, original_sizes, dead)
     state.remove_dead()
     while state.count() > budget.max_weights:
         candidates = state.global_candidates() if scope is Scope.GLOBAL else state.local_candidates()
@@ -67,8 +102,8 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
 class _Selection:
     """Units removed so far, group sizes, and the weight count they imply."""
 
-    def __init__(self, groups, scores, shapes, original_sizes) -> None:
-        self.groups, self.scores, self.shapes = list(groups), scores, shapes
+    def __init__(self, groups, scores, shapes, original_sizes, dead) -> None:
+        self.groups, self.scores, self.shapes, self.dead = list(groups), scores, shapes, dead
         self.original_sizes = original_sizes
         self.sizes = {g.name: g.size for g in groups}
         self.gone: dict[str, set[int]] = {g.name: set() for g in groups}
@@ -91,7 +126,7 @@ class _Selection:
     def remove_dead(self) -> None:
         for name, units in self.order.items():
             for u in units:
-                if self.scores[name][u] == 0 and self.sizes[name] > 1:
+                if self.dead[name][u] and self.sizes[name] > 1:
                     self.remove(name, u)
 
     def usable(self, name: str, unit: int) -> bool:
@@ -116,7 +151,7 @@ class _Selection:
     def fill_back(self, budget: Budget) -> None:
         """Restore removed live units, highest score first, while the count stays in budget."""
         restorable = sorted(((float(self.scores[n][u]), n, u) for n in self.gone
-                             for u in self.gone[n] if self.scores[n][u] != 0), reverse=True)
+                             for u in self.gone[n] if not self.dead[n][u]), reverse=True)
         for _, name, unit in restorable:
             if self.count() >= budget.min_weights:
                 return

@@ -66,3 +66,27 @@ class Tied(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+def with_dead_and_disconnected() -> nn.Sequential:
+    """tiny() with dead units (no weights, bias < 0) and constant units (no weights, bias > 0)."""
+    net = tiny()
+    with torch.no_grad():
+        net[0].weight[[1, 5, 9]] = 0
+        net[0].bias[[1, 5]] = -0.5  # dead: relu(-0.5) = 0
+        net[0].bias[9] = 0.7  # disconnected: always relu(0.7) = 0.7
+        net[2].weight[[0, 3]] = 0
+        net[2].bias[0] = 1.25  # constant in the second hidden layer
+        net[2].bias[3] = -2.0
+    return net
+
+
+def with_duplicates() -> nn.Sequential:
+    """tiny() where first-layer unit 7 copies unit 3, unit 8 is 2.5 x unit 3, and second-layer
+    unit 5 copies unit 2: removing 7, 8 and 5 loses no information."""
+    net = tiny()
+    with torch.no_grad():
+        for layer, copy, source, scale in ((0, 7, 3, 1.0), (0, 8, 3, 2.5), (2, 5, 2, 1.0)):
+            net[layer].weight[copy] = scale * net[layer].weight[source]
+            net[layer].bias[copy] = scale * net[layer].bias[source]
+    return net

@@ -60,6 +60,46 @@ def test_unlabelled_data_prunes_in_one_shot_with_default_paths(run_cli, tiny_fil
     assert report["cycles"][0]["epochs"] == 0 and 0.5 <= report["reduction"] <= 0.51
 
 
+def test_without_data_prunes_data_free_by_weight_norm_with_merging(run_cli, tiny_files):
+    out = tiny_files["dir"] / "free.onnx"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5",
+                     "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = report_of(out)
+    assert (report["criterion"], report["compensate"], report["data"]) == ("l1", "merge", None)
+    assert report["parity_inputs"] == "random" and report["parity_max_abs_diff"] <= 1e-4
+    assert report["accuracy_after"] is None and report["calibration_samples"] == 0
+    assert len(report["cycles"]) == 1 and report["cycles"][0]["dead"] is None
+    assert report["cycles"][0]["merged"] > 0 and 0.5 <= report["reduction"] <= 0.51
+    assert "compensation merge (" in result.out and "data-free" in result.out
+
+
+def test_without_data_a_pt2_program_is_checked_in_its_own_input_shape(run_cli, tmp_path):
+    path = tmp_path / "image.pt2"
+    torch.export.save(export_program(ImageNet().eval(), torch.randn(2, 1, 28, 28)), str(path))
+    result = run_cli(path, "--target", "0.5", "--compensate", "none", *FAST)
+    assert result.code == 0, result.err
+    graph = onnx.load(path.with_name("image.compressed.onnx")).graph
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [1, 28, 28]
+
+
+@pytest.mark.parametrize("criterion,compensate", [
+    ("activation", "auto"), ("l1", "auto"), ("l2", "auto"), ("error", "auto"), ("activation", "none"),
+    ("activation", "mean"), ("activation", "merge"), ("l1", "lsq")])
+def test_every_criterion_and_compensation_runs_in_one_shot_without_fine_tuning(
+        run_cli, tiny_files, criterion, compensate):
+    out = tiny_files["dir"] / "one.onnx"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5",
+                     "--data", tiny_files["data"], "--epochs", "0", "--criterion", criterion,
+                     "--compensate", compensate, "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = report_of(out)
+    assert report["criterion"] == criterion and len(report["cycles"]) == 1
+    assert report["compensate"] == ("lsq" if compensate == "auto" else compensate)
+    assert report["parity_max_abs_diff"] <= 1e-4 and report["accuracy_after"] is not None
+
+
 @pytest.mark.parametrize("kind", ["ts", "pt2", "pt2-fixed-batch", "pickle"])
 def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     path = tiny_files["dir"] / f"m.{kind}"
@@ -79,23 +119,25 @@ def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     assert report_of(path.with_name("m.compressed.onnx"))["model_format"]
 
 
-@pytest.mark.parametrize("net, arch, cycles", [(ImageNet(), "tests.nets:ImageNet", 1),
-                                               (None, "models.mlp:paper_mlp", 2)])
-def test_fashion_mnist_fits_flat_and_image_shaped_models(run_cli, tmp_path, net, arch, cycles):
-    model = REPO / "models" / "paper_mlp.pt" if net is None else tmp_path / "net.pt"
+@pytest.mark.parametrize("net, arch", [(ImageNet(), "tests.nets:ImageNet"),
+                                       (None, "models.mlp:paper_mlp"),
+                                       (None, "models.mlp:lenet_300_100")])
+def test_fashion_mnist_fits_flat_and_image_shaped_models(run_cli, tmp_path, net, arch):
+    name = arch.split(":")[1]
+    model = REPO / "models" / f"{name}.pt" if net is None else tmp_path / "net.pt"
     if net is not None:
         torch.save(net.state_dict(), model)
     out = tmp_path / "m.onnx"
     result = run_cli(model, "--arch", arch, "--target", "0.8", "--data", "fashion-mnist",
-                     "--epochs", "0", "--cycles", cycles, "--calibration-samples", "500", "-o", out,
-                     *FAST)
+                     "--epochs", "0", "--calibration-samples", "500", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = report_of(out)
     assert 0.8 <= report["reduction"] <= 0.81
     assert report["accuracy_data"].startswith("fashion-mnist test (10,000")
     if net is None:  # the shipped example's recorded accuracy is what we measure
-        recorded = json.loads((REPO / "models" / "paper_mlp.json").read_text())
+        recorded = json.loads((REPO / "models" / f"{name}.json").read_text())
         assert report["accuracy_before"] == pytest.approx(recorded["test_accuracy"], abs=1e-9)
+        assert report["accuracy_after"] > 0.6  # one shot at 80%, lsq on 500 samples
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -156,6 +198,15 @@ def bad_case(name: str, d: dict[str, Path]) -> list[object]:
         return [*ok, "-o", data]
     if name == "report is the output":
         return [*ok, "-o", tmp / "a.onnx", "--report", tmp / "a.onnx"]
+    if name.endswith(" without data"):
+        option = {"activation": "--criterion", "error": "--criterion", "lsq": "--compensate",
+                  "mean": "--compensate"}
+        choice = name.split()[0]
+        return [*ok[:5], option[choice], choice, *FAST]
+    if name == "merge threshold 2":
+        return [*ok, "--compensate", "merge", "--merge-threshold", "2"]
+    if name == "unknown criterion":
+        return [*ok, "--criterion", "l3"]
     raise AssertionError(name)
 
 
@@ -164,7 +215,8 @@ BAD = ["missing model", "random bytes", "empty model", "truncated model", "zip o
        "nan in data", "labels out of range", "empty data", "nothing to prune", "forward fails",
        "pickle without trust", "state_dict without arch", "output dir missing",
        "output is a directory", "output under a file", "output is the input",
-       "output is the data", "report is the output"]
+       "output is the data", "report is the output", "activation without data",
+       "error without data", "lsq without data", "mean without data", "merge threshold 2", "unknown criterion"]
 
 
 @pytest.mark.parametrize("name", BAD)

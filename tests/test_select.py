@@ -83,3 +83,46 @@ def test_unreachable_target_is_a_clear_error():
     with pytest.raises(NothingToPruneError, match="smaller --target"):
         select(groups, scores, shapes, Budget(100, 0), scope=Scope.GLOBAL,
                original_sizes={"h0": 4, "h1": 4})
+
+
+def test_norm_criteria_score_the_weight_and_bias_row_relative_to_its_layer():
+    from compressor.config import PruneConfig
+    from compressor.select import unit_scores
+    from compressor.trace import trace
+    from tests.conftest import graph_of
+    from tests.nets import tiny
+
+    net = tiny()
+    gm = graph_of(net, torch.randn(2, 20))
+    groups = trace(gm).groups
+    row = torch.cat([net[0].weight, net[0].bias[:, None]], dim=1).detach().double()
+    l1 = unit_scores(gm, groups, PruneConfig(0.5, criterion="l1"))
+    l2 = unit_scores(gm, groups, PruneConfig(0.5, criterion="l2"))
+    torch.testing.assert_close(l1["0"], row.abs().sum(1) / row.abs().sum(1).mean())
+    torch.testing.assert_close(l2["0"], row.norm(dim=1) / row.norm(dim=1).mean())
+    for criterion in ("activation", "error"):
+        with pytest.raises(ValueError, match="needs calibration data"):
+            unit_scores(gm, groups, PruneConfig(0.5, criterion=criterion))
+
+
+def test_equal_scores_are_removed_in_graph_order():
+    groups, shapes = chain([10, 6, 6, 2])
+    scores = {g.name: torch.ones(g.size) for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    # each first-layer unit holds 16 weights, each second-layer unit 8: removing 3 + 0 fits
+    removed = select(groups, scores, shapes, Budget(total - 40, total - 60),
+                     scope=Scope.GLOBAL, original_sizes={g.name: g.size for g in groups})
+    assert removed["h0"].tolist() == [0, 1, 2] and removed["h1"].tolist() == []
+    again = select(groups, scores, shapes, Budget(total - 40, total - 60),
+                   scope=Scope.GLOBAL, original_sizes={g.name: g.size for g in groups})
+    assert all(torch.equal(removed[k], again[k]) for k in removed)
+
+
+def test_units_marked_dead_go_first_whatever_their_score():
+    groups, shapes = chain([10, 6, 6, 2])
+    scores = {"h0": torch.arange(6.0) + 1, "h1": torch.arange(6.0) + 1}
+    dead = {"h0": torch.tensor([False] * 5 + [True]), "h1": torch.zeros(6, dtype=torch.bool)}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    removed = select(groups, scores, shapes, Budget(total, 0), scope=Scope.GLOBAL,
+                     original_sizes={g.name: 6 for g in groups}, dead=dead)
+    assert removed["h0"].tolist() == [5] and removed["h1"].tolist() == []

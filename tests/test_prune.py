@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from compressor.pipeline import schedule
+from compressor.prune import schedule
 
 
 def test_schedule_reproduces_the_papers_five_cycles_at_80_percent():
