@@ -78,7 +78,7 @@ def _markdown(rows: list[dict], dense_bytes: int, base: dict[int, float], second
         "",
         "Each row is one `compress models/paper_mlp.pt --arch models.mlp:paper_mlp --target T "
         "--data fashion-mnist --scope S` with every other option at its default (5 cycles, "
-        "fine-tuning with distillation, mean compensation). Accuracy is on the official "
+        "fine-tuning with distillation, activation criterion, lsq compensation). Accuracy is on the official "
         "10,000-image test set, never used for fine-tuning. Latency: onnxruntime CPU, "
         f"**1 intra-op thread**, best of 5 rounds' median `run()` time, {seconds:g} s per cell, "
         "real test inputs. Wall time: the whole command (load, 5 cycles of counting and fine-tuning on 2 "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 PAPER_WIDTHS = (784, 300, 200, 100, 50, 10)
@@ -20,3 +21,26 @@ def mlp(widths: tuple[int, ...] = PAPER_WIDTHS) -> nn.Sequential:
 def paper_mlp() -> nn.Sequential:
     """The paper's 784-300-200-100-50-10 network (the `--arch` of models/paper_mlp.pt)."""
     return mlp(PAPER_WIDTHS)
+
+
+LENET_300_100 = (784, 300, 100, 10)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std, inside the model so that it takes pixels in [0, 1]."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def lenet_300_100() -> nn.Sequential:
+    """LeNet-300-100 (784-300-100-10) as in the neuron-merging paper's code: inputs normalised
+    to [-1, 1] (mean 0.5, std 0.5) by its first module (the `--arch` of models/lenet_300_100.pt)."""
+    return nn.Sequential(Normalize(0.5, 0.5), *mlp(LENET_300_100))
+
+
+ARCHS = {"paper_mlp": paper_mlp, "lenet_300_100": lenet_300_100}
