@@ -124,10 +124,13 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
 
 
 def _greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Greedy OBS removal, one unit per step (O(n³) for n units); returns cumulative errors."""
     scale = float(torch.diagonal(cov).mean())
     lam = ridge * scale if scale > 0 else ridge
     n = cov.shape[0]
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(cov + lam * torch.eye(n, dtype=cov.dtype)))
+    system = cov + lam * torch.eye(n, dtype=cov.dtype)
+    factor, info = torch.linalg.cholesky_ex(system)
+    hinv = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(system)
     w = w.clone()
     total = max(float(torch.einsum("oi,ij,oj->", w, cov, w)), torch.finfo(cov.dtype).tiny)
     alive = torch.ones(n, dtype=torch.bool)
@@ -139,9 +142,9 @@ def _greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Te
         p = int(cost.argmin())  # the first of equals: deterministic
         error += float(cost[p])
         scores[p] = error / total
-        row = hinv[p] / hinv[p, p]
-        w -= torch.outer(w[:, p], row)
-        hinv -= torch.outer(hinv[:, p], row)
+        row = hinv[p] / hinv[p, p]  # a copy: the in-place updates below must not see it change
+        w.addr_(w[:, p].clone(), row, alpha=-1)
+        hinv.addr_(hinv[:, p].clone(), row, alpha=-1)
         alive[p] = False
         w[:, p], hinv[p], hinv[:, p], hinv[p, p] = 0, 0, 0, 1
     return scores

@@ -38,7 +38,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
       calibration inputs `x`; see `compressor.lsq.removal_errors`).
     """
     criterion = config.criterion
-    if criterion.needs_data and (stats is None or x is None):
+    if (criterion is Criterion.ACTIVATION and stats is None) or \
+            (criterion is Criterion.ERROR and x is None):
         raise ValueError(f"the {criterion.value} criterion needs calibration data")
     if criterion is Criterion.ACTIVATION:
         return {g.name: stats.counts[g.name].double() for g in groups}
