@@ -25,6 +25,10 @@ class Slice:
     axis: int
     block: int = 1
 
+    def entries(self, units: torch.Tensor) -> torch.Tensor:
+        """Indices along `axis` of the entries units `units` own."""
+        return (units.to(torch.int64)[:, None] * self.block + torch.arange(self.block)).reshape(-1)
+
 
 @dataclass(frozen=True)
 class PrunableGroup:
@@ -57,7 +61,7 @@ def take(gm: fx.GraphModule, group: PrunableGroup, keep: torch.Tensor) -> Prunab
     """Physically keep only units `keep` (sorted indices) of `group`; return the resized group."""
     keep = keep.to(torch.int64)
     for s in group.slices:
-        index = (keep[:, None] * s.block + torch.arange(s.block)).reshape(-1)
+        index = s.entries(keep)
         set_tensor(gm, s.param, get_tensor(gm, s.param).index_select(s.axis, index))
     return replace(group, size=int(keep.numel()))
 
@@ -92,11 +96,9 @@ def merge_into(gm: fx.GraphModule, group: PrunableGroup, sources: torch.Tensor,
     for s in group.consumers:
         w = get_tensor(gm, s.param).detach()
         moved = w.double().movedim(s.axis, -1).clone()
-        offsets = torch.arange(s.block)
-        src = (sources[:, None] * s.block + offsets).reshape(-1)
-        dst = (targets[:, None] * s.block + offsets).reshape(-1)
-        added = moved.index_select(-1, src) * scales.double().repeat_interleave(s.block)
-        moved.index_add_(-1, dst, added)
+        added = moved.index_select(-1, s.entries(sources)) * \
+            scales.double().repeat_interleave(s.block)
+        moved.index_add_(-1, s.entries(targets), added)
         set_tensor(gm, s.param, moved.movedim(-1, s.axis).to(w.dtype).contiguous())
 
 
@@ -107,7 +109,7 @@ def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.T
         return
     for s, bias_name in zip(group.consumers, group.consumer_biases):
         w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1)
-        columns = (units[:, None] * s.block + torch.arange(s.block)).reshape(-1)
+        columns = s.entries(units)
         contribution = w.index_select(-1, columns) @ values.double().repeat_interleave(s.block)
         bias = get_tensor(gm, bias_name).detach()
         set_tensor(gm, bias_name, (bias.double() + contribution).to(bias.dtype))
@@ -117,7 +119,7 @@ def zero_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor
     """Zero the consumer columns of `units`: the network computes as if they were removed."""
     for s in group.consumers:
         w = get_tensor(gm, s.param).detach().clone()
-        columns = (units[:, None] * s.block + torch.arange(s.block)).reshape(-1)
+        columns = s.entries(units)
         w.index_fill_(s.axis, columns, 0)
         set_tensor(gm, s.param, w)
 
