@@ -8,13 +8,65 @@ from pathlib import Path
 
 import click
 
-from .config import (BenchConfig, Compensation, CompressConfig, Criterion, FinetuneConfig,
-                     PruneConfig, Scope)
+from .check import CheckInputs, CheckResult, check, format_check
+from .config import (BenchConfig, Budgets, CheckConfig, Compensation, CompressConfig,
+                     Criterion, FinetuneConfig, PruneConfig, Scope, parse_fraction,
+                     parse_positive, parse_size)
 from .errors import CompressorError, first_line
 from .pipeline import Paths, compress
 from .report import format_table
 
+BUDGET_BROKEN = 1
 USAGE_ERROR = 2
+
+
+class _Parsed(click.ParamType):
+    """A click type from a parse function that raises ValueError (sizes, fractions)."""
+
+    def __init__(self, name: str, parse) -> None:
+        self.name, self._parse = name, parse
+
+    def convert(self, value, param, ctx):
+        try:
+            return self._parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+SIZE = _Parsed("size", parse_size)
+FRACTION = _Parsed("fraction", parse_fraction)
+POSITIVE = _Parsed("number", parse_positive)
+
+BUDGET_OPTIONS = [
+    click.option("--max-size", type=SIZE, metavar="SIZE",
+                 help="Largest ONNX file: bytes, or with KB/MB (1000) or KiB/MiB (1024), e.g. 200KB."),
+    click.option("--max-params", type=click.IntRange(0), metavar="N",
+                 help="Most stored parameters (weights, biases, 8-bit values)."),
+    click.option("--max-flops", type=click.IntRange(0), metavar="N",
+                 help="Most FLOPs per sample (2 x non-zero weights of MatMul/Gemm/Conv)."),
+    click.option("--min-accuracy", type=FRACTION, metavar="ACC",
+                 help="Least top-1 accuracy on the labelled data, e.g. 0.88 or 88%."),
+    click.option("--min-agreement", type=FRACTION, metavar="AGR",
+                 help="Least share of samples whose top-1 class equals the reference model's."),
+    click.option("--max-latency", type=POSITIVE, metavar="MS",
+                 help="Longest onnxruntime run() in milliseconds at --batch."),
+    click.option("--max-latency-ratio", type=POSITIVE, metavar="R",
+                 help="Longest latency as a multiple of the baseline's at --batch, e.g. 1.05."),
+]
+
+
+def budget_options(command):
+    """Add the budget options (shared by `compress` and `compress check`)."""
+    for option in reversed(BUDGET_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _budgets(options: dict) -> Budgets:
+    return Budgets(max_size=options["max_size"], max_params=options["max_params"],
+                   max_flops=options["max_flops"], min_accuracy=options["min_accuracy"],
+                   min_agreement=options["min_agreement"], max_latency_ms=options["max_latency"],
+                   max_latency_ratio=options["max_latency_ratio"])
 
 
 # Subcommands by name (`compress check ...`); anything else is the main job, `compress MODEL`.
@@ -93,12 +145,15 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for data splits and fine-tuning.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the report table.")
+@budget_options
+@click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True,
+              help="Batch size the latency budgets are checked at (also timed and reported).")
 def compress_command(model: Path, target: float, data: str | None, scope: str, cycles: int,
                      criterion: str | None, compensate: str, merge_threshold: float,
                      epochs: int, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
-                     seed: int, quiet: bool) -> None:
+                     seed: int, quiet: bool, batch: int, **budgets) -> None:
     """Prune MODEL to --target fewer weights and write a verified ONNX file and JSON report.
     With --data the neurons are ranked by activation and pruned in cycles with fine-tuning
     (labelled data) or in one shot; without it, data-free by weight norm with neuron merging.
@@ -114,8 +169,9 @@ def compress_command(model: Path, target: float, data: str | None, scope: str, c
                               merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
-            bench=None if no_latency else BenchConfig(threads=threads),
-            seed=seed)
+            bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
+                                                       threads=threads),
+            seed=seed, budgets=_budgets(budgets), budget_batch=batch)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     paths = Paths(model, output, report, arch, trust_pickle)
@@ -123,6 +179,58 @@ def compress_command(model: Path, target: float, data: str | None, scope: str, c
     progress = None if quiet or not sys.stderr.isatty() else _progress
     result = _run(lambda: compress(paths, data, config, log=log, progress=progress))
     click.echo(format_table(result))
+    if result.budgets:
+        verdict = CheckResult(result.output, result.budgets)
+        click.echo("\n" + format_check(verdict))
+        if not verdict.passed:
+            _broken(verdict, wrote=f"{result.output} and its report were written")
+
+
+@click.command("check", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@budget_options
+@click.option("--data", "-d", metavar="fashion-mnist|FILE",
+              help="Data for accuracy, agreement and latency: 'fashion-mnist' (its 10,000 test "
+                   "images) or a .npz/.npy/.pt file (every sample).")
+@click.option("--reference", type=click.Path(path_type=Path), metavar="REF.onnx|REF.pt",
+              help="Model whose top-1 predictions --min-agreement compares with (ONNX, or any "
+                   "model file compress takes).")
+@click.option("--baseline", type=click.Path(path_type=Path), metavar="BASE.onnx",
+              help="ONNX model --max-latency-ratio divides by (timed in the same rounds).")
+@click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True,
+              help="Batch size for the latency budgets.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="onnxruntime intra-op threads for the latency budgets.")
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Builds a state_dict --reference.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a whole pickled module as --reference (runs code from the file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
+@click.option("--junit", type=click.Path(path_type=Path), metavar="PATH",
+              help="Also write the rows as a JUnit XML report (one test case per budget).")
+def check_command(model: Path, data: str | None, reference: Path | None, baseline: Path | None,
+                  batch: int, threads: int, arch: str | None, trust_pickle: bool, as_json: bool,
+                  junit: Path | None, **budgets) -> None:
+    """Check the ONNX file MODEL against budgets; exit 0 if all hold, 1 if any is broken,
+    2 on a usage error. Prints one row per budget: value, limit, pass or FAIL.
+    """
+    try:
+        config = CheckConfig(_budgets(budgets), batch=batch, threads=threads)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    inputs = CheckInputs(model, data, reference, baseline, arch, trust_pickle, junit)
+    result = _run(lambda: check(inputs, config))
+    click.echo(result.to_json() if as_json else format_check(result), nl=not as_json)
+    if not result.passed:
+        _broken(result)
+
+
+SUBCOMMANDS["check"] = check_command
+
+
+def _broken(result: CheckResult, *, wrote: str = "") -> None:
+    rows = "; ".join(f"{row.name} {row.comparison}" for row in result.broken)
+    click.echo(f"Budget broken: {rows}" + (f" ({wrote})" if wrote else ""), err=True)
+    sys.exit(BUDGET_BROKEN)
 
 
 def _progress(stage: str, done: int, total: int) -> None:

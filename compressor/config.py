@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from enum import Enum
 
 
@@ -143,6 +144,103 @@ class BenchConfig:
             raise ValueError("threads must be >= 1 and seconds > 0")
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `300000`, `300KB`, `1.5 MB`, `200KiB` (KB = 1000 bytes, KiB = 1024)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size: write bytes, or a number with B, KB, MB, GB, "
+                         "KiB, MiB or GiB, e.g. 300KB")
+    return int(round(float(match.group(1)) * _SIZE_UNITS[unit]))
+
+
+def parse_fraction(text: str) -> float:
+    """A fraction in [0, 1] from `0.88` or `88%`."""
+    raw = str(text).strip()
+    percent = raw.endswith("%")
+    try:
+        value = float(raw[:-1] if percent else raw) / (100 if percent else 1)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # also refuses NaN
+        raise ValueError(f"{text!r} is not a fraction: write 0.88 or 88%")
+    return value
+
+
+def parse_positive(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{text!r} is not a positive number")
+    return value
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits a compressed model must meet (None = not checked).
+
+    Args:
+        max_size: file size in bytes.
+        max_params: stored parameters (all floating-point and 8-bit initializer entries).
+        max_flops: FLOPs per sample (2 x non-zero weights of MatMul/Gemm/Conv x positions).
+        min_accuracy: top-1 accuracy on labelled data, 0..1.
+        min_agreement: share of samples whose top-1 class equals the reference model's, 0..1.
+        max_latency_ms: onnxruntime latency of one run() at the checked batch size.
+        max_latency_ratio: that latency divided by the baseline model's.
+    """
+
+    max_size: int | None = None
+    max_params: int | None = None
+    max_flops: int | None = None
+    min_accuracy: float | None = None
+    min_agreement: float | None = None
+    max_latency_ms: float | None = None
+    max_latency_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_size", "max_params", "max_flops"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        for name in ("min_accuracy", "min_agreement"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+        for name in ("max_latency_ms", "max_latency_ratio"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    @property
+    def needs_latency(self) -> bool:
+        return self.max_latency_ms is not None or self.max_latency_ratio is not None
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What `compress check` measures: the budgets, and how latency is timed."""
+
+    budgets: Budgets
+    batch: int = 1
+    threads: int = 1
+    seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.threads < 1 or not self.seconds > 0:
+            raise ValueError("batch and threads must be >= 1 and seconds > 0")
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """Everything `compress` needs besides the paths."""
@@ -152,7 +250,13 @@ class CompressConfig:
     bench: BenchConfig | None = field(default_factory=BenchConfig)
     seed: int = 0
     parity_tolerance: float = 1e-4
+    budgets: Budgets = field(default_factory=Budgets)
+    budget_batch: int = 1  # the batch size the latency budgets are checked at
 
     def __post_init__(self) -> None:
         if not self.parity_tolerance > 0:
             raise ValueError(f"parity_tolerance must be positive, got {self.parity_tolerance}")
+        if self.budgets.needs_latency and (self.bench is None or
+                                           self.budget_batch not in self.bench.batches):
+            raise ValueError("a latency budget needs the latency measurement at its batch size:"
+                             " drop --no-latency")

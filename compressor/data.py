@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, first_line
+from .files import zip_members
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "COMPRESSOR_FASHION_MNIST"
@@ -76,6 +75,23 @@ def load_data(spec: str, *, seed: int = 0) -> DataSplits:
     if spec == "fashion-mnist":
         return load_fashion_mnist()
     path = Path(spec)
+    return split(_read_file(path), name=path.name, seed=seed)
+
+
+def load_eval_data(spec: str) -> tuple[Dataset, str]:
+    """Data to evaluate a finished model on: Fashion-MNIST's official test set, or every
+    sample of a data file (not split).
+
+    Returns:
+        The data and a description for reports (name and sample count).
+    """
+    data = load_fashion_mnist().test if spec == "fashion-mnist" else _read_file(Path(spec))
+    name = "fashion-mnist test" if spec == "fashion-mnist" else Path(spec).name
+    return data, f"{name} ({len(data):,} samples)"
+
+
+def _read_file(path: Path) -> Dataset:
+    spec = str(path)
     if not path.exists():
         raise DataError(f"data file {spec} does not exist: pass an existing .npz/.npy/.pt file "
                         "or --data fashion-mnist")
@@ -87,7 +103,7 @@ def load_data(spec: str, *, seed: int = 0) -> DataSplits:
         raise DataError(f"data file {spec} has an unknown extension: use .npz (x, optional y), "
                         ".npy (inputs) or .pt (a tensor or a dict with x and optional y)")
     x, y = reader(path)
-    return split(validate(x, y, source=str(path)), name=path.name, seed=seed)
+    return validate(x, y, source=spec)
 
 
 def validate(x: object, y: object, *, source: str) -> Dataset:
@@ -187,24 +203,29 @@ def _read_npz(path: Path) -> tuple[object, object]:
                 raise DataError(f"{path} has no array 'x' (found {npz.files}): save inputs as x "
                                 "and optional labels as y, e.g. np.savez(path, x=x, y=y)")
             return npz["x"], npz["y"] if "y" in npz.files else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a readable .npz file ({e}): write it with np.savez") from e
+    except DataError:
+        raise
+    except Exception as e:  # numpy's parsers raise many types for damaged files
+        raise DataError(f"{path} is not a readable .npz file ({first_line(e)}): write it with "
+                        "np.savez") from e
 
 
 def _read_npy(path: Path) -> tuple[object, object]:
     try:
         return np.load(path, allow_pickle=False), None
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path} is not a readable .npy array ({e}): write it with np.save") from e
+    except Exception as e:  # numpy's parsers raise many types for damaged files
+        raise DataError(f"{path} is not a readable .npy array ({first_line(e)}): write it with "
+                        "np.save") from e
 
 
 def _read_pt(path: Path) -> tuple[object, object]:
+    zip_members(path, DataError, fix="save the data again with torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path} is not a tensor file loadable with weights_only=True ({first}): "
-                        "save a tensor or a dict {'x': ..., 'y': ...} with torch.save") from e
+    except Exception as e:  # the unpickler raises many types for damaged files
+        raise DataError(f"{path} is not a tensor file loadable with weights_only=True "
+                        f"({first_line(e)}): save a tensor or a dict {{'x': ..., 'y': ...}} "
+                        "with torch.save") from e
     if isinstance(obj, torch.Tensor):
         return obj, None
     if isinstance(obj, dict) and "x" in obj:

@@ -9,7 +9,8 @@ import torch
 from torch import fx
 
 from .errors import ExportError, first_line
-from .graph import quiet, run_batched
+from .graph import run_batched
+from .quiet import quiet
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

@@ -1,30 +1,55 @@
-"""Output paths: checked before any work, written atomically after all of it."""
+"""Files: input archives checked whole before they are read; output paths checked before any
+work and written atomically after all of it."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import CompressorError, OutputError, first_line
 
 
-def check_output(path: Path, *, inputs: tuple[Path, ...]) -> Path:
-    """Resolve `path` and make sure it can be written and overwrites none of `inputs`."""
+def zip_members(path: Path, error: type[CompressorError], *, fix: str) -> list[str] | None:
+    """The member names of the zip archive at `path` after checking every member's CRC-32,
+    or None when the file is not a zip archive.
+
+    torch's own zip reader does not check CRCs, so a damaged byte inside a tensor would load
+    as a silently different weight; this reads the whole archive once and raises `error`
+    (with `fix` as the advice) instead.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as zf:
+            damaged = zf.testzip()
+            names = zf.namelist()
+    except Exception as e:  # zipfile raises BadZipFile, UnicodeDecodeError, OSError, ...
+        raise error(f"{path} is a corrupt zip archive ({first_line(e)}): {fix}") from e
+    if damaged is not None:
+        raise error(f"{path} is damaged: member {damaged} fails its CRC check: {fix}")
+    return names
+
+
+def check_output(path: Path, *, inputs: tuple[Path, ...], option: str = "-o/--output") -> Path:
+    """Resolve `path` (given with `option`) and make sure it can be written and overwrites
+    none of `inputs`."""
     path = Path(path).expanduser()
     resolved = path.resolve()
     for source in inputs:
         if source.exists() and resolved == Path(source).resolve():
-            raise OutputError(f"output {path} is the input file; pass a different -o/--output "
-                              "(the input is never overwritten)")
+            raise OutputError(f"{option} {path} is an input file; pass a different {option} "
+                              "(inputs are never overwritten)")
     if resolved.is_dir():
-        raise OutputError(f"output {path} is a directory: pass a file path such as "
+        raise OutputError(f"{option} {path} is a directory: pass a file path such as "
                           f"{path / 'model.onnx'}")
     parent = resolved.parent
     if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist: create it first")
+        raise OutputError(f"{option} {path}: directory {parent} does not exist: create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable: choose another -o/--output")
+        raise OutputError(f"{option} {path}: directory {parent} is not writable: choose another "
+                          f"{option}")
     return resolved
 
 

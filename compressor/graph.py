@@ -4,12 +4,7 @@ by name; the graph has no guards or pytree plumbing, takes one tensor and return
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
-import warnings
-from typing import Iterator
 
 import torch
 from torch import fx, nn
@@ -17,24 +12,9 @@ from torch.fx.graph import CodeGen
 
 from .errors import ModelError, first_line
 from .load import LoadedModel, ModelFormat, output_tensor
+from .quiet import quiet
 
 LINEAR = torch.ops.aten.linear.default
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence torch.export / torch.onnx chatter (warnings, logging, prints)."""
-    loggers = [logging.getLogger(n) for n in ("torch", "onnxscript", "onnx_ir")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

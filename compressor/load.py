@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import pickle
 import sys
-import zipfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -16,6 +15,8 @@ import torch
 from torch import nn
 
 from .errors import DataError, ModelError, first_line
+from .files import zip_members
+from .quiet import quiet
 
 
 class ModelFormat(str, Enum):
@@ -105,7 +106,8 @@ def output_tensor(out: Any) -> torch.Tensor:
 
 
 def _sniff(path: Path) -> ModelFormat:
-    if not zipfile.is_zipfile(path):
+    names = zip_members(path, ModelError, fix="re-save the model or copy it again")
+    if names is None:
         with path.open("rb") as f:
             head = f.read(2)
         if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle
@@ -113,13 +115,11 @@ def _sniff(path: Path) -> ModelFormat:
         if head == b"PK":  # a zip whose directory at the end is missing
             raise ModelError(f"{path} is a damaged or truncated zip archive: re-save the model "
                              "or copy it again")
+        if path.suffix.lower() == ".onnx":
+            raise ModelError(f"{path} is an ONNX file: compress takes the PyTorch model it was "
+                             "exported from (to measure an ONNX file, use compress check)")
         raise ModelError(f"{path} is not a PyTorch model file (not a zip archive or pickle): "
                          "save it with torch.save, torch.jit.save or torch.export.save")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ModelError(f"{path} is a corrupt zip archive ({e}): re-save the model") from e
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return ModelFormat.TORCHSCRIPT
     if any(n.endswith("archive_format") or "serialized_exported_program" in n for n in names):
@@ -206,7 +206,8 @@ def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
 
 def _guard(path: Path, what: str, load: Callable[[], Any]) -> Any:
     try:
-        return load()
+        with quiet():  # torch.export.load logs its own traceback before raising
+            return load()
     except Exception as e:  # loaders raise many types for damaged files
         raise ModelError(f"cannot load {path} as a {what} ({first_line(e)}): re-save the model "
                          "with the same torch version (2.13)") from e

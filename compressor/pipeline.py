@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 from torch import fx
 
-from .bench import latency_ms
+from .bench import latencies_ms
 from .calibrate import ActivationStats
+from .check import BudgetRow, Measured, evaluate, measure_file
 from .config import CompressConfig
 from .data import DataSplits, load_data
 from .errors import DataError, NothingToPruneError, OutputError
@@ -68,6 +70,9 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
             f"export on {len(probe):,} random inputs")
     else:
         splits = _fit_data(model, load_data(data, seed=config.seed))
+        if config.budgets.min_accuracy is not None and not splits.labelled:
+            raise DataError(f"--min-accuracy needs labels, and {data} has none: give labelled "
+                            "data or drop --min-accuracy")
         probe = splits.validation.x
         log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
             f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
@@ -88,6 +93,7 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     diff = verify(run.onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
     report = _report(run, paths, data, config, output=output, report_path=report_path,
                      parity=(diff, int(parity_x.shape[0])), started=started)
+    report = dataclasses.replace(report, budgets=_budgets(run, report, config))
     write_atomic({output: run.onnx_pruned, report_path: report.to_json().encode()})
     return report
 
@@ -96,6 +102,9 @@ def _check_options(data: str | None, config: CompressConfig) -> None:
     """Options that cannot work without data, refused before any work is done."""
     if data is not None:
         return
+    if config.budgets.min_accuracy is not None or config.budgets.min_agreement is not None:
+        raise DataError("--min-accuracy and --min-agreement are measured on data: pass --data "
+                        "(labelled for --min-accuracy)")
     prune = config.prune
     if prune.criterion.needs_data:
         raise DataError(f"ranking neurons by {prune.criterion.value} needs calibration data: "
@@ -136,7 +145,8 @@ def _check_paths(paths: Paths, data: str | None) -> tuple[Path, Path]:
     inputs = (Path(paths.model),) if data in (None, "fashion-mnist") else \
         (Path(paths.model), Path(data))
     output = check_output(paths.output or _default_output(Path(paths.model)), inputs=inputs)
-    report = check_output(paths.report or output.with_suffix(".json"), inputs=inputs)
+    report = check_output(paths.report or output.with_suffix(".json"), inputs=inputs,
+                          option="--report")
     if report == output:
         raise OutputError(f"--report and --output are the same file ({output}): give the "
                           "report its own path, e.g. ending in .json")
@@ -185,6 +195,31 @@ def _report(run: _Run, paths: Paths, data: str, config: CompressConfig, *, outpu
         seconds=round(time.perf_counter() - started, 2))
 
 
+def _budgets(run: _Run, report: Report, config: CompressConfig) -> tuple[BudgetRow, ...]:
+    """The written model measured against the budgets, as `compress check` measures it; the
+    reference for agreement and the baseline for latency are the input model."""
+    budgets = config.budgets
+    if not budgets.any:
+        return ()
+    measured = measure_file(onnx.load_from_string(run.onnx_pruned), len(run.onnx_pruned), budgets)
+    if report.accuracy_after is not None:
+        measured["accuracy"] = Measured(report.accuracy_after, f"on {report.accuracy_data}")
+    if budgets.min_agreement is not None:
+        test = run.splits.test if run.splits.test is not None else run.splits.validation
+        same = run_onnx(session(run.onnx_pruned), test.x).argmax(1) == \
+            run_batched(run.dense, test.x).argmax(1)
+        measured["agreement"] = Measured(float(same.double().mean()), f"top-1 vs {report.model} "
+                                         f"on {len(test):,} held-out samples")
+    for lat in report.latency:
+        if lat.batch == config.budget_batch:
+            threads = report.latency_threads
+            how = f"batch {lat.batch}, {threads} thread{'s' * (threads > 1)}, onnxruntime CPU"
+            measured["latency"] = Measured(lat.after_ms, how)
+            measured["latency_ratio"] = Measured(lat.after_ms / lat.before_ms,
+                                                 f"vs the dense export ({lat.before_ms:.4f} ms), {how}")
+    return evaluate(budgets, measured)
+
+
 def _fit_data(model, splits: DataSplits) -> DataSplits:
     layout, classes = find_input_layout(model, splits.train.x)
     splits = splits.map_x(layout)
@@ -200,10 +235,9 @@ def _latencies(dense: bytes, pruned: bytes, sample: torch.Tensor,
     if config.bench is None:
         return ()
     b = config.bench
-    return tuple(Latency(batch, latency_ms(dense, sample, batch=batch, threads=b.threads,
-                                           seconds=b.seconds),
-                         latency_ms(pruned, sample, batch=batch, threads=b.threads,
-                                    seconds=b.seconds)) for batch in b.batches)
+    return tuple(Latency(batch, *latencies_ms([dense, pruned], [sample, sample], batch=batch,
+                                              threads=b.threads, seconds=2 * b.seconds))
+                 for batch in b.batches)
 
 
 def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,

@@ -72,6 +72,7 @@ class Report:
     cycles: tuple[CycleRow, ...]
     plan: dict[str, dict[str, object]]
     seconds: float
+    budgets: tuple = ()  # check.BudgetRow per budget given (`compress --max-size ...`)
 
     @property
     def reduction(self) -> float:

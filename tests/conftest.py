@@ -6,9 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from compressor import cli
 from tests.nets import tiny
+
+# Property and fuzz tests: the same examples on every run (CI must not flake), no example
+# database written into the working directory, no per-example deadline (exports take ~0.3 s).
+settings.register_profile("compressor", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                 HealthCheck.too_slow])
+settings.load_profile("compressor")
 
 
 @dataclass

@@ -207,6 +207,26 @@ def bad_case(name: str, d: dict[str, Path]) -> list[object]:
         return [*ok, "--compensate", "merge", "--merge-threshold", "2"]
     if name == "unknown criterion":
         return [*ok, "--criterion", "l3"]
+    if name == "model is a directory":
+        return [tmp, *ok[1:]]
+    if name == "onnx file as model":
+        (tmp / "m.onnx").write_bytes(onnx.helper.make_model(onnx.helper.make_graph(
+            [], "empty", [], [])).SerializeToString())
+        return [tmp / "m.onnx", *ok[1:]]
+    if name == "data is a directory":
+        return [*ok[:6], tmp, *FAST]
+    if name == "unknown data extension":
+        (tmp / "d.csv").write_text("1,2\n")
+        return [*ok[:6], tmp / "d.csv", *FAST]
+    budget = {"accuracy budget, no data": [*ok[:5], "--min-accuracy", "0.5", *FAST],
+              "agreement budget, no data": [*ok[:5], "--min-agreement", "0.5", *FAST],
+              "latency budget without latency": [*ok, "--max-latency", "1"],
+              "size budget in words": [*ok, "--max-size", "small"]}
+    if name in budget:
+        return budget[name]
+    if name == "accuracy budget on unlabelled data":
+        np.save(tmp / "x.npy", labelled()[0])
+        return [*ok[:6], tmp / "x.npy", "--min-accuracy", "0.5", *FAST]
     raise AssertionError(name)
 
 
@@ -216,7 +236,11 @@ BAD = ["missing model", "random bytes", "empty model", "truncated model", "zip o
        "pickle without trust", "state_dict without arch", "output dir missing",
        "output is a directory", "output under a file", "output is the input",
        "output is the data", "report is the output", "activation without data",
-       "error without data", "lsq without data", "mean without data", "merge threshold 2", "unknown criterion"]
+       "error without data", "lsq without data", "mean without data", "merge threshold 2",
+       "unknown criterion", "model is a directory", "onnx file as model", "data is a directory",
+       "unknown data extension", "accuracy budget, no data", "agreement budget, no data",
+       "latency budget without latency", "size budget in words",
+       "accuracy budget on unlabelled data"]
 
 
 @pytest.mark.parametrize("name", BAD)

@@ -24,10 +24,16 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
 def test_check_output_refuses_inputs_directories_and_missing_parents(tmp_path):
     model = tmp_path / "m.pt"
     model.write_bytes(b"x")
-    with pytest.raises(OutputError, match="is the input file"):
+    with pytest.raises(OutputError, match="is an input file"):
         check_output(tmp_path / "." / "m.pt", inputs=(model,))
     with pytest.raises(OutputError, match="is a directory"):
         check_output(tmp_path, inputs=(model,))
     with pytest.raises(OutputError, match="does not exist"):
         check_output(tmp_path / "nope" / "o.onnx", inputs=(model,))
     assert check_output(tmp_path / "o.onnx", inputs=(model,)) == (tmp_path / "o.onnx").resolve()
+
+
+def test_check_output_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch):
+    monkeypatch.setattr("compressor.files.os.access", lambda path, mode: False)
+    with pytest.raises(OutputError, match="--junit .* is not writable: choose another --junit"):
+        check_output(tmp_path / "j.xml", inputs=(), option="--junit")
