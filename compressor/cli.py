@@ -47,11 +47,13 @@ BUDGET_OPTIONS = [
     click.option("--min-accuracy", type=FRACTION, metavar="ACC",
                  help="Least top-1 accuracy on the labelled data, e.g. 0.88 or 88%."),
     click.option("--min-agreement", type=FRACTION, metavar="AGR",
-                 help="Least share of samples whose top-1 class equals the reference model's."),
+                 help="Least share of samples whose top-1 class equals the reference model's "
+                      "(for compress: the input model's), e.g. 0.95."),
     click.option("--max-latency", type=POSITIVE, metavar="MS",
                  help="Longest onnxruntime run() in milliseconds at --batch."),
     click.option("--max-latency-ratio", type=POSITIVE, metavar="R",
-                 help="Longest latency as a multiple of the baseline's at --batch, e.g. 1.05."),
+                 help="Longest latency as a multiple of the baseline's at --batch (for "
+                      "compress: the dense export of the input model), e.g. 1.05."),
 ]
 
 
@@ -160,6 +162,9 @@ def compress_command(model: Path, target: float, data: str | None, scope: str, c
 
     MODEL is a TorchScript archive, a torch.export program (.pt2), a state_dict or checkpoint
     (with --arch), or a pickled nn.Module (only with --trust-pickle).
+
+    Budgets (--max-size, --min-accuracy, ...) are checked on the written file: exit 1 if any
+    is broken. To check an existing ONNX file (in CI): compress check MODEL.onnx --help.
     """
     try:
         config = CompressConfig(

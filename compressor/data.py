@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,6 +223,10 @@ def _read_pt(path: Path) -> tuple[object, object]:
     zip_members(path, DataError, fix="save the data again with torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path} holds Python objects besides tensors, and loading them could "
+                        "run code from the file (data loads with weights_only=True): save only "
+                        "a tensor or a dict {'x': ..., 'y': ...}") from e
     except Exception as e:  # the unpickler raises many types for damaged files
         raise DataError(f"{path} is not a tensor file loadable with weights_only=True "
                         f"({first_line(e)}): save a tensor or a dict {{'x': ..., 'y': ...}} "

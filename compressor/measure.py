@@ -30,15 +30,22 @@ class OnnxModel:
     path: Path
     data: bytes
     proto: onnx.ModelProto
-    input_name: str
+    input_name: str | None  # None unless the model has exactly one input and one output
     input_dims: tuple[int | None, ...]  # per sample (batch axis dropped); None = symbolic
 
     def __len__(self) -> int:
         return len(self.data)
 
+    def runnable(self) -> OnnxModel:
+        """This model, if compressor can feed it data (one input, one output)."""
+        if self.input_name is None:
+            raise ModelError(f"{self.path} does not have one input and one output: accuracy, "
+                             "agreement and latency are measured on such models only")
+        return self
+
 
 def load_onnx(path: Path, *, what: str = "model") -> OnnxModel:
-    """Read and check an ONNX file (one file, one input, one output).
+    """Read and check an ONNX file (weights inside the one file).
 
     Args:
         path: the `.onnx` file.
@@ -71,13 +78,10 @@ def load_onnx(path: Path, *, what: str = "model") -> OnnxModel:
         {s.values.name for s in proto.graph.sparse_initializer}
     inputs = [i for i in proto.graph.input if i.name not in weights]
     if len(inputs) != 1 or len(proto.graph.output) != 1:
-        raise ModelError(f"{what} {path} has {len(inputs)} inputs and {len(proto.graph.output)} "
-                         "outputs: compressor checks models with one input and one output")
+        return OnnxModel(path, data, proto, None, ())
     dims = tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in inputs[0].type.tensor_type.shape.dim)
-    if not dims:
-        raise ModelError(f"{what} {path} takes a scalar input: it needs a batch axis")
-    return OnnxModel(path, data, proto, inputs[0].name, dims[1:])
+    return OnnxModel(path, data, proto, inputs[0].name if dims else None, dims[1:])
 
 
 def parameter_count(proto: onnx.ModelProto) -> int:
@@ -158,7 +162,7 @@ def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor:
     """`x` reshaped to the model's per-sample input shape (same number of values)."""
-    dims = model.input_dims
+    dims = model.runnable().input_dims
     if list(x.shape[1:]) == list(dims) or (None in dims and len(dims) == x.ndim - 1):
         return x
     if None not in dims and math.prod(dims) == math.prod(x.shape[1:]):
@@ -170,7 +174,7 @@ def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor
 
 def random_input(model: OnnxModel, n: int, *, seed: int = 0) -> torch.Tensor:
     """`n` uniform [0, 1) inputs in the model's input shape (for timing without data)."""
-    if None in model.input_dims:
+    if None in model.runnable().input_dims:
         raise DataError(f"{model.path} has a symbolic input shape "
                         f"{['?' if d is None else d for d in model.input_dims]}: pass --data so "
                         "latency is measured on real inputs")
