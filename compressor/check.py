@@ -79,8 +79,8 @@ class CheckResult:
         suite = ET.Element("testsuite", name="compress check", tests=str(len(self.rows)),
                            failures=str(len(self.broken)), errors="0")
         for row in self.rows:
-            case = ET.SubElement(suite, "testcase", classname=f"compress.check.{Path(self.model).name}",
-                                 name=row.name, time="0")
+            case = ET.SubElement(suite, "testcase", name=row.name, time="0",
+                                 classname=f"compress.check.{Path(self.model).name}")
             ET.SubElement(case, "system-out").text = f"{row.comparison}; {row.detail}".rstrip("; ")
             if not row.passed:
                 ET.SubElement(case, "failure", message=f"{row.name}: {row.comparison}",
@@ -171,8 +171,7 @@ def check(inputs: CheckInputs, config: CheckConfig) -> CheckResult:
     """
     budgets = config.budgets
     _check_options(inputs, budgets)
-    junit = None if inputs.junit is None else check_output(inputs.junit, inputs=_sources(inputs),
-                                                                 option="--junit")
+    junit = inputs.junit and check_output(inputs.junit, inputs=_sources(inputs), option="--junit")
     model = load_onnx(inputs.model)
     measured = measure_file(model.proto, len(model), budgets)
     data, about = load_eval_data(inputs.data) if inputs.data else (None, "")
@@ -188,7 +187,7 @@ def check(inputs: CheckInputs, config: CheckConfig) -> CheckResult:
     if budgets.needs_latency:
         measured.update(_latency(model, inputs, data, about, config))
     result = CheckResult(str(inputs.model), evaluate(budgets, measured))
-    if junit is not None:
+    if junit:
         write_atomic({junit: result.to_junit()})
     return result
 

@@ -39,7 +39,8 @@ POSITIVE = _Parsed("number", parse_positive)
 
 BUDGET_OPTIONS = [
     click.option("--max-size", type=SIZE, metavar="SIZE",
-                 help="Largest ONNX file: bytes, or with KB/MB (1000) or KiB/MiB (1024), e.g. 200KB."),
+                 help="Largest ONNX file: bytes, or with KB/MB (1000) or KiB/MiB (1024), "
+                      "e.g. 200KB."),
     click.option("--max-params", type=click.IntRange(0), metavar="N",
                  help="Most stored parameters (weights, biases, 8-bit values)."),
     click.option("--max-flops", type=click.IntRange(0), metavar="N",

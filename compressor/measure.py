@@ -167,9 +167,9 @@ def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor
         return x
     if None not in dims and math.prod(dims) == math.prod(x.shape[1:]):
         return x.reshape(x.shape[0], *dims)
+    takes = ", ".join("?" if d is None else str(d) for d in dims)
     raise DataError(f"{source} has inputs of shape [N, {', '.join(map(str, x.shape[1:]))}] but "
-                    f"{model.path} takes [N, {', '.join('?' if d is None else str(d) for d in dims)}]:"
-                    " give data in the model's input shape")
+                    f"{model.path} takes [N, {takes}]: give data in the model's input shape")
 
 
 def random_input(model: OnnxModel, n: int, *, seed: int = 0) -> torch.Tensor:

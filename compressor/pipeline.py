@@ -215,8 +215,8 @@ def _budgets(run: _Run, report: Report, config: CompressConfig) -> tuple[BudgetR
             threads = report.latency_threads
             how = f"batch {lat.batch}, {threads} thread{'s' * (threads > 1)}, onnxruntime CPU"
             measured["latency"] = Measured(lat.after_ms, how)
-            measured["latency_ratio"] = Measured(lat.after_ms / lat.before_ms,
-                                                 f"vs the dense export ({lat.before_ms:.4f} ms), {how}")
+            measured["latency_ratio"] = Measured(
+                lat.after_ms / lat.before_ms, f"vs the dense export ({lat.before_ms:.4f} ms), {how}")
     return evaluate(budgets, measured)
 
 

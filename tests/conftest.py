@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +66,21 @@ def graph_of(module: torch.nn.Module, example: torch.Tensor):
 
     return capture(LoadedModel(Path("in-memory"), ModelFormat.PICKLED_MODULE, module.eval()),
                    example)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` and its hash: equal before and after = nothing written."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_refused(run_cli, args: list[object], folder: Path) -> None:
+    """`compress ARGS` fails as bad input must: exit 2, one line, no traceback, no stdout,
+    nothing written or changed in `folder`."""
+    before = digest(folder)
+    result = run_cli(*args)
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.err
+    assert "Traceback" not in result.err and result.out == ""
+    assert digest(folder) == before
