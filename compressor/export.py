@@ -30,6 +30,7 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
         for flat, original in gm.meta.get("original_names", {}).items():
             _rename(proto.graph, flat, original)
         _strip_debug_info(proto.graph)
+        _drop_initializer_shapes(proto.graph)
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # the exporter raises many types
         raise ExportError(f"ONNX export failed ({first_line(e)}); nothing was written") from e
@@ -69,6 +70,15 @@ def _strip_debug_info(graph: onnx.GraphProto) -> None:
     for node in graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
+
+
+def _drop_initializer_shapes(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's value_info for weights: initializers carry their own shapes, and
+    tools that rewrite weights (onnxruntime's quantize_dynamic transposes Gemm weights) fail
+    shape inference on the stale copies."""
+    weights = {t.name for t in graph.initializer}
+    for info in [v for v in graph.value_info if v.name in weights]:
+        graph.value_info.remove(info)
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:

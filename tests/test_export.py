@@ -3,10 +3,13 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from compressor.errors import ExportError
 from compressor.export import run_onnx, session, to_onnx, verify
 from compressor.graph import get_tensor, set_tensor
+from compressor.pack import shrink
+from compressor.trace import trace
 from tests.conftest import graph_of
 from tests.nets import ImageNet, tiny
 
@@ -40,3 +43,15 @@ def test_verify_fails_loudly_when_onnx_and_pytorch_disagree():
     set_tensor(gm, "p_6_bias", get_tensor(gm, "p_6_bias") + 1.0)
     with pytest.raises(ExportError, match="differs from the pruned PyTorch model"):
         verify(model, gm, x, tolerance=1e-4)
+
+
+def test_onnxruntime_can_quantize_the_export_of_a_shrunk_model(tmp_path):
+    x = torch.randn(64, 20)
+    gm = graph_of(tiny(), x[:2])
+    groups = trace(gm).groups
+    shrink(gm, groups, {g.name: torch.arange(3) for g in groups})  # weights no longer square-ish
+    (tmp_path / "m.onnx").write_bytes(to_onnx(gm, x[:2]))
+    quantize_dynamic(tmp_path / "m.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8)
+    quantized = (tmp_path / "q.onnx").read_bytes()
+    assert {n.op_type for n in onnx.load_from_string(quantized).graph.node} >= {"MatMulInteger"}
+    torch.testing.assert_close(run_onnx(session(quantized), x), gm(x).detach(), atol=0.05, rtol=0.05)
