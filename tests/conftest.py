@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,12 +11,17 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from compressor import cli
 from tests.nets import tiny
 
-# Property and fuzz tests: the same examples on every run (CI must not flake), no example
-# database written into the working directory, no per-example deadline (exports take ~0.3 s).
+# Property and fuzz tests: the same examples on every run (CI must not flake), nothing
+# written into the working directory (hypothesis keeps its files in a temporary directory
+# removed at exit), no per-example deadline (exports take ~0.3 s).
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="compressor-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 settings.register_profile("compressor", derandomize=True, database=None, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                  HealthCheck.too_slow])
