@@ -33,10 +33,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-# benchmarks/results.md (compress with fine-tuning) and benchmarks/one_shot.md (no fine-tuning).
+# benchmarks/results.md (compress with fine-tuning), benchmarks/one_shot.md (no fine-tuning) and
+# benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes).
 bench: setup
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.one_shot
+	$(PY) -m benchmarks.sparse
 
 # Re-train the shipped example weights: the paper MLP (about 40 s on 2 cores) and
 # LeNet-300-100 with the neuron-merging paper's recipe (about 4 minutes).

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from .bench import bench, format_bench
 from .check import CheckInputs, CheckResult, check, format_check
 from .config import (BenchConfig, Budgets, CheckConfig, Compensation, CompressConfig,
-                     Criterion, FinetuneConfig, PruneConfig, Scope, parse_fraction,
-                     parse_positive, parse_size)
+                     Criterion, FinetuneConfig, Format, Method, PruneConfig, Score, Scope,
+                     parse_fraction, parse_positive, parse_size)
 from .errors import CompressorError, first_line
 from .pipeline import Paths, compress
 from .report import format_table
@@ -108,10 +109,18 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--cycles", type=click.IntRange(1, 50), default=5, show_default=True,
               help="Pruning cycles with fine-tuning between them (labelled data and --epochs "
                    "> 0 only; otherwise one shot).")
+@click.option("--score", type=click.Choice([s.value for s in Score]), default="neurons",
+              show_default=True,
+              help="Remove whole neurons (layers shrink), or single weights (neurons-weights: "
+                   "zeros stay in the layers; neurons left without inputs are removed too).")
+@click.option("--method", type=click.Choice([m.value for m in Method]),
+              help="What scores are built from: activation counts (x |w| for single weights), "
+                   "magnitude (|w|; the l1 norm for neurons) or random (a sanity floor).  "
+                   "[default: activation; magnitude without --data]")
 @click.option("--criterion", type=click.Choice([c.value for c in Criterion]),
-              help="Rank neurons by activation count, by the l1/l2 norm of their weights and "
-                   "bias, or by the output error their removal leaves after a least-squares "
-                   "refit (error).  [default: activation; l1 without --data]")
+              help="For --score neurons, instead of --method: rank neurons by activation count, "
+                   "by the l1/l2 norm of their weights and bias, by the output error their "
+                   "removal leaves after a least-squares refit (error), or at random.")
 @click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
               default="auto", show_default=True,
               help="How the next layer makes up for removed neurons: lsq (least-squares refit "
@@ -132,8 +141,17 @@ def main(argv: list[str] | None = None) -> None:
                    "(0 = labels only, 1 = teacher only).")
 @click.option("--calibration-samples", type=click.IntRange(1), default=10_000,
               show_default=True, help="Most samples used to count activations.")
+@click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
+              default="dense", show_default=True,
+              help="How the weights are stored: dense (plain Gemm, zeros kept), csr (sparse "
+                   "initializers: a smaller file; compressor.runtime runs it with sparse "
+                   "kernels), int8 (onnxruntime dynamic quantization) or auto (per layer, "
+                   "whichever is fastest on this machine at --batch).")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="ONNX file to write [default: <model stem>.compressed.onnx beside MODEL].")
+@click.option("--variants", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also write every variant of the result into DIR (dense input, masked, "
+                   "shrunk, csr, int8, int8 of the dense input), for 'compress bench DIR/*.onnx'.")
 @click.option("--report", type=click.Path(path_type=Path),
               help="JSON report to write [default: the output path with .json].")
 @click.option("--arch", metavar="MODULE:CALLABLE",
@@ -150,9 +168,11 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only the report table.")
 @budget_options
 @click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True,
-              help="Batch size the latency budgets are checked at (also timed and reported).")
+              help="Batch size --format auto chooses kernels for and the latency budgets are "
+                   "checked at (also timed and reported).")
 def compress_command(model: Path, target: float, data: str | None, scope: str, cycles: int,
-                     criterion: str | None, compensate: str, merge_threshold: float,
+                     score: str, method: str | None, criterion: str | None, compensate: str,
+                     merge_threshold: float, fmt: str, variants: Path | None,
                      epochs: int, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
@@ -167,20 +187,28 @@ def compress_command(model: Path, target: float, data: str | None, scope: str, c
     Budgets (--max-size, --min-accuracy, ...) are checked on the written file: exit 1 if any
     is broken. To check an existing ONNX file (in CI): compress check MODEL.onnx --help.
     """
+    if method and criterion:
+        raise click.UsageError("give --method or --criterion, not both (--criterion is the "
+                               "finer choice for --score neurons)")
+    if criterion and score == Score.WEIGHTS.value:
+        raise click.UsageError("--criterion ranks whole neurons: with --score neurons-weights "
+                               "use --method")
+    chosen = Method(method or ("activation" if data else "magnitude"))
     try:
         config = CompressConfig(
             prune=PruneConfig(target=target, scope=Scope(scope), cycles=cycles,
-                              criterion=Criterion(criterion or ("activation" if data else "l1")),
+                              criterion=Criterion(criterion) if criterion else chosen.criterion,
                               compensate=Compensation(compensate),
                               merge_threshold=merge_threshold,
-                              calibration_samples=calibration_samples),
+                              calibration_samples=calibration_samples, score=Score(score),
+                              method=chosen, seed=seed),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
-            seed=seed, budgets=_budgets(budgets), budget_batch=batch)
+            seed=seed, budgets=_budgets(budgets), budget_batch=batch, format=Format(fmt))
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    paths = Paths(model, output, report, arch, trust_pickle)
+    paths = Paths(model, output, report, arch, trust_pickle, variants)
     log = None if quiet else (lambda line: click.echo(line, err=True))
     progress = None if quiet or not sys.stderr.isatty() else _progress
     result = _run(lambda: compress(paths, data, config, log=log, progress=progress))
@@ -231,6 +259,53 @@ def check_command(model: Path, data: str | None, reference: Path | None, baselin
 
 
 SUBCOMMANDS["check"] = check_command
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated whole numbers like 1,32,256, got {text!r}")
+    if not values or min(values) < 1:
+        raise ValueError(f"expected numbers of at least 1, got {text!r}")
+    return values
+
+
+INT_LIST = _Parsed("list", _int_list)
+
+
+@click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(path_type=Path), metavar="DENSE.onnx",
+              help="ONNX file speedups are relative to (usually the dense export).")
+@click.option("--batch", type=INT_LIST, default="1,32,256", show_default=True, metavar="B,B,..",
+              help="Batch sizes.")
+@click.option("--threads", type=INT_LIST, default="1", show_default=True, metavar="T,T,..",
+              help="onnxruntime intra-op thread counts.")
+@click.option("--seconds", type=POSITIVE, default=1.0, show_default=True,
+              help="Measuring time per model per batch size and thread count.")
+@click.option("--no-runtime", is_flag=True,
+              help="Do not also run files with sparse initializers in compressor.runtime.")
+@click.option("--no-memory", is_flag=True,
+              help="Skip peak memory (a child process per model and batch size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def bench_command(models: tuple[Path, ...], baseline: Path | None, batch: tuple[int, ...],
+                  threads: tuple[int, ...], seconds: float, no_runtime: bool, no_memory: bool,
+                  as_json: bool) -> None:
+    """Benchmark ONNX MODELS on this CPU with onnxruntime: p50/p95 latency, throughput, file
+    size, peak memory, FLOPs, and against --baseline the speedup, the speedup the FLOPs
+    promise (ideal) and their ratio (efficiency). Files with sparse initializers also get a
+    row run by compressor.runtime (sparse kernels).
+
+    Every variant of one result: compress MODEL ... --variants DIR, then
+    compress bench DIR/*.onnx --baseline DIR/dense.onnx.
+    """
+    result = _run(lambda: bench(list(models), baseline=baseline, batches=batch, threads=threads,
+                                seconds=seconds, runtime=not no_runtime, memory=not no_memory))
+    click.echo(result.to_json() if as_json else format_bench(result), nl=not as_json)
+
+
+SUBCOMMANDS["bench"] = bench_command
 
 
 def _broken(result: CheckResult, *, wrote: str = "") -> None:

@@ -42,10 +42,41 @@ class Criterion(str, Enum):
     L1 = "l1"  # l1 norm of the neuron's [weights | bias] row (the merging paper's)
     L2 = "l2"  # l2 norm of that row
     ERROR = "error"  # output error left after greedy removal with least-squares refits
+    RANDOM = "random"  # a random order: the sanity floor every criterion must beat
 
     @property
     def needs_data(self) -> bool:
         return self in (Criterion.ACTIVATION, Criterion.ERROR)
+
+
+class Score(str, Enum):
+    """What is removed (paper section 4.1)."""
+
+    NEURONS = "neurons"  # whole neurons, ranked by the criterion; layers shrink
+    WEIGHTS = "neurons-weights"  # single weights; neurons left without inputs are removed too
+
+
+class Method(str, Enum):
+    """What a weight's score is built from (for --score neurons-weights)."""
+
+    ACTIVATION = "activation"  # activation count of the neuron it feeds x |w| (the paper's n&w)
+    MAGNITUDE = "magnitude"  # |w|: global magnitude pruning (Han et al.; Zhu & Gupta), gradual
+    RANDOM = "random"  # random: the sanity floor
+
+    @property
+    def criterion(self) -> Criterion:
+        """The neuron criterion this method means for --score neurons."""
+        return {Method.ACTIVATION: Criterion.ACTIVATION, Method.MAGNITUDE: Criterion.L1,
+                Method.RANDOM: Criterion.RANDOM}[self]
+
+
+class Format(str, Enum):
+    """How the pruned model's weights are stored and run (see compressor.formats)."""
+
+    DENSE = "dense"  # plain Gemm, zeros kept
+    CSR = "csr"  # sparse initializers; compressor.runtime runs sparse layers as CSR
+    INT8 = "int8"  # onnxruntime dynamic quantization (QInt8), sparse storage where smaller
+    AUTO = "auto"  # per layer, whichever of dense, CSR and int8 is fastest here at --batch
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,10 @@ class PruneConfig:
             variance of its inputs.
         calibration_samples: most samples used to count activations.
         batch_size: batch size for counting activations.
+        score: remove whole neurons, or single weights (then `method` scores them and
+            `criterion` and `compensate` do not apply).
+        method: how single weights are scored (score WEIGHTS only).
+        seed: seed of the random criterion and method.
     """
 
     target: float
@@ -75,6 +110,9 @@ class PruneConfig:
     ridge: float = 1e-3
     calibration_samples: int = 10_000
     batch_size: int = 1_000
+    score: Score = Score.NEURONS
+    method: Method = Method.ACTIVATION
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
@@ -92,6 +130,20 @@ class PruneConfig:
         object.__setattr__(self, "scope", Scope(self.scope))
         object.__setattr__(self, "compensate", Compensation(self.compensate))
         object.__setattr__(self, "criterion", Criterion(self.criterion))
+        object.__setattr__(self, "score", Score(self.score))
+        object.__setattr__(self, "method", Method(self.method))
+        if self.score is Score.WEIGHTS and self.compensate not in (Compensation.AUTO,
+                                                                   Compensation.NONE):
+            raise ValueError(f"--compensate {self.compensate.value} compensates whole neurons; "
+                             "with --score neurons-weights the remaining weights are fine-tuned "
+                             "instead: drop --compensate")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether ranking needs calibration data."""
+        if self.score is Score.WEIGHTS:
+            return self.method is Method.ACTIVATION
+        return self.criterion.needs_data
 
 
 @dataclass(frozen=True)
@@ -252,8 +304,10 @@ class CompressConfig:
     parity_tolerance: float = 1e-4
     budgets: Budgets = field(default_factory=Budgets)
     budget_batch: int = 1  # the batch size the latency budgets are checked at
+    format: Format = Format.DENSE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "format", Format(self.format))
         if not self.parity_tolerance > 0:
             raise ValueError(f"parity_tolerance must be positive, got {self.parity_tolerance}")
         if self.budgets.needs_latency and (self.bench is None or

@@ -25,7 +25,8 @@ class FinetuneResult:
 
 
 def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneConfig, *,
-             teacher: torch.Tensor | None = None, seed: int = 0) -> FinetuneResult:
+             teacher: torch.Tensor | None = None, seed: int = 0,
+             masks: dict[str, torch.Tensor] | None = None) -> FinetuneResult:
     """Train all remaining weights in place and keep the best epoch.
 
     The loss is cross-entropy, mixed with `config.distill` x the KL divergence to the teacher's
@@ -40,11 +41,15 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
         config: epochs, patience, learning rate, batch size, distillation.
         teacher: the dense model's logits for every sample of `train`.
         seed: seed of the batch order.
+        masks: per parameter name, True where the weight may be non-zero: the others are
+            zeroed after every step, so pruned weights stay pruned.
     """
     best_loss, best_acc = evaluate(gm, val)
     best_state = copy.deepcopy(gm.state_dict())
     if config.max_epochs == 0:
         return FinetuneResult(0, best_loss, best_acc)
+    params = dict(gm.named_parameters())
+    held = [(params[name], mask) for name, mask in (masks or {}).items()]
     optimizer = torch.optim.Adam(gm.parameters(), lr=config.lr)
     steps = config.max_epochs * -(-len(train) // config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -60,6 +65,9 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
             loss.backward()
             optimizer.step()
             schedule.step()
+            with torch.no_grad():
+                for p, mask in held:
+                    p.mul_(mask)
         epochs += 1
         loss, acc = evaluate(gm, val)
         if (acc, -loss) > (best_acc, -best_loss):

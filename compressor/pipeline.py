@@ -18,14 +18,19 @@ from .calibrate import ActivationStats
 from .check import BudgetRow, Measured, evaluate, measure_file
 from .config import CompressConfig
 from .data import DataSplits, load_data
-from .errors import DataError, NothingToPruneError, OutputError
+from .errors import DataError, ExportError, NothingToPruneError, OutputError
 from .export import run_onnx, session, to_onnx, verify
 from .files import check_output, write_atomic
 from .finetune import accuracy
 from .graph import capture, get_tensor, run_batched
 from .load import LoadedModel, ModelFormat, find_input_layout, load_model
+from .config import Format, Score
+from .formats import quantize
+from .pack import Packed, expand, pack_onnx
 from .prune import Log, Progress, Pruned, prune, weights
 from .report import LayerRow, Latency, Report
+from .runtime import SparseModel
+from .sparsify import nonzero_weights
 from .trace import Trace, trace
 
 PARITY_SAMPLES = 1_000
@@ -40,6 +45,7 @@ class Paths:
     report: Path | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    variants: Path | None = None  # a directory to write every variant of the result into
 
 
 def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log | None = None,
@@ -87,15 +93,76 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     teacher = run_batched(dense, splits.train.x) if splits and splits.labelled else None
     pruned = prune(gm, found, splits, config, teacher=teacher, log=log, progress=progress)
     log("exporting ONNX and verifying it in onnxruntime")
-    run = _Run(model.format.value, splits, probe, dense, gm, found, pruned,
-               to_onnx(dense, example), to_onnx(gm, example))
+    onnx_pruned = to_onnx(gm, example)
     parity_x = probe[:PARITY_SAMPLES]
-    diff = verify(run.onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
+    diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
+    if config.format is not Format.DENSE:
+        log(f"packing as {config.format.value}" + (
+            f" (measuring kernels at batch {config.budget_batch})"
+            if config.format in (Format.CSR, Format.AUTO) else ""))
+    threads = config.bench.threads if config.bench else 1
+    packed = pack_onnx(onnx_pruned, config.format, batch=config.budget_batch, threads=threads)
+    packed_diff = _verify_packed(packed, gm, parity_x, config)
+    run = _Run(model.format.value, splits, probe, dense, gm, found, pruned,
+               to_onnx(dense, example), onnx_pruned, packed)
     report = _report(run, paths, data, config, output=output, report_path=report_path,
-                     parity=(diff, int(parity_x.shape[0])), started=started)
+                     parity=(diff, int(parity_x.shape[0])), packed_diff=packed_diff,
+                     started=started)
     report = dataclasses.replace(report, budgets=_budgets(run, report, config))
-    write_atomic({output: run.onnx_pruned, report_path: report.to_json().encode()})
+    files = {output: packed.data, report_path: report.to_json().encode()}
+    if paths.variants is not None:
+        files |= _variants(run, paths.variants, example, config)
+    write_atomic(files)
     return report
+
+
+def _verify_packed(packed: Packed, gm: fx.GraphModule, x: torch.Tensor,
+                   config: CompressConfig) -> float | None:
+    """Check the packed file against the pruned model: float formats must match it (plain
+    onnxruntime and, where sparse kernels are used, compressor.runtime); int8 is approximate,
+    so its difference is returned for the report, not checked."""
+    if config.format is Format.DENSE:
+        return None
+    if any(row.kernel == "int8" for row in packed.layers):
+        return float((run_onnx(session(packed.data), x) - run_batched(gm, x)).abs().max())
+    verify(packed.data, gm, x, tolerance=config.parity_tolerance)
+    if packed.runtime:
+        runtime = SparseModel.load(packed.data, kernels="stored")
+        got = torch.from_numpy(runtime.run(x.numpy()))
+        found = float((got - run_batched(gm, x)).abs().max())
+        if not found <= config.parity_tolerance:
+            raise ExportError(f"compressor.runtime differs from the pruned model by {found:.3g}; "
+                              "nothing was written. Please report this with the model")
+    return None
+
+
+VARIANTS = ("dense", "masked", "shrunk", "csr", "int8", "int8-dense")
+
+
+def _variants(run: _Run, directory: Path, example: torch.Tensor,
+              config: CompressConfig) -> dict[Path, bytes]:
+    """Every variant of the result, for `compress bench DIR/*.onnx --baseline DIR/dense.onnx`:
+    the input model's dense export, the pruned model at its original shapes with zeros
+    (masked), physically shrunk (zeros kept), sparse storage, int8 of the pruned model, and
+    int8 of the dense input."""
+    kept = {name: torch.tensor(p["kept"]) for name, p in run.pruned.plan.items()}
+    masked = expand(run.found.groups, run.gm, kept)
+    threads = config.bench.threads if config.bench else 1
+    data = {
+        "dense": run.onnx_dense,
+        "masked": to_onnx(masked, example),
+        "shrunk": run.onnx_pruned,
+        "csr": pack_onnx(run.onnx_pruned, Format.CSR, batch=config.budget_batch,
+                         threads=threads).data,
+        "int8": pack_onnx(run.onnx_pruned, Format.INT8).data,
+        "int8-dense": quantize(onnx.load_from_string(run.onnx_dense)).SerializeToString(),
+    }
+    x = run.probe[:PARITY_SAMPLES]
+    for name in ("masked", "csr"):  # the same function as the verified export
+        verify(data[name], run.gm, x, tolerance=config.parity_tolerance)
+    directory.mkdir(parents=True, exist_ok=True)
+    return {check_output(directory / f"{name}.onnx", inputs=(), option="--variants"): blob
+            for name, blob in data.items()}
 
 
 def _check_options(data: str | None, config: CompressConfig) -> None:
@@ -106,9 +173,10 @@ def _check_options(data: str | None, config: CompressConfig) -> None:
         raise DataError("--min-accuracy and --min-agreement are measured on data: pass --data "
                         "(labelled for --min-accuracy)")
     prune = config.prune
-    if prune.criterion.needs_data:
-        raise DataError(f"ranking neurons by {prune.criterion.value} needs calibration data: "
-                        "pass --data, or rank by weights with --criterion l1 (or l2)")
+    if prune.needs_data:
+        what = prune.criterion.value if prune.score is Score.NEURONS else prune.method.value
+        raise DataError(f"ranking by {what} needs calibration data: pass --data, or rank by "
+                        "weights with --method magnitude")
     if prune.compensate.resolve(has_data=False).needs_data:
         raise DataError(f"--compensate {prune.compensate.value} needs calibration data: pass "
                         "--data, or use --compensate merge (data-free) or none")
@@ -150,6 +218,15 @@ def _check_paths(paths: Paths, data: str | None) -> tuple[Path, Path]:
     if report == output:
         raise OutputError(f"--report and --output are the same file ({output}): give the "
                           "report its own path, e.g. ending in .json")
+    if paths.variants is not None:
+        variants = Path(paths.variants).expanduser()
+        if variants.exists() and not variants.is_dir():
+            raise OutputError(f"--variants {variants} is a file: pass a directory (it is "
+                              "created if missing)")
+        for name in VARIANTS:
+            check_output(variants / f"{name}.onnx", inputs=inputs, option="--variants") \
+                if variants.is_dir() else check_output(variants, inputs=inputs,
+                                                       option="--variants")
     return output, report
 
 
@@ -163,33 +240,41 @@ class _Run:
     found: Trace
     pruned: Pruned
     onnx_dense: bytes
-    onnx_pruned: bytes
+    onnx_pruned: bytes  # float32, zeros kept
+    packed: Packed  # what is written
 
 
 def _report(run: _Run, paths: Paths, data: str, config: CompressConfig, *, output: Path,
-            report_path: Path, parity: tuple[float, int], started: float) -> Report:
+            report_path: Path, parity: tuple[float, int], packed_diff: float | None,
+            started: float) -> Report:
     test = run.splits.test if run.splits else None
     acc_before = acc_after = accuracy_data = None
     if test is not None and test.y is not None:
         acc_before = accuracy(run_batched(run.dense, test.x), test.y)
-        acc_after = accuracy(run_onnx(session(run.onnx_pruned), test.x), test.y)
+        acc_after = accuracy(run_onnx(session(run.packed.data), test.x), test.y)
         accuracy_data = (f"{'fashion-mnist test' if data == 'fashion-mnist' else 'held-out test split'}"
                          f" ({len(test):,} samples, not used for fine-tuning)")
-    w_before, w_after = weights(run.dense, run.found), weights(run.gm, run.found)
+    w_before = weights(run.dense, run.found)
+    w_after = nonzero_weights(run.gm, run.found) if config.prune.score is Score.WEIGHTS else \
+        weights(run.gm, run.found)
     return Report(
         model=str(paths.model), model_format=run.model_format, data=data, output=str(output),
         report=str(report_path), target=config.prune.target, scope=config.prune.scope.value,
-        criterion=config.prune.criterion.value,
+        criterion=config.prune.criterion.value, score=config.prune.score.value,
+        method=config.prune.method.value if config.prune.score is Score.WEIGHTS else None,
+        format=config.format.value, format_note=run.packed.note,
+        kernels=run.packed.layers if config.format is not Format.DENSE else (),
+        runtime=run.packed.runtime, int8_max_abs_diff=packed_diff,
         compensate=config.prune.compensate.resolve(has_data=run.splits is not None).value,
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before,
         weights_after=w_after, flops_before=2 * w_before, flops_after=2 * w_after,
-        onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.onnx_pruned),
+        onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.packed.data),
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_data=accuracy_data,
         parity_max_abs_diff=parity[0], parity_samples=parity[1],
         parity_inputs="held-back" if run.splits else "random",
         latency_threads=config.bench.threads if config.bench else 0,
-        latency=_latencies(run.onnx_dense, run.onnx_pruned, run.probe[:256], config),
+        latency=_latencies(run.onnx_dense, run.packed, run.probe[:256], config),
         layers=_layer_rows(run.dense, run.gm, run.found, run.pruned.stats),
         cycles=run.pruned.cycles, plan=run.pruned.plan,
         seconds=round(time.perf_counter() - started, 2))
@@ -201,12 +286,12 @@ def _budgets(run: _Run, report: Report, config: CompressConfig) -> tuple[BudgetR
     budgets = config.budgets
     if not budgets.any:
         return ()
-    measured = measure_file(onnx.load_from_string(run.onnx_pruned), len(run.onnx_pruned), budgets)
+    measured = measure_file(onnx.load_from_string(run.packed.data), len(run.packed.data), budgets)
     if report.accuracy_after is not None:
         measured["accuracy"] = Measured(report.accuracy_after, f"on {report.accuracy_data}")
     if budgets.min_agreement is not None:
         test = run.splits.test if run.splits.test is not None else run.splits.validation
-        same = run_onnx(session(run.onnx_pruned), test.x).argmax(1) == \
+        same = run_onnx(session(run.packed.data), test.x).argmax(1) == \
             run_batched(run.dense, test.x).argmax(1)
         measured["agreement"] = Measured(float(same.double().mean()), f"top-1 vs {report.model} "
                                          f"on {len(test):,} held-out samples")
@@ -230,14 +315,22 @@ def _fit_data(model, splits: DataSplits) -> DataSplits:
     return splits
 
 
-def _latencies(dense: bytes, pruned: bytes, sample: torch.Tensor,
+def _latencies(dense: bytes, packed: Packed, sample: torch.Tensor,
                config: CompressConfig) -> tuple[Latency, ...]:
+    """Dense export vs the written file in plain onnxruntime, and in compressor.runtime when
+    the file has layers chosen for sparse kernels."""
     if config.bench is None:
         return ()
     b = config.bench
-    return tuple(Latency(batch, *latencies_ms([dense, pruned], [sample, sample], batch=batch,
-                                              threads=b.threads, seconds=2 * b.seconds))
-                 for batch in b.batches)
+    models: list = [dense, packed.data]
+    if packed.runtime:
+        models.append(SparseModel.load(packed.data, kernels="stored", threads=b.threads))
+    rows = []
+    for batch in b.batches:
+        times = latencies_ms(models, [sample] * len(models), batch=batch, threads=b.threads,
+                             seconds=2 * b.seconds)
+        rows.append(Latency(batch, times[0], times[1], times[2] if packed.runtime else None))
+    return tuple(rows)
 
 
 def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,

@@ -13,7 +13,7 @@ from torch import fx
 
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import CompressConfig, PruneConfig
+from .config import CompressConfig, PruneConfig, Score
 from .data import DataSplits
 from .finetune import FinetuneResult, finetune
 from .graph import get_tensor
@@ -21,6 +21,7 @@ from .groups import PrunableGroup
 from .pack import shrink
 from .report import CycleRow
 from .select import Budget, select, unit_scores
+from .sparsify import harvest, masks, nonzero_weights, remove_weights, weight_scores
 from .trace import Trace
 
 TOLERANCE = 0.0095  # the achieved reduction lands in [target, target + 0.01)
@@ -66,6 +67,9 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: C
         progress: receives (stage, done, total) while counting activations.
     """
     log = log or (lambda _: None)
+    if config.prune.score is Score.WEIGHTS:
+        return _prune_weights(gm, found, splits, config, teacher=teacher, log=log,
+                              progress=progress)
     prune, groups = config.prune, found.groups
     original = {g.name: g.size for g in groups}
     kept = {g.name: torch.arange(g.size) for g in groups}
@@ -103,6 +107,53 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: C
     return Pruned(first[0], tuple(rows), plan)
 
 
+def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
+                   config: CompressConfig, *, teacher: torch.Tensor | None, log: Log,
+                   progress: Progress | None) -> Pruned:
+    """`prune` for single weights: per cycle, count (activation method), score every remaining
+    weight, zero the lowest, harvest neurons left without inputs or outputs, and fine-tune with
+    the zeros held (labelled data and epochs > 0 only; otherwise one shot)."""
+    prune, groups = config.prune, found.groups
+    original = {g.name: g.size for g in groups}
+    original_weights = {p: get_tensor(gm, p).numel() for g in groups for p in
+                        (s.param for s in g.weights)}
+    kept = {g.name: torch.arange(g.size) for g in groups}
+    w0 = weights(gm, found)
+    train = splits is not None and splits.labelled and config.finetune.max_epochs > 0
+    targets = schedule(prune.target, prune.cycles if train else 1)
+    calib = splits.train.x[:prune.calibration_samples] if splits else None
+    generator = torch.Generator().manual_seed(prune.seed)
+    rows, first = [], []
+    for n, target in enumerate(targets, 1):
+        stage = f"cycle {n}/{len(targets)}: counting activations"
+        stats = None if calib is None or not prune.needs_data else count_activations(
+            gm, groups, calib, batch_size=prune.batch_size,
+            progress=progress and (lambda d, t: progress(stage, d, t)))
+        first = first or [stats]
+        scores = weight_scores(gm, groups, prune.method, stats=stats, generator=generator)
+        excess = nonzero_weights(gm, found) - math.floor((1 - target) * w0)
+        zeroed = remove_weights(gm, groups, scores, excess, scope=prune.scope,
+                                original=original_weights)
+        begun = time.perf_counter()
+        groups, removed = harvest(gm, groups, prune)
+        seconds = time.perf_counter() - begun
+        for g in groups:
+            mask = torch.ones(kept[g.name].numel(), dtype=torch.bool)
+            mask[removed[g.name]] = False
+            kept[g.name] = kept[g.name][mask]
+        result = finetune(gm, splits.train, splits.validation, config.finetune, teacher=teacher,
+                          seed=config.seed + n, masks=masks(gm, groups)) if train else None
+        exact = sum(int(r.numel()) for r in removed.values())
+        row = CycleRow(n, round(target, 6), round(1 - nonzero_weights(gm, found) / w0, 6),
+                       exact, None, exact, 0, round(seconds, 3),
+                       result.epochs if result else 0,
+                       result.val_accuracy if result else None, weights_removed=zeroed)
+        rows.append(row)
+        log(_cycle_line(row, len(targets)))
+    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
+    return Pruned(first[0], tuple(rows), plan)
+
+
 def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
             stats: ActivationStats | None, calib: torch.Tensor | None, budget: Budget,
             prune: PruneConfig, original: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -127,8 +178,9 @@ def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.T
 
 def _cycle_line(row: CycleRow, cycles: int) -> str:
     dead = "" if row.dead is None else f" ({row.dead} dead)"
-    line = (f"cycle {row.cycle}/{cycles}: removed {row.removed} neurons{dead}, "
-            f"weights -{100 * row.reduction:.2f}%")
+    removed = f"{row.removed} neurons{dead}" if row.weights_removed is None else \
+        f"{row.weights_removed:,} weights, then {row.removed} neurons left without inputs or outputs"
+    line = f"cycle {row.cycle}/{cycles}: removed {removed}, weights -{100 * row.reduction:.2f}%"
     if row.merged:
         line += f", merged {row.merged}"
     if row.val_accuracy is not None:

@@ -12,7 +12,7 @@ from typing import Iterator
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence torch.export / torch.onnx chatter (warnings, logging, prints)."""
-    loggers = [logging.getLogger(n) for n in ("torch", "onnxscript", "onnx_ir")]
+    loggers = [logging.getLogger(n) for n in ("torch", "onnxscript", "onnx_ir", "")]  # "": root
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

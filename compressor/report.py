@@ -29,13 +29,15 @@ class CycleRow:
     compensate_seconds: float  # time spent compensating
     epochs: int  # fine-tuning epochs run
     val_accuracy: float | None
+    weights_removed: int | None = None  # single weights zeroed this cycle (--score neurons-weights)
 
 
 @dataclass(frozen=True)
 class Latency:
     batch: int
-    before_ms: float
-    after_ms: float
+    before_ms: float  # the dense export, plain onnxruntime
+    after_ms: float  # the written file, plain onnxruntime
+    runtime_ms: float | None = None  # the written file in compressor.runtime (sparse kernels)
 
     @property
     def speedup(self) -> float:
@@ -73,6 +75,13 @@ class Report:
     plan: dict[str, dict[str, object]]
     seconds: float
     budgets: tuple = ()  # check.BudgetRow per budget given (`compress --max-size ...`)
+    score: str = "neurons"
+    method: str | None = None  # how single weights were scored (score neurons-weights)
+    format: str = "dense"
+    format_note: str = ""  # auto: the whole-model choice and its times
+    kernels: tuple = ()  # pack.KernelRow per weight matrix (formats other than dense)
+    runtime: bool = False  # the file needs compressor.runtime for its sparse kernels
+    int8_max_abs_diff: float | None = None  # max |int8 - float32 pruned| on the parity inputs
 
     @property
     def reduction(self) -> float:
@@ -82,6 +91,7 @@ class Report:
         data = asdict(self)
         data["reduction"] = round(self.reduction, 6)
         data["latency"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)} for lat in self.latency]
+        data["kernels"] = [asdict(row) for row in self.kernels]
         return json.dumps(data, indent=2) + "\n"
 
 
@@ -99,14 +109,31 @@ def format_table(r: Report) -> str:
     if r.accuracy_before is not None:
         rows.append(("accuracy", pct(r.accuracy_before), pct(r.accuracy_after),
                      f"{100 * (r.accuracy_after - r.accuracy_before):+.2f} pt on {r.accuracy_data}"))
+    threads = f"{r.latency_threads} thread{'s' if r.latency_threads > 1 else ''}"
     for lat in r.latency:
         rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms", f"{lat.after_ms:.4f} ms",
-                     f"{lat.speedup:.1f}x faster (onnxruntime CPU, {r.latency_threads} thread"
-                     f"{'s' if r.latency_threads > 1 else ''})"))
+                     f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads})"))
+        if lat.runtime_ms is not None:
+            rows.append(("  with compressor.runtime", "", f"{lat.runtime_ms:.4f} ms",
+                         f"{lat.before_ms / lat.runtime_ms:.1f}x faster (sparse kernels, {threads})"))
     lines = [f"compressed {r.model} -> {r.output}", ""]
     lines += _align([("", "before", "after", "")] + rows)
     lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
-                  f"{r.parity_samples:,} {r.parity_inputs} inputs", ""]
+                  f"{r.parity_samples:,} {r.parity_inputs} inputs (float32 export)"]
+    if r.int8_max_abs_diff is not None:
+        lines += [f"int8: max |int8 - float32| = {r.int8_max_abs_diff:.2g} on the same inputs"]
+    lines += [""]
+    if r.kernels:
+        lines += [f"format {r.format}" + (f": {r.format_note}" if r.format_note else "")]
+        kernel_rows = [("weight", "shape", "zeros", "stored", "kernel", "why")]
+        for k in r.kernels:
+            kernel_rows.append((k.name, "x".join(map(str, k.shape)), f"{100 * k.sparsity:.1f}%",
+                                k.storage, k.kernel, k.why))
+        lines += _align(kernel_rows)
+        if r.runtime:
+            lines += ["sparse kernels run only in compressor.runtime (SparseModel.load(path, "
+                      "kernels='stored')); plain onnxruntime runs this file dense"]
+        lines += [""]
     layer_rows = [("layer", "before", "after", "dead", "")]
     for row in r.layers:
         layer_rows.append((row.name, f"{row.in_before} -> {row.out_before}",
@@ -115,11 +142,15 @@ def format_table(r: Report) -> str:
     lines += _align(layer_rows)
     if r.cycles:
         lines += [""]
-        cycle_rows = [("cycle", "target", "reached", "removed", "dead", "epochs", "val acc")]
+        weights = r.cycles[0].weights_removed is not None
+        cycle_rows = [("cycle", "target", "reached") + (("weights", "neurons") if weights else
+                                                         ("removed", "dead")) +
+                      ("epochs", "val acc")]
         for c in r.cycles:
-            cycle_rows.append((str(c.cycle), pct(c.target), pct(c.reduction), str(c.removed),
-                               "-" if c.dead is None else str(c.dead), str(c.epochs),
-                               pct(c.val_accuracy)))
+            removed = (f"{c.weights_removed:,}", str(c.removed)) if weights else \
+                (str(c.removed), "-" if c.dead is None else str(c.dead))
+            cycle_rows.append((str(c.cycle), pct(c.target), pct(c.reduction), *removed,
+                               str(c.epochs), pct(c.val_accuracy)))
         lines += _align(cycle_rows)
     lines += ["", _summary(r)]
     return "\n".join(lines)
@@ -135,8 +166,9 @@ def _summary(r: Report) -> str:
     how += f" in {seconds:.2f} s"
     data = "no calibration data (data-free)" if r.data is None else \
         f"{r.calibration_samples:,} calibration samples of {r.data}"
-    return (f"{r.scope} scope, criterion {r.criterion}, {how}, {data}; took {r.seconds:.1f} s; "
-            f"report: {r.report}")
+    what = f"criterion {r.criterion}, {how}" if r.method is None else \
+        f"single weights by {r.method}" + (" (count x |w|)" if r.method == "activation" else "")
+    return (f"{r.scope} scope, {what}, {data}; took {r.seconds:.1f} s; report: {r.report}")
 
 
 def _align(rows: list[tuple[str, ...]]) -> list[str]:

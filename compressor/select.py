@@ -35,7 +35,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
       group (layers with more inputs have larger norms; a global ranking must compare like
       with like);
     - error: the output error greedy removal with least-squares refits leaves (needs
-      calibration inputs `x`; see `compressor.lsq.removal_errors`).
+      calibration inputs `x`; see `compressor.lsq.removal_errors`);
+    - random: uniform random scores from `config.seed` (the floor every criterion must beat).
     """
     criterion = config.criterion
     if (criterion is Criterion.ACTIVATION and stats is None) or \
@@ -43,6 +44,10 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
         raise ValueError(f"the {criterion.value} criterion needs calibration data")
     if criterion is Criterion.ACTIVATION:
         return {g.name: stats.counts[g.name].double() for g in groups}
+    if criterion is Criterion.RANDOM:
+        generator = torch.Generator().manual_seed(config.seed)
+        return {g.name: torch.rand(g.size, generator=generator, dtype=torch.float64) + 1e-9
+                for g in groups}
     if criterion is Criterion.ERROR:
         return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size)
     order = 1 if criterion is Criterion.L1 else 2

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 
@@ -218,6 +219,17 @@ def bad_case(name: str, d: dict[str, Path]) -> list[object]:
               "size budget in words": [*ok, "--max-size", "small"]}
     if name in budget:
         return budget[name]
+    sparse = {"criterion with single weights": [*ok, "--score", "neurons-weights",
+                                                "--criterion", "l1"],
+              "method and criterion": [*ok, "--method", "magnitude", "--criterion", "l1"],
+              "lsq with single weights": [*ok, "--score", "neurons-weights", "--compensate",
+                                          "lsq"],
+              "single weights by activation, no data": [*ok[:5], "--score", "neurons-weights",
+                                              "--method", "activation", *FAST],
+              "variants is a file": [*ok, "--variants", data],
+              "unknown format": [*ok, "--format", "fp16"]}
+    if name in sparse:
+        return sparse[name]
     if name == "accuracy budget on unlabelled data":
         np.save(tmp / "x.npy", labelled()[0])
         return [*ok[:6], tmp / "x.npy", "--min-accuracy", "0.5", *FAST]
@@ -234,7 +246,9 @@ BAD = ["missing model", "random bytes", "empty model", "truncated model", "zip o
        "unknown criterion", "model is a directory", "onnx file as model", "data is a directory",
        "unknown data extension", "accuracy budget, no data", "agreement budget, no data",
        "latency budget without latency", "size budget in words",
-       "accuracy budget on unlabelled data"]
+       "accuracy budget on unlabelled data", "criterion with single weights",
+       "method and criterion", "lsq with single weights", "single weights by activation, no data",
+       "variants is a file", "unknown format"]
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -252,3 +266,61 @@ def test_same_inputs_and_seed_give_a_byte_identical_onnx_file(run_cli, tiny_file
         assert result.code == 0, result.err
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("method", ["activation", "magnitude", "random"])
+def test_single_weights_are_pruned_held_at_zero_and_harvested(run_cli, tiny_files, method):
+    out = tiny_files["dir"] / "nw.onnx"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.8",
+                     "--data", tiny_files["data"], "--score", "neurons-weights", "--method",
+                     method, "--cycles", "2", "--epochs", "1", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["score"] == "neurons-weights" and report["method"] == method
+    assert 0.8 <= report["reduction"] < 0.85
+    proto = onnx.load(out)
+    nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in proto.graph.initializer
+                  if t.name.endswith("weight"))
+    assert nonzero == report["weights_after"] and report["flops_after"] == 2 * nonzero
+    assert all(c["weights_removed"] > 0 for c in report["cycles"])
+    assert f"single weights by {method}" in result.out
+    assert "weights  neurons" in result.out  # the cycle table counts both
+
+
+def test_csr_format_writes_sparse_initializers_and_every_variant(run_cli, tiny_files):
+    out, variants = tiny_files["dir"] / "csr.onnx", tiny_files["dir"] / "variants"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.85",
+                     "--data", tiny_files["data"], "--score", "neurons-weights", "--format",
+                     "csr", "--cycles", "1", "--epochs", "1", "--batch", "32", "-o", out,
+                     "--variants", variants, "--threads", "1")
+    assert result.code == 0, result.err
+    proto = onnx.load(out)
+    onnx.checker.check_model(proto)
+    assert proto.graph.sparse_initializer
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["format"] == "csr" and len(report["kernels"]) == 4
+    assert {k["storage"] for k in report["kernels"]} <= {"sparse", "dense"}
+    assert "format csr" in result.out and report["onnx_bytes"] == out.stat().st_size
+    assert sorted(p.name for p in variants.iterdir()) == sorted(
+        f"{v}.onnx" for v in ("dense", "masked", "shrunk", "csr", "int8", "int8-dense"))
+    x = labelled()[0][:50]
+    outs = {p.stem: session(p.read_bytes()).run(None, {"input": x})[0]
+            for p in variants.iterdir()}
+    for name in ("masked", "shrunk", "csr"):  # one function, three storages
+        assert np.abs(outs[name] - outs["shrunk"]).max() < 1e-5
+    assert np.abs(outs["csr"] - session(out.read_bytes()).run(None, {"input": x})[0]).max() == 0
+    bench = run_cli("bench", *sorted(variants.iterdir()), "--baseline", variants / "dense.onnx",
+                    "--batch", "1,8", "--seconds", "0.05", "--no-memory")
+    assert bench.code == 0, bench.err
+    assert "csr.onnx (runtime)" in bench.out and bench.out.count("\n") >= 14
+
+
+def test_int8_format_is_quantized_and_close(run_cli, tiny_files):
+    out = tiny_files["dir"] / "q.onnx"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5",
+                     "--data", tiny_files["data"], "--format", "int8", "--cycles", "1",
+                     "--epochs", "0", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert any(n.op_type == "MatMulInteger" for n in onnx.load(out).graph.node)
+    assert 0 < report["int8_max_abs_diff"] < 0.5 and "int8: max |int8 - float32|" in result.out

@@ -28,7 +28,8 @@ def test_json_has_the_documented_keys_and_derived_values():
                 "accuracy_after", "parity_max_abs_diff", "onnx_bytes", "layers", "plan"):
         assert key in data
     assert data["reduction"] == 0.81
-    assert data["latency"] == [{"batch": 256, "before_ms": 2.0, "after_ms": 0.5, "speedup": 4.0}]
+    assert data["latency"] == [{"batch": 256, "before_ms": 2.0, "after_ms": 0.5, "runtime_ms": None,
+                               "speedup": 4.0}]
 
 
 def test_table_shows_accuracy_only_when_there_are_labels():
