@@ -6,6 +6,7 @@
 2. Every variant of the 85% and 95% "neurons & weights" results (`--variants`) through
    `compress bench` at batch 1, 32 and 256 with 1 and 2 threads.
 3. What `--format auto` picks for them at each batch size.
+   The 85% table adds the structured model (`--score neurons`), plain and `--align 16`.
 4. The break-even sparsity of the sparse kernels against dense Gemm on this CPU, on a
    300x784 layer (the example's first layer).
 5. The smallest file (int8 + shrink + sparse storage) and its accuracy.
@@ -26,10 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import scipy.sparse
 import torch
 
+from compressor import formats
 from compressor.bench import bench, format_bench
 from compressor.config import Format
 from compressor.data import load_data
@@ -60,7 +63,9 @@ def main() -> None:
                 for target in (0.80, 0.85) for label, flags in METHODS
                 for scope in ("global", "local")]
         runs += [_compress(tmp, target, "global", *FLOOR, splits) for target in (0.80, 0.85)]
-        out.append(_accuracy_table(runs))
+        aligned = _compress(tmp, 0.85, "global", "activation, neurons, --align 16",
+                            METHODS[1][1] + ["--align", "16"], splits, variants=True)
+        out.append(_accuracy_table(runs + [aligned]))
         variants = {t: _compress(tmp, t, "global", *METHODS[2], splits, variants=True)
                     for t in (0.85, 0.95)}
         neurons = next(r for r in runs if r["target"] == 0.85 and r["scope"] == "global"
@@ -69,6 +74,9 @@ def main() -> None:
             d = run["variants"]
             if target == 0.85:
                 (d / "neurons-shrunk.onnx").write_bytes(neurons["path"].read_bytes())
+                for name in ("shrunk", "int8"):
+                    (d / f"neurons-aligned-{name}.onnx").write_bytes(
+                        (aligned["variants"] / f"{name}.onnx").read_bytes())
             files = sorted(d.glob("*.onnx"))
             result = bench(files, baseline=d / "dense.onnx", batches=(1, 32, 256),
                            threads=(1, 2), seconds=args.seconds)
@@ -77,7 +85,7 @@ def main() -> None:
             out.append(_bench_section(target, run, result))
             out.append(_auto_section(d / "shrunk.onnx"))
         out.append(_break_even(args.seconds / 4))
-        out.append(_smallest(variants, splits))
+        out.append(_smallest(variants, aligned, splits))
     args.out.write_text("\n".join(out))
     print(args.out.read_text())
 
@@ -152,19 +160,21 @@ def _bench_section(target: float, run: dict, result) -> str:
              "zero at the original shapes; shrunk = neurons without inputs or outputs "
              "removed, zeros kept; csr = shrunk with sparse initializers; int8 = shrunk, "
              "quantized, sparse storage where smaller; int8-dense = the input quantized"
-             + ("; neurons-shrunk = `--score neurons` at 85% (structured)" if target == 0.85
-                else "") + ". `compress bench DIR/*.onnx --baseline DIR/dense.onnx --batch "
+             + ("; neurons-shrunk = `--score neurons` at 85% (structured, from table 1); "
+                "neurons-aligned-shrunk/-int8 = the same with `--align 16` (every layer a "
+                "multiple of 16 wide), float32 and int8" if target == 0.85 else "") + ". `compress bench DIR/*.onnx --baseline DIR/dense.onnx --batch "
              "1,32,256 --threads 1,2`: all models of one batch and thread count are timed in "
              "interleaved rounds; peak MB is measured in a child process per file and batch.",
              "", "```", format_bench(result), "```", ""]
-    layers = ", ".join(f"{k['name']} {'x'.join(map(str, k['shape']))} {100 * k['sparsity']:.1f}%"
-                       for k in rep["kernels"])
+    zeros = formats.sparsity(onnx.load(run["variants"] / "shrunk.onnx"))
+    layers = ", ".join(f"{name} {'x'.join(map(str, shape))} {100 * z:.1f}%"
+                       for name, (shape, z) in zeros.items())
     lines += [f"Zeros per layer of the shrunk model: {layers}.", ""]
     return "\n".join(lines)
 
 
 def _auto_section(shrunk: Path) -> str:
-    lines = ["What `--format auto` picks for this model (per-layer times, then the whole mix "
+    lines = ["### `--format auto`", "", "What `--format auto` picks for this model (per-layer times, then the whole mix "
              "against all-dense and all-int8, 1 thread):", ""]
     for batch in (1, 32, 256):
         packed = pack_onnx(shrunk.read_bytes(), Format.AUTO, batch=batch, seconds=0.1)
@@ -201,17 +211,20 @@ def _break_even(seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _smallest(variants: dict, splits) -> str:
+def _smallest(variants: dict, aligned: dict, splits) -> str:
     lines = ["## 5. The smallest file", "",
-             "| target | file | bytes | % of dense | test accuracy |", "|---|---|---|---|---|"]
-    for target, run in variants.items():
+             "| target | score | file | bytes | % of dense | test accuracy |",
+             "|---|---|---|---|---|---|"]
+    runs = [(t, "neurons & weights", r) for t, r in variants.items()]
+    runs += [(0.85, "neurons, --align 16", aligned)]
+    for target, score, run in runs:
         d = run["variants"]
         dense = (d / "dense.onnx").stat().st_size
         for name in ("shrunk", "csr", "int8", "int8-dense"):
             path = d / f"{name}.onnx"
             acc = float((run_onnx(session(path.read_bytes()), splits.test.x.flatten(1))
                          .argmax(1) == splits.test.y).double().mean())
-            lines.append(f"| {100 * target:.0f}% | {name} | {path.stat().st_size:,} | "
+            lines.append(f"| {100 * target:.0f}% | {score} | {name} | {path.stat().st_size:,} | "
                          f"{100 * path.stat().st_size / dense:.1f}% | {100 * acc:.2f}% |")
     return "\n".join(lines + [""])
 

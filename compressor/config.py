@@ -99,6 +99,7 @@ class PruneConfig:
             `criterion` and `compensate` do not apply).
         method: how single weights are scored (score WEIGHTS only).
         seed: seed of the random criterion and method.
+        align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any).
     """
 
     target: float
@@ -113,6 +114,7 @@ class PruneConfig:
     score: Score = Score.NEURONS
     method: Method = Method.ACTIVATION
     seed: int = 0
+    align: int = 1
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
@@ -121,6 +123,8 @@ class PruneConfig:
             raise ValueError(f"target must be strictly between 0 and 1, got {self.target}")
         if self.cycles < 1:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
+        if self.align < 1:
+            raise ValueError(f"align must be at least 1, got {self.align}")
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ValueError("calibration_samples and batch_size must be positive")
         if not 0 <= self.merge_threshold <= 1:

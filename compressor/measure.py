@@ -14,6 +14,7 @@ from onnx import numpy_helper
 
 from .errors import DataError, ModelError, first_line
 from .export import run_onnx, session
+from .formats import densify
 
 # Weights are input 1 of these ops ("positions" each weight is used at = output elements / N).
 _MATMUL = {"MatMul", "MatMulInteger", "FusedMatMul"}
@@ -103,8 +104,8 @@ def flops_per_sample(proto: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
         The FLOPs and the op types of nodes that could not be counted (weights not constant,
         or output shapes unknown).
     """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
+    try:  # on a dense copy: shape inference rejects sparse initializers as op inputs
+        inferred = onnx.shape_inference.infer_shapes(densify(proto))
     except Exception:  # inference gives up on some valid models: use the shapes they state
         inferred = proto
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None

@@ -20,7 +20,7 @@ from .graph import get_tensor
 from .groups import PrunableGroup
 from .pack import shrink
 from .report import CycleRow
-from .select import Budget, select, unit_scores
+from .select import Budget, align_widths, select, unit_scores
 from .sparsify import harvest, masks, nonzero_weights, remove_weights, weight_scores
 from .trace import Trace
 
@@ -99,7 +99,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: C
         rows.append(_cycle_row(n, target, 1 - weights(gm, found) / w0, removed, stats, done,
                                seconds, result))
         log(_cycle_line(rows[-1], len(targets)))
-    if rows[-1].reduction > prune.target + 0.01:
+    if rows[-1].reduction > prune.target + 0.01 and prune.align == 1:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
             f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
             "its weights to land within 1 point (try --cycles 1)")
@@ -160,8 +160,9 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
     scores = unit_scores(gm, groups, prune, stats=stats, x=calib)
-    return select(groups, scores, shapes, budget,
-                  scope=prune.scope, original_sizes=original, dead=dead)
+    removed = select(groups, scores, shapes, budget,
+                     scope=prune.scope, original_sizes=original, dead=dead)
+    return align_widths(groups, removed, scores, shapes, budget, prune.align, dead)
 
 
 def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.Tensor],

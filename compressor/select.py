@@ -5,6 +5,8 @@ neighbouring groups, so the weight count is recomputed after every removal."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -164,3 +166,49 @@ class _Selection:
             if self.count(name, +1) <= budget.max_weights:
                 self.gone[name].discard(unit)
                 self.sizes[name] += 1
+
+
+def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
+                 scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                 budget: Budget, multiple: int,
+                 dead: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
+    fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
+    (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
+    rounded down or up to a multiple, whichever combination keeps the most weights within
+    `budget.max_weights` (each group tries the multiples next to what it keeps). Rounding down removes the
+    lowest-scored kept units; rounding up restores the best-scored removed live units."""
+    if multiple <= 1:
+        return removed
+    dead = dead or {g.name: scores[g.name] == 0 for g in groups}
+    options = []
+    for g in groups:
+        kept = g.size - int(removed[g.name].numel())
+        if g.size < multiple:
+            options.append((kept,))
+            continue
+        down = max(multiple, kept // multiple * multiple)
+        near = (down - multiple, down, down + multiple) if math.prod(
+            len(o) for o in options) * 3 <= 3 ** 8 else (down,)
+        options.append(tuple(n for n in near if multiple <= n <= g.size))
+    best = None
+    for combo in itertools.product(*options):
+        sizes = {g.name: n for g, n in zip(groups, combo)}
+        count = weight_count(shapes, list(groups), sizes)
+        if count <= budget.max_weights and (best is None or count > best[0]):
+            best = (count, sizes)
+    if best is None:  # nothing fits: the budget was already broken; leave it
+        return removed
+    out = {}
+    for g in groups:
+        want = best[1][g.name]
+        gone = set(removed[g.name].tolist())
+        kept = [u for u in range(g.size) if u not in gone]
+        if want < len(kept):  # remove the lowest-scored kept units
+            kept.sort(key=lambda u: (float(scores[g.name][u]), u))
+            gone |= set(kept[:len(kept) - want])
+        elif want > len(kept):  # restore live units first, best score first
+            back = sorted(gone, key=lambda u: (bool(dead[g.name][u]), -float(scores[g.name][u]), u))
+            gone -= set(back[:want - len(kept)])
+        out[g.name] = torch.tensor(sorted(gone), dtype=torch.int64)
+    return out

@@ -227,7 +227,8 @@ def bad_case(name: str, d: dict[str, Path]) -> list[object]:
               "single weights by activation, no data": [*ok[:5], "--score", "neurons-weights",
                                               "--method", "activation", *FAST],
               "variants is a file": [*ok, "--variants", data],
-              "unknown format": [*ok, "--format", "fp16"]}
+              "unknown format": [*ok, "--format", "fp16"],
+              "align 0": [*ok, "--align", "0"]}
     if name in sparse:
         return sparse[name]
     if name == "accuracy budget on unlabelled data":
@@ -248,7 +249,7 @@ BAD = ["missing model", "random bytes", "empty model", "truncated model", "zip o
        "latency budget without latency", "size budget in words",
        "accuracy budget on unlabelled data", "criterion with single weights",
        "method and criterion", "lsq with single weights", "single weights by activation, no data",
-       "variants is a file", "unknown format"]
+       "variants is a file", "unknown format", "align 0"]
 
 
 @pytest.mark.parametrize("name", BAD)

@@ -154,3 +154,14 @@ def test_sparse_storage_round_trip_property(rows, cols, zeros, dtype, seed):
     assert bool(stored.graph.sparse_initializer) == formats.sparse_pays(w)
     back = numpy_helper.to_array(formats.densify(stored).graph.initializer[0])
     assert back.dtype == w.dtype and np.array_equal(back, w)
+
+
+def test_flops_and_parameters_do_not_depend_on_storage(sparse_model):
+    from compressor.measure import flops_per_sample
+
+    for proto in (onnx.load_from_string(sparse_model),
+                  formats.quantize(onnx.load_from_string(sparse_model))):
+        stored = formats.store_sparse(proto)
+        assert stored.graph.sparse_initializer
+        assert flops_per_sample(stored) == flops_per_sample(proto)
+        assert flops_per_sample(proto)[1] == ()

@@ -126,3 +126,34 @@ def test_units_marked_dead_go_first_whatever_their_score():
     removed = select(groups, scores, shapes, Budget(total, 0), scope=Scope.GLOBAL,
                      original_sizes={g.name: 6 for g in groups}, dead=dead)
     assert removed["h0"].tolist() == [5] and removed["h1"].tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_aligned_widths_are_multiples_and_stay_within_budget(seed):
+    from compressor.select import align_widths
+
+    rng = random.Random(seed)
+    widths = [784] + [rng.randint(40, 400) for _ in range(rng.randint(1, 4))] + [10]
+    groups, shapes = chain(widths)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    b = budget(total, 0.85)
+    removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
+                     original_sizes={g.name: g.size for g in groups})
+    aligned = align_widths(groups, removed, scores, shapes, b, 16)
+    if aligned is removed:  # no aligned widths fit the budget: even 16 per layer is too many
+        smallest = {g.name: min(16, g.size) for g in groups}
+        assert weight_count(shapes, list(groups), smallest) > b.max_weights
+        return
+    for g in groups:
+        kept = g.size - len(aligned[g.name])
+        assert kept % 16 == 0 and kept >= 16, (g.size, kept)
+        gone = set(aligned[g.name].tolist())
+        assert len(gone) == len(aligned[g.name])  # no unit twice
+        if set(removed[g.name].tolist()) <= gone:  # rounded down: the lowest scores went
+            survivors = [float(scores[g.name][u]) for u in range(g.size) if u not in gone]
+            extra = [float(scores[g.name][u]) for u in gone - set(removed[g.name].tolist())]
+            assert not extra or max(extra) <= min(survivors)
+    assert remaining(groups, shapes, aligned) <= b.max_weights
+    assert align_widths(groups, removed, scores, shapes, b, 1) is removed
