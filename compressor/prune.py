@@ -85,7 +85,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: C
             progress=progress and (lambda d, t: progress(stage, d, t)))
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
-        removed = _select(gm, found, groups, stats, calib, budget, prune, original)
+        removed = _select(gm, found, groups, stats, calib, budget, prune, original,
+                          align=prune.align if n == len(targets) else 1)
         begun = time.perf_counter()
         done = compensate(gm, groups, removed, prune, stats=stats, x=calib)
         seconds = time.perf_counter() - begun
@@ -156,13 +157,16 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
 
 def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
             stats: ActivationStats | None, calib: torch.Tensor | None, budget: Budget,
-            prune: PruneConfig, original: dict[str, int]) -> dict[str, torch.Tensor]:
+            prune: PruneConfig, original: dict[str, int], *,
+            align: int) -> dict[str, torch.Tensor]:
+    """Units to remove this cycle; in the last cycle, widths rounded to multiples of `align`
+    (earlier cycles stay exact, so the rounding has every unit left to choose from)."""
     shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
     scores = unit_scores(gm, groups, prune, stats=stats, x=calib)
     removed = select(groups, scores, shapes, budget,
                      scope=prune.scope, original_sizes=original, dead=dead)
-    return align_widths(groups, removed, scores, shapes, budget, prune.align, dead)
+    return align_widths(groups, removed, scores, shapes, budget, align, dead)
 
 
 def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.Tensor],
