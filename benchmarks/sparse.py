@@ -162,7 +162,8 @@ def _bench_section(target: float, run: dict, result) -> str:
              "quantized, sparse storage where smaller; int8-dense = the input quantized"
              + ("; neurons-shrunk = `--score neurons` at 85% (structured, from table 1); "
                 "neurons-aligned-shrunk/-int8 = the same with `--align 16` (every layer a "
-                "multiple of 16 wide), float32 and int8" if target == 0.85 else "") + ". `compress bench DIR/*.onnx --baseline DIR/dense.onnx --batch "
+                "multiple of 16 wide), float32 and int8" if target == 0.85 else "")
+             + ". `compress bench DIR/*.onnx --baseline DIR/dense.onnx --batch "
              "1,32,256 --threads 1,2`: all models of one batch and thread count are timed in "
              "interleaved rounds; peak MB is measured in a child process per file and batch.",
              "", "```", format_bench(result), "```", ""]
@@ -174,7 +175,8 @@ def _bench_section(target: float, run: dict, result) -> str:
 
 
 def _auto_section(shrunk: Path) -> str:
-    lines = ["### `--format auto`", "", "What `--format auto` picks for this model (per-layer times, then the whole mix "
+    lines = ["### `--format auto`", "",
+             "What `--format auto` picks for this model (per-layer times, then the whole mix "
              "against all-dense and all-int8, 1 thread):", ""]
     for batch in (1, 32, 256):
         packed = pack_onnx(shrunk.read_bytes(), Format.AUTO, batch=batch, seconds=0.1)

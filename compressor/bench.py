@@ -167,8 +167,9 @@ def peak_memory_mb(path: Path, *, batch: int, runtime: bool = False) -> float | 
     /proc/self/clear_refs, then read from VmHWM). None where that cannot be measured."""
     code = "from compressor.bench import _peak_child; _peak_child()"
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(path), str(batch), str(int(runtime))],
-                              capture_output=True, text=True, timeout=300, check=True)
+        done = subprocess.run([sys.executable, "-c", code, str(path), str(batch),
+                               str(int(runtime))], capture_output=True, text=True, timeout=300,
+                              check=True)
         return round(float(done.stdout.strip().splitlines()[-1]), 1)
     except (subprocess.SubprocessError, ValueError, IndexError):
         return None

@@ -39,7 +39,7 @@ def expand(groups: tuple[PrunableGroup, ...], pruned: fx.GraphModule,
     had was folded into the next bias before it was removed."""
     import copy
 
-    from .graph import get_tensor, set_tensor
+    from .graph import set_tensor
 
     out = copy.deepcopy(pruned)
     index: dict[str, dict[int, tuple[torch.Tensor, int]]] = {}

@@ -183,8 +183,9 @@ def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.T
 
 def _cycle_line(row: CycleRow, cycles: int) -> str:
     dead = "" if row.dead is None else f" ({row.dead} dead)"
-    removed = f"{row.removed} neurons{dead}" if row.weights_removed is None else \
-        f"{row.weights_removed:,} weights, then {row.removed} neurons left without inputs or outputs"
+    removed = f"{row.removed} neurons{dead}" if row.weights_removed is None else (
+        f"{row.weights_removed:,} weights, then {row.removed} neurons left without inputs or "
+        "outputs")
     line = f"cycle {row.cycle}/{cycles}: removed {removed}, weights -{100 * row.reduction:.2f}%"
     if row.merged:
         line += f", merged {row.merged}"

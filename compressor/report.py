@@ -114,8 +114,9 @@ def format_table(r: Report) -> str:
         rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms", f"{lat.after_ms:.4f} ms",
                      f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads})"))
         if lat.runtime_ms is not None:
+            speedup = lat.before_ms / lat.runtime_ms
             rows.append(("  with compressor.runtime", "", f"{lat.runtime_ms:.4f} ms",
-                         f"{lat.before_ms / lat.runtime_ms:.1f}x faster (sparse kernels, {threads})"))
+                         f"{speedup:.1f}x faster (sparse kernels, {threads})"))
     lines = [f"compressed {r.model} -> {r.output}", ""]
     lines += _align([("", "before", "after", "")] + rows)
     lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "

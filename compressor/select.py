@@ -176,8 +176,9 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
     (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
     rounded down or up to a multiple, whichever combination keeps the most weights within
-    `budget.max_weights` (each group tries the multiples next to what it keeps). Rounding down removes the
-    lowest-scored kept units; rounding up restores the best-scored removed live units."""
+    `budget.max_weights` (each group tries the multiples next to what it keeps). Rounding
+    down removes the lowest-scored kept units; rounding up restores the best-scored removed
+    live units."""
     if multiple <= 1:
         return removed
     dead = dead or {g.name: scores[g.name] == 0 for g in groups}
