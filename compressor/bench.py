@@ -17,7 +17,7 @@ import torch
 
 from .export import session
 from .measure import OnnxModel, flops_per_sample, load_onnx, random_input
-from .runtime import SparseModel
+from .runtime import SparseModel, stored_kernels
 
 
 def latency_ms(model: bytes, sample: torch.Tensor, *, batch: int, threads: int = 1,
@@ -183,7 +183,7 @@ def _peak_child() -> None:
     before = _high_water_kb()
     if runtime:
         run = SparseModel.load(model.data, batch=batch, kernels="stored" if
-                               _has_plan(model) else "measure").run
+                               stored_kernels(model.proto) else "measure").run
     else:
         sess = session(model.data)
         run = lambda x: sess.run(None, {model.input_name: x})  # noqa: E731
@@ -197,12 +197,6 @@ def _high_water_kb() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise OSError("no VmHWM in /proc/self/status")
-
-
-def _has_plan(model: OnnxModel) -> bool:
-    from .runtime import stored_kernels
-
-    return bool(stored_kernels(model.proto))
 
 
 def format_bench(result: BenchResult) -> str:
