@@ -22,17 +22,18 @@ import numpy as np
 import onnxruntime
 import torch
 
-from compressor.calibrate import count_activations
-from compressor.compensate import compensate
-from compressor.config import Compensation, Criterion, PruneConfig
-from compressor.data import load_fashion_mnist
-from compressor.export import run_onnx, session
-from compressor.finetune import accuracy
-from compressor.graph import capture, run_batched
-from compressor.load import LoadedModel, ModelFormat, load_model
-from compressor.pack import shrink
-from compressor.select import unit_scores
-from compressor.trace import trace
+from compressor.export.verify import run_onnx
+from compressor.graph.capture import capture, run_batched
+from compressor.graph.trace import trace
+from compressor.io.data import load_fashion_mnist
+from compressor.io.load import LoadedModel, ModelFormat, load_model
+from compressor.prune.calibrate import count_activations
+from compressor.prune.compensate import compensate
+from compressor.prune.config import Compensation, Criterion, PruneConfig
+from compressor.prune.finetune import accuracy
+from compressor.prune.select import unit_scores
+from compressor.prune.shrink import shrink
+from compressor.runtime import session
 from models.mlp import mlp
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,11 +20,11 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from compressor.bench import latency_ms
-from compressor.data import load_fashion_mnist
-from compressor.export import to_onnx
-from compressor.graph import capture
-from compressor.load import load_model
+from compressor.export.to_onnx import to_onnx
+from compressor.graph.capture import capture
+from compressor.io.data import load_fashion_mnist
+from compressor.io.load import load_model
+from compressor.measure.latency import latency_ms
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, ARCH = REPO / "models" / "paper_mlp.pt", "models.mlp:paper_mlp"

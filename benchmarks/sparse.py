@@ -32,13 +32,13 @@ import onnxruntime
 import scipy.sparse
 import torch
 
-from compressor import formats
-from compressor.bench import bench, format_bench
-from compressor.config import Format
-from compressor.data import load_data
-from compressor.export import run_onnx, session
-from compressor.pack import pack_onnx
-from compressor.runtime import time_kernels
+from compressor.commands.bench import bench
+from compressor.export import formats
+from compressor.export.pack import Format, pack_onnx
+from compressor.export.verify import run_onnx
+from compressor.io.data import load_data
+from compressor.report.bench import format_bench
+from compressor.runtime import session, time_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, ARCH = REPO / "models" / "paper_mlp.pt", "models.mlp:paper_mlp"

@@ -31,3 +31,7 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (for one-line errors that name a cause)."""
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+class UsageError(CompressorError):
+    """Options that do not fit together."""

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from compressor.data import load_fashion_mnist
-from compressor.finetune import accuracy, evaluate
-from compressor.graph import run_batched
+from compressor.graph.capture import run_batched
+from compressor.io.data import load_fashion_mnist
+from compressor.prune.finetune import accuracy, evaluate
 from models.mlp import ARCHS
 
 

@@ -69,8 +69,8 @@ def tiny_files(tmp_path: Path) -> dict[str, Path]:
 
 def graph_of(module: torch.nn.Module, example: torch.Tensor):
     """The working graph of an in-memory module (as `compress` builds it)."""
-    from compressor.graph import capture
-    from compressor.load import LoadedModel, ModelFormat
+    from compressor.graph.capture import capture
+    from compressor.io.load import LoadedModel, ModelFormat
 
     return capture(LoadedModel(Path("in-memory"), ModelFormat.PICKLED_MODULE, module.eval()),
                    example)

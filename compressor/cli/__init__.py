@@ -1,0 +1,33 @@
+"""Command line: parses options, builds configs, calls one library function per command.
+Nothing outside this package imports click."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .bench import bench_command
+from .check import check_command
+from .common import USAGE_ERROR
+from .compress import compress_command
+
+# Subcommands by name (`compress check ...`); anything else is the main job, `compress MODEL`.
+SUBCOMMANDS: dict[str, click.Command] = {"check": check_command, "bench": bench_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point `compress`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command, name = compress_command, "compress"
+    if args and args[0] in SUBCOMMANDS:
+        command, name, args = SUBCOMMANDS[args[0]], f"compress {args[0]}", args[1:]
+    try:
+        code = command.main(args, prog_name=name, standalone_mode=False)
+    except click.UsageError as e:  # one line, not click's three
+        click.echo(f"Error: {e.format_message()} (see '{name} --help')", err=True)
+        code = USAGE_ERROR
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        code = 1
+    sys.exit(code or 0)

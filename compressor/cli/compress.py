@@ -1,0 +1,158 @@
+"""`compress MODEL`: the main command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..commands.compress import CompressConfig, Paths, compress
+from ..export.pack import Format
+from ..measure.latency import BenchConfig
+from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, PruneConfig, Score,
+                            Scope)
+from ..report.check import CheckResult, format_check
+from ..report.compress import format_table
+from .common import broken, run_library
+from .options import budget_options, budgets_from
+
+
+@click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="compressor")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", type=float, required=True,
+              help="Fraction of the model's Linear weights to remove, 0 < T < 1 (0.85 = 85% fewer).")
+@click.option("--data", "-d", metavar="fashion-mnist|FILE",
+              help="Calibration data: 'fashion-mnist' (built in) or a .npz (x, optional y), "
+                   ".npy (x) or .pt file (tensor or dict with x, optional y). Without it, "
+                   "pruning is data-free (weight-norm criterion, merge compensation).")
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), default="global",
+              show_default=True, help="Rank neurons across all layers, or remove the same "
+                                      "fraction of each layer.")
+@click.option("--cycles", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Pruning cycles with fine-tuning between them (labelled data and --epochs "
+                   "> 0 only; otherwise one shot).")
+@click.option("--score", type=click.Choice([s.value for s in Score]), default="neurons",
+              show_default=True,
+              help="Remove whole neurons (layers shrink), or single weights (neurons-weights: "
+                   "zeros stay in the layers; neurons left without inputs are removed too).")
+@click.option("--method", type=click.Choice([m.value for m in Method]),
+              help="What scores are built from: activation counts (x |w| for single weights), "
+                   "magnitude (|w|; the l1 norm for neurons) or random (a sanity floor).  "
+                   "[default: activation; magnitude without --data]")
+@click.option("--criterion", type=click.Choice([c.value for c in Criterion]),
+              help="For --score neurons, instead of --method: rank neurons by activation count, "
+                   "by the l1/l2 norm of their weights and bias, by the output error their "
+                   "removal leaves after a least-squares refit (error), or at random.")
+@click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
+              default="auto", show_default=True,
+              help="How the next layer makes up for removed neurons: lsq (least-squares refit "
+                   "on calibration data), merge (into similar kept neurons, data-free), mean "
+                   "(mean activation into the bias), none; auto = lsq with --data, else merge.")
+@click.option("--merge-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True,
+              help="Least cosine similarity at which --compensate merge folds a removed neuron "
+                   "into a kept one.")
+@click.option("--align", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="Keep a multiple of N neurons in every pruned layer (16 suits AVX2 CPUs: "
+                   "a 49-wide layer runs as fast as a 64-wide one); the reduction can then "
+                   "exceed --target by a few points. --score neurons only.")
+@click.option("--epochs", type=click.IntRange(0, 1000), default=6, show_default=True,
+              help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
+                   "is kept); 0 disables fine-tuning.")
+@click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Epochs without a better validation accuracy before fine-tuning stops.")
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Fine-tuning learning rate (Adam, cosine decay within each cycle).")
+@click.option("--distill", type=float, default=0.5, show_default=True,
+              help="Weight of distillation from the dense model's outputs during fine-tuning "
+                   "(0 = labels only, 1 = teacher only).")
+@click.option("--calibration-samples", type=click.IntRange(1), default=10_000,
+              show_default=True, help="Most samples used to count activations.")
+@click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
+              default="dense", show_default=True,
+              help="How the weights are stored: dense (plain Gemm, zeros kept), csr (sparse "
+                   "initializers: a smaller file; compressor.runtime runs it with sparse "
+                   "kernels), int8 (onnxruntime dynamic quantization) or auto (per layer, "
+                   "whichever is fastest on this machine at --batch).")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="ONNX file to write [default: <model stem>.compressed.onnx beside MODEL].")
+@click.option("--variants", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also write every variant of the result into DIR (dense input, masked, "
+                   "shrunk, csr, int8, int8 of the dense input), for 'compress bench DIR/*.onnx'.")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="JSON report to write [default: the output path with .json].")
+@click.option("--arch", metavar="MODULE:CALLABLE",
+              help="For state_dict files: the function or class that builds the model, "
+                   "importable from the current directory or PYTHONPATH.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a whole pickled nn.Module. Unpickling runs code from the "
+                   "file: use only for files you trust.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="onnxruntime intra-op threads for the latency measurement.")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for data splits and fine-tuning.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the report table.")
+@budget_options
+@click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True,
+              help="Batch size --format auto chooses kernels for and the latency budgets are "
+                   "checked at (also timed and reported).")
+def compress_command(model: Path, target: float, data: str | None, scope: str, cycles: int,
+                     score: str, method: str | None, criterion: str | None, compensate: str,
+                     merge_threshold: float, align: int, fmt: str, variants: Path | None,
+                     epochs: int, patience: int, lr: float, distill: float,
+                     calibration_samples: int, output: Path | None, report: Path | None,
+                     arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
+                     seed: int, quiet: bool, batch: int, **budgets) -> None:
+    """Prune MODEL to --target fewer weights and write a verified ONNX file and JSON report.
+    With --data the neurons are ranked by activation and pruned in cycles with fine-tuning
+    (labelled data) or in one shot; without it, data-free by weight norm with neuron merging.
+
+    MODEL is a TorchScript archive, a torch.export program (.pt2), a state_dict or checkpoint
+    (with --arch), or a pickled nn.Module (only with --trust-pickle).
+
+    Budgets (--max-size, --min-accuracy, ...) are checked on the written file: exit 1 if any
+    is broken. To check an existing ONNX file (in CI): compress check MODEL.onnx --help.
+    """
+    if method and criterion:
+        raise click.UsageError("give --method or --criterion, not both (--criterion is the "
+                               "finer choice for --score neurons)")
+    if criterion and score == Score.WEIGHTS.value:
+        raise click.UsageError("--criterion ranks whole neurons: with --score neurons-weights "
+                               "use --method")
+    chosen = Method(method or ("activation" if data else "magnitude"))
+    try:
+        config = CompressConfig(
+            prune=PruneConfig(target=target, scope=Scope(scope), cycles=cycles,
+                              criterion=Criterion(criterion) if criterion else chosen.criterion,
+                              compensate=Compensation(compensate),
+                              merge_threshold=merge_threshold,
+                              calibration_samples=calibration_samples, score=Score(score),
+                              method=chosen, seed=seed, align=align),
+            finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
+            bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
+                                                       threads=threads),
+            seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    paths = Paths(model, output, report, arch, trust_pickle, variants)
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    progress = None if quiet or not sys.stderr.isatty() else _progress
+    result = run_library(lambda: compress(paths, data, config, log=log, progress=progress))
+    click.echo(format_table(result))
+    if result.budgets:
+        verdict = CheckResult(result.output, result.budgets)
+        click.echo("\n" + format_check(verdict))
+        if not verdict.passed:
+            broken(verdict, wrote=f"{result.output} and its report were written")
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    click.echo(f"\r{stage} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}",
+               err=True, nl=False)
+    if end:
+        click.echo("", err=True)

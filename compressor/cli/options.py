@@ -1,0 +1,116 @@
+"""Option types and the option groups several commands share."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import click
+
+from ..measure.budgets import Budgets
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `300000`, `300KB`, `1.5 MB`, `200KiB` (KB = 1000 bytes, KiB = 1024)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size: write bytes, or a number with B, KB, MB, GB, "
+                         "KiB, MiB or GiB, e.g. 300KB")
+    return int(round(float(match.group(1)) * _SIZE_UNITS[unit]))
+
+
+def parse_fraction(text: str) -> float:
+    """A fraction in [0, 1] from `0.88` or `88%`."""
+    raw = str(text).strip()
+    percent = raw.endswith("%")
+    try:
+        value = float(raw[:-1] if percent else raw) / (100 if percent else 1)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # also refuses NaN
+        raise ValueError(f"{text!r} is not a fraction: write 0.88 or 88%")
+    return value
+
+
+def parse_positive(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{text!r} is not a positive number")
+    return value
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated whole numbers like 1,32,256, got {text!r}")
+    if not values or min(values) < 1:
+        raise ValueError(f"expected numbers of at least 1, got {text!r}")
+    return values
+
+
+
+
+
+class _Parsed(click.ParamType):
+    """A click type from a parse function that raises ValueError (sizes, fractions)."""
+
+    def __init__(self, name: str, parse) -> None:
+        self.name, self._parse = name, parse
+
+    def convert(self, value, param, ctx):
+        try:
+            return self._parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+SIZE = _Parsed("size", parse_size)
+FRACTION = _Parsed("fraction", parse_fraction)
+POSITIVE = _Parsed("number", parse_positive)
+INT_LIST = _Parsed("list", parse_int_list)
+
+BUDGET_OPTIONS = [
+    click.option("--max-size", type=SIZE, metavar="SIZE",
+                 help="Largest ONNX file: bytes, or with KB/MB (1000) or KiB/MiB (1024), "
+                      "e.g. 200KB."),
+    click.option("--max-params", type=click.IntRange(0), metavar="N",
+                 help="Most stored parameters (weights, biases, 8-bit values)."),
+    click.option("--max-flops", type=click.IntRange(0), metavar="N",
+                 help="Most FLOPs per sample (2 x non-zero weights of MatMul/Gemm/Conv)."),
+    click.option("--min-accuracy", type=FRACTION, metavar="ACC",
+                 help="Least top-1 accuracy on the labelled data, e.g. 0.88 or 88%."),
+    click.option("--min-agreement", type=FRACTION, metavar="AGR",
+                 help="Least share of samples whose top-1 class equals the reference model's "
+                      "(for compress: the input model's), e.g. 0.95."),
+    click.option("--max-latency", type=POSITIVE, metavar="MS",
+                 help="Longest onnxruntime run() in milliseconds at --batch."),
+    click.option("--max-latency-ratio", type=POSITIVE, metavar="R",
+                 help="Longest latency as a multiple of the baseline's at --batch (for "
+                      "compress: the dense export of the input model), e.g. 1.05."),
+]
+
+
+def budget_options(command):
+    """Add the budget options (shared by `compress` and `compress check`)."""
+    for option in reversed(BUDGET_OPTIONS):
+        command = option(command)
+    return command
+
+
+def budgets_from(options: dict) -> Budgets:
+    """The Budgets of the parsed budget options."""
+    return Budgets(max_size=options["max_size"], max_params=options["max_params"],
+                   max_flops=options["max_flops"], min_accuracy=options["min_accuracy"],
+                   min_agreement=options["min_agreement"], max_latency_ms=options["max_latency"],
+                   max_latency_ratio=options["max_latency_ratio"])
+
+

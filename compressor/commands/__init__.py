@@ -1,0 +1,1 @@
+"""One library function per command (compress, check, bench): orchestration only."""

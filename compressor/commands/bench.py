@@ -1,0 +1,63 @@
+"""`compress bench`: p50/p95 latency, throughput, size, peak memory and speedup against a
+baseline, next to the speedup the FLOPs promise."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..measure.latency import timings
+from ..measure.memory import peak_memory_mb
+from ..measure.onnx_file import flops_per_sample, load_onnx, random_input
+from ..report.bench import BenchResult, BenchRow
+from ..runtime import SparseModel
+
+
+def bench(models: Sequence[Path], *, baseline: Path | None = None,
+          batches: Sequence[int] = (1, 32, 256), threads: Sequence[int] = (1,),
+          seconds: float = 1.0, runtime: bool = True, memory: bool = True) -> BenchResult:
+    """Time every model (and the baseline) at every batch size and thread count in plain
+    onnxruntime, and, for files with sparse initializers, in compressor.runtime too.
+
+    Args:
+        models: ONNX files.
+        baseline: ONNX file speedups are relative to (timed in the same rounds).
+        batches: batch sizes.
+        threads: intra-op thread counts.
+        seconds: measuring time per model per configuration.
+        runtime: also run files with sparse initializers in compressor.runtime (kernels
+            measured at each batch size and thread count).
+        memory: measure peak memory (one child process per model and batch size).
+    """
+    files = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
+    loaded = {p: load_onnx(p).runnable() for p in files}
+    flops = {p: flops_per_sample(m.proto)[0] for p, m in loaded.items()}
+    sample = {p: random_input(m, 64) for p, m in loaded.items()}
+    sparse = {p for p, m in loaded.items() if runtime and m.proto.graph.sparse_initializer}
+    peaks: dict[tuple[Path, bool, int], float | None] = {}
+    rows = []
+    for t in threads:
+        for b in batches:
+            entries = [(p, False) for p in files] + [(p, True) for p in files if p in sparse]
+            runners = [SparseModel.load(loaded[p].proto, batch=b, threads=t) if rt else
+                       loaded[p].data for p, rt in entries]
+            found = timings(runners, [sample[p] for p, _ in entries], batch=b, threads=t,
+                            seconds=seconds * len(entries))
+            pooled = [[x * 1e3 for r in per_round for x in r] for per_round in found]
+            base = statistics.median(pooled[0]) if baseline else None
+            for (p, rt), times in zip(entries, pooled):
+                if memory and (p, rt, b) not in peaks:
+                    peaks[(p, rt, b)] = peak_memory_mb(p, batch=b, runtime=rt)
+                p50 = statistics.median(times)
+                ideal = flops[baseline] / flops[p] if baseline and flops[p] else None
+                speedup = base / p50 if base else None
+                rows.append(BenchRow(p.name + (" (runtime)" if rt else ""), b, t, round(p50, 5),
+                                     round(float(np.percentile(times, 95)), 5),
+                                     round(b / p50 * 1e3, 1), len(loaded[p]),
+                                     peaks.get((p, rt, b)), flops[p],
+                                     speedup and round(speedup, 3), ideal and round(ideal, 3),
+                                     round(speedup / ideal, 3) if speedup and ideal else None))
+    return BenchResult(tuple(rows), baseline.name if baseline else None)

@@ -1,0 +1,191 @@
+"""`compress`: load -> trace -> (calibrate -> select -> compensate -> shrink -> fine-tune) per
+cycle -> export -> verify -> pack -> report -> write. Nothing is written unless every step
+succeeds."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError, NothingToPruneError, OutputError
+from ..export.pack import Format, pack_onnx
+from ..export.to_onnx import to_onnx
+from ..export.variants import VARIANTS, variants
+from ..export.verify import verify, verify_packed
+from ..graph.capture import capture, run_batched
+from ..graph.trace import trace
+from ..io.data import load_data
+from ..io.files import check_output, write_atomic
+from ..io.inputs import PARITY_SAMPLES, example, fit_data, random_inputs
+from ..io.load import ModelFormat, load_model
+from ..measure.budgets import Budgets
+from ..measure.latency import BenchConfig
+from ..prune.config import FinetuneConfig, PruneConfig, Score
+from ..prune.cycles import Log, Progress, prune
+from ..prune.shrink import expand
+from ..report.compress import Report
+from .summary import Outcome, summarize
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Everything `compress` needs besides the paths."""
+
+    prune: PruneConfig
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    bench: BenchConfig | None = field(default_factory=BenchConfig)
+    seed: int = 0
+    parity_tolerance: float = 1e-4
+    budgets: Budgets = field(default_factory=Budgets)
+    budget_batch: int = 1  # the batch size the latency budgets are checked at
+    format: Format = Format.DENSE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", Format(self.format))
+        if not self.parity_tolerance > 0:
+            raise ValueError(f"parity_tolerance must be positive, got {self.parity_tolerance}")
+        if self.budgets.needs_latency and (self.bench is None or
+                                           self.budget_batch not in self.bench.batches):
+            raise ValueError("a latency budget needs the latency measurement at its batch size:"
+                             " drop --no-latency")
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime threads kernels are chosen and latency is timed with."""
+        return self.bench.threads if self.bench else 1
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where `compress` reads and writes (the model may carry its own code via `arch`)."""
+
+    model: Path
+    output: Path | None = None
+    report: Path | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    variants: Path | None = None  # a directory to write every variant of the result into
+
+
+def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log | None = None,
+             progress: Progress | None = None) -> Report:
+    """Prune the model at `paths.model` to `config.prune.target`, export and verify ONNX, write
+    the ONNX file and the JSON report, and return the report.
+
+    Args:
+        paths: model, outputs (default: `<stem>.compressed.onnx` and `.json` beside the model).
+        data: `fashion-mnist`, a data file (see `compressor.io.data.load_data`), or None to
+            prune data-free (weight-norm criterion, merge or no compensation; the export is
+            then checked on random inputs).
+        config: pruning, fine-tuning and benchmark settings.
+        log: receives one line per stage.
+        progress: receives (stage, done, total) while counting activations.
+    """
+    started = time.perf_counter()
+    log = log or (lambda _: None)
+    torch.manual_seed(config.seed)
+    _check_options(data, config)
+    output, report_path = _check_paths(paths, data)
+    model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
+    if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
+        model = dataclasses.replace(model, run=capture(model))
+    if data is None:
+        splits, probe = None, random_inputs(model, seed=config.seed)
+        log(f"loaded {model.format.value} model; no data: pruning data-free, checking the "
+            f"export on {len(probe):,} random inputs")
+    else:
+        splits = fit_data(model, load_data(data, seed=config.seed))
+        if config.budgets.min_accuracy is not None and not splits.labelled:
+            raise DataError(f"--min-accuracy needs labels, and {data} has none: give labelled "
+                            "data or drop --min-accuracy")
+        probe = splits.validation.x
+        log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
+            f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
+    sample = example(probe)
+    dense = capture(model, sample)
+    gm = copy.deepcopy(dense)
+    found = trace(gm)
+    if not found.groups:
+        reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or "no Linear layers"
+        raise NothingToPruneError(f"nothing to prune in {paths.model} ({reasons}): compressor "
+                                  "removes neurons of a Linear followed by a ReLU and one Linear")
+    teacher = run_batched(dense, splits.train.x) if splits and splits.labelled else None
+    pruned = prune(gm, found, splits, config.prune, config.finetune, seed=config.seed,
+                   teacher=teacher, log=log, progress=progress)
+    log("exporting ONNX and verifying it in onnxruntime")
+    onnx_pruned = to_onnx(gm, sample)
+    parity_x = probe[:PARITY_SAMPLES]
+    diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
+    if config.format is not Format.DENSE:
+        log(f"packing as {config.format.value}" + (
+            f" (measuring kernels at batch {config.budget_batch})"
+            if config.format in (Format.CSR, Format.AUTO) else ""))
+    packed = pack_onnx(onnx_pruned, config.format, batch=config.budget_batch,
+                       threads=config.threads)
+    packed_diff = None if config.format is Format.DENSE else \
+        verify_packed(packed, gm, parity_x, tolerance=config.parity_tolerance)
+    outcome = Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
+                      to_onnx(dense, sample), onnx_pruned, packed)
+    report = summarize(outcome, config, model=str(paths.model), data=data, output=output,
+                       report_path=report_path, parity=(diff, int(parity_x.shape[0])),
+                       packed_diff=packed_diff, started=started)
+    files = {output: packed.data, report_path: report.to_json().encode()}
+    if paths.variants is not None:
+        kept = {name: torch.tensor(p["kept"]) for name, p in pruned.plan.items()}
+        blobs = variants(outcome.onnx_dense, onnx_pruned, expand(found.groups, gm, kept), gm,
+                         sample, parity_x, batch=config.budget_batch, threads=config.threads,
+                         tolerance=config.parity_tolerance)
+        paths.variants.mkdir(parents=True, exist_ok=True)
+        files |= {check_output(paths.variants / f"{name}.onnx", inputs=(),
+                               option="--variants"): blob for name, blob in blobs.items()}
+    write_atomic(files)
+    return report
+
+
+def _check_options(data: str | None, config: CompressConfig) -> None:
+    """Options that cannot work without data, refused before any work is done."""
+    if data is not None:
+        return
+    if config.budgets.min_accuracy is not None or config.budgets.min_agreement is not None:
+        raise DataError("--min-accuracy and --min-agreement are measured on data: pass --data "
+                        "(labelled for --min-accuracy)")
+    prune = config.prune
+    if prune.needs_data:
+        what = prune.criterion.value if prune.score is Score.NEURONS else prune.method.value
+        raise DataError(f"ranking by {what} needs calibration data: pass --data, or rank by "
+                        "weights with --method magnitude")
+    if prune.compensate.resolve(has_data=False).needs_data:
+        raise DataError(f"--compensate {prune.compensate.value} needs calibration data: pass "
+                        "--data, or use --compensate merge (data-free) or none")
+
+
+def _check_paths(paths: Paths, data: str | None) -> tuple[Path, Path]:
+    """The output and report paths, checked before any work is done."""
+    inputs = (Path(paths.model),) if data in (None, "fashion-mnist") else \
+        (Path(paths.model), Path(data))
+    output = check_output(paths.output or _default_output(Path(paths.model)), inputs=inputs)
+    report = check_output(paths.report or output.with_suffix(".json"), inputs=inputs,
+                          option="--report")
+    if report == output:
+        raise OutputError(f"--report and --output are the same file ({output}): give the "
+                          "report its own path, e.g. ending in .json")
+    if paths.variants is not None:
+        folder = Path(paths.variants).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"--variants {folder} is a file: pass a directory (it is "
+                              "created if missing)")
+        for name in VARIANTS:
+            check_output(folder / f"{name}.onnx" if folder.is_dir() else folder, inputs=inputs,
+                         option="--variants")
+    return output, report
+
+
+def _default_output(model: Path) -> Path:
+    if not model.name:
+        raise OutputError(f"cannot derive an output name from {model}: pass -o/--output")
+    return model.with_name(f"{model.stem}.compressed.onnx")

@@ -1,0 +1,163 @@
+"""The report of one `compress` run: sizes, accuracy, parity, latency, layers, cycles and
+budgets, each measured once."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+import torch
+from torch import fx
+
+from ..export.pack import Format, Packed
+from ..export.verify import run_onnx
+from ..graph.capture import get_tensor, run_batched
+from ..graph.count import flops, weights
+from ..graph.trace import Trace
+from ..io.data import DataSplits
+from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share_equal
+from ..measure.latency import latencies_ms
+from ..prune.calibrate import ActivationStats
+from ..prune.config import Score
+from ..prune.cycles import Pruned
+from ..prune.finetune import accuracy
+from ..report.compress import LayerRow, Latency, Report
+from ..runtime import SparseModel, session
+
+if TYPE_CHECKING:
+    from .compress import CompressConfig
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run produced, from the input model to the file that is written."""
+
+    model_format: str
+    splits: DataSplits | None
+    probe: torch.Tensor  # inputs for parity and latency: held-back data, or random
+    dense: fx.GraphModule
+    pruned_gm: fx.GraphModule
+    found: Trace
+    pruned: Pruned
+    onnx_dense: bytes
+    onnx_pruned: bytes  # float32, zeros kept
+    packed: Packed  # what is written
+
+
+@dataclass(frozen=True)
+class _Predictions:
+    """Dense and written model on the held-out split, computed once for accuracy and agreement."""
+
+    about: str
+    dense: torch.Tensor  # logits of the input model
+    written: torch.Tensor  # logits of the written file in onnxruntime
+    labels: torch.Tensor | None
+
+
+def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | None,
+              output: Path, report_path: Path, parity: tuple[float, int], packed_diff: float | None,
+              started: float) -> Report:
+    """The report of `run`, with the budgets measured as `compress check` measures them."""
+    seen = _predictions(run, data, needed=config.budgets.min_agreement is not None)
+    labelled = seen is not None and seen.labels is not None
+    w_before = weights(run.dense, run.found)
+    w_after = weights(run.pruned_gm, run.found, nonzero=config.prune.score is Score.WEIGHTS)
+    prune = config.prune
+    report = Report(
+        model=model, model_format=run.model_format, data=data, output=str(output),
+        report=str(report_path), target=prune.target, scope=prune.scope.value,
+        criterion=prune.criterion.value, score=prune.score.value,
+        method=prune.method.value if prune.score is Score.WEIGHTS else None,
+        format=config.format.value, format_note=run.packed.note,
+        kernels=run.packed.layers if config.format is not Format.DENSE else (),
+        runtime=run.packed.runtime, int8_max_abs_diff=packed_diff,
+        compensate=prune.compensate.resolve(has_data=run.splits is not None).value,
+        calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
+        weights_before=w_before, weights_after=w_after,
+        flops_before=flops(w_before), flops_after=flops(w_after),
+        onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.packed.data),
+        accuracy_before=accuracy(seen.dense, seen.labels) if labelled else None,
+        accuracy_after=accuracy(seen.written, seen.labels) if labelled else None,
+        accuracy_data=seen.about if labelled else None,
+        parity_max_abs_diff=parity[0], parity_samples=parity[1],
+        parity_inputs="held-back" if run.splits else "random",
+        latency_threads=config.bench.threads if config.bench else 0,
+        latency=_latencies(run.onnx_dense, run.packed, run.probe[:256], config),
+        layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats),
+        cycles=run.pruned.cycles, plan=run.pruned.plan,
+        seconds=round(time.perf_counter() - started, 2))
+    budgets = _budgets(run, report, seen, config)
+    return dataclasses.replace(report, budgets=budgets) if budgets else report
+
+
+def _predictions(run: Outcome, data: str | None, *, needed: bool) -> _Predictions | None:
+    """Both models on the test split (labelled data), else, if `needed`, on the validation
+    split; None without data."""
+    if run.splits is None or (run.splits.test is None and not needed):
+        return None
+    split = run.splits.test if run.splits.test is not None else run.splits.validation
+    name = "fashion-mnist test" if data == "fashion-mnist" else "held-out test split"
+    about = f"{name} ({len(split):,} samples, not used for fine-tuning)"
+    return _Predictions(about, run_batched(run.dense, split.x),
+                        run_onnx(session(run.packed.data), split.x), split.y)
+
+
+def _budgets(run: Outcome, report: Report, seen: _Predictions | None,
+             config: CompressConfig) -> tuple[BudgetRow, ...]:
+    """The written model measured against the budgets, as `compress check` measures it; the
+    reference for agreement and the baseline for latency are the input model."""
+    budgets = config.budgets
+    if not budgets.any:
+        return ()
+    measured = measure_file(onnx.load_from_string(run.packed.data), len(run.packed.data), budgets)
+    if report.accuracy_after is not None:
+        measured["accuracy"] = Measured(report.accuracy_after, f"on {report.accuracy_data}")
+    if budgets.min_agreement is not None:
+        same = share_equal(seen.written.argmax(1), seen.dense.argmax(1))
+        measured["agreement"] = Measured(same, f"top-1 vs {report.model} on "
+                                         f"{len(seen.dense):,} held-out samples")
+    for lat in report.latency:
+        if lat.batch == config.budget_batch:
+            threads = report.latency_threads
+            how = f"batch {lat.batch}, {threads} thread{'s' * (threads > 1)}, onnxruntime CPU"
+            measured["latency"] = Measured(lat.after_ms, how)
+            measured["latency_ratio"] = Measured(
+                lat.after_ms / lat.before_ms, f"vs the dense export ({lat.before_ms:.4f} ms), {how}")
+    return evaluate(budgets, measured)
+
+
+def _latencies(dense: bytes, packed: Packed, sample: torch.Tensor,
+               config: CompressConfig) -> tuple[Latency, ...]:
+    """Dense export vs the written file in plain onnxruntime, and in compressor.runtime when
+    the file has layers chosen for sparse kernels."""
+    if config.bench is None:
+        return ()
+    b = config.bench
+    models: list = [dense, packed.data]
+    if packed.runtime:
+        models.append(SparseModel.load(packed.data, kernels="stored", threads=b.threads))
+    rows = []
+    for batch in b.batches:
+        times = latencies_ms(models, [sample] * len(models), batch=batch, threads=b.threads,
+                             seconds=2 * b.seconds)
+        rows.append(Latency(batch, times[0], times[1], times[2] if packed.runtime else None))
+    return tuple(rows)
+
+
+def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
+                stats: ActivationStats | None) -> tuple[LayerRow, ...]:
+    reasons = dict(found.dense)
+    prunable = {g.name for g in found.groups}
+    rows = []
+    for layer in found.layers:
+        before, after = get_tensor(dense, layer.weight).shape, get_tensor(gm, layer.weight).shape
+        pruned = layer.name in prunable
+        dead = stats.dead(layer.name) if pruned and stats is not None else None
+        rows.append(LayerRow(layer.name, int(before[1]), int(before[0]), int(after[1]),
+                             int(after[0]), dead,
+                             "pruned" if pruned else reasons.get(layer.name, "")))
+    return tuple(rows)

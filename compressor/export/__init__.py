@@ -1,0 +1,1 @@
+"""From the pruned graph to a verified ONNX file in the chosen storage format."""

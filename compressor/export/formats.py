@@ -1,0 +1,157 @@
+"""Storage formats of a pruned ONNX model, each with its unpack:
+
+- sparse storage (`store_sparse` / `densify`): weight matrices as ONNX sparse initializers
+  (COO with linear int64 indices), only where that makes the file smaller: above 2/3 zeros
+  for float32, 8/9 for int8. onnxruntime turns them back into dense tensors when it loads the
+  file, so a plain session gets a smaller file and the same speed; `compressor.runtime` runs
+  them with sparse kernels.
+- int8 (`quantize` / `dequantize`): onnxruntime dynamic quantization, QInt8 weights with a
+  per-tensor scale, activations quantized at run time.
+
+The round trips are exact: densify(store_sparse(m)) has m's weights bit for bit, and
+quantize(dequantize(q)) has q's int8 weights, scales and zero points.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ExportError, first_line
+from ..io.quiet import quiet
+from ..runtime.storage import to_dense
+
+INDEX_BYTES = 8  # onnx.checker wants int64 indices
+_WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "MatMulInteger": 1}
+
+
+def weight_names(proto: onnx.ModelProto) -> list[str]:
+    """Names of the constant weight matrices of Gemm, MatMul and MatMulInteger nodes, in
+    graph order (dense or sparse initializers)."""
+    stored = {t.name for t in proto.graph.initializer} | \
+        {s.values.name for s in proto.graph.sparse_initializer}
+    names = []
+    for node in proto.graph.node:
+        index = _WEIGHT_INPUT.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] in stored \
+                and node.input[index] not in names:
+            names.append(node.input[index])
+    return names
+
+
+def sparse_pays(array: np.ndarray) -> bool:
+    """Whether COO storage (value + int64 index per non-zero) is smaller than dense."""
+    return np.count_nonzero(array) * (array.itemsize + INDEX_BYTES) < array.size * array.itemsize
+
+
+def store_sparse(proto: onnx.ModelProto, *, names: list[str] | None = None) -> onnx.ModelProto:
+    """A copy of `proto` with each weight matrix (of `names`, default all) stored as a sparse
+    initializer where that is smaller. Call it last: tools that rewrite graphs (the exporter's
+    optimizer, the quantizer) drop sparse initializers."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    chosen = set(weight_names(out) if names is None else names)
+    for tensor in [t for t in graph.initializer if t.name in chosen]:
+        array = numpy_helper.to_array(tensor)
+        if array.ndim < 2 or not sparse_pays(array):
+            continue
+        flat = array.reshape(-1)
+        index = np.flatnonzero(flat).astype(np.int64)
+        values = numpy_helper.from_array(flat[index], tensor.name)
+        sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(index, ""),
+                                           list(array.shape))
+        graph.initializer.remove(tensor)
+        graph.sparse_initializer.append(sparse)
+        for info in [v for v in graph.value_info if v.name == tensor.name]:
+            graph.value_info.remove(info)
+    return out
+
+
+def densify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` with every sparse initializer stored densely (unpacks `store_sparse`)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for sparse in list(out.graph.sparse_initializer):
+        out.graph.initializer.append(numpy_helper.from_array(to_dense(sparse), sparse.values.name))
+    del out.graph.sparse_initializer[:]
+    return out
+
+
+def sparsity(proto: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], float]]:
+    """Per weight matrix: its shape and the fraction of its entries that are zero."""
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    arrays |= {s.values.name: to_dense(s) for s in proto.graph.sparse_initializer}
+    return {name: (arrays[name].shape, 1 - np.count_nonzero(arrays[name]) / arrays[name].size)
+            for name in weight_names(proto)}
+
+
+def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None) -> onnx.ModelProto:
+    """onnxruntime dynamic quantization (QInt8 weights, per-tensor scale) of the MatMul and Gemm
+    nodes named `nodes` (default all). Sparse initializers are densified first."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="compressor-int8-") as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        dense = densify(proto)
+        weights = {t.name for t in dense.graph.initializer}
+        for info in [v for v in dense.graph.value_info if v.name in weights]:
+            dense.graph.value_info.remove(info)  # stale once the quantizer transposes weights
+        onnx.save_model(dense, source)
+        try:
+            with quiet():
+                quantize_dynamic(source, target, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gemm"],
+                                 nodes_to_quantize=nodes)
+        except Exception as e:  # the quantizer raises many types
+            raise ExportError(f"int8 quantization failed ({first_line(e)}); nothing was written"
+                              ) from e
+        return onnx.load_model(target)
+
+
+def dequantize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A float32 copy of a dynamically quantized model (unpacks `quantize`): each
+    MatMulInteger with its scale chain becomes a MatMul with weight (q - zero_point) x scale,
+    fed the float activations that DynamicQuantizeLinear read."""
+    out = densify(proto)
+    graph = out.graph
+    init = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    drop, replace = [], {}
+    for mmi in [n for n in graph.node if n.op_type == "MatMulInteger"]:
+        dql = producer.get(mmi.input[0])
+        (cast,) = readers[mmi.output[0]]
+        (mul,) = readers[cast.output[0]]
+        if dql is None or dql.op_type != "DynamicQuantizeLinear" or cast.op_type != "Cast" or \
+                mul.op_type != "Mul":
+            raise ExportError(f"cannot unpack {mmi.name}: not onnxruntime's dynamic "
+                              "quantization pattern")
+        scales = producer[mul.input[1]]
+        q, zero = (numpy_helper.to_array(init[mmi.input[i]]) for i in (1, 3))
+        w_scale = numpy_helper.to_array(init[scales.input[1]])
+        weight = ((q.astype(np.float32) - zero.astype(np.float32)) * w_scale).astype(np.float32)
+        name = mmi.input[1].removesuffix("_quantized")
+        graph.initializer.append(numpy_helper.from_array(weight, name))
+        replace[mmi.name] = helper.make_node("MatMul", [dql.input[0], name], [mul.output[0]],
+                                             name=mmi.name)
+        drop += [cast, mul, scales]
+    kept = [replace.get(n.name, n) for n in graph.node if all(n is not d for d in drop)]
+    used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+    kept = [n for n in kept if n.op_type != "DynamicQuantizeLinear" or
+            any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    for v in [v for v in graph.value_info if v.name not in used]:
+        graph.value_info.remove(v)
+    return out

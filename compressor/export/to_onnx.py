@@ -1,0 +1,65 @@
+"""Export the working graph to one self-contained ONNX file (checked by onnx.checker)."""
+
+from __future__ import annotations
+
+import onnx
+import torch
+from torch import fx
+
+from ..errors import ExportError, first_line
+from ..io.quiet import quiet
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
+    """ONNX bytes (opset 18, dynamic batch axis, weights inside), checked by onnx.checker."""
+    batch = torch.export.Dim("batch")
+    try:
+        with quiet():
+            program = torch.onnx.export(gm, (example,), dynamo=True, external_data=False,
+                                        dynamic_shapes=({0: batch},), opset_version=OPSET,
+                                        verbose=False)
+        proto = program.model_proto
+        _rename(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+        _rename(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
+        for flat, original in gm.meta.get("original_names", {}).items():
+            _rename(proto.graph, flat, original)
+        _strip_debug_info(proto.graph)
+        _drop_initializer_shapes(proto.graph)
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # the exporter raises many types
+        raise ExportError(f"ONNX export failed ({first_line(e)}); nothing was written") from e
+    return proto.SerializeToString()
+
+
+def _strip_debug_info(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node stack traces and FX text: they are most of a small
+    model's file and would ship the user's source paths."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
+def _drop_initializer_shapes(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's value_info for weights: initializers carry their own shapes, and
+    tools that rewrite weights (onnxruntime's quantize_dynamic transposes Gemm weights) fail
+    shape inference on the stale copies."""
+    weights = {t.name for t in graph.initializer}
+    for info in [v for v in graph.value_info if v.name in weights]:
+        graph.value_info.remove(info)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    taken = {v for n in graph.node for v in (*n.input, *n.output)} | \
+        {v.name for v in (*graph.input, *graph.output, *graph.initializer)}
+    if old == new or new in taken:
+        return
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + \
+            list(graph.initializer):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]

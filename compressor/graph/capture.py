@@ -1,0 +1,171 @@
+"""The working model: one clean, trainable aten-level `torch.fx.GraphModule` for every input
+format. Parameters live flat on the root (`fc1_weight`), so any step can read or replace them
+by name; the graph has no guards or pytree plumbing, takes one tensor and returns one tensor."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import fx, nn
+from torch.fx.graph import CodeGen
+
+from ..errors import ModelError, first_line
+from ..io.load import LoadedModel, ModelFormat, output_tensor
+from ..io.quiet import quiet
+
+LINEAR = torch.ops.aten.linear.default
+
+
+def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic batch axis."""
+    batch = torch.export.Dim("batch")
+    with quiet():
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
+
+
+def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """Turn any loaded model into the clean working graph (parameters copied, input untouched).
+
+    Args:
+        model: the loaded model.
+        example: a batch (>= 2 samples) in the layout the model takes; not needed for `.pt2`
+            programs, which are already captured.
+    """
+    try:
+        if model.format is ModelFormat.EXPORTED_PROGRAM:
+            program = model.program
+        elif model.format is ModelFormat.TORCHSCRIPT:
+            from torch._export.converter import TS2EPConverter
+
+            with quiet():
+                program = TS2EPConverter(model.run, (example,)).convert()
+        else:
+            program = export_program(model.run, example)
+        with quiet():
+            gm = program.module()
+    except Exception as e:  # tracing user code can fail in many ways
+        raise ModelError(f"cannot trace the model with torch.export ({first_line(e)}): "
+                         "compressor needs a model torch.export can capture") from e
+    return _clean(gm)
+
+
+def _clean(gm: fx.GraphModule) -> fx.GraphModule:
+    """One tensor in, one tensor out, no guards, and tensors owned by a fresh flat root."""
+    _strip_plumbing(gm.graph)
+    root, original_names = _own_tensors(gm)
+    if any(n.op == "call_module" for n in gm.graph.nodes):
+        raise ModelError("the traced model still calls submodules; compressor needs a flat graph")
+    clean = fx.GraphModule(root, gm.graph)
+    clean.graph.lint()
+    clean.meta["original_names"] = original_names
+    return clean
+
+
+def _strip_plumbing(graph: fx.Graph) -> None:
+    for node in list(graph.nodes):
+        if node.op == "call_module" or (node.op == "call_function" and "_assert" in str(node.target)):
+            if not node.users:
+                graph.erase_node(node)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ModelError(f"the model takes {len(placeholders)} inputs; compressor supports models "
+                         "with one input tensor")
+    graph._codegen = CodeGen()
+    out = next(n for n in graph.nodes if n.op == "output")
+    result = out.args[0]
+    if isinstance(result, (tuple, list)):
+        if len(result) != 1:
+            raise ModelError(f"the model returns {len(result)} outputs; compressor needs one "
+                             "tensor of logits")
+        out.args = (result[0],)
+
+
+def _own_tensors(gm: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
+    """Copy every tensor the graph reads onto a new root under a flat name; Linear weights and
+    biases become trainable parameters. Returns the root and {flat name: original name}."""
+    graph = gm.graph
+    trainable = {a.target for n in graph.nodes if n.target is LINEAR for a in n.args[1:3]
+                 if isinstance(a, fx.Node)}
+    root = nn.Module()
+    original_names: dict[str, str] = {}
+    renamed: dict[str, str] = {}  # one tensor per original name, so tied weights stay tied
+    for node in graph.nodes:
+        if node.op != "get_attr":
+            continue
+        if node.target in renamed:
+            node.target = renamed[node.target]
+            continue
+        value = _get_attr(gm, node.target)
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(f"the model holds a {type(value).__name__} at {node.target}; "
+                             "compressor supports tensor attributes only")
+        name = _flat_name(node.target, root)
+        tensor = value.detach().clone()
+        if node.target in trainable and tensor.is_floating_point():
+            root.register_parameter(name, nn.Parameter(tensor))
+        else:
+            root.register_buffer(name, tensor)
+        original_names[name], renamed[node.target] = node.target, name
+        node.target = name
+    return root, original_names
+
+
+def outputs_of(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
+    """A view of `gm` (sharing its parameters) that returns the named nodes as a tuple and
+    computes nothing else (later layers are dropped)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    graph.graph_copy(gm.graph, env)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    graph.output(tuple(env[nodes[name]] for name in names))
+    graph.eliminate_dead_code()
+    return fx.GraphModule(gm, graph)
+
+
+def get_tensor(gm: fx.GraphModule, name: str) -> torch.Tensor:
+    return getattr(gm, name)
+
+
+def set_tensor(gm: fx.GraphModule, name: str, value: torch.Tensor) -> None:
+    """Replace a parameter or buffer by a new tensor (of any shape)."""
+    value = value.detach().contiguous()
+    if name in gm._parameters:
+        gm._parameters[name] = nn.Parameter(value)
+    else:
+        gm._buffers[name] = value
+
+
+def add_zero_bias(gm: fx.GraphModule, linear: fx.Node) -> str:
+    """Give a bias-free linear node a zero bias parameter (so constants can be folded into it)."""
+    weight = get_tensor(gm, linear.args[1].target)
+    name = _flat_name(f"{linear.args[1].target}_bias", gm)
+    gm.register_parameter(name, nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype)))
+    with gm.graph.inserting_before(linear):
+        bias = gm.graph.get_attr(name)
+    linear.args = (linear.args[0], linear.args[1], bias)
+    gm.recompile()
+    return name
+
+
+def run_batched(gm: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Outputs of `gm` on `x`, computed in batches without gradients."""
+    with torch.no_grad():
+        return torch.cat([output_tensor(gm(x[i:i + batch_size]))
+                          for i in range(0, x.shape[0], batch_size)])
+
+
+def _get_attr(gm: nn.Module, target: str) -> object:
+    value: object = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _flat_name(target: str, owner: nn.Module) -> str:
+    name = re.sub(r"\W", "_", target)
+    name = name if name[:1].isalpha() else f"p_{name}"
+    base, i = name, 1
+    while hasattr(owner, name):
+        name, i = f"{base}_{i}", i + 1
+    return name

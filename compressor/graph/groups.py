@@ -1,0 +1,138 @@
+"""The prunable group: coupled units (neurons now; conv channels later) that are removed together.
+
+A group says, per tensor, which entries belong to its units: producer rows (weights and
+per-unit constants), the node where firing is counted, and consumer columns. Everything that
+selects, compensates or shrinks speaks only in groups and kept indices, never in layer types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import fx
+
+from .capture import get_tensor, set_tensor
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Entries of tensor `param` along `axis` owned by the units: unit j owns entries
+    [j*block, (j+1)*block) (block > 1 after a Flatten, where a channel owns H*W columns)."""
+
+    param: str
+    axis: int
+    block: int = 1
+
+    def entries(self, units: torch.Tensor) -> torch.Tensor:
+        """Indices along `axis` of the entries units `units` own."""
+        return (units.to(torch.int64)[:, None] * self.block + torch.arange(self.block)).reshape(-1)
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """A set of units removed together.
+
+    Attributes:
+        name: display name (the producing layer).
+        size: current number of units.
+        weights: producer entries that multiply the group's input (Linear rows).
+        biases: producer per-unit constants (Linear bias; later BatchNorm entries).
+        activation: fx node whose output is counted (the ReLU).
+        consumers: columns of the layers that read the units.
+        consumer_biases: biases of those layers, where constant outputs are folded.
+    """
+
+    name: str
+    size: int
+    weights: tuple[Slice, ...]
+    biases: tuple[Slice, ...]
+    activation: str
+    consumers: tuple[Slice, ...]
+    consumer_biases: tuple[str, ...]
+
+    @property
+    def slices(self) -> tuple[Slice, ...]:
+        return self.weights + self.biases + self.consumers
+
+
+def take(gm: fx.GraphModule, group: PrunableGroup, keep: torch.Tensor) -> PrunableGroup:
+    """Physically keep only units `keep` (sorted indices) of `group`; return the resized group."""
+    keep = keep.to(torch.int64)
+    for s in group.slices:
+        index = s.entries(keep)
+        set_tensor(gm, s.param, get_tensor(gm, s.param).index_select(s.axis, index))
+    return replace(group, size=int(keep.numel()))
+
+
+def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
+    """Per unit: its output if that is the same for every input (no incoming weights), else NaN."""
+    connected = torch.zeros(group.size, dtype=torch.bool)
+    for s in group.weights:
+        w = get_tensor(gm, s.param).detach().movedim(s.axis, 0).reshape(group.size, -1)
+        connected |= (w != 0).any(dim=1)
+    value = torch.zeros(group.size, dtype=torch.float64)
+    for s in group.biases:
+        value += get_tensor(gm, s.param).detach().double()
+    value = torch.relu(value)
+    value[connected] = float("nan")
+    return value
+
+
+def unit_rows(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
+    """Per unit, everything that produces it, as one float64 row: [weights | biases]."""
+    parts = [get_tensor(gm, s.param).detach().double().movedim(s.axis, 0).reshape(group.size, -1)
+             for s in group.weights + group.biases]
+    return torch.cat(parts, dim=1)
+
+
+def merge_into(gm: fx.GraphModule, group: PrunableGroup, sources: torch.Tensor,
+               targets: torch.Tensor, scales: torch.Tensor) -> None:
+    """Make each consumer read unit `targets[i]` for what it read from `sources[i]` too:
+    column target += scales[i] * column source (exact when source = scales[i] * target)."""
+    if sources.numel() == 0:
+        return
+    for s in group.consumers:
+        w = get_tensor(gm, s.param).detach()
+        moved = w.double().movedim(s.axis, -1).clone()
+        added = moved.index_select(-1, s.entries(sources)) * \
+            scales.double().repeat_interleave(s.block)
+        moved.index_add_(-1, s.entries(targets), added)
+        set_tensor(gm, s.param, moved.movedim(-1, s.axis).to(w.dtype).contiguous())
+
+
+def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor,
+                        values: torch.Tensor) -> None:
+    """Add what units `units` contribute when they output `values` to the consumers' biases."""
+    if units.numel() == 0:
+        return
+    for s, bias_name in zip(group.consumers, group.consumer_biases):
+        w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1)
+        columns = s.entries(units)
+        contribution = w.index_select(-1, columns) @ values.double().repeat_interleave(s.block)
+        bias = get_tensor(gm, bias_name).detach()
+        set_tensor(gm, bias_name, (bias.double() + contribution).to(bias.dtype))
+
+
+def zero_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor) -> None:
+    """Zero the consumer columns of `units`: the network computes as if they were removed."""
+    for s in group.consumers:
+        w = get_tensor(gm, s.param).detach().clone()
+        columns = s.entries(units)
+        w.index_fill_(s.axis, columns, 0)
+        set_tensor(gm, s.param, w)
+
+
+def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup],
+                 sizes: dict[str, int]) -> int:
+    """Number of weight entries of tensors `shapes` when each group has `sizes[group]` units."""
+    axes: dict[str, dict[int, int]] = {}
+    for g in groups:
+        for s in g.weights + g.consumers:
+            axes.setdefault(s.param, {})[s.axis] = sizes[g.name] * s.block
+    total = 0
+    for param, shape in shapes.items():
+        dims = [axes.get(param, {}).get(i, n) for i, n in enumerate(shape)]
+        total += math.prod(dims)
+    return total

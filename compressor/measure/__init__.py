@@ -1,0 +1,1 @@
+"""Facts about ONNX files: size, parameters, FLOPs, predictions, latency, memory, budgets."""

@@ -1,0 +1,78 @@
+"""onnxruntime CPU latency of ONNX models (or of `compressor.runtime` models) on real inputs,
+through the one latency loop in `compressor.runtime.timing`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..runtime import SparseModel, session, timing
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """onnxruntime latency measurement: batches to time, threads, time per measurement."""
+
+    batches: tuple[int, ...] = (1, 256)
+    threads: int = 1
+    seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"batches must be positive, got {self.batches}")
+        if self.threads < 1 or self.seconds <= 0:
+            raise ValueError("threads must be >= 1 and seconds > 0")
+
+
+
+
+def runner(model: bytes | SparseModel, sample: torch.Tensor, *, batch: int,
+           threads: int) -> Callable[[], object]:
+    """One `run()` on a batch of `batch` inputs built from the rows of `sample` (repeated to
+    fill the batch): a plain onnxruntime session for ONNX bytes, or the runtime's own run."""
+    reps = -(-batch // sample.shape[0])
+    x = np.ascontiguousarray(sample.repeat(reps, *[1] * (sample.ndim - 1))[:batch].numpy())
+    if isinstance(model, SparseModel):
+        return lambda: model.run(x)
+    sess = session(model, threads=threads)
+    feed = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feed)
+
+
+def timings(models: Sequence[bytes | SparseModel], samples: Sequence[torch.Tensor], *,
+            batch: int, threads: int = 1, seconds: float = 0.5,
+            rounds: int = 5) -> list[list[list[float]]]:
+    """Seconds of every run, per model, per round (the rounds interleave the models)."""
+    runs = [runner(m, s, batch=batch, threads=threads)
+            for m, s in zip(models, samples, strict=True)]
+    return timing.timings(runs, seconds=seconds, rounds=rounds)
+
+
+def latencies_ms(models: Sequence[bytes | SparseModel], samples: Sequence[torch.Tensor], *,
+                 batch: int, threads: int = 1, seconds: float = 0.5,
+                 rounds: int = 5) -> list[float]:
+    """Latency of one `run()` of each model (each on its own inputs) at `batch`: the best of
+    `rounds` interleaved rounds' medians, so that a busy moment of the machine slows all of
+    them alike (what a ratio of two latencies needs).
+
+    Args:
+        models: ONNX bytes (a plain onnxruntime session) or loaded `SparseModel`s.
+        samples: real inputs [n, ...] per model; repeated to fill the batch.
+        batch: batch size.
+        threads: onnxruntime intra-op threads.
+        seconds: total measuring time after warm-up; every round has at least 10 runs.
+        rounds: rounds the time is split into.
+    """
+    return [timing.best_median_ms(r) for r in timings(models, samples, batch=batch,
+                                                        threads=threads, seconds=seconds,
+                                                        rounds=rounds)]
+
+
+def latency_ms(model: bytes, sample: torch.Tensor, *, batch: int, threads: int = 1,
+               seconds: float = 0.5, rounds: int = 5) -> float:
+    """`latencies_ms` of one model."""
+    return latencies_ms([model], [sample], batch=batch, threads=threads, seconds=seconds,
+                        rounds=rounds)[0]

@@ -1,0 +1,196 @@
+"""Facts about an ONNX model file: size, stored parameters, FLOPs, and top-1 predictions on
+data. `compress check` and the budgets of `compress` read them from here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ..errors import DataError, ModelError, first_line
+from ..export.formats import densify
+from ..export.verify import run_onnx
+from ..runtime import session
+
+# Weights are input 1 of these ops ("positions" each weight is used at = output elements / N).
+_MATMUL = {"MatMul", "MatMulInteger", "FusedMatMul"}
+_CONV = {"Conv", "ConvInteger"}
+_QLINEAR = {"QLinearMatMul": 3, "QLinearConv": 3}  # op -> index of its weight input
+_NOT_PARAMETERS = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL,
+                   onnx.TensorProto.STRING}
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A loaded, checked ONNX file: its bytes, its graph, and its single input."""
+
+    path: Path
+    data: bytes
+    proto: onnx.ModelProto
+    input_name: str | None  # None unless the model has exactly one input and one output
+    input_dims: tuple[int | None, ...]  # per sample (batch axis dropped); None = symbolic
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def runnable(self) -> OnnxModel:
+        """This model, if compressor can feed it data (one input, one output)."""
+        if self.input_name is None:
+            raise ModelError(f"{self.path} does not have one input and one output: accuracy, "
+                             "agreement and latency are measured on such models only")
+        return self
+
+
+def load_onnx(path: Path, *, what: str = "model") -> OnnxModel:
+    """Read and check an ONNX file (weights inside the one file).
+
+    Args:
+        path: the `.onnx` file.
+        what: how errors name it (model, --baseline, --reference).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{what} {path} does not exist: check the path")
+    if path.is_dir():
+        raise ModelError(f"{what} {path} is a directory: pass the .onnx file itself")
+    data = path.read_bytes()
+    if not data:
+        raise ModelError(f"{what} {path} is empty: export the model again")
+    try:
+        proto = onnx.load_from_string(data)
+        tensors = [*proto.graph.initializer, *(s.values for s in proto.graph.sparse_initializer)]
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
+        if not external:
+            onnx.checker.check_model(proto)
+    except Exception as e:  # protobuf and the checker raise many types for damaged files
+        if data[:2] == b"PK" or data[:1] == b"\x80":
+            raise ModelError(f"{what} {path} is a PyTorch file, not ONNX: check the .onnx file "
+                             "that compress wrote (or export the model to ONNX)") from e
+        raise ModelError(f"{what} {path} is not a valid ONNX model ({first_line(e)}): export it "
+                         "again, e.g. with torch.onnx.export") from e
+    if external:
+        raise ModelError(f"{what} {path} keeps its weights in external data files: save it as "
+                         "one file (onnx.save(model, path, save_as_external_data=False))")
+    weights = {t.name for t in proto.graph.initializer} | \
+        {s.values.name for s in proto.graph.sparse_initializer}
+    inputs = [i for i in proto.graph.input if i.name not in weights]
+    if len(inputs) != 1 or len(proto.graph.output) != 1:
+        return OnnxModel(path, data, proto, None, ())
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None
+                 for d in inputs[0].type.tensor_type.shape.dim)
+    return OnnxModel(path, data, proto, inputs[0].name if dims else None, dims[1:])
+
+
+def parameter_count(proto: onnx.ModelProto) -> int:
+    """Stored parameters: entries of floating-point and 8-bit initializers and Constant
+    tensors (int32/int64 shape and index tensors are not parameters); a sparse
+    initializer counts only its stored values."""
+    tensors = list(proto.graph.initializer)
+    tensors += [s.values for s in proto.graph.sparse_initializer]
+    tensors += [a.t for n in proto.graph.node if n.op_type == "Constant"
+                for a in n.attribute if a.name in ("value", "sparse_value")]
+    return sum(math.prod(t.dims) for t in tensors if t.data_type not in _NOT_PARAMETERS)
+
+
+def flops_per_sample(proto: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
+    """FLOPs of one sample: 2 x (non-zero weights x positions each is applied at) over the
+    MatMul, Gemm and Conv nodes (and their int8 forms), the paper's count for a dense layer.
+
+    Returns:
+        The FLOPs and the op types of nodes that could not be counted (weights not constant,
+        or output shapes unknown).
+    """
+    try:  # on a dense copy: shape inference rejects sparse initializers as op inputs
+        inferred = onnx.shape_inference.infer_shapes(densify(proto))
+    except Exception:  # inference gives up on some valid models: use the shapes they state
+        inferred = proto
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                       for d in v.type.tensor_type.shape.dim]
+              for v in (*inferred.graph.value_info, *inferred.graph.output,
+                        *inferred.graph.input)}
+    weights = _constants(proto)
+    total, uncounted = 0, []
+    for node in proto.graph.node:
+        weight = _weight_input(node)
+        if weight is None:
+            continue
+        out = shapes.get(node.output[0])
+        w = weights.get(weight)
+        positions = _positions(node, out)
+        if w is None or positions is None:
+            uncounted.append(node.op_type)
+            continue
+        total += 2 * int(np.count_nonzero(w)) * positions
+    return total, tuple(sorted(set(uncounted)))
+
+
+def _weight_input(node: onnx.NodeProto) -> str | None:
+    if node.op_type in _MATMUL or node.op_type in _CONV:
+        return node.input[1]
+    if node.op_type == "Gemm":
+        return node.input[1]
+    if node.op_type in _QLINEAR:
+        return node.input[_QLINEAR[node.op_type]]
+    return None
+
+
+def _positions(node: onnx.NodeProto, out: list[int | None] | None) -> int | None:
+    """How often each weight is used for one sample: 1 for Gemm, the output's middle dims for
+    MatMul ([N, T, out] -> T), the output's spatial dims for Conv."""
+    if node.op_type == "Gemm":
+        return 1
+    if out is None or len(out) < 2 or any(d is None for d in out[1:]):
+        return None
+    if node.op_type in _CONV or node.op_type == "QLinearConv":
+        return math.prod(out[2:])
+    return math.prod(out[1:-1])
+
+
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    found = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for sparse in proto.graph.sparse_initializer:
+        found[sparse.values.name] = numpy_helper.to_array(sparse.values)  # non-zeros only
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value":
+                found[node.output[0]] = numpy_helper.to_array(a.t)
+    return found
+
+
+def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor:
+    """`x` reshaped to the model's per-sample input shape (same number of values)."""
+    dims = model.runnable().input_dims
+    if list(x.shape[1:]) == list(dims) or (None in dims and len(dims) == x.ndim - 1):
+        return x
+    if None not in dims and math.prod(dims) == math.prod(x.shape[1:]):
+        return x.reshape(x.shape[0], *dims)
+    takes = ", ".join("?" if d is None else str(d) for d in dims)
+    raise DataError(f"{source} has inputs of shape [N, {', '.join(map(str, x.shape[1:]))}] but "
+                    f"{model.path} takes [N, {takes}]: give data in the model's input shape")
+
+
+def random_input(model: OnnxModel, n: int, *, seed: int = 0) -> torch.Tensor:
+    """`n` uniform [0, 1) inputs in the model's input shape (for timing without data)."""
+    if None in model.runnable().input_dims:
+        raise DataError(f"{model.path} has a symbolic input shape "
+                        f"{['?' if d is None else d for d in model.input_dims]}: pass --data so "
+                        "latency is measured on real inputs")
+    return torch.rand((n, *model.input_dims), generator=torch.Generator().manual_seed(seed))
+
+
+def predictions(model: OnnxModel, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Top-1 classes of `x` (already fitted) in onnxruntime, and the number of classes."""
+    try:
+        out = run_onnx(session(model.data), x)
+    except Exception as e:  # onnxruntime raises its own types for wrong inputs
+        raise DataError(f"onnxruntime cannot run {model.path} on the data ({first_line(e)}): "
+                        "give data in the model's input shape and dtype") from e
+    if out.ndim != 2:
+        raise ModelError(f"{model.path} returns shape [N, {', '.join(map(str, out.shape[1:]))}]: "
+                         "accuracy and agreement need logits [N, classes]")
+    return out.argmax(1), int(out.shape[1])

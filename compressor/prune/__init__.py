@@ -1,0 +1,1 @@
+"""Pruning (torch only, never ONNX): count, rank, select, compensate, shrink, fine-tune."""

@@ -1,0 +1,100 @@
+"""Compensate removed units: the next layer makes up for what they contributed.
+
+Groups are handled in graph order, from the input to the output. After a group is handled its
+removed units' consumer columns are zero, so every later group sees the pruned network."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from .calibrate import ActivationStats
+from .config import Compensation, PruneConfig
+from ..graph.groups import (PrunableGroup, constant_outputs, fold_into_consumers, merge_into,
+                     unit_rows, zero_consumers)
+from .lsq import refit_consumers
+
+
+@dataclass(frozen=True)
+class Compensated:
+    """What happened to one group's removed units."""
+
+    exact: int  # constant outputs, folded exactly into the next layer's bias
+    merged: int  # folded into a similar kept unit (merge)
+
+
+def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
+               removed: dict[str, torch.Tensor], config: PruneConfig, *,
+               stats: ActivationStats | None = None,
+               x: torch.Tensor | None = None) -> dict[str, Compensated]:
+    """Make the next layers make up for units about to be removed; call before shrinking.
+
+    A unit with no incoming weights outputs a constant (relu(bias)); that constant is always
+    folded into the next layer's bias, so removing it is exact. The other removed units are
+    compensated by `config.compensate`:
+    none (dropped), mean (their mean calibration activation folded into the next bias),
+    merge (the next layer's column of the most similar kept unit absorbs theirs, when the
+    cosine similarity of [w | b] rows is at least `config.merge_threshold`),
+    lsq (the next layer is refitted by least squares on the pruned network's activations).
+
+    Args:
+        gm: the working graph, modified in place.
+        groups: its groups, in graph order.
+        removed: per group, the units that will be removed.
+        config: the compensation method and its settings (auto is resolved here).
+        stats: activation statistics of `gm` (needed by mean).
+        x: calibration inputs (needed by lsq, and by auto to choose lsq).
+
+    Returns:
+        Per group, how many removed units were exact constants and how many were merged.
+    """
+    mode = config.compensate.resolve(has_data=x is not None)
+    if (mode is Compensation.MEAN and stats is None) or (mode is Compensation.LSQ and x is None):
+        raise ValueError(f"compensation {mode.value} needs calibration data")
+    reference = copy.deepcopy(gm) if mode is Compensation.LSQ else None
+    # merge matches on the rows as they were before any group changed (as Kim et al.'s code)
+    rows = {g.name: unit_rows(gm, g) for g in groups} if mode is Compensation.MERGE else {}
+    done = {}
+    for g in groups:
+        units = removed[g.name]
+        keep = _complement(units, g.size)
+        constants = constant_outputs(gm, g)[units]
+        is_constant = ~torch.isnan(constants)
+        values = stats.means[g.name][units] if mode is Compensation.MEAN \
+            else torch.zeros(units.numel(), dtype=torch.float64)
+        fold_into_consumers(gm, g, units, torch.where(is_constant, constants, values))
+        merged = _merge(gm, g, rows[g.name], units[~is_constant], keep,
+                        config.merge_threshold) if mode is Compensation.MERGE else 0
+        zero_consumers(gm, g, units)
+        if mode is Compensation.LSQ:
+            refit_consumers(gm, reference, g, keep, x, ridge=config.ridge,
+                            batch_size=config.batch_size)
+        done[g.name] = Compensated(int(is_constant.sum()), merged)
+    return done
+
+
+def _merge(gm: fx.GraphModule, group: PrunableGroup, rows: torch.Tensor, units: torch.Tensor,
+           keep: torch.Tensor, threshold: float) -> int:
+    """Neuron merging (Kim et al. 2020): match each unit to the kept unit with the most similar
+    [w | b] row; if similar enough, that unit's consumers absorb its column scaled by the ratio
+    of row norms. Returns how many units were merged."""
+    if units.numel() == 0 or keep.numel() == 0:
+        return 0
+    norms = rows.norm(dim=1)
+    directions = rows / norms.clamp_min(torch.finfo(rows.dtype).tiny)[:, None]
+    similarity = directions[units] @ directions[keep].T
+    similarity[:, norms[keep] == 0] = -float("inf")
+    best = similarity.argmax(dim=1)  # the first of equals: deterministic
+    ok = similarity.gather(1, best[:, None]).squeeze(1) >= threshold
+    sources, targets = units[ok], keep[best[ok]]
+    merge_into(gm, group, sources, targets, norms[sources] / norms[targets])
+    return int(ok.sum())
+
+
+def _complement(units: torch.Tensor, size: int) -> torch.Tensor:
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[units] = False
+    return mask.nonzero().flatten()

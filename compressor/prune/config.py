@@ -1,0 +1,175 @@
+"""What to remove and how: the pruning methods (str enums) and their frozen, validated configs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Scope(str, Enum):
+    """How neurons are ranked for removal (paper Algorithms 3 and 6)."""
+
+    GLOBAL = "global"  # one ranking across all hidden layers
+    LOCAL = "local"  # the same fraction of every hidden layer
+
+
+class Compensation(str, Enum):
+    """How the next layer makes up for removed neurons (exact constants are always folded)."""
+
+    NONE = "none"  # plain removal
+    MEAN = "mean"  # fold the removed neuron's mean calibration activation into the next bias
+    MERGE = "merge"  # neuron merging (Kim et al. 2020): data-free
+    LSQ = "lsq"  # refit the next layer by least squares on calibration data
+    AUTO = "auto"  # lsq with calibration data, merge without
+
+    def resolve(self, *, has_data: bool) -> Compensation:
+        """The concrete method: AUTO becomes LSQ or MERGE."""
+        if self is Compensation.AUTO:
+            return Compensation.LSQ if has_data else Compensation.MERGE
+        return self
+
+    @property
+    def needs_data(self) -> bool:
+        return self in (Compensation.MEAN, Compensation.LSQ)
+
+
+class Criterion(str, Enum):
+    """How neurons are ranked: the lowest are removed first."""
+
+    ACTIVATION = "activation"  # on how many calibration samples the neuron fires (the paper's)
+    L1 = "l1"  # l1 norm of the neuron's [weights | bias] row (the merging paper's)
+    L2 = "l2"  # l2 norm of that row
+    ERROR = "error"  # output error left after greedy removal with least-squares refits
+    RANDOM = "random"  # a random order: the sanity floor every criterion must beat
+
+    @property
+    def needs_data(self) -> bool:
+        return self in (Criterion.ACTIVATION, Criterion.ERROR)
+
+
+class Score(str, Enum):
+    """What is removed (paper section 4.1)."""
+
+    NEURONS = "neurons"  # whole neurons, ranked by the criterion; layers shrink
+    WEIGHTS = "neurons-weights"  # single weights; neurons left without inputs are removed too
+
+
+class Method(str, Enum):
+    """What a weight's score is built from (for --score neurons-weights)."""
+
+    ACTIVATION = "activation"  # activation count of the neuron it feeds x |w| (the paper's n&w)
+    MAGNITUDE = "magnitude"  # |w|: global magnitude pruning (Han et al.; Zhu & Gupta), gradual
+    RANDOM = "random"  # random: the sanity floor
+
+    @property
+    def criterion(self) -> Criterion:
+        """The neuron criterion this method means for --score neurons."""
+        return {Method.ACTIVATION: Criterion.ACTIVATION, Method.MAGNITUDE: Criterion.L1,
+                Method.RANDOM: Criterion.RANDOM}[self]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How much to remove and how.
+
+    Args:
+        target: fraction of the original Linear weight entries to remove, 0 < target < 1.
+        scope: global or local ranking.
+        cycles: pruning cycles when the model is fine-tuned (one shot otherwise).
+        compensate: how the next layer makes up for removed neurons.
+        criterion: how neurons are ranked.
+        merge_threshold: least cosine similarity at which `merge` folds a removed neuron into
+            a kept one (the paper: 0.45 for LeNet-300-100).
+        ridge: `lsq` regularisation towards the layer's current weights, relative to the mean
+            variance of its inputs.
+        calibration_samples: most samples used to count activations.
+        batch_size: batch size for counting activations.
+        score: remove whole neurons, or single weights (then `method` scores them and
+            `criterion` and `compensate` do not apply).
+        method: how single weights are scored (score WEIGHTS only).
+        seed: seed of the random criterion and method.
+        align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any).
+    """
+
+    target: float
+    scope: Scope = Scope.GLOBAL
+    cycles: int = 5
+    compensate: Compensation = Compensation.AUTO
+    criterion: Criterion = Criterion.ACTIVATION
+    merge_threshold: float = 0.45
+    ridge: float = 1e-3
+    calibration_samples: int = 10_000
+    batch_size: int = 1_000
+    score: Score = Score.NEURONS
+    method: Method = Method.ACTIVATION
+    seed: int = 0
+    align: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
+            raise ValueError(f"target must be a number between 0 and 1, got {self.target!r}")
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"target must be strictly between 0 and 1, got {self.target}")
+        if self.cycles < 1:
+            raise ValueError(f"cycles must be at least 1, got {self.cycles}")
+        if self.align < 1:
+            raise ValueError(f"align must be at least 1, got {self.align}")
+        if self.calibration_samples < 1 or self.batch_size < 1:
+            raise ValueError("calibration_samples and batch_size must be positive")
+        if not 0 <= self.merge_threshold <= 1:
+            raise ValueError(f"merge threshold must be between 0 and 1, got {self.merge_threshold}")
+        if not (self.ridge > 0 and math.isfinite(self.ridge)):
+            raise ValueError(f"ridge must be a positive number, got {self.ridge}")
+        object.__setattr__(self, "scope", Scope(self.scope))
+        object.__setattr__(self, "compensate", Compensation(self.compensate))
+        object.__setattr__(self, "criterion", Criterion(self.criterion))
+        object.__setattr__(self, "score", Score(self.score))
+        object.__setattr__(self, "method", Method(self.method))
+        if self.score is Score.WEIGHTS and self.compensate not in (Compensation.AUTO,
+                                                                   Compensation.NONE):
+            raise ValueError(f"--compensate {self.compensate.value} compensates whole neurons; "
+                             "with --score neurons-weights the remaining weights are fine-tuned "
+                             "instead: drop --compensate")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether ranking needs calibration data."""
+        if self.score is Score.WEIGHTS:
+            return self.method is Method.ACTIVATION
+        return self.criterion.needs_data
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning between pruning cycles (only when the data has labels).
+
+    Args:
+        max_epochs: most epochs per cycle; 0 turns fine-tuning off.
+        patience: epochs without a new best validation accuracy before stopping early.
+        lr: Adam learning rate at the start of each cycle (cosine decay to 0 over max_epochs).
+        batch_size: training batch size.
+        distill: weight of distillation from the dense model's logits (0 = labels only).
+        temperature: softening temperature of the distillation.
+    """
+
+    max_epochs: int = 6
+    patience: int = 3
+    lr: float = 1e-3
+    batch_size: int = 128
+    distill: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 0:
+            raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"distill must be between 0 and 1, got {self.distill}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")

@@ -1,0 +1,215 @@
+"""Pruning cycles: count -> rank -> select -> compensate -> shrink -> fine-tune, repeated on a
+schedule until the weight target is reached."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import fx
+
+from .calibrate import ActivationStats, count_activations
+from .compensate import Compensated, compensate
+from .config import FinetuneConfig, PruneConfig, Score
+from ..io.data import DataSplits
+from .finetune import FinetuneResult, finetune
+from ..graph.capture import get_tensor
+from ..graph.count import weights
+from ..graph.groups import PrunableGroup
+from .shrink import shrink
+from .select import Budget, align_widths, select, unit_scores
+from .sparsify import harvest, masks, remove_weights, weight_scores
+from ..graph.trace import Trace
+
+TOLERANCE = 0.0095  # the achieved reduction lands in [target, target + 0.01)
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CycleRow:
+    """What one pruning cycle did, for the report."""
+
+    cycle: int
+    target: float  # cumulative reduction this cycle aims for
+    reduction: float  # cumulative reduction reached
+    removed: int  # neurons removed this cycle
+    dead: int | None  # of them, never fired (None without calibration data)
+    exact: int  # of them, constant outputs folded exactly
+    merged: int  # of them, merged into a similar kept neuron
+    compensate_seconds: float  # time spent compensating
+    epochs: int  # fine-tuning epochs run
+    val_accuracy: float | None
+    weights_removed: int | None = None  # single weights zeroed this cycle (--score neurons-weights)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What the pruning cycles did, for the report."""
+
+    stats: ActivationStats | None  # first cycle's counts (of the original model), with data
+    cycles: tuple[CycleRow, ...]
+    plan: dict[str, dict[str, object]]
+
+
+
+def schedule(target: float, cycles: int) -> list[float]:
+    """Cumulative targets: cycle n removes a share proportional to 0.8**n (paper Algorithm 1)."""
+    shares = [0.8 ** n for n in range(cycles)]
+    total, done, out = sum(shares), 0.0, []
+    for share in shares:
+        done += share
+        out.append(target * done / total)
+    out[-1] = target
+    return out
+
+
+def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: PruneConfig,
+          tuning: FinetuneConfig, *, seed: int = 0, teacher: torch.Tensor | None = None,
+          log: Log | None = None, progress: Progress | None = None) -> Pruned:
+    """Prune `gm` in place to `config.target` fewer weights: per cycle, count (with data),
+    rank, select, compensate, shrink and fine-tune (labelled data and epochs > 0 only; without
+    fine-tuning there is one cycle).
+
+    Args:
+        gm: the working graph.
+        found: its trace.
+        splits: the data, or None to prune data-free.
+        config: what to remove and how.
+        tuning: fine-tuning between cycles.
+        seed: seed of fine-tuning's batch order (cycle n uses seed + n).
+        teacher: the dense model's logits on `splits.train`, for distillation.
+        log: receives one line per cycle.
+        progress: receives (stage, done, total) while counting activations.
+    """
+    log = log or (lambda _: None)
+    if config.score is Score.WEIGHTS:
+        return _prune_weights(gm, found, splits, config, tuning, seed=seed, teacher=teacher,
+                              log=log, progress=progress)
+    prune, groups = config, found.groups
+    original = {g.name: g.size for g in groups}
+    kept = {g.name: torch.arange(g.size) for g in groups}
+    w0 = weights(gm, found)
+    train = splits is not None and splits.labelled and tuning.max_epochs > 0
+    targets = schedule(prune.target, prune.cycles if train else 1)
+    calib = splits.train.x[:prune.calibration_samples] if splits else None
+    rows, first = [], []
+    for n, target in enumerate(targets, 1):
+        stage = f"cycle {n}/{len(targets)}: counting activations"
+        stats = None if calib is None else count_activations(
+            gm, groups, calib, batch_size=prune.batch_size,
+            progress=progress and (lambda d, t: progress(stage, d, t)))
+        first = first or [stats]
+        budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
+        removed = _select(gm, found, groups, stats, calib, budget, prune, original,
+                          align=prune.align if n == len(targets) else 1)
+        begun = time.perf_counter()
+        done = compensate(gm, groups, removed, prune, stats=stats, x=calib)
+        seconds = time.perf_counter() - begun
+        for g in groups:
+            mask = torch.ones(g.size, dtype=torch.bool)
+            mask[removed[g.name]] = False
+            kept[g.name] = kept[g.name][mask]
+        groups = shrink(gm, groups, removed)
+        result = finetune(gm, splits.train, splits.validation, tuning,
+                          teacher=teacher, seed=seed + n) if train else None
+        rows.append(_cycle_row(n, target, 1 - weights(gm, found) / w0, removed, stats, done,
+                               seconds, result))
+        log(_cycle_line(rows[-1], len(targets)))
+    if rows[-1].reduction > prune.target + 0.01 and prune.align == 1:
+        log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
+            f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
+            "its weights to land within 1 point (try --cycles 1)")
+    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
+    return Pruned(first[0], tuple(rows), plan)
+
+
+def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
+                   config: PruneConfig, tuning: FinetuneConfig, *, seed: int,
+                   teacher: torch.Tensor | None, log: Log,
+                   progress: Progress | None) -> Pruned:
+    """`prune` for single weights: per cycle, count (activation method), score every remaining
+    weight, zero the lowest, harvest neurons left without inputs or outputs, and fine-tune with
+    the zeros held (labelled data and epochs > 0 only; otherwise one shot)."""
+    prune, groups = config, found.groups
+    original = {g.name: g.size for g in groups}
+    original_weights = {p: get_tensor(gm, p).numel() for g in groups for p in
+                        (s.param for s in g.weights)}
+    kept = {g.name: torch.arange(g.size) for g in groups}
+    w0 = weights(gm, found)
+    train = splits is not None and splits.labelled and tuning.max_epochs > 0
+    targets = schedule(prune.target, prune.cycles if train else 1)
+    calib = splits.train.x[:prune.calibration_samples] if splits else None
+    generator = torch.Generator().manual_seed(prune.seed)
+    rows, first = [], []
+    for n, target in enumerate(targets, 1):
+        stage = f"cycle {n}/{len(targets)}: counting activations"
+        stats = None if calib is None or not prune.needs_data else count_activations(
+            gm, groups, calib, batch_size=prune.batch_size,
+            progress=progress and (lambda d, t: progress(stage, d, t)))
+        first = first or [stats]
+        scores = weight_scores(gm, groups, prune.method, stats=stats, generator=generator)
+        excess = weights(gm, found, nonzero=True) - math.floor((1 - target) * w0)
+        zeroed = remove_weights(gm, groups, scores, excess, scope=prune.scope,
+                                original=original_weights)
+        begun = time.perf_counter()
+        groups, removed = harvest(gm, groups, prune)
+        seconds = time.perf_counter() - begun
+        for g in groups:
+            mask = torch.ones(kept[g.name].numel(), dtype=torch.bool)
+            mask[removed[g.name]] = False
+            kept[g.name] = kept[g.name][mask]
+        result = finetune(gm, splits.train, splits.validation, tuning, teacher=teacher,
+                          seed=seed + n, masks=masks(gm, groups)) if train else None
+        exact = sum(int(r.numel()) for r in removed.values())
+        row = CycleRow(n, round(target, 6), round(1 - weights(gm, found, nonzero=True) / w0, 6),
+                       exact, None, exact, 0, round(seconds, 3),
+                       result.epochs if result else 0,
+                       result.val_accuracy if result else None, weights_removed=zeroed)
+        rows.append(row)
+        log(_cycle_line(row, len(targets)))
+    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
+    return Pruned(first[0], tuple(rows), plan)
+
+
+def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
+            stats: ActivationStats | None, calib: torch.Tensor | None, budget: Budget,
+            prune: PruneConfig, original: dict[str, int], *,
+            align: int) -> dict[str, torch.Tensor]:
+    """Units to remove this cycle; in the last cycle, widths rounded to multiples of `align`
+    (earlier cycles stay exact, so the rounding has every unit left to choose from)."""
+    shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
+    dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
+    scores = unit_scores(gm, groups, prune, stats=stats, x=calib)
+    removed = select(groups, scores, shapes, budget,
+                     scope=prune.scope, original_sizes=original, dead=dead)
+    return align_widths(groups, removed, scores, shapes, budget, align, dead)
+
+
+def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.Tensor],
+               stats: ActivationStats | None, done: dict[str, Compensated], seconds: float,
+               result: FinetuneResult | None) -> CycleRow:
+    dead = None if stats is None else \
+        sum(int((stats.counts[name][units] == 0).sum()) for name, units in removed.items())
+    return CycleRow(n, round(target, 6), round(reached, 6),
+                    sum(int(r.numel()) for r in removed.values()), dead,
+                    sum(d.exact for d in done.values()), sum(d.merged for d in done.values()),
+                    round(seconds, 3), result.epochs if result else 0,
+                    result.val_accuracy if result else None)
+
+
+def _cycle_line(row: CycleRow, cycles: int) -> str:
+    dead = "" if row.dead is None else f" ({row.dead} dead)"
+    removed = f"{row.removed} neurons{dead}" if row.weights_removed is None else (
+        f"{row.weights_removed:,} weights, then {row.removed} neurons left without inputs or "
+        "outputs")
+    line = f"cycle {row.cycle}/{cycles}: removed {removed}, weights -{100 * row.reduction:.2f}%"
+    if row.merged:
+        line += f", merged {row.merged}"
+    if row.val_accuracy is not None:
+        line += (f", fine-tuned {row.epochs} epoch{'' if row.epochs == 1 else 's'}, "
+                 f"val acc {100 * row.val_accuracy:.2f}%")
+    return line

@@ -1,0 +1,215 @@
+"""Choose which units to remove so that the model keeps at most a given number of weights.
+
+Removing a unit also removes its column in the next layer, and shrinks the cost of units in the
+neighbouring groups, so the weight count is recomputed after every removal."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from .calibrate import ActivationStats
+from .config import Criterion, PruneConfig, Scope
+from ..errors import NothingToPruneError
+from ..graph.groups import PrunableGroup, unit_rows, weight_count
+from .lsq import removal_errors
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Keep at most `max_weights` weight entries and, where possible, at least `min_weights`."""
+
+    max_weights: int
+    min_weights: int
+
+
+def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: PruneConfig, *,
+                stats: ActivationStats | None = None,
+                x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per group, one score per unit (lower is removed first), by `config.criterion`:
+
+    - activation: activation counts (needs `stats`);
+    - l1 / l2: the norm of each unit's [weights | bias] row, divided by the mean norm of its
+      group (layers with more inputs have larger norms; a global ranking must compare like
+      with like);
+    - error: the output error greedy removal with least-squares refits leaves (needs
+      calibration inputs `x`; see `compressor.lsq.removal_errors`);
+    - random: uniform random scores from `config.seed` (the floor every criterion must beat).
+    """
+    criterion = config.criterion
+    if (criterion is Criterion.ACTIVATION and stats is None) or \
+            (criterion is Criterion.ERROR and x is None):
+        raise ValueError(f"the {criterion.value} criterion needs calibration data")
+    if criterion is Criterion.ACTIVATION:
+        return {g.name: stats.counts[g.name].double() for g in groups}
+    if criterion is Criterion.RANDOM:
+        generator = torch.Generator().manual_seed(config.seed)
+        return {g.name: torch.rand(g.size, generator=generator, dtype=torch.float64) + 1e-9
+                for g in groups}
+    if criterion is Criterion.ERROR:
+        return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size)
+    order = 1 if criterion is Criterion.L1 else 2
+    scores = {}
+    for g in groups:
+        norms = torch.linalg.vector_norm(unit_rows(gm, g), ord=order, dim=1)
+        mean = float(norms.mean())
+        scores[g.name] = norms / mean if mean > 0 else norms
+    return scores
+
+
+def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
+           shapes: dict[str, tuple[int, ...]], budget: Budget, *, scope: Scope,
+           original_sizes: dict[str, int],
+           dead: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Pick units to remove: all dead units, then lowest scores first until the weight
+    count is within budget; equal scores go in graph order (earlier group, lower index
+    first). A unit whose removal would undershoot `min_weights` is skipped for
+    the next one that does not, when there is one; if the count still lands below
+    `min_weights`, removed live units are restored (best first) while the budget holds.
+    Every group keeps at least one unit.
+
+    Args:
+        groups: current groups.
+        scores: per group, one score per current unit (lower is removed first).
+        shapes: current shapes of all counted weight tensors.
+        budget: weight counts to land between.
+        scope: GLOBAL ranks all units together; LOCAL removes the same fraction of each group
+            (fractions of `original_sizes`, so earlier removals count).
+        original_sizes: group sizes before any pruning.
+        dead: per group, a mask of units that never fire [default: score 0].
+
+    Returns:
+        Per group, the sorted indices of the units to remove.
+    """
+    dead = dead or {g.name: scores[g.name] == 0 for g in groups}
+    state = _Selection(groups, scores, shapes, original_sizes, dead)
+    state.remove_dead()
+    while state.count() > budget.max_weights:
+        candidates = state.global_candidates() if scope is Scope.GLOBAL else state.local_candidates()
+        first = fit = None
+        for name, unit in candidates:
+            first = first or (name, unit)
+            if state.count(name, -1) >= budget.min_weights:
+                fit = (name, unit)
+                break
+        if first is None:
+            raise NothingToPruneError(
+                f"cannot remove enough weights: with one unit left per prunable layer the model "
+                f"keeps {state.count()} weights, above the {budget.max_weights} the target "
+                "allows; choose a smaller --target")
+        state.remove(*(fit or first))
+    state.fill_back(budget)
+    return {name: torch.tensor(sorted(units), dtype=torch.int64)
+            for name, units in state.gone.items()}
+
+
+class _Selection:
+    """Units removed so far, group sizes, and the weight count they imply."""
+
+    def __init__(self, groups, scores, shapes, original_sizes, dead) -> None:
+        self.groups, self.scores, self.shapes, self.dead = list(groups), scores, shapes, dead
+        self.original_sizes = original_sizes
+        self.sizes = {g.name: g.size for g in groups}
+        self.gone: dict[str, set[int]] = {g.name: set() for g in groups}
+        self.order = {g.name: sorted(range(g.size), key=lambda u, g=g: (float(scores[g.name][u]), u))
+                      for g in groups}
+        self.ranking = sorted((float(scores[g.name][u]), gi, g.name, u)
+                              for gi, g in enumerate(groups) for u in range(g.size))
+        self.start = 0  # ranking[:start] is never a candidate again
+
+    def count(self, name: str | None = None, change: int = 0) -> int:
+        sizes = dict(self.sizes)
+        if name is not None:
+            sizes[name] += change
+        return weight_count(self.shapes, self.groups, sizes)
+
+    def remove(self, name: str, unit: int) -> None:
+        self.gone[name].add(unit)
+        self.sizes[name] -= 1
+
+    def remove_dead(self) -> None:
+        for name, units in self.order.items():
+            for u in units:
+                if self.dead[name][u] and self.sizes[name] > 1:
+                    self.remove(name, u)
+
+    def usable(self, name: str, unit: int) -> bool:
+        return unit not in self.gone[name] and self.sizes[name] > 1
+
+    def global_candidates(self):
+        """Every removable unit, lowest score first."""
+        while self.start < len(self.ranking) and not self.usable(*self.ranking[self.start][2:]):
+            self.start += 1
+        for *_, name, unit in self.ranking[self.start:]:
+            if self.usable(name, unit):
+                yield name, unit
+
+    def local_candidates(self):
+        """The lowest-scored unit of each group, least-pruned group (by fraction) first."""
+        names = sorted(self.sizes, key=lambda n: (1 - self.sizes[n] / self.original_sizes[n],
+                                                  list(self.sizes).index(n)))
+        for name in names:
+            if self.sizes[name] > 1:
+                yield name, next(u for u in self.order[name] if u not in self.gone[name])
+
+    def fill_back(self, budget: Budget) -> None:
+        """Restore removed live units, highest score first, while the count stays in budget."""
+        restorable = sorted(((float(self.scores[n][u]), n, u) for n in self.gone
+                             for u in self.gone[n] if not self.dead[n][u]), reverse=True)
+        for _, name, unit in restorable:
+            if self.count() >= budget.min_weights:
+                return
+            if self.count(name, +1) <= budget.max_weights:
+                self.gone[name].discard(unit)
+                self.sizes[name] += 1
+
+
+def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
+                 scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                 budget: Budget, multiple: int,
+                 dead: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
+    fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
+    (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
+    rounded down or up to a multiple, whichever combination keeps the most weights within
+    `budget.max_weights` (each group tries the multiples next to what it keeps). Rounding
+    down removes the lowest-scored kept units; rounding up restores the best-scored removed
+    live units."""
+    if multiple <= 1:
+        return removed
+    dead = dead or {g.name: scores[g.name] == 0 for g in groups}
+    options = []
+    for g in groups:
+        kept = g.size - int(removed[g.name].numel())
+        if g.size < multiple:
+            options.append((kept,))
+            continue
+        down = max(multiple, kept // multiple * multiple)
+        near = (down - multiple, down, down + multiple) if math.prod(
+            len(o) for o in options) * 3 <= 3 ** 8 else (down,)
+        options.append(tuple(n for n in near if multiple <= n <= g.size))
+    best = None
+    for combo in itertools.product(*options):
+        sizes = {g.name: n for g, n in zip(groups, combo)}
+        count = weight_count(shapes, list(groups), sizes)
+        if count <= budget.max_weights and (best is None or count > best[0]):
+            best = (count, sizes)
+    if best is None:  # nothing fits: the budget was already broken; leave it
+        return removed
+    out = {}
+    for g in groups:
+        want = best[1][g.name]
+        gone = set(removed[g.name].tolist())
+        kept = [u for u in range(g.size) if u not in gone]
+        if want < len(kept):  # remove the lowest-scored kept units
+            kept.sort(key=lambda u: (float(scores[g.name][u]), u))
+            gone |= set(kept[:len(kept) - want])
+        elif want > len(kept):  # restore live units first, best score first
+            back = sorted(gone, key=lambda u: (bool(dead[g.name][u]), -float(scores[g.name][u]), u))
+            gone -= set(back[:want - len(kept)])
+        out[g.name] = torch.tensor(sorted(gone), dtype=torch.int64)
+    return out

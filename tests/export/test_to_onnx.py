@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from compressor.errors import ExportError
+from compressor.export.to_onnx import to_onnx
+from compressor.export.verify import run_onnx, verify
+from compressor.graph.capture import get_tensor, set_tensor
+from compressor.graph.trace import trace
+from compressor.prune.shrink import shrink
+from compressor.runtime import session
+from tests.conftest import graph_of
+from tests.nets import ImageNet, tiny
+
+
+@pytest.mark.parametrize("net, shape", [(tiny(), (20,)), (ImageNet(), (1, 28, 28))])
+def test_onnx_matches_pytorch_at_any_batch_size(net, shape):
+    gm = graph_of(net, torch.randn(2, *shape))
+    model = to_onnx(gm, torch.randn(2, *shape))
+    sess = session(model)
+    for batch in (1, 7, 64):
+        x = torch.randn(batch, *shape)
+        torch.testing.assert_close(run_onnx(sess, x), gm(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_is_one_clean_file_with_readable_names():
+    gm = graph_of(tiny(), torch.randn(2, 20))
+    proto = onnx.load_from_string(to_onnx(gm, torch.randn(2, 20)))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert {i.name for i in proto.graph.initializer} >= {"0.weight", "0.bias", "6.weight"}
+    assert all(not n.metadata_props and not n.doc_string for n in proto.graph.node)
+    assert proto.opset_import[0].version >= 17
+
+
+def test_verify_fails_loudly_when_onnx_and_pytorch_disagree():
+    gm = graph_of(tiny(), torch.randn(2, 20))
+    model = to_onnx(gm, torch.randn(2, 20))
+    x = torch.randn(16, 20)
+    assert verify(model, gm, x, tolerance=1e-4) <= 1e-4
+    set_tensor(gm, "p_6_bias", get_tensor(gm, "p_6_bias") + 1.0)
+    with pytest.raises(ExportError, match="differs from the pruned PyTorch model"):
+        verify(model, gm, x, tolerance=1e-4)
+
+
+def test_onnxruntime_can_quantize_the_export_of_a_shrunk_model(tmp_path):
+    x = torch.randn(64, 20)
+    gm = graph_of(tiny(), x[:2])
+    groups = trace(gm).groups
+    shrink(gm, groups, {g.name: torch.arange(3) for g in groups})  # weights no longer square-ish
+    (tmp_path / "m.onnx").write_bytes(to_onnx(gm, x[:2]))
+    quantize_dynamic(tmp_path / "m.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8)
+    quantized = (tmp_path / "q.onnx").read_bytes()
+    assert {n.op_type for n in onnx.load_from_string(quantized).graph.node} >= {"MatMulInteger"}
+    torch.testing.assert_close(run_onnx(session(quantized), x), gm(x).detach(), atol=0.05, rtol=0.05)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor.errors import ModelError
+from compressor.graph.capture import capture, export_program
+from compressor.io.load import ModelFormat, load_model
+from tests.nets import tiny
+
+X = torch.randn(5, 20)
+
+
+def saved(tmp_path: Path, kind: str) -> Path:
+    net = tiny().eval()
+    path = tmp_path / f"model.{kind}"
+    if kind == "ts":
+        torch.jit.script(net).save(str(path))
+    elif kind == "pt2":
+        torch.export.save(export_program(net, X[:2]), str(path))
+    elif kind == "sd":
+        torch.save(net.state_dict(), path)
+    elif kind == "ckpt":
+        torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
+    elif kind == "pickle":
+        torch.save(net, path)
+    return path
+
+
+@pytest.mark.parametrize("kind, fmt, arch, trust", [
+    ("ts", ModelFormat.TORCHSCRIPT, None, False),
+    ("pt2", ModelFormat.EXPORTED_PROGRAM, None, False),
+    ("sd", ModelFormat.STATE_DICT, "tests.nets:tiny", False),
+    ("ckpt", ModelFormat.STATE_DICT, "tests.nets:tiny", False),
+    ("pickle", ModelFormat.PICKLED_MODULE, None, True),
+])
+def test_every_format_loads_and_captures_the_same_function(tmp_path, kind, fmt, arch, trust):
+    model = load_model(saved(tmp_path, kind), arch=arch, trust_pickle=trust)
+    assert model.format is fmt
+    expected = tiny().eval()(X)
+    torch.testing.assert_close(capture(model, X[:2])(X), expected)
+
+
+def test_pickled_module_is_refused_without_trust_pickle(tmp_path):
+    with pytest.raises(ModelError, match="unpickling runs arbitrary code.*--trust-pickle"):
+        load_model(saved(tmp_path, "pickle"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\x13\x37 not a model at all", "not a PyTorch model file"),
+])
+def test_bad_files_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+
+
+def test_truncated_archive_is_a_clear_error(tmp_path):
+    path = saved(tmp_path, "sd")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelError, match="corrupt|re-save"):
+        load_model(path, arch="tests.nets:tiny")
+
+
+@pytest.mark.parametrize("arch, message", [
+    (None, "pass --arch module:callable"),
+    ("tests.nets", "must look like module:callable"),
+    ("tests.nowhere:tiny", "cannot find --arch"),
+    ("tests.nets:NoReLU", "do not fit --arch"),
+])
+def test_state_dict_needs_a_matching_arch(tmp_path, arch, message):
+    with pytest.raises(ModelError, match=message):
+        load_model(saved(tmp_path, "sd"), arch=arch)
+
+
+def test_arch_with_a_self_describing_archive_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="drop --arch"):
+        load_model(saved(tmp_path, "ts"), arch="tests.nets:tiny")
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+    with pytest.raises(ModelError, match="is a directory"):
+        load_model(tmp_path)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from compressor.errors import DataError, ModelError
+from compressor.export.to_onnx import to_onnx
+from compressor.measure.onnx_file import (
+    fit_input,
+    flops_per_sample,
+    load_onnx,
+    parameter_count,
+)
+from tests.conftest import graph_of
+from tests.nets import TINY, tiny
+
+TINY_WEIGHTS = sum(a * b for a, b in zip(TINY, TINY[1:]))
+
+
+def export(net: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    x = torch.randn(2, *shape)
+    return onnx.load_from_string(to_onnx(graph_of(net, x), x))
+
+
+def test_flops_of_an_exported_mlp_are_twice_its_weights_and_parameters_add_biases():
+    proto = export(tiny(), (20,))
+    assert flops_per_sample(proto) == (2 * TINY_WEIGHTS, ())
+    assert parameter_count(proto) == sum(p.numel() for p in tiny().parameters())
+
+
+def test_zero_weights_are_stored_parameters_but_no_flops():
+    proto = export(tiny(), (20,))
+    weight = next(t for t in proto.graph.initializer if t.name == "0.weight")
+    array = numpy_helper.to_array(weight).copy()
+    array[:5] = 0  # five rows of 20 inputs
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    assert flops_per_sample(proto)[0] == 2 * (TINY_WEIGHTS - 5 * 20)
+    assert parameter_count(proto) == sum(p.numel() for p in tiny().parameters())
+
+
+def test_conv_flops_count_each_weight_at_every_output_position():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 5))
+    flops, uncounted = flops_per_sample(export(net, (1, 28, 28)))
+    assert uncounted == ()
+    assert flops == 2 * (4 * 9 * 26 * 26) + 2 * (4 * 26 * 26 * 5)
+
+
+def test_a_matmul_of_two_computed_tensors_is_named_as_not_counted():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    nodes = [helper.make_node("Relu", ["w"], ["rw"]), helper.make_node("MatMul", ["x", "rw"], ["y"])]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]))
+    assert flops_per_sample(proto) == (0, ("MatMul",))
+    assert parameter_count(proto) == 9
+
+
+def test_sparse_initializers_count_their_stored_values():
+    proto = export(tiny(), (20,))
+    weight = next(t for t in proto.graph.initializer if t.name == "0.weight")
+    dense = numpy_helper.to_array(weight)
+    flat = np.flatnonzero(np.abs(dense) > 0.1)
+    values = numpy_helper.from_array(dense.reshape(-1)[flat].astype(np.float32), weight.name)
+    indices = numpy_helper.from_array(flat.astype(np.int64), weight.name + "_indices")
+    sparse = helper.make_sparse_tensor(values, indices, list(dense.shape))
+    proto.graph.initializer.remove(weight)
+    for info in [v for v in proto.graph.value_info if v.name == weight.name]:
+        proto.graph.value_info.remove(info)
+    proto.graph.sparse_initializer.append(sparse)
+    onnx.checker.check_model(proto)
+    expected = sum(p.numel() for p in tiny().parameters()) - dense.size + flat.size
+    assert parameter_count(proto) == expected
+    assert flops_per_sample(proto)[0] == 2 * (TINY_WEIGHTS - dense.size + flat.size)
+
+
+def test_load_onnx_reads_the_input_shape_without_the_batch_axis(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(export(tiny(), (20,)), path)
+    model = load_onnx(path)
+    assert (model.input_name, model.input_dims, len(model)) == ("input", (20,), path.stat().st_size)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"), (b"\x08\x07garbage" * 10, "not a valid ONNX model"),
+    (b"PK\x03\x04 a zip, not onnx", "is a PyTorch file, not ONNX")])
+def test_load_onnx_refuses_damaged_files_in_one_sentence(tmp_path, content, message):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        load_onnx(path)
+
+
+def test_load_onnx_refuses_external_data_and_runs_only_one_input_models(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(export(tiny(), (20,)), path, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    with pytest.raises(ModelError, match="external data"):
+        load_onnx(path)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "z"], ["y"])], "g", [x, z], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "two.onnx")
+    two = load_onnx(tmp_path / "two.onnx")  # its size and FLOPs can be checked, not its outputs
+    assert flops_per_sample(two.proto) == (0, ())
+    with pytest.raises(ModelError, match="does not have one input and one output"):
+        fit_input(two, torch.zeros(4, 3), source="d")
+
+
+def test_fit_input_reshapes_flat_data_to_the_models_input_shape(tmp_path):
+    path = tmp_path / "img.onnx"
+    torch.manual_seed(0)
+    onnx.save(export(nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), (1, 28, 28)), path)
+    model = load_onnx(path)
+    assert fit_input(model, torch.zeros(5, 784), source="d").shape == (5, 1, 28, 28)
+    assert fit_input(model, torch.zeros(5, 28, 28), source="d").shape == (5, 1, 28, 28)
+    with pytest.raises(DataError, match=r"\[N, 13\] but .* takes \[N, 1, 28, 28\]"):
+        fit_input(model, torch.zeros(5, 13), source="d")

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.graph.capture import get_tensor, run_batched
+from compressor.graph.trace import trace
+from compressor.prune.calibrate import count_activations
+from compressor.prune.compensate import compensate
+from compressor.prune.config import Compensation, PruneConfig
+from compressor.prune.lsq import ridge_solve
+from compressor.prune.shrink import shrink
+from tests.conftest import graph_of
+from tests.nets import tiny, with_dead_and_disconnected, with_duplicates
+
+NOTHING = torch.tensor([], dtype=torch.int64)
+
+
+def prune_and_run(net: nn.Module, removed: dict[str, torch.Tensor], mode: Compensation, *,
+                  x: torch.Tensor, data: bool = True, **settings):
+    """Outputs of `net` on `x` before and after removing `removed` with compensation `mode`."""
+    gm = graph_of(net, x[:2])
+    groups = trace(gm).groups
+    before = run_batched(gm, x)
+    stats = count_activations(gm, groups, x) if data else None
+    done = compensate(gm, groups, removed, PruneConfig(0.5, compensate=mode, **settings),
+                      stats=stats, x=x if data else None)
+    shrink(gm, groups, removed)
+    return before, run_batched(gm, x), done
+
+
+@pytest.mark.parametrize("mode", list(Compensation))
+def test_removing_dead_and_disconnected_neurons_leaves_outputs_identical(mode):
+    x = torch.randn(256, 20)
+    removed = {"0": torch.tensor([1, 5, 9]), "2": torch.tensor([0, 3]), "4": NOTHING}
+    before, after, done = prune_and_run(with_dead_and_disconnected(), removed, mode, x=x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    assert {name: d.exact for name, d in done.items()} == {"0": 3, "2": 2, "4": 0}
+
+
+def test_mean_compensation_folds_the_mean_activation():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(500, 3)
+    gm = graph_of(net, x[:2])
+    groups = trace(gm).groups
+    stats = count_activations(gm, groups, x)
+    hidden = torch.relu(net[0](x)).detach()
+    expected_bias = net[2].bias.detach() + net[2].weight.detach()[:, 2] * hidden[:, 2].mean()
+    compensate(gm, groups, {"0": torch.tensor([2])}, PruneConfig(0.5, compensate="mean"),
+               stats=stats)
+    torch.testing.assert_close(get_tensor(gm, "p_2_bias").detach(), expected_bias)
+
+
+def test_merging_a_neuron_into_an_exact_duplicate_changes_no_output():
+    x = torch.randn(512, 20)
+    removed = {"0": torch.tensor([7, 8]), "2": torch.tensor([5]), "4": NOTHING}
+    before, after, done = prune_and_run(with_duplicates(), removed, Compensation.MERGE, x=x,
+                                        data=False)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    assert {name: d.merged for name, d in done.items()} == {"0": 2, "2": 1, "4": 0}
+
+
+def test_plain_removal_of_a_duplicate_does_change_the_output():
+    x = torch.randn(512, 20)
+    removed = {"0": torch.tensor([7, 8]), "2": torch.tensor([5]), "4": NOTHING}
+    before, after, _ = prune_and_run(with_duplicates(), removed, Compensation.NONE, x=x,
+                                     data=False)
+    assert (after - before).abs().max() > 1e-2
+
+
+def test_merge_adds_the_scaled_column_to_the_most_similar_kept_neuron():
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[10.0, 20.0, 30.0]]))
+    gm = graph_of(net, torch.randn(2, 2))
+    groups = trace(gm).groups
+    compensate(gm, groups, {"0": torch.tensor([2])}, PruneConfig(0.5, compensate="merge"))
+    # unit 2 = 3 x unit 1: column 1 absorbs 3 x column 2
+    assert get_tensor(gm, "p_2_weight").tolist() == [[10.0, 20.0 + 3 * 30.0, 0.0]]
+
+
+def test_merge_drops_neurons_below_the_similarity_threshold():
+    x = torch.randn(512, 20)
+    removed = {"0": torch.tensor([0, 2]), "2": NOTHING, "4": NOTHING}
+    merged = prune_and_run(tiny(), removed, Compensation.MERGE, x=x, data=False,
+                           merge_threshold=1.0)
+    plain = prune_and_run(tiny(), removed, Compensation.NONE, x=x, data=False)
+    assert merged[2]["0"].merged == 0
+    torch.testing.assert_close(merged[1], plain[1])
+
+
+def test_lsq_is_exact_when_the_removed_neurons_never_fire_on_the_data():
+    net = tiny()
+    with torch.no_grad():  # connected but never firing: large negative biases
+        net[0].bias[[4, 11]] = -100.0
+        net[2].bias[[6]] = -100.0
+    x = torch.randn(512, 20)
+    removed = {"0": torch.tensor([4, 11]), "2": torch.tensor([6]), "4": NOTHING}
+    before, after, _ = prune_and_run(net, removed, Compensation.LSQ, x=x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_lsq_is_exact_when_the_removed_neurons_duplicate_kept_ones():
+    x = torch.randn(512, 20)
+    removed = {"0": torch.tensor([7, 8]), "2": torch.tensor([5]), "4": NOTHING}
+    before, after, _ = prune_and_run(with_duplicates(), removed, Compensation.LSQ, x=x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+
+
+def test_lsq_loses_less_than_mean_merge_or_plain_removal():
+    torch.manual_seed(1)
+    x = torch.randn(2000, 20)
+    removed = {"0": torch.arange(0, 32, 3), "2": torch.arange(0, 24, 4), "4": torch.tensor([1, 9])}
+    errors = {}
+    for mode in (Compensation.NONE, Compensation.MEAN, Compensation.MERGE, Compensation.LSQ):
+        before, after, _ = prune_and_run(tiny(), removed, mode, x=x)
+        errors[mode] = float(((after - before) ** 2).mean())
+    assert errors[Compensation.LSQ] < 0.5 * min(e for m, e in errors.items()
+                                                 if m is not Compensation.LSQ)
+
+
+def test_auto_is_lsq_with_data_and_merge_without():
+    assert Compensation.AUTO.resolve(has_data=True) is Compensation.LSQ
+    assert Compensation.AUTO.resolve(has_data=False) is Compensation.MERGE
+    x = torch.randn(512, 20)
+    removed = {"0": torch.tensor([0, 2]), "2": NOTHING, "4": NOTHING}
+    auto = prune_and_run(tiny(), removed, Compensation.AUTO, x=x)[1]
+    lsq = prune_and_run(tiny(), removed, Compensation.LSQ, x=x)[1]
+    torch.testing.assert_close(auto, lsq)
+
+
+def test_methods_that_need_data_refuse_to_run_without_it():
+    gm = graph_of(tiny(), torch.randn(2, 20))
+    groups = trace(gm).groups
+    removed = {g.name: NOTHING for g in groups}
+    for mode in ("mean", "lsq"):
+        with pytest.raises(ValueError, match="needs calibration data"):
+            compensate(gm, groups, removed, PruneConfig(0.5, compensate=mode))
+
+
+def test_ridge_solve_matches_the_regularised_normal_equations():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    a[:, 5] = a[:, 4]  # collinear columns: singular without the ridge
+    z = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    prior = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    cov, cross = a.T @ a / 200, a.T @ z / 200
+    lam = 0.1 * float(torch.diagonal(cov).mean())
+    expected = torch.linalg.solve(cov + lam * torch.eye(6, dtype=torch.float64), cross + lam * prior)
+    torch.testing.assert_close(ridge_solve(cov, cross, prior, 0.1), expected)
+
+
+def test_ridge_solve_keeps_the_prior_where_the_data_says_nothing():
+    cov = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))  # second input constant
+    cross = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
+    prior = torch.tensor([[0.0], [5.0]], dtype=torch.float64)
+    solution = ridge_solve(cov, cross, prior, 1e-9)
+    torch.testing.assert_close(solution, torch.tensor([[2.0], [5.0]], dtype=torch.float64))
+
+
+def test_greedy_removal_errors_find_the_redundant_neurons_first():
+    from compressor.prune.lsq import removal_errors
+
+    x = torch.randn(1000, 20)
+    gm = graph_of(with_duplicates(), x[:2])
+    groups = trace(gm).groups
+    errors = removal_errors(gm, groups, x, ridge=1e-9)
+    # a copy can go at no cost; once one of 3, 7, 8 is gone the others are needed
+    assert sorted(errors["0"].argsort()[:2].tolist()) in ([3, 7], [3, 8], [7, 8])
+    assert float(errors["0"].sort().values[1]) < 1e-6 < float(errors["0"].sort().values[2])
+    assert errors["2"].argsort()[0].item() in (2, 5) and float(errors["2"].min()) < 1e-6
+    assert all(float(e.max()) <= 1.0 + 1e-6 for e in errors.values())  # fractions of variance

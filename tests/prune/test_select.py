@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from compressor.errors import NothingToPruneError
+from compressor.graph.groups import PrunableGroup, Slice, weight_count
+from compressor.prune.config import Scope
+from compressor.prune.select import Budget, select
+
+
+def chain(widths: list[int]) -> tuple[tuple[PrunableGroup, ...], dict[str, tuple[int, ...]]]:
+    """Groups of an MLP with these widths (hidden layers prunable), and its weight shapes."""
+    shapes = {f"w{i}": (n_out, n_in) for i, (n_in, n_out) in enumerate(zip(widths, widths[1:]))}
+    groups = tuple(
+        PrunableGroup(name=f"h{i}", size=widths[i + 1], weights=(Slice(f"w{i}", 0),),
+                      biases=(), activation=f"relu{i}", consumers=(Slice(f"w{i + 1}", 1),),
+                      consumer_biases=(f"b{i + 1}",))
+        for i in range(len(widths) - 2))
+    return groups, shapes
+
+
+def budget(total: int, target: float) -> Budget:
+    return Budget(math.floor((1 - target) * total), math.ceil((1 - target - 0.0095) * total))
+
+
+def remaining(groups, shapes, removed) -> int:
+    return weight_count(shapes, list(groups), {g.name: g.size - len(removed[g.name]) for g in groups})
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+@pytest.mark.parametrize("seed", range(12))
+def test_selection_meets_the_budget_for_random_layer_sizes(scope, seed):
+    rng = random.Random(seed)
+    widths = [784] + [rng.randint(40, 400) for _ in range(rng.randint(1, 4))] + [10]
+    groups, shapes = chain(widths)
+    scores = {g.name: torch.randint(0, 1000, (g.size,)).float() for g in groups}
+    target = rng.uniform(0.3, 0.95)
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    removed = select(groups, scores, shapes, budget(total, target), scope=scope,
+                     original_sizes={g.name: g.size for g in groups})
+    reduction = 1 - remaining(groups, shapes, removed) / total
+    assert target <= reduction <= target + 0.01, (widths, target, reduction)
+
+
+def test_global_removes_lowest_scores_first_and_dead_units_always():
+    groups, shapes = chain([100, 50, 50, 10])
+    scores = {"h0": torch.arange(50).float() + 10, "h1": torch.arange(50).float() + 100}
+    scores["h1"][7] = 0  # dead, though its layer scores high
+    total = weight_count(shapes, list(groups), {"h0": 50, "h1": 50})
+    removed = select(groups, scores, shapes, budget(total, 0.3), scope=Scope.GLOBAL,
+                     original_sizes={"h0": 50, "h1": 50})
+    assert 7 in removed["h1"].tolist()
+    kept_h0 = sorted(set(range(50)) - set(removed["h0"].tolist()))
+    assert removed["h0"].tolist() == list(range(len(removed["h0"])))  # the lowest counts
+    assert all(scores["h0"][k] > scores["h0"][r] for k in kept_h0 for r in removed["h0"])
+
+
+def test_local_removes_the_same_fraction_of_each_layer():
+    groups, shapes = chain([300, 200, 100, 10])
+    scores = {g.name: torch.rand(g.size) + 1 for g in groups}
+    total = weight_count(shapes, list(groups), {"h0": 200, "h1": 100})
+    removed = select(groups, scores, shapes, budget(total, 0.6), scope=Scope.LOCAL,
+                     original_sizes={"h0": 200, "h1": 100})
+    fractions = [len(removed["h0"]) / 200, len(removed["h1"]) / 100]
+    assert abs(fractions[0] - fractions[1]) <= 0.011
+
+
+def test_every_group_keeps_at_least_one_unit():
+    groups, shapes = chain([10, 8, 8, 3])
+    scores = {g.name: torch.zeros(g.size) for g in groups}  # all dead
+    removed = select(groups, scores, shapes, Budget(10**6, 0), scope=Scope.GLOBAL,
+                     original_sizes={"h0": 8, "h1": 8})
+    assert [len(removed[g]) for g in ("h0", "h1")] == [7, 7]
+
+
+def test_unreachable_target_is_a_clear_error():
+    groups, shapes = chain([1000, 4, 4, 3])  # the 1000 input columns stay
+    scores = {g.name: torch.ones(g.size) for g in groups}
+    with pytest.raises(NothingToPruneError, match="smaller --target"):
+        select(groups, scores, shapes, Budget(100, 0), scope=Scope.GLOBAL,
+               original_sizes={"h0": 4, "h1": 4})
+
+
+def test_norm_criteria_score_the_weight_and_bias_row_relative_to_its_layer():
+    from compressor.graph.trace import trace
+    from compressor.prune.config import PruneConfig
+    from compressor.prune.select import unit_scores
+    from tests.conftest import graph_of
+    from tests.nets import tiny
+
+    net = tiny()
+    gm = graph_of(net, torch.randn(2, 20))
+    groups = trace(gm).groups
+    row = torch.cat([net[0].weight, net[0].bias[:, None]], dim=1).detach().double()
+    l1 = unit_scores(gm, groups, PruneConfig(0.5, criterion="l1"))
+    l2 = unit_scores(gm, groups, PruneConfig(0.5, criterion="l2"))
+    torch.testing.assert_close(l1["0"], row.abs().sum(1) / row.abs().sum(1).mean())
+    torch.testing.assert_close(l2["0"], row.norm(dim=1) / row.norm(dim=1).mean())
+    for criterion in ("activation", "error"):
+        with pytest.raises(ValueError, match="needs calibration data"):
+            unit_scores(gm, groups, PruneConfig(0.5, criterion=criterion))
+
+
+def test_equal_scores_are_removed_in_graph_order():
+    groups, shapes = chain([10, 6, 6, 2])
+    scores = {g.name: torch.ones(g.size) for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    # each first-layer unit holds 16 weights, each second-layer unit 8: removing 3 + 0 fits
+    removed = select(groups, scores, shapes, Budget(total - 40, total - 60),
+                     scope=Scope.GLOBAL, original_sizes={g.name: g.size for g in groups})
+    assert removed["h0"].tolist() == [0, 1, 2] and removed["h1"].tolist() == []
+    again = select(groups, scores, shapes, Budget(total - 40, total - 60),
+                   scope=Scope.GLOBAL, original_sizes={g.name: g.size for g in groups})
+    assert all(torch.equal(removed[k], again[k]) for k in removed)
+
+
+def test_units_marked_dead_go_first_whatever_their_score():
+    groups, shapes = chain([10, 6, 6, 2])
+    scores = {"h0": torch.arange(6.0) + 1, "h1": torch.arange(6.0) + 1}
+    dead = {"h0": torch.tensor([False] * 5 + [True]), "h1": torch.zeros(6, dtype=torch.bool)}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    removed = select(groups, scores, shapes, Budget(total, 0), scope=Scope.GLOBAL,
+                     original_sizes={g.name: 6 for g in groups}, dead=dead)
+    assert removed["h0"].tolist() == [5] and removed["h1"].tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_aligned_widths_are_multiples_and_stay_within_budget(seed):
+    from compressor.prune.select import align_widths
+
+    rng = random.Random(seed)
+    widths = [784] + [rng.randint(40, 400) for _ in range(rng.randint(1, 4))] + [10]
+    groups, shapes = chain(widths)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    b = budget(total, 0.85)
+    removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
+                     original_sizes={g.name: g.size for g in groups})
+    aligned = align_widths(groups, removed, scores, shapes, b, 16)
+    if aligned is removed:  # no aligned widths fit the budget: even 16 per layer is too many
+        smallest = {g.name: min(16, g.size) for g in groups}
+        assert weight_count(shapes, list(groups), smallest) > b.max_weights
+        return
+    for g in groups:
+        kept = g.size - len(aligned[g.name])
+        assert kept % 16 == 0 and kept >= 16, (g.size, kept)
+        gone = set(aligned[g.name].tolist())
+        assert len(gone) == len(aligned[g.name])  # no unit twice
+        if set(removed[g.name].tolist()) <= gone:  # rounded down: the lowest scores went
+            survivors = [float(scores[g.name][u]) for u in range(g.size) if u not in gone]
+            extra = [float(scores[g.name][u]) for u in gone - set(removed[g.name].tolist())]
+            assert not extra or max(extra) <= min(survivors)
+    assert remaining(groups, shapes, aligned) <= b.max_weights
+    assert align_widths(groups, removed, scores, shapes, b, 1) is removed
