@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from compressor import cli
+from compressor.runtime import timing
 from tests.nets import tiny
 
 # Property and fuzz tests: the same examples on every run (CI must not flake), nothing
@@ -26,6 +28,14 @@ settings.register_profile("compressor", derandomize=True, database=None, deadlin
                           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                  HealthCheck.too_slow])
 settings.load_profile("compressor")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state: torch, numpy and random."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @dataclass
@@ -48,6 +58,23 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def fixed_latency(monkeypatch):
+    """`fixed_latency(ms0, ms1, ...)`: every latency measurement calls each of its runs once
+    and reports run i as taking ms_i (cycling), so latency budgets in tests hold or break by
+    design, never because the machine is slow or busy."""
+
+    def install(*ms: float) -> None:
+        def timings(runs, *, seconds, rounds=5, min_calls=10, warmup=5):
+            for run in runs:
+                run()
+            return [[[ms[i % len(ms)] / 1e3]] for i in range(len(runs))]
+
+        monkeypatch.setattr(timing, "timings", timings)
+
+    return install
+
+
 def labelled(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Inputs for `tiny` with labels from a fixed random linear rule (learnable, 4 classes)."""
     g = np.random.default_rng(seed)
@@ -65,15 +92,6 @@ def tiny_files(tmp_path: Path) -> dict[str, Path]:
     x, y = labelled()
     np.savez(data, x=x, y=y)
     return {"model": model, "data": data, "dir": tmp_path}
-
-
-def graph_of(module: torch.nn.Module, example: torch.Tensor):
-    """The working graph of an in-memory module (as `compress` builds it)."""
-    from compressor.graph.capture import capture
-    from compressor.io.load import LoadedModel, ModelFormat
-
-    return capture(LoadedModel(Path("in-memory"), ModelFormat.PICKLED_MODULE, module.eval()),
-                   example)
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..commands.compress import CompressConfig, Paths, compress
+from ..commands.compress import Paths, compress
+from ..commands.config import CompressConfig
 from ..export.pack import Format
 from ..measure.latency import BenchConfig
 from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, PruneConfig, Score,

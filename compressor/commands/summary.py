@@ -7,7 +7,6 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -27,9 +26,7 @@ from ..prune.cycles import Pruned
 from ..prune.finetune import accuracy
 from ..report.compress import LayerRow, Latency, Report
 from ..runtime import SparseModel, session
-
-if TYPE_CHECKING:
-    from .compress import CompressConfig
+from .config import CompressConfig
 
 
 @dataclass(frozen=True)

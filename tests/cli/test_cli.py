@@ -11,8 +11,10 @@ from onnx import numpy_helper
 
 from compressor.export.verify import run_onnx
 from compressor.graph.capture import export_program
+from compressor.io.data import load_data
 from compressor.runtime import session
 from tests.conftest import assert_refused, labelled
+from tests.helpers import save_model
 from tests.nets import Broken, ImageNet, NoReLU, tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,17 +38,21 @@ def test_labelled_data_prunes_in_cycles_and_reports_everything(run_cli, tiny_fil
     assert report["parity_max_abs_diff"] <= 1e-4
     assert [c["cycle"] for c in report["cycles"]] == [1, 2]
     assert report["cycles"][0]["target"] < report["cycles"][1]["target"] == 0.6
-    assert 0 <= report["accuracy_before"] <= 1 and 0 <= report["accuracy_after"] <= 1
     assert [row["name"] for row in report["layers"]] == ["0", "2", "4", "6"]
     assert {b["batch"] for b in report["latency"]} == {1, 256}
     assert report["onnx_bytes"] == out.stat().st_size
     kept = sum(len(p["kept"]) for p in report["plan"].values())
     assert kept == sum(row["out_after"] for row in report["layers"][:3])
     assert "weights" in result.out and "parity" in result.out
-    # the ONNX file is what the report describes: its accuracy on the held-out test split
-    x, y = labelled()
+    # the ONNX file is what the report describes: its accuracy, and the input model's, on the
+    # held-out test split (the same 60 samples `load_data` splits off with the same seed)
+    test = load_data(str(tiny_files["data"]), seed=0).test
+    assert len(test) == 60 and report["accuracy_data"].startswith("held-out test split (60 ")
     onnx.checker.check_model(onnx.load(out))
-    assert run_onnx(session(out.read_bytes()), torch.from_numpy(x)).shape == (600, 4)
+    written = run_onnx(session(out.read_bytes()), test.x).argmax(1)
+    dense = tiny()(test.x).argmax(1)
+    assert report["accuracy_after"] == float((written == test.y).double().mean())
+    assert report["accuracy_before"] == float((dense == test.y).double().mean())
 
 
 def test_unlabelled_data_prunes_in_one_shot_with_default_paths(run_cli, tiny_files):
@@ -104,20 +110,17 @@ def test_every_criterion_and_compensation_runs_in_one_shot_without_fine_tuning(
 @pytest.mark.parametrize("kind", ["ts", "pt2", "pt2-fixed-batch", "pickle"])
 def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     path = tiny_files["dir"] / f"m.{kind}"
-    net = tiny().eval()
-    if kind == "ts":
-        torch.jit.script(net).save(str(path))
-    elif kind == "pt2":
-        torch.export.save(export_program(net, torch.randn(2, 20)), str(path))
-    elif kind == "pt2-fixed-batch":  # exported for batch 4 only; compress runs any batch
-        torch.export.save(torch.export.export(net, (torch.randn(4, 20),)), str(path))
+    if kind == "pt2-fixed-batch":  # exported for batch 4 only; compress runs any batch
+        torch.export.save(torch.export.export(tiny().eval(), (torch.randn(4, 20),)), str(path))
     else:
-        torch.save(net, path)
+        save_model(tiny(), path, kind, torch.randn(2, 20))
     trust = ("--trust-pickle",) if kind == "pickle" else ()
     result = run_cli(path, "--target", "0.7", "--data", tiny_files["data"], "--epochs", "0",
                      "--cycles", "1", *trust, *FAST)
     assert result.code == 0, result.err
-    assert report_of(path.with_name("m.compressed.onnx"))["model_format"]
+    expected = {"ts": "torchscript", "pt2": "torch.export", "pt2-fixed-batch": "torch.export",
+                "pickle": "pickled module"}[kind]
+    assert report_of(path.with_name("m.compressed.onnx"))["model_format"] == expected
 
 
 @pytest.mark.parametrize("net, arch", [(ImageNet(), "tests.nets:ImageNet"),
@@ -312,9 +315,12 @@ def test_csr_format_writes_sparse_initializers_and_every_variant(run_cli, tiny_f
         assert np.abs(outs[name] - outs["shrunk"]).max() < 1e-5
     assert np.abs(outs["csr"] - session(out.read_bytes()).run(None, {"input": x})[0]).max() == 0
     bench = run_cli("bench", *sorted(variants.iterdir()), "--baseline", variants / "dense.onnx",
-                    "--batch", "1,8", "--seconds", "0.05", "--no-memory")
+                    "--batch", "1,8", "--seconds", "0.05", "--no-memory", "--json")
     assert bench.code == 0, bench.err
-    assert "csr.onnx (runtime)" in bench.out and bench.out.count("\n") >= 14
+    rows = {(r["model"], r["batch"]) for r in json.loads(bench.out)["rows"]}
+    names = ["dense", "masked", "shrunk", "csr", "csr (runtime)", "int8", "int8-dense"]
+    assert rows == {(n.replace(" ", ".onnx ", 1) if " " in n else f"{n}.onnx", b)
+                    for n in names for b in (1, 8)}
 
 
 def test_int8_format_is_quantized_and_close(run_cli, tiny_files):

@@ -34,7 +34,9 @@ def test_pickled_code_in_data_and_model_files_is_refused_without_running_it(run_
         assert not marker.exists()
 
 
-def test_compress_and_check_open_no_network_connection(run_cli, tiny_files, monkeypatch):
+def test_compress_and_check_open_no_network_connection(run_cli, tiny_files, monkeypatch,
+                                                       fixed_latency):
+    fixed_latency(1.0)
     attempts = []
 
     def refuse(*args, **kwargs):

@@ -12,9 +12,11 @@ from onnx import numpy_helper
 
 from compressor.commands.bench import bench
 from compressor.export import formats
+from compressor.export.formats import densify
 from compressor.export.to_onnx import to_onnx
 from compressor.measure.memory import peak_memory_mb
-from tests.conftest import assert_refused, graph_of, labelled
+from tests.conftest import assert_refused, labelled
+from tests.helpers import graph_of, sparse_onnx
 from tests.nets import tiny
 
 
@@ -25,31 +27,35 @@ def files(tmp_path_factory):
     x = torch.from_numpy(labelled()[0])
     dense = to_onnx(graph_of(tiny(), x[:2]), x[:2])
     (folder / "dense.onnx").write_bytes(dense)
-    proto = onnx.load_from_string(dense)
-    for t in proto.graph.initializer:
-        a = numpy_helper.to_array(t).copy()
-        if a.ndim == 2:
-            a[np.abs(a) < np.quantile(np.abs(a), 0.9)] = 0
-            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    proto = sparse_onnx(tiny(), x)
     (folder / "sparse.onnx").write_bytes(formats.store_sparse(proto).SerializeToString())
     return folder
 
 
-def test_rows_speedups_and_ideal_speedups(files):
+def _nonzero_weights(path) -> int:
+    proto = densify(onnx.load(path))
+    return sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in proto.graph.initializer
+               if len(t.dims) == 2)
+
+
+def test_rows_speedups_and_ideal_speedups(files, fixed_latency):
+    fixed_latency(2.0, 1.0, 0.5)  # dense, sparse in onnxruntime, sparse in the runtime
     result = bench([files / "sparse.onnx"], baseline=files / "dense.onnx", batches=(1, 16),
                    threads=(1, 2), seconds=0.05, memory=False)
     assert [(r.model, r.batch, r.threads) for r in result.rows] == [
         (m, b, t) for t in (1, 2) for b in (1, 16)
         for m in ("dense.onnx", "sparse.onnx", "sparse.onnx (runtime)")]
+    dense_flops = 2 * (20 * 32 + 32 * 24 + 24 * 16 + 16 * 4)
+    sparse_flops = 2 * _nonzero_weights(files / "sparse.onnx")
+    assert sparse_flops < dense_flops / 5  # 90% of the weights are zero
     for r in result.rows:
-        assert 0 < r.p50_ms <= r.p95_ms
-        assert r.throughput == pytest.approx(r.batch / r.p50_ms * 1e3, rel=1e-3)
-        assert r.efficiency == pytest.approx(r.speedup / r.ideal, abs=2e-3)
-    base = [r for r in result.rows if r.model == "dense.onnx"]
-    assert all(r.speedup == 1 and r.ideal == 1 for r in base)
-    sparse = next(r for r in result.rows if r.model == "sparse.onnx")
-    assert sparse.ideal == pytest.approx(base[0].flops / sparse.flops, abs=1e-3)
-    assert sparse.flops < base[0].flops and sparse.size < base[0].size
+        ms = {"dense.onnx": 2.0, "sparse.onnx": 1.0, "sparse.onnx (runtime)": 0.5}[r.model]
+        ideal = 1.0 if r.model == "dense.onnx" else dense_flops / sparse_flops
+        assert (r.p50_ms, r.p95_ms, r.speedup) == (ms, ms, 2.0 / ms)
+        assert r.throughput == round(r.batch / ms * 1e3, 1)
+        assert r.flops == (dense_flops if r.model == "dense.onnx" else sparse_flops)
+        assert r.ideal == pytest.approx(ideal, abs=1e-3)
+        assert r.efficiency == pytest.approx(2.0 / ms / ideal, abs=2e-3)
     assert json.loads(result.to_json())["baseline"] == "dense.onnx"
 
 
@@ -61,13 +67,15 @@ def test_without_baseline_there_are_no_speedups(files):
 
 def test_peak_memory_is_measured_in_a_child_process(files):
     small = peak_memory_mb(files / "dense.onnx", batch=1)
-    assert small is not None and small >= 0
+    large = peak_memory_mb(files / "dense.onnx", batch=100_000)  # 29 MB of activations
+    assert small is not None and large is not None
+    assert large - small > 10
     assert peak_memory_mb(files / "missing.onnx", batch=1) is None
 
 
 def test_cli_prints_one_table(run_cli, files):
     result = run_cli("bench", files / "sparse.onnx", "--baseline", files / "dense.onnx",
-                     "--batch", "1,8", "--threads", "1", "--seconds", "0.02")
+                     "--batch", "1,8", "--threads", "1", "--seconds", "0.02", "--no-memory")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0].split()[:4] == ["model", "batch", "threads", "p50"]

@@ -13,7 +13,8 @@ from compressor.export.verify import run_onnx
 from compressor.measure.budgets import BudgetRow, Budgets, Measured, evaluate
 from compressor.report.check import CheckResult, format_check
 from compressor.runtime import session
-from tests.conftest import assert_refused, graph_of, labelled
+from tests.conftest import assert_refused, labelled
+from tests.helpers import graph_of
 from tests.nets import tiny
 
 
@@ -106,18 +107,25 @@ def test_agreement_with_onnx_and_pytorch_references(run_cli, files, reference):
         assert result.code == 0 and row["value"] == 1.0, result.err
 
 
-def test_latency_budgets_are_measured_against_the_baseline_and_written_as_junit(run_cli, files):
+def test_latency_budgets_are_measured_against_the_baseline_and_written_as_junit(
+        run_cli, files, fixed_latency):
+    fixed_latency(3.0, 2.0)  # the model 3 ms, the baseline 2 ms
     junit = files["dir"] / "reports" / "check.xml"
     junit.parent.mkdir()
-    result = run_cli("check", files["onnx"], "--max-latency", "1000", "--max-latency-ratio", "50",
-                     "--baseline", files["other"], "--batch", "32", "--junit", junit)
-    assert result.code == 0, result.err
+    result = run_cli("check", files["onnx"], "--max-latency", "3.5", "--max-latency-ratio", "1.4",
+                     "--baseline", files["other"], "--batch", "32", "--junit", junit, "--json")
+    assert result.code == 1, result.err
+    rows = {r["name"]: r for r in json.loads(result.out)["budgets"]}
+    assert (rows["latency"]["value"], rows["latency"]["passed"]) == (3.0, True)
+    assert (rows["latency_ratio"]["value"], rows["latency_ratio"]["passed"]) == (1.5, False)
+    assert "batch 32" in rows["latency"]["detail"] and "random inputs" in rows["latency"]["detail"]
     cases = ET.parse(junit).getroot().find("testsuite").findall("testcase")
-    assert [c.get("name") for c in cases] == ["latency", "latency_ratio"]
-    assert "batch 32" in result.out and "random inputs" in result.out
+    assert [(c.get("name"), c.find("failure") is None) for c in cases] == [
+        ("latency", True), ("latency_ratio", False)]
 
 
-def test_compress_checks_its_budgets_after_writing_its_output(run_cli, files):
+def test_compress_checks_its_budgets_after_writing_its_output(run_cli, files, fixed_latency):
+    fixed_latency(4.0, 1.0)  # the dense export 4 ms, the written file 1 ms
     out = files["dir"] / "c.onnx"
     result = run_cli(files["model"], "--arch", "tests.nets:tiny", "--target", "0.5", "--data",
                      files["data"], "--epochs", "0", "-o", out, "--max-size", "100",
@@ -128,7 +136,7 @@ def test_compress_checks_its_budgets_after_writing_its_output(run_cli, files):
     budgets = json.loads(out.with_suffix(".json").read_text())["budgets"]
     assert [(b["name"], b["passed"]) for b in budgets] == [
         ("size", False), ("accuracy", True), ("agreement", True), ("latency_ratio", True)]
-    assert budgets[0]["value"] == out.stat().st_size
+    assert budgets[0]["value"] == out.stat().st_size and budgets[3]["value"] == 0.25
     # `compress check` measures the written file the same way
     again = run_cli("check", out, "--max-size", "100", "--json")
     assert json.loads(again.out)["budgets"][0]["value"] == budgets[0]["value"]

@@ -13,24 +13,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.export import formats
 from compressor.export.pack import Format, pack_onnx
-from compressor.export.to_onnx import to_onnx
 from compressor.runtime import KERNELS, SparseModel, session, stored_kernels
-from tests.conftest import graph_of, labelled
+from tests.conftest import labelled
+from tests.helpers import sparse_onnx
 from tests.nets import tiny
 
 
 @pytest.fixture(scope="module")
 def sparse_model() -> bytes:
     """The tiny MLP exported with 90% of every weight matrix zero (smallest |w|)."""
-    x = torch.from_numpy(labelled()[0])
-    gm = graph_of(tiny(), x[:2])
-    proto = onnx.load_from_string(to_onnx(gm, x[:2]))
-    for t in proto.graph.initializer:
-        a = numpy_helper.to_array(t).copy()
-        if a.ndim == 2:
-            a[np.abs(a) < np.quantile(np.abs(a), 0.9)] = 0
-            t.CopyFrom(numpy_helper.from_array(a, t.name))
-    return proto.SerializeToString()
+    return sparse_onnx(tiny(), torch.from_numpy(labelled()[0])).SerializeToString()
 
 
 def _weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:

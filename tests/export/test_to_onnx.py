@@ -12,7 +12,7 @@ from compressor.graph.capture import get_tensor, set_tensor
 from compressor.graph.trace import trace
 from compressor.prune.shrink import shrink
 from compressor.runtime import session
-from tests.conftest import graph_of
+from tests.helpers import graph_of
 from tests.nets import ImageNet, tiny
 
 

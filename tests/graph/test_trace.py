@@ -6,7 +6,7 @@ from torch import nn
 
 from compressor.graph.capture import get_tensor
 from compressor.graph.trace import trace
-from tests.conftest import graph_of
+from tests.helpers import graph_of
 from tests.nets import ImageNet, NoReLU, Tied, tiny
 
 

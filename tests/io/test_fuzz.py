@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from compressor.errors import DataError, ModelError
 from compressor.export.to_onnx import to_onnx
-from compressor.graph.capture import export_program
 from compressor.io.data import load_data
 from compressor.io.load import load_model
 from compressor.measure.onnx_file import flops_per_sample, load_onnx, parameter_count
-from tests.conftest import graph_of, labelled
+from tests.conftest import labelled
+from tests.helpers import graph_of, save_model
 from tests.nets import tiny
 
 HEADERS = [b"", b"PK\x03\x04", b"PK\x05\x06", b"\x80\x02", b"\x93NUMPY\x01\x00", b"\x08\x07\x12"]
@@ -28,9 +28,8 @@ def sources(tmp_path_factory) -> dict[str, bytes]:
     """One valid file of every kind the loaders read."""
     d = tmp_path_factory.mktemp("sources")
     net, x = tiny().eval(), torch.randn(2, 20)
-    torch.jit.script(net).save(str(d / "m.ts"))
-    torch.export.save(export_program(net, x), str(d / "m.pt2"))
-    torch.save(net.state_dict(), d / "m.pt")
+    for kind, name in (("ts", "m.ts"), ("pt2", "m.pt2"), ("sd", "m.pt")):
+        save_model(net, d / name, kind, x)
     inputs, labels = labelled(50)
     np.savez(d / "d.npz", x=inputs, y=labels)
     np.save(d / "d.npy", inputs)

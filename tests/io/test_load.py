@@ -6,27 +6,16 @@ import pytest
 import torch
 
 from compressor.errors import ModelError
-from compressor.graph.capture import capture, export_program
+from compressor.graph.capture import capture
 from compressor.io.load import ModelFormat, load_model
+from tests.helpers import save_model
 from tests.nets import tiny
 
-X = torch.randn(5, 20)
+X = torch.randn(5, 20, generator=torch.Generator().manual_seed(0))
 
 
 def saved(tmp_path: Path, kind: str) -> Path:
-    net = tiny().eval()
-    path = tmp_path / f"model.{kind}"
-    if kind == "ts":
-        torch.jit.script(net).save(str(path))
-    elif kind == "pt2":
-        torch.export.save(export_program(net, X[:2]), str(path))
-    elif kind == "sd":
-        torch.save(net.state_dict(), path)
-    elif kind == "ckpt":
-        torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
-    elif kind == "pickle":
-        torch.save(net, path)
-    return path
+    return save_model(tiny(), tmp_path / f"model.{kind}", kind, X)
 
 
 @pytest.mark.parametrize("kind, fmt, arch, trust", [

@@ -9,13 +9,8 @@ from torch import nn
 
 from compressor.errors import DataError, ModelError
 from compressor.export.to_onnx import to_onnx
-from compressor.measure.onnx_file import (
-    fit_input,
-    flops_per_sample,
-    load_onnx,
-    parameter_count,
-)
-from tests.conftest import graph_of
+from compressor.measure.onnx_file import fit_input, flops_per_sample, load_onnx, parameter_count
+from tests.helpers import graph_of
 from tests.nets import TINY, tiny
 
 TINY_WEIGHTS = sum(a * b for a, b in zip(TINY, TINY[1:]))

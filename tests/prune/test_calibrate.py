@@ -5,7 +5,7 @@ from torch import nn
 
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
-from tests.conftest import graph_of
+from tests.helpers import graph_of
 
 
 def hand_net() -> nn.Sequential:

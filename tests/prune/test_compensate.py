@@ -10,8 +10,7 @@ from compressor.prune.calibrate import count_activations
 from compressor.prune.compensate import compensate
 from compressor.prune.config import Compensation, PruneConfig
 from compressor.prune.lsq import ridge_solve
-from compressor.prune.shrink import shrink
-from tests.conftest import graph_of
+from tests.helpers import graph_of, remove_units
 from tests.nets import tiny, with_dead_and_disconnected, with_duplicates
 
 NOTHING = torch.tensor([], dtype=torch.int64)
@@ -21,12 +20,8 @@ def prune_and_run(net: nn.Module, removed: dict[str, torch.Tensor], mode: Compen
                   x: torch.Tensor, data: bool = True, **settings):
     """Outputs of `net` on `x` before and after removing `removed` with compensation `mode`."""
     gm = graph_of(net, x[:2])
-    groups = trace(gm).groups
     before = run_batched(gm, x)
-    stats = count_activations(gm, groups, x) if data else None
-    done = compensate(gm, groups, removed, PruneConfig(0.5, compensate=mode, **settings),
-                      stats=stats, x=x if data else None)
-    shrink(gm, groups, removed)
+    _, done = remove_units(gm, removed, mode, x=x if data else None, **settings)
     return before, run_batched(gm, x), done
 
 
@@ -108,7 +103,9 @@ def test_lsq_is_exact_when_the_removed_neurons_duplicate_kept_ones():
     x = torch.randn(512, 20)
     removed = {"0": torch.tensor([7, 8]), "2": torch.tensor([5]), "4": NOTHING}
     before, after, _ = prune_and_run(with_duplicates(), removed, Compensation.LSQ, x=x)
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    # exact up to the ridge (1e-3 of the input variance, pulling towards the old weights):
+    # 0.8-1.5e-4 over seeds 0-5, where plain removal is off by 0.17-0.26
+    torch.testing.assert_close(after, before, rtol=0, atol=5e-4)
 
 
 def test_lsq_loses_less_than_mean_merge_or_plain_removal():

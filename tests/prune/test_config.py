@@ -5,7 +5,7 @@ import math
 import pytest
 
 from compressor.cli.options import parse_fraction, parse_positive, parse_size
-from compressor.commands.compress import CompressConfig
+from compressor.commands.config import CompressConfig
 from compressor.measure.budgets import Budgets
 from compressor.prune.config import FinetuneConfig, PruneConfig, Scope
 

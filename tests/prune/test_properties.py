@@ -15,13 +15,11 @@ from compressor.graph.count import weights
 from compressor.graph.trace import trace
 from compressor.io.data import Dataset, DataSplits
 from compressor.prune.calibrate import count_activations
-from compressor.prune.compensate import compensate
 from compressor.prune.config import Compensation, Criterion, FinetuneConfig, PruneConfig
 from compressor.prune.cycles import prune
-from compressor.prune.shrink import shrink
 from compressor.runtime import session
 from models.mlp import mlp
-from tests.conftest import graph_of
+from tests.helpers import graph_of, remove_units
 
 LIVE, DEAD, SILENT, CONSTANT = "live", "dead", "silent", "constant"
 
@@ -60,8 +58,7 @@ def test_dead_neurons_are_found_and_removing_them_changes_no_output(case):
         assert (stats.counts[g.name] == 0).tolist() == never
     removed = {g.name: torch.tensor([i for i, k in enumerate(layer_kinds) if k != LIVE],
                                     dtype=torch.int64) for g, layer_kinds in zip(groups, kinds)}
-    compensate(gm, groups, removed, PruneConfig(0.5, compensate=Compensation.NONE))
-    resized = shrink(gm, groups, removed)
+    resized, _ = remove_units(gm, removed)
     assert [g.size for g in resized] == [k.count(LIVE) for k in kinds]
     torch.testing.assert_close(gm(x).detach(), expected, rtol=1e-5, atol=1e-5)
 

@@ -89,7 +89,7 @@ def test_norm_criteria_score_the_weight_and_bias_row_relative_to_its_layer():
     from compressor.graph.trace import trace
     from compressor.prune.config import PruneConfig
     from compressor.prune.select import unit_scores
-    from tests.conftest import graph_of
+    from tests.helpers import graph_of
     from tests.nets import tiny
 
     net = tiny()

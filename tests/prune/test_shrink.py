@@ -4,21 +4,17 @@ import torch
 
 from compressor.graph.capture import get_tensor
 from compressor.graph.trace import trace
-from compressor.prune.compensate import compensate
-from compressor.prune.config import Compensation, PruneConfig
 from compressor.prune.shrink import shrink
-from tests.conftest import graph_of
+from tests.helpers import graph_of, remove_units
 from tests.nets import tiny, with_dead_and_disconnected
 
 
 def remove_constant_units():
     x = torch.randn(256, 20)
     gm = graph_of(with_dead_and_disconnected(), x[:2])
-    groups = trace(gm).groups
     removed = {"0": torch.tensor([1, 5, 9]), "2": torch.tensor([0, 3]),
                "4": torch.tensor([], dtype=torch.int64)}
-    compensate(gm, groups, removed, PruneConfig(0.5, compensate=Compensation.NONE))
-    return gm, shrink(gm, groups, removed)
+    return gm, remove_units(gm, removed)[0]
 
 
 def test_shrink_removes_rows_and_the_next_layers_columns():

@@ -22,7 +22,8 @@ from compressor.prune.sparsify import (
     remove_weights,
     weight_scores,
 )
-from tests.conftest import graph_of, labelled
+from tests.conftest import labelled
+from tests.helpers import graph_of
 from tests.nets import tiny
 
 
@@ -128,8 +129,8 @@ def test_expand_is_the_exact_unpack_of_shrink(removed):
     kept = {g.name: torch.tensor([u for u in range(g.size) if u not in drop[g.name].tolist()])
             for g in original}
     full = expand(original, gm, kept)
-    assert torch.equal(run_batched(full, x), run_batched(gm, x)) or \
-        torch.allclose(run_batched(full, x), run_batched(gm, x), atol=1e-6)
+    # the same function; the zero columns change only the order of float additions
+    torch.testing.assert_close(run_batched(full, x), run_batched(gm, x), atol=1e-6, rtol=0)
     for name, p in full.named_parameters():
         assert p.shape == get_tensor(graph_of(tiny(), x[:2]), name).shape
     again = shrink(full, original, drop)  # pack(unpack(x)) == x, bit for bit
