@@ -16,6 +16,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from compressor import cli
 from compressor.runtime import timing
+from tests.helpers import sparse_onnx
 from tests.nets import tiny
 
 # Property and fuzz tests: the same examples on every run (CI must not flake), nothing
@@ -110,3 +111,9 @@ def assert_refused(run_cli, args: list[object], folder: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.err
     assert "Traceback" not in result.err and result.out == ""
     assert digest(folder) == before
+
+
+@pytest.fixture(scope="session")
+def sparse_model() -> bytes:
+    """The tiny MLP exported with 90% of every weight matrix zero (smallest |w|)."""
+    return sparse_onnx(tiny(), torch.from_numpy(labelled()[0])).SerializeToString()

@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compressor.errors import DataError, ModelError
+from compressor.export import formats
 from compressor.export.to_onnx import to_onnx
 from compressor.measure.onnx_file import fit_input, flops_per_sample, load_onnx, parameter_count
 from tests.helpers import graph_of
@@ -116,3 +117,12 @@ def test_fit_input_reshapes_flat_data_to_the_models_input_shape(tmp_path):
     assert fit_input(model, torch.zeros(5, 28, 28), source="d").shape == (5, 1, 28, 28)
     with pytest.raises(DataError, match=r"\[N, 13\] but .* takes \[N, 1, 28, 28\]"):
         fit_input(model, torch.zeros(5, 13), source="d")
+
+
+def test_flops_and_parameters_do_not_depend_on_storage(sparse_model):
+    for proto in (onnx.load_from_string(sparse_model),
+                  formats.quantize(onnx.load_from_string(sparse_model))):
+        stored = formats.store_sparse(proto)
+        assert stored.graph.sparse_initializer
+        assert flops_per_sample(stored) == flops_per_sample(proto)
+        assert flops_per_sample(proto)[1] == ()
