@@ -11,18 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import fx
 
 from ..errors import DataError, NothingToPruneError, OutputError
-from ..export.pack import Format, pack_onnx
+from ..export.pack import Format, Packed, pack_onnx
 from ..export.to_onnx import to_onnx
 from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
 from ..graph.capture import capture, run_batched
 from ..graph.trace import trace
-from ..io.data import load_data
+from ..io.data import DataSplits, load_data
 from ..io.files import check_output, write_atomic
 from ..io.inputs import PARITY_SAMPLES, example, fit_data, random_inputs
-from ..io.load import ModelFormat, load_model
+from ..io.load import LoadedModel, ModelFormat, load_model
 from ..prune.config import Score
 from ..prune.cycles import Log, Progress, prune
 from ..prune.shrink import expand
@@ -62,21 +63,7 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     torch.manual_seed(config.seed)
     _check_options(data, config)
     output, report_path = _check_paths(paths, data)
-    model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
-    if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
-        model = dataclasses.replace(model, run=capture(model))
-    if data is None:
-        splits, probe = None, random_inputs(model, seed=config.seed)
-        log(f"loaded {model.format.value} model; no data: pruning data-free, checking the "
-            f"export on {len(probe):,} random inputs")
-    else:
-        splits = fit_data(model, load_data(data, seed=config.seed))
-        if config.budgets.min_accuracy is not None and not splits.labelled:
-            raise DataError(f"--min-accuracy needs labels, and {data} has none: give labelled "
-                            "data or drop --min-accuracy")
-        probe = splits.validation.x
-        log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
-            f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
+    model, splits, probe = _load(paths, data, config, log)
     sample = example(probe)
     dense = capture(model, sample)
     gm = copy.deepcopy(dense)
@@ -92,14 +79,7 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     onnx_pruned = to_onnx(gm, sample)
     parity_x = probe[:PARITY_SAMPLES]
     diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
-    if config.format is not Format.DENSE:
-        log(f"packing as {config.format.value}" + (
-            f" (measuring kernels at batch {config.budget_batch})"
-            if config.format in (Format.CSR, Format.AUTO) else ""))
-    packed = pack_onnx(onnx_pruned, config.format, batch=config.budget_batch,
-                       threads=config.threads)
-    packed_diff = None if config.format is Format.DENSE else \
-        verify_packed(packed, gm, parity_x, tolerance=config.parity_tolerance)
+    packed, packed_diff = _pack(onnx_pruned, gm, parity_x, config, log)
     outcome = Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
                       to_onnx(dense, sample), onnx_pruned, packed)
     report = summarize(outcome, config, model=str(paths.model), data=data, output=output,
@@ -107,15 +87,58 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
                        packed_diff=packed_diff, started=started)
     files = {output: packed.data, report_path: report.to_json().encode()}
     if paths.variants is not None:
-        kept = {name: torch.tensor(p["kept"]) for name, p in pruned.plan.items()}
-        blobs = variants(outcome.onnx_dense, onnx_pruned, expand(found.groups, gm, kept), gm,
-                         sample, parity_x, batch=config.budget_batch, threads=config.threads,
-                         tolerance=config.parity_tolerance)
-        paths.variants.mkdir(parents=True, exist_ok=True)
-        files |= {check_output(paths.variants / f"{name}.onnx", inputs=(),
-                               option="--variants"): blob for name, blob in blobs.items()}
+        files |= _variants(paths.variants, outcome, sample, parity_x, config)
     write_atomic(files)
     return report
+
+
+def _load(paths: Paths, data: str | None, config: CompressConfig,
+          log: Log) -> tuple[LoadedModel, DataSplits | None, torch.Tensor]:
+    """The model, the data split and fitted to it (None without data), and the inputs the
+    export is checked on (held-back data, or random inputs in the model's shape)."""
+    model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
+    if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
+        model = dataclasses.replace(model, run=capture(model))
+    if data is None:
+        splits, probe = None, random_inputs(model, seed=config.seed)
+        log(f"loaded {model.format.value} model; no data: pruning data-free, checking the "
+            f"export on {len(probe):,} random inputs")
+    else:
+        splits = fit_data(model, load_data(data, seed=config.seed))
+        if config.budgets.min_accuracy is not None and not splits.labelled:
+            raise DataError(f"--min-accuracy needs labels, and {data} has none: give labelled "
+                            "data or drop --min-accuracy")
+        probe = splits.validation.x
+        log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
+            f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
+    return model, splits, probe
+
+
+def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: CompressConfig,
+          log: Log) -> tuple[Packed, float | None]:
+    """The verified export in `config.format`, checked against `gm` on `x`; with the max
+    |int8 - float32| difference for int8 files."""
+    if config.format is Format.DENSE:
+        return pack_onnx(onnx_pruned, Format.DENSE), None
+    log(f"packing as {config.format.value}" + (
+        f" (measuring kernels at batch {config.budget_batch})"
+        if config.format in (Format.CSR, Format.AUTO) else ""))
+    packed = pack_onnx(onnx_pruned, config.format, batch=config.budget_batch,
+                       threads=config.threads)
+    return packed, verify_packed(packed, gm, x, tolerance=config.parity_tolerance)
+
+
+def _variants(folder: Path, run: Outcome, sample: torch.Tensor, x: torch.Tensor,
+              config: CompressConfig) -> dict[Path, bytes]:
+    """`--variants`: every variant of the result, by the path it is written to."""
+    kept = {name: torch.tensor(p["kept"]) for name, p in run.pruned.plan.items()}
+    masked = expand(run.found.groups, run.pruned_gm, kept)
+    blobs = variants(run.onnx_dense, run.onnx_pruned, masked, run.pruned_gm, sample, x,
+                     batch=config.budget_batch, threads=config.threads,
+                     tolerance=config.parity_tolerance)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {check_output(folder / f"{name}.onnx", inputs=(), option="--variants"): blob
+            for name, blob in blobs.items()}
 
 
 def _check_options(data: str | None, config: CompressConfig) -> None:

@@ -80,14 +80,39 @@ class Report:
     def to_json(self) -> str:
         data = asdict(self)
         data["reduction"] = round(self.reduction, 6)
-        data["latency"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)} for lat in self.latency]
+        data["latency"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)}
+                           for lat in self.latency]
         data["kernels"] = [asdict(row) for row in self.kernels]
         return json.dumps(data, indent=2) + "\n"
 
 
 def format_table(r: Report) -> str:
     """The report as aligned text."""
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = [f"compressed {r.model} -> {r.output}", ""]
+    lines += align([("", "before", "after", "")] + _totals(r))
+    lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
+                  f"{r.parity_samples:,} {r.parity_inputs} inputs (float32 export)"]
+    if r.int8_max_abs_diff is not None:
+        lines += [f"int8: max |int8 - float32| = {r.int8_max_abs_diff:.2g} on the same inputs"]
+    lines += [""] + _kernels(r)
+    layer_rows = [("layer", "before", "after", "dead", "")]
+    for row in r.layers:
+        layer_rows.append((row.name, f"{row.in_before} -> {row.out_before}",
+                           f"{row.in_after} -> {row.out_after}",
+                           "-" if row.dead is None else str(row.dead), row.note))
+    lines += align(layer_rows)
+    if r.cycles:
+        lines += [""] + _cycles(r.cycles)
+    lines += ["", _summary(r)]
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _totals(r: Report) -> list[tuple[str, ...]]:
+    """Weights, FLOPs, bytes, accuracy and latency, before and after."""
     rows = [
         ("weights", f"{r.weights_before:,}", f"{r.weights_after:,}",
          f"-{100 * r.reduction:.2f}% (target {100 * r.target:.2f}%)"),
@@ -97,54 +122,47 @@ def format_table(r: Report) -> str:
          f"{100 * r.onnx_bytes / r.onnx_bytes_before:.1f}% of dense"),
     ]
     if r.accuracy_before is not None:
-        rows.append(("accuracy", pct(r.accuracy_before), pct(r.accuracy_after),
-                     f"{100 * (r.accuracy_after - r.accuracy_before):+.2f} pt on {r.accuracy_data}"))
+        change = 100 * (r.accuracy_after - r.accuracy_before)
+        rows.append(("accuracy", _pct(r.accuracy_before), _pct(r.accuracy_after),
+                     f"{change:+.2f} pt on {r.accuracy_data}"))
     threads = f"{r.latency_threads} thread{'s' if r.latency_threads > 1 else ''}"
     for lat in r.latency:
-        rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms", f"{lat.after_ms:.4f} ms",
+        rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms",
+                     f"{lat.after_ms:.4f} ms",
                      f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads})"))
         if lat.runtime_ms is not None:
             speedup = lat.before_ms / lat.runtime_ms
             rows.append(("  with compressor.runtime", "", f"{lat.runtime_ms:.4f} ms",
                          f"{speedup:.1f}x faster (sparse kernels, {threads})"))
-    lines = [f"compressed {r.model} -> {r.output}", ""]
-    lines += align([("", "before", "after", "")] + rows)
-    lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
-                  f"{r.parity_samples:,} {r.parity_inputs} inputs (float32 export)"]
-    if r.int8_max_abs_diff is not None:
-        lines += [f"int8: max |int8 - float32| = {r.int8_max_abs_diff:.2g} on the same inputs"]
-    lines += [""]
-    if r.kernels:
-        lines += [f"format {r.format}" + (f": {r.format_note}" if r.format_note else "")]
-        kernel_rows = [("weight", "shape", "zeros", "stored", "kernel", "why")]
-        for k in r.kernels:
-            kernel_rows.append((k.name, "x".join(map(str, k.shape)), f"{100 * k.sparsity:.1f}%",
-                                k.storage, k.kernel, k.why))
-        lines += align(kernel_rows)
-        if r.runtime:
-            lines += ["sparse kernels run only in compressor.runtime (SparseModel.load(path, "
-                      "kernels='stored')); plain onnxruntime runs this file dense"]
-        lines += [""]
-    layer_rows = [("layer", "before", "after", "dead", "")]
-    for row in r.layers:
-        layer_rows.append((row.name, f"{row.in_before} -> {row.out_before}",
-                           f"{row.in_after} -> {row.out_after}",
-                           "-" if row.dead is None else str(row.dead), row.note))
-    lines += align(layer_rows)
-    if r.cycles:
-        lines += [""]
-        weights = r.cycles[0].weights_removed is not None
-        cycle_rows = [("cycle", "target", "reached") + (("weights", "neurons") if weights else
-                                                         ("removed", "dead")) +
-                      ("epochs", "val acc")]
-        for c in r.cycles:
-            removed = (f"{c.weights_removed:,}", str(c.removed)) if weights else \
-                (str(c.removed), "-" if c.dead is None else str(c.dead))
-            cycle_rows.append((str(c.cycle), pct(c.target), pct(c.reduction), *removed,
-                               str(c.epochs), pct(c.val_accuracy)))
-        lines += align(cycle_rows)
-    lines += ["", _summary(r)]
-    return "\n".join(lines)
+    return rows
+
+
+def _kernels(r: Report) -> list[str]:
+    """The format table (formats other than dense)."""
+    if not r.kernels:
+        return []
+    lines = [f"format {r.format}" + (f": {r.format_note}" if r.format_note else "")]
+    rows = [("weight", "shape", "zeros", "stored", "kernel", "why")]
+    for k in r.kernels:
+        rows.append((k.name, "x".join(map(str, k.shape)), f"{100 * k.sparsity:.1f}%",
+                     k.storage, k.kernel, k.why))
+    lines += align(rows)
+    if r.runtime:
+        lines += ["sparse kernels run only in compressor.runtime (SparseModel.load(path, "
+                  "kernels='stored')); plain onnxruntime runs this file dense"]
+    return lines + [""]
+
+
+def _cycles(cycles: tuple[CycleRow, ...]) -> list[str]:
+    weights = cycles[0].weights_removed is not None
+    rows = [("cycle", "target", "reached") +
+            (("weights", "neurons") if weights else ("removed", "dead")) + ("epochs", "val acc")]
+    for c in cycles:
+        removed = (f"{c.weights_removed:,}", str(c.removed)) if weights else \
+            (str(c.removed), "-" if c.dead is None else str(c.dead))
+        rows.append((str(c.cycle), _pct(c.target), _pct(c.reduction), *removed,
+                     str(c.epochs), _pct(c.val_accuracy)))
+    return align(rows)
 
 
 def _summary(r: Report) -> str:

@@ -57,3 +57,15 @@ def test_onnxruntime_can_quantize_the_export_of_a_shrunk_model(tmp_path):
     quantized = (tmp_path / "q.onnx").read_bytes()
     assert {n.op_type for n in onnx.load_from_string(quantized).graph.node} >= {"MatMulInteger"}
     torch.testing.assert_close(run_onnx(session(quantized), x), gm(x).detach(), atol=0.05, rtol=0.05)
+
+
+def test_the_operator_registry_is_built_once_and_exports_stay_identical():
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    from compressor.export import to_onnx as module
+
+    original = ONNXRegistry.__dict__["from_torchlib"].__func__
+    x = torch.randn(4, 20)
+    first, second = (to_onnx(graph_of(tiny(), x[:2]), x[:2]) for _ in range(2))
+    assert first == second and len(module._REGISTRIES) == 1
+    assert ONNXRegistry.__dict__["from_torchlib"].__func__ is original  # restored after use
