@@ -90,3 +90,85 @@ def with_duplicates() -> nn.Sequential:
             net[layer].weight[copy] = scale * net[layer].weight[source]
             net[layer].bias[copy] = scale * net[layer].bias[source]
     return net
+
+
+class SmallCNN(nn.Module):
+    """[N, 1, 12, 12] -> conv-BN-ReLU-pool, conv-BN-ReLU-pool, Flatten, Linear-ReLU, Linear."""
+
+    def __init__(self, padding: int = 1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        side = (12 - 2 + 2 * padding) // 2
+        side = (side - 2 + 2 * padding) // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=padding), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=padding, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * side * side, 16), nn.ReLU(),
+                                  nn.Linear(16, 4))
+        with torch.no_grad():  # statistics a trained net would have, not the identity
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.1, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Residual(nn.Module):
+    """A basic block: conv-BN-ReLU-conv-BN, plus the input (identity) or a 1x1 projection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(c_out)
+        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b1(self.c1(x)))
+        return torch.relu(self.b2(self.c2(y)) + self.short(x))
+
+
+def small_resnet() -> nn.Sequential:
+    """[N, 1, 12, 12] -> stem, an identity block, a projection block, average pool, Linear."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         Residual(8, 8, 1), Residual(8, 12, 2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(12, 4))
+
+
+class Concat(nn.Module):
+    """Two conv branches concatenated on the channel axis, then a conv and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 6, 3, padding=1)
+        self.c = nn.Conv2d(10, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1))
+        return self.head(torch.relu(self.c(y)).mean(dim=(2, 3)))
+
+
+class Depthwise(nn.Module):
+    """A depthwise-separable block: the depthwise conv ties its input and output channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(6 * 12 * 12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.pw(torch.relu(self.dw(torch.relu(self.a(x))))))
+        return self.head(y.flatten(1))

@@ -11,19 +11,23 @@ from ..commands.compress import Paths, compress
 from ..commands.config import CompressConfig
 from ..export.pack import Format
 from ..measure.latency import BenchConfig
-from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, PruneConfig, Score,
-                            Scope)
+from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of, PruneConfig,
+                            Score, Scope)
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, run_library
-from .options import budget_options, budgets_from
+from .options import INT_LIST, budget_options, budgets_from
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="compressor")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", type=float, required=True,
-              help="Fraction of the model's Linear weights to remove, 0 < T < 1 (0.85 = 85% fewer).")
+              help="Fraction of the model's Linear and Conv weights (or FLOPs, see --of) to "
+                   "remove, 0 < T < 1 (0.85 = 85% fewer).")
+@click.option("--of", "of", type=click.Choice([o.value for o in Of]), default="weights",
+              show_default=True, help="What --target reduces: weight entries, or FLOPs per "
+                                      "sample (a conv weight counts once per output position).")
 @click.option("--data", "-d", metavar="fashion-mnist|FILE",
               help="Calibration data: 'fashion-mnist' (built in) or a .npz (x, optional y), "
                    ".npy (x) or .pt file (tensor or dict with x, optional y). Without it, "
@@ -70,6 +74,10 @@ from .options import budget_options, budgets_from
                    "(0 = labels only, 1 = teacher only).")
 @click.option("--calibration-samples", type=click.IntRange(1), default=10_000,
               show_default=True, help="Most samples used to count activations.")
+@click.option("--input-shape", type=INT_LIST, metavar="D,D,..",
+              help="Shape of one input without the batch axis, e.g. 1,28,28: checks a data-free "
+                   "run on random inputs of that shape [default: a .pt2 program's own, else "
+                   "the first Linear's input features].")
 @click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
               default="dense", show_default=True,
               help="How the weights are stored: dense (plain Gemm, zeros kept), csr (sparse "
@@ -99,7 +107,8 @@ from .options import budget_options, budgets_from
 @click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True,
               help="Batch size --format auto chooses kernels for and the latency budgets are "
                    "checked at (also timed and reported).")
-def compress_command(model: Path, target: float, data: str | None, scope: str, cycles: int,
+def compress_command(model: Path, target: float, of: str, data: str | None, scope: str,
+                     cycles: int, input_shape: tuple[int, ...] | None,
                      score: str, method: str | None, criterion: str | None, compensate: str,
                      merge_threshold: float, align: int, fmt: str, variants: Path | None,
                      epochs: int, patience: int, lr: float, distill: float,
@@ -130,11 +139,12 @@ def compress_command(model: Path, target: float, data: str | None, scope: str, c
                               compensate=Compensation(compensate),
                               merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples, score=Score(score),
-                              method=chosen, seed=seed, align=align),
+                              method=chosen, seed=seed, align=align, of=Of(of)),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
-            seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt))
+            seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt),
+            input_shape=input_shape)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     paths = Paths(model, output, report, arch, trust_pickle, variants)

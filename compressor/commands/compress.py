@@ -69,9 +69,11 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     gm = copy.deepcopy(dense)
     found = trace(gm)
     if not found.groups:
-        reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or "no Linear layers"
+        reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or \
+            "no Linear or Conv layers"
         raise NothingToPruneError(f"nothing to prune in {paths.model} ({reasons}): compressor "
-                                  "removes neurons of a Linear followed by a ReLU and one Linear")
+                                  "removes neurons and channels of Linear and Conv layers whose "
+                                  "next layers read them through a ReLU")
     teacher = run_batched(dense, splits.train.x) if splits and splits.labelled else None
     pruned = prune(gm, found, splits, config.prune, config.finetune, seed=config.seed,
                    teacher=teacher, log=log, progress=progress)
@@ -100,7 +102,7 @@ def _load(paths: Paths, data: str | None, config: CompressConfig,
     if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
         model = dataclasses.replace(model, run=capture(model))
     if data is None:
-        splits, probe = None, random_inputs(model, seed=config.seed)
+        splits, probe = None, random_inputs(model, seed=config.seed, shape=config.input_shape)
         log(f"loaded {model.format.value} model; no data: pruning data-free, checking the "
             f"export on {len(probe):,} random inputs")
     else:

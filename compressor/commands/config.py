@@ -22,9 +22,13 @@ class CompressConfig:
     budgets: Budgets = field(default_factory=Budgets)
     budget_batch: int = 1  # the batch size the latency budgets are checked at
     format: Format = Format.DENSE
+    input_shape: tuple[int, ...] | None = None  # per sample, for data-free runs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", Format(self.format))
+        if self.input_shape is not None and (not self.input_shape or
+                                             min(self.input_shape) < 1):
+            raise ValueError(f"input shape must be positive sizes, got {self.input_shape}")
         if not self.parity_tolerance > 0:
             raise ValueError(f"parity_tolerance must be positive, got {self.parity_tolerance}")
         if self.budgets.needs_latency and (self.bench is None or

@@ -61,8 +61,9 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
     """The report of `run`, with the budgets measured as `compress check` measures them."""
     seen = _predictions(run, data, needed=config.budgets.min_agreement is not None)
     labelled = seen is not None and seen.labels is not None
+    nonzero = config.prune.score is Score.WEIGHTS
     w_before = weights(run.dense, run.found)
-    w_after = weights(run.pruned_gm, run.found, nonzero=config.prune.score is Score.WEIGHTS)
+    w_after = weights(run.pruned_gm, run.found, nonzero=nonzero)
     prune = config.prune
     report = Report(
         model=model, model_format=run.model_format, data=data, output=str(output),
@@ -75,7 +76,8 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         compensate=prune.compensate.resolve(has_data=run.splits is not None).value,
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,
-        flops_before=flops(w_before), flops_after=flops(w_after),
+        flops_before=flops(run.dense, run.found),
+        flops_after=flops(run.pruned_gm, run.found, nonzero=nonzero),
         onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.packed.data),
         accuracy_before=accuracy(seen.dense, seen.labels) if labelled else None,
         accuracy_after=accuracy(seen.written, seen.labels) if labelled else None,

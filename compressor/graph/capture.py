@@ -13,8 +13,8 @@ from torch.fx.graph import CodeGen
 from ..errors import ModelError, first_line
 from ..io.load import LoadedModel, ModelFormat, output_tensor
 from ..io.quiet import quiet
-
-LINEAR = torch.ops.aten.linear.default
+from .batchnorm import fold_batchnorm
+from .ops import CONV, LINEAR
 
 
 def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -59,6 +59,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean = fx.GraphModule(root, gm.graph)
     clean.graph.lint()
     clean.meta["original_names"] = original_names
+    fold_batchnorm(clean)
     return clean
 
 
@@ -85,8 +86,8 @@ def _own_tensors(gm: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
     """Copy every tensor the graph reads onto a new root under a flat name; Linear weights and
     biases become trainable parameters. Returns the root and {flat name: original name}."""
     graph = gm.graph
-    trainable = {a.target for n in graph.nodes if n.target is LINEAR for a in n.args[1:3]
-                 if isinstance(a, fx.Node)}
+    trainable = {a.target for n in graph.nodes if n.target in (LINEAR, *CONV)
+                 for a in n.args[1:3] if isinstance(a, fx.Node)}
     root = nn.Module()
     original_names: dict[str, str] = {}
     renamed: dict[str, str] = {}  # one tensor per original name, so tied weights stay tied
@@ -136,14 +137,17 @@ def set_tensor(gm: fx.GraphModule, name: str, value: torch.Tensor) -> None:
         gm._buffers[name] = value
 
 
-def add_zero_bias(gm: fx.GraphModule, linear: fx.Node) -> str:
-    """Give a bias-free linear node a zero bias parameter (so constants can be folded into it)."""
-    weight = get_tensor(gm, linear.args[1].target)
-    name = _flat_name(f"{linear.args[1].target}_bias", gm)
+def add_zero_bias(gm: fx.GraphModule, layer: fx.Node) -> str:
+    """Give a bias-free linear or conv node a zero bias parameter (so constants can be folded
+    into it)."""
+    weight = get_tensor(gm, layer.args[1].target)
+    name = _flat_name(f"{layer.args[1].target}_bias", gm)
     gm.register_parameter(name, nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype)))
-    with gm.graph.inserting_before(linear):
+    with gm.graph.inserting_before(layer):
         bias = gm.graph.get_attr(name)
-    linear.args = (linear.args[0], linear.args[1], bias)
+    args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
+    args[2] = bias
+    layer.args = tuple(args)
     gm.recompile()
     return name
 

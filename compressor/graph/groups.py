@@ -39,18 +39,25 @@ class PrunableGroup:
         size: current number of units.
         weights: producer entries that multiply the group's input (Linear rows).
         biases: producer per-unit constants (Linear bias; later BatchNorm entries).
-        activation: fx node whose output is counted (the ReLU).
-        consumers: columns of the layers that read the units.
+        activations: fx nodes whose outputs are counted: the ReLU each consumer reads the
+            units through (one for a chain; one per block for a residual stream).
+        consumers: columns (or input channels) of the layers that read the units.
         consumer_biases: biases of those layers, where constant outputs are folded.
+        consumer_nodes: the fx nodes of those layers (their inputs are what they read).
+        exact_constants: whether a unit's constant output folds exactly into the consumers'
+            biases (one producer, and no consumer is a zero-padded convolution, whose borders
+            see the padding instead of the constant).
     """
 
     name: str
     size: int
     weights: tuple[Slice, ...]
     biases: tuple[Slice, ...]
-    activation: str
+    activations: tuple[str, ...]
     consumers: tuple[Slice, ...]
     consumer_biases: tuple[str, ...]
+    consumer_nodes: tuple[str, ...] = ()
+    exact_constants: bool = True
 
     @property
     def slices(self) -> tuple[Slice, ...]:
@@ -67,7 +74,10 @@ def take(gm: fx.GraphModule, group: PrunableGroup, keep: torch.Tensor) -> Prunab
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
-    """Per unit: its output if that is the same for every input (no incoming weights), else NaN."""
+    """Per unit: its output if that is the same for every input (no incoming weights) and folds
+    exactly into the consumers (`group.exact_constants`), else NaN."""
+    if not group.exact_constants:
+        return torch.full((group.size,), float("nan"), dtype=torch.float64)
     connected = torch.zeros(group.size, dtype=torch.bool)
     for s in group.weights:
         w = get_tensor(gm, s.param).detach().movedim(s.axis, 0).reshape(group.size, -1)
@@ -111,6 +121,7 @@ def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.T
         w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1)
         columns = s.entries(units)
         contribution = w.index_select(-1, columns) @ values.double().repeat_interleave(s.block)
+        contribution = contribution.reshape(w.shape[0], -1).sum(1)  # conv: every kernel tap
         bias = get_tensor(gm, bias_name).detach()
         set_tensor(gm, bias_name, (bias.double() + contribution).to(bias.dtype))
 
@@ -125,8 +136,10 @@ def zero_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor
 
 
 def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup],
-                 sizes: dict[str, int]) -> int:
-    """Number of weight entries of tensors `shapes` when each group has `sizes[group]` units."""
+                 sizes: dict[str, int], costs: dict[str, int] | None = None) -> int:
+    """Number of weight entries of tensors `shapes` when each group has `sizes[group]` units,
+    each entry of tensor p counted `costs[p]` times (default once; its output positions to
+    count FLOPs / 2)."""
     axes: dict[str, dict[int, int]] = {}
     for g in groups:
         for s in g.weights + g.consumers:
@@ -134,5 +147,5 @@ def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup]
     total = 0
     for param, shape in shapes.items():
         dims = [axes.get(param, {}).get(i, n) for i, n in enumerate(shape)]
-        total += math.prod(dims)
+        total += math.prod(dims) * (costs.get(param, 1) if costs else 1)
     return total

@@ -59,17 +59,20 @@ def check_labels(y: torch.Tensor, classes: int, *, source: str) -> None:
                         f"outputs: give labels 0..{classes - 1}")
 
 
-def random_inputs(model: LoadedModel, *, seed: int) -> torch.Tensor:
-    """Inputs to check the export on when there is no data: uniform [0, 1) in the model's
-    input shape (from a .pt2 program's signature, else the first weight matrix's columns)."""
-    shape = _input_shape(model)
+def random_inputs(model: LoadedModel, *, seed: int,
+                  shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Inputs to check the export on when there is no data: uniform [0, 1) in `shape` (per
+    sample), else the model's input shape (from a .pt2 program's signature, else the first
+    Linear's input features)."""
+    shape = shape or _input_shape(model)
     x = torch.rand((PARITY_SAMPLES, *shape), generator=torch.Generator().manual_seed(seed))
     try:
         layout, _ = find_input_layout(model, x)
     except DataError as e:
         raise DataError(f"without --data the model is checked on random inputs of shape "
                         f"[N, {', '.join(map(str, shape))}], and it does not take them: pass "
-                        "--data with inputs in the shape it expects") from e
+                        "--input-shape (e.g. 1,28,28) or --data with inputs in the shape it "
+                        "expects") from e
     return layout(x)
 
 
@@ -79,10 +82,11 @@ def _input_shape(model: LoadedModel) -> tuple[int, ...]:
         for node in model.program.graph.nodes:
             if node.op == "placeholder" and node.name in names and "val" in node.meta:
                 return tuple(int(d) for d in node.meta["val"].shape[1:])
-    for _, p in model.run.named_parameters():
-        if p.ndim == 2:
-            return (int(p.shape[1]),)
-    raise DataError("cannot tell the model's input shape without data: pass --data")
+    first = next((p for _, p in model.run.named_parameters() if p.ndim >= 2), None)
+    if first is not None and first.ndim == 2:
+        return (int(first.shape[1]),)
+    raise DataError("cannot tell the model's input shape without data: pass --input-shape "
+                    "(one sample's shape, e.g. 1,28,28) or --data")
 
 
 def example(x: torch.Tensor) -> torch.Tensor:

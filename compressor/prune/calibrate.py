@@ -1,8 +1,10 @@
-"""Activation counters (paper Algorithm 2): per unit, on how many samples it fires."""
+"""Activation counters (paper Algorithm 2): per unit, how often it fires. A neuron has one
+position per sample; a conv channel has one per output pixel, so its count runs over
+samples x positions, and units are ranked by their firing rate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -16,15 +18,23 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class ActivationStats:
-    """Per group: `counts` (samples on which each unit's output is non-zero) and `means` (mean
-    output of each unit), over `samples` calibration samples."""
+    """Per group: `counts` (how often each unit's output is non-zero, over samples x positions
+    x the group's counted nodes), `positions` (positions per sample summed over those nodes)
+    and `means` (mean output of each unit), over `samples` calibration samples."""
 
     counts: dict[str, torch.Tensor]
     means: dict[str, torch.Tensor]
     samples: int
+    positions: dict[str, int] = field(default_factory=dict)
 
     def dead(self, group: str) -> int:
+        """Units that never fired anywhere."""
         return int((self.counts[group] == 0).sum())
+
+    def rate(self, group: str) -> torch.Tensor:
+        """Per unit, the share of samples x positions on which it fired (float64)."""
+        total = max(self.samples, 1) * self.positions.get(group, 1)
+        return self.counts[group].double() / total
 
 
 def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor, *,
@@ -41,17 +51,28 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     Returns:
         Counts and mean activations accumulated over all batches.
     """
-    probe = outputs_of(gm, [g.activation for g in groups])
+    nodes = list(dict.fromkeys(name for g in groups for name in g.activations))
+    probe = outputs_of(gm, nodes)
     counts = {g.name: torch.zeros(g.size, dtype=torch.int64) for g in groups}
     sums = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    positions = {g.name: 0 for g in groups}
     n = int(x.shape[0])
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            acts = probe(x[start:start + batch_size])
-            for g, a in zip(groups, acts):
-                per_unit = a.reshape(a.shape[0], a.shape[1], -1)  # conv-ready: [B, units, positions]
-                counts[g.name] += (per_unit != 0).any(dim=2).sum(dim=0)
-                sums[g.name] += per_unit.double().mean(dim=2).sum(dim=0)
+            outputs = dict(zip(nodes, probe(x[start:start + batch_size])))
+            for g in groups:
+                for name in g.activations:
+                    per_unit = _per_unit(outputs[name], g.size)  # [B, units, positions]
+                    counts[g.name] += (per_unit != 0).sum(dim=(0, 2))
+                    sums[g.name] += per_unit.double().mean(dim=2).sum(dim=0) / len(g.activations)
+                    if start == 0:
+                        positions[g.name] += per_unit.shape[2]
             if progress is not None:
                 progress(min(start + batch_size, n), n)
-    return ActivationStats(counts, {k: v / max(n, 1) for k, v in sums.items()}, n)
+    return ActivationStats(counts, {k: v / max(n, 1) for k, v in sums.items()}, n, positions)
+
+
+def _per_unit(a: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, units, positions] from an activation whose units are on axis 1 ([B, C, H, W] or
+    [B, F])."""
+    return a.reshape(a.shape[0], size, -1)

@@ -48,6 +48,13 @@ class Criterion(str, Enum):
         return self in (Criterion.ACTIVATION, Criterion.ERROR)
 
 
+class Of(str, Enum):
+    """What `--target` reduces."""
+
+    WEIGHTS = "weights"  # weight entries of every Linear and Conv layer
+    FLOPS = "flops"  # FLOPs per sample (a conv weight counts once per output position)
+
+
 class Score(str, Enum):
     """What is removed (paper section 4.1)."""
 
@@ -74,7 +81,8 @@ class PruneConfig:
     """How much to remove and how.
 
     Args:
-        target: fraction of the original Linear weight entries to remove, 0 < target < 1.
+        target: fraction of the original weight entries (or FLOPs, see `of`) to remove,
+            0 < target < 1.
         scope: global or local ranking.
         cycles: pruning cycles when the model is fine-tuned (one shot otherwise).
         compensate: how the next layer makes up for removed neurons.
@@ -90,6 +98,7 @@ class PruneConfig:
         method: how single weights are scored (score WEIGHTS only).
         seed: seed of the random criterion and method.
         align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any).
+        of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
     """
 
     target: float
@@ -105,6 +114,7 @@ class PruneConfig:
     method: Method = Method.ACTIVATION
     seed: int = 0
     align: int = 1
+    of: Of = Of.WEIGHTS
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
@@ -126,6 +136,10 @@ class PruneConfig:
         object.__setattr__(self, "criterion", Criterion(self.criterion))
         object.__setattr__(self, "score", Score(self.score))
         object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "of", Of(self.of))
+        if self.score is Score.WEIGHTS and self.of is Of.FLOPS:
+            raise ValueError("--of flops counts whole neurons and channels; single weights "
+                             "(--score neurons-weights) are counted as weights: drop --of flops")
         if self.score is Score.WEIGHTS and self.compensate not in (Compensation.AUTO,
                                                                    Compensation.NONE):
             raise ValueError(f"--compensate {self.compensate.value} compensates whole neurons; "

@@ -13,10 +13,11 @@ from torch import fx
 
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import FinetuneConfig, PruneConfig, Score
+from .config import FinetuneConfig, Of, PruneConfig, Score
 from ..io.data import DataSplits
 from .finetune import FinetuneResult, finetune
 from ..graph.capture import get_tensor
+from ..graph import count
 from ..graph.count import weights
 from ..graph.groups import PrunableGroup
 from .shrink import shrink
@@ -92,7 +93,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     prune, groups = config, found.groups
     original = {g.name: g.size for g in groups}
     kept = {g.name: torch.arange(g.size) for g in groups}
-    w0 = weights(gm, found)
+    costs = count.costs(found, of_flops=prune.of is Of.FLOPS)
+    w0 = _measure(gm, found, prune)
     train = splits is not None and splits.labelled and tuning.max_epochs > 0
     targets = schedule(prune.target, prune.cycles if train else 1)
     calib = splits.train.x[:prune.calibration_samples] if splits else None
@@ -104,7 +106,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             progress=progress and (lambda d, t: progress(stage, d, t)))
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
-        removed = _select(gm, found, groups, stats, calib, budget, prune, original,
+        removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
                           align=prune.align if n == len(targets) else 1)
         begun = time.perf_counter()
         done = compensate(gm, groups, removed, prune, stats=stats, x=calib)
@@ -116,8 +118,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         groups = shrink(gm, groups, removed)
         result = finetune(gm, splits.train, splits.validation, tuning,
                           teacher=teacher, seed=seed + n) if train else None
-        rows.append(_cycle_row(n, target, 1 - weights(gm, found) / w0, removed, stats, done,
-                               seconds, result))
+        rows.append(_cycle_row(n, target, 1 - _measure(gm, found, prune) / w0, removed, stats,
+                               done, seconds, result))
         log(_cycle_line(rows[-1], len(targets)))
     if rows[-1].reduction > prune.target + 0.01 and prune.align == 1:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
@@ -177,16 +179,22 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
 
 def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
             stats: ActivationStats | None, calib: torch.Tensor | None, budget: Budget,
-            prune: PruneConfig, original: dict[str, int], *,
+            prune: PruneConfig, original: dict[str, int], costs: dict[str, int], *,
             align: int) -> dict[str, torch.Tensor]:
     """Units to remove this cycle; in the last cycle, widths rounded to multiples of `align`
     (earlier cycles stay exact, so the rounding has every unit left to choose from)."""
     shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
     scores = unit_scores(gm, groups, prune, stats=stats, x=calib)
-    removed = select(groups, scores, shapes, budget,
-                     scope=prune.scope, original_sizes=original, dead=dead)
-    return align_widths(groups, removed, scores, shapes, budget, align, dead)
+    removed = select(groups, scores, shapes, budget, scope=prune.scope, original_sizes=original,
+                     dead=dead, costs=costs)
+    return align_widths(groups, removed, scores, shapes, budget, align, dead, costs)
+
+
+def _measure(gm: fx.GraphModule, found: Trace, config: PruneConfig) -> int:
+    """What the target counts, in the units of `count.costs`: weight entries, or multiply-adds
+    per sample (FLOPs / 2)."""
+    return count.flops(gm, found) // 2 if config.of is Of.FLOPS else count.weights(gm, found)
 
 
 def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.Tensor],

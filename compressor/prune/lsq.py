@@ -3,53 +3,96 @@ from the pruned network's own activations, match the original network's."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import fx
 
-from ..graph.capture import get_tensor, set_tensor, outputs_of
-from ..graph.groups import PrunableGroup
+from ..errors import UsageError
+from ..graph.capture import get_tensor, outputs_of, set_tensor
+from ..graph.groups import PrunableGroup, Slice
+from ..graph.ops import CONV, LINEAR
 
 
 def refit_consumers(gm: fx.GraphModule, reference: fx.GraphModule, group: PrunableGroup,
                     keep: torch.Tensor, x: torch.Tensor, *, ridge: float,
                     batch_size: int = 1000) -> None:
-    """Refit the weights and bias of the layer that reads `group`, from its kept units only.
+    """Refit the weights and bias of every layer that reads `group`, from its kept units only.
 
-    The target is that layer's pre-activation in `reference` (the network before this round of
-    pruning); the inputs are the kept units' activations in `gm`, in which every earlier group
-    is already pruned and refitted. Removed units' columns become zero.
+    The target is each consumer's pre-activation in `reference` (the network before this round
+    of pruning); the inputs are what the consumer reads in `gm`, in which every earlier group is
+    already pruned and refitted: the kept units' activations for a Linear (H*W columns each
+    after a Flatten), their unfolded patches (kh*kw columns each) for a convolution. Removed
+    units' columns become zero.
 
     Args:
         gm: the working graph, modified in place.
-        reference: the same graph before pruning (same tensor names and shapes).
-        group: a group with one 2-D consumer (a Linear reading a Linear's units).
+        reference: the same graph before pruning (same tensor and node names and shapes).
+        group: the group whose consumers are refitted.
         keep: sorted indices of the units that stay.
         x: calibration inputs.
         ridge: regularisation towards the current weights, relative to the mean input variance.
         batch_size: samples per forward pass.
     """
-    if len(group.consumers) != 1 or group.consumers[0].block != 1:
-        raise ValueError(f"lsq cannot refit group {group.name}: it needs exactly one Linear "
-                         "consumer")
-    consumer, bias_name = group.consumers[0], group.consumer_biases[0]
-    w_ref = get_tensor(reference, consumer.param).detach().double().movedim(consumer.axis, -1)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for s, bias_name, name in zip(group.consumers, group.consumer_biases, group.consumer_nodes,
+                                  strict=True):
+        layer = nodes[name]
+        if layer.target in CONV and len(get_tensor(gm, s.param).shape) != 4:
+            raise ValueError(f"lsq refits 2-D convolutions and Linear layers, not {name}")
+        _refit(gm, reference, layer, s, bias_name, keep, x, ridge=ridge, batch_size=batch_size)
+
+
+def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Slice,
+           bias_name: str, keep: torch.Tensor, x: torch.Tensor, *, ridge: float,
+           batch_size: int) -> None:
+    w = get_tensor(gm, s.param).detach()
+    w_ref = get_tensor(reference, s.param).detach().double().reshape(w.shape[0], -1)
     b_ref = get_tensor(reference, bias_name).detach().double()
-    moments = _Moments(keep.numel(), w_ref.shape[0])
-    pruned = outputs_of(gm, [group.activation])
-    original = outputs_of(reference, [group.activation])
+    block = s.block if layer.target is LINEAR else math.prod(w.shape[2:])
+    columns = Slice(s.param, 1, block).entries(keep)
+    moments = _Moments(columns.numel(), w_ref.shape[0])
+    inputs = layer.args[0].name
+    pruned, original = outputs_of(gm, [inputs]), outputs_of(reference, [inputs])
+    rows = _rows(layer, w.shape)
+    step = batch_size if layer.target is LINEAR else max(1, min(batch_size, 20_000_000 // max(
+        1, w_ref.shape[1] * _positions(layer))))
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            batch = x[start:start + batch_size]
-            a = pruned(batch)[0].double().reshape(batch.shape[0], -1)[:, keep]
-            z = original(batch)[0].double().reshape(batch.shape[0], -1) @ w_ref.T + b_ref
+        for start in range(0, x.shape[0], step):
+            batch = x[start:start + step]
+            a = rows(pruned(batch)[0].double())[:, columns]
+            z = rows(original(batch)[0].double()) @ w_ref.T + b_ref
             moments.add(a, z)
-    w = get_tensor(gm, consumer.param).detach()
-    prior = w.double().movedim(consumer.axis, -1)[:, keep].T
+    prior = w.double().reshape(w.shape[0], -1)[:, columns].T
     fitted, bias = moments.solve(prior, ridge)
-    new = torch.zeros_like(w.double().movedim(consumer.axis, -1))
-    new[:, keep] = fitted.T
-    set_tensor(gm, consumer.param, new.movedim(-1, consumer.axis).to(w.dtype))
+    new = torch.zeros_like(w.double().reshape(w.shape[0], -1))
+    new[:, columns] = fitted.T
+    set_tensor(gm, s.param, new.reshape(w.shape).to(w.dtype))
     set_tensor(gm, bias_name, bias.to(get_tensor(gm, bias_name).dtype))
+
+
+def _rows(layer: fx.Node, shape: torch.Size):
+    """How a layer's input becomes regression rows: one per sample (and token) for a Linear,
+    one per sample and output pixel (its unfolded patch) for a 2-D convolution."""
+    if layer.target is LINEAR:
+        return lambda a: a.reshape(-1, shape[1]) if a.ndim > 2 else a.reshape(a.shape[0], -1)
+    stride, padding, dilation = (layer.args[i] if len(layer.args) > i else d
+                                 for i, d in ((3, 1), (4, 0), (5, 1)))
+
+    def patches(a: torch.Tensor) -> torch.Tensor:
+        cols = F.unfold(a, tuple(shape[2:]), dilation=dilation, padding=padding, stride=stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    return patches
+
+
+def _positions(layer: fx.Node) -> int:
+    out = layer.meta.get("val")
+    try:
+        return math.prod(int(d) for d in out.shape[2:]) if out is not None else 1
+    except (TypeError, ValueError):
+        return 1
 
 
 class _Moments:
@@ -103,7 +146,15 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
 
     A unit's score is the cumulative error at its turn, as a fraction of the consumer's output
     variance, so scores grow along each group's greedy order and compare across groups."""
-    probe = outputs_of(gm, [g.activation for g in groups])
+    for g in groups:
+        if len(g.consumers) != 1 or g.consumers[0].block != 1 or \
+                _node(gm, g.consumer_nodes[0]).target is not LINEAR:
+            raise UsageError(f"--criterion error cannot rank the units of {g.name}: it needs "
+                             "exactly one Linear that reads them directly (not a convolution, "
+                             "a Flatten or a residual join); use --criterion activation, l1 or "
+                             "l2")
+    inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
+    probe = outputs_of(gm, inputs)
     moments = [_Moments(g.size, 0) for g in groups]
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
@@ -113,9 +164,6 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
                 m.add(a, a[:, :0])
     scores = {}
     for g, m in zip(groups, moments):
-        if len(g.consumers) != 1 or g.consumers[0].block != 1:
-            raise ValueError(f"the error criterion cannot score group {g.name}: it needs exactly "
-                             "one Linear consumer")
         s = g.consumers[0]
         w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1).reshape(-1, g.size)
         mean = m.sum_a / m.n
@@ -148,3 +196,7 @@ def _greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Te
         alive[p] = False
         w[:, p], hinv[p], hinv[:, p], hinv[p, p] = 0, 0, 0, 1
     return scores
+
+
+def _node(gm: fx.GraphModule, name: str) -> fx.Node:
+    return next(n for n in gm.graph.nodes if n.name == name)

@@ -32,7 +32,7 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
                 x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per group, one score per unit (lower is removed first), by `config.criterion`:
 
-    - activation: activation counts (needs `stats`);
+    - activation: firing rates (needs `stats`);
     - l1 / l2: the norm of each unit's [weights | bias] row, divided by the mean norm of its
       group (layers with more inputs have larger norms; a global ranking must compare like
       with like);
@@ -44,8 +44,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
     if (criterion is Criterion.ACTIVATION and stats is None) or \
             (criterion is Criterion.ERROR and x is None):
         raise ValueError(f"the {criterion.value} criterion needs calibration data")
-    if criterion is Criterion.ACTIVATION:
-        return {g.name: stats.counts[g.name].double() for g in groups}
+    if criterion is Criterion.ACTIVATION:  # firing rates: neurons and channels compare
+        return {g.name: stats.rate(g.name) for g in groups}
     if criterion is Criterion.RANDOM:
         generator = torch.Generator().manual_seed(config.seed)
         return {g.name: torch.rand(g.size, generator=generator, dtype=torch.float64) + 1e-9
@@ -63,8 +63,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
 
 def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
            shapes: dict[str, tuple[int, ...]], budget: Budget, *, scope: Scope,
-           original_sizes: dict[str, int],
-           dead: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+           original_sizes: dict[str, int], dead: dict[str, torch.Tensor] | None = None,
+           costs: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Pick units to remove: all dead units, then lowest scores first until the weight
     count is within budget; equal scores go in graph order (earlier group, lower index
     first). A unit whose removal would undershoot `min_weights` is skipped for
@@ -81,12 +81,14 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
             (fractions of `original_sizes`, so earlier removals count).
         original_sizes: group sizes before any pruning.
         dead: per group, a mask of units that never fire [default: score 0].
+        costs: what one entry of each tensor counts for in the budget (default 1: weights;
+            output positions: FLOPs / 2).
 
     Returns:
         Per group, the sorted indices of the units to remove.
     """
     dead = dead or {g.name: scores[g.name] == 0 for g in groups}
-    state = _Selection(groups, scores, shapes, original_sizes, dead)
+    state = _Selection(groups, scores, shapes, original_sizes, dead, costs)
     state.remove_dead()
     while state.count() > budget.max_weights:
         candidates = state.global_candidates() if scope is Scope.GLOBAL else state.local_candidates()
@@ -110,8 +112,9 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
 class _Selection:
     """Units removed so far, group sizes, and the weight count they imply."""
 
-    def __init__(self, groups, scores, shapes, original_sizes, dead) -> None:
+    def __init__(self, groups, scores, shapes, original_sizes, dead, costs) -> None:
         self.groups, self.scores, self.shapes, self.dead = list(groups), scores, shapes, dead
+        self.costs = costs
         self.original_sizes = original_sizes
         self.sizes = {g.name: g.size for g in groups}
         self.gone: dict[str, set[int]] = {g.name: set() for g in groups}
@@ -125,7 +128,7 @@ class _Selection:
         sizes = dict(self.sizes)
         if name is not None:
             sizes[name] += change
-        return weight_count(self.shapes, self.groups, sizes)
+        return weight_count(self.shapes, self.groups, sizes, self.costs)
 
     def remove(self, name: str, unit: int) -> None:
         self.gone[name].add(unit)
@@ -170,8 +173,8 @@ class _Selection:
 
 def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
                  scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
-                 budget: Budget, multiple: int,
-                 dead: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 budget: Budget, multiple: int, dead: dict[str, torch.Tensor] | None = None,
+                 costs: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
     (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
@@ -195,7 +198,7 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     best = None
     for combo in itertools.product(*options):
         sizes = {g.name: n for g, n in zip(groups, combo)}
-        count = weight_count(shapes, list(groups), sizes)
+        count = weight_count(shapes, list(groups), sizes, costs)
         if count <= budget.max_weights and (best is None or count > best[0]):
             best = (count, sizes)
     if best is None:  # nothing fits: the budget was already broken; leave it

@@ -47,7 +47,7 @@ def weight_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], method:
         else:
             score = w.abs()
         if method is Method.ACTIVATION:
-            counts = stats.counts[group].double().repeat_interleave(block) / max(stats.samples, 1)
+            counts = stats.rate(group).repeat_interleave(block)
             shape = [1] * w.ndim
             shape[axis] = -1
             score = score * counts.reshape(shape)

@@ -7,7 +7,7 @@ from torch import nn
 from compressor.graph.capture import get_tensor
 from compressor.graph.trace import trace
 from tests.helpers import graph_of
-from tests.nets import ImageNet, NoReLU, Tied, tiny
+from tests.nets import Concat, Depthwise, ImageNet, NoReLU, SmallCNN, Tied, small_resnet, tiny
 
 
 def test_finds_every_hidden_layer_of_an_mlp_and_never_the_output_layer():
@@ -44,10 +44,14 @@ class Branching(nn.Module):
         return self.b(h) + self.c(h)
 
 
-def test_a_relu_read_by_two_layers_is_not_pruned():
-    found = trace(graph_of(Branching(), torch.randn(2, 8)))
-    assert found.groups == ()
-    assert found.dense[0] == ("a", "its ReLU output is read by 2 nodes, not by one Linear")
+def test_a_relu_read_by_two_layers_is_one_group_with_both_as_consumers():
+    gm = graph_of(Branching(), torch.randn(2, 8))
+    found = trace(gm)
+    assert [g.name for g in found.groups] == ["a"]
+    group = found.groups[0]
+    assert [(s.param, s.axis) for s in group.consumers] == [("b_weight", 1), ("c_weight", 1)]
+    assert found.dense == (("b", "output layer (never pruned)"),
+                           ("c", "output layer (never pruned)"))
 
 
 def test_layers_with_shared_weights_are_not_pruned_and_count_once():
@@ -55,3 +59,44 @@ def test_layers_with_shared_weights_are_not_pruned_and_count_once():
     assert found.groups == ()
     assert ("a", "its weights are shared with another layer") in found.dense
     assert [layer.name for layer in found.layers] == ["a", "b"]
+
+
+def test_convolutions_are_groups_and_a_flatten_gives_each_channel_its_columns():
+    found = trace(graph_of(SmallCNN(padding=1), torch.randn(2, 1, 12, 12)))
+    assert [(g.name, g.size) for g in found.groups] == [("features.0", 6), ("features.4", 8),
+                                                         ("head.1", 16)]
+    conv0, conv1, _ = found.groups
+    assert [(s.param, s.axis, s.block) for s in conv0.consumers] == [
+        ("features_4_weight", 1, 1)]
+    assert [(s.axis, s.block) for s in conv1.consumers] == [(1, 9)]  # 8 channels x 3 x 3
+    assert [(layer.kind, layer.positions) for layer in found.layers] == [
+        ("conv", 144), ("conv", 36), ("linear", 1), ("linear", 1)]
+
+
+def test_a_residual_add_joins_the_spaces_of_its_inputs_into_one_group():
+    found = trace(graph_of(small_resnet(), torch.randn(2, 1, 12, 12)))
+    groups = {g.name: g for g in found.groups}
+    assert sorted(groups) == ["0", "3.c1", "4.c1", "4.c2"]
+    stem = groups["0"]  # the stem and the identity block's second conv share channels
+    assert [s.param for s in stem.weights] == ["p_0_weight", "p_3_c2_weight"]
+    assert [s.param for s in stem.consumers] == ["p_3_c1_weight", "p_4_c1_weight",
+                                                 "p_4_short_0_weight"]
+    assert len(stem.activations) == 2 and not stem.exact_constants
+    assert [s.param for s in groups["4.c2"].weights] == ["p_4_c2_weight", "p_4_short_0_weight"]
+    assert found.dense == (("7", "output layer (never pruned)"),)
+
+
+def test_what_the_tracer_does_not_follow_stays_dense_with_the_reason():
+    found = trace(graph_of(Concat(), torch.randn(2, 1, 12, 12)))
+    assert [g.name for g in found.groups] == ["c"]  # a global mean keeps its channels
+    assert dict(found.dense)["a"].startswith("its ReLU output feeds cat, which couples channels")
+    found = trace(graph_of(Depthwise(), torch.randn(2, 1, 12, 12)))
+    assert dict(found.dense)["dw"] == "grouped convolution (groups=8) couples its input and " \
+                                      "output channels"
+    assert [g.name for g in found.groups] == ["pw"]
+
+
+def test_only_padding_free_conv_consumers_take_folded_constants():
+    padded = trace(graph_of(SmallCNN(padding=1), torch.randn(2, 1, 12, 12))).groups[0]
+    valid = trace(graph_of(SmallCNN(padding=0), torch.randn(2, 1, 12, 12))).groups[0]
+    assert (padded.exact_constants, valid.exact_constants) == (False, True)

@@ -17,7 +17,7 @@ def chain(widths: list[int]) -> tuple[tuple[PrunableGroup, ...], dict[str, tuple
     shapes = {f"w{i}": (n_out, n_in) for i, (n_in, n_out) in enumerate(zip(widths, widths[1:]))}
     groups = tuple(
         PrunableGroup(name=f"h{i}", size=widths[i + 1], weights=(Slice(f"w{i}", 0),),
-                      biases=(), activation=f"relu{i}", consumers=(Slice(f"w{i + 1}", 1),),
+                      biases=(), activations=(f"relu{i}",), consumers=(Slice(f"w{i + 1}", 1),),
                       consumer_biases=(f"b{i + 1}",))
         for i in range(len(widths) - 2))
     return groups, shapes

@@ -1,0 +1,24 @@
+"""The aten ops the graph steps recognise, by role."""
+
+from __future__ import annotations
+
+import torch
+
+aten = torch.ops.aten
+
+LINEAR = aten.linear.default
+CONV = (aten.conv2d.default, aten.conv1d.default)
+BATCH_NORM = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+RELU = (aten.relu.default, aten.relu_.default)
+# Ops that carry every channel through unchanged in number and order (elementwise per channel
+# or per position), given as they appear in a captured graph.
+IDENTITY = (aten.clone.default, aten.alias.default, aten.detach.default,
+            aten.contiguous.default, aten.dropout.default)
+POOL = (aten.max_pool2d.default, aten.max_pool1d.default, aten.avg_pool2d.default,
+        aten.avg_pool1d.default, aten.adaptive_avg_pool2d.default,
+        aten.adaptive_avg_pool1d.default, aten.adaptive_max_pool2d.default)
+FLATTEN = (aten.flatten.using_ints, aten.view.default, aten.reshape.default,
+           aten._unsafe_view.default)
+ADD = (aten.add.Tensor, aten.add_.Tensor)
+CAT = (aten.cat.default,)
+MEAN = aten.mean.dim  # a global average pool when it averages every spatial axis

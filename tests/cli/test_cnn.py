@@ -1,0 +1,76 @@
+"""`compress` on CNNs from the command line: channels pruned, every Conv and Linear counted,
+FLOPs that `compress check` agrees with, --of flops, data-free runs with --input-shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compressor.measure.onnx_file import flops_per_sample
+from tests.helpers import save_model
+from tests.nets import SmallCNN, small_resnet
+
+FAST = ("--no-latency", "--quiet")
+
+
+@pytest.fixture
+def cnn_files(tmp_path: Path) -> dict[str, Path]:
+    """SmallCNN and small_resnet as state_dicts, and labelled 12 x 12 images (a learnable
+    rule: which quadrant is brightest)."""
+    g = np.random.default_rng(0)
+    x = g.random((400, 1, 12, 12), dtype=np.float32)
+    quadrants = x.reshape(400, 2, 6, 2, 6).sum(axis=(2, 4)).reshape(400, 4)
+    np.savez(tmp_path / "images.npz", x=x, y=quadrants.argmax(1))
+    for name, net in (("cnn", SmallCNN()), ("resnet", small_resnet())):
+        save_model(net, tmp_path / f"{name}.pt", "sd", torch.from_numpy(x[:2]))
+    return {"dir": tmp_path, "data": tmp_path / "images.npz", "cnn": tmp_path / "cnn.pt",
+            "resnet": tmp_path / "resnet.pt"}
+
+
+@pytest.mark.parametrize("name, arch", [("cnn", "tests.nets:SmallCNN"),
+                                        ("resnet", "tests.nets:small_resnet")])
+def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, arch):
+    out = cnn_files["dir"] / f"{name}.onnx"
+    result = run_cli(cnn_files[name], "--arch", arch, "--target", "0.5", "--data",
+                     cnn_files["data"], "--cycles", "2", "--epochs", "1", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert 0.5 <= report["reduction"] <= 0.55  # one channel of a model this small is ~1.5%
+    proto = onnx.load(out)
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    conv_rows = [row for row in report["layers"] if row["note"] == "pruned"]
+    assert conv_rows and any(row["out_after"] < row["out_before"] for row in conv_rows)
+    # the report's FLOPs are what compress check measures on the file it wrote
+    assert report["flops_after"] == flops_per_sample(proto)[0]
+    check = run_cli("check", out, "--max-flops", report["flops_after"], "--json")
+    assert check.code == 0 and json.loads(check.out)["budgets"][0]["value"] == \
+        report["flops_after"]
+    assert report["parity_max_abs_diff"] <= 1e-4 and report["accuracy_after"] is not None
+
+
+def test_of_flops_reduces_flops_by_the_target(run_cli, cnn_files):
+    out = cnn_files["dir"] / "flops.onnx"
+    result = run_cli(cnn_files["cnn"], "--arch", "tests.nets:SmallCNN", "--target", "0.6",
+                     "--of", "flops", "--data", cnn_files["data"], "--epochs", "0", "-o", out,
+                     *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    reached = 1 - report["flops_after"] / report["flops_before"]
+    assert 0.6 <= reached <= 0.62, reached
+    assert report["cycles"][-1]["reduction"] == pytest.approx(reached, abs=1e-6)
+
+
+def test_a_data_free_cnn_run_needs_and_takes_an_input_shape(run_cli, cnn_files):
+    args = [cnn_files["cnn"], "--arch", "tests.nets:SmallCNN", "--target", "0.3", *FAST]
+    refused = run_cli(*args)
+    assert refused.code == 2 and "--input-shape" in refused.err
+    out = cnn_files["dir"] / "free.onnx"
+    result = run_cli(*args, "--input-shape", "1,12,12", "-o", out)
+    assert result.code == 0, result.err
+    dims = [d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [1, 12, 12]
