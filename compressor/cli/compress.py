@@ -16,7 +16,7 @@ from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of,
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, run_library
-from .options import INT_LIST, budget_options, budgets_from
+from .options import ALIGN, INT_LIST, budget_options, budgets_from
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,10 +58,11 @@ from .options import INT_LIST, budget_options, budgets_from
 @click.option("--merge-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True,
               help="Least cosine similarity at which --compensate merge folds a removed neuron "
                    "into a kept one.")
-@click.option("--align", type=click.IntRange(1, 4096), default=1, show_default=True,
-              help="Keep a multiple of N neurons in every pruned layer (16 suits AVX2 CPUs: "
-                   "a 49-wide layer runs as fast as a 64-wide one); the reduction can then "
-                   "exceed --target by a few points. --score neurons only.")
+@click.option("--align", type=ALIGN, default="auto", show_default=True, metavar="auto|N",
+              help="Keep a multiple of N units in every pruned layer (16 suits AVX2 CPUs for "
+                   "Linear layers); auto = multiples of 8 for conv channels (what "
+                   "onnxruntime's blocked conv layout needs), exact widths for Linear neurons. "
+                   "The reduction can then exceed --target by a few points.")
 @click.option("--epochs", type=click.IntRange(0, 1000), default=6, show_default=True,
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
                    "is kept); 0 disables fine-tuning.")

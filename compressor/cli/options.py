@@ -114,3 +114,19 @@ def budgets_from(options: dict) -> Budgets:
                    max_latency_ratio=options["max_latency_ratio"])
 
 
+
+
+def parse_align(text: str) -> int:
+    """`auto` (0) or a whole number >= 1."""
+    if str(text).strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 4096:
+        raise ValueError(f"{text!r} is not an alignment: write auto or a number from 1 to 4096")
+    return value
+
+
+ALIGN = _Parsed("auto|N", parse_align)

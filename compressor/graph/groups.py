@@ -47,6 +47,8 @@ class PrunableGroup:
         exact_constants: whether a unit's constant output folds exactly into the consumers'
             biases (one producer, and no consumer is a zero-padded convolution, whose borders
             see the padding instead of the constant).
+        grouped_nodes: depthwise convolutions that filter each unit alone (their weights are
+            in `weights`); their `groups` argument follows the group's size.
     """
 
     name: str
@@ -58,6 +60,7 @@ class PrunableGroup:
     consumer_biases: tuple[str, ...]
     consumer_nodes: tuple[str, ...] = ()
     exact_constants: bool = True
+    grouped_nodes: tuple[str, ...] = ()  # depthwise convs whose `groups` is the group's size
 
     @property
     def slices(self) -> tuple[Slice, ...]:
@@ -70,6 +73,11 @@ def take(gm: fx.GraphModule, group: PrunableGroup, keep: torch.Tensor) -> Prunab
     for s in group.slices:
         index = s.entries(keep)
         set_tensor(gm, s.param, get_tensor(gm, s.param).index_select(s.axis, index))
+    for node in gm.graph.nodes:
+        if node.name in group.grouped_nodes:
+            args = list(node.args) + [1] * max(0, 7 - len(node.args))
+            args[6] = int(keep.numel())
+            node.args = tuple(args)
     return replace(group, size=int(keep.numel()))
 
 

@@ -60,13 +60,20 @@ def trace(gm: fx.GraphModule) -> Trace:
         if node.name in by_node:
             spaces.walk(node)
     groups, dense = [], []
+    layer_of = {layer.node: layer for layer in layers}
     for space in spaces.all():
         members = [by_node[p] for p in space.producers if p in by_node]
         reason = space.reason or _layer_reason(gm, space, by_node)
         if reason:
             dense += [(layer.name, reason) for layer in members]
+            dense += [(layer_of[d].name, f"it filters the channels of {members[0].name}, "
+                                         f"which are not pruned") for d in space.depthwise
+                      if d in layer_of and members]
         else:
             groups.append(_group(gm, space, members))
+            dense_free = {layer_of[d].name for d in space.depthwise if d in layer_of}
+            by_node.unprunable = [(la, why) for la, why in by_node.unprunable
+                                  if la.name not in dense_free]
     seen = {name for name, _ in dense} | {g.name for g in groups}
     dense += [(layer.name, why) for layer, why in by_node.unprunable if layer.name not in seen]
     order = {layer.name: i for i, layer in enumerate(layers)}
@@ -130,6 +137,7 @@ class _Consumer:
 class _Space:
     producers: list[str] = field(default_factory=list)
     consumers: dict[str, _Consumer] = field(default_factory=dict)
+    depthwise: list[str] = field(default_factory=list)  # convs that filter each unit alone
     reason: str = ""
 
 
@@ -159,6 +167,7 @@ class _Spaces:
             first, second = self.spaces[a], self.spaces.pop(b)
             first.producers += second.producers
             first.consumers.update(second.consumers)
+            first.depthwise += [d for d in second.depthwise if d not in first.depthwise]
             first.reason = first.reason or second.reason
         return a
 
@@ -210,6 +219,11 @@ class _Spaces:
             return user, block * flat, relu
         if user.target in ADD:
             return self._join(root, node, user, block)
+        if user.target in CONV and user.args[0] is node and _depthwise(user) and block == 1:
+            space = self.spaces[self.find(root)]  # it filters each unit alone: carries them on
+            if user.name not in space.depthwise:
+                space.depthwise.append(user.name)
+            return user, 1, None
         if (user.target is LINEAR or user.target in CONV) and user.args[0] is node:
             return self._consume(root, node, user, block, relu)
         what = "its output" if relu is None else "its ReLU output"
@@ -309,8 +323,9 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
     nodes = {n.name: n for n in gm.graph.nodes}
     producers = [nodes[p] for p in space.producers]
     producers.sort(key=lambda n: list(nodes).index(n.name))
-    weights = tuple(Slice(p.args[1].target, 0) for p in producers)
-    biases = tuple(Slice(p.args[2].target, 0) for p in producers
+    filters = producers + [nodes[d] for d in space.depthwise]
+    weights = tuple(Slice(p.args[1].target, 0) for p in filters)
+    biases = tuple(Slice(p.args[2].target, 0) for p in filters
                    if len(p.args) > 2 and p.args[2] is not None)
     consumers = sorted(space.consumers.values(), key=lambda c: list(nodes).index(c.node.name))
     consumer_biases = []
@@ -319,7 +334,7 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
             consumer_biases.append(add_zero_bias(gm, c.node))
         else:
             consumer_biases.append(c.node.args[2].target)
-    exact = len(producers) == 1 and all(
+    exact = len(filters) == 1 and all(
         c.node.target is LINEAR or not any(_padding(c.node)) for c in consumers)
     members.sort(key=lambda layer: list(nodes).index(layer.node))
     return PrunableGroup(
@@ -332,7 +347,19 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
         consumer_biases=tuple(consumer_biases),
         consumer_nodes=tuple(c.node.name for c in consumers),
         exact_constants=exact,
+        grouped_nodes=tuple(space.depthwise),
     )
+
+
+def _depthwise(conv: fx.Node) -> bool:
+    """A convolution with one filter per input channel (groups = in = out channels)."""
+    weight, val = conv.args[1], conv.meta.get("val")
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr" or val is None:
+        return False
+    w = weight.meta.get("val")
+    groups = _groups(conv)
+    return groups > 1 and w is not None and w.shape[1] == 1 and int(w.shape[0]) == groups and \
+        int(val.shape[1]) == groups and len(weight.users) == 1
 
 
 def _groups(conv: fx.Node) -> int:

@@ -97,7 +97,8 @@ class PruneConfig:
             `criterion` and `compensate` do not apply).
         method: how single weights are scored (score WEIGHTS only).
         seed: seed of the random criterion and method.
-        align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any).
+        align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any;
+            0 = auto: multiples of 8 for conv channels, exact widths for Linear neurons).
         of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
     """
 
@@ -113,7 +114,7 @@ class PruneConfig:
     score: Score = Score.NEURONS
     method: Method = Method.ACTIVATION
     seed: int = 0
-    align: int = 1
+    align: int = 0
     of: Of = Of.WEIGHTS
 
     def __post_init__(self) -> None:
@@ -123,8 +124,8 @@ class PruneConfig:
             raise ValueError(f"target must be strictly between 0 and 1, got {self.target}")
         if self.cycles < 1:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
-        if self.align < 1:
-            raise ValueError(f"align must be at least 1, got {self.align}")
+        if self.align < 0:
+            raise ValueError(f"align must be 0 (auto) or at least 1, got {self.align}")
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ValueError("calibration_samples and batch_size must be positive")
         if not 0 <= self.merge_threshold <= 1:

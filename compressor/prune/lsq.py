@@ -55,15 +55,19 @@ def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Sli
     moments = _Moments(columns.numel(), w_ref.shape[0])
     inputs = layer.args[0].name
     pruned, original = outputs_of(gm, [inputs]), outputs_of(reference, [inputs])
+    positions = 1 if layer.target is LINEAR else _positions(layer)
     rows = _rows(layer, w.shape)
-    step = batch_size if layer.target is LINEAR else max(1, min(batch_size, 20_000_000 // max(
-        1, w_ref.shape[1] * _positions(layer))))
+    if positions > 1:  # a conv has a row per sample and output pixel: use a sample of them
+        x = x[:max(1, min(x.shape[0], -(-4 * MAX_ROWS // positions)))]
+    share = min(1.0, MAX_ROWS / max(1, x.shape[0] * positions))
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for start in range(0, x.shape[0], step):
-            batch = x[start:start + step]
-            a = rows(pruned(batch)[0].double())[:, columns]
-            z = rows(original(batch)[0].double()) @ w_ref.T + b_ref
-            moments.add(a, z)
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start:start + batch_size]
+            chosen = None if share >= 1.0 else \
+                torch.rand(batch.shape[0] * positions, generator=generator) < share
+            a, ref = rows(pruned(batch)[0], chosen), rows(original(batch)[0], chosen)
+            moments.add(a[:, columns].double(), ref.double() @ w_ref.T + b_ref)
     prior = w.double().reshape(w.shape[0], -1)[:, columns].T
     fitted, bias = moments.solve(prior, ridge)
     new = torch.zeros_like(w.double().reshape(w.shape[0], -1))
@@ -72,19 +76,39 @@ def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Sli
     set_tensor(gm, bias_name, bias.to(get_tensor(gm, bias_name).dtype))
 
 
+MAX_ROWS = 200_000  # regression rows per conv consumer (a row per sample and output pixel)
+
+
 def _rows(layer: fx.Node, shape: torch.Size):
     """How a layer's input becomes regression rows: one per sample (and token) for a Linear,
-    one per sample and output pixel (its unfolded patch) for a 2-D convolution."""
+    one per sample and output pixel (its kh x kw patch, channel-major like F.unfold) for a
+    2-D convolution, of which only the `chosen` ones (a mask over samples x pixels) are built."""
     if layer.target is LINEAR:
-        return lambda a: a.reshape(-1, shape[1]) if a.ndim > 2 else a.reshape(a.shape[0], -1)
-    stride, padding, dilation = (layer.args[i] if len(layer.args) > i else d
+        return lambda a, chosen: a.reshape(-1, shape[1]) if a.ndim > 2 else \
+            a.reshape(a.shape[0], -1)
+    stride, padding, dilation = (_pair(layer.args[i] if len(layer.args) > i else d)
                                  for i, d in ((3, 1), (4, 0), (5, 1)))
+    kh, kw = int(shape[2]), int(shape[3])
 
-    def patches(a: torch.Tensor) -> torch.Tensor:
-        cols = F.unfold(a, tuple(shape[2:]), dilation=dilation, padding=padding, stride=stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    def patches(a: torch.Tensor, chosen: torch.Tensor | None) -> torch.Tensor:
+        n, c, h, w = a.shape
+        ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        index = torch.arange(n * ho * wo) if chosen is None else chosen.nonzero().flatten()
+        b, rest = index // (ho * wo), index % (ho * wo)
+        ys = (rest // wo * stride[0])[:, None] + torch.arange(kh) * dilation[0]
+        xs = (rest % wo * stride[1])[:, None] + torch.arange(kw) * dilation[1]
+        padded = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))
+        window = padded[b[:, None, None], :, ys[:, :, None], xs[:, None, :]]  # [rows,kh,kw,c]
+        return window.permute(0, 3, 1, 2).reshape(index.numel(), c * kh * kw)
 
     return patches
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
 
 
 def _positions(layer: fx.Node) -> int:

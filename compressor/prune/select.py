@@ -173,7 +173,8 @@ class _Selection:
 
 def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
                  scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
-                 budget: Budget, multiple: int, dead: dict[str, torch.Tensor] | None = None,
+                 budget: Budget, multiple: int | dict[str, int],
+                 dead: dict[str, torch.Tensor] | None = None,
                  costs: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
@@ -182,12 +183,14 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     `budget.max_weights` (each group tries the multiples next to what it keeps). Rounding
     down removes the lowest-scored kept units; rounding up restores the best-scored removed
     live units."""
-    if multiple <= 1:
+    multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
+    if all(multiples.get(g.name, 1) <= 1 for g in groups):
         return removed
     dead = dead or {g.name: scores[g.name] == 0 for g in groups}
     options = []
     for g in groups:
         kept = g.size - int(removed[g.name].numel())
+        multiple = max(1, multiples.get(g.name, 1))
         if g.size < multiple:
             options.append((kept,))
             continue

@@ -37,7 +37,8 @@ def cnn_files(tmp_path: Path) -> dict[str, Path]:
 def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, arch):
     out = cnn_files["dir"] / f"{name}.onnx"
     result = run_cli(cnn_files[name], "--arch", arch, "--target", "0.5", "--data",
-                     cnn_files["data"], "--cycles", "2", "--epochs", "1", "-o", out, *FAST)
+                     cnn_files["data"], "--cycles", "2", "--epochs", "1", "--align", "1", "-o",
+                     out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
     assert 0.5 <= report["reduction"] <= 0.55  # one channel of a model this small is ~1.5%
@@ -56,8 +57,8 @@ def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, 
 def test_of_flops_reduces_flops_by_the_target(run_cli, cnn_files):
     out = cnn_files["dir"] / "flops.onnx"
     result = run_cli(cnn_files["cnn"], "--arch", "tests.nets:SmallCNN", "--target", "0.6",
-                     "--of", "flops", "--data", cnn_files["data"], "--epochs", "0", "-o", out,
-                     *FAST)
+                     "--of", "flops", "--data", cnn_files["data"], "--epochs", "0", "--align",
+                     "1", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
     reached = 1 - report["flops_after"] / report["flops_before"]
@@ -74,3 +75,36 @@ def test_a_data_free_cnn_run_needs_and_takes_an_input_shape(run_cli, cnn_files):
     assert result.code == 0, result.err
     dims = [d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [1, 12, 12]
+
+
+@pytest.mark.parametrize("options", [
+    ("--score", "neurons-weights", "--cycles", "2", "--epochs", "1"),
+    ("--scope", "local", "--align", "4", "--epochs", "0"),
+    ("--compensate", "merge", "--criterion", "l2", "--epochs", "0"),
+    ("--format", "int8", "--epochs", "0")])
+def test_every_pruning_mode_works_on_a_resnet(run_cli, cnn_files, options):
+    out = cnn_files["dir"] / "mode.onnx"
+    result = run_cli(cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target", "0.4",
+                     "--data", cnn_files["data"], "-o", out, *options, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["reduction"] >= 0.4 and report["parity_max_abs_diff"] <= 1e-4
+
+
+def test_the_error_criterion_says_which_layers_it_cannot_rank(run_cli, cnn_files):
+    result = run_cli(cnn_files["cnn"], "--arch", "tests.nets:SmallCNN", "--target", "0.4",
+                     "--data", cnn_files["data"], "--criterion", "error", "--epochs", "0",
+                     "-o", cnn_files["dir"] / "e.onnx", *FAST)
+    assert result.code == 2 and "--criterion error cannot rank the units of features.0" in \
+        result.err and not (cnn_files["dir"] / "e.onnx").exists()
+
+
+def test_by_default_conv_channels_are_kept_in_multiples_of_8(run_cli, cnn_files):
+    out = cnn_files["dir"] / "aligned.onnx"
+    result = run_cli(cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target", "0.2",
+                     "--data", cnn_files["data"], "--epochs", "0", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    widths = {row["name"]: (row["out_before"], row["out_after"]) for row in report["layers"]}
+    assert widths["4.c1"] == (12, 8) and widths["0"] == (8, 8)
+    assert all(after % 8 == 0 for name, (_, after) in widths.items() if name != "7")

@@ -90,10 +90,16 @@ def test_what_the_tracer_does_not_follow_stays_dense_with_the_reason():
     found = trace(graph_of(Concat(), torch.randn(2, 1, 12, 12)))
     assert [g.name for g in found.groups] == ["c"]  # a global mean keeps its channels
     assert dict(found.dense)["a"].startswith("its ReLU output feeds cat, which couples channels")
+
+
+
+def test_a_depthwise_conv_carries_its_input_channels_and_is_pruned_with_them():
     found = trace(graph_of(Depthwise(), torch.randn(2, 1, 12, 12)))
-    assert dict(found.dense)["dw"] == "grouped convolution (groups=8) couples its input and " \
-                                      "output channels"
-    assert [g.name for g in found.groups] == ["pw"]
+    assert [g.name for g in found.groups] == ["a", "pw"]
+    a = found.groups[0]
+    assert [s.param for s in a.weights] == ["a_weight", "dw_weight"]
+    assert [s.param for s in a.consumers] == ["pw_weight"] and len(a.grouped_nodes) == 1
+    assert a.activations == ("relu_1",)  # counted after the depthwise filter, not before
 
 
 def test_only_padding_free_conv_consumers_take_folded_constants():

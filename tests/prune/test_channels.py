@@ -6,11 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compressor.export.to_onnx import to_onnx
+from compressor.export.verify import verify
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
 from compressor.prune.config import Compensation
 from tests.helpers import graph_of, remove_units
-from tests.nets import SmallCNN, small_resnet
+from tests.nets import Depthwise, SmallCNN, small_resnet
 
 X = torch.rand(64, 1, 12, 12, generator=torch.Generator().manual_seed(3))
 NONE = torch.tensor([], dtype=torch.int64)
@@ -121,3 +123,14 @@ def test_merging_a_bn_scaled_copy_of_a_filter_is_exact_after_folding():
     assert 0 < float(scale) < s  # the inverse ratio would be larger than s here
     before, after, _ = _pruned_outputs(net, {"features.0": [n]}, Compensation.MERGE)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_removing_a_depthwise_coupled_channel_is_exact_and_exports():
+    net = Depthwise()
+    with torch.no_grad():  # channel 3 never fires after the depthwise filter
+        net.a.weight[3], net.a.bias[3], net.dw.bias[3] = 0, -1.0, -1.0
+    before, after, pruned = _pruned_outputs(net, {"a": [3]})
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    assert pruned.dw_weight.shape == (7, 1, 3, 3)
+    onnx_model = to_onnx(pruned, X[:2])
+    verify(onnx_model, pruned, X, tolerance=1e-5)
