@@ -150,13 +150,14 @@ def _latencies(dense: bytes, packed: Packed, sample: torch.Tensor,
 def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
                 stats: ActivationStats | None) -> tuple[LayerRow, ...]:
     reasons = dict(found.dense)
-    prunable = {g.name for g in found.groups}
+    group_of = {s.param: g.name for g in found.groups for s in g.weights}
     rows = []
     for layer in found.layers:
         before, after = get_tensor(dense, layer.weight).shape, get_tensor(gm, layer.weight).shape
-        pruned = layer.name in prunable
-        dead = stats.dead(layer.name) if pruned and stats is not None else None
+        group = group_of.get(layer.weight)
+        dead = stats.dead(layer.name) if group == layer.name and stats is not None else None
+        note = "pruned" if group == layer.name else \
+            f"pruned with {group} (same channels)" if group else reasons.get(layer.name, "")
         rows.append(LayerRow(layer.name, int(before[1]), int(before[0]), int(after[1]),
-                             int(after[0]), dead,
-                             "pruned" if pruned else reasons.get(layer.name, "")))
+                             int(after[0]), dead, note))
     return tuple(rows)

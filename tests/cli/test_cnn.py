@@ -108,3 +108,5 @@ def test_by_default_conv_channels_are_kept_in_multiples_of_8(run_cli, cnn_files)
     widths = {row["name"]: (row["out_before"], row["out_after"]) for row in report["layers"]}
     assert widths["4.c1"] == (12, 8) and widths["0"] == (8, 8)
     assert all(after % 8 == 0 for name, (_, after) in widths.items() if name != "7")
+    notes = {row["name"]: row["note"] for row in report["layers"]}
+    assert notes["3.c2"] == "pruned with 0 (same channels)" and notes["0"] == "pruned"
