@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.cnn import BasicBlock
 from models.mlp import mlp
 
 TINY = (20, 32, 24, 16, 4)
@@ -118,28 +119,11 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class Residual(nn.Module):
-    """A basic block: conv-BN-ReLU-conv-BN, plus the input (identity) or a 1x1 projection."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.short = nn.Sequential() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(y)) + self.short(x))
-
-
 def small_resnet() -> nn.Sequential:
     """[N, 1, 12, 12] -> stem, an identity block, a projection block, average pool, Linear."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         Residual(8, 8, 1), Residual(8, 12, 2), nn.AdaptiveAvgPool2d(1),
+                         BasicBlock(8, 8, 1), BasicBlock(8, 12, 2), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(12, 4))
 
 

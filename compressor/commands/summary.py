@@ -72,7 +72,7 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         method=prune.method.value if prune.score is Score.WEIGHTS else None,
         format=config.format.value, format_note=run.packed.note,
         kernels=run.packed.layers if config.format is not Format.DENSE else (),
-        runtime=run.packed.runtime, int8_max_abs_diff=packed_diff,
+        runtime=run.packed.runtime, int8_max_abs_diff=packed_diff, of=prune.of.value,
         compensate=prune.compensate.resolve(has_data=run.splits is not None).value,
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,

@@ -120,7 +120,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
                           teacher=teacher, seed=seed + n) if train else None
         rows.append(_cycle_row(n, target, 1 - _measure(gm, found, prune) / w0, removed, stats,
                                done, seconds, result))
-        log(_cycle_line(rows[-1], len(targets)))
+        log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
+                        "FLOPs" if prune.of is Of.FLOPS else "weights"))
     aligned = any(m > 1 for m in _alignment(gm, groups, prune.align).values())
     if rows[-1].reduction > prune.target + 0.01 and not aligned:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
@@ -173,7 +174,7 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
                        result.epochs if result else 0,
                        result.val_accuracy if result else None, weights_removed=zeroed)
         rows.append(row)
-        log(_cycle_line(row, len(targets)))
+        log(_cycle_line(row, len(targets), _units(gm, found.groups)))
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
     return Pruned(first[0], tuple(rows), plan)
 
@@ -224,12 +225,19 @@ def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.T
                     result.val_accuracy if result else None)
 
 
-def _cycle_line(row: CycleRow, cycles: int) -> str:
+def _units(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> str:
+    """What the units are called in the log: neurons, or channels and neurons."""
+    convs = any(get_tensor(gm, g.weights[0].param).ndim > 2 for g in groups)
+    return "channels and neurons" if convs else "neurons"
+
+
+def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",
+                counted: str = "weights") -> str:
     dead = "" if row.dead is None else f" ({row.dead} dead)"
-    removed = f"{row.removed} neurons{dead}" if row.weights_removed is None else (
-        f"{row.weights_removed:,} weights, then {row.removed} neurons left without inputs or "
+    removed = f"{row.removed} {units}{dead}" if row.weights_removed is None else (
+        f"{row.weights_removed:,} weights, then {row.removed} {units} left without inputs or "
         "outputs")
-    line = f"cycle {row.cycle}/{cycles}: removed {removed}, weights -{100 * row.reduction:.2f}%"
+    line = f"cycle {row.cycle}/{cycles}: removed {removed}, {counted} -{100 * row.reduction:.2f}%"
     if row.merged:
         line += f", merged {row.merged}"
     if row.val_accuracy is not None:

@@ -72,6 +72,7 @@ class Report:
     kernels: tuple[KernelRow, ...] = ()  # per weight matrix (formats other than dense)
     runtime: bool = False  # the file needs compressor.runtime for its sparse kernels
     int8_max_abs_diff: float | None = None  # max |int8 - float32 pruned| on the parity inputs
+    of: str = "weights"  # what the target reduces: weights or flops
 
     @property
     def reduction(self) -> float:
@@ -113,11 +114,14 @@ def _pct(v: float | None) -> str:
 
 def _totals(r: Report) -> list[tuple[str, ...]]:
     """Weights, FLOPs, bytes, accuracy and latency, before and after."""
+    target = f" (target {100 * r.target:.2f}%)"
+    flops = f"{r.flops_before / r.flops_after:.1f}x fewer (2 x multiply-adds)"
+    if r.of == "flops":
+        flops = f"-{100 * (1 - r.flops_after / r.flops_before):.2f}%{target}, {flops}"
     rows = [
         ("weights", f"{r.weights_before:,}", f"{r.weights_after:,}",
-         f"-{100 * r.reduction:.2f}% (target {100 * r.target:.2f}%)"),
-        ("FLOPs / sample", f"{r.flops_before:,}", f"{r.flops_after:,}",
-         f"{r.flops_before / r.flops_after:.1f}x fewer (2 x multiply-adds)"),
+         f"-{100 * r.reduction:.2f}%" + (target if r.of != "flops" else "")),
+        ("FLOPs / sample", f"{r.flops_before:,}", f"{r.flops_after:,}", flops),
         ("ONNX bytes", f"{r.onnx_bytes_before:,}", f"{r.onnx_bytes:,}",
          f"{100 * r.onnx_bytes / r.onnx_bytes_before:.1f}% of dense"),
     ]

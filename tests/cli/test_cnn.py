@@ -64,6 +64,11 @@ def test_of_flops_reduces_flops_by_the_target(run_cli, cnn_files):
     reached = 1 - report["flops_after"] / report["flops_before"]
     assert 0.6 <= reached <= 0.62, reached
     assert report["cycles"][-1]["reduction"] == pytest.approx(reached, abs=1e-6)
+    result = run_cli(cnn_files["cnn"], "--arch", "tests.nets:SmallCNN", "--target", "0.6",
+                     "--of", "flops", "--data", cnn_files["data"], "--epochs", "0", "--align",
+                     "1", "-o", out, "--no-latency")
+    flops_row = next(line for line in result.out.splitlines() if line.startswith("FLOPs"))
+    assert f"-{100 * reached:.2f}% (target 60.00%)" in flops_row
 
 
 def test_a_data_free_cnn_run_needs_and_takes_an_input_shape(run_cli, cnn_files):
@@ -106,7 +111,7 @@ def test_by_default_conv_channels_are_kept_in_multiples_of_8(run_cli, cnn_files)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
     widths = {row["name"]: (row["out_before"], row["out_after"]) for row in report["layers"]}
-    assert widths["4.c1"] == (12, 8) and widths["0"] == (8, 8)
+    assert widths["4.conv1"] == (12, 8) and widths["0"] == (8, 8)
     assert all(after % 8 == 0 for name, (_, after) in widths.items() if name != "7")
     notes = {row["name"]: row["note"] for row in report["layers"]}
-    assert notes["3.c2"] == "pruned with 0 (same channels)" and notes["0"] == "pruned"
+    assert notes["3.conv2"] == "pruned with 0 (same channels)" and notes["0"] == "pruned"

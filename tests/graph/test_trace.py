@@ -76,13 +76,14 @@ def test_convolutions_are_groups_and_a_flatten_gives_each_channel_its_columns():
 def test_a_residual_add_joins_the_spaces_of_its_inputs_into_one_group():
     found = trace(graph_of(small_resnet(), torch.randn(2, 1, 12, 12)))
     groups = {g.name: g for g in found.groups}
-    assert sorted(groups) == ["0", "3.c1", "4.c1", "4.c2"]
+    assert sorted(groups) == ["0", "3.conv1", "4.conv1", "4.conv2"]
     stem = groups["0"]  # the stem and the identity block's second conv share channels
-    assert [s.param for s in stem.weights] == ["p_0_weight", "p_3_c2_weight"]
-    assert [s.param for s in stem.consumers] == ["p_3_c1_weight", "p_4_c1_weight",
-                                                 "p_4_short_0_weight"]
+    assert [s.param for s in stem.weights] == ["p_0_weight", "p_3_conv2_weight"]
+    assert [s.param for s in stem.consumers] == ["p_3_conv1_weight", "p_4_conv1_weight",
+                                                 "p_4_shortcut_0_weight"]
     assert len(stem.activations) == 2 and not stem.exact_constants
-    assert [s.param for s in groups["4.c2"].weights] == ["p_4_c2_weight", "p_4_short_0_weight"]
+    assert [s.param for s in groups["4.conv2"].weights] == ["p_4_conv2_weight",
+                                                            "p_4_shortcut_0_weight"]
     assert found.dense == (("7", "output layer (never pruned)"),)
 
 

@@ -60,12 +60,13 @@ def test_channels_that_never_fire_are_found_and_removed_without_changing_any_out
 def test_a_residual_stream_channel_is_removed_from_every_producer_and_consumer():
     net = small_resnet()
     _silence(net[0], net[1], 3, -5.0)  # stem
-    _silence(net[3].c2, net[3].b2, 3, -5.0)  # the identity block adds -5 + 0 -> relu -> 0
+    _silence(net[3].conv2, net[3].bn2, 3, -5.0)  # the identity block adds -5 + 0 -> relu -> 0
     before, after, pruned = _pruned_outputs(net, {"0": [3]})
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
     shapes = {name: tuple(p.shape) for name, p in pruned.named_parameters()}
-    assert shapes["p_0_weight"] == (7, 1, 3, 3) and shapes["p_3_c2_weight"] == (7, 8, 3, 3)
-    assert shapes["p_3_c1_weight"] == (8, 7, 3, 3) and shapes["p_4_short_0_weight"] == (12, 7, 1, 1)
+    assert shapes["p_0_weight"] == (7, 1, 3, 3) and shapes["p_3_conv2_weight"] == (7, 8, 3, 3)
+    assert shapes["p_3_conv1_weight"] == (8, 7, 3, 3)
+    assert shapes["p_4_shortcut_0_weight"] == (12, 7, 1, 1)
 
 
 def test_a_constant_channel_folds_exactly_into_a_linear_after_flatten():

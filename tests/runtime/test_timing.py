@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from compressor.runtime import timing
 
 
@@ -22,13 +20,18 @@ def test_every_round_makes_at_least_min_calls_however_short_the_time():
     assert len(calls) == 14
 
 
-def test_a_run_is_timed_until_its_share_of_the_time_is_spent():
+def test_a_run_is_timed_until_its_share_of_the_time_is_spent(monkeypatch):
+    clock = iter(range(10_000))  # a fake clock: every reading is 1 s later than the last
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
     calls = []
-    start = time.perf_counter()
-    found = timing.timings([lambda: calls.append(1)], seconds=0.05, rounds=1, min_calls=1,
-                           warmup=0)
-    assert time.perf_counter() - start >= 0.05
-    assert len(found[0][0]) == len(calls) > 100
+    found = timing.timings([lambda: calls.append("a"), lambda: calls.append("b")], seconds=40,
+                           rounds=2, min_calls=1, warmup=0)
+    # each run gets 40 / 2 rounds / 2 runs = 10 s per round: the deadline is read at t, the
+    # first call spans t+1..t+2, and each later one is preceded by a deadline check (t+3,
+    # t+6, t+9 pass; t+12 does not): 4 calls of 1 s each per round
+    assert [[len(r) for r in per_run] for per_run in found] == [[4, 4], [4, 4]]
+    assert all(t == 1.0 for per_run in found for r in per_run for t in r)
+    assert calls == (["a"] * 4 + ["b"] * 4) * 2
 
 
 def test_latency_is_the_best_rounds_median_in_milliseconds():
