@@ -33,12 +33,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-# benchmarks/results.md (compress with fine-tuning), benchmarks/one_shot.md (no fine-tuning) and
-# benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes).
+# benchmarks/results.md (compress with fine-tuning), benchmarks/one_shot.md (no fine-tuning),
+# benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes) and
+# benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes).
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.one_shot
 	$(PY) -m benchmarks.sparse
+	$(PY) -m benchmarks.cnn
 
 # Re-train the shipped example weights: the paper MLP (about 40 s on 2 cores), the VGG-style
 # CNN and the ResNet (about 5.5 minutes each), and

@@ -16,15 +16,15 @@ from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of,
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, run_library
-from .options import ALIGN, INT_LIST, budget_options, budgets_from
+from .options import ALIGN, INT_LIST, TARGET, budget_options, budgets_from
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="compressor")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--target", "-t", type=float, required=True,
+@click.option("--target", "-t", type=TARGET, required=True,
               help="Fraction of the model's Linear and Conv weights (or FLOPs, see --of) to "
-                   "remove, 0 < T < 1 (0.85 = 85% fewer).")
+                   "remove, 0 < T < 1 (0.85 or 85% = 85% fewer).")
 @click.option("--of", "of", type=click.Choice([o.value for o in Of]), default="weights",
               show_default=True, help="What --target reduces: weight entries, or FLOPs per "
                                       "sample (a conv weight counts once per output position).")
@@ -32,12 +32,14 @@ from .options import ALIGN, INT_LIST, budget_options, budgets_from
               help="Calibration data: 'fashion-mnist' (built in) or a .npz (x, optional y), "
                    ".npy (x) or .pt file (tensor or dict with x, optional y). Without it, "
                    "pruning is data-free (weight-norm criterion, merge compensation).")
-@click.option("--scope", type=click.Choice([s.value for s in Scope]), default="global",
-              show_default=True, help="Rank neurons across all layers, or remove the same "
-                                      "fraction of each layer.")
-@click.option("--cycles", type=click.IntRange(1, 50), default=5, show_default=True,
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), default="auto",
+              show_default=True, help="Rank neurons across all layers (global), or remove the "
+                                      "same fraction of each layer (local); auto: local for "
+                                      "conv channels, global for Linear-only models.")
+@click.option("--cycles", type=click.IntRange(1, 50),
               help="Pruning cycles with fine-tuning between them (labelled data and --epochs "
-                   "> 0 only; otherwise one shot).")
+                   "> 0 only; otherwise one shot).  [default: 5; 1 when conv channels are "
+                   "pruned]")
 @click.option("--score", type=click.Choice([s.value for s in Score]), default="neurons",
               show_default=True,
               help="Remove whole neurons (layers shrink), or single weights (neurons-weights: "
@@ -63,9 +65,10 @@ from .options import ALIGN, INT_LIST, budget_options, budgets_from
                    "Linear layers); auto = multiples of 8 for conv channels (what "
                    "onnxruntime's blocked conv layout needs), exact widths for Linear neurons. "
                    "The reduction can then exceed --target by a few points.")
-@click.option("--epochs", type=click.IntRange(0, 1000), default=6, show_default=True,
+@click.option("--epochs", type=click.IntRange(0, 1000),
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
-                   "is kept); 0 disables fine-tuning.")
+                   "is kept); 0 disables fine-tuning.  [default: 6; 5 when conv channels are "
+                   "pruned]")
 @click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Epochs without a better validation accuracy before fine-tuning stops.")
 @click.option("--lr", type=float, default=1e-3, show_default=True,
@@ -109,10 +112,10 @@ from .options import ALIGN, INT_LIST, budget_options, budgets_from
               help="Batch size --format auto chooses kernels for and the latency budgets are "
                    "checked at (also timed and reported).")
 def compress_command(model: Path, target: float, of: str, data: str | None, scope: str,
-                     cycles: int, input_shape: tuple[int, ...] | None,
+                     cycles: int | None, input_shape: tuple[int, ...] | None,
                      score: str, method: str | None, criterion: str | None, compensate: str,
                      merge_threshold: float, align: int, fmt: str, variants: Path | None,
-                     epochs: int, patience: int, lr: float, distill: float,
+                     epochs: int | None, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
                      seed: int, quiet: bool, batch: int, **budgets) -> None:
@@ -124,7 +127,10 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
     (with --arch), or a pickled nn.Module (only with --trust-pickle).
 
     Budgets (--max-size, --min-accuracy, ...) are checked on the written file: exit 1 if any
-    is broken. To check an existing ONNX file (in CI): compress check MODEL.onnx --help.
+    is broken.
+
+    Other commands: compress check MODEL.onnx (budgets of an existing file, for CI) and
+    compress bench MODEL.onnx... (latency, memory, speedup); each has --help.
     """
     if method and criterion:
         raise click.UsageError("give --method or --criterion, not both (--criterion is the "

@@ -36,6 +36,22 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def parse_target(text: str) -> float:
+    """A reduction strictly between 0 and 1 from `0.85` or `85%`; `85` is refused with the
+    fraction it probably meant."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number: write a fraction such as 0.85 (85% fewer)")
+    if 1 < value < 100 and value == int(value):  # a percentage without its sign
+        raise ValueError(f"{text} is not a fraction: write {value / 100:g} (or {value:g}%) "
+                         f"to remove {value:g}%")
+    if not 0 < value < 1:  # also refuses NaN
+        raise ValueError(f"{text} is outside (0, 1): write a fraction such as 0.85 (85% fewer)")
+    return value
+
+
 def parse_positive(text: str) -> float:
     """A finite number > 0."""
     try:
@@ -75,6 +91,7 @@ class _Parsed(click.ParamType):
 
 SIZE = _Parsed("size", parse_size)
 FRACTION = _Parsed("fraction", parse_fraction)
+TARGET = _Parsed("fraction", parse_target)
 POSITIVE = _Parsed("number", parse_positive)
 INT_LIST = _Parsed("list", parse_int_list)
 

@@ -33,6 +33,7 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
         memory: measure peak memory (one child process per model and batch size).
     """
     files = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
+    names = labels(files)
     loaded = {p: load_onnx(p).runnable() for p in files}
     flops = {p: flops_per_sample(m.proto)[0] for p, m in loaded.items()}
     sample = {p: random_input(m, 64) for p, m in loaded.items()}
@@ -54,10 +55,24 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
                 p50 = statistics.median(times)
                 ideal = flops[baseline] / flops[p] if baseline and flops[p] else None
                 speedup = base / p50 if base else None
-                rows.append(BenchRow(p.name + (" (runtime)" if rt else ""), b, t, round(p50, 5),
+                rows.append(BenchRow(names[p] + (" (runtime)" if rt else ""), b, t, round(p50, 5),
                                      round(float(np.percentile(times, 95)), 5),
                                      round(b / p50 * 1e3, 1), len(loaded[p]),
                                      peaks.get((p, rt, b)), flops[p],
                                      speedup and round(speedup, 3), ideal and round(ideal, 3),
                                      round(speedup / ideal, 3) if speedup and ideal else None))
-    return BenchResult(tuple(rows), baseline.name if baseline else None)
+    return BenchResult(tuple(rows), names[baseline] if baseline else None)
+
+
+def labels(paths: Sequence[Path]) -> dict[Path, str]:
+    """Per path, its shortest trailing part that no other path shares: the file name, or
+    `a/model.onnx` and `b/model.onnx` for two files of the same name."""
+    parts = {p: Path(p).resolve().parts for p in paths}
+    out = {}
+    for p in paths:
+        for n in range(1, len(parts[p]) + 1):
+            tail = parts[p][-n:]
+            if sum(other[-n:] == tail for other in parts.values()) == 1:
+                break
+        out[p] = str(Path(*tail))
+    return out

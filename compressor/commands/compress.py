@@ -74,7 +74,9 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
         raise NothingToPruneError(f"nothing to prune in {paths.model} ({reasons}): compressor "
                                   "removes neurons and channels of Linear and Conv layers whose "
                                   "next layers read them through a ReLU")
-    teacher = run_batched(dense, splits.train.x) if splits and splits.labelled else None
+    tuning = config.finetune
+    distills = bool(splits and splits.labelled and tuning.max_epochs != 0 and tuning.distill)
+    teacher = run_batched(dense, splits.train.x) if distills else None  # a pass over train
     pruned = prune(gm, found, splits, config.prune, config.finetune, seed=config.seed,
                    teacher=teacher, log=log, progress=progress)
     log("exporting ONNX and verifying it in onnxruntime")

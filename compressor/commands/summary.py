@@ -67,7 +67,7 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
     prune = config.prune
     report = Report(
         model=model, model_format=run.model_format, data=data, output=str(output),
-        report=str(report_path), target=prune.target, scope=prune.scope.value,
+        report=str(report_path), target=prune.target, scope=run.pruned.scope.value,
         criterion=prune.criterion.value, score=prune.score.value,
         method=prune.method.value if prune.score is Score.WEIGHTS else None,
         format=config.format.value, format_note=run.packed.note,

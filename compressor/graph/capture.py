@@ -60,6 +60,9 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean.graph.lint()
     clean.meta["original_names"] = original_names
     fold_batchnorm(clean)
+    for name, tensor in [*clean.named_parameters(), *clean.named_buffers()]:
+        if tensor.ndim == 4:
+            set_tensor(clean, name, tensor)  # channels-last, see set_tensor
     return clean
 
 
@@ -129,8 +132,13 @@ def get_tensor(gm: fx.GraphModule, name: str) -> torch.Tensor:
 
 
 def set_tensor(gm: fx.GraphModule, name: str, value: torch.Tensor) -> None:
-    """Replace a parameter or buffer by a new tensor (of any shape)."""
-    value = value.detach().contiguous()
+    """Replace a parameter or buffer by a new tensor (of any shape).
+
+    Conv kernels are kept channels-last: torch's CPU convolutions then run in NHWC whatever the
+    input's layout, 1.5-1.6x faster for the example CNNs (counting, refits, fine-tuning)."""
+    value = value.detach()
+    value = value.contiguous(memory_format=torch.channels_last) if value.ndim == 4 else \
+        value.contiguous()
     if name in gm._parameters:
         gm._parameters[name] = nn.Parameter(value)
     else:

@@ -54,12 +54,15 @@ def check_output(path: Path, *, inputs: tuple[Path, ...], option: str = "-o/--ou
 
 
 def write_atomic(files: dict[Path, bytes]) -> None:
-    """Write every file to a temporary sibling, then rename them all into place."""
+    """Write every file to a temporary sibling, then rename them all into place, with the
+    permissions any tool gives a new file (0666 less the umask; mkstemp's are 0600)."""
     staged: list[tuple[str, Path]] = []
+    mode = 0o666 & ~_umask()
     try:
         for path, data in files.items():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             staged.append((tmp, path))
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -72,3 +75,10 @@ def write_atomic(files: dict[Path, bytes]) -> None:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

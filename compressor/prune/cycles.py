@@ -13,7 +13,7 @@ from torch import fx
 
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import FinetuneConfig, Of, PruneConfig, Score
+from .config import FinetuneConfig, Of, PruneConfig, Score, Scope
 from ..io.data import DataSplits
 from .finetune import FinetuneResult, finetune
 from ..graph.capture import get_tensor
@@ -54,6 +54,7 @@ class Pruned:
     stats: ActivationStats | None  # first cycle's counts (of the original model), with data
     cycles: tuple[CycleRow, ...]
     plan: dict[str, dict[str, object]]
+    scope: Scope  # the scope used (never AUTO)
 
 
 
@@ -87,6 +88,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         progress: receives (stage, done, total) while counting activations.
     """
     log = log or (lambda _: None)
+    channels = _has_channels(gm, found.groups)
+    config, tuning = config.resolved(channels=channels), tuning.resolved(channels=channels)
     if config.score is Score.WEIGHTS:
         return _prune_weights(gm, found, splits, config, tuning, seed=seed, teacher=teacher,
                               log=log, progress=progress)
@@ -128,7 +131,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
             "its weights to land within 1 point (try --cycles 1)")
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan)
+    return Pruned(first[0], tuple(rows), plan, prune.scope)
 
 
 def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
@@ -176,7 +179,7 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
         rows.append(row)
         log(_cycle_line(row, len(targets), _units(gm, found.groups)))
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan)
+    return Pruned(first[0], tuple(rows), plan, prune.scope)
 
 
 def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
@@ -225,10 +228,14 @@ def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.T
                     result.val_accuracy if result else None)
 
 
+def _has_channels(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
+    """Whether any group is convolution channels."""
+    return any(get_tensor(gm, g.weights[0].param).ndim > 2 for g in groups)
+
+
 def _units(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> str:
     """What the units are called in the log: neurons, or channels and neurons."""
-    convs = any(get_tensor(gm, g.weights[0].param).ndim > 2 for g in groups)
-    return "channels and neurons" if convs else "neurons"
+    return "channels and neurons" if _has_channels(gm, groups) else "neurons"
 
 
 def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",

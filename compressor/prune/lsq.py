@@ -58,7 +58,7 @@ def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Sli
     positions = 1 if layer.target is LINEAR else _positions(layer)
     rows = _rows(layer, w.shape)
     if positions > 1:  # a conv has a row per sample and output pixel: use a sample of them
-        x = x[:max(1, min(x.shape[0], -(-4 * MAX_ROWS // positions)))]
+        x = x[:max(MIN_SAMPLES, -(-MAX_ROWS // positions))]
     share = min(1.0, MAX_ROWS / max(1, x.shape[0] * positions))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -76,7 +76,9 @@ def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Sli
     set_tensor(gm, bias_name, bias.to(get_tensor(gm, bias_name).dtype))
 
 
-MAX_ROWS = 200_000  # regression rows per conv consumer (a row per sample and output pixel)
+MAX_ROWS = 100_000  # regression rows per conv consumer (a row per sample and output pixel)
+MIN_SAMPLES = 1_000  # a conv's rows are drawn from at least this many samples (more pixels of
+# fewer samples would cost less but repeat the same images; more samples cost a forward pass each)
 
 
 def _rows(layer: fx.Node, shape: torch.Size):

@@ -115,3 +115,14 @@ def test_by_default_conv_channels_are_kept_in_multiples_of_8(run_cli, cnn_files)
     assert all(after % 8 == 0 for name, (_, after) in widths.items() if name != "7")
     notes = {row["name"]: row["note"] for row in report["layers"]}
     assert notes["3.conv2"] == "pruned with 0 (same channels)" and notes["0"] == "pruned"
+
+
+def test_channels_are_removed_per_layer_unless_told_otherwise(run_cli, cnn_files):
+    args = [cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target", "0.4",
+            "--data", cnn_files["data"], "--epochs", "0", *FAST]
+    scopes = {}
+    for given in ((), ("--scope", "global")):
+        out = cnn_files["dir"] / f"scope{len(given)}.onnx"
+        assert run_cli(*args, *given, "-o", out).code == 0
+        scopes[given] = json.loads(out.with_suffix(".json").read_text())["scope"]
+    assert scopes == {(): "local", ("--scope", "global"): "global"}

@@ -1,10 +1,13 @@
-"""Option types: sizes, fractions, positive numbers."""
+"""Option types: sizes, fractions, targets, positive numbers; misspelt subcommands."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from compressor.cli.options import parse_fraction, parse_positive, parse_size
+from compressor.cli.options import parse_fraction, parse_positive, parse_size, parse_target
+from tests.conftest import assert_refused
 
 
 @pytest.mark.parametrize("text, size", [("300000", 300_000), ("300KB", 300_000), ("200KiB", 204_800),
@@ -34,3 +37,42 @@ def test_fractions_refuse_values_outside_0_1(text):
 def test_positive_numbers_refuse_zero_nan_and_text(text):
     with pytest.raises(ValueError, match="is not a positive number"):
         parse_positive(text)
+
+
+@pytest.mark.parametrize("text, value", [("0.85", 0.85), ("85%", 0.85), ("0.5%", 0.005)])
+def test_targets_take_fractions_and_percentages(text, value):
+    assert parse_target(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text, hint", [("85", "write 0.85 (or 85%)"), ("85.0", "write 0.85"),
+                                        ("1.5", "outside (0, 1)"), ("0", "outside (0, 1)"),
+                                        ("1", "outside (0, 1)"), ("nan", "outside (0, 1)"),
+                                        ("abc", "not a number")])
+def test_targets_outside_0_1_say_what_to_write(text, hint):
+    with pytest.raises(ValueError, match=re.escape(hint)):
+        parse_target(text)
+
+
+def test_a_percentage_target_is_refused_by_the_cli_with_the_fraction_it_meant(run_cli, tmp_path):
+    assert_refused(run_cli, [tmp_path / "m.pt", "--target", "85"], tmp_path)
+    assert "write 0.85 (or 85%)" in run_cli(tmp_path / "m.pt", "--target", "85").err
+
+
+@pytest.mark.parametrize("typo, meant", [("chek", "check"), ("bnech", "bench"),
+                                         ("checks", "check")])
+def test_a_misspelt_subcommand_is_named_not_taken_for_a_model(run_cli, tmp_path, typo, meant):
+    result = run_cli(typo, tmp_path / "x.onnx")
+    assert result.code == 2 and f"did you mean 'compress {meant}'" in result.err
+    assert "--target" not in result.err
+
+
+def test_a_model_file_named_like_a_subcommand_is_still_a_model(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chek").write_bytes(b"not a model")
+    result = run_cli("chek", "--target", "0.5")
+    assert result.code == 2 and "did you mean" not in result.err
+
+
+def test_top_level_help_names_every_subcommand(run_cli):
+    out = run_cli("--help").out
+    assert "compress check" in out and "compress bench" in out

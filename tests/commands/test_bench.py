@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compressor.commands.bench import bench
+from compressor.commands.bench import bench, labels
 from compressor.export import formats
 from compressor.export.formats import densify
 from compressor.export.to_onnx import to_onnx
@@ -63,6 +63,19 @@ def test_without_baseline_there_are_no_speedups(files):
     result = bench([files / "dense.onnx"], batches=(4,), seconds=0.02, memory=False,
                    runtime=False)
     assert len(result.rows) == 1 and result.rows[0].speedup is None
+
+
+def test_files_of_the_same_name_get_rows_named_by_their_folders(files, tmp_path, fixed_latency):
+    fixed_latency(1.0)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.onnx").write_bytes((files / "dense.onnx").read_bytes())
+    result = bench([tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"],
+                   baseline=files / "dense.onnx", batches=(1,), seconds=0.02, memory=False)
+    assert [r.model for r in result.rows] == ["dense.onnx", "a/model.onnx", "b/model.onnx"]
+    assert labels([tmp_path / "x" / "m.onnx", tmp_path / "y" / "x" / "m.onnx"]) == {
+        tmp_path / "x" / "m.onnx": f"{tmp_path.name}/x/m.onnx",
+        tmp_path / "y" / "x" / "m.onnx": "y/x/m.onnx"}
 
 
 def test_peak_memory_is_measured_in_a_child_process(files):

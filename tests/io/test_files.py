@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from compressor.errors import OutputError
@@ -37,3 +40,14 @@ def test_check_output_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch)
     monkeypatch.setattr("compressor.io.files.os.access", lambda path, mode: False)
     with pytest.raises(OutputError, match="--junit .* is not writable: choose another --junit"):
         check_output(tmp_path / "j.xml", inputs=(), option="--junit")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_permissions_the_umask_allows(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_atomic({tmp_path / "a.onnx": b"x", tmp_path / "a.json": b"{}"})
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == \
+        {"a.onnx": mode, "a.json": mode}
