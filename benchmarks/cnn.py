@@ -80,7 +80,7 @@ def main() -> None:
 def _model_section(name: str, targets: list[float], seconds: float) -> str:
     path = REPO / "models" / f"{name}.pt"
     loaded = load_model(path, arch=f"models.cnn:{name}")
-    splits = fit_data(loaded, load_data("fashion-mnist", seed=SEED))
+    splits, _ = fit_data(loaded, load_data("fashion-mnist", seed=SEED))
     sample = splits.validation.x[:256]
     module = _module(name)
     dense = _measured("dense", module, splits, sample)

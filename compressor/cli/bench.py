@@ -27,9 +27,12 @@ from .options import INT_LIST, POSITIVE
 @click.option("--no-memory", is_flag=True,
               help="Skip peak memory (a child process per model and batch size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--plots", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also write DIR/latency_vs_batch.png (needs matplotlib: pip install "
+                   "'compressor[plots]').")
 def bench_command(models: tuple[Path, ...], baseline: Path | None, batch: tuple[int, ...],
                   threads: tuple[int, ...], seconds: float, no_runtime: bool, no_memory: bool,
-                  as_json: bool) -> None:
+                  as_json: bool, plots: Path | None) -> None:
     """Benchmark ONNX MODELS on this CPU with onnxruntime: p50/p95 latency, throughput, file
     size, peak memory, FLOPs, and against --baseline the speedup, the speedup the FLOPs
     promise (ideal) and their ratio (efficiency). Files with sparse initializers also get a
@@ -38,6 +41,9 @@ def bench_command(models: tuple[Path, ...], baseline: Path | None, batch: tuple[
     Every variant of one result: compress MODEL ... --variants DIR, then
     compress bench DIR/*.onnx --baseline DIR/dense.onnx.
     """
-    result = run_library(lambda: bench(list(models), baseline=baseline, batches=batch, threads=threads,
-                                seconds=seconds, runtime=not no_runtime, memory=not no_memory))
+    result = run_library(lambda: bench(list(models), baseline=baseline, batches=batch,
+                                       threads=threads, seconds=seconds,
+                                       runtime=not no_runtime, memory=not no_memory,
+                                       log=lambda line: click.echo(line, err=True),
+                                       plots=plots))
     click.echo(result.to_json() if as_json else format_bench(result), nl=not as_json)

@@ -16,7 +16,7 @@ from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of,
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, run_library
-from .options import ALIGN, INT_LIST, TARGET, budget_options, budgets_from
+from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets_from
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,9 +79,12 @@ from .options import ALIGN, INT_LIST, TARGET, budget_options, budgets_from
 @click.option("--calibration-samples", type=click.IntRange(1), default=10_000,
               show_default=True, help="Most samples used to count activations.")
 @click.option("--input-shape", type=INT_LIST, metavar="D,D,..",
-              help="Shape of one input without the batch axis, e.g. 1,28,28: checks a data-free "
-                   "run on random inputs of that shape [default: a .pt2 program's own, else "
-                   "the first Linear's input features].")
+              help="Shape of one input without the batch axis, e.g. 1,28,28: the data is "
+                   "given to the model in it (same number of values) and the ONNX file takes "
+                   "it; data-free runs are checked on random inputs of it [default: a .pt2 "
+                   "program's own; else the data as given, flattened or without its channel "
+                   "axis, the first the model takes; without data the first Linear's input "
+                   "features].")
 @click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
               default="dense", show_default=True,
               help="How the weights are stored: dense (plain Gemm, zeros kept), csr (sparse "
@@ -98,6 +101,20 @@ from .options import ALIGN, INT_LIST, TARGET, budget_options, budgets_from
 @click.option("--arch", metavar="MODULE:CALLABLE",
               help="For state_dict files: the function or class that builds the model, "
                    "importable from the current directory or PYTHONPATH.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where counting, least-squares refits and fine-tuning run; auto = cuda when "
+                   "torch sees a GPU, else cpu. Export and onnxruntime always run on the CPU.")
+@click.option("--plots", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also write PNGs into DIR: layer widths before/after, firing-rate "
+                   "histograms, validation accuracy across cycles (needs matplotlib: pip "
+                   "install 'compressor[plots]').")
+@click.option("--normalize", type=NORMALIZE, metavar="MEAN,STD",
+              help="Normalise the data as the model was trained: (x - MEAN) / STD per channel "
+                   "(e.g. 0.2860,0.3530 for Fashion-MNIST; M1,M2,M3,S1,S2,S3 for 3 channels). "
+                   "The ONNX file takes normalised inputs, as the model does.")
+@click.option("--logits", metavar="INDEX|KEY",
+              help="For a model that returns a tuple or dict: which entry are the logits "
+                   "(e.g. 0, or logits); the ONNX file returns only that entry.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow loading a whole pickled nn.Module. Unpickling runs code from the "
                    "file: use only for files you trust.")
@@ -117,7 +134,11 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                      merge_threshold: float, align: int, fmt: str, variants: Path | None,
                      epochs: int | None, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
-                     arch: str | None, trust_pickle: bool, threads: int, no_latency: bool,
+                     arch: str | None, device: str, plots: Path | None, normalize,
+                     logits: str | None,
+                     trust_pickle: bool,
+                     threads: int,
+                     no_latency: bool,
                      seed: int, quiet: bool, batch: int, **budgets) -> None:
     """Prune MODEL to --target fewer weights and write a verified ONNX file and JSON report.
     With --data the neurons are ranked by activation and pruned in cycles with fine-tuning
@@ -146,18 +167,23 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                               compensate=Compensation(compensate),
                               merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples, score=Score(score),
-                              method=chosen, seed=seed, align=align, of=Of(of)),
+                              method=chosen, seed=seed, align=align, of=Of(of), device=device),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
             seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt),
-            input_shape=input_shape)
+            input_shape=input_shape, normalize=normalize)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    paths = Paths(model, output, report, arch, trust_pickle, variants)
+    paths = Paths(model, output, report, arch, trust_pickle, variants, logits, plots)
     log = None if quiet else (lambda line: click.echo(line, err=True))
-    progress = None if quiet or not sys.stderr.isatty() else _progress
-    result = run_library(lambda: compress(paths, data, config, log=log, progress=progress))
+    progress = None if quiet else Bars()  # off a terminal: each step's label, once
+    try:
+        result = run_library(lambda: compress(paths, data, config, log=log,
+                                              progress=progress))
+    finally:
+        if progress is not None:
+            progress.close()
     click.echo(format_table(result))
     if result.budgets:
         verdict = CheckResult(result.output, result.budgets)
@@ -166,11 +192,27 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
             broken(verdict, wrote=f"{result.output} and its report were written")
 
 
-def _progress(stage: str, done: int, total: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    click.echo(f"\r{stage} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}",
-               err=True, nl=False)
-    if end:
-        click.echo("", err=True)
+class Bars:
+    """Progress of long steps as click progress bars on stderr, one bar per stage (a stage
+    ends when it reaches its total or another stage begins). Off a terminal (CI logs) click
+    prints each stage's label once instead of a bar."""
+
+    def __init__(self) -> None:
+        self._stage, self._bar, self._done = None, None, 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage, self._done = stage, 0
+            self._bar = click.progressbar(length=total, label=stage, file=sys.stderr,
+                                          show_pos=True, show_eta=True)
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        self._stage, self._bar = None, None

@@ -52,6 +52,20 @@ def parse_target(text: str) -> float:
     return value
 
 
+def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel means and standard deviations from `MEAN,STD` or `M1,M2,M3,S1,S2,S3`."""
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    half = len(values) // 2
+    if not values or len(values) % 2 or not all(math.isfinite(v) for v in values) or \
+            min(values[half:]) <= 0:
+        raise ValueError(f"{text!r} is not MEAN,STD: write the means, then the standard "
+                         "deviations (> 0), one per channel, e.g. 0.2860,0.3530")
+    return tuple(values[:half]), tuple(values[half:])
+
+
 def parse_positive(text: str) -> float:
     """A finite number > 0."""
     try:
@@ -92,6 +106,7 @@ class _Parsed(click.ParamType):
 SIZE = _Parsed("size", parse_size)
 FRACTION = _Parsed("fraction", parse_fraction)
 TARGET = _Parsed("fraction", parse_target)
+NORMALIZE = _Parsed("MEAN,STD", parse_normalize)
 POSITIVE = _Parsed("number", parse_positive)
 INT_LIST = _Parsed("list", parse_int_list)
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..measure.latency import timings
 from ..measure.memory import peak_memory_mb
 from ..measure.onnx_file import flops_per_sample, load_onnx, random_input
+from ..io.files import files_in, write_atomic
 from ..report.bench import BenchResult, BenchRow
+from ..report.plots import bench_plots, require_matplotlib
 from ..runtime import SparseModel
 
 
 def bench(models: Sequence[Path], *, baseline: Path | None = None,
           batches: Sequence[int] = (1, 32, 256), threads: Sequence[int] = (1,),
-          seconds: float = 1.0, runtime: bool = True, memory: bool = True) -> BenchResult:
+          seconds: float = 1.0, runtime: bool = True, memory: bool = True,
+          log: Callable[[str], None] | None = None, plots: Path | None = None) -> BenchResult:
     """Time every model (and the baseline) at every batch size and thread count in plain
     onnxruntime, and, for files with sparse initializers, in compressor.runtime too.
 
@@ -31,7 +34,12 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
         runtime: also run files with sparse initializers in compressor.runtime (kernels
             measured at each batch size and thread count).
         memory: measure peak memory (one child process per model and batch size).
+        log: receives a line before each batch size and thread count is timed.
+        plots: a directory to write `latency_vs_batch.png` into (matplotlib).
     """
+    log = log or (lambda _: None)
+    if plots is not None:
+        require_matplotlib()
     files = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
     names = labels(files)
     loaded = {p: load_onnx(p).runnable() for p in files}
@@ -43,6 +51,9 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
     for t in threads:
         for b in batches:
             entries = [(p, False) for p in files] + [(p, True) for p in files if p in sparse]
+            log(f"timing {len(entries)} model{'s' * (len(entries) > 1)} at batch {b}, {t} "
+                f"thread{'s' * (t > 1)} (about {seconds * len(entries):g} s"
+                + (", then peak memory)" if memory else ")"))
             runners = [SparseModel.load(loaded[p].proto, batch=b, threads=t) if rt else
                        loaded[p].data for p, rt in entries]
             found = timings(runners, [sample[p] for p, _ in entries], batch=b, threads=t,
@@ -61,7 +72,10 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
                                      peaks.get((p, rt, b)), flops[p],
                                      speedup and round(speedup, 3), ideal and round(ideal, 3),
                                      round(speedup / ideal, 3) if speedup and ideal else None))
-    return BenchResult(tuple(rows), names[baseline] if baseline else None)
+    result = BenchResult(tuple(rows), names[baseline] if baseline else None)
+    if plots is not None:
+        write_atomic(files_in(plots, bench_plots(result), option="--plots"))
+    return result
 
 
 def labels(paths: Sequence[Path]) -> dict[Path, str]:

@@ -12,7 +12,7 @@ from ..errors import DataError, UsageError
 from ..graph.capture import run_batched
 from ..io.data import Dataset, load_eval_data
 from ..io.files import check_output, write_atomic
-from ..io.inputs import check_labels, find_input_layout
+from ..io.inputs import check_labels, find_input_layout, program_shape
 from ..io.load import load_model
 from ..measure.budgets import Budgets, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
@@ -135,8 +135,8 @@ def _reference_predictions(inputs: CheckInputs, x: torch.Tensor, about: str) -> 
         reference = load_onnx(path, what="--reference")
         return predictions(reference, fit_input(reference, x, source=about))[0]
     loaded = load_model(path, arch=inputs.arch, trust_pickle=inputs.trust_pickle)
-    layout, _ = find_input_layout(loaded, x)
-    return run_batched(loaded.run, layout(x)).argmax(1)
+    layout = find_input_layout(loaded, x, shape=program_shape(loaded))
+    return run_batched(loaded.run, layout.reshape(x)).argmax(1)
 
 
 def _latency(model: OnnxModel, inputs: CheckInputs, data: Dataset | None, about: str,

@@ -20,14 +20,15 @@ from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
 from ..graph.capture import capture, run_batched
 from ..graph.trace import trace
-from ..io.data import DataSplits, load_data
-from ..io.files import check_output, write_atomic
-from ..io.inputs import PARITY_SAMPLES, example, fit_data, random_inputs
-from ..io.load import LoadedModel, ModelFormat, load_model
+from ..io.data import DataSplits, load_data, normalized
+from ..io.files import check_output, files_in, write_atomic
+from ..io.inputs import PARITY_SAMPLES, InputLayout, example, fit_data, random_inputs
+from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..prune.config import Score
 from ..prune.cycles import Log, Progress, prune
 from ..prune.shrink import expand
 from ..report.compress import Report
+from ..report.plots import compress_plots, require_matplotlib
 from .config import CompressConfig
 from .summary import Outcome, summarize
 
@@ -42,6 +43,8 @@ class Paths:
     arch: str | None = None
     trust_pickle: bool = False
     variants: Path | None = None  # a directory to write every variant of the result into
+    logits: str | None = None  # which output (tuple index or dict key) are the logits
+    plots: Path | None = None  # a directory to write the report's pictures into
 
 
 def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log | None = None,
@@ -61,22 +64,62 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     started = time.perf_counter()
     log = log or (lambda _: None)
     torch.manual_seed(config.seed)
-    _check_options(data, config)
+    check_options(data, config)
     output, report_path = _check_paths(paths, data)
-    model, splits, probe = _load(paths, data, config, log)
+    if paths.plots is not None:
+        require_matplotlib()
+    model, splits, probe, layout = _load(paths, data, config, log)
+    outcome = run(model, splits, probe, layout, config, name=str(paths.model), log=log,
+                  progress=progress)
+    measures = [f"accuracy on {data}"] * bool(data) + ["latency"] * bool(config.bench)
+    log("measuring the result" + (f" ({', '.join(measures)})" if measures else ""))
+    report = summarize(outcome, config, model=str(Path(paths.model).resolve()), data=data,
+                       output=str(output),
+                       report_path=str(report_path), started=started)
+    files = {output: outcome.packed.data, report_path: report.to_json().encode()}
+    if paths.variants is not None:
+        files |= _variants(paths.variants, outcome, config)
+    if paths.plots is not None:
+        stats = outcome.pruned.stats
+        rates = {} if stats is None else {g: stats.rate(g).tolist() for g in stats.counts}
+        files |= files_in(paths.plots, compress_plots(report, rates), option="--plots")
+    write_atomic(files)
+    return report
+
+
+def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
+        layout: InputLayout, config: CompressConfig, *, name: str, log: Log,
+        progress: Progress | None = None) -> Outcome:
+    """Capture, trace, prune, export, verify and pack a loaded model (files are neither read
+    nor written here).
+
+    Args:
+        model: the loaded model.
+        splits: its data, in its layout (None: data-free).
+        probe: inputs the export is checked on (held-back data, or random inputs).
+        layout: how the data was shaped for the model.
+        config: pruning, fine-tuning and benchmark settings.
+        name: what messages call the model.
+        log: receives one line per stage.
+        progress: receives (stage, done, total) while counting activations.
+    """
     sample = example(probe)
     dense = capture(model, sample)
     gm = copy.deepcopy(dense)
     found = trace(gm)
     if not found.groups:
-        reasons = "; ".join(f"{name}: {why}" for name, why in found.dense) or \
+        reasons = "; ".join(f"{layer}: {why}" for layer, why in found.dense) or \
             "no Linear or Conv layers"
-        raise NothingToPruneError(f"nothing to prune in {paths.model} ({reasons}): compressor "
+        raise NothingToPruneError(f"nothing to prune in {name} ({reasons}): compressor "
                                   "removes neurons and channels of Linear and Conv layers whose "
                                   "next layers read them through a ReLU")
     tuning = config.finetune
     distills = bool(splits and splits.labelled and tuning.max_epochs != 0 and tuning.distill)
-    teacher = run_batched(dense, splits.train.x) if distills else None  # a pass over train
+    if distills:
+        log(f"computing the input model's logits on {len(splits.train):,} training samples "
+            "(for distillation)")
+    teacher = run_batched(dense, splits.train.x, device=config.prune.device) if distills \
+        else None  # a pass over train
     pruned = prune(gm, found, splits, config.prune, config.finetune, seed=config.seed,
                    teacher=teacher, log=log, progress=progress)
     log("exporting ONNX and verifying it in onnxruntime")
@@ -84,38 +127,46 @@ def compress(paths: Paths, data: str | None, config: CompressConfig, *, log: Log
     parity_x = probe[:PARITY_SAMPLES]
     diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
     packed, packed_diff = _pack(onnx_pruned, gm, parity_x, config, log)
-    outcome = Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
-                      to_onnx(dense, sample), onnx_pruned, packed)
-    report = summarize(outcome, config, model=str(paths.model), data=data, output=output,
-                       report_path=report_path, parity=(diff, int(parity_x.shape[0])),
-                       packed_diff=packed_diff, started=started)
-    files = {output: packed.data, report_path: report.to_json().encode()}
-    if paths.variants is not None:
-        files |= _variants(paths.variants, outcome, sample, parity_x, config)
-    write_atomic(files)
-    return report
+    return Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
+                   to_onnx(dense, sample), onnx_pruned, packed, layout,
+                   (diff, int(parity_x.shape[0])), packed_diff)
 
 
 def _load(paths: Paths, data: str | None, config: CompressConfig,
-          log: Log) -> tuple[LoadedModel, DataSplits | None, torch.Tensor]:
-    """The model, the data split and fitted to it (None without data), and the inputs the
-    export is checked on (held-back data, or random inputs in the model's shape)."""
-    model = load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle)
-    if model.format is ModelFormat.EXPORTED_PROGRAM:  # drop its shape guards: any batch size
-        model = dataclasses.replace(model, run=capture(model))
+          log: Log) -> tuple[LoadedModel, DataSplits | None, torch.Tensor, InputLayout]:
+    """The model, the data split and fitted to it (None without data), the inputs the
+    export is checked on (held-back data, or random inputs in the model's shape), and the
+    input layout chosen."""
+    model = prepared(load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle),
+                     logits=paths.logits)
     if data is None:
-        splits, probe = None, random_inputs(model, seed=config.seed, shape=config.input_shape)
+        probe, layout = random_inputs(model, seed=config.seed, shape=config.input_shape)
+        splits = None
         log(f"loaded {model.format.value} model; no data: pruning data-free, checking the "
             f"export on {len(probe):,} random inputs")
     else:
-        splits = fit_data(model, load_data(data, seed=config.seed))
+        given = load_data(data, seed=config.seed)
+        if config.normalize is not None:
+            given = normalized(given, *config.normalize)
+        splits, layout = fit_data(model, given, shape=config.input_shape)
         if config.budgets.min_accuracy is not None and not splits.labelled:
             raise DataError(f"--min-accuracy needs labels, and {data} has none: give labelled "
                             "data or drop --min-accuracy")
         probe = splits.validation.x
         log(f"loaded {model.format.value} model and {data} ({len(splits.train):,} train / "
             f"{len(splits.validation):,} validation / {len(splits.test or ()):,} test samples)")
-    return model, splits, probe
+    return model, splits, probe, layout
+
+
+def prepared(model: LoadedModel, *, logits: str | None = None) -> LoadedModel:
+    """A loaded model made ready to run: float32 checked, the logits picked from several
+    outputs, and a `.pt2` program's shape guards dropped (any batch size)."""
+    check_float32(model)
+    if logits is not None:
+        model = select_logits(model, logits)
+    if model.program is not None:
+        model = dataclasses.replace(model, run=capture(model))
+    return model
 
 
 def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: CompressConfig,
@@ -132,23 +183,24 @@ def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: Compr
     return packed, verify_packed(packed, gm, x, tolerance=config.parity_tolerance)
 
 
-def _variants(folder: Path, run: Outcome, sample: torch.Tensor, x: torch.Tensor,
-              config: CompressConfig) -> dict[Path, bytes]:
+def _variants(folder: Path, run: Outcome, config: CompressConfig) -> dict[Path, bytes]:
     """`--variants`: every variant of the result, by the path it is written to."""
+    sample, x = example(run.probe), run.probe[:PARITY_SAMPLES]
     kept = {name: torch.tensor(p["kept"]) for name, p in run.pruned.plan.items()}
     masked = expand(run.found.groups, run.pruned_gm, kept)
     blobs = variants(run.onnx_dense, run.onnx_pruned, masked, run.pruned_gm, sample, x,
                      batch=config.budget_batch, threads=config.threads,
                      tolerance=config.parity_tolerance)
-    folder.mkdir(parents=True, exist_ok=True)
-    return {check_output(folder / f"{name}.onnx", inputs=(), option="--variants"): blob
-            for name, blob in blobs.items()}
+    return files_in(folder, {f"{name}.onnx": blob for name, blob in blobs.items()},
+                    option="--variants")
 
 
-def _check_options(data: str | None, config: CompressConfig) -> None:
-    """Options that cannot work without data, refused before any work is done."""
+def check_options(data: str | None, config: CompressConfig) -> None:
+    """Options that cannot work without data (`data` None), refused before any work."""
     if data is not None:
         return
+    if config.normalize is not None:
+        raise DataError("--normalize applies to --data: pass --data, or drop --normalize")
     if config.budgets.min_accuracy is not None or config.budgets.min_agreement is not None:
         raise DataError("--min-accuracy and --min-agreement are measured on data: pass --data "
                         "(labelled for --min-accuracy)")

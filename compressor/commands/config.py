@@ -22,7 +22,8 @@ class CompressConfig:
     budgets: Budgets = field(default_factory=Budgets)
     budget_batch: int = 1  # the batch size the latency budgets are checked at
     format: Format = Format.DENSE
-    input_shape: tuple[int, ...] | None = None  # per sample, for data-free runs
+    input_shape: tuple[int, ...] | None = None  # one sample's: the data's and the export's
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # per-channel mean, std
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", Format(self.format))

@@ -4,11 +4,15 @@ budgets, each measured once."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import json
+import platform
 import time
+from enum import Enum
 from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
+import onnxruntime
 import torch
 from torch import fx
 
@@ -18,13 +22,14 @@ from ..graph.capture import get_tensor, run_batched
 from ..graph.count import flops, weights
 from ..graph.trace import Trace
 from ..io.data import DataSplits
+from ..io.inputs import InputLayout
 from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
 from ..prune.calibrate import ActivationStats
 from ..prune.config import Score
 from ..prune.cycles import Pruned
 from ..prune.finetune import accuracy
-from ..report.compress import LayerRow, Latency, Report
+from ..report.compress import LayerRow, Latency, ModelInput, Report
 from ..runtime import SparseModel, session
 from .config import CompressConfig
 
@@ -43,6 +48,9 @@ class Outcome:
     onnx_dense: bytes
     onnx_pruned: bytes  # float32, zeros kept
     packed: Packed  # what is written
+    layout: InputLayout  # how the data was shaped for the model
+    parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
+    packed_diff: float | None  # max |int8 - float32| (int8 files)
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,7 @@ class _Predictions:
 
 
 def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | None,
-              output: Path, report_path: Path, parity: tuple[float, int], packed_diff: float | None,
-              started: float) -> Report:
+              output: str, report_path: str, started: float) -> Report:
     """The report of `run`, with the budgets measured as `compress check` measures them."""
     seen = _predictions(run, data, needed=config.budgets.min_agreement is not None)
     labelled = seen is not None and seen.labels is not None
@@ -66,13 +73,13 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
     w_after = weights(run.pruned_gm, run.found, nonzero=nonzero)
     prune = config.prune
     report = Report(
-        model=model, model_format=run.model_format, data=data, output=str(output),
-        report=str(report_path), target=prune.target, scope=run.pruned.scope.value,
+        model=model, model_format=run.model_format, data=data, output=output,
+        report=report_path, target=prune.target, scope=run.pruned.config.scope.value,
         criterion=prune.criterion.value, score=prune.score.value,
         method=prune.method.value if prune.score is Score.WEIGHTS else None,
         format=config.format.value, format_note=run.packed.note,
         kernels=run.packed.layers if config.format is not Format.DENSE else (),
-        runtime=run.packed.runtime, int8_max_abs_diff=packed_diff, of=prune.of.value,
+        runtime=run.packed.runtime, int8_max_abs_diff=run.packed_diff, of=prune.of.value,
         compensate=prune.compensate.resolve(has_data=run.splits is not None).value,
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,
@@ -82,15 +89,63 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         accuracy_before=accuracy(seen.dense, seen.labels) if labelled else None,
         accuracy_after=accuracy(seen.written, seen.labels) if labelled else None,
         accuracy_data=seen.about if labelled else None,
-        parity_max_abs_diff=parity[0], parity_samples=parity[1],
+        parity_max_abs_diff=run.parity[0], parity_samples=run.parity[1],
         parity_inputs="held-back" if run.splits else "random",
         latency_threads=config.bench.threads if config.bench else 0,
         latency=_latencies(run.onnx_dense, run.packed, run.probe[:256], config),
         layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats),
         cycles=run.pruned.cycles, plan=run.pruned.plan,
+        input=_input(run.packed.data, run.layout),
+        options=_options(config, run.pruned), versions=versions(),
         seconds=round(time.perf_counter() - started, 2))
     budgets = _budgets(run, report, seen, config)
-    return dataclasses.replace(report, budgets=budgets) if budgets else report
+    return dataclasses.replace(report, budgets=budgets, warnings=_warnings(report, run.layout))
+
+
+def _warnings(report: Report, layout: InputLayout) -> tuple[str, ...]:
+    """What looks wrong with the inputs: an input model that scores near chance was most
+    likely given data preprocessed differently from its training data."""
+    chance = 1 / max(layout.classes, 1)
+    if report.accuracy_before is None or report.accuracy_before >= 2 * chance:
+        return ()
+    return (f"the input model scores {100 * report.accuracy_before:.2f}% on "
+            f"{report.accuracy_data}, under twice chance ({100 * chance:.1f}% for "
+            f"{layout.classes} classes): is the data preprocessed as in training (--normalize "
+            "MEAN,STD, --input-shape)? Calibration and fine-tuning used the same data.",)
+
+
+def _options(config: CompressConfig, pruned: Pruned) -> dict[str, object]:
+    """Every setting of the run as plain values, with what was left to the model resolved."""
+    used = dataclasses.replace(config, prune=pruned.config, finetune=pruned.tuning)
+    return json.loads(json.dumps(dataclasses.asdict(used), default=_plain))
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+def versions() -> dict[str, str]:
+    """compressor's version and those of Python and the libraries a result depends on."""
+    return {"compressor": _version("compressor"), "python": platform.python_version(),
+            "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _input(model: bytes, layout: InputLayout) -> ModelInput:
+    """The written file's input (the batch axis is named `batch`), and the other sample shapes
+    the input model would also have taken."""
+    graph_input = onnx.load_from_string(model).graph.input[0]
+    tensor = graph_input.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else "batch" for d in tensor.shape.dim)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return ModelInput(graph_input.name, shape, dtype, layout.describe_also())
 
 
 def _predictions(run: Outcome, data: str | None, *, needed: bool) -> _Predictions | None:

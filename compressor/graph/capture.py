@@ -4,7 +4,9 @@ by name; the graph has no guards or pytree plumbing, takes one tensor and return
 
 from __future__ import annotations
 
+import itertools
 import re
+from contextlib import contextmanager
 
 import torch
 from torch import fx, nn
@@ -33,7 +35,7 @@ def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.Graph
             programs, which are already captured.
     """
     try:
-        if model.format is ModelFormat.EXPORTED_PROGRAM:
+        if model.program is not None:
             program = model.program
         elif model.format is ModelFormat.TORCHSCRIPT:
             from torch._export.converter import TS2EPConverter
@@ -160,11 +162,30 @@ def add_zero_bias(gm: fx.GraphModule, layer: fx.Node) -> str:
     return name
 
 
-def run_batched(gm: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Outputs of `gm` on `x`, computed in batches without gradients."""
-    with torch.no_grad():
-        return torch.cat([output_tensor(gm(x[i:i + batch_size]))
+def run_batched(gm: nn.Module, x: torch.Tensor, batch_size: int = 1024, *,
+                device: str = "cpu") -> torch.Tensor:
+    """Outputs of `gm` on `x` (on the CPU), computed on `device` in batches without
+    gradients."""
+    with torch.no_grad(), on_device(gm, device):
+        return torch.cat([output_tensor(gm(x[i:i + batch_size].to(device))).cpu()
                           for i in range(0, x.shape[0], batch_size)])
+
+
+@contextmanager
+def on_device(module: nn.Module, device: str):
+    """`module` on `device` inside the block and back where it was after (a no-op when it is
+    there already: blocks nest). Parameters move in place, so views sharing them follow."""
+    target = torch.device(device)
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    if first is None or first.device.type == target.type:
+        yield module
+        return
+    before = first.device
+    module.to(target)
+    try:
+        yield module
+    finally:
+        module.to(before)
 
 
 def _get_attr(gm: nn.Module, target: str) -> object:

@@ -63,6 +63,19 @@ class DataSplits:
                           self.validation.with_x(fn(self.validation.x)), test)
 
 
+def normalized(splits: DataSplits, mean: tuple[float, ...],
+               std: tuple[float, ...]) -> DataSplits:
+    """Inputs `(x - mean) / std`, one value each for every sample or per channel (axis 1)."""
+    x = splits.train.x
+    if len(mean) > 1 and (x.ndim < 3 or x.shape[1] != len(mean)):
+        raise DataError(f"--normalize gives {len(mean)} channels but {splits.name}'s samples "
+                        f"have shape {list(x.shape[1:])} (channels on axis 1): give one MEAN,STD "
+                        f"or {x.shape[1] if x.ndim > 2 else 1} of each")
+    shape = (1, len(mean)) + (1,) * (x.ndim - 2) if len(mean) > 1 else ()
+    m, s = torch.tensor(mean).reshape(shape), torch.tensor(std).reshape(shape)
+    return splits.map_x(lambda t: (t - m) / s)
+
+
 def load_data(spec: str, *, seed: int = 0) -> DataSplits:
     """Load `fashion-mnist` or a `.npz`/`.npy`/`.pt` file and split it.
 

@@ -53,6 +53,15 @@ def check_output(path: Path, *, inputs: tuple[Path, ...], option: str = "-o/--ou
     return resolved
 
 
+def files_in(folder: Path, named: dict[str, bytes], *, option: str) -> dict[Path, bytes]:
+    """`named` (file name -> bytes) keyed by their paths in `folder` (created if missing),
+    each checked as `check_output` checks an output given with `option`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {check_output(folder / name, inputs=(), option=option): data
+            for name, data in named.items()}
+
+
 def write_atomic(files: dict[Path, bytes]) -> None:
     """Write every file to a temporary sibling, then rename them all into place, with the
     permissions any tool gives a new file (0666 less the umask; mkstemp's are 0600)."""

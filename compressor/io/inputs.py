@@ -3,53 +3,92 @@ data, and labels that fit its outputs."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ..errors import DataError, first_line
+from ..errors import DataError, ModelError, first_line
 from .data import DataSplits
 from .load import LoadedModel, output_tensor
 
 PARITY_SAMPLES = 1_000  # inputs every export is checked on
 
 
-def find_input_layout(model: LoadedModel, x: torch.Tensor) -> tuple[Callable, int]:
-    """Find how `x` must be shaped for the model (as is, flattened, or without its channel axis).
+@dataclass(frozen=True)
+class InputLayout:
+    """How data must be shaped for a model."""
 
-    Returns:
-        The reshaping function and the model's number of outputs per sample.
+    reshape: Callable[[torch.Tensor], torch.Tensor]
+    shape: tuple[int, ...]  # one sample's shape after `reshape`
+    classes: int  # outputs per sample
+    also: tuple[tuple[int, ...], ...] = ()  # other sample shapes the model takes as well
+
+    def describe_also(self) -> str:
+        """`[batch, 784], [batch, 28, 28]`: the other shapes, for the report."""
+        return ", ".join(_batch_shape(s, "batch") for s in self.also)
+
+
+def find_input_layout(model: LoadedModel, x: torch.Tensor, *,
+                      shape: tuple[int, ...] | None = None) -> InputLayout:
+    """Find how `x` must be shaped for the model: in `shape` (one sample's, when given: from
+    `--input-shape` or a `.pt2` program's signature), else as given, flattened or without its
+    channel axis, the first the model takes; the others it takes too are recorded, so that the
+    report can say the choice was not the only one.
     """
-    candidates = [("as given", lambda t: t)]
-    if x.ndim > 2:
-        candidates.append(("flattened", lambda t: t.flatten(1)))
-    if x.ndim == 4 and x.shape[1] == 1:
-        candidates.append(("without the channel axis", lambda t: t.squeeze(1)))
-    first_error = None
+    if shape is not None:
+        if math.prod(shape) != math.prod(x.shape[1:]):
+            raise DataError(f"the data's samples have shape {_batch_shape(x.shape[1:])} "
+                            f"({math.prod(x.shape[1:]):,} values) and the model's input shape "
+                            f"{_batch_shape(shape)} has {math.prod(shape):,}: give data or "
+                            "--input-shape that match")
+        candidates = [("in the model's input shape", lambda t: t.reshape(t.shape[0], *shape))]
+    else:
+        candidates = [("as given", lambda t: t)]
+        if x.ndim > 2:
+            candidates.append(("flattened", lambda t: t.flatten(1)))
+        if x.ndim == 4 and x.shape[1] == 1:
+            candidates.append(("without the channel axis", lambda t: t.squeeze(1)))
+    taken, first_error = [], None
     for _, layout in candidates:
         try:
             with torch.no_grad():
-                out = output_tensor(model.run(layout(x[:2])))
+                raw = model.run(layout(x[:2]))
+        except ModelError:  # about the model, whatever the layout (--logits)
+            raise
         except Exception as e:  # the user's model code may raise anything
             first_error = first_error or first_line(e)
             continue
+        out = output_tensor(raw)  # a tuple or dict of outputs: say --logits, not the layout
         if out.ndim == 2 and out.shape[0] == min(2, x.shape[0]):
-            return layout, int(out.shape[1])
-        first_error = first_error or f"it returned shape {list(out.shape)}, not [batch, classes]"
+            taken.append((layout, tuple(layout(x[:1]).shape[1:]), int(out.shape[1])))
+        else:
+            first_error = first_error or \
+                f"it returned shape {list(out.shape)}, not [batch, classes]"
+    if taken:
+        (layout, chosen, classes), *others = taken
+        return InputLayout(layout, chosen, classes, tuple(s for _, s, _ in others))
     tried = ", ".join(name for name, _ in candidates)
-    raise DataError(f"the model cannot take the data (inputs of shape [N, "
-                    f"{', '.join(map(str, x.shape[1:]))}], tried {tried}): {first_error}; "
-                    "give data in the shape the model expects")
+    raise DataError(f"the model cannot take the data (inputs of shape "
+                    f"{_batch_shape(x.shape[1:])}, tried {tried}): {first_error}; give data in "
+                    "the shape the model expects")
 
 
-def fit_data(model: LoadedModel, splits: DataSplits) -> DataSplits:
-    """`splits` with inputs in the layout the model takes; labels checked against its outputs."""
-    layout, classes = find_input_layout(model, splits.train.x)
-    splits = splits.map_x(layout)
+def _batch_shape(shape, batch: str = "N") -> str:
+    return "[" + ", ".join([batch, *map(str, shape)]) + "]"
+
+
+def fit_data(model: LoadedModel, splits: DataSplits, *,
+             shape: tuple[int, ...] | None = None) -> tuple[DataSplits, InputLayout]:
+    """`splits` with inputs in the layout the model takes (in `shape` when given, else a
+    `.pt2` program's own), and that layout; labels checked against its outputs."""
+    layout = find_input_layout(model, splits.train.x, shape=shape or program_shape(model))
+    splits = splits.map_x(layout.reshape)
     for part in (splits.train, splits.validation, splits.test):
         if part is not None and part.y is not None:
-            check_labels(part.y, classes, source=splits.name)
-    return splits
+            check_labels(part.y, layout.classes, source=splits.name)
+    return splits, layout
 
 
 def check_labels(y: torch.Tensor, classes: int, *, source: str) -> None:
@@ -60,28 +99,35 @@ def check_labels(y: torch.Tensor, classes: int, *, source: str) -> None:
 
 
 def random_inputs(model: LoadedModel, *, seed: int,
-                  shape: tuple[int, ...] | None = None) -> torch.Tensor:
+                  shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, InputLayout]:
     """Inputs to check the export on when there is no data: uniform [0, 1) in `shape` (per
     sample), else the model's input shape (from a .pt2 program's signature, else the first
-    Linear's input features)."""
-    shape = shape or _input_shape(model)
+    Linear's input features); with their layout."""
+    given = shape or program_shape(model)
+    shape = given or _first_linear_shape(model)
     x = torch.rand((PARITY_SAMPLES, *shape), generator=torch.Generator().manual_seed(seed))
     try:
-        layout, _ = find_input_layout(model, x)
+        layout = find_input_layout(model, x, shape=given)
     except DataError as e:
         raise DataError(f"without --data the model is checked on random inputs of shape "
-                        f"[N, {', '.join(map(str, shape))}], and it does not take them: pass "
+                        f"{_batch_shape(shape)}, and it does not take them: pass "
                         "--input-shape (e.g. 1,28,28) or --data with inputs in the shape it "
                         "expects") from e
-    return layout(x)
+    return layout.reshape(x), layout
 
 
-def _input_shape(model: LoadedModel) -> tuple[int, ...]:
-    if model.program is not None:
-        names = set(model.program.graph_signature.user_inputs)
-        for node in model.program.graph.nodes:
-            if node.op == "placeholder" and node.name in names and "val" in node.meta:
-                return tuple(int(d) for d in node.meta["val"].shape[1:])
+def program_shape(model: LoadedModel) -> tuple[int, ...] | None:
+    """One sample's shape as a `.pt2` program declares it (None for other formats)."""
+    if model.program is None:
+        return None
+    names = set(model.program.graph_signature.user_inputs)
+    for node in model.program.graph.nodes:
+        if node.op == "placeholder" and node.name in names and "val" in node.meta:
+            return tuple(int(d) for d in node.meta["val"].shape[1:])
+    return None
+
+
+def _first_linear_shape(model: LoadedModel) -> tuple[int, ...]:
     first = next((p for _, p in model.run.named_parameters() if p.ndim >= 2), None)
     if first is not None and first.ndim == 2:
         return (int(first.shape[1]),)

@@ -67,14 +67,62 @@ def load_model(path: Path, *, arch: str | None = None, trust_pickle: bool = Fals
     return _load_pickle(path, arch=arch, trust_pickle=trust_pickle)
 
 
+def check_float32(model: LoadedModel) -> None:
+    """Refuse weights that are not float32, naming the dtype and the fix (a float64 model
+    otherwise fails later with an error about the data's shape)."""
+    tensors = model.program.state_dict.values() if model.program is not None else \
+        [*model.run.parameters(), *model.run.buffers()] if isinstance(model.run, nn.Module) \
+        else []
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()} - {torch.float32}
+    if dtypes:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        raise ModelError(f"the model's weights are {names}: compressor prunes and exports "
+                         "float32 models; call model.float() before saving it")
+
+
 def output_tensor(out: Any) -> torch.Tensor:
     """The single logits tensor a model returns (a 1-tuple is unwrapped)."""
     if isinstance(out, (tuple, list)) and len(out) == 1:
         out = out[0]
+    if isinstance(out, (tuple, list)):
+        raise ModelError(f"the model returns a {type(out).__name__} of {len(out)} outputs: pass "
+                         f"--logits INDEX (0 to {len(out) - 1}) to say which are the logits")
+    if isinstance(out, dict):
+        keys = ", ".join(map(str, list(out)[:8]))
+        raise ModelError(f"the model returns a dict ({keys}): pass --logits KEY to say which "
+                         "entry are the logits")
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"the model returns {type(out).__name__}; compressor needs a model that "
                          "returns one tensor of logits [batch, classes]")
     return out
+
+
+class _Logits(nn.Module):
+    """A model that returns one entry (`key`) of what `inner` returns."""
+
+    def __init__(self, inner: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.inner, self.key = inner, key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        try:
+            return out[self.key]
+        except (IndexError, KeyError, TypeError) as e:
+            what = f"{len(out)} outputs" if isinstance(out, (tuple, list)) else \
+                f"keys {', '.join(map(str, out))}" if isinstance(out, dict) else \
+                type(out).__name__
+            raise ModelError(f"--logits {self.key}: the model returns {what}, which has no "
+                             f"entry {self.key!r}") from e
+
+
+def select_logits(model: LoadedModel, key: str) -> LoadedModel:
+    """`model` returning only its output `key` (an index into a tuple, or a dict key)."""
+    if model.format is ModelFormat.TORCHSCRIPT:
+        raise ModelError("--logits works for nn.Module models (state_dict, pickled module) and "
+                         ".pt2 programs; for TorchScript, script a module that returns the logits")
+    chosen: int | str = int(key) if key.lstrip("-").isdigit() else key
+    return LoadedModel(model.path, model.format, _Logits(model.run, chosen).eval())
 
 
 def _sniff(path: Path) -> ModelFormat:
@@ -111,6 +159,7 @@ def _load_pickle(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedM
                 f"{path} is a pickled Python object (probably a whole nn.Module), and unpickling "
                 "runs arbitrary code from the file: pass --trust-pickle only if you trust it, or "
                 "save model.state_dict() and pass --arch module:callable") from e
+        _importable_from_here()  # as --arch: classes defined beside the model are found
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ModuleNotFoundError) as e2:
@@ -134,6 +183,12 @@ def _load_pickle(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedM
         raise ModelError(f"{path} is a state_dict without the model's code: pass "
                          "--arch module:callable, a function or class that builds the module")
     module = build_arch(arch)
+    state = _unwrapped(state, set(module.state_dict()))
+    expected, given = set(module.state_dict()), set(state)
+    if expected != given:
+        raise ModelError(f"the weights in {path} do not fit --arch {arch}: "
+                         f"{_key_difference(expected - given, given - expected)}; pass the "
+                         "architecture they were trained with")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -142,13 +197,36 @@ def _load_pickle(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedM
     return LoadedModel(path, ModelFormat.STATE_DICT, module.eval())
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+
+
+def _unwrapped(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """`state` without the key prefix DataParallel, DistributedDataParallel or torch.compile
+    put on every key, when the module expects the keys without it."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and \
+                not any(k.startswith(prefix) for k in expected):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def _key_difference(missing: set[str], unexpected: set[str], shown: int = 3) -> str:
+    """`missing fc.weight, fc.bias; unexpected head.weight (+2 more)`."""
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            first = sorted(keys)[:shown]
+            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{what} {', '.join(first)}{more}")
+    return "; ".join(parts)
+
+
 def build_arch(arch: str) -> nn.Module:
     """Import `module:callable` (from the current directory or PYTHONPATH) and call it."""
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
         raise ModelError(f"--arch {arch!r} must look like module:callable, e.g. models.mlp:paper_mlp")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
+    _importable_from_here()
     try:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -164,6 +242,12 @@ def build_arch(arch: str) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise ModelError(f"--arch {arch}() returned {type(module).__name__}, not an nn.Module")
     return module
+
+
+def _importable_from_here() -> None:
+    """Modules in the current directory become importable (as `python -c` would have them)."""
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
 
 
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:

@@ -77,6 +77,11 @@ class BudgetRow:
     detail: str
 
     @property
+    def unit(self) -> str:
+        """What `value` and `limit` are measured in."""
+        return UNITS[self.name]
+
+    @property
     def comparison(self) -> str:
         kind, fmt = SPECS[self.name][1:]
         op = "<=" if kind == "max" else ">="
@@ -97,6 +102,9 @@ SPECS: dict[str, tuple[str, str, Callable[[float], str]]] = {
     "latency": ("max_latency_ms", "max", lambda v: f"{v:.4f} ms"),
     "latency_ratio": ("max_latency_ratio", "max", lambda v: f"{v:.3f}x"),
 }
+UNITS = {"size": "bytes", "parameters": "count", "flops": "FLOPs per sample",
+         "accuracy": "fraction", "agreement": "fraction", "latency": "ms",
+         "latency_ratio": "ratio"}
 _BROKEN = {"<=": ">", ">=": "<"}
 
 

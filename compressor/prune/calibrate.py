@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from ..graph.capture import outputs_of
+from ..graph.capture import on_device, outputs_of
 from ..graph.groups import PrunableGroup
 
 Progress = Callable[[int, int], None]
@@ -38,7 +38,8 @@ class ActivationStats:
 
 
 def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor, *,
-                      batch_size: int = 1000, progress: Progress | None = None) -> ActivationStats:
+                      batch_size: int = 1000, progress: Progress | None = None,
+                      device: str = "cpu") -> ActivationStats:
     """Count, for every unit of every group, the samples of `x` on which it fires.
 
     Args:
@@ -47,6 +48,7 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
         x: calibration inputs.
         batch_size: samples per forward pass.
         progress: called with (samples done, total) after each batch.
+        device: where the forward passes run (counts are kept on the CPU).
 
     Returns:
         Counts and mean activations accumulated over all batches.
@@ -57,14 +59,15 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     sums = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     positions = {g.name: 0 for g in groups}
     n = int(x.shape[0])
-    with torch.no_grad():
+    with torch.no_grad(), on_device(probe, device):
         for start in range(0, n, batch_size):
-            outputs = dict(zip(nodes, probe(x[start:start + batch_size])))
+            outputs = dict(zip(nodes, probe(x[start:start + batch_size].to(device))))
             for g in groups:
                 for name in g.activations:
                     per_unit = _per_unit(outputs[name], g.size)  # [B, units, positions]
-                    counts[g.name] += (per_unit != 0).sum(dim=(0, 2))
-                    sums[g.name] += per_unit.double().mean(dim=2).sum(dim=0) / len(g.activations)
+                    counts[g.name] += (per_unit != 0).sum(dim=(0, 2)).cpu()
+                    sums[g.name] += (per_unit.double().mean(dim=2).sum(dim=0) /
+                                     len(g.activations)).cpu()
                     if start == 0:
                         positions[g.name] += per_unit.shape[2]
             if progress is not None:

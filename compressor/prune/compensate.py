@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import fx
@@ -28,8 +29,8 @@ class Compensated:
 
 def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
                removed: dict[str, torch.Tensor], config: PruneConfig, *,
-               stats: ActivationStats | None = None,
-               x: torch.Tensor | None = None) -> dict[str, Compensated]:
+               stats: ActivationStats | None = None, x: torch.Tensor | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Compensated]:
     """Make the next layers make up for units about to be removed; call before shrinking.
 
     A unit with no incoming weights outputs a constant (relu(bias)); that constant is always
@@ -47,6 +48,7 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         config: the compensation method and its settings (auto is resolved here).
         stats: activation statistics of `gm` (needed by mean).
         x: calibration inputs (needed by lsq, and by auto to choose lsq).
+        progress: receives (groups done, groups) after each group.
 
     Returns:
         Per group, how many removed units were exact constants and how many were merged.
@@ -70,9 +72,11 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
                         config.merge_threshold) if mode is Compensation.MERGE else 0
         zero_consumers(gm, g, units)
         if mode is Compensation.LSQ:
-            refit_consumers(gm, reference, g, keep, x, ridge=config.ridge,
+            refit_consumers(gm, reference, g, keep, x, ridge=config.ridge, device=config.device,
                             batch_size=config.batch_size)
         done[g.name] = Compensated(int(is_constant.sum()), merged)
+        if progress is not None:
+            progress(len(done), len(groups))
     return done
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 
+import torch
+
 
 class Scope(str, Enum):
     """How neurons are ranked for removal (paper Algorithms 3 and 6)."""
@@ -86,6 +88,20 @@ class Method(str, Enum):
                 Method.RANDOM: Criterion.RANDOM}[self]
 
 
+def resolve_device(name: str) -> str:
+    """`auto` -> cuda when torch sees a GPU, else cpu; cuda is refused when it sees none."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name} asked for, but torch sees no CUDA GPU here: use "
+                         "--device cpu (or auto)")
+    return name
+
+
 MLP_SCHEDULE = (5, 6)  # (cycles, most epochs per cycle): the paper's schedule for neurons
 CNN_SCHEDULE = (1, 5)  # for conv channels, where an epoch costs 20-50x an MLP's (see docs)
 
@@ -115,6 +131,8 @@ class PruneConfig:
         align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any;
             0 = auto: multiples of 8 for conv channels, exact widths for Linear neurons).
         of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
+        device: where counting, refits and fine-tuning run: cpu, cuda, cuda:N, or auto (cuda
+            when available, else cpu); the model and every result come back to the CPU.
     """
 
     target: float
@@ -131,6 +149,7 @@ class PruneConfig:
     seed: int = 0
     align: int = 0
     of: Of = Of.WEIGHTS
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
@@ -147,6 +166,7 @@ class PruneConfig:
             raise ValueError(f"merge threshold must be between 0 and 1, got {self.merge_threshold}")
         if not (self.ridge > 0 and math.isfinite(self.ridge)):
             raise ValueError(f"ridge must be a positive number, got {self.ridge}")
+        object.__setattr__(self, "device", resolve_device(self.device))
         object.__setattr__(self, "scope", Scope(self.scope))
         object.__setattr__(self, "compensate", Compensation(self.compensate))
         object.__setattr__(self, "criterion", Criterion(self.criterion))

@@ -13,7 +13,7 @@ from torch import fx
 
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import FinetuneConfig, Of, PruneConfig, Score, Scope
+from .config import FinetuneConfig, Of, PruneConfig, Score
 from ..io.data import DataSplits
 from .finetune import FinetuneResult, finetune
 from ..graph.capture import get_tensor
@@ -54,7 +54,8 @@ class Pruned:
     stats: ActivationStats | None  # first cycle's counts (of the original model), with data
     cycles: tuple[CycleRow, ...]
     plan: dict[str, dict[str, object]]
-    scope: Scope  # the scope used (never AUTO)
+    config: PruneConfig  # the settings used: scope and cycles resolved for the model
+    tuning: FinetuneConfig  # fine-tuning used: epochs resolved for the model
 
 
 
@@ -105,22 +106,25 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     for n, target in enumerate(targets, 1):
         stage = f"cycle {n}/{len(targets)}: counting activations"
         stats = None if calib is None else count_activations(
-            gm, groups, calib, batch_size=prune.batch_size,
+            gm, groups, calib, batch_size=prune.batch_size, device=prune.device,
             progress=progress and (lambda d, t: progress(stage, d, t)))
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
                           align=_alignment(gm, groups, prune.align) if n == len(targets) else 1)
         begun = time.perf_counter()
-        done = compensate(gm, groups, removed, prune, stats=stats, x=calib)
+        stage = f"cycle {n}/{len(targets)}: compensating"
+        done = compensate(gm, groups, removed, prune, stats=stats, x=calib,
+                          progress=progress and (lambda d, t: progress(stage, d, t)))
         seconds = time.perf_counter() - begun
         for g in groups:
             mask = torch.ones(g.size, dtype=torch.bool)
             mask[removed[g.name]] = False
             kept[g.name] = kept[g.name][mask]
         groups = shrink(gm, groups, removed)
-        result = finetune(gm, splits.train, splits.validation, tuning,
-                          teacher=teacher, seed=seed + n) if train else None
+        result = finetune(gm, splits.train, splits.validation, tuning, teacher=teacher,
+                          seed=seed + n, **_epoch_reports(n, len(targets), log, progress, prune.device)) \
+            if train else None
         rows.append(_cycle_row(n, target, 1 - _measure(gm, found, prune) / w0, removed, stats,
                                done, seconds, result))
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
@@ -131,7 +135,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
             "its weights to land within 1 point (try --cycles 1)")
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan, prune.scope)
+    return Pruned(first[0], tuple(rows), plan, prune, tuning)
 
 
 def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
@@ -155,7 +159,7 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
     for n, target in enumerate(targets, 1):
         stage = f"cycle {n}/{len(targets)}: counting activations"
         stats = None if calib is None or not prune.needs_data else count_activations(
-            gm, groups, calib, batch_size=prune.batch_size,
+            gm, groups, calib, batch_size=prune.batch_size, device=prune.device,
             progress=progress and (lambda d, t: progress(stage, d, t)))
         first = first or [stats]
         scores = weight_scores(gm, groups, prune.method, stats=stats, generator=generator)
@@ -170,7 +174,8 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
             mask[removed[g.name]] = False
             kept[g.name] = kept[g.name][mask]
         result = finetune(gm, splits.train, splits.validation, tuning, teacher=teacher,
-                          seed=seed + n, masks=masks(gm, groups)) if train else None
+                          seed=seed + n, masks=masks(gm, groups),
+                          **_epoch_reports(n, len(targets), log, progress, prune.device)) if train else None
         exact = sum(int(r.numel()) for r in removed.values())
         row = CycleRow(n, round(target, 6), round(1 - weights(gm, found, nonzero=True) / w0, 6),
                        exact, None, exact, 0, round(seconds, 3),
@@ -179,7 +184,7 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
         rows.append(row)
         log(_cycle_line(row, len(targets), _units(gm, found.groups)))
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan, prune.scope)
+    return Pruned(first[0], tuple(rows), plan, prune, tuning)
 
 
 def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
@@ -226,6 +231,14 @@ def _cycle_row(n: int, target: float, reached: float, removed: dict[str, torch.T
                     sum(d.exact for d in done.values()), sum(d.merged for d in done.values()),
                     round(seconds, 3), result.epochs if result else 0,
                     result.val_accuracy if result else None)
+
+
+def _epoch_reports(n: int, cycles: int, log: Log, progress: Progress | None,
+                   device: str) -> dict:
+    """finetune's `log` and `progress`, prefixed with the cycle, and its device."""
+    stage = f"cycle {n}/{cycles}: fine-tuning"
+    return {"log": lambda line: log(f"{stage} {line}"), "device": device,
+            "progress": progress and (lambda d, t: progress(stage, d, t))}
 
 
 def _has_channels(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:

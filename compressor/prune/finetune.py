@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import fx
 
 from .config import FinetuneConfig
 from ..io.data import Dataset
-from ..graph.capture import run_batched
+from ..graph.capture import on_device, run_batched
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class FinetuneResult:
 
 def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneConfig, *,
              teacher: torch.Tensor | None = None, seed: int = 0,
-             masks: dict[str, torch.Tensor] | None = None) -> FinetuneResult:
+             masks: dict[str, torch.Tensor] | None = None,
+             log: Callable[[str], None] | None = None,
+             progress: Callable[[int, int], None] | None = None,
+             device: str = "cpu") -> FinetuneResult:
     """Train all remaining weights in place and keep the best epoch.
 
     The loss is cross-entropy, mixed with `config.distill` x the KL divergence to the teacher's
@@ -43,13 +47,25 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
         seed: seed of the batch order.
         masks: per parameter name, True where the weight may be non-zero: the others are
             zeroed after every step, so pruned weights stay pruned.
+        log: receives one line per epoch (training loss, validation loss and accuracy).
+        progress: receives (samples done, total) during each epoch.
+        device: where training runs (the graph is back on the CPU after).
     """
-    best_loss, best_acc = evaluate(gm, val)
+    with on_device(gm, device):
+        return _finetune(gm, train, val, config, teacher=teacher, seed=seed, masks=masks,
+                         log=log, progress=progress, device=device)
+
+
+def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneConfig, *,
+              teacher: torch.Tensor | None, seed: int, masks: dict[str, torch.Tensor] | None,
+              log: Callable[[str], None] | None, progress: Callable[[int, int], None] | None,
+              device: str) -> FinetuneResult:
+    best_loss, best_acc = evaluate(gm, val, device=device)
     best_state = copy.deepcopy(gm.state_dict())
     if config.max_epochs == 0:
         return FinetuneResult(0, best_loss, best_acc)
     params = dict(gm.named_parameters())
-    held = [(params[name], mask) for name, mask in (masks or {}).items()]
+    held = [(params[name], mask.to(device)) for name, mask in (masks or {}).items()]
     optimizer = torch.optim.Adam(gm.parameters(), lr=config.lr)
     steps = config.max_epochs * -(-len(train) // config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -57,10 +73,11 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
     stale = epochs = 0
     while epochs < config.max_epochs and stale < config.patience:
         order = torch.randperm(len(train), generator=generator)
+        total = 0.0
         for i in range(0, len(train), config.batch_size):
             idx = order[i:i + config.batch_size]
-            loss = _loss(gm(train.x[idx]), train.y[idx],
-                         None if teacher is None else teacher[idx], config)
+            loss = _loss(gm(train.x[idx].to(device)), train.y[idx].to(device),
+                         None if teacher is None else teacher[idx].to(device), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -68,8 +85,14 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
             with torch.no_grad():
                 for p, mask in held:
                     p.mul_(mask)
+            total += float(loss) * idx.numel()
+            if progress is not None:
+                progress(min(i + config.batch_size, len(train)), len(train))
         epochs += 1
-        loss, acc = evaluate(gm, val)
+        loss, acc = evaluate(gm, val, device=device)
+        if log is not None:
+            log(f"epoch {epochs}/{config.max_epochs}: train loss {total / len(train):.4f}, "
+                f"val loss {loss:.4f}, val acc {100 * acc:.2f}%")
         if (acc, -loss) > (best_acc, -best_loss):
             best_loss, best_acc, stale = loss, acc, 0
             best_state = copy.deepcopy(gm.state_dict())
@@ -90,9 +113,9 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None,
     return (1 - config.distill) * loss + config.distill * kd
 
 
-def evaluate(gm: torch.nn.Module, data: Dataset) -> tuple[float, float]:
+def evaluate(gm: torch.nn.Module, data: Dataset, *, device: str = "cpu") -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy of `gm` on labelled `data`."""
-    logits = run_batched(gm, data.x)
+    logits = run_batched(gm, data.x, device=device)
     return float(F.cross_entropy(logits, data.y)), accuracy(logits, data.y)
 
 

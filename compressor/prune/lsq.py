@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..errors import UsageError
-from ..graph.capture import get_tensor, outputs_of, set_tensor
+from ..graph.capture import get_tensor, on_device, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup, Slice
 from ..graph.ops import CONV, LINEAR
 
 
 def refit_consumers(gm: fx.GraphModule, reference: fx.GraphModule, group: PrunableGroup,
                     keep: torch.Tensor, x: torch.Tensor, *, ridge: float,
-                    batch_size: int = 1000) -> None:
+                    batch_size: int = 1000, device: str = "cpu") -> None:
     """Refit the weights and bias of every layer that reads `group`, from its kept units only.
 
     The target is each consumer's pre-activation in `reference` (the network before this round
@@ -34,6 +34,7 @@ def refit_consumers(gm: fx.GraphModule, reference: fx.GraphModule, group: Prunab
         x: calibration inputs.
         ridge: regularisation towards the current weights, relative to the mean input variance.
         batch_size: samples per forward pass.
+        device: where the forward passes run (the sums are kept in float64 on the CPU).
     """
     nodes = {n.name: n for n in gm.graph.nodes}
     for s, bias_name, name in zip(group.consumers, group.consumer_biases, group.consumer_nodes,
@@ -41,12 +42,13 @@ def refit_consumers(gm: fx.GraphModule, reference: fx.GraphModule, group: Prunab
         layer = nodes[name]
         if layer.target in CONV and len(get_tensor(gm, s.param).shape) != 4:
             raise ValueError(f"lsq refits 2-D convolutions and Linear layers, not {name}")
-        _refit(gm, reference, layer, s, bias_name, keep, x, ridge=ridge, batch_size=batch_size)
+        _refit(gm, reference, layer, s, bias_name, keep, x, ridge=ridge, batch_size=batch_size,
+               device=device)
 
 
 def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Slice,
            bias_name: str, keep: torch.Tensor, x: torch.Tensor, *, ridge: float,
-           batch_size: int) -> None:
+           batch_size: int, device: str) -> None:
     w = get_tensor(gm, s.param).detach()
     w_ref = get_tensor(reference, s.param).detach().double().reshape(w.shape[0], -1)
     b_ref = get_tensor(reference, bias_name).detach().double()
@@ -61,12 +63,12 @@ def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Sli
         x = x[:max(MIN_SAMPLES, -(-MAX_ROWS // positions))]
     share = min(1.0, MAX_ROWS / max(1, x.shape[0] * positions))
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
+    with torch.no_grad(), on_device(pruned, device), on_device(original, device):
         for start in range(0, x.shape[0], batch_size):
-            batch = x[start:start + batch_size]
+            batch = x[start:start + batch_size].to(device)
             chosen = None if share >= 1.0 else \
                 torch.rand(batch.shape[0] * positions, generator=generator) < share
-            a, ref = rows(pruned(batch)[0], chosen), rows(original(batch)[0], chosen)
+            a, ref = rows(pruned(batch)[0].cpu(), chosen), rows(original(batch)[0].cpu(), chosen)
             moments.add(a[:, columns].double(), ref.double() @ w_ref.T + b_ref)
     prior = w.double().reshape(w.shape[0], -1)[:, columns].T
     fitted, bias = moments.solve(prior, ridge)
@@ -164,7 +166,8 @@ def ridge_solve(cov: torch.Tensor, cross: torch.Tensor, prior: torch.Tensor,
 
 
 def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor, *,
-                   ridge: float, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+                   ridge: float, batch_size: int = 1000,
+                   device: str = "cpu") -> dict[str, torch.Tensor]:
     """Per group, per unit: the error its consumer's output is left with if units are removed
     greedily, cheapest first, each removal followed by the optimal least-squares refit of the
     remaining columns (Optimal Brain Surgeon on the consumer: removing unit p costs
@@ -182,11 +185,11 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
     inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
     probe = outputs_of(gm, inputs)
     moments = [_Moments(g.size, 0) for g in groups]
-    with torch.no_grad():
+    with torch.no_grad(), on_device(probe, device):
         for start in range(0, x.shape[0], batch_size):
-            acts = probe(x[start:start + batch_size])
+            acts = probe(x[start:start + batch_size].to(device))
             for m, a in zip(moments, acts):
-                a = a.double().reshape(a.shape[0], -1)
+                a = a.cpu().double().reshape(a.shape[0], -1)
                 m.add(a, a[:, :0])
     scores = {}
     for g, m in zip(groups, moments):

@@ -51,7 +51,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
         return {g.name: torch.rand(g.size, generator=generator, dtype=torch.float64) + 1e-9
                 for g in groups}
     if criterion is Criterion.ERROR:
-        return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size)
+        return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size,
+                              device=config.device)
     order = 1 if criterion is Criterion.L1 else 2
     scores = {}
     for g in groups:

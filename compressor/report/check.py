@@ -28,7 +28,8 @@ class CheckResult:
         return tuple(row for row in self.rows if not row.passed)
 
     def to_json(self) -> str:
-        rows = [{**asdict(row), "comparison": row.comparison} for row in self.rows]
+        rows = [{**asdict(row), "unit": row.unit, "comparison": row.comparison}
+                for row in self.rows]
         return json.dumps({"model": self.model, "passed": self.passed, "budgets": rows},
                           indent=2) + "\n"
 

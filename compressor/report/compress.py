@@ -35,6 +35,22 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class ModelInput:
+    """The written file's input."""
+
+    name: str
+    shape: tuple[int | str, ...]  # "batch" for the dynamic batch axis
+    dtype: str  # numpy's name: float32
+    also: str = ""  # other sample shapes the input model takes as well ("" if none)
+
+    def __str__(self) -> str:
+        text = f"{self.name}: {self.dtype} [{', '.join(map(str, self.shape))}]"
+        if self.also:
+            text += (f" (the model also takes {self.also}; --input-shape chooses one)")
+        return text
+
+
+@dataclass(frozen=True)
 class Report:
     model: str
     model_format: str
@@ -73,6 +89,10 @@ class Report:
     runtime: bool = False  # the file needs compressor.runtime for its sparse kernels
     int8_max_abs_diff: float | None = None  # max |int8 - float32 pruned| on the parity inputs
     of: str = "weights"  # what the target reduces: weights or flops
+    input: ModelInput | None = None  # the written file's input
+    options: dict[str, object] | None = None  # every setting used, defaults resolved
+    versions: dict[str, str] | None = None  # of compressor, Python and its libraries
+    warnings: tuple[str, ...] = ()  # what looks wrong (e.g. an input model near chance)
 
     @property
     def reduction(self) -> float:
@@ -84,12 +104,24 @@ class Report:
         data["latency"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)}
                            for lat in self.latency]
         data["kernels"] = [asdict(row) for row in self.kernels]
+        data["budgets"] = [{**asdict(row), "unit": row.unit} for row in self.budgets]
+        data["units"] = UNITS
         return json.dumps(data, indent=2) + "\n"
+
+
+UNITS = {  # of the report's values (the JSON's "units")
+    "weights": "weight entries of every Conv and Linear", "flops": "FLOPs per sample "
+    "(2 x multiply-adds)", "onnx_bytes": "bytes", "accuracy": "fraction of samples",
+    "latency": "ms per onnxruntime run() of a batch", "seconds": "s",
+    "parity_max_abs_diff": "absolute difference of logits", "target": "fraction removed"}
 
 
 def format_table(r: Report) -> str:
     """The report as aligned text."""
-    lines = [f"compressed {r.model} -> {r.output}", ""]
+    lines = [f"compressed {r.model} -> {r.output}"]
+    if r.input is not None:
+        lines += [f"input {r.input}"]
+    lines += [""]
     lines += align([("", "before", "after", "")] + _totals(r))
     lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
                   f"{r.parity_samples:,} {r.parity_inputs} inputs (float32 export)"]
@@ -105,6 +137,7 @@ def format_table(r: Report) -> str:
     if r.cycles:
         lines += [""] + _cycles(r.cycles)
     lines += ["", _summary(r)]
+    lines += [f"warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 
 

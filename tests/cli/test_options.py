@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
+import torch
 
 from compressor.cli.options import parse_fraction, parse_positive, parse_size, parse_target
 from tests.conftest import assert_refused
@@ -76,3 +78,16 @@ def test_a_model_file_named_like_a_subcommand_is_still_a_model(run_cli, tmp_path
 def test_top_level_help_names_every_subcommand(run_cli):
     out = run_cli("--help").out
     assert "compress check" in out and "compress bench" in out
+
+
+def test_device_cpu_runs_and_a_missing_gpu_is_refused(run_cli, tiny_files):
+    out = tiny_files["dir"] / "d.onnx"
+    args = [tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5", "--data",
+            tiny_files["data"], "--epochs", "1", "--cycles", "1", "--no-latency", "--quiet"]
+    assert run_cli(*args, "--device", "cpu", "-o", out).code == 0
+    assert json.loads(out.with_suffix(".json").read_text())["options"]["prune"]["device"] == \
+        "cpu"  # auto resolves to cpu on a machine without a GPU, as here
+    if not torch.cuda.is_available():
+        assert_refused(run_cli, [*args, "--device", "cuda"], tiny_files["dir"])
+        assert "no CUDA GPU" in run_cli(*args, "--device", "cuda").err
+    assert "device must be" in run_cli(*args, "--device", "tpu").err

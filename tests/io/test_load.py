@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,36 @@ def test_missing_file_and_directory(tmp_path):
         load_model(tmp_path / "nope.pt")
     with pytest.raises(ModelError, match="is a directory"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_a_data_parallel_or_compiled_state_dict_loads_into_the_plain_arch(tmp_path, prefix):
+    path = tmp_path / "wrapped.pt"
+    torch.save({prefix + k: v for k, v in tiny().state_dict().items()}, path)
+    model = load_model(path, arch="tests.nets:tiny")
+    torch.testing.assert_close(model.run(X), tiny().eval()(X))
+
+
+def test_a_state_dict_that_does_not_fit_names_the_first_missing_and_unexpected_keys(tmp_path):
+    path = tmp_path / "renamed.pt"
+    torch.save({k.replace("0.", "first."): v for k, v in tiny().state_dict().items()}, path)
+    with pytest.raises(ModelError, match=r"missing 0\.bias, 0\.weight; unexpected "
+                                         r"first\.bias, first\.weight"):
+        load_model(path, arch="tests.nets:tiny")
+
+
+def test_trust_pickle_finds_classes_in_the_current_directory_as_arch_does(tmp_path,
+                                                                         monkeypatch):
+    (tmp_path / "user_models.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Sequential):\n    def __init__(self):\n"
+        "        super().__init__(torch.nn.Linear(20, 8), torch.nn.ReLU(),\n"
+        "                         torch.nn.Linear(8, 4))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_models
+
+    torch.save(user_models.Net(), tmp_path / "whole.pt")
+    monkeypatch.delitem(sys.modules, "user_models")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in (str(tmp_path), "", ".")])
+    monkeypatch.chdir(tmp_path)
+    model = load_model(Path("whole.pt"), trust_pickle=True)
+    assert model.format is ModelFormat.PICKLED_MODULE and model.run(X).shape == (5, 4)

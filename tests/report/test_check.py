@@ -15,6 +15,7 @@ def test_json_and_junit_say_the_same_as_the_table():
     result = CheckResult("m.onnx", rows)
     data = json.loads(result.to_json())
     assert data["passed"] is False and [b["name"] for b in data["budgets"]] == ["size", "latency"]
+    assert [b["unit"] for b in data["budgets"]] == ["bytes", "ms"]
     suite = ET.fromstring(result.to_junit()).find("testsuite")
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
     failures = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]

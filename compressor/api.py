@@ -1,0 +1,208 @@
+"""The Python API: `compress` an in-memory model inside your own code, `check` an ONNX file.
+
+    import compressor
+    result = compressor.compress(model, target=0.85, data=(x, y))
+    result.model          # the pruned nn.Module (a torch.fx GraphModule)
+    result.report         # what changed: weights, FLOPs, accuracy, latency, layers
+    result.save_onnx("model.onnx")
+
+The command line runs the same pipeline (`compressor.commands`) from files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .commands.check import CheckConfig, CheckInputs
+from .commands.check import check as check_file
+from .commands.compress import check_options, prepared, run
+from .commands.config import CompressConfig
+from .commands.summary import summarize
+from .errors import DataError, UsageError
+from .export.pack import Format
+from .io.data import DataSplits, Dataset, load_data, split, validate
+from .io.files import write_atomic
+from .io.inputs import fit_data, random_inputs
+from .io.load import LoadedModel, ModelFormat
+from .measure.budgets import Budgets
+from .measure.latency import BenchConfig
+from .prune.config import FinetuneConfig, PruneConfig
+from .report.check import CheckResult
+from .report.compress import Report
+
+Data = Any  # tensors, (x, y), a Dataset, a DataLoader, "fashion-mnist" or a data file path
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `compress` made: the pruned model, its verified ONNX file, and the report."""
+
+    model: nn.Module  # the pruned model (a torch.fx GraphModule; BatchNorm folded)
+    onnx: bytes  # the verified ONNX file in the chosen format
+    report: Report
+
+    def save_onnx(self, path: str | Path) -> Path:
+        """Write the ONNX file (atomically) and return its path."""
+        path = Path(path)
+        write_atomic({path: self.onnx})
+        return path
+
+    def save_report(self, path: str | Path) -> Path:
+        """Write the JSON report (atomically) and return its path."""
+        path = Path(path)
+        write_atomic({path: self.report.to_json().encode()})
+        return path
+
+
+def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
+             data: Data = None, input_shape: tuple[int, ...] | None = None,
+             logits: int | str | None = None,
+             format: str = "dense", latency: bool = True, seed: int = 0, log=None,
+             **options: Any) -> Result:
+    """Prune `model` to `target` fewer weights (or FLOPs, `of="flops"`), export it to ONNX,
+    verify the file in onnxruntime and measure it. The input model is not modified.
+
+    Args:
+        model: an `nn.Module` (put in eval mode on a copy) or a `torch.export` program.
+        target: the fraction to remove, 0 < target < 1.
+        data: calibration data: a tensor of inputs, a tuple `(x, y)` with integer labels, a
+            `torch.utils.data.Dataset` or `DataLoader` yielding `x` or `(x, y)`,
+            `"fashion-mnist"`, or a data file path. Given data is split 80/10/10 into train,
+            validation and test (90/10 without labels) with `seed`; labels enable
+            fine-tuning and accuracy. None: data-free (needs `input_shape` for CNNs).
+        input_shape: one sample's shape without the batch axis: the data is shaped to it and
+            the ONNX file takes it (default: the data as given, or what the model takes).
+        logits: for a model that returns a tuple or dict, which entry are the logits.
+        format: how the weights are stored: dense, csr, int8 or auto.
+        latency: measure onnxruntime latency of the dense export and the result.
+        seed: seed of the splits, fine-tuning and random choices.
+        log: called with one line per stage (e.g. `print`); None for silence.
+        **options: any field of `compressor.prune.config.PruneConfig` (of, scope, cycles,
+            criterion, compensate, align, score, method, calibration_samples, ...) or of
+            `FinetuneConfig` (max_epochs, patience, lr, batch_size, distill, temperature).
+
+    Returns:
+        The pruned model, the ONNX file and the report.
+    """
+    started = time.perf_counter()
+    log = log or (lambda _: None)
+    prune_options, tune_options = _split_options(options)
+    try:
+        config = CompressConfig(prune=PruneConfig(target=target, seed=seed, **prune_options),
+                                finetune=FinetuneConfig(**tune_options),
+                                bench=BenchConfig() if latency else None, seed=seed,
+                                format=Format(format),
+                                input_shape=tuple(input_shape) if input_shape else None)
+    except ValueError as e:  # the configs validate every value
+        raise UsageError(str(e)) from e
+    name = f"<{type(model).__name__}>"
+    loaded = prepared(_loaded(model, name), logits=None if logits is None else str(logits))
+    about = data if isinstance(data, str) else None if data is None else "data"
+    check_options(about, config)
+    torch.manual_seed(seed)
+    if data is None:
+        probe, layout = random_inputs(loaded, seed=seed, shape=config.input_shape)
+        splits = None
+    else:
+        splits, layout = fit_data(loaded, _splits(data, seed=seed), shape=config.input_shape)
+        probe = splits.validation.x
+    outcome = run(loaded, splits, probe, layout, config, name=name, log=log)
+    report = summarize(outcome, config, model=name, data=about, output="", report_path="",
+                       started=started)
+    return Result(outcome.pruned_gm.eval(), outcome.packed.data, report)
+
+
+def check(model: str | Path, *, data: str | None = None, reference: str | Path | None = None,
+          baseline: str | Path | None = None, batch: int = 1, threads: int = 1,
+          seconds: float = 1.0, **budgets: Any) -> CheckResult:
+    """Measure an ONNX file against budgets, as `compress check` does.
+
+    Args:
+        model: the ONNX file.
+        data: `fashion-mnist` or a data file, for accuracy, agreement and latency.
+        reference: ONNX or PyTorch model the top-1 agreement is measured against.
+        baseline: ONNX model the latency ratio is measured against.
+        batch, threads, seconds: how latency is timed.
+        **budgets: any of max_size (bytes), max_params, max_flops, min_accuracy,
+            min_agreement (fractions), max_latency (ms), max_latency_ratio.
+
+    Returns:
+        One row per budget; `result.passed` says whether all hold.
+    """
+    unknown = set(budgets) - {f.name for f in dataclasses.fields(Budgets)}
+    if unknown:
+        raise UsageError(f"unknown budget {', '.join(sorted(unknown))}: use "
+                         f"{', '.join(f.name for f in dataclasses.fields(Budgets))}")
+    inputs = CheckInputs(Path(model), data, reference and Path(reference),
+                         baseline and Path(baseline))
+    return check_file(inputs, CheckConfig(Budgets(**budgets), batch, threads, seconds))
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    prune_fields = {f.name for f in dataclasses.fields(PruneConfig)} - {"target", "seed"}
+    tune_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = set(options) - prune_fields - tune_fields
+    if unknown:
+        raise UsageError(f"unknown option {', '.join(sorted(unknown))}: compress takes the "
+                         f"fields of PruneConfig ({', '.join(sorted(prune_fields))}) and "
+                         f"FinetuneConfig ({', '.join(sorted(tune_fields))})")
+    return ({k: v for k, v in options.items() if k in prune_fields},
+            {k: v for k, v in options.items() if k in tune_fields})
+
+
+def _loaded(model: nn.Module | torch.export.ExportedProgram, name: str) -> LoadedModel:
+    """The model as the pipeline takes it; a module is copied, never changed."""
+    if isinstance(model, torch.export.ExportedProgram):
+        loaded = LoadedModel(Path(name), ModelFormat.EXPORTED_PROGRAM, model.module(), model)
+    elif isinstance(model, nn.Module):
+        loaded = LoadedModel(Path(name), ModelFormat.PICKLED_MODULE,
+                             copy.deepcopy(model).eval())
+    else:
+        raise UsageError(f"compress takes an nn.Module or a torch.export program, not "
+                         f"{type(model).__name__}")
+    return loaded
+
+
+def _splits(data: Data, *, seed: int) -> DataSplits:
+    """Any supported form of data, split into train, validation and test."""
+    if isinstance(data, (str, Path)):
+        return load_data(str(data), seed=seed)
+    x, y = _tensors(data)
+    return split(validate(x, y, source="data"), name="data", seed=seed)
+
+
+def _tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, Dataset):
+        return data.x, data.y
+    if isinstance(data, (tuple, list)) and len(data) == 2 and \
+            all(isinstance(t, torch.Tensor) for t in data):
+        return data[0], data[1]
+    if isinstance(data, torch.utils.data.DataLoader):
+        return _stack(list(data), "the DataLoader's batches", batched=True)
+    if isinstance(data, torch.utils.data.Dataset):
+        return _stack([data[i] for i in range(len(data))], "the Dataset's items", batched=False)
+    raise DataError(f"data must be a tensor, (x, y), a Dataset, a DataLoader, 'fashion-mnist' "
+                    f"or a data file path, not {type(data).__name__}")
+
+
+def _stack(items: list, what: str, *, batched: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inputs (and labels) of a list of items or batches: each `x` or `(x, y)`."""
+    if not items:
+        raise DataError(f"{what} are empty: give at least a few samples")
+    pairs = [item if isinstance(item, (tuple, list)) else (item,) for item in items]
+    if any(len(p) not in (1, 2) for p in pairs) or len({len(p) for p in pairs}) != 1:
+        raise DataError(f"{what} must each be x or (x, y)")
+    join = torch.cat if batched else torch.stack
+    xs = join([torch.as_tensor(p[0]) for p in pairs])
+    ys = join([torch.as_tensor(p[1]) for p in pairs]) if len(pairs[0]) == 2 else None
+    return xs, ys
