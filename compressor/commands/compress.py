@@ -126,7 +126,8 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     onnx_pruned = to_onnx(gm, sample)
     parity_x = probe[:PARITY_SAMPLES]
     diff = verify(onnx_pruned, gm, parity_x, tolerance=config.parity_tolerance)
-    packed, packed_diff = _pack(onnx_pruned, gm, parity_x, config, log)
+    calibration = (splits.train.x if splits else probe)[:INT8_CALIBRATION]
+    packed, packed_diff = _pack(onnx_pruned, gm, parity_x, config, log, calibration)
     return Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
                    to_onnx(dense, sample), onnx_pruned, packed, layout,
                    (diff, int(parity_x.shape[0])), packed_diff)
@@ -169,17 +170,21 @@ def prepared(model: LoadedModel, *, logits: str | None = None) -> LoadedModel:
     return model
 
 
+INT8_CALIBRATION = 1_000  # inputs the activation ranges of int8 convolutions are set on
+
+
 def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: CompressConfig,
-          log: Log) -> tuple[Packed, float | None]:
+          log: Log, calibration: torch.Tensor) -> tuple[Packed, float | None]:
     """The verified export in `config.format`, checked against `gm` on `x`; with the max
-    |int8 - float32| difference for int8 files."""
+    |int8 - float32| difference for int8 files (whose convolutions take their activation
+    ranges from the `calibration` inputs)."""
     if config.format is Format.DENSE:
         return pack_onnx(onnx_pruned, Format.DENSE), None
     log(f"packing as {config.format.value}" + (
         f" (measuring kernels at batch {config.budget_batch})"
         if config.format in (Format.CSR, Format.AUTO) else ""))
     packed = pack_onnx(onnx_pruned, config.format, batch=config.budget_batch,
-                       threads=config.threads)
+                       threads=config.threads, calibration=calibration.numpy())
     return packed, verify_packed(packed, gm, x, tolerance=config.parity_tolerance)
 
 

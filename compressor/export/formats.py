@@ -5,8 +5,11 @@
   for float32, 8/9 for int8. onnxruntime turns them back into dense tensors when it loads the
   file, so a plain session gets a smaller file and the same speed; `compressor.runtime` runs
   them with sparse kernels.
-- int8 (`quantize` / `dequantize`): onnxruntime dynamic quantization, QInt8 weights with a
-  per-tensor scale, activations quantized at run time.
+- int8 (`quantize` / `dequantize`): onnxruntime dynamic quantization of Gemm and MatMul,
+  QInt8 weights with a per-tensor scale, activations quantized at run time; with calibration
+  inputs, convolutions are quantized statically (QDQ: per-channel QInt8 weights, QUInt8
+  activations whose ranges are measured on the calibration inputs), which onnxruntime runs
+  as QLinearConv. `dequantize` unpacks the dynamic part only.
 
 The round trips are exact: densify(store_sparse(m)) has m's weights bit for bit, and
 quantize(dequantize(q)) has q's int8 weights, scales and zero points.
@@ -30,14 +33,21 @@ _WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "MatMulInteger": 1}
 
 
 def weight_names(proto: onnx.ModelProto) -> list[str]:
-    """Names of the constant weight matrices of Gemm, MatMul and MatMulInteger nodes, in
-    graph order (dense or sparse initializers)."""
+    """Names of the constant weight matrices of Gemm, MatMul and MatMulInteger nodes and of
+    statically quantized convolutions (the int8 kernel their DequantizeLinear reads), in graph
+    order (dense or sparse initializers)."""
     stored = {t.name for t in proto.graph.initializer} | \
         {s.values.name for s in proto.graph.sparse_initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
     names = []
     for node in proto.graph.node:
         index = _WEIGHT_INPUT.get(node.op_type)
-        if index is not None and len(node.input) > index and node.input[index] in stored \
+        if node.op_type == "Conv" and len(node.input) > 1:
+            source = producer.get(node.input[1])
+            if source is not None and source.op_type == "DequantizeLinear" and \
+                    source.input[0] in stored and source.input[0] not in names:
+                names.append(source.input[0])
+        elif index is not None and len(node.input) > index and node.input[index] in stored \
                 and node.input[index] not in names:
             names.append(node.input[index])
     return names
@@ -90,10 +100,14 @@ def sparsity(proto: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], float]]
             for name in weight_names(proto)}
 
 
-def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None) -> onnx.ModelProto:
+def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None,
+             calibration: np.ndarray | None = None) -> onnx.ModelProto:
     """onnxruntime dynamic quantization (QInt8 weights, per-tensor scale) of the MatMul and Gemm
-    nodes named `nodes` (default all). Sparse initializers are densified first."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    nodes named `nodes` (default all); with `calibration` inputs, static QDQ quantization of
+    the Conv nodes first (per-channel QInt8 weights, QUInt8 activations, MinMax ranges on the
+    calibration inputs). Sparse initializers are densified first."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, \
+        quantize_static
 
     with tempfile.TemporaryDirectory(prefix="compressor-int8-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -102,8 +116,18 @@ def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None) -> onnx.
         for info in [v for v in dense.graph.value_info if v.name in weights]:
             dense.graph.value_info.remove(info)  # stale once the quantizer transposes weights
         onnx.save_model(dense, source)
+        convs = [n.name for n in dense.graph.node if n.op_type == "Conv" and
+                 (nodes is None or n.name in nodes)]
         try:
             with quiet():
+                if calibration is not None and convs:
+                    static = Path(tmp) / "conv-int8.onnx"
+                    quantize_static(source, static, _Calibration(dense, calibration),
+                                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                                    nodes_to_quantize=convs, per_channel=True,
+                                    activation_type=QuantType.QUInt8,
+                                    weight_type=QuantType.QInt8)
+                    source = static
                 quantize_dynamic(source, target, weight_type=QuantType.QInt8,
                                  op_types_to_quantize=["MatMul", "Gemm"],
                                  nodes_to_quantize=nodes)
@@ -111,6 +135,21 @@ def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None) -> onnx.
             raise ExportError(f"int8 quantization failed ({first_line(e)}); nothing was written"
                               ) from e
         return onnx.load_model(target)
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over calibration inputs, in batches."""
+
+    BATCH = 100
+
+    def __init__(self, proto: onnx.ModelProto, x: np.ndarray) -> None:
+        self._name = proto.graph.input[0].name
+        self._batches = iter(np.ascontiguousarray(x[i:i + self.BATCH], dtype=np.float32)
+                             for i in range(0, len(x), self.BATCH))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: batch}
 
 
 def dequantize(proto: onnx.ModelProto) -> onnx.ModelProto:

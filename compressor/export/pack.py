@@ -18,7 +18,7 @@ class Format(str, Enum):
 
     DENSE = "dense"  # plain Gemm, zeros kept
     CSR = "csr"  # sparse initializers; compressor.runtime runs sparse layers as CSR
-    INT8 = "int8"  # onnxruntime dynamic quantization (QInt8), sparse storage where smaller
+    INT8 = "int8"  # dynamic (Gemm, MatMul) and static (Conv) int8, sparse storage where smaller
     AUTO = "auto"  # per layer, whichever of dense, CSR and int8 is fastest here at --batch
 
 
@@ -48,13 +48,14 @@ class Packed:
 
 
 def pack_onnx(model: bytes, fmt: Format, *, batch: int = 1, threads: int = 1,
-              seconds: float = 0.05) -> Packed:
+              seconds: float = 0.05, calibration: np.ndarray | None = None) -> Packed:
     """Store the verified float32 export `model` in format `fmt` (see `compressor.formats`):
 
     - dense: as it is (zeros kept);
     - csr: weights as sparse initializers where smaller; the sparse kernels are measured
       per layer at `batch`, and the file records the choice for `compressor.runtime`;
-    - int8: dynamic quantization, then sparse storage where smaller;
+    - int8: dynamic quantization of Gemm and MatMul (and, with `calibration` inputs, static
+      quantization of Conv), then sparse storage where smaller;
     - auto: per layer, whichever of dense, int8 and the sparse kernels is fastest at `batch`
       with `threads`, then the whole mix is timed against all-dense and all-int8, and the
       fastest of the three is kept (with sparse storage wherever it is smaller: onnxruntime
@@ -66,7 +67,7 @@ def pack_onnx(model: bytes, fmt: Format, *, batch: int = 1, threads: int = 1,
         return Packed(model, tuple(KernelRow(n, s, z, "dense", "dense", {}, "--format dense")
                                    for n, (s, z) in shapes.items()), False, "")
     if fmt is Format.INT8:
-        return _int8(proto, "--format int8")
+        return _int8(proto, "--format int8", calibration=calibration)
     stored = formats.store_sparse(proto)
     if fmt is Format.CSR:
         runtime = SparseModel.load(stored, batch=batch, threads=threads, seconds=seconds)
@@ -74,8 +75,10 @@ def pack_onnx(model: bytes, fmt: Format, *, batch: int = 1, threads: int = 1,
     return _auto(proto, stored, batch=batch, threads=threads, seconds=seconds)
 
 
-def _int8(proto: onnx.ModelProto, why: str, nodes: list[str] | None = None) -> Packed:
-    quantized = formats.store_sparse(formats.quantize(proto, nodes=nodes))
+def _int8(proto: onnx.ModelProto, why: str, nodes: list[str] | None = None, *,
+          calibration: np.ndarray | None = None) -> Packed:
+    quantized = formats.store_sparse(formats.quantize(proto, nodes=nodes,
+                                                      calibration=calibration))
     sparse = {s.values.name for s in quantized.graph.sparse_initializer}
     rows = tuple(KernelRow(n, s, z, "sparse" if n in sparse else "dense",
                            "int8" if n.endswith("_quantized") else "dense", {}, why)

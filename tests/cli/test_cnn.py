@@ -126,3 +126,20 @@ def test_channels_are_removed_per_layer_unless_told_otherwise(run_cli, cnn_files
         assert run_cli(*args, *given, "-o", out).code == 0
         scopes[given] = json.loads(out.with_suffix(".json").read_text())["scope"]
     assert scopes == {(): "local", ("--scope", "global"): "global"}
+
+
+def test_int8_quantizes_convolutions_statically_on_the_calibration_data(run_cli, cnn_files):
+    out = cnn_files["dir"] / "int8.onnx"
+    result = run_cli(cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target",
+                     "0.4", "--data", cnn_files["data"], "--epochs", "0", "--format", "int8",
+                     "-o", out, *FAST)
+    assert result.code == 0, result.err
+    proto = onnx.load(out)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)
+    assert all(producer[n.input[0]].op_type == "DequantizeLinear" for n in convs)  # QDQ input
+    report = json.loads(out.with_suffix(".json").read_text())
+    kernels = {row["name"]: row["kernel"] for row in report["kernels"]}
+    assert sum(k == "int8" for k in kernels.values()) >= len(convs)
+    assert report["int8_max_abs_diff"] is not None and report["accuracy_after"] is not None

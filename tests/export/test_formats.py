@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.export import formats
+from compressor.export.to_onnx import to_onnx
+from compressor.export.verify import run_onnx
 from compressor.runtime import session
 from tests.conftest import labelled
+from tests.helpers import graph_of
+from tests.nets import SmallCNN
 
 
 def _weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -89,3 +94,20 @@ def test_sparse_storage_round_trip_property(rows, cols, zeros, dtype, seed):
     assert bool(stored.graph.sparse_initializer) == formats.sparse_pays(w)
     back = numpy_helper.to_array(formats.densify(stored).graph.initializer[0])
     assert back.dtype == w.dtype and np.array_equal(back, w)
+
+
+def test_convolutions_are_quantized_statically_only_with_calibration_inputs():
+    net = SmallCNN().eval()
+    x = torch.rand(64, 1, 12, 12)
+    proto = onnx.load_from_string(to_onnx(graph_of(net, x[:2]), x[:2]))
+    plain = formats.quantize(proto)
+    assert not any(n.op_type == "DequantizeLinear" for n in plain.graph.node)
+    static = formats.quantize(proto, calibration=x.numpy())
+    producer = {o: n for n in static.graph.node for o in n.output}
+    convs = [n for n in static.graph.node if n.op_type == "Conv"]
+    assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)
+    assert {name for name in formats.weight_names(static) if name.endswith("_quantized")}
+    got = run_onnx(session(static.SerializeToString()), x)
+    with torch.no_grad():
+        expected = net(x)
+    assert float((got - expected).abs().max()) < 0.1 * float(expected.abs().max())
