@@ -95,6 +95,8 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
     started = time.perf_counter()
     log = log or (lambda _: None)
     prune_options, tune_options = _split_options(options)
+    if data is None and "criterion" not in options and "method" not in options:
+        prune_options |= {"criterion": "l1", "method": "magnitude"}  # as the command: no data
     try:
         config = CompressConfig(prune=PruneConfig(target=target, seed=seed, **prune_options),
                                 finetune=FinetuneConfig(**tune_options),

@@ -85,7 +85,7 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
             with torch.no_grad():
                 for p, mask in held:
                     p.mul_(mask)
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
             if progress is not None:
                 progress(min(i + config.batch_size, len(train)), len(train))
         epochs += 1

@@ -34,7 +34,7 @@ def test_the_best_epoch_is_kept_when_later_epochs_are_worse(monkeypatch):
     scripted = iter([(1.0, 0.50), (0.8, 0.70), (0.9, 0.60), (0.7, 0.65)])  # before, epochs 1-3
     states = []
 
-    def scripted_evaluate(model, data):
+    def scripted_evaluate(model, data, **_):
         states.append({k: v.clone() for k, v in model.state_dict().items()})
         return next(scripted)
 

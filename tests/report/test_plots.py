@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import pytest
 from matplotlib import image
 
 from tests.conftest import assert_refused
