@@ -105,7 +105,9 @@ def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None,
     """onnxruntime dynamic quantization (QInt8 weights, per-tensor scale) of the MatMul and Gemm
     nodes named `nodes` (default all); with `calibration` inputs, static QDQ quantization of
     the Conv nodes first (per-channel QInt8 weights, QUInt8 activations, MinMax ranges on the
-    calibration inputs). Sparse initializers are densified first."""
+    calibration inputs), except a conv that reads the model's input: quantizing raw pixels
+    cost the example ResNet 3 points (85.98% vs 88.73% with it kept float32; float 88.94%).
+    Sparse initializers are densified first."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, \
         quantize_static
 
@@ -116,8 +118,9 @@ def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None,
         for info in [v for v in dense.graph.value_info if v.name in weights]:
             dense.graph.value_info.remove(info)  # stale once the quantizer transposes weights
         onnx.save_model(dense, source)
+        raw = {i.name for i in dense.graph.input}  # a conv reading them stays float32
         convs = [n.name for n in dense.graph.node if n.op_type == "Conv" and
-                 (nodes is None or n.name in nodes)]
+                 n.input[0] not in raw and (nodes is None or n.name in nodes)]
         try:
             with quiet():
                 if calibration is not None and convs:

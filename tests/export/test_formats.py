@@ -96,7 +96,7 @@ def test_sparse_storage_round_trip_property(rows, cols, zeros, dtype, seed):
     assert back.dtype == w.dtype and np.array_equal(back, w)
 
 
-def test_convolutions_are_quantized_statically_only_with_calibration_inputs():
+def test_convolutions_are_quantized_statically_only_with_calibration_inputs_but_the_first():
     net = SmallCNN().eval()
     x = torch.rand(64, 1, 12, 12)
     proto = onnx.load_from_string(to_onnx(graph_of(net, x[:2]), x[:2]))
@@ -104,7 +104,10 @@ def test_convolutions_are_quantized_statically_only_with_calibration_inputs():
     assert not any(n.op_type == "DequantizeLinear" for n in plain.graph.node)
     static = formats.quantize(proto, calibration=x.numpy())
     producer = {o: n for n in static.graph.node for o in n.output}
-    convs = [n for n in static.graph.node if n.op_type == "Conv"]
+    raw = {i.name for i in static.graph.input}
+    first = [n for n in static.graph.node if n.op_type == "Conv" and n.input[0] in raw]
+    convs = [n for n in static.graph.node if n.op_type == "Conv" and n.input[0] not in raw]
+    assert first and all(n.input[1] not in producer for n in first)  # raw pixels: float32
     assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)
     assert {name for name in formats.weight_names(static) if name.endswith("_quantized")}
     got = run_onnx(session(static.SerializeToString()), x)
