@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 PAPER_WIDTHS = (784, 300, 200, 100, 50, 10)
 
 
-def mlp(widths: tuple[int, ...] = PAPER_WIDTHS) -> nn.Sequential:
-    """Linear layers of `widths` with ReLU between them; takes [N, widths[0]] inputs."""
+def mlp(widths: tuple[int, ...] = PAPER_WIDTHS,
+        activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers of `widths` with `activation` (ReLU) between them; takes [N, widths[0]]
+    inputs."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(widths) - 2:
-            layers.append(nn.ReLU())
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 

@@ -12,10 +12,15 @@ from models.mlp import mlp
 TINY = (20, 32, 24, 16, 4)
 
 
-def tiny() -> nn.Sequential:
-    """20-32-24-16-4 with ReLU."""
+def tiny(activation=nn.ReLU) -> nn.Sequential:
+    """20-32-24-16-4 with ReLU (or `activation`)."""
     torch.manual_seed(0)
-    return mlp(TINY)
+    return mlp(TINY, activation)
+
+
+def tiny_gelu() -> nn.Sequential:
+    """tiny() with GELU."""
+    return tiny(nn.GELU)
 
 
 class ImageNet(nn.Module):
@@ -36,15 +41,15 @@ class ImageNet(nn.Module):
         return self.out(x)
 
 
-class NoReLU(nn.Module):
-    """Nothing prunable: sigmoid between its layers."""
+class NotPrunable(nn.Module):
+    """Nothing prunable: a softmax (which couples every unit) between its layers."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a, self.b = nn.Linear(20, 8), nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.sigmoid(self.a(x)))
+        return self.b(torch.softmax(self.a(x), dim=1))
 
 
 class Broken(nn.Module):

@@ -50,13 +50,17 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
                    "[default: activation; magnitude without --data]")
 @click.option("--criterion", type=click.Choice([c.value for c in Criterion]),
               help="For --score neurons, instead of --method: rank neurons by activation count, "
-                   "by the l1/l2 norm of their weights and bias, by the output error their "
-                   "removal leaves after a least-squares refit (error), or at random.")
+                   "by energy (RMS output x the norm of their next-layer columns), by the "
+                   "l1/l2 norm of their weights and bias, by the output error their removal "
+                   "leaves after a least-squares refit (error), or at random; auto = activation "
+                   "count behind ReLUs, energy behind other activations.  [default: auto; l1 "
+                   "without --data]")
 @click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
               default="auto", show_default=True,
               help="How the next layer makes up for removed neurons: lsq (least-squares refit "
                    "on calibration data), merge (into similar kept neurons, data-free), mean "
-                   "(mean activation into the bias), none; auto = lsq with --data, else merge.")
+                   "(mean activation into the bias), none; auto = lsq with --data, else merge "
+                   "(none behind activations other than ReLU/LeakyReLU).")
 @click.option("--merge-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True,
               help="Least cosine similarity at which --compensate merge folds a removed neuron "
                    "into a kept one.")

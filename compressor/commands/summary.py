@@ -26,7 +26,8 @@ from ..io.inputs import InputLayout
 from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
 from ..prune.calibrate import ActivationStats
-from ..prune.config import Score
+from ..graph.ops import HOMOGENEOUS
+from ..prune.config import PruneConfig, Score
 from ..prune.cycles import Pruned
 from ..prune.finetune import accuracy
 from ..report.compress import LayerRow, Latency, ModelInput, Report
@@ -75,12 +76,12 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
     report = Report(
         model=model, model_format=run.model_format, data=data, output=output,
         report=report_path, target=prune.target, scope=run.pruned.config.scope.value,
-        criterion=prune.criterion.value, score=prune.score.value,
+        criterion=run.pruned.config.criterion.value, score=prune.score.value,
         method=prune.method.value if prune.score is Score.WEIGHTS else None,
         format=config.format.value, format_note=run.packed.note,
         kernels=run.packed.layers if config.format is not Format.DENSE else (),
         runtime=run.packed.runtime, int8_max_abs_diff=run.packed_diff, of=prune.of.value,
-        compensate=prune.compensate.resolve(has_data=run.splits is not None).value,
+        compensate=_compensation(prune, run),
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,
         flops_before=flops(run.dense, run.found),
@@ -112,6 +113,15 @@ def _warnings(report: Report, layout: InputLayout) -> tuple[str, ...]:
             f"{report.accuracy_data}, under twice chance ({100 * chance:.1f}% for "
             f"{layout.classes} classes): is the data preprocessed as in training (--normalize "
             "MEAN,STD, --input-shape)? Calibration and fine-tuning used the same data.",)
+
+
+def _compensation(prune: PruneConfig, run: Outcome) -> str:
+    """What compensated the removed units: auto resolved by data and activation (without data,
+    merge where it is exact, none elsewhere)."""
+    chosen = {prune.compensate.resolve(has_data=run.splits is not None,
+                                       homogeneous=set(g.kinds) <= set(HOMOGENEOUS)).value
+              for g in run.found.groups}
+    return "/".join(sorted(chosen)) or prune.compensate.value
 
 
 def _options(config: CompressConfig, pruned: Pruned) -> dict[str, object]:

@@ -39,8 +39,8 @@ class PrunableGroup:
         size: current number of units.
         weights: producer entries that multiply the group's input (Linear rows).
         biases: producer per-unit constants (Linear bias; later BatchNorm entries).
-        activations: fx nodes whose outputs are counted: the ReLU each consumer reads the
-            units through (one for a chain; one per block for a residual stream).
+        activations: fx nodes whose outputs are counted: the activation each consumer reads
+            the units through (one for a chain; one per block for a residual stream).
         consumers: columns (or input channels) of the layers that read the units.
         consumer_biases: biases of those layers, where constant outputs are folded.
         consumer_nodes: the fx nodes of those layers (their inputs are what they read).
@@ -49,6 +49,9 @@ class PrunableGroup:
             see the padding instead of the constant).
         grouped_nodes: depthwise convolutions that filter each unit alone (their weights are
             in `weights`); their `groups` argument follows the group's size.
+        functions: the activation nodes a unit's output passes through, in order, on its way
+            to every consumer (what turns a constant unit's bias into what the consumers see).
+        kinds: the activation of each node in `activations`, by name (`ops.ACTIVATIONS`).
     """
 
     name: str
@@ -61,6 +64,14 @@ class PrunableGroup:
     consumer_nodes: tuple[str, ...] = ()
     exact_constants: bool = True
     grouped_nodes: tuple[str, ...] = ()  # depthwise convs whose `groups` is the group's size
+    functions: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ("relu",)
+
+    @property
+    def relu(self) -> bool:
+        """Whether every consumer reads the units through a ReLU (a unit that never fires
+        then outputs exactly zero)."""
+        return set(self.kinds) == {"relu"}
 
     @property
     def slices(self) -> tuple[Slice, ...]:
@@ -82,8 +93,9 @@ def take(gm: fx.GraphModule, group: PrunableGroup, keep: torch.Tensor) -> Prunab
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
-    """Per unit: its output if that is the same for every input (no incoming weights) and folds
-    exactly into the consumers (`group.exact_constants`), else NaN."""
+    """Per unit: what the consumers read from it if that is the same for every input (no
+    incoming weights: its activation of its bias) and folds exactly into the consumers
+    (`group.exact_constants`), else NaN."""
     if not group.exact_constants:
         return torch.full((group.size,), float("nan"), dtype=torch.float64)
     connected = torch.zeros(group.size, dtype=torch.bool)
@@ -93,7 +105,10 @@ def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
     value = torch.zeros(group.size, dtype=torch.float64)
     for s in group.biases:
         value += get_tensor(gm, s.param).detach().double()
-    value = torch.relu(value)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name in group.functions:  # relu(bias), gelu(bias), ...: the op itself, with its args
+        node = nodes[name]
+        value = node.target(value.clone(), *node.args[1:], **node.kwargs)
     value[connected] = float("nan")
     return value
 

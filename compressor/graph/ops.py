@@ -10,6 +10,22 @@ LINEAR = aten.linear.default
 CONV = (aten.conv2d.default, aten.conv1d.default)
 BATCH_NORM = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
 RELU = (aten.relu.default, aten.relu_.default)
+# Elementwise activations a unit can be read through, by name. Positively homogeneous ones
+# (f(s*z) = s*f(z) for s > 0) are those neuron merging is exact for.
+ACTIVATIONS = {
+    **{op: "relu" for op in RELU},
+    aten.leaky_relu.default: "leaky_relu", aten.leaky_relu_.default: "leaky_relu",
+    aten.gelu.default: "gelu", aten.gelu_.default: "gelu",
+    aten.silu.default: "silu", aten.silu_.default: "silu",
+    aten.tanh.default: "tanh", aten.tanh_.default: "tanh",
+    aten.sigmoid.default: "sigmoid", aten.sigmoid_.default: "sigmoid",
+    aten.elu.default: "elu", aten.elu_.default: "elu",
+    aten.hardswish.default: "hardswish", aten.hardswish_.default: "hardswish",
+    aten.hardtanh.default: "hardtanh", aten.hardtanh_.default: "hardtanh",  # ReLU6
+    aten.mish.default: "mish", aten.mish_.default: "mish",
+    aten.softplus.default: "softplus",
+}
+HOMOGENEOUS = ("relu", "leaky_relu")
 # Ops that carry every channel through unchanged in number and order (elementwise per channel
 # or per position), given as they appear in a captured graph.
 IDENTITY = (aten.clone.default, aten.alias.default, aten.detach.default,

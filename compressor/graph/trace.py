@@ -2,11 +2,12 @@
 left dense and why.
 
 A channel space starts at a producer's output (Linear out-features, Conv out-channels) and
-flows to its consumers' inputs through ops that carry channels unchanged (ReLU, identity ops,
-Dropout, pooling). Flatten sets `block` (a channel owns H*W columns of the next Linear); a
-residual `add` joins the spaces of its inputs into one group, whose units are removed from every
-producer and consumer together. A space is pruned only if every consumer reads it through a
-ReLU after the last join (so a unit that never fires there contributes nothing) and every op on
+flows to its consumers' inputs through ops that carry channels unchanged (elementwise
+activations, identity ops, Dropout, pooling). Flatten sets `block` (a channel owns H*W columns
+of the next Linear); a residual `add` joins the spaces of its inputs into one group, whose units
+are removed from every producer and consumer together. A space is pruned only if every consumer
+reads it through an elementwise activation after the last join (ReLU, GELU, SiLU, ...: see
+`ops.ACTIVATIONS`; each unit reaches the consumer through its own output alone) and every op on
 the way is understood; otherwise its layers stay dense with the reason in the report.
 """
 
@@ -20,7 +21,7 @@ from torch import fx
 
 from .capture import add_zero_bias, get_tensor
 from .groups import PrunableGroup, Slice
-from .ops import ADD, CONV, FLATTEN, IDENTITY, LINEAR, MEAN, POOL, RELU
+from .ops import ACTIVATIONS, ADD, CONV, FLATTEN, IDENTITY, LINEAR, MEAN, POOL
 
 OUTPUT_LAYER = "output layer (never pruned)"
 
@@ -130,7 +131,8 @@ def _layers(gm: fx.GraphModule, producers: list[fx.Node],
 class _Consumer:
     node: fx.Node  # the Linear or Conv that reads the space
     block: int  # columns each unit owns in its weight
-    activation: str  # the ReLU it reads the space through
+    activation: str  # the activation node it reads the space through (where units are counted)
+    functions: tuple[str, ...]  # every activation node from the last join to it, in order
 
 
 @dataclass
@@ -181,67 +183,69 @@ class _Spaces:
     def walk(self, producer: fx.Node) -> None:
         """Follow `producer`'s channels to every consumer, joining spaces at residual adds."""
         root = self.add(producer)
-        todo: list[tuple[fx.Node, int, str | None]] = [(producer, 1, None)]
+        todo: list[tuple[fx.Node, int, tuple[fx.Node, ...]]] = [(producer, 1, ())]
         seen: set[str] = set()
         while todo:
-            node, block, relu = todo.pop()
+            node, block, acts = todo.pop()
             if node.name in seen:
                 continue
             seen.add(node.name)
             users = list(node.users)
             for user in users:
-                step = self._step(root, node, user, block, relu, len(users))
+                step = self._step(root, node, user, block, acts, len(users))
                 if step is not None:
                     todo.append(step)
                 root = self.find(root)
 
-    def _step(self, root: str, node: fx.Node, user: fx.Node, block: int, relu: str | None,
-              readers: int) -> tuple[fx.Node, int, str | None] | None:
+    def _step(self, root: str, node: fx.Node, user: fx.Node, block: int,
+              acts: tuple[fx.Node, ...], readers: int
+              ) -> tuple[fx.Node, int, tuple[fx.Node, ...]] | None:
         if user.op == "output":
-            self.fail(root, OUTPUT_LAYER if relu is None else "its ReLU output is the model's "
-                      "output")
+            self.fail(root, OUTPUT_LAYER if not acts else "its activation is the model's output")
             return None
-        if user.target in RELU:
-            return user, block, user.name
+        if user.target in ACTIVATIONS:
+            return user, block, (*acts, user)
         if user.target in IDENTITY or user.target in POOL:
             if user.target is DROPOUT and len(user.args) > 2 and user.args[2]:  # training mode
                 self.fail(root, "dropout in training mode")
                 return None
-            return user, block, relu
+            return user, block, acts
         if user.target is MEAN and _spatial_mean(node, user):
-            return user, block, relu
+            return user, block, acts
         if user.target in FLATTEN:
             flat = _flattened_block(node, user)
             if flat is None:
                 self.fail(root, f"its output is reshaped by {_op_name(user)} to "
                                 f"{_shape(user)}, which the tracer does not follow")
                 return None
-            return user, block * flat, relu
+            return user, block * flat, acts
         if user.target in ADD:
             return self._join(root, node, user, block)
         if user.target in CONV and user.args[0] is node and _depthwise(user) and block == 1:
             space = self.spaces[self.find(root)]  # it filters each unit alone: carries them on
             if user.name not in space.depthwise:
                 space.depthwise.append(user.name)
-            return user, 1, None
+            return user, 1, ()
         if (user.target is LINEAR or user.target in CONV) and user.args[0] is node:
-            return self._consume(root, node, user, block, relu)
-        what = "its output" if relu is None else "its ReLU output"
-        if relu is None and readers == 1 and user.target not in (*LINEAR_OR_CONV,):
-            self.fail(root, f"not followed by a ReLU (found {_op_name(user)})")
+            return self._consume(root, node, user, block, acts)
+        what = "its output" if not acts else f"its {ACTIVATIONS[acts[-1].target]} output"
+        if not acts and readers == 1 and user.target not in (*LINEAR_OR_CONV,):
+            self.fail(root, f"not followed by an elementwise activation (found "
+                            f"{_op_name(user)})")
         else:
             self.fail(root, f"{what} feeds {_op_name(user)}, which couples channels in a way "
                             "the tracer does not follow")
         return None
 
     def _consume(self, root: str, node: fx.Node, user: fx.Node, block: int,
-                 relu: str | None) -> None:
-        if relu is None:
-            self.fail(root, f"its output reaches {user.name} without a ReLU")
+                 acts: tuple[fx.Node, ...]) -> None:
+        if not acts:
+            self.fail(root, f"its output reaches {user.name} without an activation")
         elif user.target in CONV and (block != 1 or _groups(user) != 1):
             self.fail(root, f"its output feeds {user.name}, a grouped or reshaped convolution")
         else:
-            self.spaces[self.find(root)].consumers[user.name] = _Consumer(user, block, relu)
+            self.spaces[self.find(root)].consumers[user.name] = _Consumer(
+                user, block, acts[-1].name, tuple(a.name for a in acts))
         return None
 
     def _join(self, root: str, node: fx.Node, add: fx.Node, block: int):
@@ -259,7 +263,7 @@ class _Spaces:
                 return None
             for source in sources:
                 root = self.join(root, self.add(source))
-        return add, 1, None
+        return add, 1, ()
 
 
 LINEAR_OR_CONV = (LINEAR, *CONV)
@@ -267,13 +271,13 @@ DROPOUT = torch.ops.aten.dropout.default
 
 
 def _sources(node: object) -> list[fx.Node] | None:
-    """The producers whose channels `node` carries (through ReLU, identity, pooling and adds),
-    or None if it carries anything else."""
+    """The producers whose channels `node` carries (through activations, identity, pooling and
+    adds), or None if it carries anything else."""
     if not isinstance(node, fx.Node):
         return None
     if node.target is LINEAR or node.target in CONV:
         return [node]
-    if node.target in RELU or node.target in IDENTITY or node.target in POOL:
+    if node.target in ACTIVATIONS or node.target in IDENTITY or node.target in POOL:
         return _sources(node.args[0])
     if node.target in ADD:
         found = [_sources(a) for a in node.args[:2]]
@@ -334,7 +338,8 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
             consumer_biases.append(add_zero_bias(gm, c.node))
         else:
             consumer_biases.append(c.node.args[2].target)
-    exact = len(filters) == 1 and all(
+    chains = {tuple(_signature(nodes[a]) for a in c.functions) for c in consumers}
+    exact = len(filters) == 1 and len(chains) == 1 and all(
         c.node.target is LINEAR or not any(_padding(c.node)) for c in consumers)
     members.sort(key=lambda layer: list(nodes).index(layer.node))
     return PrunableGroup(
@@ -348,7 +353,15 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
         consumer_nodes=tuple(c.node.name for c in consumers),
         exact_constants=exact,
         grouped_nodes=tuple(space.depthwise),
+        functions=consumers[0].functions if len(chains) == 1 else (),
+        kinds=tuple(ACTIVATIONS[nodes[a].target] for a in dict.fromkeys(
+            c.activation for c in consumers)),
     )
+
+
+def _signature(node: fx.Node) -> tuple:
+    """What an activation node computes: its op and constant arguments."""
+    return node.target, tuple(node.args[1:]), tuple(sorted(node.kwargs.items()))
 
 
 def _depthwise(conv: fx.Node) -> bool:

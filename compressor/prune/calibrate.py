@@ -1,6 +1,12 @@
 """Activation counters (paper Algorithm 2): per unit, how often it fires. A neuron has one
 position per sample; a conv channel has one per output pixel, so its count runs over
-samples x positions, and units are ranked by their firing rate."""
+samples x positions, and units are ranked by their firing rate.
+
+A unit read through a ReLU fires where its output is non-zero (the paper's definition, exact:
+a unit that never fires outputs zero everywhere). Other activations (GELU, SiLU, Tanh, ...)
+are never exactly zero, so a unit fires where its output's magnitude exceeds `FIRING` times
+its group's mean magnitude (measured on the first calibration batch): a unit that never fires
+is one whose output stays below 1% of what its neighbours typically output."""
 
 from __future__ import annotations
 
@@ -14,18 +20,22 @@ from ..graph.capture import on_device, outputs_of
 from ..graph.groups import PrunableGroup
 
 Progress = Callable[[int, int], None]
+FIRING = 0.01  # non-ReLU units fire above this fraction of their group's mean |output|
 
 
 @dataclass(frozen=True)
 class ActivationStats:
-    """Per group: `counts` (how often each unit's output is non-zero, over samples x positions
-    x the group's counted nodes), `positions` (positions per sample summed over those nodes)
-    and `means` (mean output of each unit), over `samples` calibration samples."""
+    """Per group: `counts` (how often each unit fires, over samples x positions x the group's
+    counted nodes), `positions` (positions per sample summed over those nodes), and per unit
+    its `means`, mean magnitudes (`magnitudes`, mean |h|) and `squares` (mean h²) over
+    `samples` calibration samples and their positions."""
 
     counts: dict[str, torch.Tensor]
     means: dict[str, torch.Tensor]
     samples: int
     positions: dict[str, int] = field(default_factory=dict)
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
+    squares: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def dead(self, group: str) -> int:
         """Units that never fired anywhere."""
@@ -56,8 +66,10 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     nodes = list(dict.fromkeys(name for g in groups for name in g.activations))
     probe = outputs_of(gm, nodes)
     counts = {g.name: torch.zeros(g.size, dtype=torch.int64) for g in groups}
-    sums = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    sums = {key: {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+            for key in ("h", "|h|", "h²")}
     positions = {g.name: 0 for g in groups}
+    thresholds: dict[str, float] = {}
     n = int(x.shape[0])
     with torch.no_grad(), on_device(probe, device):
         for start in range(0, n, batch_size):
@@ -65,14 +77,23 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
             for g in groups:
                 for name in g.activations:
                     per_unit = _per_unit(outputs[name], g.size)  # [B, units, positions]
-                    counts[g.name] += (per_unit != 0).sum(dim=(0, 2)).cpu()
-                    sums[g.name] += (per_unit.double().mean(dim=2).sum(dim=0) /
-                                     len(g.activations)).cpu()
+                    if g.relu:
+                        counts[g.name] += (per_unit != 0).sum(dim=(0, 2)).cpu()
+                    else:
+                        if name not in thresholds:
+                            thresholds[name] = FIRING * float(per_unit.abs().double().mean())
+                        counts[g.name] += (per_unit.abs() > thresholds[name]).sum(
+                            dim=(0, 2)).cpu()
+                    h = per_unit.double()
+                    for key, value in (("h", h), ("|h|", h.abs()), ("h²", h * h)):
+                        sums[key][g.name] += (value.mean(dim=2).sum(dim=0) /
+                                              len(g.activations)).cpu()
                     if start == 0:
                         positions[g.name] += per_unit.shape[2]
             if progress is not None:
                 progress(min(start + batch_size, n), n)
-    return ActivationStats(counts, {k: v / max(n, 1) for k, v in sums.items()}, n, positions)
+    means = {key: {k: v / max(n, 1) for k, v in by.items()} for key, by in sums.items()}
+    return ActivationStats(counts, means["h"], n, positions, means["|h|"], means["h²"])
 
 
 def _per_unit(a: torch.Tensor, size: int) -> torch.Tensor:

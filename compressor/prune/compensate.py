@@ -16,6 +16,7 @@ from .calibrate import ActivationStats
 from .config import Compensation, PruneConfig
 from ..graph.groups import (PrunableGroup, constant_outputs, fold_into_consumers, merge_into,
                      unit_rows, zero_consumers)
+from ..graph.ops import HOMOGENEOUS
 from .lsq import refit_consumers
 
 
@@ -33,9 +34,9 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
                progress: Callable[[int, int], None] | None = None) -> dict[str, Compensated]:
     """Make the next layers make up for units about to be removed; call before shrinking.
 
-    A unit with no incoming weights outputs a constant (relu(bias)); that constant is always
-    folded into the next layer's bias, so removing it is exact. The other removed units are
-    compensated by `config.compensate`:
+    A unit with no incoming weights outputs a constant (its activation of its bias); that
+    constant is always folded into the next layer's bias, so removing it is exact. The other
+    removed units are compensated by `config.compensate`:
     none (dropped), mean (their mean calibration activation folded into the next bias),
     merge (the next layer's column of the most similar kept unit absorbs theirs, when the
     cosine similarity of [w | b] rows is at least `config.merge_threshold`),
@@ -45,7 +46,8 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         gm: the working graph, modified in place.
         groups: its groups, in graph order.
         removed: per group, the units that will be removed.
-        config: the compensation method and its settings (auto is resolved here).
+        config: the compensation method and its settings (auto is resolved here, per group:
+            without data, merge where the activation is ReLU or LeakyReLU, else none).
         stats: activation statistics of `gm` (needed by mean).
         x: calibration inputs (needed by lsq, and by auto to choose lsq).
         progress: receives (groups done, groups) after each group.
@@ -53,14 +55,19 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
     Returns:
         Per group, how many removed units were exact constants and how many were merged.
     """
-    mode = config.compensate.resolve(has_data=x is not None)
-    if (mode is Compensation.MEAN and stats is None) or (mode is Compensation.LSQ and x is None):
-        raise ValueError(f"compensation {mode.value} needs calibration data")
-    reference = copy.deepcopy(gm) if mode is Compensation.LSQ else None
+    modes = {g.name: config.compensate.resolve(has_data=x is not None,
+                                               homogeneous=set(g.kinds) <= set(HOMOGENEOUS))
+             for g in groups}
+    if (Compensation.MEAN in modes.values() and stats is None) or \
+            (Compensation.LSQ in modes.values() and x is None):
+        raise ValueError(f"compensation {config.compensate.value} needs calibration data")
+    lsq = Compensation.LSQ in modes.values()
+    reference = copy.deepcopy(gm) if lsq else None
     # merge matches on the rows as they were before any group changed (as Kim et al.'s code)
-    rows = {g.name: unit_rows(gm, g) for g in groups} if mode is Compensation.MERGE else {}
+    rows = {g.name: unit_rows(gm, g) for g in groups if modes[g.name] is Compensation.MERGE}
     done = {}
     for g in groups:
+        mode = modes[g.name]
         units = removed[g.name]
         keep = _complement(units, g.size)
         constants = constant_outputs(gm, g)[units]

@@ -33,12 +33,16 @@ class Compensation(str, Enum):
     MEAN = "mean"  # fold the removed neuron's mean calibration activation into the next bias
     MERGE = "merge"  # neuron merging (Kim et al. 2020): data-free
     LSQ = "lsq"  # refit the next layer by least squares on calibration data
-    AUTO = "auto"  # lsq with calibration data, merge without
+    AUTO = "auto"  # lsq with calibration data, merge without (where exact, else none)
 
-    def resolve(self, *, has_data: bool) -> Compensation:
-        """The concrete method: AUTO becomes LSQ or MERGE."""
+    def resolve(self, *, has_data: bool, homogeneous: bool = True) -> Compensation:
+        """The concrete method: AUTO becomes LSQ with data; without, MERGE for units read
+        through a positively homogeneous activation (ReLU, LeakyReLU), for which merging is
+        exact, and NONE for the others."""
         if self is Compensation.AUTO:
-            return Compensation.LSQ if has_data else Compensation.MERGE
+            if has_data:
+                return Compensation.LSQ
+            return Compensation.MERGE if homogeneous else Compensation.NONE
         return self
 
     @property
@@ -49,7 +53,9 @@ class Compensation(str, Enum):
 class Criterion(str, Enum):
     """How neurons are ranked: the lowest are removed first."""
 
+    AUTO = "auto"  # activation for ReLU units, energy for any other activation
     ACTIVATION = "activation"  # on how many calibration samples the neuron fires (the paper's)
+    ENERGY = "energy"  # RMS output x the norm of the unit's columns in the next layers
     L1 = "l1"  # l1 norm of the neuron's [weights | bias] row (the merging paper's)
     L2 = "l2"  # l2 norm of that row
     ERROR = "error"  # output error left after greedy removal with least-squares refits
@@ -57,7 +63,16 @@ class Criterion(str, Enum):
 
     @property
     def needs_data(self) -> bool:
-        return self in (Criterion.ACTIVATION, Criterion.ERROR)
+        return self in (Criterion.AUTO, Criterion.ACTIVATION, Criterion.ENERGY, Criterion.ERROR)
+
+    def resolve(self, *, relu: bool) -> Criterion:
+        """The concrete criterion: AUTO becomes ACTIVATION when every unit is read through a
+        ReLU (a count of non-zero outputs is the paper's criterion, and a zero count means
+        removal is exact), ENERGY otherwise (GELU, SiLU, Tanh... are never exactly zero, and
+        how often a unit is near zero says less than how much it sends on)."""
+        if self is Criterion.AUTO:
+            return Criterion.ACTIVATION if relu else Criterion.ENERGY
+        return self
 
 
 class Of(str, Enum):
@@ -84,7 +99,7 @@ class Method(str, Enum):
     @property
     def criterion(self) -> Criterion:
         """The neuron criterion this method means for --score neurons."""
-        return {Method.ACTIVATION: Criterion.ACTIVATION, Method.MAGNITUDE: Criterion.L1,
+        return {Method.ACTIVATION: Criterion.AUTO, Method.MAGNITUDE: Criterion.L1,
                 Method.RANDOM: Criterion.RANDOM}[self]
 
 
@@ -117,7 +132,8 @@ class PruneConfig:
         cycles: pruning cycles when the model is fine-tuned (one shot otherwise); None: by
             model, `MLP_SCHEDULE` or `CNN_SCHEDULE` (see `resolved`).
         compensate: how the next layer makes up for removed neurons.
-        criterion: how neurons are ranked.
+        criterion: how neurons are ranked (auto: by activation count for ReLU units, by
+            energy for others; see `resolved`).
         merge_threshold: least cosine similarity at which `merge` folds a removed neuron into
             a kept one (the paper: 0.45 for LeNet-300-100).
         ridge: `lsq` regularisation towards the layer's current weights, relative to the mean
@@ -139,7 +155,7 @@ class PruneConfig:
     scope: Scope = Scope.AUTO
     cycles: int | None = None
     compensate: Compensation = Compensation.AUTO
-    criterion: Criterion = Criterion.ACTIVATION
+    criterion: Criterion = Criterion.AUTO
     merge_threshold: float = 0.45
     ridge: float = 1e-3
     calibration_samples: int = 10_000
@@ -182,11 +198,13 @@ class PruneConfig:
                              "with --score neurons-weights the remaining weights are fine-tuned "
                              "instead: drop --compensate")
 
-    def resolved(self, *, channels: bool) -> PruneConfig:
-        """The concrete config for a model that does (or does not) prune conv channels: scope
-        and cycles chosen by model where they are left to it."""
+    def resolved(self, *, channels: bool, relu: bool = True) -> PruneConfig:
+        """The concrete config for a model that does (or does not) prune conv channels, and
+        whose units are (or are not) all read through ReLUs: scope, cycles and criterion
+        chosen by model where they are left to it."""
         cycles = self.cycles or (CNN_SCHEDULE if channels else MLP_SCHEDULE)[0]
-        return replace(self, scope=self.scope.resolve(channels=channels), cycles=cycles)
+        return replace(self, scope=self.scope.resolve(channels=channels), cycles=cycles,
+                       criterion=self.criterion.resolve(relu=relu))
 
     @property
     def needs_data(self) -> bool:

@@ -13,13 +13,15 @@ from torch import fx
 
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import FinetuneConfig, Of, PruneConfig, Score
+from .config import Compensation, FinetuneConfig, Of, PruneConfig, Score
+from ..errors import UsageError
 from ..io.data import DataSplits
 from .finetune import FinetuneResult, finetune
 from ..graph.capture import get_tensor
 from ..graph import count
 from ..graph.count import weights
 from ..graph.groups import PrunableGroup
+from ..graph.ops import HOMOGENEOUS
 from .shrink import shrink
 from .select import Budget, align_widths, select, unit_scores
 from .sparsify import harvest, masks, remove_weights, weight_scores
@@ -90,7 +92,11 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     """
     log = log or (lambda _: None)
     channels = _has_channels(gm, found.groups)
-    config, tuning = config.resolved(channels=channels), tuning.resolved(channels=channels)
+    relu = all(g.relu for g in found.groups)
+    config = config.resolved(channels=channels, relu=relu)
+    tuning = tuning.resolved(channels=channels)
+    if config.compensate is Compensation.MERGE and config.score is Score.NEURONS:
+        _check_merge(found.groups)
     if config.score is Score.WEIGHTS:
         return _prune_weights(gm, found, splits, config, tuning, seed=seed, teacher=teacher,
                               log=log, progress=progress)
@@ -264,3 +270,14 @@ def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",
         line += (f", fine-tuned {row.epochs} epoch{'' if row.epochs == 1 else 's'}, "
                  f"val acc {100 * row.val_accuracy:.2f}%")
     return line
+
+
+def _check_merge(groups) -> None:
+    """Merging folds a unit into a kept one scaled by s > 0: exact only where the activation
+    commutes with that scale."""
+    other = next((g for g in groups if not set(g.kinds) <= set(HOMOGENEOUS)), None)
+    if other is not None:
+        kind = next(k for k in other.kinds if k not in HOMOGENEOUS)
+        raise UsageError(f"--compensate merge is exact only for units read through ReLU or "
+                         f"LeakyReLU, and {other.name} is read through {kind}: use "
+                         "--compensate lsq (with --data) or none")

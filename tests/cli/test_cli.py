@@ -15,7 +15,7 @@ from compressor.io.data import load_data
 from compressor.runtime import session
 from tests.conftest import assert_refused, labelled
 from tests.helpers import save_model
-from tests.nets import Broken, ImageNet, NoReLU, tiny
+from tests.nets import Broken, ImageNet, NotPrunable, tiny
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ("--no-latency", "--quiet")
@@ -177,7 +177,7 @@ def bad_case(name: str, d: dict[str, Path]) -> list[object]:
         np.savez(tmp / "bad.npz", x=x, y=y)
         return [*ok[:6], tmp / "bad.npz", *FAST]
     if name in ("nothing to prune", "forward fails"):
-        cls = NoReLU if name == "nothing to prune" else Broken
+        cls = NotPrunable if name == "nothing to prune" else Broken
         torch.save(cls().state_dict(), tmp / "other.pt")
         return [tmp / "other.pt", "--arch", f"tests.nets:{cls.__name__}", *ok[3:]]
     if name == "pickle without trust":

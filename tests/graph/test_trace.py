@@ -7,7 +7,7 @@ from torch import nn
 from compressor.graph.capture import get_tensor
 from compressor.graph.trace import trace
 from tests.helpers import graph_of
-from tests.nets import Concat, Depthwise, ImageNet, NoReLU, SmallCNN, Tied, small_resnet, tiny
+from tests.nets import Concat, Depthwise, ImageNet, NotPrunable, SmallCNN, Tied, small_resnet, tiny
 
 
 def test_finds_every_hidden_layer_of_an_mlp_and_never_the_output_layer():
@@ -28,9 +28,9 @@ def test_follows_flatten_dropout_functional_relu_and_adds_missing_consumer_bias(
 
 
 def test_layers_it_does_not_understand_stay_dense_with_a_reason():
-    found = trace(graph_of(NoReLU(), torch.randn(2, 20)))
+    found = trace(graph_of(NotPrunable(), torch.randn(2, 20)))
     assert found.groups == ()
-    assert found.dense == (("a", "not followed by a ReLU (found sigmoid)"),
+    assert found.dense == (("a", "not followed by an elementwise activation (found softmax)"),
                            ("b", "output layer (never pruned)"))
 
 
@@ -90,7 +90,7 @@ def test_a_residual_add_joins_the_spaces_of_its_inputs_into_one_group():
 def test_what_the_tracer_does_not_follow_stays_dense_with_the_reason():
     found = trace(graph_of(Concat(), torch.randn(2, 1, 12, 12)))
     assert [g.name for g in found.groups] == ["c"]  # a global mean keeps its channels
-    assert dict(found.dense)["a"].startswith("its ReLU output feeds cat, which couples channels")
+    assert dict(found.dense)["a"].startswith("its relu output feeds cat, which couples channels")
 
 
 

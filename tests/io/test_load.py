@@ -60,7 +60,7 @@ def test_truncated_archive_is_a_clear_error(tmp_path):
     (None, "pass --arch module:callable"),
     ("tests.nets", "must look like module:callable"),
     ("tests.nowhere:tiny", "cannot find --arch"),
-    ("tests.nets:NoReLU", "do not fit --arch"),
+    ("tests.nets:NotPrunable", "do not fit --arch"),
 ])
 def test_state_dict_needs_a_matching_arch(tmp_path, arch, message):
     with pytest.raises(ModelError, match=message):

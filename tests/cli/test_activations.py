@@ -1,0 +1,40 @@
+"""`compress` on a GELU MLP: pruned end to end with the activation's own criterion, verified in
+onnxruntime; merging refused where it is not exact."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.nets import tiny_gelu
+
+FAST = ("--no-latency", "--quiet")
+
+
+def test_a_gelu_mlp_is_ranked_by_energy_refitted_and_verified(run_cli, tiny_files):
+    model = tiny_files["dir"] / "gelu.pt"
+    torch.save(tiny_gelu().state_dict(), model)
+    out = tiny_files["dir"] / "gelu.onnx"
+    result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.5", "--data",
+                     tiny_files["data"], "--cycles", "2", "--epochs", "1", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert (report["criterion"], report["compensate"]) == ("energy", "lsq")
+    assert 0.5 <= report["reduction"] < 0.52 and report["parity_max_abs_diff"] <= 1e-4
+    assert [row["note"] for row in report["layers"]].count("pruned") == 3
+
+
+def test_data_free_gelu_is_not_merged_and_explicit_merge_is_refused(run_cli, tiny_files):
+    model = tiny_files["dir"] / "gelu.pt"
+    torch.save(tiny_gelu().state_dict(), model)
+    out = tiny_files["dir"] / "free.onnx"
+    result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.4", "-o", out,
+                     *FAST)
+    assert result.code == 0, result.err
+    assert json.loads(out.with_suffix(".json").read_text())["compensate"] == "none"
+    refused = tiny_files["dir"] / "merge.onnx"
+    result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.4",
+                     "--compensate", "merge", "-o", refused, *FAST)
+    assert result.code == 2 and "merge is exact only for units read through ReLU" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not refused.exists()

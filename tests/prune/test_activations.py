@@ -1,0 +1,145 @@
+"""Units read through activations other than ReLU: traced, counted, ranked and compensated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.errors import UsageError
+from compressor.graph.capture import run_batched
+from compressor.graph.trace import trace
+from compressor.prune.calibrate import FIRING, count_activations
+from compressor.prune.config import Compensation, Criterion, FinetuneConfig, PruneConfig
+from compressor.prune.cycles import prune
+from compressor.prune.select import consumer_norms, unit_scores
+from tests.helpers import graph_of, remove_units
+from tests.nets import tiny
+
+ACTIVATIONS = {
+    "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+    "elu": lambda: nn.ELU(0.5), "hardswish": nn.Hardswish, "relu6": nn.ReLU6, "mish": nn.Mish,
+    "softplus": nn.Softplus,
+}
+KIND = {"gelu_tanh": "gelu", "relu6": "hardtanh"}
+NOTHING = torch.tensor([], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_hidden_layer_is_a_group_read_through_its_activation(name):
+    found = trace(graph_of(tiny(ACTIVATIONS[name]), torch.randn(2, 20)))
+    assert [g.name for g in found.groups] == ["0", "2", "4"]
+    assert {g.kinds for g in found.groups} == {(KIND.get(name, name),)}
+    assert found.dense == (("6", "output layer (never pruned)"),)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_a_unit_without_inputs_is_folded_through_its_activation_exactly(name):
+    """A unit with no incoming weights outputs act(bias) on every input: removing it and adding
+    what it sent to the next bias changes nothing, whatever the activation."""
+    net = tiny(ACTIVATIONS[name])
+    with torch.no_grad():
+        net[0].weight[[1, 9]] = 0
+        net[0].bias[1], net[0].bias[9] = -0.8, 1.3
+        net[2].weight[4] = 0
+    x = torch.randn(300, 20)
+    gm = graph_of(net, x[:2])
+    before = run_batched(gm, x)
+    removed = {"0": torch.tensor([1, 9]), "2": torch.tensor([4]), "4": NOTHING}
+    _, done = remove_units(gm, removed, Compensation.NONE, x=x)
+    torch.testing.assert_close(run_batched(gm, x), before, rtol=0, atol=1e-5)
+    assert {n: d.exact for n, d in done.items()} == {"0": 2, "2": 1, "4": 0}
+
+
+def test_relu_units_fire_where_non_zero_and_others_above_a_share_of_the_group_mean():
+    x = torch.randn(400, 20)
+    for act in (nn.ReLU, nn.GELU):
+        net = tiny(act)
+        with torch.no_grad():  # unit 3 is in GELU's tail: gelu(-4) = -1.3e-4, not exactly 0
+            net[0].weight[3], net[0].bias[3] = 0, -4.0
+        gm = graph_of(net, x[:2])
+        groups = trace(gm).groups
+        stats = count_activations(gm, groups, x, batch_size=100)
+        h = act()(net[0](x)).detach()
+        if act is nn.ReLU:
+            expected = (h != 0).sum(0)
+        else:
+            assert torch.all(h[:, 3] != 0)
+            expected = (h.abs() > FIRING * h[:100].abs().double().mean()).sum(0)
+        assert torch.equal(stats.counts["0"], expected)
+        assert int(stats.counts["0"][3]) == 0 and stats.dead("0") >= 1
+        torch.testing.assert_close(stats.magnitudes["0"], h.double().abs().mean(0))
+        torch.testing.assert_close(stats.squares["0"], (h.double() ** 2).mean(0))
+
+
+def test_energy_is_rms_output_times_the_consumer_column_norm_relative_to_the_group():
+    net = tiny(nn.GELU)
+    x = torch.randn(300, 20)
+    gm = graph_of(net, x[:2])
+    groups = trace(gm).groups
+    stats = count_activations(gm, groups, x)
+    scores = unit_scores(gm, groups, PruneConfig(0.5, criterion="energy"), stats=stats)
+    h = nn.GELU()(net[0](x)).detach().double()
+    raw = (h ** 2).mean(0).sqrt() * net[2].weight.detach().double().norm(dim=0)
+    torch.testing.assert_close(scores["0"], raw / raw.mean())
+    torch.testing.assert_close(consumer_norms(gm, groups[0]),
+                               net[2].weight.detach().double().norm(dim=0))
+
+
+def test_auto_ranks_relu_units_by_count_and_others_by_energy():
+    x = torch.randn(300, 20)
+    for act, expected in ((nn.ReLU, Criterion.ACTIVATION), (nn.SiLU, Criterion.ENERGY)):
+        gm = graph_of(tiny(act), x[:2])
+        groups = trace(gm).groups
+        stats = count_activations(gm, groups, x)
+        auto = unit_scores(gm, groups, PruneConfig(0.5), stats=stats)
+        chosen = unit_scores(gm, groups, PruneConfig(0.5, criterion=expected), stats=stats)
+        assert all(torch.equal(auto[k], chosen[k]) for k in auto)
+        assert PruneConfig(0.5).resolved(channels=False, relu=act is nn.ReLU).criterion \
+            is expected
+
+
+def _prune(net: nn.Module, **options):
+    x = torch.randn(64, 20)
+    gm = graph_of(net, x[:2])
+    return prune(gm, trace(gm), None, PruneConfig(0.3, criterion="l2", **options),
+                 FinetuneConfig(max_epochs=0))
+
+
+def test_merging_is_refused_where_it_is_not_exact_and_data_free_auto_does_not_merge():
+    with pytest.raises(UsageError, match="merge is exact only for .* read through gelu"):
+        _prune(tiny(nn.GELU), compensate="merge")
+    assert _prune(tiny(nn.GELU)).cycles[0].merged == 0
+    assert _prune(tiny(nn.LeakyReLU)).cycles[0].merged > 0  # data-free auto: merge where exact
+    assert Compensation.AUTO.resolve(has_data=False, homogeneous=False) is Compensation.NONE
+
+
+def test_merging_a_leaky_relu_unit_into_a_scaled_copy_is_exact():
+    """LeakyReLU is positively homogeneous: unit 8 = 2.5 x unit 3 before and after it."""
+    net = tiny(lambda: nn.LeakyReLU(0.1))
+    with torch.no_grad():
+        net[0].weight[8], net[0].bias[8] = 2.5 * net[0].weight[3], 2.5 * net[0].bias[3]
+    x = torch.randn(256, 20)
+    gm = graph_of(net, x[:2])
+    before = run_batched(gm, x)
+    removed = {"0": torch.tensor([8]), "2": NOTHING, "4": NOTHING}
+    _, done = remove_units(gm, removed, Compensation.MERGE)
+    torch.testing.assert_close(run_batched(gm, x), before, rtol=0, atol=1e-5)
+    assert done["0"].merged == 1
+
+
+@pytest.mark.parametrize("name", ["gelu", "tanh", "sigmoid"])
+def test_lsq_repairs_removal_behind_any_activation(name):
+    """The refit needs no ReLU: it regresses the next layer on what the pruned network
+    computes, and beats plain removal."""
+    torch.manual_seed(1)
+    x = torch.randn(1000, 20)
+    removed = {"0": torch.arange(0, 32, 3), "2": torch.arange(0, 24, 4), "4": NOTHING}
+    errors = {}
+    for mode in (Compensation.NONE, Compensation.LSQ):
+        gm = graph_of(tiny(ACTIVATIONS[name]), x[:2])
+        before = run_batched(gm, x)
+        remove_units(gm, removed, mode, x=x)
+        errors[mode] = float(((run_batched(gm, x) - before) ** 2).mean())
+    assert errors[Compensation.LSQ] < 0.5 * errors[Compensation.NONE]
