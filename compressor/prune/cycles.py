@@ -279,5 +279,5 @@ def _check_merge(groups) -> None:
     if other is not None:
         kind = next(k for k in other.kinds if k not in HOMOGENEOUS)
         raise UsageError(f"--compensate merge is exact only for units read through ReLU or "
-                         f"LeakyReLU, and {other.name} is read through {kind}: use "
+                         f"LeakyReLU, and layer {other.name} is read through {kind}: use "
                          "--compensate lsq (with --data) or none")
