@@ -11,6 +11,8 @@ Recipes:
              accuracy (the shipped lenet_300_100.pt).
     cnn      AdamW lr 3e-3, weight decay 5e-4, cosine, 5 epochs, random shifts of up to 2
              pixels; best epoch by validation accuracy (models/vgg_bn.pt, models/resnet.pt).
+    transformer  AdamW lr 2e-3, weight decay 0.05, cosine, 12 epochs, shifts of up to 1
+             pixel; best epoch by validation accuracy (models/vit.pt, models/vit_swiglu.pt).
 
 Data: the first 6,000 training images are the validation split (best epoch kept); the official
 test set is only evaluated at the end.
@@ -32,9 +34,10 @@ from compressor.io.data import load_fashion_mnist
 from compressor.prune.finetune import accuracy, evaluate
 from models.cnn import resnet, vgg_bn
 from models.mlp import ARCHS as MLPS
+from models.transformer import vit, vit_swiglu
 
-ARCHS = {**MLPS, "vgg_bn": vgg_bn, "resnet": resnet}
-IMAGES = {"vgg_bn", "resnet"}  # take [N, 1, 28, 28]; the MLPs take [N, 784]
+ARCHS = {**MLPS, "vgg_bn": vgg_bn, "resnet": resnet, "vit": vit, "vit_swiglu": vit_swiglu}
+IMAGES = {"vgg_bn", "resnet", "vit", "vit_swiglu"}  # take [N, 1, 28, 28]; MLPs take [N, 784]
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ RECIPES = {
     "merging": Recipe(epochs=200, lr=0.1, weight_decay=5e-4, schedule="step", best_by="accuracy"),
     "cnn": Recipe(epochs=5, lr=3e-3, weight_decay=5e-4, schedule="cosine", best_by="accuracy",
                   optimizer="adamw", shift=2),
+    "transformer": Recipe(epochs=12, lr=2e-3, weight_decay=0.05, schedule="cosine",
+                          best_by="accuracy", optimizer="adamw", shift=1),
 }
 
 

@@ -161,3 +161,32 @@ class Depthwise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.pw(torch.relu(self.dw(torch.relu(self.a(x))))))
         return self.head(y.flatten(1))
+
+
+class TinyTransformer(nn.Module):
+    """Takes tokens [N, 6, 12]: input Linear 12-16, one pre-LayerNorm block (attention with a
+    fused qkv, then a GELU FFN 16-32-16, or SwiGLU with `gated`), mean over tokens, Linear 16-4."""
+
+    def __init__(self, gated: bool = False) -> None:
+        super().__init__()
+        from models.transformer import Block, FeedForward, SwiGLU
+
+        torch.manual_seed(0)
+        self.embed = nn.Linear(12, 16)
+        self.block = Block(16, 2, (SwiGLU if gated else FeedForward)(16, 32))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x)).mean(1))
+
+
+def tiny_swiglu() -> TinyTransformer:
+    return TinyTransformer(gated=True)
+
+
+def torch_encoder() -> nn.Sequential:
+    """nn.TransformerEncoderLayer (ReLU FFN 16-40-16) on tokens [N, 6, 12]: its attention runs
+    on [tokens, batch, features]."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.TransformerEncoderLayer(
+        16, 2, 40, dropout=0.0, batch_first=True), nn.Flatten(), nn.Linear(6 * 16, 4))

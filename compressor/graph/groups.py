@@ -51,7 +51,10 @@ class PrunableGroup:
             in `weights`); their `groups` argument follows the group's size.
         functions: the activation nodes a unit's output passes through, in order, on its way
             to every consumer (what turns a constant unit's bias into what the consumers see).
-        kinds: the activation of each node in `activations`, by name (`ops.ACTIVATIONS`).
+        kinds: the activation of each node in `activations`, by name (`ops.ACTIVATIONS`, or
+            "gated" for the product of two producers' outputs).
+        axes: the axis of the units in each node of `activations` ([B, C, H, W] and [B, F]: 1;
+            tokens [B, T, F]: 2); every other axis is samples and positions.
     """
 
     name: str
@@ -66,6 +69,7 @@ class PrunableGroup:
     grouped_nodes: tuple[str, ...] = ()  # depthwise convs whose `groups` is the group's size
     functions: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("relu",)
+    axes: tuple[int, ...] = ()
 
     @property
     def relu(self) -> bool:

@@ -36,5 +36,17 @@ POOL = (aten.max_pool2d.default, aten.max_pool1d.default, aten.avg_pool2d.defaul
 FLATTEN = (aten.flatten.using_ints, aten.view.default, aten.reshape.default,
            aten._unsafe_view.default)
 ADD = (aten.add.Tensor, aten.add_.Tensor)
+# An elementwise product of two channel spaces joins them (a gated FFN's silu(W1 x) * (W3 x));
+# by a number it carries the channels on.
+MUL = (aten.mul.Tensor, aten.mul_.Tensor)
+# Normalisations over the feature axis: every output feature depends on every input feature.
+NORMS = {aten.layer_norm.default: "LayerNorm", aten.rms_norm.default: "RMSNorm",
+         aten.group_norm.default: "GroupNorm"}
+# Axis moves that keep every channel intact.
+TRANSPOSE = (aten.transpose.int, aten.permute.default, aten.t.default)
+# What attention mixes tokens with; a layer whose output reaches one of these only through
+# reshapes splits into heads.
+ATTENTION = (aten.scaled_dot_product_attention.default, aten.softmax.int, aten._softmax.default)
+MATMUL = (aten.matmul.default, aten.bmm.default, aten.einsum.default)
 CAT = (aten.cat.default,)
 MEAN = aten.mean.dim  # a global average pool when it averages every spatial axis

@@ -14,14 +14,29 @@ the way is understood; otherwise its layers stay dense with the reason in the re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import sympy
 import torch
 from torch import fx
 
 from .capture import add_zero_bias, get_tensor
 from .groups import PrunableGroup, Slice
-from .ops import ACTIVATIONS, ADD, CONV, FLATTEN, IDENTITY, LINEAR, MEAN, POOL
+from .ops import (
+    ACTIVATIONS,
+    ADD,
+    ATTENTION,
+    CONV,
+    FLATTEN,
+    IDENTITY,
+    LINEAR,
+    MATMUL,
+    MEAN,
+    MUL,
+    NORMS,
+    POOL,
+    TRANSPOSE,
+)
 
 OUTPUT_LAYER = "output layer (never pruned)"
 
@@ -56,7 +71,7 @@ def trace(gm: fx.GraphModule) -> Trace:
     names = gm.meta.get("original_names", {})
     producers = [n for n in gm.graph.nodes if n.target is LINEAR or n.target in CONV]
     layers, by_node = _layers(gm, producers, names)
-    spaces = _Spaces()
+    spaces = _Spaces(_attention_inputs(gm))
     for node in producers:
         if node.name in by_node:
             spaces.walk(node)
@@ -98,6 +113,8 @@ def _layers(gm: fx.GraphModule, producers: list[fx.Node],
     for n in producers:
         uses[_key(n.args[1])] = uses.get(_key(n.args[1]), 0) + 1
     layers, by_node = [], _ByNode()
+    batch = next((n.meta["val"].shape[0] for n in gm.graph.nodes
+                  if n.op == "placeholder" and "val" in n.meta), 1)
     by_node.uses = uses
     for node in producers:
         weight = node.args[1]
@@ -108,8 +125,7 @@ def _layers(gm: fx.GraphModule, producers: list[fx.Node],
         shape = get_tensor(gm, weight.target).shape
         out = node.meta.get("val")
         conv = node.target in CONV
-        positions = math.prod(out.shape[2:] if conv else out.shape[1:-1]) if out is not None \
-            else 1
+        positions = _positions(out, batch, conv)
         layer = Layer(names.get(weight.target, weight.target).removesuffix(".weight"),
                       weight.target, node.name, int(shape[1]), int(shape[0]),
                       "conv" if conv else "linear", int(positions))
@@ -133,6 +149,7 @@ class _Consumer:
     block: int  # columns each unit owns in its weight
     activation: str  # the activation node it reads the space through (where units are counted)
     functions: tuple[str, ...]  # every activation node from the last join to it, in order
+    axis: int = 1  # the axis of the units in the activation node's output
 
 
 @dataclass
@@ -141,14 +158,16 @@ class _Space:
     consumers: dict[str, _Consumer] = field(default_factory=dict)
     depthwise: list[str] = field(default_factory=list)  # convs that filter each unit alone
     reason: str = ""
+    final: bool = False  # the reason explains the whole space (LayerNorm, attention heads)
 
 
 class _Spaces:
     """Channel spaces found so far, joined where a residual add meets (union-find)."""
 
-    def __init__(self) -> None:
+    def __init__(self, attention: set[str]) -> None:
         self.parent: dict[str, str] = {}
         self.spaces: dict[str, _Space] = {}
+        self.attention = attention  # nodes between a layer and the attention it feeds
 
     def find(self, name: str) -> str:
         while self.parent[name] != name:
@@ -170,11 +189,16 @@ class _Spaces:
             first.producers += second.producers
             first.consumers.update(second.consumers)
             first.depthwise += [d for d in second.depthwise if d not in first.depthwise]
+            if second.final and not first.final:
+                first.reason, first.final = second.reason, True
             first.reason = first.reason or second.reason
         return a
 
-    def fail(self, root: str, reason: str) -> None:
+    def fail(self, root: str, reason: str, final: bool = False) -> None:
+        """Mark the space unprunable; the first reason stays, unless a final one comes."""
         space = self.spaces[self.find(root)]
+        if final and not space.final:
+            space.reason, space.final = reason, True
         space.reason = space.reason or reason
 
     def all(self) -> list[_Space]:
@@ -183,52 +207,66 @@ class _Spaces:
     def walk(self, producer: fx.Node) -> None:
         """Follow `producer`'s channels to every consumer, joining spaces at residual adds."""
         root = self.add(producer)
-        todo: list[tuple[fx.Node, int, tuple[fx.Node, ...]]] = [(producer, 1, ())]
+        axis = 1 if producer.target in CONV else _ndim(producer) - 1
+        todo = [_At(producer, 1, (), axis, axis)]
         seen: set[str] = set()
         while todo:
-            node, block, acts = todo.pop()
-            if node.name in seen:
+            at = todo.pop()
+            if at.node.name in seen:
                 continue
-            seen.add(node.name)
-            users = list(node.users)
+            seen.add(at.node.name)
+            users = list(at.node.users)
             for user in users:
-                step = self._step(root, node, user, block, acts, len(users))
+                step = self._step(root, at, user, len(users))
                 if step is not None:
                     todo.append(step)
                 root = self.find(root)
 
-    def _step(self, root: str, node: fx.Node, user: fx.Node, block: int,
-              acts: tuple[fx.Node, ...], readers: int
-              ) -> tuple[fx.Node, int, tuple[fx.Node, ...]] | None:
+    def _step(self, root: str, at: _At, user: fx.Node, readers: int) -> _At | None:
+        node, block = at.node, at.block
+        acts = [a for a in at.acts if not _scaling(a)]  # the activations (for messages)
         if user.op == "output":
             self.fail(root, OUTPUT_LAYER if not acts else "its activation is the model's output")
             return None
+        if user.target in NORMS and user.args[0] is node:
+            self.fail(root, f"residual stream: {NORMS[user.target]} couples all its features "
+                            "(not pruned)", final=True)
+            return None
         if user.target in ACTIVATIONS:
-            return user, block, (*acts, user)
-        if user.target in IDENTITY or user.target in POOL:
+            return replace(at, node=user, acts=(*at.acts, user), counted=at.axis)
+        if user.target in MUL:
+            return self._gate(root, at, user)
+        if user.target in IDENTITY or (user.target in POOL and at.axis == 1):
             if user.target is DROPOUT and len(user.args) > 2 and user.args[2]:  # training mode
                 self.fail(root, "dropout in training mode")
                 return None
-            return user, block, acts
-        if user.target is MEAN and _spatial_mean(node, user):
-            return user, block, acts
-        if user.target in FLATTEN:
+            return replace(at, node=user)
+        moved = _moved_axis(node, user, at.axis) if block == 1 else None
+        if moved is not None:
+            return replace(at, node=user, axis=moved)
+        if user.target in FLATTEN and at.axis == 1:
             flat = _flattened_block(node, user)
-            if flat is None:
-                self.fail(root, f"its output is reshaped by {_op_name(user)} to "
-                                f"{_shape(user)}, which the tracer does not follow")
-                return None
-            return user, block * flat, acts
+            if flat is not None:
+                return replace(at, node=user, block=block * flat)
         if user.target in ADD:
-            return self._join(root, node, user, block)
-        if user.target in CONV and user.args[0] is node and _depthwise(user) and block == 1:
+            return self._join(root, at, user)
+        if user.target in CONV and user.args[0] is node and _depthwise(user) and block == 1 \
+                and at.axis == 1:
             space = self.spaces[self.find(root)]  # it filters each unit alone: carries them on
             if user.name not in space.depthwise:
                 space.depthwise.append(user.name)
-            return user, 1, ()
+            return _At(user, 1, (), 1, 1)
         if (user.target is LINEAR or user.target in CONV) and user.args[0] is node:
-            return self._consume(root, node, user, block, acts)
-        what = "its output" if not acts else f"its {ACTIVATIONS[acts[-1].target]} output"
+            return self._consume(root, at, user)
+        if user.name in self.attention:
+            self.fail(root, "attention: its output is split into heads (not pruned)",
+                      final=True)
+            return None
+        if user.target in FLATTEN or user.target in TRANSPOSE:
+            self.fail(root, f"its output is reshaped by {_op_name(user)} to {_shape(user)}, "
+                            "which the tracer does not follow")
+            return None
+        what = "its output" if not acts else f"its {_kind(acts[-1])} output"
         if not acts and readers == 1 and user.target not in (*LINEAR_OR_CONV,):
             self.fail(root, f"not followed by an elementwise activation (found "
                             f"{_op_name(user)})")
@@ -237,61 +275,194 @@ class _Spaces:
                             "the tracer does not follow")
         return None
 
-    def _consume(self, root: str, node: fx.Node, user: fx.Node, block: int,
-                 acts: tuple[fx.Node, ...]) -> None:
-        if not acts:
+    def _consume(self, root: str, at: _At, user: fx.Node) -> None:
+        counted = [a for a in at.acts if not _scaling(a)]
+        if not counted:
             self.fail(root, f"its output reaches {user.name} without an activation")
-        elif user.target in CONV and (block != 1 or _groups(user) != 1):
+        elif user.target in CONV and (at.block != 1 or _groups(user) != 1 or at.axis != 1):
             self.fail(root, f"its output feeds {user.name}, a grouped or reshaped convolution")
+        elif user.target is LINEAR and at.axis != _ndim(at.node) - 1:
+            self.fail(root, f"its output reaches {user.name} with its features on axis "
+                            f"{at.axis} of {_shape(at.node)}, not the last")
         else:
             self.spaces[self.find(root)].consumers[user.name] = _Consumer(
-                user, block, acts[-1].name, tuple(a.name for a in acts))
+                user, at.block, counted[-1].name, tuple(a.name for a in at.acts), at.counted)
         return None
 
-    def _join(self, root: str, node: fx.Node, add: fx.Node, block: int):
-        """A residual add: every operand's space joins this one; the add carries it on."""
-        if block != 1:
+    def _join(self, root: str, at: _At, add: fx.Node) -> _At | None:
+        """A residual add: every operand's space joins this one; the add carries it on. An
+        operand that is not a traced layer's output fails the space, and the walk goes on to
+        find every layer the space reaches (and the reason that explains it best)."""
+        if at.block != 1:
             self.fail(root, "its flattened output is added to another tensor")
             return None
         for operand in add.args[:2]:
-            if operand is node:
+            if operand is at.node:
                 continue
-            sources = _sources(operand)
+            sources = _sources(operand, at.axis) if _ndim(operand) == _ndim(add) else None
             if sources is None:
                 self.fail(root, f"its output is added to {_describe(operand)}, which is not "
                                 "the output of a traced layer")
-                return None
+                continue
             for source in sources:
                 root = self.join(root, self.add(source))
-        return add, 1, ()
+        return _At(add, 1, (), at.axis, at.axis)
+
+    def _gate(self, root: str, at: _At, mul: fx.Node) -> _At | None:
+        """An elementwise product: by a number it carries the units on; by another channel
+        space (silu(W1 x) * (W3 x)) it joins it, unit j of each producer making unit j of
+        the product, which is where the units are counted."""
+        other = mul.args[1] if mul.args[0] is at.node else mul.args[0]
+        if not isinstance(other, fx.Node):  # a function of each unit, but not where to count
+            return replace(at, node=mul, acts=(*at.acts, mul))
+        sources = [] if other is at.node else _sources(other, at.axis)
+        if sources is None or at.block != 1 or _shape(other) != _shape(at.node):
+            self.fail(root, f"its output is multiplied by {_describe(other)}, which is not "
+                            "the output of a traced layer of the same shape")
+            return None
+        for source in sources:
+            root = self.join(root, self.add(source))
+        return replace(at, node=mul, acts=(*at.acts, mul), counted=at.axis)
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a walk is: a node carrying the space's units, `block` columns each, on `axis` of
+    its output; the activations passed since the last join, and the axis of the units on the
+    last of them (where they are counted)."""
+
+    node: fx.Node
+    block: int
+    acts: tuple[fx.Node, ...]
+    axis: int
+    counted: int
 
 
 LINEAR_OR_CONV = (LINEAR, *CONV)
+SDPA = ATTENTION[0]
 DROPOUT = torch.ops.aten.dropout.default
 
 
-def _sources(node: object) -> list[fx.Node] | None:
-    """The producers whose channels `node` carries (through activations, identity, pooling and
-    adds), or None if it carries anything else."""
+def _sources(node: object, axis: int) -> list[fx.Node] | None:
+    """The producers whose channels `node` carries on `axis` of its output (through
+    activations, identity ops, pooling, axis moves, scaling by a number and adds), or None if
+    it carries anything else."""
     if not isinstance(node, fx.Node):
         return None
-    if node.target is LINEAR or node.target in CONV:
-        return [node]
-    if node.target in ACTIVATIONS or node.target in IDENTITY or node.target in POOL:
-        return _sources(node.args[0])
+    if node.target is LINEAR:
+        return [node] if axis == _ndim(node) - 1 else None
+    if node.target in CONV:
+        return [node] if axis == 1 else None
     if node.target in ADD:
-        found = [_sources(a) for a in node.args[:2]]
+        found = [_sources(a, axis) if _ndim(a) == _ndim(node) else None for a in node.args[:2]]
         return None if any(f is None for f in found) else found[0] + found[1]
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    source = node.args[0]
+    if node.target in ACTIVATIONS or node.target in IDENTITY or \
+            (node.target in POOL and axis == 1) or \
+            (node.target in MUL and not isinstance(node.args[1], fx.Node)):
+        return _sources(source, axis)
+    for before in range(_ndim(source)):
+        if _moved_axis(source, node, before) == axis:
+            return _sources(source, before)
     return None
 
 
-def _spatial_mean(node: fx.Node, mean: fx.Node) -> bool:
-    """Whether `mean` averages exactly the spatial axes of [N, C, *spatial] (channels stay)."""
+def _moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
+    """Where the channels on `axis` of `node` are in `user`'s output, if `user` moves axes
+    without mixing channels: a transpose or permute, a mean over axes other than the batch and
+    the channels, or a reshape that keeps every axis up to the channels (regrouping those
+    after) or every axis from the channels on (regrouping those before)."""
+    if not user.args or user.args[0] is not node:
+        return None
+    ndim = _ndim(node)
+    if user.target is torch.ops.aten.t.default:
+        return 1 - axis if ndim == 2 else None
+    if user.target is torch.ops.aten.transpose.int:
+        a, b = (int(d) % ndim for d in user.args[1:3])
+        return b if axis == a else a if axis == b else axis
+    if user.target is torch.ops.aten.permute.default:
+        return [int(d) % ndim for d in user.args[1]].index(axis)
+    if user.target is MEAN:
+        dims = {int(d) % ndim for d in user.args[1]} if len(user.args) > 1 else set()
+        if not dims or 0 in dims or axis in dims:
+            return None
+        keep = len(user.args) > 2 and user.args[2]
+        return axis if keep else axis - sum(d < axis for d in dims)
+    if user.target in FLATTEN:
+        before, after = _dims(node), _dims(user)
+        if before is None or after is None:
+            return None
+        if after[:axis + 1] == before[:axis + 1]:
+            return axis
+        tail = before[axis:]
+        if len(after) >= len(tail) and after[len(after) - len(tail):] == tail:
+            return len(after) - len(tail)
+    return None
+
+
+def _positions(out: torch.Tensor | None, batch: object, conv: bool) -> int:
+    """Output positions per sample (pixels of a conv, tokens of a Linear): the output's size
+    over the batch and the channels, wherever reshapes moved the batch ([T, B, F], [T*B, F])."""
+    if out is None:
+        return 1
+    channels = out.shape[1] if conv else out.shape[-1]
+    total = math.prod(out.shape) // channels
+    ratio = sympy.simplify(_expr(total) / _expr(batch))  # sympy comes with torch
+    return int(ratio) if ratio.is_Integer else 1  # else the batch is not a factor of it
+
+
+def _expr(size: object) -> sympy.Expr:
+    return size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
+
+
+def _dims(node: fx.Node) -> list[str] | None:
     val = node.meta.get("val")
-    if val is None or val.ndim < 3 or len(mean.args) < 2:
-        return False
-    dims = {int(d) % val.ndim for d in mean.args[1]}
-    return dims == set(range(2, val.ndim))
+    return None if val is None else [str(d) for d in val.shape]
+
+
+def _ndim(node: object) -> int:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return 2 if val is None else val.ndim
+
+
+def _scaling(node: fx.Node) -> bool:
+    """A product with a number: applied to each unit, but no activation to count at."""
+    return node.target in MUL and not isinstance(node.args[1], fx.Node)
+
+
+def _kind(node: fx.Node) -> str:
+    """The activation a unit passes through at `node`: an elementwise function, or the gate
+    of a product of two spaces."""
+    return "gated" if node.target in MUL else ACTIVATIONS[node.target]
+
+
+def _attention_inputs(gm: fx.GraphModule) -> set[str]:
+    """Nodes on the way from a layer's output to attention (scaled_dot_product_attention, or
+    a softmax whose output multiplies another tensor): where a layer's output is split into
+    heads."""
+    found: set[str] = set()
+    todo = [n for n in gm.graph.nodes if n.target is SDPA]
+    for softmax in [n for n in gm.graph.nodes if n.target in ATTENTION and n.target is not SDPA]:
+        products, later = [], list(softmax.users)  # attention is softmax(q kᵀ) times v
+        while later:
+            node = later.pop()
+            if node.target in MATMUL:
+                products.append(node)
+            elif node.op == "call_function" and node.target is not LINEAR:
+                later += list(node.users)
+        todo += [softmax, *products] if products else []
+    found.update(n.name for n in todo)
+    while todo:
+        node = todo.pop()
+        for arg in node.all_input_nodes:
+            if arg.name in found or arg.target is LINEAR or arg.target in CONV or \
+                    arg.op != "call_function":
+                continue
+            found.add(arg.name)
+            todo.append(arg)
+    return found
 
 
 def _flattened_block(node: fx.Node, flatten: fx.Node) -> int | None:
@@ -338,8 +509,11 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
             consumer_biases.append(add_zero_bias(gm, c.node))
         else:
             consumer_biases.append(c.node.args[2].target)
+    counted = {c.activation: c.axis for c in consumers}
     chains = {tuple(_signature(nodes[a]) for a in c.functions) for c in consumers}
-    exact = len(filters) == 1 and len(chains) == 1 and all(
+    gated = any(nodes[a].target in MUL and not _scaling(nodes[a])
+                for c in consumers for a in c.functions)  # its value needs the other factor
+    exact = len(filters) == 1 and len(chains) == 1 and not gated and all(
         c.node.target is LINEAR or not any(_padding(c.node)) for c in consumers)
     members.sort(key=lambda layer: list(nodes).index(layer.node))
     return PrunableGroup(
@@ -347,15 +521,15 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
         size=int(get_tensor(gm, producers[0].args[1].target).shape[0]),
         weights=weights,
         biases=biases,
-        activations=tuple(dict.fromkeys(c.activation for c in consumers)),
+        activations=tuple(counted),
+        axes=tuple(counted.values()),
         consumers=tuple(Slice(c.node.args[1].target, 1, c.block) for c in consumers),
         consumer_biases=tuple(consumer_biases),
         consumer_nodes=tuple(c.node.name for c in consumers),
         exact_constants=exact,
         grouped_nodes=tuple(space.depthwise),
         functions=consumers[0].functions if len(chains) == 1 else (),
-        kinds=tuple(ACTIVATIONS[nodes[a].target] for a in dict.fromkeys(
-            c.activation for c in consumers)),
+        kinds=tuple(_kind(nodes[a]) for a in counted),
     )
 
 

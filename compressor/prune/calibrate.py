@@ -1,6 +1,7 @@
 """Activation counters (paper Algorithm 2): per unit, how often it fires. A neuron has one
-position per sample; a conv channel has one per output pixel, so its count runs over
-samples x positions, and units are ranked by their firing rate.
+position per sample; a conv channel has one per output pixel and a transformer's hidden unit
+one per token, so its count runs over samples x positions, and units are ranked by their
+firing rate.
 
 A unit read through a ReLU fires where its output is non-zero (the paper's definition, exact:
 a unit that never fires outputs zero everywhere). Other activations (GELU, SiLU, Tanh, ...)
@@ -73,10 +74,12 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     n = int(x.shape[0])
     with torch.no_grad(), on_device(probe, device):
         for start in range(0, n, batch_size):
+            batch = min(batch_size, n - start)
             outputs = dict(zip(nodes, probe(x[start:start + batch_size].to(device))))
             for g in groups:
-                for name in g.activations:
-                    per_unit = _per_unit(outputs[name], g.size)  # [B, units, positions]
+                for name, axis in zip(g.activations, g.axes or (1,) * len(g.activations)):
+                    per_unit = _per_unit(outputs[name], g.size, axis)  # [B', units, positions]
+                    share = batch / per_unit.shape[0]  # 1 unless the batch axis is not first
                     if g.relu:
                         counts[g.name] += (per_unit != 0).sum(dim=(0, 2)).cpu()
                     else:
@@ -86,17 +89,17 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                             dim=(0, 2)).cpu()
                     h = per_unit.double()
                     for key, value in (("h", h), ("|h|", h.abs()), ("h²", h * h)):
-                        sums[key][g.name] += (value.mean(dim=2).sum(dim=0) /
+                        sums[key][g.name] += (value.mean(dim=2).sum(dim=0) * share /
                                               len(g.activations)).cpu()
                     if start == 0:
-                        positions[g.name] += per_unit.shape[2]
+                        positions[g.name] += per_unit.shape[2] * per_unit.shape[0] // batch
             if progress is not None:
                 progress(min(start + batch_size, n), n)
     means = {key: {k: v / max(n, 1) for k, v in by.items()} for key, by in sums.items()}
     return ActivationStats(counts, means["h"], n, positions, means["|h|"], means["h²"])
 
 
-def _per_unit(a: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, units, positions] from an activation whose units are on axis 1 ([B, C, H, W] or
-    [B, F])."""
-    return a.reshape(a.shape[0], size, -1)
+def _per_unit(a: torch.Tensor, size: int, axis: int) -> torch.Tensor:
+    """[B', units, positions] from an activation whose units are on `axis` ([B, C, H, W] and
+    [B, F]: 1; [B, T, F]: 2); B' is its first axis (the batch, unless tokens come first)."""
+    return a.movedim(axis, 1).reshape(a.shape[0], size, -1)

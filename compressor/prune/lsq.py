@@ -189,7 +189,7 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
         for start in range(0, x.shape[0], batch_size):
             acts = probe(x[start:start + batch_size].to(device))
             for m, a in zip(moments, acts):
-                a = a.cpu().double().reshape(a.shape[0], -1)
+                a = a.cpu().double().reshape(-1, a.shape[-1])  # a row per sample and token
                 m.add(a, a[:, :0])
     scores = {}
     for g, m in zip(groups, moments):

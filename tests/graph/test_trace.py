@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from compressor.graph.capture import get_tensor
+from compressor.graph.groups import constant_outputs
 from compressor.graph.trace import trace
 from tests.helpers import graph_of
 from tests.nets import Concat, Depthwise, ImageNet, NotPrunable, SmallCNN, Tied, small_resnet, tiny
@@ -107,3 +109,55 @@ def test_only_padding_free_conv_consumers_take_folded_constants():
     padded = trace(graph_of(SmallCNN(padding=1), torch.randn(2, 1, 12, 12))).groups[0]
     valid = trace(graph_of(SmallCNN(padding=0), torch.randn(2, 1, 12, 12))).groups[0]
     assert (padded.exact_constants, valid.exact_constants) == (False, True)
+
+
+class _QuickGelu(torch.autograd.Function):
+    """A custom activation: torch.export inlines its forward, x * sigmoid(1.702 x)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * torch.sigmoid(1.702 * x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _Wrap(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def _between(fn) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 32), _Wrap(fn), nn.Linear(32, 4))
+
+
+def test_a_custom_function_is_followed_through_the_ops_it_is_made_of():
+    """x * sigmoid(1.702 x) is elementwise per unit: a group, counted at the product, whose
+    constant units are not folded (the product's value needs both factors)."""
+    found = trace(graph_of(_between(_QuickGelu.apply), torch.randn(2, 20)))
+    [group] = found.groups
+    assert group.kinds == ("gated",) and not group.exact_constants
+
+
+def test_a_scaled_activation_folds_constants_through_the_scale_too():
+    net = _between(lambda x: torch.relu(x) * 2.0)
+    with torch.no_grad():
+        net[0].weight[3], net[0].bias[3] = 0, 0.7
+    gm = graph_of(net, torch.randn(2, 20))
+    [group] = trace(gm).groups
+    assert group.kinds == ("relu",) and group.exact_constants
+    assert float(constant_outputs(gm, group)[3]) == pytest.approx(1.4)
+
+
+def test_an_op_that_mixes_units_leaves_the_layer_dense_with_its_name():
+    found = trace(graph_of(_between(lambda x: torch.cumsum(torch.relu(x), 1)),
+                           torch.randn(2, 20)))
+    assert found.groups == ()
+    assert found.dense[0] == ("0", "its relu output feeds cumsum, which couples channels in a "
+                                   "way the tracer does not follow")

@@ -1,0 +1,91 @@
+"""Example transformer encoders for Fashion-MNIST ([N, 1, 28, 28] in [0, 1]), ViT-style: 7x7
+patches -> 16 tokens of width 64 plus learned positions, pre-LayerNorm blocks of multi-head
+self-attention and a feed-forward block, mean over tokens, LayerNorm, Linear 64-10.
+
+`vit`: the feed-forward block is Linear 64-256, GELU, Linear 256-64 (BERT/ViT).
+`vit_swiglu`: gated, silu(W1 x) * (W3 x) -> W2 with hidden width 172 (LLaMA; 2/3 of 4x so the
+weights match `vit`'s).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (as timm writes it)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(width, hidden, bias=False)
+        self.w3 = nn.Linear(width, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, ffn: nn.Module) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.ffn = ffn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, ffn: type[nn.Module], hidden: int, width: int = 64, depth: int = 4,
+                 heads: int = 4, patch: int = 7) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, width, patch, patch)
+        self.position = nn.Parameter(torch.zeros(1, (28 // patch) ** 2, width))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.blocks = nn.Sequential(*[Block(width, heads, ffn(width, hidden))
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position
+        return self.head(self.norm(self.blocks(tokens).mean(1)))
+
+
+def vit() -> ViT:
+    """4 blocks, width 64, 4 heads, GELU feed-forward 256: 0.20 M weights."""
+    return ViT(FeedForward, 256)
+
+
+def vit_swiglu() -> ViT:
+    """4 blocks, width 64, 4 heads, SwiGLU feed-forward 172: 0.20 M weights."""
+    return ViT(SwiGLU, 172)
