@@ -35,21 +35,25 @@ test: setup
 
 # benchmarks/results.md (compress with fine-tuning), benchmarks/one_shot.md (no fine-tuning),
 # benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes) and
-# benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes).
+# benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes)
+# and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes).
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.one_shot
 	$(PY) -m benchmarks.sparse
 	$(PY) -m benchmarks.cnn
+	$(PY) -m benchmarks.transformer
 
 # Re-train the shipped example weights: the paper MLP (about 40 s on 2 cores), the VGG-style
-# CNN and the ResNet (about 5.5 minutes each), and
-# LeNet-300-100 with the neuron-merging paper's recipe (about 4 minutes).
+# CNN and the ResNet (about 5.5 minutes each), the ViT and its SwiGLU variant (about 5 minutes
+# each), and LeNet-300-100 with the neuron-merging paper's recipe (about 4 minutes).
 train: setup
 	$(PY) -m models.train
 	$(PY) -m models.train --arch vgg_bn --recipe cnn --out models/vgg_bn.pt
 	$(PY) -m models.train --arch resnet --recipe cnn --out models/resnet.pt
+	$(PY) -m models.train --arch vit --recipe transformer --out models/vit.pt
+	$(PY) -m models.train --arch vit_swiglu --recipe transformer --out models/vit_swiglu.pt
 
 train-lenet: setup
 	$(PY) -m models.train --arch lenet_300_100 --recipe merging --out models/lenet_300_100.pt

@@ -16,53 +16,30 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
-import onnxruntime
 import torch
 import torch_pruning as tp
 
-from compressor.export.to_onnx import to_onnx
-from compressor.export.verify import run_onnx
-from compressor.graph import count
+from benchmarks.common import CELLS, Result, flops_of, machine, measured, time_cells
 from compressor.graph.capture import capture, run_batched
-from compressor.graph.trace import trace
 from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
-from compressor.io.load import LoadedModel, ModelFormat, load_model
-from compressor.measure.latency import latencies_ms
+from compressor.io.load import load_model
 from compressor.prune.config import CNN_SCHEDULE, FinetuneConfig
 from compressor.prune.cycles import CONV_ALIGN, schedule
-from compressor.prune.finetune import accuracy, finetune
-from compressor.runtime import session
+from compressor.prune.finetune import finetune
 from models import cnn
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"resnet": "ResNet (stem 24, blocks 24/48/96)", "vgg_bn": "VGG-BN (32-32-64-64-128)"}
-CELLS = ((1, 1), (32, 1), (1, 2), (32, 2))  # (batch, onnxruntime threads)
 SEED = 0
-
-
-@dataclass
-class Result:
-    """One pruned model: what it is, its export, and the measurements."""
-
-    who: str  # "ours" or "Torch-Pruning"
-    onnx: bytes
-    flops: int
-    weights: int
-    accuracy: float
-    wall: float | None = None  # seconds for the whole `compress` command (ours)
-    widths: str = ""
-    latency: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 def main() -> None:
@@ -95,8 +72,9 @@ def _model_section(name: str, targets: list[float], seconds: float) -> str:
             budget = math.ceil(1e4 * (1 - peer.flops / dense.flops)) / 1e4  # ours keeps <=
             with tempfile.TemporaryDirectory() as tmp:
                 ours = _ours(path, name, budget, tuned, Path(tmp), splits)
-            _time([dense, ours, peer], sample, seconds)
-            rows.append((target, tuned, ours, peer))
+            base = replace(dense, latency={})  # dense timed with each row group
+            time_cells([base, ours, peer], sample, seconds)
+            rows.append((target, tuned, base, ours, peer))
             print(f"{name} {target} ({budget}) {'fine-tuned' if tuned else 'one-shot'}: ours "
                   f"{100 * ours.accuracy:.2f}% ({ours.wall:.0f} s), Torch-Pruning "
                   f"{100 * peer.accuracy:.2f}%", file=sys.stderr)
@@ -130,7 +108,7 @@ def _torch_pruning(dense: torch.nn.Module, flops: int, target: float, tuned: boo
     cycles as ours when fine-tuned, the last one landing as near `flops` as its steps of 8
     channels allow (ours is then pruned to the FLOPs it reached)."""
     model = copy.deepcopy(dense)
-    base = _flops(model, sample)
+    base = flops_of(model, sample)
     cycles, epochs = CNN_SCHEDULE if tuned else (1, 0)
     steps = schedule(target, cycles)
     for n, step in enumerate(steps, 1):
@@ -158,7 +136,7 @@ def _prune_to(model: torch.nn.Module, goal: int, sample: torch.Tensor) -> torch.
             ignored_layers=[m for m in candidate.modules() if isinstance(m, torch.nn.Linear)
                             and m.out_features == 10])
         pruner.step()
-        flops = _flops(candidate, sample)
+        flops = flops_of(candidate, sample)
         if flops >= goal:
             lo, above = ratio, (flops, candidate)
         else:
@@ -167,23 +145,10 @@ def _prune_to(model: torch.nn.Module, goal: int, sample: torch.Tensor) -> torch.
     return nearest[1].eval()
 
 
-def _flops(module: torch.nn.Module, sample: torch.Tensor) -> int:
-    gm = capture(_loaded(module), sample[:2])
-    return count.flops(gm, trace(gm))
-
-
-def _loaded(module: torch.nn.Module) -> LoadedModel:
-    return LoadedModel(Path("torch-pruning"), ModelFormat.STATE_DICT, module.eval())
-
-
 def _measured(who: str, module: torch.nn.Module, splits, sample: torch.Tensor) -> Result:
-    """Exported as ours are (BatchNorm folded at capture), scored in onnxruntime."""
-    gm = capture(_loaded(module), sample[:2])
-    found = trace(gm)
-    onnx_bytes = to_onnx(gm, sample[:2])
-    predicted = run_onnx(session(onnx_bytes), splits.test.x)
-    return Result(who, onnx_bytes, count.flops(gm, found), count.weights(gm, found),
-                  accuracy(predicted, splits.test.y), widths=_widths(onnx_bytes))
+    result = measured(who, module, splits.test, sample)
+    result.widths = _widths(result.onnx)
+    return result
 
 
 def _widths(model: bytes) -> str:
@@ -193,26 +158,13 @@ def _widths(model: bytes) -> str:
     return "-".join(str(shapes[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv")
 
 
-def _time(results: list[Result], sample: torch.Tensor, seconds: float) -> None:
-    """Every cell timed with the models interleaved, so a busy moment slows all alike."""
-    for batch, threads in CELLS:
-        found = latencies_ms([r.onnx for r in results], [sample] * len(results), batch=batch,
-                             threads=threads, seconds=seconds * len(results))
-        for r, ms in zip(results, found):
-            r.latency[batch, threads] = ms
-
-
 def _header(seconds: float) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
     cycles, epochs = CNN_SCHEDULE
     return "\n".join([
         "# Benchmark: CNNs on Fashion-MNIST, channels pruned to about 30/50/70% fewer FLOPs",
         "",
         f"Produced by `make bench` (`python -m benchmarks.cnn`) on {time.strftime('%Y-%m-%d')}. "
-        f"Machine: {os.cpu_count()} cores ({cpu}), no GPU; torch {torch.__version__} "
-        f"(2 threads), onnxruntime {onnxruntime.__version__}, Torch-Pruning {tp.__version__}, "
-        f"Python {platform.python_version()}.",
+        f"Machine: {machine()}, Torch-Pruning {tp.__version__}.",
         "",
         "**Ours**: `compress models/M.pt --arch models.cnn:M --target T --of flops --data "
         "fashion-mnist` with every other option at its default for a CNN (local scope, "
@@ -245,7 +197,7 @@ def _header(seconds: float) -> str:
 
 
 def _table(name: str, dense: Result, rows: list) -> str:
-    lat = dense.latency
+    lat = rows[0][2].latency
     lines = [
         f"## {MODELS[name]}",
         "",
@@ -259,10 +211,10 @@ def _table(name: str, dense: Result, rows: list) -> str:
         "| test acc | Δ acc (pt) | b1 1t | b32 1t | b1 2t | b32 2t | efficiency b32 1t | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for target, tuned, *results in rows:
+    for target, tuned, base, *results in rows:
         for r in results:
             ratio = dense.flops / r.flops
-            speed = {cell: lat[cell] / r.latency[cell] for cell in CELLS}
+            speed = {cell: base.latency[cell] / r.latency[cell] for cell in CELLS}
             lines.append(
                 f"| {100 * target:.0f}% ({100 * (1 - r.flops / dense.flops):.1f}%) | "
                 f"{'fine-tuned' if tuned else 'one-shot'} | {r.who} | "

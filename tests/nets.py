@@ -190,3 +190,45 @@ def torch_encoder() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(12, 16), nn.TransformerEncoderLayer(
         16, 2, 40, dropout=0.0, batch_first=True), nn.Flatten(), nn.Linear(6 * 16, 4))
+
+
+class TinyMixer(nn.Module):
+    """MLP-Mixer on tokens [N, 6, 12]: input Linear 12-16, token mixing (LayerNorm, transpose
+    to [N, 16, 6], Linear 6-24, GELU, Linear 24-6, transpose back, residual add), channel
+    mixing (LayerNorm, GELU FFN 16-32-16, residual add), mean over tokens, Linear 16-4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(12, 16)
+        self.norm1, self.norm2 = nn.LayerNorm(16), nn.LayerNorm(16)
+        self.token1, self.token2 = nn.Linear(6, 24), nn.Linear(24, 6)
+        self.channel1, self.channel2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        mixed = self.token2(F.gelu(self.token1(self.norm1(x).transpose(1, 2))))
+        x = x + mixed.transpose(1, 2)
+        x = x + self.channel2(F.gelu(self.channel1(self.norm2(x))))
+        return self.head(x.mean(1))
+
+
+class ClassToken(nn.Module):
+    """A class token (a learned [1, 1, 16]) put before 6 embedded tokens, one transformer block,
+    the class token's output into Linear 16-4 (as ViT and BERT read it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from models.transformer import Block, FeedForward
+
+        torch.manual_seed(0)
+        self.embed = nn.Linear(12, 16)
+        self.token = nn.Parameter(torch.randn(1, 1, 16) * 0.1)
+        self.block = Block(16, 2, FeedForward(16, 32))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        x = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(self.block(x)[:, 0])

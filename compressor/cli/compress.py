@@ -38,8 +38,8 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
                                       "conv channels, global for Linear-only models.")
 @click.option("--cycles", type=click.IntRange(1, 50),
               help="Pruning cycles with fine-tuning between them (labelled data and --epochs "
-                   "> 0 only; otherwise one shot).  [default: 5; 1 when conv channels are "
-                   "pruned]")
+                   "> 0 only; otherwise one shot).  [default: 5; 1 when conv channels or "
+                   "features of tokens are pruned]")
 @click.option("--score", type=click.Choice([s.value for s in Score]), default="neurons",
               show_default=True,
               help="Remove whole neurons (layers shrink), or single weights (neurons-weights: "
@@ -71,8 +71,8 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
                    "The reduction can then exceed --target by a few points.")
 @click.option("--epochs", type=click.IntRange(0, 1000),
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
-                   "is kept); 0 disables fine-tuning.  [default: 6; 5 when conv channels are "
-                   "pruned]")
+                   "is kept); 0 disables fine-tuning.  [default: 6; 5 when conv channels or "
+                   "features of tokens are pruned]")
 @click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Epochs without a better validation accuracy before fine-tuning stops.")
 @click.option("--lr", type=float, default=1e-3, show_default=True,

@@ -5,6 +5,7 @@ by name; the graph has no guards or pytree plumbing, takes one tensor and return
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 from contextlib import contextmanager
 
@@ -54,6 +55,7 @@ def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.Graph
 
 def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     """One tensor in, one tensor out, no guards, and tensors owned by a fresh flat root."""
+    _inline_regions(gm)
     _strip_plumbing(gm.graph)
     root, original_names = _own_tensors(gm)
     if any(n.op == "call_module" for n in gm.graph.nodes):
@@ -66,6 +68,54 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
         if tensor.ndim == 4:
             set_tensor(clean, name, tensor)  # channels-last, see set_tensor
     return clean
+
+
+# Higher-order ops torch.export keeps a region of the model in, by name: the position of the
+# sub-graph among their arguments (its operands follow it).
+REGIONS = {"wrap_with_set_grad_enabled": 1, "wrap_with_autocast": 4}
+
+
+def _inline_regions(gm: fx.GraphModule) -> None:
+    """Inline the sub-graphs torch.export keeps for `torch.no_grad()`-style regions and for
+    disabled autocast regions (Hugging Face's rotary embeddings are both): float32 maths on
+    the CPU is the same inside them. A no-grad region's outputs are detached, so fine-tuning
+    still trains nothing inside it. An enabled autocast region is left (and refused)."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        kind = getattr(node.target, "__name__", "")
+        if node.op != "call_function" or kind not in REGIONS:
+            continue
+        at = REGIONS[kind]
+        if kind == "wrap_with_autocast" and node.args[2]:  # enabled: other maths inside
+            continue
+        sub = _get_attr(gm, node.args[at].target)
+        if not isinstance(sub, fx.GraphModule):
+            continue
+        inputs = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        values: dict[fx.Node, fx.Node] = dict(zip(inputs, node.args[at + 1:]))
+        with graph.inserting_before(node):
+            for inner in sub.graph.find_nodes(op="get_attr"):  # its own constants
+                name = _flat_name(f"{node.args[at].target}_{inner.target}", gm)
+                setattr(gm, name, _get_attr(sub, inner.target))
+                values[inner] = graph.get_attr(name)
+            outputs = graph.graph_copy(sub.graph, values)
+            if kind == "wrap_with_set_grad_enabled" and not node.args[0]:
+                outputs = tuple(_detached(graph, o) for o in outputs)
+        for user in list(node.users):
+            if user.target is not operator.getitem:
+                raise ModelError(f"cannot read the outputs of {kind} ({node.name}); "
+                                 "compressor needs a flat graph")
+            user.replace_all_uses_with(outputs[user.args[1]])
+            graph.erase_node(user)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _detached(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    out = graph.call_function(torch.ops.aten.detach.default, (node,))
+    out.meta = dict(node.meta)
+    return out
 
 
 def _strip_plumbing(graph: fx.Graph) -> None:
@@ -103,6 +153,12 @@ def _own_tensors(gm: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
             node.target = renamed[node.target]
             continue
         value = _get_attr(gm, node.target)
+        if isinstance(value, fx.GraphModule):
+            ops = sorted({getattr(u.target, "__name__", str(u.target)) for u in node.users})
+            raise ModelError(f"the model runs a region torch.export keeps as a sub-graph "
+                             f"({', '.join(ops)} at {node.target}: an enabled torch.autocast, "
+                             "torch.cond or similar); compressor needs one flat float32 graph: "
+                             "run that part outside the region")
         if not isinstance(value, torch.Tensor):
             raise ModelError(f"the model holds a {type(value).__name__} at {node.target}; "
                              "compressor supports tensor attributes only")

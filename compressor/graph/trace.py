@@ -26,6 +26,7 @@ from .ops import (
     ACTIVATIONS,
     ADD,
     ATTENTION,
+    CAT,
     CONV,
     FLATTEN,
     IDENTITY,
@@ -229,9 +230,11 @@ class _Spaces:
             self.fail(root, OUTPUT_LAYER if not acts else "its activation is the model's output")
             return None
         if user.target in NORMS and user.args[0] is node:
-            self.fail(root, f"residual stream: {NORMS[user.target]} couples all its features "
-                            "(not pruned)", final=True)
-            return None
+            if _normalised(user, at.axis):
+                self.fail(root, f"residual stream: {NORMS[user.target]} couples all its "
+                                "features (not pruned)", final=True)
+                return None
+            return replace(at, node=user)  # each unit (a token) normalised on its own
         if user.target in ACTIVATIONS:
             return replace(at, node=user, acts=(*at.acts, user), counted=at.axis)
         if user.target in MUL:
@@ -250,6 +253,8 @@ class _Spaces:
                 return replace(at, node=user, block=block * flat)
         if user.target in ADD:
             return self._join(root, at, user)
+        if user.target in CAT and _cat_dim(user) != at.axis:
+            return self._append(root, at, user)
         if user.target in CONV and user.args[0] is node and _depthwise(user) and block == 1 \
                 and at.axis == 1:
             space = self.spaces[self.find(root)]  # it filters each unit alone: carries them on
@@ -308,6 +313,26 @@ class _Spaces:
                 root = self.join(root, self.add(source))
         return _At(add, 1, (), at.axis, at.axis)
 
+    def _append(self, root: str, at: _At, cat: fx.Node) -> _At | None:
+        """A `cat` along another axis than the units' (a class token put before the patch
+        tokens): unit j of every operand is unit j of the result, so the operands' spaces
+        join as at an add; an operand that is no traced layer's output (a learned token)
+        fails the space, and the walk goes on as after an add."""
+        if at.block != 1:
+            self.fail(root, "its flattened output is concatenated with other tensors")
+            return None
+        for operand in cat.args[0]:
+            if operand is at.node:
+                continue
+            sources = _sources(operand, at.axis) if _ndim(operand) == _ndim(cat) else None
+            if sources is None:
+                self.fail(root, f"its output is concatenated with {_describe(operand)}, which "
+                                "is not the output of a traced layer")
+                continue
+            for source in sources:
+                root = self.join(root, self.add(source))
+        return _At(cat, 1, (), at.axis, at.axis)
+
     def _gate(self, root: str, at: _At, mul: fx.Node) -> _At | None:
         """An elementwise product: by a number it carries the units on; by another channel
         space (silu(W1 x) * (W3 x)) it joins it, unit j of each producer making unit j of
@@ -339,6 +364,7 @@ class _At:
 
 
 LINEAR_OR_CONV = (LINEAR, *CONV)
+NORMS_BY_NAME = {name: op for op, name in NORMS.items()}
 SDPA = ATTENTION[0]
 DROPOUT = torch.ops.aten.dropout.default
 
@@ -353,9 +379,10 @@ def _sources(node: object, axis: int) -> list[fx.Node] | None:
         return [node] if axis == _ndim(node) - 1 else None
     if node.target in CONV:
         return [node] if axis == 1 else None
-    if node.target in ADD:
-        found = [_sources(a, axis) if _ndim(a) == _ndim(node) else None for a in node.args[:2]]
-        return None if any(f is None for f in found) else found[0] + found[1]
+    if node.target in ADD or (node.target in CAT and _cat_dim(node) != axis):
+        operands = node.args[:2] if node.target in ADD else node.args[0]
+        found = [_sources(a, axis) if _ndim(a) == _ndim(node) else None for a in operands]
+        return None if any(f is None for f in found) else [s for f in found for s in f]
     if not node.args or not isinstance(node.args[0], fx.Node):
         return None
     source = node.args[0]
@@ -400,6 +427,20 @@ def _moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
         if len(after) >= len(tail) and after[len(after) - len(tail):] == tail:
             return len(after) - len(tail)
     return None
+
+
+def _normalised(norm: fx.Node, axis: int) -> bool:
+    """Whether a normalisation mixes the units on `axis`: LayerNorm and RMSNorm normalise
+    their last len(normalized_shape) axes (tokens on another axis stay apart), GroupNorm
+    the channels."""
+    if norm.target is NORMS_BY_NAME["GroupNorm"]:
+        return True
+    return axis >= _ndim(norm) - len(norm.args[1])
+
+
+def _cat_dim(cat: fx.Node) -> int:
+    dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+    return int(dim) % _ndim(cat)
 
 
 def _positions(out: torch.Tensor | None, batch: object, conv: bool) -> int:
@@ -575,6 +616,9 @@ def _shape(node: fx.Node) -> str:
 
 def _describe(node: object) -> str:
     if isinstance(node, fx.Node):
-        return "the model's input" if node.op == "placeholder" else f"{_op_name(node)} " \
-                                                                     f"({node.name})"
+        origin = node
+        while origin.target in IDENTITY or str(origin.target).startswith("aten.to."):
+            origin = origin.args[0]  # a copy or a dtype conversion says nothing
+        return "the model's input" if origin.op == "placeholder" else f"{_op_name(origin)} " \
+                                                                       f"({origin.name})"
     return repr(node)

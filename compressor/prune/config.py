@@ -118,7 +118,8 @@ def resolve_device(name: str) -> str:
 
 
 MLP_SCHEDULE = (5, 6)  # (cycles, most epochs per cycle): the paper's schedule for neurons
-CNN_SCHEDULE = (1, 5)  # for conv channels, where an epoch costs 20-50x an MLP's (see docs)
+CNN_SCHEDULE = (1, 5)  # for conv channels and token features, where an epoch costs 20-50x an
+#                         MLP's (see docs)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ class PruneConfig:
             0 < target < 1.
         scope: global or local ranking (auto: local for conv channels, else global).
         cycles: pruning cycles when the model is fine-tuned (one shot otherwise); None: by
-            model, `MLP_SCHEDULE` or `CNN_SCHEDULE` (see `resolved`).
+            model, `MLP_SCHEDULE`, or `CNN_SCHEDULE` for conv channels and tokens (see
+            `resolved`).
         compensate: how the next layer makes up for removed neurons.
         criterion: how neurons are ranked (auto: by activation count for ReLU units, by
             energy for others; see `resolved`).
@@ -198,11 +200,11 @@ class PruneConfig:
                              "with --score neurons-weights the remaining weights are fine-tuned "
                              "instead: drop --compensate")
 
-    def resolved(self, *, channels: bool, relu: bool = True) -> PruneConfig:
-        """The concrete config for a model that does (or does not) prune conv channels, and
-        whose units are (or are not) all read through ReLUs: scope, cycles and criterion
-        chosen by model where they are left to it."""
-        cycles = self.cycles or (CNN_SCHEDULE if channels else MLP_SCHEDULE)[0]
+    def resolved(self, *, channels: bool, relu: bool = True, tokens: bool = False) -> PruneConfig:
+        """The concrete config for a model that does (or does not) prune conv channels or
+        features of tokens, and whose units are (or are not) all read through ReLUs: scope,
+        cycles and criterion chosen by model where they are left to it."""
+        cycles = self.cycles or (CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE)[0]
         return replace(self, scope=self.scope.resolve(channels=channels), cycles=cycles,
                        criterion=self.criterion.resolve(relu=relu))
 
@@ -249,8 +251,10 @@ class FinetuneConfig:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
-    def resolved(self, *, channels: bool) -> FinetuneConfig:
-        """The concrete config: epochs chosen by model where they are left to it."""
+    def resolved(self, *, channels: bool, tokens: bool = False) -> FinetuneConfig:
+        """The concrete config: epochs chosen by model (conv channels or tokens, or neither)
+        where they are left to it."""
         if self.max_epochs is not None:
             return self
-        return replace(self, max_epochs=(CNN_SCHEDULE if channels else MLP_SCHEDULE)[1])
+        schedule = CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE
+        return replace(self, max_epochs=schedule[1])

@@ -93,8 +93,9 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     log = log or (lambda _: None)
     channels = _has_channels(gm, found.groups)
     relu = all(g.relu for g in found.groups)
-    config = config.resolved(channels=channels, relu=relu)
-    tuning = tuning.resolved(channels=channels)
+    tokens = _has_tokens(found.groups)
+    config = config.resolved(channels=channels, relu=relu, tokens=tokens)
+    tuning = tuning.resolved(channels=channels, tokens=tokens)
     if config.compensate is Compensation.MERGE and config.score is Score.NEURONS:
         _check_merge(found.groups)
     if config.score is Score.WEIGHTS:
@@ -250,6 +251,12 @@ def _epoch_reports(n: int, cycles: int, log: Log, progress: Progress | None,
 def _has_channels(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
     """Whether any group is convolution channels."""
     return any(get_tensor(gm, g.weights[0].param).ndim > 2 for g in groups)
+
+
+def _has_tokens(groups: tuple[PrunableGroup, ...]) -> bool:
+    """Whether any group's units are features of tokens ([B, T, F] or [T, B, F]: the units on
+    axis 2), each counted once per token."""
+    return any(axis >= 2 for g in groups for axis in g.axes)
 
 
 def _units(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> str:

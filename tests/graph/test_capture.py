@@ -3,9 +3,15 @@ replacement, and computes what the model computes."""
 
 from __future__ import annotations
 
-import torch
+import operator
 
-from compressor.graph.capture import get_tensor, set_tensor
+import pytest
+import torch
+from torch.fx.passes.shape_prop import ShapeProp
+
+from compressor.errors import ModelError
+from compressor.graph.capture import _clean, get_tensor, set_tensor
+from compressor.graph.trace import trace
 from tests.helpers import graph_of
 from tests.nets import SmallCNN, tiny
 
@@ -31,3 +37,64 @@ def test_conv_kernels_are_channels_last_and_stay_so_when_replaced():
 def test_linear_weights_stay_plainly_contiguous():
     gm = graph_of(tiny(), torch.randn(2, 20))
     assert all(p.is_contiguous() for p in gm.parameters())
+
+
+def _with_region(kind: str) -> torch.fx.GraphModule:
+    """What torch.export makes of Hugging Face's rotary embedding (a `@torch.no_grad()`
+    forward) or of a disabled autocast region: fc1 -> relu -> fc2, where the input first gets
+    sin(frequencies * 2) added inside the region, kept as a sub-graph called by a higher-order
+    op."""
+    torch.manual_seed(0)
+    inner = torch.fx.Graph()
+    frequencies = inner.placeholder("frequencies")
+    table = inner.call_function(torch.ops.aten.sin.default,
+                                (inner.call_function(torch.ops.aten.mul.Tensor, (frequencies, 2.0)),))
+    inner.output((table,))
+    root = torch.nn.Module()
+    root.fc1, root.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+    root.register_buffer("frequencies", torch.linspace(0.1, 1.0, 8))
+    root.region = torch.fx.GraphModule(torch.nn.Module(), inner)
+    outer = torch.fx.Graph()
+    x = outer.placeholder("x")
+    hop = getattr(torch.ops.higher_order, kind)
+    flags = (False,) if kind == "wrap_with_set_grad_enabled" else ("cpu", None, False, None)
+    region = outer.call_function(hop, (*flags, outer.get_attr("region"),
+                                       outer.get_attr("frequencies")))
+    offset = outer.call_function(operator.getitem, (region, 0))
+    h = outer.call_function(torch.ops.aten.add.Tensor, (x, offset))
+    h = outer.call_function(torch.ops.aten.linear.default,
+                            (h, outer.get_attr("fc1.weight"), outer.get_attr("fc1.bias")))
+    h = outer.call_function(torch.ops.aten.relu.default, (h,))
+    outer.output(outer.call_function(torch.ops.aten.linear.default,
+                                     (h, outer.get_attr("fc2.weight"), outer.get_attr("fc2.bias"))))
+    gm = torch.fx.GraphModule(root, outer)
+    ShapeProp(gm).propagate(torch.randn(2, 8))
+    for node in gm.graph.nodes:  # shapes where export records them
+        shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+        if shape is not None:
+            node.meta["val"] = torch.empty(shape)
+    return gm
+
+
+@pytest.mark.parametrize("kind", ["wrap_with_set_grad_enabled", "wrap_with_autocast"])
+def test_no_grad_and_disabled_autocast_regions_are_inlined(kind):
+    gm = _with_region(kind)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        expected = gm(x)
+    clean = _clean(gm)
+    assert not any(isinstance(m, torch.fx.GraphModule) for m in clean.children())
+    with torch.no_grad():
+        torch.testing.assert_close(clean(x), expected)
+    assert [g.name for g in trace(clean).groups] == ["fc1"]
+    sine = next(n for n in clean.graph.nodes if n.target is torch.ops.aten.sin.default)
+    detached = [u.target for u in sine.users] == [torch.ops.aten.detach.default]
+    assert detached == (kind == "wrap_with_set_grad_enabled")  # no grad stays no grad
+
+
+def test_an_enabled_autocast_region_is_refused_with_its_name():
+    gm = _with_region("wrap_with_autocast")
+    hop = next(n for n in gm.graph.nodes if "autocast" in str(n.target))
+    hop.args = (*hop.args[:2], True, *hop.args[3:])  # enabled: other maths inside
+    with pytest.raises(ModelError, match="wrap_with_autocast at region"):
+        _clean(gm)

@@ -33,3 +33,6 @@ def test_scope_cycles_and_epochs_left_to_the_model_follow_its_units():
     given = PruneConfig(target=0.5, scope="global", cycles=3).resolved(channels=True)
     assert (given.scope, given.cycles) == (Scope.GLOBAL, 3)
     assert FinetuneConfig(max_epochs=0).resolved(channels=True).max_epochs == 0
+    tokens = PruneConfig(target=0.5).resolved(channels=False, tokens=True)
+    assert (tokens.scope, tokens.cycles) == (Scope.GLOBAL, CNN_SCHEDULE[0])
+    assert FinetuneConfig().resolved(channels=False, tokens=True).max_epochs == CNN_SCHEDULE[1]

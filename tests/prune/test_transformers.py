@@ -10,8 +10,9 @@ import torch
 import compressor
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
+from compressor.prune.config import CNN_SCHEDULE
 from tests.helpers import graph_of
-from tests.nets import TinyTransformer, tiny_swiglu, torch_encoder
+from tests.nets import ClassToken, TinyMixer, TinyTransformer, tiny_swiglu, torch_encoder
 
 STREAM = "residual stream: LayerNorm couples all its features (not pruned)"
 HEADS = "attention: its output is split into heads (not pruned)"
@@ -52,6 +53,46 @@ def test_torch_encoder_layer_attention_on_tokens_first_is_understood():
     assert positions["3"] == 1
 
 
+def test_mixer_token_mixing_units_are_counted_per_feature_and_the_tokens_stay():
+    """Token mixing runs a Linear across the 6 tokens on [N, 16, 6]: its 24 hidden units are a
+    group counted at 16 positions; its output units are the tokens themselves, added to the
+    residual stream transposed, so they stay."""
+    found = trace(graph_of(TinyMixer(), _tokens(2)))
+    assert [(g.name, g.size, g.axes) for g in found.groups] == [("token1", 24, (2,)),
+                                                                ("channel1", 32, (2,))]
+    positions = {layer.name: layer.positions for layer in found.layers}
+    assert positions["token1"] == 16 and positions["channel1"] == 6
+    assert "not the output of a traced layer" in dict(found.dense)["token2"]
+
+
+def test_a_class_token_concatenated_before_the_tokens_carries_the_features_on():
+    found = trace(graph_of(ClassToken(), _tokens(2)))
+    assert [g.name for g in found.groups] == ["block.ffn.fc1"]
+    assert dict(found.dense)["embed"] == STREAM  # not "found cat": the walk goes on past it
+
+
+def test_layers_concatenated_along_the_tokens_are_one_group():
+    class TwoHalves(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(12, 16), torch.nn.Linear(12, 16)
+            self.out = torch.nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            both = torch.cat([self.a(x[:, :3]), self.b(x[:, 3:])], dim=1)  # [N, 6, 16]
+            return self.out(torch.relu(both).mean(1))
+
+    [group] = trace(graph_of(TwoHalves(), _tokens(2))).groups
+    assert [s.param for s in group.weights] == ["a_weight", "b_weight"]
+    assert [s.param for s in group.consumers] == ["out_weight"]
+    net = TwoHalves().eval()
+    x = _tokens(400)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    report = compressor.compress(net, 0.3, data=(x, y), latency=False, max_epochs=0).report
+    assert report.parity_max_abs_diff <= 1e-4 and report.reduction >= 0.3
+
+
 def test_every_token_is_counted_as_a_sample():
     net = TinyTransformer()
     x = _tokens()
@@ -71,7 +112,7 @@ def test_every_token_is_counted_as_a_sample():
     assert rate.max() <= 1 and rate.min() > 0
 
 
-@pytest.mark.parametrize("make", [TinyTransformer, tiny_swiglu, torch_encoder])
+@pytest.mark.parametrize("make", [TinyTransformer, tiny_swiglu, torch_encoder, TinyMixer])
 @pytest.mark.parametrize("compensate", ["lsq", "none"])
 def test_pruned_transformers_export_verify_and_keep_what_they_learned(make, compensate):
     net = make().eval()
@@ -91,3 +132,14 @@ def test_pruned_transformers_export_verify_and_keep_what_they_learned(make, comp
     with torch.no_grad():
         head = net.state_dict()["head.weight" if make is not torch_encoder else "3.weight"]
     assert torch.equal(head, before)  # the model passed in is not changed
+
+
+def test_token_models_fine_tune_on_the_one_cycle_schedule_of_cnns():
+    """An epoch over tokens costs what a CNN's does: one cycle of at most 5 epochs, not the
+    paper's 5 cycles of 6 (which would train the example ViT longer than it was trained)."""
+    net = TinyTransformer().eval()
+    x = _tokens(600)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    report = compressor.compress(net, 0.3, data=(x, y), latency=False).report
+    assert len(report.cycles) == 1 and 1 <= report.cycles[0].epochs <= CNN_SCHEDULE[1]

@@ -1,0 +1,78 @@
+"""What the peer benchmarks share: a measured model, its export and scoring as `compress`
+does them, interleaved onnxruntime timing, and the machine line."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from compressor.export.to_onnx import to_onnx
+from compressor.export.verify import run_onnx
+from compressor.graph import count
+from compressor.graph.capture import capture
+from compressor.graph.trace import trace
+from compressor.io.load import LoadedModel, ModelFormat
+from compressor.measure.latency import latencies_ms
+from compressor.prune.finetune import accuracy
+from compressor.runtime import session
+
+CELLS = ((1, 1), (32, 1), (1, 2), (32, 2))  # (batch, onnxruntime threads)
+
+
+@dataclass
+class Result:
+    """One model: who made it, its export, and the measurements."""
+
+    who: str  # "dense", "ours", "Torch-Pruning", ...
+    onnx: bytes
+    flops: int
+    weights: int
+    accuracy: float
+    wall: float | None = None  # seconds for the whole `compress` command (ours)
+    widths: str = ""
+    latency: dict[tuple[int, int], float] = field(default_factory=dict)
+
+
+def loaded(module: torch.nn.Module) -> LoadedModel:
+    return LoadedModel(Path("benchmark"), ModelFormat.STATE_DICT, module.eval())
+
+
+def flops_of(module: torch.nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs per sample as `compress check` counts them."""
+    gm = capture(loaded(module), sample[:2])
+    return count.flops(gm, trace(gm))
+
+
+def measured(who: str, module: torch.nn.Module, test, sample: torch.Tensor,
+             widths: str = "") -> Result:
+    """`module` exported as `compress` exports (BatchNorm folded at capture) and scored in
+    onnxruntime on `test` (a split with x and y)."""
+    gm = capture(loaded(module), sample[:2])
+    found = trace(gm)
+    onnx_bytes = to_onnx(gm, sample[:2])
+    predicted = run_onnx(session(onnx_bytes), test.x)
+    return Result(who, onnx_bytes, count.flops(gm, found), count.weights(gm, found),
+                  accuracy(predicted, test.y), widths=widths)
+
+
+def time_cells(results: list[Result], sample: torch.Tensor, seconds: float) -> None:
+    """Every (batch, threads) cell timed with the models interleaved, so that a busy moment
+    slows all alike; `seconds` per model and cell."""
+    for batch, threads in CELLS:
+        found = latencies_ms([r.onnx for r in results], [sample] * len(results), batch=batch,
+                             threads=threads, seconds=seconds * len(results))
+        for r, ms in zip(results, found):
+            r.latency[batch, threads] = ms
+
+
+def machine() -> str:
+    """'N cores (CPU model), no GPU; versions' for a benchmark's header."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), platform.processor())
+    return (f"{os.cpu_count()} cores ({cpu}), no GPU; torch {torch.__version__} (2 threads), "
+            f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}")
