@@ -34,6 +34,7 @@ test: setup
 	$(PY) -m pytest
 
 # benchmarks/results.md (compress with fine-tuning), benchmarks/one_shot.md (no fine-tuning),
+# benchmarks/ranking.md (--criterion error on wide layers, exact and blocked; about 3 minutes),
 # benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes) and
 # benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes)
 # and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes).
@@ -41,6 +42,7 @@ bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.one_shot
+	$(PY) -m benchmarks.ranking
 	$(PY) -m benchmarks.sparse
 	$(PY) -m benchmarks.cnn
 	$(PY) -m benchmarks.transformer

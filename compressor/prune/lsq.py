@@ -171,10 +171,21 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
     """Per group, per unit: the error its consumer's output is left with if units are removed
     greedily, cheapest first, each removal followed by the optimal least-squares refit of the
     remaining columns (Optimal Brain Surgeon on the consumer: removing unit p costs
-    ‖W[:, p]‖² / [H⁻¹]ₚₚ, H the covariance of the group's activations).
+    ‖W[:, p]‖² / [H⁻¹]ₚₚ, H the covariance of the group's activations). Groups of up to
+    EXACT_UP_TO units are ranked one unit per step, wider ones in blocks (`greedy_errors`).
 
     A unit's score is the cumulative error at its turn, as a fraction of the consumer's output
     variance, so scores grow along each group's greedy order and compare across groups."""
+    problems = consumer_problems(gm, groups, x, batch_size=batch_size, device=device)
+    return {name: greedy_errors(cov, w, ridge, steps=None if w.shape[1] <= EXACT_UP_TO else STEPS)
+            for name, (cov, w) in problems.items()}
+
+
+def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor,
+                      *, batch_size: int = 1000,
+                      device: str = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per group: the covariance of its units' activations on `x` (float64, a row per sample
+    and token) and its consumer's weights [outputs, units]; the consumer must be one Linear."""
     for g in groups:
         if len(g.consumers) != 1 or g.consumers[0].block != 1 or \
                 _node(gm, g.consumer_nodes[0]).target is not LINEAR:
@@ -191,17 +202,31 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
             for m, a in zip(moments, acts):
                 a = a.cpu().double().reshape(-1, a.shape[-1])  # a row per sample and token
                 m.add(a, a[:, :0])
-    scores = {}
+    problems = {}
     for g, m in zip(groups, moments):
         s = g.consumers[0]
         w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1).reshape(-1, g.size)
         mean = m.sum_a / m.n
-        scores[g.name] = _greedy_errors(m.aa / m.n - torch.outer(mean, mean), w, ridge)
-    return scores
+        problems[g.name] = (m.aa / m.n - torch.outer(mean, mean), w)
+    return problems
 
 
-def _greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Greedy OBS removal, one unit per step (O(n³) for n units); returns cumulative errors."""
+EXACT_UP_TO = 512  # wider groups are ranked in blocks
+STEPS = 64  # the blocked ranking removes about 1/STEPS of the remaining units per step
+
+
+def greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float, *,
+                   steps: int | None = STEPS) -> torch.Tensor:
+    """Greedy Optimal Brain Surgeon removal on a consumer with weights `w` [outputs, units]
+    whose inputs have covariance `cov`; returns each unit's cumulative error at its turn.
+
+    Each step removes the ceil(alive / `steps`) cheapest units at once (one unit per step
+    when `steps` is None: the exact greedy, the reference), charges their joint cost
+    tr(W_P [H⁻¹]_PP⁻¹ W_Pᵀ), refits the remaining columns and updates H⁻¹ of the remaining
+    units by a rank-|P| Schur complement, never refactoring. The kept inverse shrinks as
+    units go, so a 4096-wide layer takes about 64 · ln(4096) ≈ 530 matrix-product steps
+    instead of 4096 rank-one passes over the full matrix. Within a block, units are charged
+    in the order of their single costs, each its share of the block's joint cost."""
     scale = float(torch.diagonal(cov).mean())
     lam = ridge * scale if scale > 0 else ridge
     n = cov.shape[0]
@@ -210,20 +235,33 @@ def _greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Te
     hinv = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(system)
     w = w.clone()
     total = max(float(torch.einsum("oi,ij,oj->", w, cov, w)), torch.finfo(cov.dtype).tiny)
-    alive = torch.ones(n, dtype=torch.bool)
+    alive = torch.arange(n)  # original index of each remaining unit
     scores = torch.zeros(n, dtype=torch.float64)
     error = 0.0
-    for _ in range(n):
+    while alive.numel():
         cost = (w ** 2).sum(0) / torch.diagonal(hinv)
-        cost[~alive] = float("inf")
-        p = int(cost.argmin())  # the first of equals: deterministic
-        error += float(cost[p])
-        scores[p] = error / total
-        row = hinv[p] / hinv[p, p]  # a copy: the in-place updates below must not see it change
-        w.addr_(w[:, p].clone(), row, alpha=-1)
-        hinv.addr_(hinv[:, p].clone(), row, alpha=-1)
-        alive[p] = False
-        w[:, p], hinv[p], hinv[:, p], hinv[p, p] = 0, 0, 0, 1
+        k = 1 if steps is None else -(-alive.numel() // steps)
+        order = torch.sort(cost, stable=True).indices  # equals go in index order
+        chosen, keep = order[:k], order[k:].sort().values
+        h_pp = hinv[chosen][:, chosen]
+        w_p = w[:, chosen]
+        if k == 1:
+            joint = cost[chosen]
+            step = hinv[chosen][:, keep] / h_pp  # [1, kept]
+        else:
+            factor, info = torch.linalg.cholesky_ex(h_pp)
+            inverse = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(h_pp)
+            joint = ((w_p @ inverse) * w_p).sum().reshape(1)
+            step = inverse @ hinv[chosen][:, keep]  # [k, kept]
+        shares = cost[chosen].clamp(min=0)
+        shares = shares / shares.sum() if float(shares.sum()) > 0 else \
+            torch.full_like(shares, 1 / k)
+        for unit, share in zip(alive[chosen].tolist(), shares.tolist()):
+            error += share * float(joint.clamp(min=0).sum())
+            scores[unit] = error / total
+        w = w[:, keep].addmm_(w_p, step, alpha=-1)
+        hinv = hinv[keep[:, None], keep].addmm_(hinv[keep[:, None], chosen], step, alpha=-1)
+        alive = alive[keep]
     return scores
 
 

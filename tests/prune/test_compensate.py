@@ -171,3 +171,51 @@ def test_greedy_removal_errors_find_the_redundant_neurons_first():
     assert float(errors["0"].sort().values[1]) < 1e-6 < float(errors["0"].sort().values[2])
     assert errors["2"].argsort()[0].item() in (2, 5) and float(errors["2"].min()) < 1e-6
     assert all(float(e.max()) <= 1.0 + 1e-6 for e in errors.values())  # fractions of variance
+
+
+def _layer(units: int, outputs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The covariance of `units` correlated activations and a consumer's weights."""
+    generator = torch.Generator().manual_seed(seed)
+    mix = torch.randn(units, units // 2, generator=generator, dtype=torch.float64)
+    a = torch.randn(4 * units, units // 2, generator=generator, dtype=torch.float64) @ mix.T
+    a += 0.1 * torch.randn(4 * units, units, generator=generator, dtype=torch.float64)
+    cov = torch.cov(a.T, correction=0)
+    return cov, torch.randn(outputs, units, generator=generator, dtype=torch.float64)
+
+
+def _set_error(cov: torch.Tensor, w: torch.Tensor, gone: list[int]) -> float:
+    """The consumer's output error after removing `gone` and refitting the rest by least
+    squares, from scratch: tr(W C Wᵀ) - tr(W C_R C_RR⁻¹ C_R Wᵀ)."""
+    kept = [u for u in range(cov.shape[0]) if u not in set(gone)]
+    c_r = cov[:, kept]
+    explained = w @ c_r @ torch.linalg.solve(cov[kept][:, kept], c_r.T @ w.T)
+    return float(torch.trace(w @ cov @ w.T) - torch.trace(explained))
+
+
+def test_exact_greedy_ranking_is_the_greedy_of_refits_from_scratch():
+    from compressor.prune.lsq import greedy_errors
+
+    cov, w = _layer(12, 5, seed=0)
+    total = float(torch.trace(w @ cov @ w.T))
+    scores = greedy_errors(cov, w, 1e-12, steps=None)
+    gone: list[int] = []
+    for _ in range(11):  # at every step, the unit whose removal leaves the least error
+        costs = {u: _set_error(cov, w, gone + [u]) for u in range(12) if u not in gone}
+        gone.append(min(costs, key=costs.get))
+        assert scores.argsort()[:len(gone)].tolist() == gone
+        assert float(scores[gone[-1]]) * total == pytest.approx(costs[gone[-1]], rel=1e-6,
+                                                                abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blocked_ranking_leaves_the_error_of_the_exact_greedy(seed):
+    from compressor.prune.lsq import greedy_errors
+
+    cov, w = _layer(256, 32, seed)
+    exact = greedy_errors(cov, w, 1e-9, steps=None).argsort()
+    blocked = greedy_errors(cov, w, 1e-9).argsort()  # a block of 1/64 of the units per step
+    assert sorted(blocked.tolist()) == list(range(256))
+    total = float(torch.trace(w @ cov @ w.T))
+    for k in (64, 128, 160, 192, 224, 240):  # the rank is 128: the error grows from there
+        fast, reference = (_set_error(cov, w, order[:k].tolist()) for order in (blocked, exact))
+        assert fast <= 1.05 * reference + 1e-3 * total, (k, fast / total, reference / total)
