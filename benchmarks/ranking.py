@@ -85,7 +85,7 @@ def _text(samples: int, rows: list[dict]) -> str:
         "# Benchmark: ranking a wide layer by `--criterion error`",
         "",
         f"Produced by `make bench` (`python -m benchmarks.ranking`) on "
-        f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}; torch on 2 threads.",
+        f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
         "",
         "The layer: the first hidden layer (W units) of a 784-W-W/4-10 ReLU MLP with "
         f"PyTorch's default initial weights, on {samples:,} Fashion-MNIST training images; "
