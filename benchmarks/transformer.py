@@ -29,13 +29,13 @@ from compressor.graph.capture import capture, run_batched
 from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
-from compressor.prune.config import CNN_SCHEDULE, FinetuneConfig
+from compressor.prune.config import CNN_SCHEDULE, Criterion, FinetuneConfig
 from compressor.prune.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"vit": "ViT, GELU feed-forward 64-256-64", "vit_swiglu": "ViT, SwiGLU feed-forward "
           "64-172-64 (w1, w3 gated, w2)"}
-CRITERIA = ("activation", "energy", "l2", "error")  # energy is what auto picks behind GELU/SiLU
+CRITERIA = ("activation", "energy", "l2", "error")
 FIRST = ("ffn.fc1", "ffn.w1", "ffn.w3")  # the layers whose outputs are the FFN hidden units
 SEED = 0
 
@@ -98,7 +98,8 @@ def _ours(path: Path, name: str, target: float, criterion: str, tuned: bool,
     report = json.loads(out.with_suffix(".json").read_text())
     widths = "-".join(str(layer["out_after"]) for layer in report["layers"]
                       if layer["note"] == "pruned")
-    who = f"ours, {criterion}" + (" (default)" if criterion == "energy" else "")
+    default = Criterion.AUTO.resolve(relu=False, linear=True, tuned=tuned).value
+    who = f"ours, {criterion}" + (" (default)" if criterion == default else "")
     return Result(who, out.read_bytes(), report["flops_after"], report["weights_after"],
                   report["accuracy_after"], wall, widths)
 
@@ -159,8 +160,9 @@ def _header(seconds: float) -> str:
         "fine-tuning epochs with distillation for token models); one-shot adds `--epochs 0` "
         "(lsq on 10,000 unlabelled calibration images, no training). Criteria: activation "
         "(how often a unit's |output| exceeds 1% of its layer's mean), energy (RMS output x "
-        "the norm of its next-layer column; what `auto` picks behind GELU and SiLU), l2 (norm "
-        "of its weights), error (output error left after greedy removal with refits).",
+        "the norm of its next-layer column; what `auto` picks for GELU/SiLU FFNs when fine-tuning), "
+        "l2 (norm of its weights), error (output error left after greedy removal with refits; "
+        "what `auto` picks for FFNs in one shot).",
         "",
         "**Torch-Pruning**: `MetaPruner` with `MagnitudeImportance(p=2)` (its default), "
         "`pruning_ratio` = the share, every layer but each FFN's first ignored, so it removes "

@@ -34,7 +34,7 @@ from .io.inputs import fit_data, random_inputs
 from .io.load import LoadedModel, ModelFormat
 from .measure.budgets import Budgets
 from .measure.latency import BenchConfig
-from .prune.config import FinetuneConfig, PruneConfig
+from .prune.config import FinetuneConfig, Method, PruneConfig
 from .report.check import CheckResult
 from .report.compress import Report
 
@@ -97,6 +97,11 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
     prune_options, tune_options = _split_options(options)
     if data is None and "criterion" not in options and "method" not in options:
         prune_options |= {"criterion": "l1", "method": "magnitude"}  # as the command: no data
+    elif "method" in options and "criterion" not in options:  # as the command: the method's
+        try:
+            prune_options["criterion"] = Method(options["method"]).criterion
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     try:
         config = CompressConfig(prune=PruneConfig(target=target, seed=seed, **prune_options),
                                 finetune=FinetuneConfig(**tune_options),

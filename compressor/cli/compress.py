@@ -52,9 +52,11 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
               help="For --score neurons, instead of --method: rank neurons by activation count, "
                    "by energy (RMS output x the norm of their next-layer columns), by the "
                    "l1/l2 norm of their weights and bias, by the output error their removal "
-                   "leaves after a least-squares refit (error), or at random; auto = activation "
-                   "count behind ReLUs, energy behind other activations.  [default: auto; l1 "
-                   "without --data]")
+                   "leaves after a least-squares refit (error), or at random; auto = error in "
+                   "one shot where one Linear reads every pruned layer, else (and with "
+                   "fine-tuning) activation count behind ReLUs and energy behind other "
+                   "activations; units that never fire go first whatever the criterion.  "
+                   "[default: auto; l1 without --data]")
 @click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
               default="auto", show_default=True,
               help="How the next layer makes up for removed neurons: lsq (least-squares refit "
@@ -73,6 +75,9 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
                    "is kept); 0 disables fine-tuning.  [default: 6; 5 when conv channels or "
                    "features of tokens are pruned]")
+@click.option("--final-epochs", type=click.IntRange(0, 1000),
+              help="Most fine-tuning epochs of the last cycle when there are several (its "
+                   "--patience grows in proportion).  [default: 3 x --epochs]")
 @click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Epochs without a better validation accuracy before fine-tuning stops.")
 @click.option("--lr", type=float, default=1e-3, show_default=True,
@@ -136,7 +141,7 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                      cycles: int | None, input_shape: tuple[int, ...] | None,
                      score: str, method: str | None, criterion: str | None, compensate: str,
                      merge_threshold: float, align: int, fmt: str, variants: Path | None,
-                     epochs: int | None, patience: int, lr: float, distill: float,
+                     epochs: int | None, final_epochs: int | None, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, device: str, plots: Path | None, normalize,
                      logits: str | None,
@@ -167,12 +172,14 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
     try:
         config = CompressConfig(
             prune=PruneConfig(target=target, scope=Scope(scope), cycles=cycles,
-                              criterion=Criterion(criterion) if criterion else chosen.criterion,
+                              criterion=Criterion(criterion) if criterion else
+                              chosen.criterion if method or not data else Criterion.AUTO,
                               compensate=Compensation(compensate),
                               merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples, score=Score(score),
                               method=chosen, seed=seed, align=align, of=Of(of), device=device),
-            finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill),
+            finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill,
+                                    final_epochs=final_epochs),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
             seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt),

@@ -27,7 +27,7 @@ from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share
 from ..measure.latency import latencies_ms
 from ..prune.calibrate import ActivationStats
 from ..graph.ops import HOMOGENEOUS
-from ..prune.config import PruneConfig, Score
+from ..prune.config import Criterion, PruneConfig, Score
 from ..prune.cycles import Pruned
 from ..prune.finetune import accuracy
 from ..report.compress import LayerRow, Latency, ModelInput, Report
@@ -77,6 +77,9 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         model=model, model_format=run.model_format, data=data, output=output,
         report=report_path, target=prune.target, scope=run.pruned.config.scope.value,
         criterion=run.pruned.config.criterion.value, score=prune.score.value,
+        criterion_reason=Criterion.auto_reason(run.pruned.config.criterion,
+                                               tuned=any(c.epochs for c in run.pruned.cycles))
+        if prune.criterion is Criterion.AUTO and prune.score is Score.NEURONS else "",
         method=prune.method.value if prune.score is Score.WEIGHTS else None,
         format=config.format.value, format_note=run.packed.note,
         kernels=run.packed.layers if config.format is not Format.DENSE else (),

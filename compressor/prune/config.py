@@ -51,9 +51,9 @@ class Compensation(str, Enum):
 
 
 class Criterion(str, Enum):
-    """How neurons are ranked: the lowest are removed first."""
+    """How neurons are ranked: the lowest are removed first (dead units always go first)."""
 
-    AUTO = "auto"  # activation for ReLU units, energy for any other activation
+    AUTO = "auto"  # one shot: error where one Linear reads each layer; else activation/energy
     ACTIVATION = "activation"  # on how many calibration samples the neuron fires (the paper's)
     ENERGY = "energy"  # RMS output x the norm of the unit's columns in the next layers
     L1 = "l1"  # l1 norm of the neuron's [weights | bias] row (the merging paper's)
@@ -65,14 +65,32 @@ class Criterion(str, Enum):
     def needs_data(self) -> bool:
         return self in (Criterion.AUTO, Criterion.ACTIVATION, Criterion.ENERGY, Criterion.ERROR)
 
-    def resolve(self, *, relu: bool) -> Criterion:
-        """The concrete criterion: AUTO becomes ACTIVATION when every unit is read through a
-        ReLU (a count of non-zero outputs is the paper's criterion, and a zero count means
-        removal is exact), ENERGY otherwise (GELU, SiLU, Tanh... are never exactly zero, and
-        how often a unit is near zero says less than how much it sends on)."""
-        if self is Criterion.AUTO:
-            return Criterion.ACTIVATION if relu else Criterion.ENERGY
-        return self
+    def resolve(self, *, relu: bool, linear: bool = False, tuned: bool = False) -> Criterion:
+        """The concrete criterion. AUTO becomes ERROR in one shot (not `tuned`) when every
+        group's units are read by one Linear layer directly (`linear`; what the error ranking
+        needs): after the units that never fire (removed first, exactly, by every criterion),
+        the output error a greedy least-squares removal leaves ranked best one-shot on every
+        model measured (benchmarks/one_shot.md, transformer.md). With fine-tuning, and where
+        the error ranking does not apply (conv channels, Flatten, residual joins), AUTO is
+        ACTIVATION when every unit is read through a ReLU (fine-tuned, the count ended ahead of
+        error: benchmarks/results.md), ENERGY otherwise (GELU, SiLU, Tanh are never exactly
+        zero, and how often a unit is near zero says less than how much it sends on)."""
+        if self is not Criterion.AUTO:
+            return self
+        if linear and not tuned:
+            return Criterion.ERROR
+        return Criterion.ACTIVATION if relu else Criterion.ENERGY
+
+    @staticmethod
+    def auto_reason(resolved: Criterion, *, tuned: bool) -> str:
+        """Why AUTO chose `resolved`, for the report."""
+        if resolved is Criterion.ERROR:
+            return ("one shot, every pruned layer read by one Linear: dead units first, then the "
+                    "least output error after a least-squares refit")
+        why = "fine-tuned" if tuned else \
+            "not every pruned layer is read by one Linear alone (conv, Flatten or a join)"
+        return f"{why}: firing rate" if resolved is Criterion.ACTIVATION else \
+            f"{why}: RMS output x consumer norm, as the units are not behind ReLUs"
 
 
 class Of(str, Enum):
@@ -99,7 +117,7 @@ class Method(str, Enum):
     @property
     def criterion(self) -> Criterion:
         """The neuron criterion this method means for --score neurons."""
-        return {Method.ACTIVATION: Criterion.AUTO, Method.MAGNITUDE: Criterion.L1,
+        return {Method.ACTIVATION: Criterion.ACTIVATION, Method.MAGNITUDE: Criterion.L1,
                 Method.RANDOM: Criterion.RANDOM}[self]
 
 
@@ -117,6 +135,8 @@ def resolve_device(name: str) -> str:
     return name
 
 
+FINAL_EPOCHS = 3  # the last of several cycles fine-tunes this many times longer: the paper
+#                  MLP at 0.85 kept 88.50% instead of 88.11% (seeds 0-2, benchmarks/results.md)
 MLP_SCHEDULE = (5, 6)  # (cycles, most epochs per cycle): the paper's schedule for neurons
 CNN_SCHEDULE = (1, 5)  # for conv channels and token features, where an epoch costs 20-50x an
 #                         MLP's (see docs)
@@ -134,8 +154,9 @@ class PruneConfig:
             model, `MLP_SCHEDULE`, or `CNN_SCHEDULE` for conv channels and tokens (see
             `resolved`).
         compensate: how the next layer makes up for removed neurons.
-        criterion: how neurons are ranked (auto: by activation count for ReLU units, by
-            energy for others; see `resolved`).
+        criterion: how neurons are ranked (auto: one shot by output error where every layer
+            is read by one Linear, else by activation count or energy; see
+            `Criterion.resolve`).
         merge_threshold: least cosine similarity at which `merge` folds a removed neuron into
             a kept one (the paper: 0.45 for LeNet-300-100).
         ridge: `lsq` regularisation towards the layer's current weights, relative to the mean
@@ -200,13 +221,15 @@ class PruneConfig:
                              "with --score neurons-weights the remaining weights are fine-tuned "
                              "instead: drop --compensate")
 
-    def resolved(self, *, channels: bool, relu: bool = True, tokens: bool = False) -> PruneConfig:
+    def resolved(self, *, channels: bool, relu: bool = True, tokens: bool = False,
+                 linear: bool = False, tuned: bool = False) -> PruneConfig:
         """The concrete config for a model that does (or does not) prune conv channels or
-        features of tokens, and whose units are (or are not) all read through ReLUs: scope,
-        cycles and criterion chosen by model where they are left to it."""
+        features of tokens, whose units are (or are not) all read through ReLUs and each read
+        by one Linear alone, pruned with fine-tuning (`tuned`) or in one shot: scope, cycles
+        and criterion chosen by model where they are left to it."""
         cycles = self.cycles or (CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE)[0]
         return replace(self, scope=self.scope.resolve(channels=channels), cycles=cycles,
-                       criterion=self.criterion.resolve(relu=relu))
+                       criterion=self.criterion.resolve(relu=relu, linear=linear, tuned=tuned))
 
     @property
     def needs_data(self) -> bool:
@@ -228,6 +251,8 @@ class FinetuneConfig:
         batch_size: training batch size.
         distill: weight of distillation from the dense model's logits (0 = labels only).
         temperature: softening temperature of the distillation.
+        final_epochs: most epochs of the last cycle's fine-tuning when there are several
+            (its patience grows in proportion); None: FINAL_EPOCHS x `max_epochs`.
     """
 
     max_epochs: int | None = None
@@ -236,10 +261,13 @@ class FinetuneConfig:
     batch_size: int = 128
     distill: float = 0.5
     temperature: float = 4.0
+    final_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and self.max_epochs < 0:
             raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}")
+        if self.final_epochs is not None and self.final_epochs < 0:
+            raise ValueError(f"final_epochs must be >= 0, got {self.final_epochs}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -253,8 +281,17 @@ class FinetuneConfig:
 
     def resolved(self, *, channels: bool, tokens: bool = False) -> FinetuneConfig:
         """The concrete config: epochs chosen by model (conv channels or tokens, or neither)
-        where they are left to it."""
-        if self.max_epochs is not None:
-            return self
+        and the last cycle's (FINAL_EPOCHS times as many) where they are left to it."""
         schedule = CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE
-        return replace(self, max_epochs=schedule[1])
+        epochs = schedule[1] if self.max_epochs is None else self.max_epochs
+        final = FINAL_EPOCHS * epochs if self.final_epochs is None else self.final_epochs
+        return replace(self, max_epochs=epochs, final_epochs=final)
+
+    def last(self) -> FinetuneConfig:
+        """The fine-tuning of the last of several cycles: `final_epochs` epochs (default
+        FINAL_EPOCHS x `max_epochs`), patience scaled alike."""
+        if not self.max_epochs:
+            return self
+        final = FINAL_EPOCHS * self.max_epochs if self.final_epochs is None else self.final_epochs
+        patience = max(self.patience, math.ceil(self.patience * final / self.max_epochs))
+        return replace(self, max_epochs=final, patience=patience)

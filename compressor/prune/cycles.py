@@ -23,6 +23,7 @@ from ..graph.count import weights
 from ..graph.groups import PrunableGroup
 from ..graph.ops import HOMOGENEOUS
 from .shrink import shrink
+from .lsq import ranks_by_error
 from .select import Budget, align_widths, select, unit_scores
 from .sparsify import harvest, masks, remove_weights, weight_scores
 from ..graph.trace import Trace
@@ -94,8 +95,10 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     channels = _has_channels(gm, found.groups)
     relu = all(g.relu for g in found.groups)
     tokens = _has_tokens(found.groups)
-    config = config.resolved(channels=channels, relu=relu, tokens=tokens)
     tuning = tuning.resolved(channels=channels, tokens=tokens)
+    train = splits is not None and splits.labelled and tuning.max_epochs > 0
+    config = config.resolved(channels=channels, relu=relu, tokens=tokens,
+                             linear=ranks_by_error(gm, found.groups), tuned=train)
     if config.compensate is Compensation.MERGE and config.score is Score.NEURONS:
         _check_merge(found.groups)
     if config.score is Score.WEIGHTS:
@@ -106,7 +109,6 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     kept = {g.name: torch.arange(g.size) for g in groups}
     costs = count.costs(found, of_flops=prune.of is Of.FLOPS)
     w0 = _measure(gm, found, prune)
-    train = splits is not None and splits.labelled and tuning.max_epochs > 0
     targets = schedule(prune.target, prune.cycles if train else 1)
     calib = splits.train.x[:prune.calibration_samples] if splits else None
     rows, first = [], []
@@ -129,7 +131,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             mask[removed[g.name]] = False
             kept[g.name] = kept[g.name][mask]
         groups = shrink(gm, groups, removed)
-        result = finetune(gm, splits.train, splits.validation, tuning, teacher=teacher,
+        result = finetune(gm, splits.train, splits.validation,
+                          tuning.last() if n == len(targets) > 1 else tuning, teacher=teacher,
                           seed=seed + n, **_epoch_reports(n, len(targets), log, progress, prune.device)) \
             if train else None
         rows.append(_cycle_row(n, target, 1 - _measure(gm, found, prune) / w0, removed, stats,
@@ -180,7 +183,8 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
             mask = torch.ones(kept[g.name].numel(), dtype=torch.bool)
             mask[removed[g.name]] = False
             kept[g.name] = kept[g.name][mask]
-        result = finetune(gm, splits.train, splits.validation, tuning, teacher=teacher,
+        result = finetune(gm, splits.train, splits.validation,
+                          tuning.last() if n == len(targets) > 1 else tuning, teacher=teacher,
                           seed=seed + n, masks=masks(gm, groups),
                           **_epoch_reports(n, len(targets), log, progress, prune.device)) if train else None
         exact = sum(int(r.numel()) for r in removed.values())

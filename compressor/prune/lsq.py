@@ -187,8 +187,7 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     """Per group: the covariance of its units' activations on `x` (float64, a row per sample
     and token) and its consumer's weights [outputs, units]; the consumer must be one Linear."""
     for g in groups:
-        if len(g.consumers) != 1 or g.consumers[0].block != 1 or \
-                _node(gm, g.consumer_nodes[0]).target is not LINEAR:
+        if not _read_by_one_linear(gm, g):
             raise UsageError(f"--criterion error cannot rank the units of {g.name}: it needs "
                              "exactly one Linear that reads them directly (not a convolution, "
                              "a Flatten or a residual join); use --criterion activation, l1 or "
@@ -209,6 +208,17 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
         mean = m.sum_a / m.n
         problems[g.name] = (m.aa / m.n - torch.outer(mean, mean), w)
     return problems
+
+
+def ranks_by_error(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
+    """Whether the error ranking applies: every group's units are read by one Linear layer
+    directly (not a convolution, a Flatten or a residual join)."""
+    return all(_read_by_one_linear(gm, g) for g in groups)
+
+
+def _read_by_one_linear(gm: fx.GraphModule, g: PrunableGroup) -> bool:
+    return len(g.consumers) == 1 and g.consumers[0].block == 1 and \
+        _node(gm, g.consumer_nodes[0]).target is LINEAR
 
 
 EXACT_UP_TO = 512  # wider groups are ranked in blocks

@@ -17,7 +17,7 @@ from .config import Criterion, PruneConfig, Scope
 from ..errors import NothingToPruneError
 from ..graph.capture import get_tensor
 from ..graph.groups import PrunableGroup, unit_rows, weight_count
-from .lsq import removal_errors
+from .lsq import ranks_by_error, removal_errors
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
                 x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per group, one score per unit (lower is removed first), by `config.criterion`:
 
-    - auto: activation when every group is read through ReLUs, else energy;
+    - auto: error when every group is read by one Linear alone; otherwise activation when
+      every group is read through ReLUs, else energy (see `Criterion.resolve`);
     - activation: firing rates (needs `stats`);
     - energy: each unit's root-mean-square output times the norm of its columns in the
       consumers (what it sends on, as Wanda scores inputs), divided by the mean of its group
@@ -45,7 +46,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
       calibration inputs `x`; see `compressor.lsq.removal_errors`);
     - random: uniform random scores from `config.seed` (the floor every criterion must beat).
     """
-    criterion = config.criterion.resolve(relu=all(g.relu for g in groups))
+    criterion = config.criterion.resolve(relu=all(g.relu for g in groups),
+                                         linear=ranks_by_error(gm, groups))
     if (criterion in (Criterion.ACTIVATION, Criterion.ENERGY) and stats is None) or \
             (criterion is Criterion.ERROR and x is None):
         raise ValueError(f"the {criterion.value} criterion needs calibration data")

@@ -82,6 +82,7 @@ class Report:
     seconds: float
     budgets: tuple[BudgetRow, ...] = ()  # per budget given (`compress --max-size ...`)
     score: str = "neurons"
+    criterion_reason: str = ""  # why --criterion auto chose `criterion` (empty when given)
     method: str | None = None  # how single weights were scored (score neurons-weights)
     format: str = "dense"
     format_note: str = ""  # auto: the whole-model choice and its times
@@ -212,6 +213,7 @@ def _summary(r: Report) -> str:
     how += f" in {seconds:.2f} s"
     data = "no calibration data (data-free)" if r.data is None else \
         f"{r.calibration_samples:,} calibration samples of {r.data}"
-    what = f"criterion {r.criterion}, {how}" if r.method is None else \
+    chose = f" (auto: {r.criterion_reason})" if r.criterion_reason else ""
+    what = f"criterion {r.criterion}{chose}, {how}" if r.method is None else \
         f"single weights by {r.method}" + (" (count x |w|)" if r.method == "activation" else "")
     return (f"{r.scope} scope, {what}, {data}; took {r.seconds:.1f} s; report: {r.report}")

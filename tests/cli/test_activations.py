@@ -1,5 +1,6 @@
-"""`compress` on a GELU MLP: pruned end to end with the activation's own criterion, verified in
-onnxruntime; merging refused where it is not exact."""
+"""`compress` on a GELU MLP: pruned end to end (auto criterion: energy when fine-tuned, the
+least-squares error in one shot), verified in onnxruntime; merging refused where it is not
+exact."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.nets import tiny_gelu
 FAST = ("--no-latency", "--quiet")
 
 
-def test_a_gelu_mlp_is_ranked_by_energy_refitted_and_verified(run_cli, tiny_files):
+def test_a_gelu_mlp_is_ranked_by_energy_when_fine_tuned_and_by_error_in_one_shot(run_cli, tiny_files):
     model = tiny_files["dir"] / "gelu.pt"
     torch.save(tiny_gelu().state_dict(), model)
     out = tiny_files["dir"] / "gelu.onnx"
@@ -21,8 +22,15 @@ def test_a_gelu_mlp_is_ranked_by_energy_refitted_and_verified(run_cli, tiny_file
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
     assert (report["criterion"], report["compensate"]) == ("energy", "lsq")
+    assert report["criterion_reason"].startswith("fine-tuned")
     assert 0.5 <= report["reduction"] < 0.52 and report["parity_max_abs_diff"] <= 1e-4
     assert [row["note"] for row in report["layers"]].count("pruned") == 3
+    one_shot = tiny_files["dir"] / "gelu-one-shot.onnx"
+    result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.5", "--data",
+                     tiny_files["data"], "--epochs", "0", "-o", one_shot, "--no-latency")
+    assert result.code == 0, result.err
+    assert json.loads(one_shot.with_suffix(".json").read_text())["criterion"] == "error"
+    assert "criterion error (auto: one shot, every pruned layer read by one Linear" in result.out
 
 
 def test_data_free_gelu_is_not_merged_and_explicit_merge_is_refused(run_cli, tiny_files):

@@ -10,7 +10,9 @@ from compressor.errors import UsageError
 from compressor.graph.capture import run_batched
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import FIRING, count_activations
+from compressor.io.data import DataSplits, Dataset
 from compressor.prune.config import Compensation, Criterion, FinetuneConfig, PruneConfig
+from compressor.prune.lsq import ranks_by_error
 from compressor.prune.cycles import prune
 from compressor.prune.select import consumer_norms, unit_scores
 from tests.helpers import graph_of, remove_units
@@ -87,17 +89,27 @@ def test_energy_is_rms_output_times_the_consumer_column_norm_relative_to_the_gro
                                net[2].weight.detach().double().norm(dim=0))
 
 
-def test_auto_ranks_relu_units_by_count_and_others_by_energy():
+def test_auto_ranks_one_shot_by_error_where_one_linear_reads_each_layer():
     x = torch.randn(300, 20)
-    for act, expected in ((nn.ReLU, Criterion.ACTIVATION), (nn.SiLU, Criterion.ENERGY)):
+    for act in (nn.ReLU, nn.SiLU):
         gm = graph_of(tiny(act), x[:2])
         groups = trace(gm).groups
         stats = count_activations(gm, groups, x)
-        auto = unit_scores(gm, groups, PruneConfig(0.5), stats=stats)
-        chosen = unit_scores(gm, groups, PruneConfig(0.5, criterion=expected), stats=stats)
+        auto = unit_scores(gm, groups, PruneConfig(0.5), stats=stats, x=x)
+        chosen = unit_scores(gm, groups, PruneConfig(0.5, criterion="error"), stats=stats, x=x)
         assert all(torch.equal(auto[k], chosen[k]) for k in auto)
-        assert PruneConfig(0.5).resolved(channels=False, relu=act is nn.ReLU).criterion \
-            is expected
+        assert ranks_by_error(gm, groups)
+    one_shot = PruneConfig(0.5).resolved(channels=False, linear=True)
+    assert one_shot.criterion is Criterion.ERROR
+
+
+def test_auto_ranks_by_count_or_energy_when_fine_tuned_or_where_error_does_not_apply():
+    for relu, expected in ((True, Criterion.ACTIVATION), (False, Criterion.ENERGY)):
+        assert PruneConfig(0.5).resolved(channels=False, relu=relu, linear=True,
+                                         tuned=True).criterion is expected
+        assert PruneConfig(0.5).resolved(channels=True, relu=relu).criterion is expected
+    assert PruneConfig(0.5, criterion="l2").resolved(channels=False, linear=True).criterion \
+        is Criterion.L2
 
 
 def _prune(net: nn.Module, **options):
@@ -143,3 +155,27 @@ def test_lsq_repairs_removal_behind_any_activation(name):
         remove_units(gm, removed, mode, x=x)
         errors[mode] = float(((run_batched(gm, x) - before) ** 2).mean())
     assert errors[Compensation.LSQ] < 0.5 * errors[Compensation.NONE]
+
+
+class _Residual(nn.Module):
+    """h = relu(fc1 x); out = head(relu(fc2 h + h)): the join couples fc1's and fc2's units,
+    read by fc2 and by head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.head = nn.Linear(20, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return self.head(torch.relu(self.fc2(h) + h))
+
+
+def test_auto_falls_back_to_the_count_where_a_residual_join_reads_a_layer_twice():
+    x = torch.randn(300, 20)
+    gm = graph_of(_Residual(), x[:2])
+    found = trace(gm)
+    assert not ranks_by_error(gm, found.groups)
+    result = prune(gm, found, DataSplits("random", Dataset(x), Dataset(x[:50]), None),
+                   PruneConfig(0.3), FinetuneConfig(max_epochs=0))
+    assert result.config.criterion is Criterion.ACTIVATION and result.cycles[0].removed > 0

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from compressor.prune.cycles import schedule
+from compressor.graph.trace import trace
+from compressor.io.data import DataSplits, Dataset
+from compressor.prune.config import FINAL_EPOCHS, FinetuneConfig, PruneConfig
+from compressor.prune.cycles import prune, schedule
+from tests.conftest import labelled
+from tests.helpers import graph_of
+from tests.nets import tiny
 
 
 def test_schedule_reproduces_the_papers_five_cycles_at_80_percent():
@@ -17,3 +24,19 @@ def test_schedule_is_increasing_and_ends_at_the_target(cycles):
     cumulative = schedule(0.85, cycles)
     assert len(cumulative) == cycles and cumulative[-1] == 0.85
     assert all(a < b for a, b in zip(cumulative, cumulative[1:]))
+
+
+def _tuned_epochs(**tuning) -> list[int]:
+    """Epochs each cycle of a 3-cycle run on the tiny model fine-tuned (patience never hit)."""
+    x, y = (torch.from_numpy(a) for a in labelled(600))
+    gm = graph_of(tiny(), x[:2])
+    splits = DataSplits("labelled", Dataset(x[:500], y[:500]), Dataset(x[500:], y[500:]), None)
+    result = prune(gm, trace(gm), splits, PruneConfig(0.4, cycles=3),
+                   FinetuneConfig(max_epochs=1, patience=100, **tuning))
+    return [row.epochs for row in result.cycles]
+
+
+def test_the_last_of_several_cycles_fine_tunes_longer():
+    assert _tuned_epochs() == [1, 1, FINAL_EPOCHS]
+    assert _tuned_epochs(final_epochs=2) == [1, 1, 2]
+    assert FinetuneConfig(max_epochs=6, patience=3).last().patience == 9
