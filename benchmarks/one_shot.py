@@ -274,7 +274,7 @@ def _goals(table: dict, defaults: list[list[float]], cli_rows: list[dict]) -> li
         f"{100 * best_acc:.2f}%: {mark(best_acc >= 0.85)}.",
         f"- Default options at 60-20 ≥ 85% (mean over {SLICES} calibration sets): "
         f"{100 * default:.2f}%: {mark(default >= 0.85)}.",
-        f"- Paper MLP at --target 0.85, one shot, no labels, default options: "
+        "- Paper MLP at --target 0.85, one shot, no labels, default options: "
         f"{100 * default_cli['accuracy']:.2f}%.",
         f"- Paper MLP at --target 0.85, one shot, no labels, ≥ 80%: {unlabelled[1]} + lsq, "
         f"{100 * unlabelled[0]:.2f}%: {mark(unlabelled[0] >= 0.80)}.",

@@ -9,17 +9,16 @@ count, the same cycles and fine-tuning recipe); write benchmarks/results.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import copy
-import statistics
 
 import onnxruntime
 import torch

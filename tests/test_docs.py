@@ -14,7 +14,8 @@ from compressor.cli import SUBCOMMANDS, compress_command
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"`compress MODEL`": compress_command,
             "`compress check MODEL.onnx`": SUBCOMMANDS["check"],
-            "`compress bench MODEL.onnx...`": SUBCOMMANDS["bench"]}
+            "`compress bench MODEL.onnx...`": SUBCOMMANDS["bench"],
+            "`compress analyze MODEL [--compare PRUNED...]`": SUBCOMMANDS["analyze"]}
 
 
 def _tables() -> dict[str, dict[str, str]]:

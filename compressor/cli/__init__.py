@@ -9,13 +9,15 @@ import sys
 
 import click
 
+from .analyze import analyze_command
 from .bench import bench_command
 from .check import check_command
 from .common import USAGE_ERROR
 from .compress import compress_command
 
 # Subcommands by name (`compress check ...`); anything else is the main job, `compress MODEL`.
-SUBCOMMANDS: dict[str, click.Command] = {"check": check_command, "bench": bench_command}
+SUBCOMMANDS: dict[str, click.Command] = {"check": check_command, "bench": bench_command,
+                                         "analyze": analyze_command}
 
 
 def main(argv: list[str] | None = None) -> None:

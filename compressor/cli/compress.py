@@ -159,8 +159,9 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
     Budgets (--max-size, --min-accuracy, ...) are checked on the written file: exit 1 if any
     is broken.
 
-    Other commands: compress check MODEL.onnx (budgets of an existing file, for CI) and
-    compress bench MODEL.onnx... (latency, memory, speedup); each has --help.
+    Other commands: compress check MODEL.onnx (budgets of an existing file, for CI),
+    compress bench MODEL.onnx... (latency, memory, speedup) and compress analyze MODEL
+    (ranks, singular values, zeros, firing rates); each has --help.
     """
     if method and criterion:
         raise click.UsageError("give --method or --criterion, not both (--criterion is the "

@@ -8,6 +8,7 @@ import math
 from typing import Mapping, Sequence
 
 from ..errors import UsageError
+from .analyze import Analysis
 from .bench import BenchResult
 from .compress import Report
 
@@ -46,16 +47,72 @@ def bench_plots(result: BenchResult) -> dict[str, bytes]:
     return {"latency_vs_batch.png": _png(plt, fig)}
 
 
-def require_matplotlib() -> None:
-    """Refuse `--plots` before any work when matplotlib is missing."""
-    _pyplot()
+def analyze_plots(analysis: Analysis, weights: Sequence[Mapping[str, object]]) -> dict[str, bytes]:
+    """PNGs of `compress analyze`: singular-value spectra of every layer (one line per model),
+    a weight heatmap per model (|w|, zero entries white, as the paper's Figure 6), and the
+    firing-rate histograms of every model analysed with data. `weights`: per model, its
+    matrices by layer name."""
+    plt = _pyplot("--out")
+    out = {"spectra.png": _spectra(plt, analysis)}
+    for i, (model, matrices) in enumerate(zip(analysis.models, weights)):
+        out[f"weights_{i}.png"] = _heatmaps(plt, model.path, matrices)
+    for i, model in enumerate(analysis.models):
+        rates = {layer.name: layer.firing.rates for layer in model.layers if layer.firing}
+        if rates:
+            out[f"firing_rates_{i}.png"] = _rates(plt, rates, title=f"firing rates: {model.path}")
+    return out
 
 
-def _pyplot():
+def _spectra(plt, analysis: Analysis):
+    count = max(len(m.layers) for m in analysis.models)
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= count:
+            ax.axis("off")
+            continue
+        for model in analysis.models:
+            if k < len(model.layers):
+                sigma = model.layers[k].weights.singular_values
+                top = sigma[0] if sigma and sigma[0] > 0 else 1.0
+                ax.plot(range(1, len(sigma) + 1), [s / top for s in sigma],
+                        label=model.path.rsplit("/", 1)[-1])
+        ax.set(yscale="log", title=f"layer #{k} ({analysis.models[0].layers[k].name})"
+               if k < len(analysis.models[0].layers) else f"layer {k}",
+               xlabel="index", ylabel="sigma / sigma_max")
+        ax.grid(True, alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("singular values of each weight matrix")
+    return _png(plt, fig)
+
+
+def _heatmaps(plt, path: str, matrices: Mapping[str, object]):
+    names = list(matrices)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        w = abs(matrices[name])
+        ax.imshow(w, cmap="Greys", aspect="auto", interpolation="nearest",
+                  vmin=0, vmax=float(w.max()) or 1.0)
+        ax.set(title=f"{name} {w.shape[0]}x{w.shape[1]}", xlabel="input", ylabel="output")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"|weights| (zeros white): {path.rsplit('/', 1)[-1]}")
+    return _png(plt, fig)
+
+
+def require_matplotlib(option: str = "--plots") -> None:
+    """Refuse `option` (PNGs) before any work when matplotlib is missing."""
+    _pyplot(option)
+
+
+def _pyplot(option: str = "--plots"):
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("--plots needs matplotlib: pip install 'compressor[plots]' (or pip "
+        raise UsageError(f"{option} needs matplotlib: pip install 'compressor[plots]' (or pip "
                          "install matplotlib)") from None
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
@@ -76,7 +133,8 @@ def _widths(plt, report: Report):
     return _png(plt, fig)
 
 
-def _rates(plt, rates: Mapping[str, Sequence[float]]):
+def _rates(plt, rates: Mapping[str, Sequence[float]], *,
+           title: str = "firing rates on the calibration data (before pruning)"):
     names = list(rates)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
@@ -86,7 +144,7 @@ def _rates(plt, rates: Mapping[str, Sequence[float]]):
         ax.set(title=name, xlabel="firing rate", ylabel="units")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle("firing rates on the calibration data (before pruning)")
+    fig.suptitle(title)
     return _png(plt, fig)
 
 
