@@ -15,16 +15,18 @@ from onnx import helper, numpy_helper
 
 from ..errors import NothingToPruneError
 from ..export.formats import densify
-from ..graph.capture import capture, get_tensor, outputs_of
+from ..graph.capture import capture, get_tensor, outputs_of, run_batched
 from ..graph.trace import trace
 from ..io.data import load_data
 from ..io.files import files_in, write_atomic
 from ..io.inputs import example, fit_data, random_inputs
 from ..io.load import load_model
-from ..measure.onnx_file import load_onnx
+from ..measure.onnx_file import fit_input, load_onnx, predictions
 from ..measure.spectra import Moments, weight_stats
 from ..prune.calibrate import count_activations
-from ..report.analyze import Analysis, FiringStats, LayerAnalysis, ModelAnalysis
+from ..prune.lsq import ranks_by_error
+from ..prune.pca import pca_projected
+from ..report.analyze import Analysis, FiringStats, LayerAnalysis, ModelAnalysis, PcaRow
 from ..report.plots import analyze_plots, require_matplotlib
 from .compress import prepared
 
@@ -65,29 +67,70 @@ def analyze(inputs: AnalyzeInputs, *, out: Path | None = None,
     log = log or (lambda _: None)
     if out is not None:
         require_matplotlib("--out")
-    models, matrices = [], []
+    loaded = []
     for path in (inputs.model, *inputs.compare):
         found = _onnx(path) if Path(path).suffix == ".onnx" else _torch(path, inputs, log)
-        if not found[0].layers and not models:
+        if not found.analysis.layers and not loaded:
             raise NothingToPruneError(f"nothing to analyse in {path}: it has no Linear, Conv, "
                                       "Gemm or MatMul layer with constant weights")
-        models.append(found[0])
-        matrices.append(found[1])
-    analysis = Analysis(models=tuple(models), data=inputs.data)
+        loaded.append(found)
+    baseline = _pca_baseline(loaded, inputs, log)
+    analysis = Analysis(models=tuple(m.analysis for m in loaded), data=inputs.data,
+                        pca_baseline=baseline)
     if out is not None:
         log(f"writing analysis.json and PNGs into {out}")
         named = {"analysis.json": analysis.to_json().encode(),
-                 **analyze_plots(analysis, matrices)}
+                 **analyze_plots(analysis, [m.matrices for m in loaded])}
         write_atomic(files_in(out, named, option="--out"))
     return analysis
 
 
-Matrices = dict[str, np.ndarray]  # per layer, its weights as [outputs, inputs]
+@dataclass(frozen=True)
+class _Loaded:
+    analysis: ModelAnalysis
+    matrices: dict[str, np.ndarray]  # per layer, its weights as [outputs, inputs]
+    predict: Callable[[torch.Tensor], torch.Tensor]  # top-1 classes of inputs in MODEL's layout
+    graph: tuple | None = None  # PyTorch models: (graph, trace, data splits or None)
 
 
-def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> tuple[ModelAnalysis, Matrices]:
+def _pca_baseline(loaded: list[_Loaded], inputs: AnalyzeInputs, log: Log) -> tuple[PcaRow, ...]:
+    """Per --compare model: test accuracy of the model, of the compared one, and of the model
+    with every prunable layer projected on as many principal components as the compared
+    layer's rank (labelled data and a PyTorch MODEL whose layers are each read by one Linear
+    only; else nothing)."""
+    main = loaded[0]
+    if main.graph is None or main.graph[2] is None or not main.graph[2].labelled \
+            or len(loaded) < 2:
+        return ()
+    gm, found, splits = main.graph
+    if not found.groups or not ranks_by_error(gm, found.groups):
+        return ()
+    test = splits.test or splits.validation
+    calib = splits.train.x[:inputs.calibration_samples]
+    index = {layer.name: i for i, layer in enumerate(found.layers)}
+    dense = _accuracy(main.predict(test.x), test.y)
+    rows = []
+    for other in loaded[1:]:
+        layers = other.analysis.layers
+        if len(layers) != len(found.layers):
+            continue
+        ranks = {g.name: layers[index[g.name]].weights.rank for g in found.groups}
+        log(f"PCA baseline at the ranks of {other.analysis.path}")
+        projected = pca_projected(gm, found.groups, calib, ranks)
+        rows.append(PcaRow(other.analysis.path, ranks, round(dense, 6),
+                           round(_accuracy(other.predict(test.x), test.y), 6),
+                           round(_accuracy(run_batched(projected, test.x).argmax(1), test.y),
+                                 6)))
+    return tuple(rows)
+
+
+def _accuracy(classes: torch.Tensor, y: torch.Tensor) -> float:
+    return float((classes == y).double().mean())
+
+
+def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> _Loaded:
     model = prepared(load_model(path, arch=inputs.arch, trust_pickle=inputs.trust_pickle))
-    calib = None
+    calib = splits = None
     if inputs.data is None:
         probe, _ = random_inputs(model, seed=0, shape=inputs.input_shape)
     else:
@@ -106,7 +149,8 @@ def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> tuple[ModelAnalysis, 
                    for layer in found.layers)
     notes = tuple(f"{name}: no firing rates ({why})" for name, why in found.dense
                   if calib is not None)
-    return ModelAnalysis(str(path), "pytorch", layers, notes), matrices
+    return _Loaded(ModelAnalysis(str(path), "pytorch", layers, notes), matrices,
+                   lambda x: run_batched(gm, x).argmax(1), (gm, found, splits))
 
 
 def _activations(gm, groups, x: torch.Tensor) -> tuple[dict[str, FiringStats], dict]:
@@ -130,10 +174,11 @@ def _activations(gm, groups, x: torch.Tensor) -> tuple[dict[str, FiringStats], d
 _FLOAT_OPS = {"Gemm", "MatMul", "Conv"}
 
 
-def _onnx(path: Path) -> tuple[ModelAnalysis, Matrices]:
+def _onnx(path: Path) -> _Loaded:
     """The weight matrices of an ONNX file's Gemm, MatMul and Conv nodes, in graph order
     (sparse initializers densified; int8 nodes named and skipped)."""
-    proto = densify(load_onnx(path).proto)
+    model = load_onnx(path)
+    proto = densify(model.proto)
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     layers, notes, matrices = [], [], {}
     for node in proto.graph.node:
@@ -151,7 +196,8 @@ def _onnx(path: Path) -> tuple[ModelAnalysis, Matrices]:
         kind = "conv" if node.op_type == "Conv" else "linear"
         layers.append(LayerAnalysis(name, kind, weight_stats(matrices[name])))
     notes += [] if layers else ["no float Gemm, MatMul or Conv with constant weights"]
-    return ModelAnalysis(str(path), "onnx", tuple(layers), tuple(notes)), matrices
+    return _Loaded(ModelAnalysis(str(path), "onnx", tuple(layers), tuple(notes)), matrices,
+                   lambda x: predictions(model.runnable(), fit_input(model, x, source=path))[0])
 
 
 def _rows_are_outputs(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:

@@ -76,9 +76,12 @@ class Moments:
         self.sum += rows.sum(0)
         self.outer += rows.T @ rows
 
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and the (population) covariance of the rows added."""
+        mean = self.sum / max(self.n, 1)
+        return mean, self.outer / max(self.n, 1) - torch.outer(mean, mean)
+
     def pca_dims(self) -> dict[str, int]:
         """Per share of VARIANCES, the number of principal components that keep it."""
-        mean = self.sum / max(self.n, 1)
-        cov = self.outer / max(self.n, 1) - torch.outer(mean, mean)
-        eigen = torch.linalg.eigvalsh(cov).clamp(min=0).numpy()
+        eigen = torch.linalg.eigvalsh(self.mean_cov()[1]).clamp(min=0).numpy()
         return {f"{round(100 * v)}%": energy_rank(eigen, v) for v in VARIANCES}

@@ -50,9 +50,23 @@ class ModelAnalysis:
 
 
 @dataclass(frozen=True)
+class PcaRow:
+    """The PCA rank-reduction baseline (paper §3.4) at a compared model's ranks: test accuracy
+    of the model, of the compared model, and of the model with each prunable layer's output
+    projected on that many principal components."""
+
+    compared: str
+    ranks: dict[str, int]  # per prunable layer of the model: the compared layer's rank
+    accuracy_model: float
+    accuracy_compared: float
+    accuracy_pca: float
+
+
+@dataclass(frozen=True)
 class Analysis:
     models: tuple[ModelAnalysis, ...]  # the model, then each --compare model
     data: str | None = None
+    pca_baseline: tuple[PcaRow, ...] = ()  # labelled data and --compare only
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -79,6 +93,14 @@ def format_analysis(a: Analysis) -> str:
         out += [f"{model.path} ({model.format})", "", *align(rows, free_last=False), ""]
         out += [f"note: {n}" for n in model.notes]
         out += [""] * bool(model.notes)
+    if a.pca_baseline:
+        rows = [("compared model", "ranks", "model", "compared", "PCA at its ranks")]
+        rows += [(r.compared, "-".join(map(str, r.ranks.values())),
+                  f"{100 * r.accuracy_model:.2f}%", f"{100 * r.accuracy_compared:.2f}%",
+                  f"{100 * r.accuracy_pca:.2f}%") for r in a.pca_baseline]
+        out += ["PCA baseline: every prunable layer's output projected on as many principal "
+                "components as the compared model's layer has rank (test accuracy)", "",
+                *align(rows, free_last=False), ""]
     out.append("rank: singular values above sigma_max x max(shape) x float32 eps; eff. rank: "
                "exp of the entropy of the normalised singular values; kN%: singular values "
                "holding N% of the squared sum; firing: mean share of samples (x positions) a "

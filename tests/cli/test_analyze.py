@@ -32,6 +32,11 @@ def test_a_model_and_its_pruned_file_with_data(run_cli, tiny_files):
     assert 1 <= first["pca"]["95%"] <= first["pca"]["99%"] <= 32
     assert dense["layers"][-1]["firing"] is None  # the output layer has no units to fire
     assert small["layers"][0]["firing"] is None  # ONNX files: weights only
+    (baseline,) = json.loads(result.out)["pca_baseline"]
+    assert list(baseline["ranks"].values()) == \
+        [layer["weights"]["rank"] for layer in small["layers"][:3]]
+    assert all(0 < baseline[k] <= 1 for k in ("accuracy_model", "accuracy_compared",
+                                               "accuracy_pca"))
     table = run_cli("analyze", tiny_files["model"], "--arch", "tests.nets:tiny")
     assert table.code == 0 and "eff. rank" in table.out and "firing and PCA need --data" in \
         table.out
