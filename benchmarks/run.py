@@ -40,6 +40,7 @@ RUNS = [(0.85, "global"), (0.85, "local"), (0.95, "global"), (0.95, "local")]
 BATCHES = (1, 256)
 SEEDS = (0, 1, 2)
 PEER_TARGETS = (0.85, 0.95)
+GOALS = {0.85: 0.5, 0.95: 1.5}  # most points below dense the mean over seeds may lose
 
 
 def main() -> None:
@@ -142,6 +143,7 @@ def _against_torch_pruning(tmp: Path) -> list[dict]:
             peer = _torch_pruning(dense, target, report["weights_after"], seed, train, val,
                                   teacher)
             rows.append({"target": target, "seed": seed, "ours": report["accuracy_after"],
+                         "dense": report["accuracy_before"],
                          "ours_weights": report["weights_after"],
                          "criterion": report["criterion"],
                          "peer": accuracy(peer(test.x).detach(), test.y),
@@ -196,7 +198,8 @@ def _peer_markdown(rows: list[dict]) -> str:
              "fashion-mnist --seed S` (every other option at its default, criterion "
              f"`{rows[0]['criterion']}` by `auto`) against Torch-Pruning {tp.__version__}: its "
              "magnitude importance (L2 of each coupled group, one global ranking, the output layer "
-             "kept) pruned in the same 5 cycles (0.8ⁿ shares) to the weight count ours reached, "
+             "kept) pruned in the same 5 cycles (0.8ⁿ shares), the last to the weight count "
+             "nearest ours that its global pruning ratio reaches (both are listed), "
              "fine-tuned after each cycle by exactly our recipe (same splits, epochs, patience, "
              "Adam with cosine decay, distillation 0.5, batch-order seeds). Test accuracy (%) on "
              "the 10,000 official test images:", "",
@@ -207,12 +210,17 @@ def _peer_markdown(rows: list[dict]) -> str:
                      f"{r['ours_weights']:,} | {100 * r['peer']:.2f} | {r['peer_weights']:,} | "
                      f"{100 * (r['ours'] - r['peer']):+.2f} |")
     lines.append("")
-    for target in PEER_TARGETS:
+    dense = 100 * rows[0]["dense"]
+    for target, allowed in GOALS.items():
         ours = [100 * r["ours"] for r in rows if r["target"] == target]
         peer = [100 * r["peer"] for r in rows if r["target"] == target]
-        lines.append(f"- {target:.2f}: ours {statistics.mean(ours):.2f} ± "
-                     f"{statistics.stdev(ours):.2f}, Torch-Pruning {statistics.mean(peer):.2f} ± "
-                     f"{statistics.stdev(peer):.2f} (mean ± sd over seeds).")
+        mean = statistics.mean(ours)
+        lines.append(f"- {target:.2f}: ours {mean:.2f} ± {statistics.stdev(ours):.2f}, "
+                     f"Torch-Pruning {statistics.mean(peer):.2f} ± {statistics.stdev(peer):.2f} "
+                     f"(mean ± sd over seeds). Goal ≥ dense − {allowed} pt = "
+                     f"{dense - allowed:.2f}: **{'met' if mean >= dense - allowed else 'not met'}**"
+                     f"; ahead of Torch-Pruning: **"
+                     f"{'yes' if mean > statistics.mean(peer) else 'no'}**.")
     return "\n".join(lines) + "\n"
 
 

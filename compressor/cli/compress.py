@@ -117,6 +117,9 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
               help="Also write PNGs into DIR: layer widths before/after, firing-rate "
                    "histograms, validation accuracy across cycles (needs matplotlib: pip "
                    "install 'compressor[plots]').")
+@click.option("--trace-spectra", is_flag=True,
+              help="Record every layer's singular values before pruning and after every cycle "
+                   "in the JSON report (spectra), and plot them with --plots.")
 @click.option("--normalize", type=NORMALIZE, metavar="MEAN,STD",
               help="Normalise the data as the model was trained: (x - MEAN) / STD per channel "
                    "(e.g. 0.2860,0.3530 for Fashion-MNIST; M1,M2,M3,S1,S2,S3 for 3 channels). "
@@ -143,7 +146,8 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                      merge_threshold: float, align: int, fmt: str, variants: Path | None,
                      epochs: int | None, final_epochs: int | None, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
-                     arch: str | None, device: str, plots: Path | None, normalize,
+                     arch: str | None, device: str, plots: Path | None, trace_spectra: bool,
+                     normalize,
                      logits: str | None,
                      trust_pickle: bool,
                      threads: int,
@@ -178,7 +182,8 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                               compensate=Compensation(compensate),
                               merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples, score=Score(score),
-                              method=chosen, seed=seed, align=align, of=Of(of), device=device),
+                              method=chosen, seed=seed, align=align, of=Of(of), device=device,
+                              trace_spectra=trace_spectra),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill,
                                     final_epochs=final_epochs),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),

@@ -98,7 +98,7 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         latency_threads=config.bench.threads if config.bench else 0,
         latency=_latencies(run.onnx_dense, run.packed, run.probe[:256], config),
         layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats),
-        cycles=run.pruned.cycles, plan=run.pruned.plan,
+        cycles=run.pruned.cycles, plan=run.pruned.plan, spectra=run.pruned.spectra,
         input=_input(run.packed.data, run.layout),
         options=_options(config, run.pruned), versions=versions(),
         seconds=round(time.perf_counter() - started, 2))

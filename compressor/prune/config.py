@@ -172,6 +172,8 @@ class PruneConfig:
         of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
         device: where counting, refits and fine-tuning run: cpu, cuda, cuda:N, or auto (cuda
             when available, else cpu); the model and every result come back to the CPU.
+        trace_spectra: record every layer's singular values before pruning and after every
+            cycle (the paper's §3.5 analysis; `Pruned.spectra`).
     """
 
     target: float
@@ -189,6 +191,7 @@ class PruneConfig:
     align: int = 0
     of: Of = Of.WEIGHTS
     device: str = "auto"
+    trace_spectra: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):

@@ -59,6 +59,8 @@ class Pruned:
     plan: dict[str, dict[str, object]]
     config: PruneConfig  # the settings used: scope and cycles resolved for the model
     tuning: FinetuneConfig  # fine-tuning used: epochs resolved for the model
+    spectra: tuple[dict[str, tuple[float, ...]], ...] = ()  # trace_spectra: per layer, its
+    #     singular values before pruning (entry 0) and after each cycle (entry n)
 
 
 
@@ -112,6 +114,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     targets = schedule(prune.target, prune.cycles if train else 1)
     calib = splits.train.x[:prune.calibration_samples] if splits else None
     rows, first = [], []
+    spectra = [singular_values(gm, found)] if prune.trace_spectra else []
     for n, target in enumerate(targets, 1):
         stage = f"cycle {n}/{len(targets)}: counting activations"
         stats = None if calib is None else count_activations(
@@ -139,13 +142,14 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
                                done, seconds, result))
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
                         "FLOPs" if prune.of is Of.FLOPS else "weights"))
+        spectra += [singular_values(gm, found)] if prune.trace_spectra else []
     aligned = any(m > 1 for m in _alignment(gm, groups, prune.align).values())
     if rows[-1].reduction > prune.target + 0.01 and not aligned:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
             f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
             "its weights to land within 1 point (try --cycles 1)")
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan, prune, tuning)
+    return Pruned(first[0], tuple(rows), plan, prune, tuning, tuple(spectra))
 
 
 def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
@@ -166,6 +170,7 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
     calib = splits.train.x[:prune.calibration_samples] if splits else None
     generator = torch.Generator().manual_seed(prune.seed)
     rows, first = [], []
+    spectra = [singular_values(gm, found)] if prune.trace_spectra else []
     for n, target in enumerate(targets, 1):
         stage = f"cycle {n}/{len(targets)}: counting activations"
         stats = None if calib is None or not prune.needs_data else count_activations(
@@ -194,8 +199,20 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
                        result.val_accuracy if result else None, weights_removed=zeroed)
         rows.append(row)
         log(_cycle_line(row, len(targets), _units(gm, found.groups)))
+        spectra += [singular_values(gm, found)] if prune.trace_spectra else []
     plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan, prune, tuning)
+    return Pruned(first[0], tuple(rows), plan, prune, tuning, tuple(spectra))
+
+
+def singular_values(gm: fx.GraphModule, found: Trace) -> dict[str, tuple[float, ...]]:
+    """Per Linear and Conv layer, the singular values of its weights as [outputs, inputs]
+    (descending, rounded to 6 significant digits)."""
+    out = {}
+    for layer in found.layers:
+        w = get_tensor(gm, layer.weight).detach().double()
+        out[layer.name] = tuple(float(f"{v:.6g}") for v in
+                                torch.linalg.svdvals(w.reshape(w.shape[0], -1)).tolist())
+    return out
 
 
 def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],

@@ -94,6 +94,8 @@ class Report:
     options: dict[str, object] | None = None  # every setting used, defaults resolved
     versions: dict[str, str] | None = None  # of compressor, Python and its libraries
     warnings: tuple[str, ...] = ()  # what looks wrong (e.g. an input model near chance)
+    spectra: tuple[dict[str, tuple[float, ...]], ...] = ()  # --trace-spectra: per layer, its
+    #     singular values before pruning (entry 0) and after each cycle (entry n)
 
     @property
     def reduction(self) -> float:

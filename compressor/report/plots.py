@@ -25,7 +25,30 @@ def compress_plots(report: Report, rates: Mapping[str, Sequence[float]]) -> dict
         out["firing_rates.png"] = _rates(plt, rates)
     if any(c.val_accuracy is not None for c in report.cycles):
         out["cycles.png"] = _cycles(plt, report)
+    if report.spectra:
+        out["spectra_cycles.png"] = _spectra_cycles(plt, report.spectra)
     return out
+
+
+def _spectra_cycles(plt, spectra: Sequence[Mapping[str, Sequence[float]]]):
+    """Each layer's singular values before pruning and after every cycle (paper Figure 7)."""
+    names = list(spectra[0])
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.get_cmap("viridis")
+    for ax, name in zip(axes.flat, names):
+        for n, values in enumerate(spectra):
+            sigma = values[name]
+            ax.plot(range(1, len(sigma) + 1), sigma, color=colours(n / max(1, len(spectra) - 1)),
+                    label="before" if n == 0 else f"cycle {n}")
+        ax.set(yscale="log", title=name, xlabel="index", ylabel="singular value")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("singular values before pruning and after each cycle")
+    return _png(plt, fig)
 
 
 def bench_plots(result: BenchResult) -> dict[str, bytes]:

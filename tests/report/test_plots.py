@@ -3,6 +3,7 @@ is refused before any work, naming the extra to install."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -30,6 +31,32 @@ def test_compress_writes_widths_firing_rates_and_cycles(run_cli, tiny_files):
                                                        "widths.png"]
     for png in plots.iterdir():
         _assert_picture(png)
+
+
+def test_traced_spectra_are_in_the_report_and_plotted(run_cli, tiny_files):
+    plots = tiny_files["dir"] / "traced"
+    out = tiny_files["dir"] / "traced.onnx"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5",
+                     "--data", tiny_files["data"], "--cycles", "2", "--epochs", "1",
+                     "--trace-spectra", "--plots", plots, "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    before, _, after = report["spectra"]  # before pruning, after cycle 1, after cycle 2
+    first = report["layers"][0]
+    assert len(before[first["name"]]) == min(first["out_before"], first["in_before"])
+    assert len(after[first["name"]]) == min(first["out_after"], first["in_after"])
+    assert after[first["name"]] == sorted(after[first["name"]], reverse=True)
+    _assert_picture(plots / "spectra_cycles.png")
+    assert report["options"]["prune"]["trace_spectra"] is True
+
+
+def test_analyze_writes_spectra_heatmaps_and_firing_rates(run_cli, tiny_files):
+    out = tiny_files["dir"] / "analysis"
+    result = run_cli("analyze", tiny_files["model"], "--arch", "tests.nets:tiny", "--data",
+                     tiny_files["data"], "--out", out)
+    assert result.code == 0, result.err
+    for name in ("spectra.png", "weights_0.png", "firing_rates_0.png"):
+        _assert_picture(out / name)
 
 
 def test_bench_plots_latency_against_batch(run_cli, tiny_files, fixed_latency):
