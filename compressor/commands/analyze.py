@@ -22,10 +22,10 @@ from ..io.files import files_in, write_atomic
 from ..io.inputs import example, fit_data, random_inputs
 from ..io.load import load_model
 from ..measure.onnx_file import fit_input, load_onnx, predictions
-from ..measure.spectra import Moments, weight_stats
+from ..measure.spectra import pca_dims, weight_stats
 from ..prune.calibrate import count_activations
 from ..prune.lsq import ranks_by_error
-from ..prune.pca import pca_projected
+from ..prune.pca import Moments, pca_projected
 from ..report.analyze import Analysis, FiringStats, LayerAnalysis, ModelAnalysis, PcaRow
 from ..report.plots import analyze_plots, require_matplotlib
 from .compress import prepared
@@ -168,7 +168,7 @@ def _activations(gm, groups, x: torch.Tensor) -> tuple[dict[str, FiringStats], d
             for g, m, a in zip(groups, moments, out if isinstance(out, tuple) else (out,)):
                 axis = g.axes[0] if g.axes else 1
                 m.add(a.movedim(axis, -1).reshape(-1, g.size))
-    return firing, {g.name: m.pca_dims() for g, m in zip(groups, moments)}
+    return firing, {g.name: pca_dims(m.mean_cov()[1]) for g, m in zip(groups, moments)}
 
 
 _FLOAT_OPS = {"Gemm", "MatMul", "Conv"}

@@ -62,26 +62,8 @@ def energy_rank(values: np.ndarray, share: float) -> int:
     return int(np.searchsorted(np.cumsum(ordered) / total, share - 1e-12) + 1)
 
 
-class Moments:
-    """Streaming first and second moments of activations (float64), for the PCA dimension."""
-
-    def __init__(self, size: int) -> None:
-        self.n, self.sum = 0, torch.zeros(size, dtype=torch.float64)
-        self.outer = torch.zeros(size, size, dtype=torch.float64)
-
-    def add(self, rows: torch.Tensor) -> None:
-        """Add activations, a row per sample (and position or token)."""
-        rows = rows.double()
-        self.n += rows.shape[0]
-        self.sum += rows.sum(0)
-        self.outer += rows.T @ rows
-
-    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean and the (population) covariance of the rows added."""
-        mean = self.sum / max(self.n, 1)
-        return mean, self.outer / max(self.n, 1) - torch.outer(mean, mean)
-
-    def pca_dims(self) -> dict[str, int]:
-        """Per share of VARIANCES, the number of principal components that keep it."""
-        eigen = torch.linalg.eigvalsh(self.mean_cov()[1]).clamp(min=0).numpy()
-        return {f"{round(100 * v)}%": energy_rank(eigen, v) for v in VARIANCES}
+def pca_dims(cov: torch.Tensor) -> dict[str, int]:
+    """Per share of VARIANCES, the number of principal components of a covariance that keep
+    it."""
+    eigen = torch.linalg.eigvalsh(cov).clamp(min=0).numpy()
+    return {f"{round(100 * v)}%": energy_rank(eigen, v) for v in VARIANCES}
