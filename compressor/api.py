@@ -27,7 +27,7 @@ from .commands.compress import check_options, prepared, run
 from .commands.config import CompressConfig
 from .commands.summary import summarize
 from .errors import DataError, UsageError
-from .export.pack import Format
+from .export.pack import ENERGY, Format
 from .io.data import DataSplits, Dataset, load_data, split, validate
 from .io.files import write_atomic
 from .io.inputs import fit_data, random_inputs
@@ -65,7 +65,8 @@ class Result:
 def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
              data: Data = None, input_shape: tuple[int, ...] | None = None,
              logits: int | str | None = None,
-             format: str = "dense", latency: bool = True, seed: int = 0, log=None,
+             format: str = "dense", rank_energy: float = ENERGY, latency: bool = True,
+             seed: int = 0, log=None,
              **options: Any) -> Result:
     """Prune `model` to `target` fewer weights (or FLOPs, `of="flops"`), export it to ONNX,
     verify the file in onnxruntime and measure it. The input model is not modified.
@@ -81,7 +82,8 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
         input_shape: one sample's shape without the batch axis: the data is shaped to it and
             the ONNX file takes it (default: the data as given, or what the model takes).
         logits: for a model that returns a tuple or dict, which entry are the logits.
-        format: how the weights are stored: dense, csr, int8 or auto.
+        format: how the weights are stored: dense, csr, int8, auto or lowrank.
+        rank_energy: for lowrank, the share of each layer's squared singular values kept.
         latency: measure onnxruntime latency of the dense export and the result.
         seed: seed of the splits, fine-tuning and random choices.
         log: called with one line per stage (e.g. `print`); None for silence.
@@ -106,7 +108,7 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
         config = CompressConfig(prune=PruneConfig(target=target, seed=seed, **prune_options),
                                 finetune=FinetuneConfig(**tune_options),
                                 bench=BenchConfig() if latency else None, seed=seed,
-                                format=Format(format),
+                                format=Format(format), rank_energy=rank_energy,
                                 input_shape=tuple(input_shape) if input_shape else None)
     except ValueError as e:  # the configs validate every value
         raise UsageError(str(e)) from e

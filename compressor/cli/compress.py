@@ -9,7 +9,7 @@ import click
 
 from ..commands.compress import Paths, compress
 from ..commands.config import CompressConfig
-from ..export.pack import Format
+from ..export.pack import ENERGY, Format
 from ..measure.latency import BenchConfig
 from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of, PruneConfig,
                             Score, Scope)
@@ -98,13 +98,20 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
               default="dense", show_default=True,
               help="How the weights are stored: dense (plain Gemm, zeros kept), csr (sparse "
                    "initializers: a smaller file; compressor.runtime runs it with sparse "
-                   "kernels), int8 (onnxruntime dynamic quantization) or auto (per layer, "
-                   "whichever is fastest on this machine at --batch).")
+                   "kernels), int8 (onnxruntime dynamic quantization), auto (per layer, "
+                   "whichever is fastest on this machine at --batch) or lowrank (layers as two "
+                   "thinner ones by truncated SVD, where smaller and faster at --batch; "
+                   "approximate: check the accuracy).")
+@click.option("--rank-energy", type=click.FloatRange(0, 1, min_open=True), default=ENERGY,
+              show_default=True,
+              help="--format lowrank: share of each layer's squared singular values the "
+                   "factors keep (the rank is the smallest that keeps it).")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="ONNX file to write [default: <model stem>.compressed.onnx beside MODEL].")
 @click.option("--variants", type=click.Path(path_type=Path), metavar="DIR",
               help="Also write every variant of the result into DIR (dense input, masked, "
-                   "shrunk, csr, int8, int8 of the dense input), for 'compress bench DIR/*.onnx'.")
+                   "shrunk, csr, int8, int8 of the dense input, lowrank of the result and of "
+                   "the dense input), for 'compress bench DIR/*.onnx'.")
 @click.option("--report", type=click.Path(path_type=Path),
               help="JSON report to write [default: the output path with .json].")
 @click.option("--arch", metavar="MODULE:CALLABLE",
@@ -143,8 +150,9 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
 def compress_command(model: Path, target: float, of: str, data: str | None, scope: str,
                      cycles: int | None, input_shape: tuple[int, ...] | None,
                      score: str, method: str | None, criterion: str | None, compensate: str,
-                     merge_threshold: float, align: int, fmt: str, variants: Path | None,
-                     epochs: int | None, final_epochs: int | None, patience: int, lr: float, distill: float,
+                     merge_threshold: float, align: int, fmt: str, rank_energy: float,
+                     variants: Path | None, epochs: int | None, final_epochs: int | None,
+                     patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, device: str, plots: Path | None, trace_spectra: bool,
                      normalize,
@@ -189,7 +197,7 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
             seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt),
-            input_shape=input_shape, normalize=normalize)
+            rank_energy=rank_energy, input_shape=input_shape, normalize=normalize)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     paths = Paths(model, output, report, arch, trust_pickle, variants, logits, plots)

@@ -176,7 +176,7 @@ INT8_CALIBRATION = 1_000  # inputs the activation ranges of int8 convolutions ar
 def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: CompressConfig,
           log: Log, calibration: torch.Tensor) -> tuple[Packed, float | None]:
     """The verified export in `config.format`, checked against `gm` on `x`; with the max
-    |int8 - float32| difference for int8 files (whose convolutions take their activation
+    |packed - float32| difference for int8 and low-rank files (whose convolutions take their activation
     ranges from the `calibration` inputs)."""
     if config.format is Format.DENSE:
         return pack_onnx(onnx_pruned, Format.DENSE), None
@@ -184,7 +184,8 @@ def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: Compr
         f" (measuring kernels at batch {config.budget_batch})"
         if config.format in (Format.CSR, Format.AUTO) else ""))
     packed = pack_onnx(onnx_pruned, config.format, batch=config.budget_batch,
-                       threads=config.threads, calibration=calibration.numpy())
+                       threads=config.threads, calibration=calibration.numpy(),
+                       energy=config.rank_energy)
     return packed, verify_packed(packed, gm, x, tolerance=config.parity_tolerance)
 
 
@@ -195,7 +196,7 @@ def _variants(folder: Path, run: Outcome, config: CompressConfig) -> dict[Path, 
     masked = expand(run.found.groups, run.pruned_gm, kept)
     blobs = variants(run.onnx_dense, run.onnx_pruned, masked, run.pruned_gm, sample, x,
                      batch=config.budget_batch, threads=config.threads,
-                     tolerance=config.parity_tolerance)
+                     tolerance=config.parity_tolerance, energy=config.rank_energy)
     return files_in(folder, {f"{name}.onnx": blob for name, blob in blobs.items()},
                     option="--variants")
 

@@ -25,6 +25,7 @@ from ..io.data import DataSplits
 from ..io.inputs import InputLayout
 from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
+from ..measure.onnx_file import flops_per_sample
 from ..prune.calibrate import ActivationStats
 from ..graph.ops import HOMOGENEOUS
 from ..prune.config import Criterion, PruneConfig, Score
@@ -51,7 +52,7 @@ class Outcome:
     packed: Packed  # what is written
     layout: InputLayout  # how the data was shaped for the model
     parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
-    packed_diff: float | None  # max |int8 - float32| (int8 files)
+    packed_diff: float | None  # max |packed - float32| (int8 and low-rank files)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
     nonzero = config.prune.score is Score.WEIGHTS
     w_before = weights(run.dense, run.found)
     w_after = weights(run.pruned_gm, run.found, nonzero=nonzero)
+    f_after = flops(run.pruned_gm, run.found, nonzero=nonzero)
+    if config.format is Format.LOWRANK:  # the file's layers are the factors
+        w_after -= sum(out * inp - row.rank * (out + inp) for row in run.packed.layers
+                       if row.rank is not None for out, inp in [row.shape])
+        f_after = flops_per_sample(onnx.load_from_string(run.packed.data))[0]
     prune = config.prune
     report = Report(
         model=model, model_format=run.model_format, data=data, output=output,
@@ -83,12 +89,14 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         method=prune.method.value if prune.score is Score.WEIGHTS else None,
         format=config.format.value, format_note=run.packed.note,
         kernels=run.packed.layers if config.format is not Format.DENSE else (),
-        runtime=run.packed.runtime, int8_max_abs_diff=run.packed_diff, of=prune.of.value,
+        runtime=run.packed.runtime, of=prune.of.value,
+        int8_max_abs_diff=None if config.format is Format.LOWRANK else run.packed_diff,
+        lowrank_max_abs_diff=run.packed_diff if config.format is Format.LOWRANK else None,
         compensate=_compensation(prune, run),
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,
         flops_before=flops(run.dense, run.found),
-        flops_after=flops(run.pruned_gm, run.found, nonzero=nonzero),
+        flops_after=f_after,
         onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.packed.data),
         accuracy_before=accuracy(seen.dense, seen.labels) if labelled else None,
         accuracy_after=accuracy(seen.written, seen.labels) if labelled else None,

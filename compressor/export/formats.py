@@ -10,6 +10,9 @@
   inputs, convolutions are quantized statically (QDQ: per-channel QInt8 weights, QUInt8
   activations whose ranges are measured on the calibration inputs), which onnxruntime runs
   as QLinearConv. `dequantize` unpacks the dynamic part only.
+- low rank (`factors` / `factorize`): a Gemm, MatMul or ungrouped Conv as two thinner layers,
+  the truncated SVD of its weight (a conv's first factor keeps the kernel, the second is 1x1).
+  Approximate unless the rank is the matrix's; `pack` chooses where it pays.
 
 The round trips are exact: densify(store_sparse(m)) has m's weights bit for bit, and
 quantize(dequantize(q)) has q's int8 weights, scales and zero points.
@@ -18,6 +21,7 @@ quantize(dequantize(q)) has q's int8 weights, scales and zero points.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +201,126 @@ def dequantize(proto: onnx.ModelProto) -> onnx.ModelProto:
     for v in [v for v in graph.value_info if v.name not in used]:
         graph.value_info.remove(v)
     return out
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One weight matrix's truncated SVD: the layer computes x -> B(A x) with A [rank, inputs]
+    and B [outputs, rank] instead of W [outputs, inputs] (a conv's inputs are its in-channels x
+    kernel positions, and A becomes a conv with W's kernel, B a 1x1 conv)."""
+
+    node: str  # the Gemm, MatMul or Conv node
+    weight: str  # its weight initializer
+    shape: tuple[int, int]  # W as a matrix: outputs x inputs
+    rank: int  # the smallest rank keeping `energy` of the squared singular values
+    energy: float  # share of the squared singular values the rank keeps
+
+    @property
+    def weights(self) -> tuple[int, int]:
+        """Weights of W and of the two factors."""
+        out, inp = self.shape
+        return out * inp, self.rank * (out + inp)
+
+
+def factors(proto: onnx.ModelProto, *, energy: float) -> list[Factor]:
+    """Every Gemm (alpha = beta = 1, transA = 0), MatMul with a constant right-hand side and
+    ungrouped 2-D Conv with a constant kernel, with the rank that keeps `energy` (0 < energy
+    <= 1) of its squared singular values, in graph order."""
+    arrays = _constants(proto)
+    out = []
+    for node in proto.graph.node:
+        matrix = _as_matrix(node, arrays)
+        if matrix is None:
+            continue
+        s = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+        total = float(np.sum(s ** 2))
+        rank = 1 if total == 0 else \
+            int(np.searchsorted(np.cumsum(s ** 2) / total, energy - 1e-12) + 1)
+        rank = min(rank, len(s))
+        kept = 1.0 if total == 0 else float(np.sum(s[:rank] ** 2) / total)
+        out.append(Factor(node.name, node.input[1], matrix.shape, rank, kept))
+    return out
+
+
+def factorize(proto: onnx.ModelProto, chosen: list[Factor]) -> onnx.ModelProto:
+    """A copy of `proto` with each layer of `chosen` replaced by its two factors (truncated SVD
+    with the square root of the singular values on each side, computed in float64). Sparse
+    initializers are densified first."""
+    out = densify(proto)
+    graph = out.graph
+    arrays = _constants(out)
+    by_node = {f.node: f for f in chosen}
+    nodes = []
+    for node in graph.node:
+        factor = by_node.get(node.name)
+        if factor is None:
+            nodes.append(node)
+            continue
+        u, s, vt = np.linalg.svd(_as_matrix(node, arrays).astype(np.float64),
+                                 full_matrices=False)
+        root = np.sqrt(s[:factor.rank])
+        a = (root[:, None] * vt[:factor.rank]).astype(np.float32)  # rank x inputs
+        b = (u[:, :factor.rank] * root).astype(np.float32)  # outputs x rank
+        nodes += _factor_nodes(node, arrays[node.input[1]], a, b, graph)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    for v in [v for v in graph.value_info if v.name not in used]:
+        graph.value_info.remove(v)
+    return out
+
+
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return arrays | {s.values.name: to_dense(s) for s in proto.graph.sparse_initializer}
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _as_matrix(node: onnx.NodeProto, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The node's weight as outputs x inputs, or None where it cannot be factored."""
+    if len(node.input) < 2 or node.input[1] not in arrays:
+        return None
+    w, attrs = arrays[node.input[1]], _attrs(node)
+    if node.op_type == "Gemm" and w.ndim == 2 and attrs.get("alpha", 1.0) == 1.0 and \
+            attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0):
+        return w if attrs.get("transB", 0) else w.T
+    if node.op_type == "MatMul" and w.ndim == 2 and node.input[0] not in arrays:
+        return w.T
+    if node.op_type == "Conv" and w.ndim == 4 and attrs.get("group", 1) == 1:
+        return w.reshape(w.shape[0], -1)
+    return None
+
+
+def _factor_nodes(node: onnx.NodeProto, w: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The two nodes computing `node` with its weight replaced by b @ a; their weights are
+    added to `graph` as `<weight>_lowrank_a` and `_b`."""
+    name_a, name_b = f"{node.input[1]}_lowrank_a", f"{node.input[1]}_lowrank_b"
+    middle = f"{node.output[0]}_lowrank"
+    rest = list(node.input[2:])  # the bias
+    if node.op_type == "Gemm":
+        graph.initializer.extend([numpy_helper.from_array(a, name_a),
+                                  numpy_helper.from_array(b, name_b)])
+        return [helper.make_node("Gemm", [node.input[0], name_a], [middle],
+                                 name=f"{node.name}_lowrank_a", transB=1),
+                helper.make_node("Gemm", [middle, name_b, *rest], list(node.output),
+                                 name=f"{node.name}_lowrank_b", transB=1)]
+    if node.op_type == "MatMul":
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(a.T), name_a),
+                                  numpy_helper.from_array(np.ascontiguousarray(b.T), name_b)])
+        return [helper.make_node("MatMul", [node.input[0], name_a], [middle],
+                                 name=f"{node.name}_lowrank_a"),
+                helper.make_node("MatMul", [middle, name_b], list(node.output),
+                                 name=f"{node.name}_lowrank_b")]
+    graph.initializer.extend([numpy_helper.from_array(a.reshape(-1, *w.shape[1:]), name_a),
+                              numpy_helper.from_array(b.reshape(*b.shape, 1, 1), name_b)])
+    attrs = _attrs(node)
+    return [helper.make_node("Conv", [node.input[0], name_a], [middle],
+                             name=f"{node.name}_lowrank_a", **attrs),
+            helper.make_node("Conv", [middle, name_b, *rest], list(node.output),
+                             name=f"{node.name}_lowrank_b", kernel_shape=[1, 1])]

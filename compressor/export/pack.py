@@ -20,6 +20,7 @@ class Format(str, Enum):
     CSR = "csr"  # sparse initializers; compressor.runtime runs sparse layers as CSR
     INT8 = "int8"  # dynamic (Gemm, MatMul) and static (Conv) int8, sparse storage where smaller
     AUTO = "auto"  # per layer, whichever of dense, CSR and int8 is fastest here at --batch
+    LOWRANK = "lowrank"  # layers as two thinner ones (truncated SVD) where smaller and faster
 
 
 
@@ -34,6 +35,7 @@ class KernelRow:
     kernel: str  # dense, int8, scipy or ort-sparse
     times_ms: dict[str, float]  # measured per candidate at the chosen batch (auto, csr)
     why: str
+    rank: int | None = None  # lowrank: the factors' rank (the layer runs as two)
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,12 @@ class Packed:
     note: str  # the whole-model choice (auto), or ""
 
 
+ENERGY = 0.99  # default share of a layer's squared singular values --format lowrank keeps
+
+
 def pack_onnx(model: bytes, fmt: Format, *, batch: int = 1, threads: int = 1,
-              seconds: float = 0.05, calibration: np.ndarray | None = None) -> Packed:
+              seconds: float = 0.05, calibration: np.ndarray | None = None,
+              energy: float = ENERGY) -> Packed:
     """Store the verified float32 export `model` in format `fmt` (see `compressor.formats`):
 
     - dense: as it is (zeros kept);
@@ -59,7 +65,10 @@ def pack_onnx(model: bytes, fmt: Format, *, batch: int = 1, threads: int = 1,
     - auto: per layer, whichever of dense, int8 and the sparse kernels is fastest at `batch`
       with `threads`, then the whole mix is timed against all-dense and all-int8, and the
       fastest of the three is kept (with sparse storage wherever it is smaller: onnxruntime
-      densifies it at load, so it costs no speed).
+      densifies it at load, so it costs no speed);
+    - lowrank: each Gemm, MatMul and ungrouped Conv whose truncated SVD keeping `energy` of the
+      squared singular values has fewer weights, replaced by its two factors where the pair
+      is also faster than the layer at `batch` with `threads` (timed alone); approximate.
     """
     proto = onnx.load_from_string(model)
     if fmt is Format.DENSE:
@@ -68,6 +77,8 @@ def pack_onnx(model: bytes, fmt: Format, *, batch: int = 1, threads: int = 1,
                                    for n, (s, z) in shapes.items()), False, "")
     if fmt is Format.INT8:
         return _int8(proto, "--format int8", calibration=calibration)
+    if fmt is Format.LOWRANK:
+        return _lowrank(proto, energy=energy, batch=batch, threads=threads, seconds=seconds)
     stored = formats.store_sparse(proto)
     if fmt is Format.CSR:
         runtime = SparseModel.load(stored, batch=batch, threads=threads, seconds=seconds)
@@ -84,6 +95,63 @@ def _int8(proto: onnx.ModelProto, why: str, nodes: list[str] | None = None, *,
                            "int8" if n.endswith("_quantized") else "dense", {}, why)
                  for n, (s, z) in formats.sparsity(quantized).items())
     return Packed(quantized.SerializeToString(), rows, False, "")
+
+
+def _lowrank(proto: onnx.ModelProto, *, energy: float, batch: int, threads: int,
+             seconds: float) -> Packed:
+    """Each layer whose factors are smaller, factored where that is faster here, timed alone."""
+    shapes = _input_shapes(proto, batch)
+    chosen, rows = [], []
+    for f in formats.factors(proto, energy=energy):
+        full, factored = f.weights
+        zeros = formats.sparsity(proto).get(f.weight, (f.shape, 0.0))[1]
+        about = f"rank {f.rank} of {min(f.shape)} keeps {f.energy:.2%} of the energy"
+        if factored >= full:
+            rows.append(KernelRow(f.weight, f.shape, zeros, "dense", "dense", {},
+                                  f"{about}: the factors would have {factored:,} weights, "
+                                  f"not fewer than {full:,}"))
+            continue
+        single = _single(proto, f.node, shapes)
+        x = np.random.default_rng(0).random(shapes[single.graph.input[0].name],
+                                            dtype=np.float32)
+        times = {"dense": _whole_ms(single.SerializeToString(), x, threads, seconds),
+                 "lowrank": _whole_ms(formats.factorize(single, [f]).SerializeToString(), x,
+                                      threads, seconds)}
+        faster = times["lowrank"] < times["dense"]
+        chosen += [f] if faster else []
+        rows.append(KernelRow(f.weight, f.shape, zeros, "dense",
+                              f"lowrank r={f.rank}" if faster else "dense", times,
+                              f"{about}, {factored:,} weights instead of {full:,}" +
+                              ("" if faster else "; not faster here: kept"),
+                              f.rank if faster else None))
+    note = f"{len(chosen)} of {len(rows)} layers factored, each keeping {energy:.0%} " \
+        "of its squared singular values"
+    return Packed(formats.factorize(proto, chosen).SerializeToString(), tuple(rows), False, note)
+
+
+def _input_shapes(proto: onnx.ModelProto, batch: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape by shape inference, the batch axis (and any symbolic one) set."""
+    inferred = onnx.shape_inference.infer_shapes(formats.densify(proto))
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else
+                                   batch if i == 0 else 1 for i, d in enumerate(dims))
+    return shapes
+
+
+def _single(proto: onnx.ModelProto, name: str,
+            shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """The node `name` of `proto` alone, as a model reading its first input."""
+    node = next(n for n in proto.graph.node if n.name == name)
+    arrays = {t.name: t for t in formats.densify(proto).graph.initializer}
+    x = node.input[0]
+    return onnx.helper.make_model(onnx.helper.make_graph(
+        [node], name,
+        [onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, list(shapes[x]))],
+        [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)],
+        [arrays[i] for i in node.input[1:] if i in arrays]),
+        opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
 
 
 def _csr(stored: onnx.ModelProto, runtime: SparseModel, *, note: str) -> Packed:

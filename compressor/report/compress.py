@@ -89,6 +89,7 @@ class Report:
     kernels: tuple[KernelRow, ...] = ()  # per weight matrix (formats other than dense)
     runtime: bool = False  # the file needs compressor.runtime for its sparse kernels
     int8_max_abs_diff: float | None = None  # max |int8 - float32 pruned| on the parity inputs
+    lowrank_max_abs_diff: float | None = None  # max |low-rank factors - float32 pruned| alike
     of: str = "weights"  # what the target reduces: weights or flops
     input: ModelInput | None = None  # the written file's input
     options: dict[str, object] | None = None  # every setting used, defaults resolved
@@ -130,6 +131,9 @@ def format_table(r: Report) -> str:
                   f"{r.parity_samples:,} {r.parity_inputs} inputs (float32 export)"]
     if r.int8_max_abs_diff is not None:
         lines += [f"int8: max |int8 - float32| = {r.int8_max_abs_diff:.2g} on the same inputs"]
+    if r.lowrank_max_abs_diff is not None:
+        lines += [f"lowrank: max |factored - float32| = {r.lowrank_max_abs_diff:.2g} on the same "
+                  "inputs"]
     lines += [""] + _kernels(r)
     layer_rows = [("layer", "before", "after", "dead", "")]
     for row in r.layers:

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from compressor.export.verify import run_onnx
 from compressor.graph.capture import export_program
 from compressor.io.data import load_data
+from compressor.measure.onnx_file import flops_per_sample
 from compressor.runtime import session
 from tests.conftest import assert_refused, labelled
 from tests.helpers import save_model
@@ -307,7 +308,8 @@ def test_csr_format_writes_sparse_initializers_and_every_variant(run_cli, tiny_f
     assert {k["storage"] for k in report["kernels"]} <= {"sparse", "dense"}
     assert "format csr" in result.out and report["onnx_bytes"] == out.stat().st_size
     assert sorted(p.name for p in variants.iterdir()) == sorted(
-        f"{v}.onnx" for v in ("dense", "masked", "shrunk", "csr", "int8", "int8-dense"))
+        f"{v}.onnx" for v in ("dense", "masked", "shrunk", "csr", "int8", "int8-dense", "lowrank",
+                          "lowrank-dense"))
     x = labelled()[0][:50]
     outs = {p.stem: session(p.read_bytes()).run(None, {"input": x})[0]
             for p in variants.iterdir()}
@@ -318,10 +320,36 @@ def test_csr_format_writes_sparse_initializers_and_every_variant(run_cli, tiny_f
                     "--batch", "1,8", "--seconds", "0.05", "--no-memory", "--json")
     assert bench.code == 0, bench.err
     rows = {(r["model"], r["batch"]) for r in json.loads(bench.out)["rows"]}
-    names = ["dense", "masked", "shrunk", "csr", "csr (runtime)", "int8", "int8-dense"]
+    names = ["dense", "masked", "shrunk", "csr", "csr (runtime)", "int8", "int8-dense", "lowrank",
+             "lowrank-dense"]
     assert rows == {(n.replace(" ", ".onnx ", 1) if " " in n else f"{n}.onnx", b)
                     for n in names for b in (1, 8)}
 
+
+
+def test_lowrank_format_factors_layers_and_counts_the_file(run_cli, tmp_path):
+    """The shipped paper MLP, pruned by half, packed as truncated SVDs: the report's weights and
+    FLOPs are the written file's (what compress check measures), and its error is reported."""
+    out = tmp_path / "lr.onnx"
+    result = run_cli(REPO / "models" / "paper_mlp.pt", "--arch", "models.mlp:paper_mlp",
+                     "--target", "0.5", "--data", "fashion-mnist", "--epochs", "0",
+                     "--calibration-samples", "500", "--format", "lowrank", "--rank-energy",
+                     "0.8", "--batch", "256", "-o", out, "--no-latency")
+    assert result.code == 0, result.err
+    report = report_of(out)
+    first = report["kernels"][0]
+    assert first["name"] == "0.weight" and first["kernel"] == f"lowrank r={first['rank']}"
+    proto = onnx.load(out)
+    assert report["flops_after"] == flops_per_sample(proto)[0] < 0.5 * report["flops_before"]
+    weights = sum(numpy_helper.to_array(t).size for t in proto.graph.initializer
+                  if len(t.dims) == 2)
+    assert report["weights_after"] == weights < 0.5 * report["weights_before"]
+    check = run_cli("check", out, "--max-flops", report["flops_after"], "--json")
+    assert check.code == 0 and json.loads(check.out)["budgets"][0]["value"] == \
+        report["flops_after"]
+    assert 0 < report["lowrank_max_abs_diff"] and report["int8_max_abs_diff"] is None
+    assert "lowrank: max |factored - float32|" in result.out
+    assert report["accuracy_after"] > 0.6
 
 def test_int8_format_is_quantized_and_close(run_cli, tiny_files):
     out = tiny_files["dir"] / "q.onnx"

@@ -114,3 +114,52 @@ def test_convolutions_are_quantized_statically_only_with_calibration_inputs_but_
     with torch.no_grad():
         expected = net(x)
     assert float((got - expected).abs().max()) < 0.1 * float(expected.abs().max())
+
+
+def _stride_conv_net() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 12, 3, stride=2, padding=1, dilation=1),
+                               torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(12 * 6 * 6, 20), torch.nn.ReLU(),
+                               torch.nn.Linear(20, 5)).eval()
+
+
+def test_factors_at_full_energy_compute_the_same_function():
+    """Gemm, Conv (stride, padding) and their factors: the same outputs at energy 1."""
+    net = _stride_conv_net()
+    x = torch.rand(16, 2, 12, 12)
+    proto = onnx.load_from_string(to_onnx(graph_of(net, x[:2]), x[:2]))
+    found = formats.factors(proto, energy=1.0)
+    assert [f.shape for f in found] == [(12, 18), (20, 432), (5, 20)]
+    assert [f.rank for f in found] == [12, 20, 5]
+    factored = formats.factorize(proto, found)
+    onnx.checker.check_model(factored)
+    ops = [n.op_type for n in factored.graph.node]
+    assert ops.count("Conv") == 2 and ops.count("Gemm") == 4
+    got = run_onnx(session(factored.SerializeToString()), x)
+    with torch.no_grad():
+        assert float((got - net(x)).abs().max()) < 1e-4
+
+
+def test_the_rank_is_the_smallest_keeping_the_energy_and_matmul_factors_on_tokens():
+    rng = np.random.default_rng(0)
+    s = np.array([4.0, 2.0, 1.0, 0.5] + [0.0] * 28)  # energies 16, 4, 1, 0.25 of 21.25
+    u, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    v, _ = np.linalg.qr(rng.standard_normal((24, 24)))
+    w = (u[:, :24] * s[:24]) @ v.T  # [in 32, out 24], as MatMul reads it
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 7, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w.astype(np.float32), "W")])
+    proto = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
+    ranks = {e: formats.factors(proto, energy=e)[0].rank for e in (0.75, 0.76, 0.95, 0.99, 1.0)}
+    assert ranks == {0.75: 1, 0.76: 2, 0.95: 3, 0.99: 4, 1.0: 4}  # 16/21.25 = 0.753
+    (f,) = formats.factors(proto, energy=1.0)
+    assert f.weights == (24 * 32, 4 * (24 + 32))
+    factored = formats.factorize(proto, [f])
+    x = rng.standard_normal((3, 7, 32)).astype(np.float32)
+    assert np.abs(_run(factored.SerializeToString(), x) - x @ w).max() < 1e-4
+    # rank 1 keeps the top singular direction only: the error is the rest of the spectrum
+    low = formats.factorize(proto, formats.factors(proto, energy=0.5))
+    expected = x @ (u[:, :1] * s[:1]) @ v[:, :1].T
+    assert np.abs(_run(low.SerializeToString(), x) - expected).max() < 1e-4
