@@ -8,7 +8,7 @@ FMNIST_DIR ?= $(or $(COMPRESSOR_FASHION_MNIST),/usr/share/datasets/fashion-mnist
 FMNIST := $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench train train-lenet clean
+.PHONY: setup demo test bench paper train train-lenet clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -33,7 +33,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-# benchmarks/results.md (compress with fine-tuning), benchmarks/one_shot.md (no fine-tuning),
+# benchmarks/results.md (compress with fine-tuning), benchmarks/schedule.md (fixed epochs or
+# --recover, 3 seeds; about 15 minutes), benchmarks/one_shot.md (no fine-tuning),
 # benchmarks/ranking.md (--criterion error on wide layers, exact and blocked; about 3 minutes),
 # benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes) and
 # benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes)
@@ -41,11 +42,18 @@ test: setup
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.schedule
 	$(PY) -m benchmarks.one_shot
 	$(PY) -m benchmarks.ranking
 	$(PY) -m benchmarks.sparse
 	$(PY) -m benchmarks.cnn
 	$(PY) -m benchmarks.transformer
+
+# benchmarks/paper.md and benchmarks/paper/*.png: the activation-based pruning paper's tables and
+# figures on the shipped paper MLP, with a verdict on each claim (about 15 minutes on 2 cores).
+paper: setup
+	$(PY) -m pip install --quiet -e '.[plots]'
+	$(PY) -m benchmarks.paper
 
 # Re-train the shipped example weights: the paper MLP (about 40 s on 2 cores), the VGG-style
 # CNN and the ResNet (about 5.5 minutes each), the ViT and its SwiGLU variant (about 5 minutes

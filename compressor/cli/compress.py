@@ -78,6 +78,11 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
 @click.option("--final-epochs", type=click.IntRange(0, 1000),
               help="Most fine-tuning epochs of the last cycle when there are several (its "
                    "--patience grows in proportion).  [default: 3 x --epochs]")
+@click.option("--recover", type=click.FloatRange(0, 100, max_open=True), metavar="PTS",
+              help="Retrain until accuracy recovers (the paper's rule): every cycle but the "
+                   "last fine-tunes until its validation accuracy is within PTS points of the "
+                   "input model's, for at most --final-epochs epochs.  [default: off, --epochs "
+                   "per cycle]")
 @click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Epochs without a better validation accuracy before fine-tuning stops.")
 @click.option("--lr", type=float, default=1e-3, show_default=True,
@@ -152,7 +157,7 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                      score: str, method: str | None, criterion: str | None, compensate: str,
                      merge_threshold: float, align: int, fmt: str, rank_energy: float,
                      variants: Path | None, epochs: int | None, final_epochs: int | None,
-                     patience: int, lr: float, distill: float,
+                     recover: float | None, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, device: str, plots: Path | None, trace_spectra: bool,
                      normalize,
@@ -193,7 +198,7 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                               method=chosen, seed=seed, align=align, of=Of(of), device=device,
                               trace_spectra=trace_spectra),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill,
-                                    final_epochs=final_epochs),
+                                    final_epochs=final_epochs, recover=recover),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
             seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt),

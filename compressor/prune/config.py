@@ -256,6 +256,9 @@ class FinetuneConfig:
         temperature: softening temperature of the distillation.
         final_epochs: most epochs of the last cycle's fine-tuning when there are several
             (its patience grows in proportion); None: FINAL_EPOCHS x `max_epochs`.
+        recover: the paper's retrain-until-recovered rule: every cycle but the last trains
+            until its validation accuracy is within `recover` points of the input model's
+            (at most `final_epochs` epochs, early stopping as usual); None: `max_epochs`.
     """
 
     max_epochs: int | None = None
@@ -265,8 +268,11 @@ class FinetuneConfig:
     distill: float = 0.5
     temperature: float = 4.0
     final_epochs: int | None = None
+    recover: float | None = None
 
     def __post_init__(self) -> None:
+        if self.recover is not None and not (0 <= self.recover < 100):
+            raise ValueError(f"recover must be points of accuracy in [0, 100), got {self.recover}")
         if self.max_epochs is not None and self.max_epochs < 0:
             raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}")
         if self.final_epochs is not None and self.final_epochs < 0:
@@ -298,3 +304,14 @@ class FinetuneConfig:
         final = FINAL_EPOCHS * self.max_epochs if self.final_epochs is None else self.final_epochs
         patience = max(self.patience, math.ceil(self.patience * final / self.max_epochs))
         return replace(self, max_epochs=final, patience=patience)
+
+    def cycle(self, n: int, cycles: int, dense_accuracy: float | None) -> tuple[FinetuneConfig,
+                                                                                 float | None]:
+        """Cycle n of `cycles`'s fine-tuning and the validation accuracy that ends it early
+        (None: none): the last of several cycles trains `last()`; with `recover`, the others
+        train until within `recover` points of `dense_accuracy`, for at most `final_epochs`."""
+        if n == cycles > 1:
+            return self.last(), None
+        if self.recover is None or dense_accuracy is None or not self.max_epochs or cycles == 1:
+            return self, None
+        return replace(self.last(), patience=self.patience), dense_accuracy - self.recover / 100

@@ -16,7 +16,7 @@ from .compensate import Compensated, compensate
 from .config import Compensation, FinetuneConfig, Of, PruneConfig, Score
 from ..errors import UsageError
 from ..io.data import DataSplits
-from .finetune import FinetuneResult, finetune
+from .finetune import FinetuneResult, evaluate, finetune
 from ..graph.capture import get_tensor
 from ..graph import count
 from ..graph.count import weights
@@ -113,6 +113,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     w0 = _measure(gm, found, prune)
     targets = schedule(prune.target, prune.cycles if train else 1)
     calib = splits.train.x[:prune.calibration_samples] if splits else None
+    dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
+        if train and tuning.recover is not None else None
     rows, first = [], []
     spectra = [singular_values(gm, found)] if prune.trace_spectra else []
     for n, target in enumerate(targets, 1):
@@ -134,8 +136,8 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             mask[removed[g.name]] = False
             kept[g.name] = kept[g.name][mask]
         groups = shrink(gm, groups, removed)
-        result = finetune(gm, splits.train, splits.validation,
-                          tuning.last() if n == len(targets) > 1 else tuning, teacher=teacher,
+        tune, goal = tuning.cycle(n, len(targets), dense_accuracy)
+        result = finetune(gm, splits.train, splits.validation, tune, goal=goal, teacher=teacher,
                           seed=seed + n, **_epoch_reports(n, len(targets), log, progress, prune.device)) \
             if train else None
         rows.append(_cycle_row(n, target, 1 - _measure(gm, found, prune) / w0, removed, stats,
@@ -168,6 +170,8 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
     train = splits is not None and splits.labelled and tuning.max_epochs > 0
     targets = schedule(prune.target, prune.cycles if train else 1)
     calib = splits.train.x[:prune.calibration_samples] if splits else None
+    dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
+        if train and tuning.recover is not None else None
     generator = torch.Generator().manual_seed(prune.seed)
     rows, first = [], []
     spectra = [singular_values(gm, found)] if prune.trace_spectra else []
@@ -188,8 +192,8 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
             mask = torch.ones(kept[g.name].numel(), dtype=torch.bool)
             mask[removed[g.name]] = False
             kept[g.name] = kept[g.name][mask]
-        result = finetune(gm, splits.train, splits.validation,
-                          tuning.last() if n == len(targets) > 1 else tuning, teacher=teacher,
+        tune, goal = tuning.cycle(n, len(targets), dense_accuracy)
+        result = finetune(gm, splits.train, splits.validation, tune, goal=goal, teacher=teacher,
                           seed=seed + n, masks=masks(gm, groups),
                           **_epoch_reports(n, len(targets), log, progress, prune.device)) if train else None
         exact = sum(int(r.numel()) for r in removed.values())

@@ -27,7 +27,7 @@ class FinetuneResult:
 
 def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneConfig, *,
              teacher: torch.Tensor | None = None, seed: int = 0,
-             masks: dict[str, torch.Tensor] | None = None,
+             masks: dict[str, torch.Tensor] | None = None, goal: float | None = None,
              log: Callable[[str], None] | None = None,
              progress: Callable[[int, int], None] | None = None,
              device: str = "cpu") -> FinetuneResult:
@@ -47,22 +47,24 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
         seed: seed of the batch order.
         masks: per parameter name, True where the weight may be non-zero: the others are
             zeroed after every step, so pruned weights stay pruned.
+        goal: stop after the first epoch whose validation accuracy reaches it (or starting
+            there: no training).
         log: receives one line per epoch (training loss, validation loss and accuracy).
         progress: receives (samples done, total) during each epoch.
         device: where training runs (the graph is back on the CPU after).
     """
     with on_device(gm, device):
         return _finetune(gm, train, val, config, teacher=teacher, seed=seed, masks=masks,
-                         log=log, progress=progress, device=device)
+                         goal=goal, log=log, progress=progress, device=device)
 
 
 def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneConfig, *,
               teacher: torch.Tensor | None, seed: int, masks: dict[str, torch.Tensor] | None,
-              log: Callable[[str], None] | None, progress: Callable[[int, int], None] | None,
+              goal: float | None, log: Callable[[str], None] | None, progress: Callable[[int, int], None] | None,
               device: str) -> FinetuneResult:
     best_loss, best_acc = evaluate(gm, val, device=device)
     best_state = copy.deepcopy(gm.state_dict())
-    if config.max_epochs == 0:
+    if config.max_epochs == 0 or (goal is not None and best_acc >= goal):
         return FinetuneResult(0, best_loss, best_acc)
     params = dict(gm.named_parameters())
     held = [(params[name], mask.to(device)) for name, mask in (masks or {}).items()]
@@ -98,6 +100,8 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
             best_state = copy.deepcopy(gm.state_dict())
         else:
             stale += 1
+        if goal is not None and best_acc >= goal:
+            break
     gm.load_state_dict(best_state)
     return FinetuneResult(epochs, best_loss, best_acc)
 

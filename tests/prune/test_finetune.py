@@ -65,3 +65,26 @@ def test_distillation_learns_what_the_teacher_says_not_the_labels():
     predicted = student(train.x).argmax(1)
     assert float((predicted == shifted).double().mean()) > 0.7
     assert float((predicted == train.y).double().mean()) < 0.2
+
+
+def test_a_goal_stops_training_at_the_first_epoch_that_reaches_it(monkeypatch):
+    train, val = splits()
+    gm = graph_of(tiny(), train.x[:2])
+    scripted = iter([(1.0, 0.50), (0.8, 0.70), (0.7, 0.80), (0.6, 0.90)])  # before, epochs 1-3
+    monkeypatch.setattr(finetune_module, "evaluate", lambda model, data, **_: next(scripted))
+    result = finetune(gm, train, val, FinetuneConfig(max_epochs=6, patience=3), goal=0.75)
+    assert (result.epochs, result.val_accuracy) == (2, 0.80)  # epoch 3 never runs
+    scripted = iter([(1.0, 0.50)])
+    assert finetune(gm, train, val, FinetuneConfig(max_epochs=6), goal=0.5).epochs == 0
+
+
+def test_recover_trains_every_cycle_but_the_last_until_the_goal():
+    tuning = FinetuneConfig(max_epochs=6, patience=3, recover=0.5)
+    assert tuning.cycle(1, 5, 0.9) == (FinetuneConfig(max_epochs=18, patience=3, recover=0.5),
+                                       0.9 - 0.005)
+    last, goal = tuning.cycle(5, 5, 0.9)
+    assert (last.max_epochs, last.patience, goal) == (18, 9, None)  # as without --recover
+    assert tuning.cycle(1, 1, 0.9) == (tuning, None)  # one cycle: it is the last
+    plain = FinetuneConfig(max_epochs=6)
+    assert plain.cycle(1, 5, 0.9) == (plain, None)
+    assert plain.cycle(5, 5, 0.9) == (plain.last(), None)
