@@ -176,8 +176,8 @@ INT8_CALIBRATION = 1_000  # inputs the activation ranges of int8 convolutions ar
 def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, config: CompressConfig,
           log: Log, calibration: torch.Tensor) -> tuple[Packed, float | None]:
     """The verified export in `config.format`, checked against `gm` on `x`; with the max
-    |packed - float32| difference for int8 and low-rank files (whose convolutions take their activation
-    ranges from the `calibration` inputs)."""
+    |packed - float32| difference for int8 and low-rank files (int8 convolutions take their
+    activation ranges from the `calibration` inputs)."""
     if config.format is Format.DENSE:
         return pack_onnx(onnx_pruned, Format.DENSE), None
     log(f"packing as {config.format.value}" + (

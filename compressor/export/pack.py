@@ -101,17 +101,19 @@ def _lowrank(proto: onnx.ModelProto, *, energy: float, batch: int, threads: int,
              seconds: float) -> Packed:
     """Each layer whose factors are smaller, factored where that is faster here, timed alone."""
     shapes = _input_shapes(proto, batch)
+    dense = formats.densify(proto)
+    sparsity = formats.sparsity(dense)
     chosen, rows = [], []
-    for f in formats.factors(proto, energy=energy):
+    for f in formats.factors(dense, energy=energy):
         full, factored = f.weights
-        zeros = formats.sparsity(proto).get(f.weight, (f.shape, 0.0))[1]
+        zeros = sparsity.get(f.weight, (f.shape, 0.0))[1]
         about = f"rank {f.rank} of {min(f.shape)} keeps {f.energy:.2%} of the energy"
         if factored >= full:
             rows.append(KernelRow(f.weight, f.shape, zeros, "dense", "dense", {},
                                   f"{about}: the factors would have {factored:,} weights, "
                                   f"not fewer than {full:,}"))
             continue
-        single = _single(proto, f.node, shapes)
+        single = _single(dense, f.node, shapes)
         x = np.random.default_rng(0).random(shapes[single.graph.input[0].name],
                                             dtype=np.float32)
         times = {"dense": _whole_ms(single.SerializeToString(), x, threads, seconds),
@@ -126,7 +128,7 @@ def _lowrank(proto: onnx.ModelProto, *, energy: float, batch: int, threads: int,
                               f.rank if faster else None))
     note = f"{len(chosen)} of {len(rows)} layers factored, each keeping {energy:.0%} " \
         "of its squared singular values"
-    return Packed(formats.factorize(proto, chosen).SerializeToString(), tuple(rows), False, note)
+    return Packed(formats.factorize(dense, chosen).SerializeToString(), tuple(rows), False, note)
 
 
 def _input_shapes(proto: onnx.ModelProto, batch: int) -> dict[str, tuple[int, ...]]:
@@ -142,9 +144,9 @@ def _input_shapes(proto: onnx.ModelProto, batch: int) -> dict[str, tuple[int, ..
 
 def _single(proto: onnx.ModelProto, name: str,
             shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """The node `name` of `proto` alone, as a model reading its first input."""
+    """The node `name` of the densified `proto` alone, as a model reading its first input."""
     node = next(n for n in proto.graph.node if n.name == name)
-    arrays = {t.name: t for t in formats.densify(proto).graph.initializer}
+    arrays = {t.name: t for t in proto.graph.initializer}
     x = node.input[0]
     return onnx.helper.make_model(onnx.helper.make_graph(
         [node], name,

@@ -20,8 +20,9 @@ def variants(onnx_dense: bytes, onnx_pruned: bytes, masked: fx.GraphModule,
     """ONNX bytes per variant name: the input model's dense export, the pruned model at its
     original shapes with zeros (masked), physically shrunk (zeros kept), sparse storage, int8
     of the pruned model, int8 of the dense input, and the pruned and the dense input's layers
-    factored by truncated SVD keeping `energy` (where smaller and faster at `batch`). The masked and csr files are verified
-    against `pruned` on `x` (they compute the same function as the verified export).
+    factored by truncated SVD keeping `energy` (where smaller and faster at `batch`). The
+    masked and csr files are verified against `pruned` on `x` (they compute the same function
+    as the verified export).
 
     Args:
         onnx_dense, onnx_pruned: the verified exports of the input and the pruned model.
