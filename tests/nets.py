@@ -147,6 +147,79 @@ class Concat(nn.Module):
         return self.head(torch.relu(self.c(y)).mean(dim=(2, 3)))
 
 
+class Inception(nn.Module):
+    """A stem and three branches (1x1, 3x3, pool then 1x1) concatenated on the channel axis,
+    pooled, flattened into a Linear head: each branch owns 6x6 columns per channel there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.b1 = nn.Conv2d(6, 4, 1)
+        self.b3 = nn.Conv2d(6, 5, 3, padding=1)
+        self.bp = nn.Conv2d(6, 3, 1)
+        self.head = nn.Linear(12 * 6 * 6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1)
+        y = torch.cat([F.relu(self.b1(x)), F.relu(self.b3(x)), F.relu(self.bp(pooled))], 1)
+        return self.head(torch.flatten(F.max_pool2d(y, 2), 1))
+
+
+class DenseBlock(nn.Module):
+    """DenseNet-style (post-activation): every layer reads the concatenation of the stem's
+    and all earlier layers' channels (cats of cats), then a 1x1 transition and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.l1 = nn.Conv2d(4, 3, 3, padding=1)
+        self.l2 = nn.Conv2d(7, 3, 3, padding=1)
+        self.transition = nn.Conv2d(10, 6, 1)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = F.relu(self.stem(x))
+        x01 = torch.cat([x0, F.relu(self.l1(x0))], 1)
+        x012 = torch.cat([x01, F.relu(self.l2(x01))], 1)
+        return self.head(F.relu(self.transition(x012)).mean(dim=(2, 3)))
+
+
+class InputSkip(nn.Module):
+    """The model's input concatenated before a layer's channels (a U-Net-like skip): the
+    input's channel stays, the layer's channels sit behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(1, 5, 3, padding=1)
+        self.c = nn.Conv2d(6, 4, 3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(torch.cat([x, F.relu(self.a(x))], 1))
+        return self.head(F.relu(y).mean(dim=(2, 3)))
+
+
+class CatBeforeActivation(nn.Module):
+    """Two convs concatenated before their ReLU, the cat added to a third conv: neither
+    can be pruned (no activation of one layer's channels alone; an add behind a cat)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 3, 3, padding=1)
+        self.c, self.d = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(1, 6, 3, padding=1)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(torch.cat([self.a(x), self.b(x)], 1))
+        z = torch.cat([F.relu(self.c(x))], 1) + F.relu(self.d(x))
+        return self.head(torch.cat([y, z], 1).mean(dim=(2, 3)))
+
+
 class Depthwise(nn.Module):
     """A depthwise-separable block: the depthwise conv ties its input and output channels."""
 

@@ -19,15 +19,23 @@ from .capture import get_tensor, set_tensor
 @dataclass(frozen=True)
 class Slice:
     """Entries of tensor `param` along `axis` owned by the units: unit j owns entries
-    [j*block, (j+1)*block) (block > 1 after a Flatten, where a channel owns H*W columns)."""
+    [offset + j*block, offset + (j+1)*block) (block > 1 after a Flatten, where a channel owns
+    H*W columns; offset > 0 where a channel `cat` puts other layers' channels before them)."""
 
     param: str
     axis: int
     block: int = 1
+    offset: int = 0
 
     def entries(self, units: torch.Tensor) -> torch.Tensor:
         """Indices along `axis` of the entries units `units` own."""
-        return (units.to(torch.int64)[:, None] * self.block + torch.arange(self.block)).reshape(-1)
+        return self.offset + (units.to(torch.int64)[:, None] * self.block +
+                              torch.arange(self.block)).reshape(-1)
+
+    def rows(self, tensor: torch.Tensor, size: int) -> torch.Tensor:
+        """The entries of `tensor` the `size` units own, one row per unit: [size, -1]."""
+        return tensor.movedim(self.axis, 0).narrow(0, self.offset, size * self.block) \
+            .reshape(size, -1)
 
 
 @dataclass(frozen=True)
@@ -82,18 +90,40 @@ class PrunableGroup:
         return self.weights + self.biases + self.consumers
 
 
-def take(gm: fx.GraphModule, group: PrunableGroup, keep: torch.Tensor) -> PrunableGroup:
-    """Physically keep only units `keep` (sorted indices) of `group`; return the resized group."""
-    keep = keep.to(torch.int64)
-    for s in group.slices:
-        index = s.entries(keep)
-        set_tensor(gm, s.param, get_tensor(gm, s.param).index_select(s.axis, index))
+def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
+         keep: dict[str, torch.Tensor]) -> tuple[PrunableGroup, ...]:
+    """Physically keep only units `keep[g]` (sorted indices) of each group named in `keep`;
+    return every group of `groups` resized, with its offsets moved where a tensor it shares
+    with other groups (a consumer of a channel `cat`) lost entries before its own."""
+    kept: dict[tuple[str, int], torch.Tensor] = {}  # per tensor and axis: entries that stay
+    for g in groups:
+        if g.name not in keep:
+            continue
+        gone = torch.ones(g.size, dtype=torch.bool)
+        gone[keep[g.name].to(torch.int64)] = False
+        for s in g.slices:
+            if (s.param, s.axis) not in kept:
+                length = get_tensor(gm, s.param).shape[s.axis]
+                kept[s.param, s.axis] = torch.ones(length, dtype=torch.bool)
+            kept[s.param, s.axis][s.entries(gone.nonzero().flatten())] = False
+    for (param, axis), mask in kept.items():
+        set_tensor(gm, param, get_tensor(gm, param).index_select(axis, mask.nonzero().flatten()))
+    sizes = {g.name: int(keep[g.name].numel()) if g.name in keep else g.size for g in groups}
     for node in gm.graph.nodes:
-        if node.name in group.grouped_nodes:
-            args = list(node.args) + [1] * max(0, 7 - len(node.args))
-            args[6] = int(keep.numel())
-            node.args = tuple(args)
-    return replace(group, size=int(keep.numel()))
+        for g in groups:
+            if node.name in g.grouped_nodes:
+                args = list(node.args) + [1] * max(0, 7 - len(node.args))
+                args[6] = sizes[g.name]
+                node.args = tuple(args)
+
+    def moved(s: Slice) -> Slice:
+        mask = kept.get((s.param, s.axis))
+        return s if mask is None or s.offset == 0 else \
+            replace(s, offset=int(mask[:s.offset].sum()))
+
+    return tuple(replace(g, size=sizes[g.name], weights=tuple(map(moved, g.weights)),
+                         biases=tuple(map(moved, g.biases)),
+                         consumers=tuple(map(moved, g.consumers))) for g in groups)
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
@@ -104,8 +134,7 @@ def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
         return torch.full((group.size,), float("nan"), dtype=torch.float64)
     connected = torch.zeros(group.size, dtype=torch.bool)
     for s in group.weights:
-        w = get_tensor(gm, s.param).detach().movedim(s.axis, 0).reshape(group.size, -1)
-        connected |= (w != 0).any(dim=1)
+        connected |= (s.rows(get_tensor(gm, s.param).detach(), group.size) != 0).any(dim=1)
     value = torch.zeros(group.size, dtype=torch.float64)
     for s in group.biases:
         value += get_tensor(gm, s.param).detach().double()
@@ -119,7 +148,7 @@ def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
 
 def unit_rows(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
     """Per unit, everything that produces it, as one float64 row: [weights | biases]."""
-    parts = [get_tensor(gm, s.param).detach().double().movedim(s.axis, 0).reshape(group.size, -1)
+    parts = [s.rows(get_tensor(gm, s.param).detach().double(), group.size)
              for s in group.weights + group.biases]
     return torch.cat(parts, dim=1)
 
@@ -164,15 +193,17 @@ def zero_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.Tensor
 
 def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup],
                  sizes: dict[str, int], costs: dict[str, int] | None = None) -> int:
-    """Number of weight entries of tensors `shapes` when each group has `sizes[group]` units,
-    each entry of tensor p counted `costs[p]` times (default once; its output positions to
-    count FLOPs / 2)."""
-    axes: dict[str, dict[int, int]] = {}
+    """Number of weight entries of tensors `shapes` (the groups' current shapes) when each
+    group has `sizes[group]` units, each entry of tensor p counted `costs[p]` times (default
+    once; its output positions to count FLOPs / 2). An axis several groups share (a consumer
+    of a channel `cat`) loses what each of them loses."""
+    lost: dict[str, dict[int, int]] = {}
     for g in groups:
         for s in g.weights + g.consumers:
-            axes.setdefault(s.param, {})[s.axis] = sizes[g.name] * s.block
+            axis = lost.setdefault(s.param, {})
+            axis[s.axis] = axis.get(s.axis, 0) + (g.size - sizes[g.name]) * s.block
     total = 0
     for param, shape in shapes.items():
-        dims = [axes.get(param, {}).get(i, n) for i, n in enumerate(shape)]
+        dims = [n - lost.get(param, {}).get(i, 0) for i, n in enumerate(shape)]
         total += math.prod(dims) * (costs.get(param, 1) if costs else 1)
     return total

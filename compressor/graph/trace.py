@@ -5,7 +5,8 @@ A channel space starts at a producer's output (Linear out-features, Conv out-cha
 flows to its consumers' inputs through ops that carry channels unchanged (elementwise
 activations, identity ops, Dropout, pooling). Flatten sets `block` (a channel owns H*W columns
 of the next Linear); a residual `add` joins the spaces of its inputs into one group, whose units
-are removed from every producer and consumer together. A space is pruned only if every consumer
+are removed from every producer and consumer together; a `cat` on the channel axis keeps each
+input's space apart, at an offset in what its consumers read. A space is pruned only if every consumer
 reads it through an elementwise activation after the last join (ReLU, GELU, SiLU, ...: see
 `ops.ACTIVATIONS`; each unit reaches the consumer through its own output alone) and every op on
 the way is understood; otherwise its layers stay dense with the reason in the report.
@@ -151,6 +152,7 @@ class _Consumer:
     activation: str  # the activation node it reads the space through (where units are counted)
     functions: tuple[str, ...]  # every activation node from the last join to it, in order
     axis: int = 1  # the axis of the units in the activation node's output
+    offset: int = 0  # where the units' entries start in its input (behind a channel cat)
 
 
 @dataclass
@@ -169,6 +171,7 @@ class _Spaces:
         self.parent: dict[str, str] = {}
         self.spaces: dict[str, _Space] = {}
         self.attention = attention  # nodes between a layer and the attention it feeds
+        self.cats: set[str] = set()  # channel cats the current walk has passed
 
     def find(self, name: str) -> str:
         while self.parent[name] != name:
@@ -208,6 +211,7 @@ class _Spaces:
     def walk(self, producer: fx.Node) -> None:
         """Follow `producer`'s channels to every consumer, joining spaces at residual adds."""
         root = self.add(producer)
+        self.cats = set()
         axis = 1 if producer.target in CONV else _ndim(producer) - 1
         todo = [_At(producer, 1, (), axis, axis)]
         seen: set[str] = set()
@@ -226,6 +230,11 @@ class _Spaces:
     def _step(self, root: str, at: _At, user: fx.Node, readers: int) -> _At | None:
         node, block = at.node, at.block
         acts = [a for a in at.acts if not _scaling(a)]  # the activations (for messages)
+        behind = at.counts is not None  # behind a channel cat: other layers' channels beside
+        if behind and not _after_cat(user, at):
+            self.fail(root, f"its concatenated output feeds {_op_name(user)}, which the tracer "
+                            "follows only for the output of one layer")
+            return None
         if user.op == "output":
             self.fail(root, OUTPUT_LAYER if not acts else "its activation is the model's output")
             return None
@@ -236,7 +245,8 @@ class _Spaces:
                 return None
             return replace(at, node=user)  # each unit (a token) normalised on its own
         if user.target in ACTIVATIONS:
-            return replace(at, node=user, acts=(*at.acts, user), counted=at.axis)
+            return replace(at, node=user, acts=(*at.acts, user),
+                           counted=at.counted if behind else at.axis)
         if user.target in MUL:
             return self._gate(root, at, user)
         if user.target in IDENTITY or (user.target in POOL and at.axis == 1):
@@ -250,11 +260,13 @@ class _Spaces:
         if user.target in FLATTEN and at.axis == 1:
             flat = _flattened_block(node, user)
             if flat is not None:
-                return replace(at, node=user, block=block * flat)
+                return replace(at, node=user, block=block * flat, offset=at.offset * flat)
         if user.target in ADD:
             return self._join(root, at, user)
         if user.target in CAT and _cat_dim(user) != at.axis:
             return self._append(root, at, user)
+        if user.target in CAT:
+            return self._concat(root, at, user)
         if user.target in CONV and user.args[0] is node and _depthwise(user) and block == 1 \
                 and at.axis == 1:
             space = self.spaces[self.find(root)]  # it filters each unit alone: carries them on
@@ -281,7 +293,8 @@ class _Spaces:
         return None
 
     def _consume(self, root: str, at: _At, user: fx.Node) -> None:
-        counted = [a for a in at.acts if not _scaling(a)]
+        counted = [a for a in at.acts[:at.counts] if not _scaling(a)]
+        known = self.spaces[self.find(root)].consumers.get(user.name)
         if not counted:
             self.fail(root, f"its output reaches {user.name} without an activation")
         elif user.target in CONV and (at.block != 1 or _groups(user) != 1 or at.axis != 1):
@@ -289,9 +302,35 @@ class _Spaces:
         elif user.target is LINEAR and at.axis != _ndim(at.node) - 1:
             self.fail(root, f"its output reaches {user.name} with its features on axis "
                             f"{at.axis} of {_shape(at.node)}, not the last")
+        elif known is not None and (known.offset, known.block) != (at.offset, at.block):
+            self.fail(root, f"{user.name} reads its channels twice (through a cat)")
         else:
             self.spaces[self.find(root)].consumers[user.name] = _Consumer(
-                user, at.block, counted[-1].name, tuple(a.name for a in at.acts), at.counted)
+                user, at.block, counted[-1].name, tuple(a.name for a in at.acts), at.counted,
+                at.offset)
+        return None
+
+    def _concat(self, root: str, at: _At, cat: fx.Node) -> _At | None:
+        """A `cat` along the units' axis (Inception branches, U-Net skips, DenseNet layers):
+        the units keep their own space, behind the channels of the operands before them;
+        the consumers read them at that offset (which moves when those operands shrink). They
+        are counted at their last activation before the first such cat, where its output
+        holds their channels alone."""
+        operands = list(cat.args[0])
+        widths = [_width(o, at.axis) for o in operands[:operands.index(at.node)]]
+        if at.block != 1:
+            self.fail(root, "its flattened output is concatenated with other tensors")
+        elif cat.name in self.cats or operands.count(at.node) != 1:
+            self.fail(root, f"its channels reach {cat.name} more than once")
+        elif None in widths:
+            self.fail(root, f"it is concatenated after a tensor of unknown width in {cat.name}")
+        elif not [a for a in at.acts[:at.counts] if not _scaling(a)]:
+            self.fail(root, f"its output is concatenated ({cat.name}) before an activation, "
+                            "where its channels cannot be counted apart from the others")
+        else:
+            self.cats.add(cat.name)
+            return replace(at, node=cat, offset=at.offset + sum(widths),
+                           counts=len(at.acts) if at.counts is None else at.counts)
         return None
 
     def _join(self, root: str, at: _At, add: fx.Node) -> _At | None:
@@ -353,14 +392,17 @@ class _Spaces:
 @dataclass(frozen=True)
 class _At:
     """Where a walk is: a node carrying the space's units, `block` columns each, on `axis` of
-    its output; the activations passed since the last join, and the axis of the units on the
-    last of them (where they are counted)."""
+    its output from `offset` on; the activations passed since the last join, and the axis of
+    the units on the last of them (where they are counted; behind a channel cat, the last
+    before it)."""
 
     node: fx.Node
     block: int
     acts: tuple[fx.Node, ...]
     axis: int
     counted: int
+    offset: int = 0  # where the units' entries start on `axis` (behind a channel cat)
+    counts: int | None = None  # behind a channel cat: how many of `acts` came before it
 
 
 LINEAR_OR_CONV = (LINEAR, *CONV)
@@ -427,6 +469,29 @@ def _moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
         if len(after) >= len(tail) and after[len(after) - len(tail):] == tail:
             return len(after) - len(tail)
     return None
+
+
+def _after_cat(user: fx.Node, at: _At) -> bool:
+    """Whether the walk can go on from a channel cat's output `node` to `user`: ops that act
+    on each channel alone or read them as columns (activations, identity, pooling, Flatten,
+    axis moves, scaling by a number, Linear and ungrouped convolutions, further channel cats)."""
+    if user.op == "output" or user.target in ACTIVATIONS or user.target in IDENTITY or \
+            user.target in POOL or user.target in FLATTEN or user.target in TRANSPOSE or \
+            user.target is MEAN or (user.target in CAT and _cat_dim(user) == at.axis):
+        return True
+    if user.target in MUL:
+        return not any(isinstance(a, fx.Node) for a in user.args if a is not at.node)
+    return (user.target is LINEAR or user.target in CONV) and not (
+        user.target in CONV and _groups(user) != 1)
+
+
+def _width(node: object, axis: int) -> int | None:
+    """The size of `axis` of a node's output, if known and not symbolic."""
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    try:
+        return None if val is None else int(val.shape[axis])
+    except (TypeError, ValueError):
+        return None
 
 
 def _normalised(norm: fx.Node, axis: int) -> bool:
@@ -564,7 +629,7 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
         biases=biases,
         activations=tuple(counted),
         axes=tuple(counted.values()),
-        consumers=tuple(Slice(c.node.args[1].target, 1, c.block) for c in consumers),
+        consumers=tuple(Slice(c.node.args[1].target, 1, c.block, c.offset) for c in consumers),
         consumer_biases=tuple(consumer_biases),
         consumer_nodes=tuple(c.node.name for c in consumers),
         exact_constants=exact,

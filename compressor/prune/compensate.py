@@ -17,7 +17,7 @@ from .config import Compensation, PruneConfig
 from ..graph.groups import (PrunableGroup, constant_outputs, fold_into_consumers, merge_into,
                      unit_rows, zero_consumers)
 from ..graph.ops import HOMOGENEOUS
-from .lsq import refit_consumers
+from .lsq import refit_consumer
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
             (Compensation.LSQ in modes.values() and x is None):
         raise ValueError(f"compensation {config.compensate.value} needs calibration data")
     lsq = Compensation.LSQ in modes.values()
+    lsq_last = {}  # per consumer: the last group that reads into it, where it is refitted
+    for g in groups:
+        if modes[g.name] is Compensation.LSQ:
+            lsq_last.update((name, g.name) for name in g.consumer_nodes)
     reference = copy.deepcopy(gm) if lsq else None
     # merge matches on the rows as they were before any group changed (as Kim et al.'s code)
     rows = {g.name: unit_rows(gm, g) for g in groups if modes[g.name] is Compensation.MERGE}
@@ -79,12 +83,25 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
                         config.merge_threshold) if mode is Compensation.MERGE else 0
         zero_consumers(gm, g, units)
         if mode is Compensation.LSQ:
-            refit_consumers(gm, reference, g, keep, x, ridge=config.ridge, device=config.device,
-                            batch_size=config.batch_size)
+            _refit(gm, reference, g, groups, removed, x, config, refit=lsq_last)
         done[g.name] = Compensated(int(is_constant.sum()), merged)
         if progress is not None:
             progress(len(done), len(groups))
     return done
+
+
+def _refit(gm: fx.GraphModule, reference: fx.GraphModule, group: PrunableGroup,
+           groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
+           x: torch.Tensor, config: PruneConfig, *, refit: dict[str, str]) -> None:
+    """lsq: refit each consumer of `group` that no later group reads into (a consumer of a
+    channel `cat` waits for the last of its groups), without the columns any group drops."""
+    for bias_name, name in zip(group.consumer_biases, group.consumer_nodes):
+        if refit[name] != group.name:
+            continue
+        dropped = [s.entries(removed[g.name]) for g in groups
+                   for s, node in zip(g.consumers, g.consumer_nodes) if node == name]
+        refit_consumer(gm, reference, name, bias_name, torch.cat(dropped), x, ridge=config.ridge,
+                       batch_size=config.batch_size, device=config.device)
 
 
 def _merge(gm: fx.GraphModule, group: PrunableGroup, rows: torch.Tensor, units: torch.Tensor,

@@ -15,45 +15,40 @@ from ..graph.groups import PrunableGroup, Slice
 from ..graph.ops import CONV, LINEAR
 
 
-def refit_consumers(gm: fx.GraphModule, reference: fx.GraphModule, group: PrunableGroup,
-                    keep: torch.Tensor, x: torch.Tensor, *, ridge: float,
-                    batch_size: int = 1000, device: str = "cpu") -> None:
-    """Refit the weights and bias of every layer that reads `group`, from its kept units only.
+def refit_consumer(gm: fx.GraphModule, reference: fx.GraphModule, name: str, bias_name: str,
+                   dropped: torch.Tensor, x: torch.Tensor, *, ridge: float,
+                   batch_size: int = 1000, device: str = "cpu") -> None:
+    """Refit the weights and bias of layer `name` without its input columns `dropped`.
 
-    The target is each consumer's pre-activation in `reference` (the network before this round
-    of pruning); the inputs are what the consumer reads in `gm`, in which every earlier group is
-    already pruned and refitted: the kept units' activations for a Linear (H*W columns each
-    after a Flatten), their unfolded patches (kh*kw columns each) for a convolution. Removed
-    units' columns become zero.
+    The target is the layer's pre-activation in `reference` (the network before this round
+    of pruning); the inputs are what it reads in `gm`, in which every earlier layer is already
+    pruned and refitted: its input features for a Linear (H*W columns per channel after a
+    Flatten), their unfolded patches (kh*kw columns per channel) for a convolution. Every
+    column it keeps takes part, whichever layer it comes from (a consumer of a channel `cat`
+    reads several); the dropped columns become zero.
 
     Args:
         gm: the working graph, modified in place.
         reference: the same graph before pruning (same tensor and node names and shapes).
-        group: the group whose consumers are refitted.
-        keep: sorted indices of the units that stay.
+        name: the Linear or 2-D convolution node to refit.
+        bias_name: its bias tensor.
+        dropped: indices along its weight's input axis (features or channels) that go.
         x: calibration inputs.
         ridge: regularisation towards the current weights, relative to the mean input variance.
         batch_size: samples per forward pass.
         device: where the forward passes run (the sums are kept in float64 on the CPU).
     """
-    nodes = {n.name: n for n in gm.graph.nodes}
-    for s, bias_name, name in zip(group.consumers, group.consumer_biases, group.consumer_nodes,
-                                  strict=True):
-        layer = nodes[name]
-        if layer.target in CONV and len(get_tensor(gm, s.param).shape) != 4:
-            raise ValueError(f"lsq refits 2-D convolutions and Linear layers, not {name}")
-        _refit(gm, reference, layer, s, bias_name, keep, x, ridge=ridge, batch_size=batch_size,
-               device=device)
-
-
-def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Slice,
-           bias_name: str, keep: torch.Tensor, x: torch.Tensor, *, ridge: float,
-           batch_size: int, device: str) -> None:
-    w = get_tensor(gm, s.param).detach()
-    w_ref = get_tensor(reference, s.param).detach().double().reshape(w.shape[0], -1)
+    layer = next(n for n in gm.graph.nodes if n.name == name)
+    param = layer.args[1].target
+    w = get_tensor(gm, param).detach()
+    if layer.target in CONV and w.ndim != 4:
+        raise ValueError(f"lsq refits 2-D convolutions and Linear layers, not {name}")
+    stays = torch.ones(w.shape[1], dtype=torch.bool)
+    stays[dropped.to(torch.int64)] = False
+    taps = 1 if layer.target is LINEAR else math.prod(w.shape[2:])
+    columns = Slice(param, 1, taps).entries(stays.nonzero().flatten())
+    w_ref = get_tensor(reference, param).detach().double().reshape(w.shape[0], -1)
     b_ref = get_tensor(reference, bias_name).detach().double()
-    block = s.block if layer.target is LINEAR else math.prod(w.shape[2:])
-    columns = Slice(s.param, 1, block).entries(keep)
     moments = _Moments(columns.numel(), w_ref.shape[0])
     inputs = layer.args[0].name
     pruned, original = outputs_of(gm, [inputs]), outputs_of(reference, [inputs])
@@ -74,7 +69,7 @@ def _refit(gm: fx.GraphModule, reference: fx.GraphModule, layer: fx.Node, s: Sli
     fitted, bias = moments.solve(prior, ridge)
     new = torch.zeros_like(w.double().reshape(w.shape[0], -1))
     new[:, columns] = fitted.T
-    set_tensor(gm, s.param, new.reshape(w.shape).to(w.dtype))
+    set_tensor(gm, param, new.reshape(w.shape).to(w.dtype))
     set_tensor(gm, bias_name, bias.to(get_tensor(gm, bias_name).dtype))
 
 

@@ -87,8 +87,7 @@ def consumer_norms(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
     consumer, all kernel taps and Flatten positions)."""
     total = torch.zeros(group.size, dtype=torch.float64)
     for s in group.consumers:
-        w = get_tensor(gm, s.param).detach().double().movedim(s.axis, 0)
-        total += (w.reshape(group.size, -1) ** 2).sum(1)
+        total += (s.rows(get_tensor(gm, s.param).detach().double(), group.size) ** 2).sum(1)
     return total.sqrt()
 
 

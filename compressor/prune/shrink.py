@@ -8,19 +8,20 @@ import torch
 from torch import fx
 
 from ..graph.capture import set_tensor
-from ..graph.groups import PrunableGroup, take
+from ..graph.groups import PrunableGroup, Slice, take
 
 
 def shrink(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
            removed: dict[str, torch.Tensor]) -> tuple[PrunableGroup, ...]:
     """Remove units `removed[group]` from every tensor of each group; return the resized groups."""
-    resized = []
+    keep = {}
     for g in groups:
-        keep = torch.ones(g.size, dtype=torch.bool)
-        keep[removed[g.name]] = False
-        resized.append(take(gm, g, keep.nonzero().flatten()))
+        mask = torch.ones(g.size, dtype=torch.bool)
+        mask[removed[g.name]] = False
+        keep[g.name] = mask.nonzero().flatten()
+    resized = take(gm, groups, keep)
     gm.recompile()
-    return tuple(resized)
+    return resized
 
 
 def expand(groups: tuple[PrunableGroup, ...], pruned: fx.GraphModule,
@@ -31,16 +32,25 @@ def expand(groups: tuple[PrunableGroup, ...], pruned: fx.GraphModule,
     removed unit has no weights and a zero bias, so it outputs 0, and whatever constant it
     had was folded into the next bias before it was removed."""
     out = copy.deepcopy(pruned)
-    index: dict[str, dict[int, tuple[torch.Tensor, int]]] = {}
+    owners: dict[tuple[str, int], list[tuple[Slice, PrunableGroup]]] = {}
     for g in groups:
-        units = kept[g.name].to(torch.int64)
         for sl in g.slices:
-            index.setdefault(sl.param, {})[sl.axis] = (sl.entries(units), g.size * sl.block)
+            owners.setdefault((sl.param, sl.axis), []).append((sl, g))
     for name, small in pruned.named_parameters():
-        axes = index.get(name, {})
-        shape = [axes[a][1] if a in axes else n for a, n in enumerate(small.shape)]
+        index, shape = {}, list(small.shape)
+        for axis in range(small.ndim):
+            slices = owners.get((name, axis), [])
+            if not slices:
+                continue
+            shape[axis] += sum((g.size - kept[g.name].numel()) * sl.block for sl, g in slices)
+            stays = torch.ones(shape[axis], dtype=torch.bool)  # entries no group owns stay
+            for sl, g in slices:
+                gone = torch.ones(g.size, dtype=torch.bool)
+                gone[kept[g.name].to(torch.int64)] = False
+                stays[sl.entries(gone.nonzero().flatten())] = False
+            index[axis] = stays.nonzero().flatten()
         full = torch.zeros(shape, dtype=small.dtype)
-        ix = tuple(axes[a][0] if a in axes else torch.arange(n) for a, n in enumerate(shape))
+        ix = tuple(index.get(a, torch.arange(n)) for a, n in enumerate(shape))
         full[torch.meshgrid(*ix, indexing="ij")] = small.detach()
         set_tensor(out, name, full)
     out.recompile()

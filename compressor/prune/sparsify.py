@@ -120,8 +120,7 @@ def harvest(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         for side in (g.weights, g.consumers):
             connected = torch.zeros(g.size, dtype=torch.bool)
             for s in side:
-                w = get_tensor(gm, s.param).detach().movedim(s.axis, 0)
-                connected |= (w.reshape(g.size, s.block, -1) != 0).flatten(1).any(dim=1)
+                connected |= (s.rows(get_tensor(gm, s.param).detach(), g.size) != 0).any(dim=1)
             silent |= ~connected
         if bool(silent.all()):
             silent[0] = False  # a layer keeps one (constant) neuron: the graph stays whole

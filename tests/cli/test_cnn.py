@@ -13,7 +13,7 @@ import torch
 
 from compressor.measure.onnx_file import flops_per_sample
 from tests.helpers import save_model
-from tests.nets import SmallCNN, small_resnet
+from tests.nets import DenseBlock, Inception, SmallCNN, small_resnet
 
 FAST = ("--no-latency", "--quiet")
 
@@ -26,14 +26,18 @@ def cnn_files(tmp_path: Path) -> dict[str, Path]:
     x = g.random((400, 1, 12, 12), dtype=np.float32)
     quadrants = x.reshape(400, 2, 6, 2, 6).sum(axis=(2, 4)).reshape(400, 4)
     np.savez(tmp_path / "images.npz", x=x, y=quadrants.argmax(1))
-    for name, net in (("cnn", SmallCNN()), ("resnet", small_resnet())):
+    nets = {"cnn": SmallCNN(), "resnet": small_resnet(), "inception": Inception(),
+            "dense": DenseBlock()}
+    for name, net in nets.items():
         save_model(net, tmp_path / f"{name}.pt", "sd", torch.from_numpy(x[:2]))
-    return {"dir": tmp_path, "data": tmp_path / "images.npz", "cnn": tmp_path / "cnn.pt",
-            "resnet": tmp_path / "resnet.pt"}
+    return {"dir": tmp_path, "data": tmp_path / "images.npz",
+            **{name: tmp_path / f"{name}.pt" for name in nets}}
 
 
 @pytest.mark.parametrize("name, arch", [("cnn", "tests.nets:SmallCNN"),
-                                        ("resnet", "tests.nets:small_resnet")])
+                                        ("resnet", "tests.nets:small_resnet"),
+                                        ("inception", "tests.nets:Inception"),
+                                        ("dense", "tests.nets:DenseBlock")])
 def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, arch):
     out = cnn_files["dir"] / f"{name}.onnx"
     result = run_cli(cnn_files[name], "--arch", arch, "--target", "0.5", "--data",
@@ -87,9 +91,12 @@ def test_a_data_free_cnn_run_needs_and_takes_an_input_shape(run_cli, cnn_files):
     ("--scope", "local", "--align", "4", "--epochs", "0"),
     ("--compensate", "merge", "--criterion", "l2", "--epochs", "0"),
     ("--format", "int8", "--epochs", "0")])
-def test_every_pruning_mode_works_on_a_resnet(run_cli, cnn_files, options):
+@pytest.mark.parametrize("name, arch", [("resnet", "tests.nets:small_resnet"),
+                                        ("dense", "tests.nets:DenseBlock")])
+def test_every_pruning_mode_works_on_residual_and_concatenated_channels(run_cli, cnn_files,
+                                                                        options, name, arch):
     out = cnn_files["dir"] / "mode.onnx"
-    result = run_cli(cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target", "0.4",
+    result = run_cli(cnn_files[name], "--arch", arch, "--target", "0.4",
                      "--data", cnn_files["data"], "-o", out, *options, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())

@@ -9,7 +9,7 @@ from compressor.graph.capture import get_tensor
 from compressor.graph.groups import constant_outputs
 from compressor.graph.trace import trace
 from tests.helpers import graph_of
-from tests.nets import Concat, Depthwise, ImageNet, NotPrunable, SmallCNN, Tied, small_resnet, tiny
+from tests.nets import CatBeforeActivation, Concat, Depthwise, ImageNet, NotPrunable, SmallCNN, Tied, small_resnet, tiny
 
 
 def test_finds_every_hidden_layer_of_an_mlp_and_never_the_output_layer():
@@ -89,10 +89,24 @@ def test_a_residual_add_joins_the_spaces_of_its_inputs_into_one_group():
     assert found.dense == (("7", "output layer (never pruned)"),)
 
 
-def test_what_the_tracer_does_not_follow_stays_dense_with_the_reason():
+def test_a_channel_cat_keeps_each_input_a_group_at_its_offset():
     found = trace(graph_of(Concat(), torch.randn(2, 1, 12, 12)))
-    assert [g.name for g in found.groups] == ["c"]  # a global mean keeps its channels
-    assert dict(found.dense)["a"].startswith("its relu output feeds cat, which couples channels")
+    groups = {g.name: g for g in found.groups}
+    assert sorted(groups) == ["a", "b", "c"]
+    assert [(s.param, s.offset) for s in groups["a"].consumers] == [("c_weight", 0)]
+    assert [(s.param, s.offset) for s in groups["b"].consumers] == [("c_weight", 4)]
+    assert groups["b"].functions == ("relu_1", "relu_2")  # its ReLU, then the one after the cat
+
+
+def test_what_the_tracer_does_not_follow_behind_a_cat_stays_dense_with_the_reason():
+    found = trace(graph_of(CatBeforeActivation(), torch.randn(2, 1, 12, 12)))
+    assert found.groups == ()
+    dense = dict(found.dense)
+    assert dense["a"] == dense["b"] == ("its output is concatenated (cat) before an activation, "
+                                        "where its channels cannot be counted apart from the "
+                                        "others")
+    assert dense["c"] == ("its concatenated output feeds add, which the tracer follows only "
+                          "for the output of one layer")
 
 
 
