@@ -1,7 +1,7 @@
 """`make bench` (CNN part): the example VGG-BN and ResNet at about 30, 50 and 70% fewer FLOPs,
 with fine-tuning and one-shot. Ours runs through the real CLI with its defaults; Torch-Pruning
 1.6 (magnitude importance, the same channel alignment) is pruned as near each target as its
-steps of 8 channels allow, and ours to the FLOPs it reached; Torch-Pruning is fine-tuned with
+steps of channels allow, and ours to the FLOPs it reached; Torch-Pruning is fine-tuned with
 exactly our recipe (same splits, cycles, epochs, optimiser, distillation), exported and timed
 the same way. Writes benchmarks/cnn.md.
 
@@ -33,13 +33,15 @@ from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
 from compressor.prune.config import CNN_SCHEDULE, FinetuneConfig
-from compressor.prune.cycles import CONV_ALIGN, schedule
+from compressor.measure.widths import conv_multiple
+from compressor.prune.cycles import schedule
 from compressor.prune.finetune import finetune
 from models import cnn
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"resnet": "ResNet (stem 24, blocks 24/48/96)", "vgg_bn": "VGG-BN (32-32-64-64-128)"}
 SEED = 0
+MULTIPLE = conv_multiple().multiple  # what --align auto rounds conv channels to here
 
 
 def main() -> None:
@@ -104,8 +106,8 @@ def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, splits) 
 def _torch_pruning(dense: torch.nn.Module, flops: int, target: float, tuned: bool, splits,
                    sample: torch.Tensor, teacher: torch.Tensor) -> Result:
     """Torch-Pruning's magnitude importance (its default, L2 over each coupled group, one
-    pruning ratio for every layer, channels rounded to multiples of 8 as ours), in the same
-    cycles as ours when fine-tuned, the last one landing as near `flops` as its steps of 8
+    pruning ratio for every layer, channels rounded to the multiple ours uses), in the same
+    cycles as ours when fine-tuned, the last one landing as near `flops` as its steps of
     channels allow (ours is then pruned to the FLOPs it reached)."""
     model = copy.deepcopy(dense)
     base = flops_of(model, sample)
@@ -123,7 +125,7 @@ def _torch_pruning(dense: torch.nn.Module, flops: int, target: float, tuned: boo
 
 def _prune_to(model: torch.nn.Module, goal: int, sample: torch.Tensor) -> torch.nn.Module:
     """The single pruning ratio whose result has the FLOPs nearest to `goal` (bisection on the
-    ratio; with channels in multiples of 8 the FLOPs move in steps, so the two results either
+    ratio; with channels in multiples the FLOPs move in steps, so the two results either
     side of `goal` are compared)."""
     lo, hi = 0.0, 0.95
     above = below = None  # (FLOPs, model) nearest to goal from either side
@@ -132,7 +134,7 @@ def _prune_to(model: torch.nn.Module, goal: int, sample: torch.Tensor) -> torch.
         candidate = copy.deepcopy(model)
         pruner = tp.pruner.MetaPruner(
             candidate, sample[:2], importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio, round_to=CONV_ALIGN,
+            pruning_ratio=ratio, round_to=MULTIPLE,
             ignored_layers=[m for m in candidate.modules() if isinstance(m, torch.nn.Linear)
                             and m.out_features == 10])
         pruner.step()
@@ -168,14 +170,16 @@ def _header(seconds: float) -> str:
         "",
         "**Ours**: `compress models/M.pt --arch models.cnn:M --target T --of flops --data "
         "fashion-mnist` with every other option at its default for a CNN (local scope, "
-        f"activation criterion, lsq compensation, channels in multiples of {CONV_ALIGN}, "
+        f"activation criterion, lsq compensation, channels in multiples of {MULTIPLE} (what "
+        "`--align auto` measured for this CPU's convolutions), "
         f"{cycles} cycle(s) of {epochs} fine-tuning epochs with distillation); one-shot adds "
         "`--epochs 0` (one cycle, lsq on 10,000 unlabelled calibration images, no training).",
         "",
         "**Torch-Pruning**: `MetaPruner` with `MagnitudeImportance(p=2)` (its default group "
-        f"L2 magnitude, one ratio for every layer), `round_to={CONV_ALIGN}`, the classifier "
+        f"L2 magnitude, one ratio for every layer), `round_to={MULTIPLE}`, the classifier "
         "ignored; the ratio is bisected so that the model keeps the FLOPs nearest to the "
-        "target (its widths move in steps of 8 channels, so it cannot land on any FLOP count), "
+        f"target (its widths move in steps of {MULTIPLE} channels, so it cannot land on any "
+        "FLOP count), "
         "in the same cycles; **ours is then pruned to the FLOP reduction Torch-Pruning "
         "reached** (`--target` = that reduction, rounded up; `--of flops` lands within 2 points "
         "above it), so both methods are compared at the same FLOPs, ours never keeping more; "

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import random
 import shutil
 import tempfile
@@ -29,6 +30,22 @@ settings.register_profile("compressor", derandomize=True, database=None, deadlin
                           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                  HealthCheck.too_slow])
 settings.load_profile("compressor")
+
+
+_CACHE_HOME = tempfile.mkdtemp(prefix="compressor-cache-")
+atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _channel_multiple_known(monkeypatch):
+    """`--align auto` reads this machine's conv channel multiple from a cache that says 8,
+    so that no test times convolutions and every machine prunes the same widths."""
+    from compressor.measure.widths import machine_key
+
+    cache = Path(_CACHE_HOME) / "compressor" / "widths.json"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({machine_key(): 8}))
+    monkeypatch.setenv("XDG_CACHE_HOME", _CACHE_HOME)
 
 
 @pytest.fixture(autouse=True)

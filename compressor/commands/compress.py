@@ -25,7 +25,9 @@ from ..io.files import check_output, files_in, write_atomic
 from ..io.inputs import PARITY_SAMPLES, InputLayout, example, fit_data, random_inputs
 from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..prune.config import Score
-from ..prune.cycles import Log, Progress, prune
+from ..measure.widths import conv_multiple
+from ..prune.config import PruneConfig
+from ..prune.cycles import Log, Progress, has_channels, prune
 from ..prune.shrink import expand
 from ..report.compress import Report
 from ..report.plots import compress_plots, require_matplotlib
@@ -120,7 +122,8 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
             "(for distillation)")
     teacher = run_batched(dense, splits.train.x, device=config.prune.device) if distills \
         else None  # a pass over train
-    pruned = prune(gm, found, splits, config.prune, config.finetune, seed=config.seed,
+    settings, alignment = _channel_multiple(gm, found, config.prune, log)
+    pruned = prune(gm, found, splits, settings, config.finetune, seed=config.seed,
                    teacher=teacher, log=log, progress=progress)
     log("exporting ONNX and verifying it in onnxruntime")
     onnx_pruned = to_onnx(gm, sample)
@@ -130,7 +133,20 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     packed, packed_diff = _pack(onnx_pruned, gm, parity_x, config, log, calibration)
     return Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
                    to_onnx(dense, sample), onnx_pruned, packed, layout,
-                   (diff, int(parity_x.shape[0])), packed_diff)
+                   (diff, int(parity_x.shape[0])), packed_diff, alignment)
+
+
+def _channel_multiple(gm: fx.GraphModule, found, config: PruneConfig,
+                      log: Log) -> tuple[PruneConfig, str]:
+    """`config` with the conv channel multiple `--align auto` uses on this machine (measured
+    once, then cached), and how it was found, for the report; unchanged where no conv
+    channels are rounded by it."""
+    if config.align or config.channel_multiple or config.score is not Score.NEURONS or \
+            not has_channels(gm, found.groups):
+        return config, ""
+    chosen = conv_multiple()
+    log(chosen.describe())
+    return dataclasses.replace(config, channel_multiple=chosen.multiple), chosen.describe()
 
 
 def _load(paths: Paths, data: str | None, config: CompressConfig,

@@ -53,6 +53,7 @@ class Outcome:
     layout: InputLayout  # how the data was shaped for the model
     parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
     packed_diff: float | None  # max |packed - float32| (int8 and low-rank files)
+    alignment: str = ""  # how --align auto chose the conv channel multiple, where it did
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         model=model, model_format=run.model_format, data=data, output=output,
         report=report_path, target=prune.target, scope=run.pruned.config.scope.value,
         criterion=run.pruned.config.criterion.value, score=prune.score.value,
+        alignment=run.alignment,
         criterion_reason=Criterion.auto_reason(run.pruned.config.criterion,
                                                tuned=any(c.epochs for c in run.pruned.cycles))
         if prune.criterion is Criterion.AUTO and prune.score is Score.NEURONS else "",

@@ -168,7 +168,10 @@ class PruneConfig:
         method: how single weights are scored (score WEIGHTS only).
         seed: seed of the random criterion and method.
         align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any;
-            0 = auto: multiples of 8 for conv channels, exact widths for Linear neurons).
+            0 = auto: multiples of `channel_multiple` for conv channels, exact widths for
+            Linear neurons).
+        channel_multiple: what auto `align` rounds conv channels to; None: what `compress`
+            measures for the machine (`compressor.measure.widths`), 8 where nothing measured.
         of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
         device: where counting, refits and fine-tuning run: cpu, cuda, cuda:N, or auto (cuda
             when available, else cpu); the model and every result come back to the CPU.
@@ -189,6 +192,7 @@ class PruneConfig:
     method: Method = Method.ACTIVATION
     seed: int = 0
     align: int = 0
+    channel_multiple: int | None = None
     of: Of = Of.WEIGHTS
     device: str = "auto"
     trace_spectra: bool = False
@@ -202,6 +206,8 @@ class PruneConfig:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
         if self.align < 0:
             raise ValueError(f"align must be 0 (auto) or at least 1, got {self.align}")
+        if self.channel_multiple is not None and self.channel_multiple < 1:
+            raise ValueError(f"channel_multiple must be at least 1, got {self.channel_multiple}")
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ValueError("calibration_samples and batch_size must be positive")
         if not 0 <= self.merge_threshold <= 1:

@@ -94,7 +94,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         progress: receives (stage, done, total) while counting activations.
     """
     log = log or (lambda _: None)
-    channels = _has_channels(gm, found.groups)
+    channels = has_channels(gm, found.groups)
     relu = all(g.relu for g in found.groups)
     tokens = _has_tokens(found.groups)
     tuning = tuning.resolved(channels=channels, tokens=tokens)
@@ -125,7 +125,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
-                          align=_alignment(gm, groups, prune.align) if n == len(targets) else 1)
+                          align=_alignment(gm, groups, prune) if n == len(targets) else 1)
         begun = time.perf_counter()
         stage = f"cycle {n}/{len(targets)}: compensating"
         done = compensate(gm, groups, removed, prune, stats=stats, x=calib,
@@ -145,7 +145,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
                         "FLOPs" if prune.of is Of.FLOPS else "weights"))
         spectra += [singular_values(gm, found)] if prune.trace_spectra else []
-    aligned = any(m > 1 for m in _alignment(gm, groups, prune.align).values())
+    aligned = any(m > 1 for m in _alignment(gm, groups, prune).values())
     if rows[-1].reduction > prune.target + 0.01 and not aligned:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
             f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
@@ -233,18 +233,20 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     return align_widths(groups, removed, scores, shapes, budget, align, dead, costs)
 
 
-CONV_ALIGN = 8  # onnxruntime runs convolutions in its blocked (NCHWc) layout only when the
-# channel counts are multiples of 8: a 47-channel conv ran slower than the 64-channel original
-
-
 def _alignment(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
-               align: int) -> dict[str, int]:
-    """Per group, the multiple its width is rounded to: `align`, or with 0 (auto) 8 for conv
-    channels and 1 (exact widths) for Linear neurons."""
-    if align:
-        return {g.name: align for g in groups}
-    return {g.name: CONV_ALIGN if get_tensor(gm, g.weights[0].param).ndim > 2 else 1
-            for g in groups}
+               config: PruneConfig) -> dict[str, int]:
+    """Per group, the multiple its width is rounded to: `config.align`, or with 0 (auto)
+    `config.channel_multiple` for conv channels (onnxruntime runs convolutions in blocks of
+    channels: a 47-channel conv ran slower than the 64-channel original) and 1 (exact widths)
+    for Linear neurons."""
+    if config.align:
+        return {g.name: config.align for g in groups}
+    conv = config.channel_multiple or CONV_ALIGN
+    return {g.name: conv if get_tensor(gm, g.weights[0].param).ndim > 2 else 1 for g in groups}
+
+
+CONV_ALIGN = 8  # conv channels where nothing was measured (the AVX2 block of onnxruntime's
+# blocked conv layout; `compressor.measure.widths` measures the machine's)
 
 
 def _measure(gm: fx.GraphModule, found: Trace, config: PruneConfig) -> int:
@@ -273,7 +275,7 @@ def _epoch_reports(n: int, cycles: int, log: Log, progress: Progress | None,
             "progress": progress and (lambda d, t: progress(stage, d, t))}
 
 
-def _has_channels(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
+def has_channels(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
     """Whether any group is convolution channels."""
     return any(get_tensor(gm, g.weights[0].param).ndim > 2 for g in groups)
 
@@ -286,7 +288,7 @@ def _has_tokens(groups: tuple[PrunableGroup, ...]) -> bool:
 
 def _units(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> str:
     """What the units are called in the log: neurons, or channels and neurons."""
-    return "channels and neurons" if _has_channels(gm, groups) else "neurons"
+    return "channels and neurons" if has_channels(gm, groups) else "neurons"
 
 
 def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",

@@ -210,7 +210,8 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
     (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
     rounded down or up to a multiple, whichever combination keeps the most weights within
-    `budget.max_weights` (each group tries the multiples next to what it keeps). Rounding
+    `budget.max_weights` (each group tries the multiples next to what it keeps, and its whole
+    width when that is no multiple: a 24-channel layer need not drop to 16). Rounding
     down removes the lowest-scored kept units; rounding up restores the best-scored removed
     live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
@@ -227,7 +228,9 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
         down = max(multiple, kept // multiple * multiple)
         near = (down - multiple, down, down + multiple) if math.prod(
             len(o) for o in options) * 3 <= 3 ** 8 else (down,)
-        options.append(tuple(n for n in near if multiple <= n <= g.size))
+        near = tuple(n for n in near if multiple <= n <= g.size)
+        # a layer may also keep its whole width, a multiple or not (what the model had)
+        options.append(near + (g.size,) * (g.size % multiple != 0))
     best = None
     for combo in itertools.product(*options):
         sizes = {g.name: n for g, n in zip(groups, combo)}

@@ -83,6 +83,7 @@ class Report:
     budgets: tuple[BudgetRow, ...] = ()  # per budget given (`compress --max-size ...`)
     score: str = "neurons"
     criterion_reason: str = ""  # why --criterion auto chose `criterion` (empty when given)
+    alignment: str = ""  # what --align auto rounded conv channels to, and why (empty: not used)
     method: str | None = None  # how single weights were scored (score neurons-weights)
     format: str = "dense"
     format_note: str = ""  # auto: the whole-model choice and its times
@@ -222,4 +223,6 @@ def _summary(r: Report) -> str:
     chose = f" (auto: {r.criterion_reason})" if r.criterion_reason else ""
     what = f"criterion {r.criterion}{chose}, {how}" if r.method is None else \
         f"single weights by {r.method}" + (" (count x |w|)" if r.method == "activation" else "")
-    return (f"{r.scope} scope, {what}, {data}; took {r.seconds:.1f} s; report: {r.report}")
+    aligned = f", {r.alignment}" if r.alignment else ""
+    return (f"{r.scope} scope, {what}{aligned}, {data}; took {r.seconds:.1f} s; "
+            f"report: {r.report}")

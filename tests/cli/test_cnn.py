@@ -119,9 +119,33 @@ def test_by_default_conv_channels_are_kept_in_multiples_of_8(run_cli, cnn_files)
     report = json.loads(out.with_suffix(".json").read_text())
     widths = {row["name"]: (row["out_before"], row["out_after"]) for row in report["layers"]}
     assert widths["4.conv1"] == (12, 8) and widths["0"] == (8, 8)
-    assert all(after % 8 == 0 for name, (_, after) in widths.items() if name != "7")
+    # a multiple of 8, or the whole width (12 channels need not drop to 8)
+    assert all(after % 8 == 0 or after == before
+               for name, (before, after) in widths.items() if name != "7")
     notes = {row["name"]: row["note"] for row in report["layers"]}
     assert notes["3.conv2"] == "pruned with 0 (same channels)" and notes["0"] == "pruned"
+    # 8 is what the test cache says this machine's convolutions step in (conftest)
+    assert report["options"]["prune"]["channel_multiple"] == 8
+    assert report["alignment"].startswith("conv channels in multiples of 8 (onnxruntime's")
+
+
+def test_align_auto_rounds_conv_channels_to_the_measured_step(run_cli, cnn_files, monkeypatch,
+                                                              tmp_path):
+    from compressor.measure.widths import machine_key
+
+    cache = tmp_path / "cache" / "compressor" / "widths.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({machine_key(): 4}))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = cnn_files["dir"] / "four.onnx"
+    result = run_cli(cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target", "0.3",
+                     "--data", cnn_files["data"], "--epochs", "0", "-o", out, "--no-latency")
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    widths = [row["out_after"] for row in report["layers"] if row["name"] != "7"]
+    assert all(w % 4 == 0 for w in widths) and any(w % 8 for w in widths), widths
+    summary = next(line for line in result.out.splitlines() if line.startswith("local scope"))
+    assert "conv channels in multiples of 4 (onnxruntime" in summary
 
 
 def test_channels_are_removed_per_layer_unless_told_otherwise(run_cli, cnn_files):

@@ -1,0 +1,152 @@
+"""The channel multiple onnxruntime's convolutions prefer on this machine: measured once, then
+cached per CPU and onnxruntime version in the user's cache directory.
+
+onnxruntime runs convolutions in a blocked layout (NCHWc) whose block is the CPU's vector width
+in floats, so a convolution's time grows in steps: on an AVX-512 machine a 3x3 convolution with
+40, 44 or 48 channels in and out took the same 1.6 ms, and 52 to 64 channels 2.7 ms. A width
+between two steps pays for the next one. The probe times one 3x3 convolution at widths 36 to
+100 and finds the step that explains the times best."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from ..runtime.session import session
+from ..runtime.timing import latencies_ms
+
+CANDIDATES = (4, 8, 16, 32)  # 4: no steps at the widths probed (they are multiples of 4)
+WIDTHS = tuple(range(36, 101, 4))
+DEFAULT = 8  # when the probe is not decisive (a noisy machine): the AVX2 block
+DECISIVE = 0.95  # least R² of the step fit, and ...
+SMOOTHER = 0.5  # ... at most this share of the squared error the fit without steps leaves
+Probe = Callable[[Sequence[int]], list[float]]
+
+
+@dataclass(frozen=True)
+class ChannelMultiple:
+    """What `--align auto` rounds conv channels to, and how that was found."""
+
+    multiple: int
+    how: str  # "measured", "cached" or "default" (the probe was not decisive)
+
+    def describe(self) -> str:
+        """One phrase for the report."""
+        if self.how == "default":
+            return (f"conv channels in multiples of {self.multiple} (the default: timing "
+                    "onnxruntime's convolutions on this CPU was not decisive)")
+        return (f"conv channels in multiples of {self.multiple} (onnxruntime's convolutions on "
+                f"this CPU run in steps of {self.multiple} channels, "
+                f"{'measured now' if self.how == 'measured' else 'measured before'})")
+
+
+def conv_multiple(*, cache: Path | None = None, probe: Probe | None = None) -> ChannelMultiple:
+    """The channel multiple convolutions run fastest at on this machine.
+
+    Args:
+        cache: the cache file (default: `compressor/widths.json` in $XDG_CACHE_HOME or
+            ~/.cache); a decisive measurement is stored there under this CPU and
+            onnxruntime version, and read instead of measuring again.
+        probe: milliseconds of a 3x3 convolution per width (default: `probe_conv`).
+
+    Returns:
+        The multiple and whether it was measured now, read from the cache, or the default.
+    """
+    path = cache or _cache_file()
+    key = machine_key()
+    known = _read(path)
+    if isinstance(known.get(key), int) and known[key] in CANDIDATES:
+        return ChannelMultiple(known[key], "cached")
+    chosen = choose_multiple(WIDTHS, (probe or probe_conv)(WIDTHS))
+    if chosen is None:
+        return ChannelMultiple(DEFAULT, "default")
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({**known, key: chosen}, indent=1, sort_keys=True))
+        temporary.replace(path)
+    return ChannelMultiple(chosen, "measured")
+
+
+def choose_multiple(widths: Sequence[int], times: Sequence[float]) -> int | None:
+    """The step (of CANDIDATES) whose staircase fits the times of a convolution with `widths`
+    channels in and out best, time = a + b · (ceil(w / m) · m)², or None unless that fit
+    explains at least DECISIVE of the variance and leaves at most SMOOTHER times the squared
+    error of the fit without steps (m = 4: the widths are multiples of 4)."""
+    t = np.asarray(times, dtype=np.float64)
+    errors = {}
+    for m in CANDIDATES:
+        padded = np.array([(math.ceil(w / m) * m) ** 2 for w in widths], dtype=np.float64)
+        design = np.stack([np.ones_like(padded), padded], axis=1)
+        residual = t - design @ np.linalg.lstsq(design, t, rcond=None)[0]
+        errors[m] = float(residual @ residual)
+    best = min(CANDIDATES, key=lambda m: (errors[m], m))
+    explained = 1 - errors[best] / max(float(((t - t.mean()) ** 2).sum()), 1e-30)
+    if best == CANDIDATES[0] or explained < DECISIVE or \
+            errors[best] > SMOOTHER * errors[CANDIDATES[0]]:
+        return None
+    return best
+
+
+def probe_conv(widths: Sequence[int], *, batch: int = 8, size: int = 14) -> list[float]:
+    """Milliseconds of a 3x3 convolution (padding 1, then ReLU) with w channels in and out on
+    [batch, w, size, size], for each w, one onnxruntime thread, timed in interleaved rounds."""
+    runs = []
+    generator = np.random.default_rng(0)
+    for w in widths:
+        run = session(_conv_model(w, generator), threads=1)
+        x = generator.random((batch, w, size, size), dtype=np.float32)
+        runs.append(lambda run=run, x=x: run.run(None, {"x": x}))
+    return latencies_ms(runs, seconds=2.0, rounds=3, min_calls=5, warmup=3)
+
+
+def machine_key() -> str:
+    """What the cache is keyed by: the CPU model, its vector extensions, onnxruntime."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            field, _, value = line.partition(":")
+            if field.strip() == "model name":
+                name = value.strip()
+            elif field.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    vector = sorted(flags & {"avx", "avx2", "avx512f", "amx_tile", "asimd", "sve"})
+    return f"{name} [{' '.join(vector)}] {platform.machine()}, onnxruntime {ort.__version__}"
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "compressor" / "widths.json"
+
+
+def _read(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _conv_model(width: int, generator: np.random.Generator) -> bytes:
+    w = numpy_helper.from_array(generator.standard_normal((width, width, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(width, np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                       [None, width, None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width, None, None])],
+        [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]) \
+        .SerializeToString()

@@ -1,0 +1,71 @@
+"""The conv channel multiple: the step found in timings, measured once and cached."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from compressor.measure.widths import (DEFAULT, WIDTHS, ChannelMultiple, choose_multiple,
+                                       conv_multiple, machine_key)
+
+
+def _staircase(step: int, noise: float = 0.0, seed: int = 0) -> list[float]:
+    """Times of a conv whose cost is that of its width rounded up to `step`."""
+    g = np.random.default_rng(seed)
+    return [0.1 + 1e-4 * (math.ceil(w / step) * step) ** 2 * (1 + noise * g.standard_normal())
+            for w in WIDTHS]
+
+
+@pytest.mark.parametrize("step", [8, 16, 32])
+def test_the_step_of_a_staircase_is_found(step):
+    assert choose_multiple(WIDTHS, _staircase(step)) == step
+
+
+def test_a_step_is_found_through_a_few_percent_of_noise():
+    assert choose_multiple(WIDTHS, _staircase(16, noise=0.03)) == 16
+    assert choose_multiple(WIDTHS, _staircase(8, noise=0.01)) == 8
+
+
+def test_the_step_of_a_real_avx512_machine_is_16():
+    """probe_conv on an AVX-512 Xeon (2 cores, onnxruntime 1.32, another job running)."""
+    times = [0.334, 0.353, 0.346, 0.337, 0.571, 0.58, 0.575, 0.583, 1.041, 1.022, 0.999, 1.001,
+             1.451, 1.344, 1.371, 1.447, 1.79]
+    assert choose_multiple(WIDTHS, times) == 16
+
+
+def test_times_without_steps_or_pure_noise_decide_nothing():
+    smooth = [0.1 + 1e-4 * w * w for w in WIDTHS]
+    assert choose_multiple(WIDTHS, smooth) is None
+    noise = list(np.random.default_rng(1).random(len(WIDTHS)))
+    assert choose_multiple(WIDTHS, noise) is None
+
+
+def test_a_decisive_measurement_is_cached_and_read_back_without_timing(tmp_path):
+    cache = tmp_path / "widths.json"
+    calls = []
+
+    def probe(widths):
+        calls.append(tuple(widths))
+        return _staircase(16)
+
+    assert conv_multiple(cache=cache, probe=probe) == ChannelMultiple(16, "measured")
+    assert json.loads(cache.read_text()) == {machine_key(): 16}
+    assert conv_multiple(cache=cache, probe=probe) == ChannelMultiple(16, "cached")
+    assert calls == [WIDTHS]  # measured once
+
+
+def test_an_undecided_measurement_uses_the_default_and_caches_nothing(tmp_path):
+    cache = tmp_path / "widths.json"
+    flat = conv_multiple(cache=cache, probe=lambda widths: [1.0] * len(widths))
+    assert flat == ChannelMultiple(DEFAULT, "default") and not cache.exists()
+    assert "not decisive" in flat.describe()
+
+
+def test_a_broken_cache_file_is_measured_over(tmp_path):
+    cache = tmp_path / "widths.json"
+    cache.write_text("{not json")
+    assert conv_multiple(cache=cache, probe=lambda w: _staircase(8)).how == "measured"
+    assert json.loads(cache.read_text()) == {machine_key(): 8}
