@@ -33,7 +33,7 @@ from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
 from compressor.prune.config import CNN_SCHEDULE, FinetuneConfig
-from compressor.measure.widths import conv_multiple
+from compressor.measure.widths import Kernel, preferred_multiple
 from compressor.prune.cycles import schedule
 from compressor.prune.finetune import finetune
 from models import cnn
@@ -41,7 +41,7 @@ from models import cnn
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"resnet": "ResNet (stem 24, blocks 24/48/96)", "vgg_bn": "VGG-BN (32-32-64-64-128)"}
 SEED = 0
-MULTIPLE = conv_multiple().multiple  # what --align auto rounds conv channels to here
+MULTIPLE = preferred_multiple(Kernel.CONV).multiple  # what --align auto rounds conv channels to here
 
 
 def main() -> None:

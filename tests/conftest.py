@@ -38,13 +38,15 @@ atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 @pytest.fixture(autouse=True)
 def _channel_multiple_known(monkeypatch):
-    """`--align auto` reads this machine's conv channel multiple from a cache that says 8,
-    so that no test times convolutions and every machine prunes the same widths."""
+    """`--align auto` reads this machine's multiples from a cache that says 8 for conv
+    channels and exact widths for Linear layers, so that no test times kernels and every
+    machine prunes the same widths."""
     from compressor.measure.widths import machine_key
 
     cache = Path(_CACHE_HOME) / "compressor" / "widths.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({machine_key(): 8}))
+    cache.write_text(json.dumps({f"conv on {machine_key()}": 8,
+                                 f"gemm on {machine_key()}": 1}))
     monkeypatch.setenv("XDG_CACHE_HOME", _CACHE_HOME)
 
 

@@ -25,9 +25,9 @@ from ..io.files import check_output, files_in, write_atomic
 from ..io.inputs import PARITY_SAMPLES, InputLayout, example, fit_data, random_inputs
 from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..prune.config import Score
-from ..measure.widths import conv_multiple
+from ..measure.widths import Kernel, preferred_multiple
 from ..prune.config import PruneConfig
-from ..prune.cycles import Log, Progress, has_channels, prune
+from ..prune.cycles import LINEAR_ALIGNED, Log, Progress, is_channels, prune
 from ..prune.shrink import expand
 from ..report.compress import Report
 from ..report.plots import compress_plots, require_matplotlib
@@ -122,7 +122,7 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
             "(for distillation)")
     teacher = run_batched(dense, splits.train.x, device=config.prune.device) if distills \
         else None  # a pass over train
-    settings, alignment = _channel_multiple(gm, found, config.prune, log)
+    settings, alignment = _multiples(gm, found, config.prune, log)
     pruned = prune(gm, found, splits, settings, config.finetune, seed=config.seed,
                    teacher=teacher, log=log, progress=progress)
     log("exporting ONNX and verifying it in onnxruntime")
@@ -136,17 +136,24 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
                    (diff, int(parity_x.shape[0])), packed_diff, alignment)
 
 
-def _channel_multiple(gm: fx.GraphModule, found, config: PruneConfig,
-                      log: Log) -> tuple[PruneConfig, str]:
-    """`config` with the conv channel multiple `--align auto` uses on this machine (measured
-    once, then cached), and how it was found, for the report; unchanged where no conv
-    channels are rounded by it."""
-    if config.align or config.channel_multiple or config.score is not Score.NEURONS or \
-            not has_channels(gm, found.groups):
+def _multiples(gm: fx.GraphModule, found, config: PruneConfig,
+               log: Log) -> tuple[PruneConfig, str]:
+    """`config` with the multiples `--align auto` rounds conv channels and wide Linear
+    layers to on this machine (each measured once, then cached), and how they were found,
+    for the report; only what the model has and the settings leave to measurement."""
+    if config.align or config.score is not Score.NEURONS:
         return config, ""
-    chosen = conv_multiple()
-    log(chosen.describe())
-    return dataclasses.replace(config, channel_multiple=chosen.multiple), chosen.describe()
+    conv = [g for g in found.groups if is_channels(gm, g)]
+    wide = [g for g in found.groups if not is_channels(gm, g) and g.size >= LINEAR_ALIGNED]
+    found_here = {}
+    if conv and config.channel_multiple is None:
+        found_here["channel_multiple"] = preferred_multiple(Kernel.CONV)
+    if wide and config.linear_multiple is None:
+        found_here["linear_multiple"] = preferred_multiple(Kernel.GEMM)
+    for chosen in found_here.values():
+        log(chosen.describe())
+    return dataclasses.replace(config, **{k: c.multiple for k, c in found_here.items()}), \
+        ", ".join(c.describe() for c in found_here.values())
 
 
 def _load(paths: Paths, data: str | None, config: CompressConfig,

@@ -1,11 +1,12 @@
-"""The channel multiple onnxruntime's convolutions prefer on this machine: measured once, then
-cached per CPU and onnxruntime version in the user's cache directory.
+"""The width multiples onnxruntime's kernels prefer on this machine: measured once, then cached
+per CPU and onnxruntime version in the user's cache directory.
 
 onnxruntime runs convolutions in a blocked layout (NCHWc) whose block is the CPU's vector width
 in floats, so a convolution's time grows in steps: on an AVX-512 machine a 3x3 convolution with
-40, 44 or 48 channels in and out took the same 1.6 ms, and 52 to 64 channels 2.7 ms. A width
-between two steps pays for the next one. The probe times one 3x3 convolution at widths 36 to
-100 and finds the step that explains the times best."""
+40, 44 or 48 channels in and out took the same 1.6 ms, and 52 to 64 channels 2.7 ms. Its Gemm
+packs the weights in panels of columns, with steps of its own. A width between two steps pays
+for the next one. The probe times the kernel at widths 36 to 100 and finds the step that
+explains the times best."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import math
 import os
 import platform
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -28,66 +29,92 @@ from ..runtime.timing import latencies_ms
 
 CANDIDATES = (4, 8, 16, 32)  # 4: no steps at the widths probed (they are multiples of 4)
 WIDTHS = tuple(range(36, 101, 4))
-DEFAULT = 8  # when the probe is not decisive (a noisy machine): the AVX2 block
 DECISIVE = 0.95  # least R² of the step fit, and ...
 SMOOTHER = 0.5  # ... at most this share of the squared error the fit without steps leaves
 Probe = Callable[[Sequence[int]], list[float]]
 
 
+class Kernel(str, Enum):
+    """What is timed: a 3x3 convolution with w channels in and out on [8, w, 14, 14], or a
+    Linear pair 256 -> w -> 256 (Gemm, ReLU, Gemm) at batch 256."""
+
+    CONV = "conv"
+    GEMM = "gemm"
+
+    @property
+    def default(self) -> int:
+        """The multiple where timing is not decisive: 8 for conv channels (the AVX2 block of
+        the conv layout), 1 (exact widths) for Linear layers."""
+        return 8 if self is Kernel.CONV else 1
+
+    @property
+    def power(self) -> int:
+        """How the probe's cost grows with the padded width: both conv channel counts move;
+        one Gemm dimension per layer moves."""
+        return 2 if self is Kernel.CONV else 1
+
+
 @dataclass(frozen=True)
 class ChannelMultiple:
-    """What `--align auto` rounds conv channels to, and how that was found."""
+    """What `--align auto` rounds a kind of layer to, and how that was found."""
 
     multiple: int
     how: str  # "measured", "cached" or "default" (the probe was not decisive)
+    kernel: Kernel = Kernel.CONV
 
     def describe(self) -> str:
         """One phrase for the report."""
+        what, op, unit = ("conv channels", "convolutions", "channels") \
+            if self.kernel is Kernel.CONV else ("Linear layers of 64+ neurons", "Gemm", "columns")
         if self.how == "default":
-            return (f"conv channels in multiples of {self.multiple} (the default: timing "
-                    "onnxruntime's convolutions on this CPU was not decisive)")
-        return (f"conv channels in multiples of {self.multiple} (onnxruntime's convolutions on "
-                f"this CPU run in steps of {self.multiple} channels, "
+            kept = f"in multiples of {self.multiple}" if self.multiple > 1 else "exact"
+            return (f"{what} {kept} (timing onnxruntime's {op} on this CPU was not decisive)")
+        return (f"{what} in multiples of {self.multiple} (onnxruntime's {op} on this CPU runs "
+                f"in steps of {self.multiple} {unit}, "
                 f"{'measured now' if self.how == 'measured' else 'measured before'})")
 
 
-def conv_multiple(*, cache: Path | None = None, probe: Probe | None = None) -> ChannelMultiple:
-    """The channel multiple convolutions run fastest at on this machine.
+def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
+                       probe: Probe | None = None) -> ChannelMultiple:
+    """The width multiple `kernel` runs fastest at on this machine.
 
     Args:
+        kernel: convolutions or Gemm.
         cache: the cache file (default: `compressor/widths.json` in $XDG_CACHE_HOME or
-            ~/.cache); a decisive measurement is stored there under this CPU and
+            ~/.cache); a decisive measurement is stored there under the kernel, this CPU and
             onnxruntime version, and read instead of measuring again.
-        probe: milliseconds of a 3x3 convolution per width (default: `probe_conv`).
+        probe: milliseconds of the kernel per width (default: `probe_conv` / `probe_gemm`).
 
     Returns:
         The multiple and whether it was measured now, read from the cache, or the default.
     """
     path = cache or _cache_file()
-    key = machine_key()
+    key = f"{kernel.value} on {machine_key()}"
     known = _read(path)
-    if isinstance(known.get(key), int) and known[key] in CANDIDATES:
-        return ChannelMultiple(known[key], "cached")
-    chosen = choose_multiple(WIDTHS, (probe or probe_conv)(WIDTHS))
+    if known.get(key) in (1, *CANDIDATES):
+        return ChannelMultiple(known[key], "cached", kernel)
+    measure = probe or (probe_conv if kernel is Kernel.CONV else probe_gemm)
+    chosen = choose_multiple(WIDTHS, measure(WIDTHS), power=kernel.power)
     if chosen is None:
-        return ChannelMultiple(DEFAULT, "default")
+        return ChannelMultiple(kernel.default, "default", kernel)
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps({**known, key: chosen}, indent=1, sort_keys=True))
         temporary.replace(path)
-    return ChannelMultiple(chosen, "measured")
+    return ChannelMultiple(chosen, "measured", kernel)
 
 
-def choose_multiple(widths: Sequence[int], times: Sequence[float]) -> int | None:
-    """The step (of CANDIDATES) whose staircase fits the times of a convolution with `widths`
-    channels in and out best, time = a + b · (ceil(w / m) · m)², or None unless that fit
-    explains at least DECISIVE of the variance and leaves at most SMOOTHER times the squared
-    error of the fit without steps (m = 4: the widths are multiples of 4)."""
+def choose_multiple(widths: Sequence[int], times: Sequence[float], *,
+                    power: int = 2) -> int | None:
+    """The step (of CANDIDATES) whose staircase fits the times of a kernel at `widths` best,
+    time = a + b · (ceil(w / m) · m) ** power, or None unless that fit explains at least
+    DECISIVE of the variance and leaves at most SMOOTHER times the squared error of the fit
+    without steps (m = 4: the widths are multiples of 4)."""
     t = np.asarray(times, dtype=np.float64)
     errors = {}
     for m in CANDIDATES:
-        padded = np.array([(math.ceil(w / m) * m) ** 2 for w in widths], dtype=np.float64)
+        padded = np.array([(math.ceil(w / m) * m) ** power for w in widths], dtype=np.float64)
         design = np.stack([np.ones_like(padded), padded], axis=1)
         residual = t - design @ np.linalg.lstsq(design, t, rcond=None)[0]
         errors[m] = float(residual @ residual)
@@ -102,11 +129,22 @@ def choose_multiple(widths: Sequence[int], times: Sequence[float]) -> int | None
 def probe_conv(widths: Sequence[int], *, batch: int = 8, size: int = 14) -> list[float]:
     """Milliseconds of a 3x3 convolution (padding 1, then ReLU) with w channels in and out on
     [batch, w, size, size], for each w, one onnxruntime thread, timed in interleaved rounds."""
-    runs = []
     generator = np.random.default_rng(0)
-    for w in widths:
-        run = session(_conv_model(w, generator), threads=1)
-        x = generator.random((batch, w, size, size), dtype=np.float32)
+    return _time([(_conv_model(w, generator), (batch, w, size, size)) for w in widths])
+
+
+def probe_gemm(widths: Sequence[int], *, batch: int = 256, features: int = 256) -> list[float]:
+    """Milliseconds of Gemm(features -> w), ReLU, Gemm(w -> features) at `batch`, for each w,
+    one onnxruntime thread, timed in interleaved rounds."""
+    generator = np.random.default_rng(0)
+    return _time([(_gemm_model(w, features, generator), (batch, features)) for w in widths])
+
+
+def _time(models: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
+    generator = np.random.default_rng(1)
+    runs = []
+    for model, shape in models:
+        run, x = session(model, threads=1), generator.random(shape, dtype=np.float32)
         runs.append(lambda run=run, x=x: run.run(None, {"x": x}))
     return latencies_ms(runs, seconds=2.0, rounds=3, min_calls=5, warmup=3)
 
@@ -143,10 +181,24 @@ def _conv_model(width: int, generator: np.random.Generator) -> bytes:
     b = numpy_helper.from_array(np.zeros(width, np.float32), "b")
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                       [None, width, None, None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width, None, None])],
-        [w, b])
+    return _model(nodes, [w, b], [None, width, None, None], [None, width, None, None])
+
+
+def _gemm_model(width: int, features: int, generator: np.random.Generator) -> bytes:
+    tensors = [numpy_helper.from_array(generator.standard_normal(shape, np.float32), name)
+               for name, shape in (("w1", (width, features)), ("w2", (features, width)))]
+    tensors += [numpy_helper.from_array(np.zeros(n, np.float32), name)
+                for name, n in (("b1", width), ("b2", features))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    return _model(nodes, tensors, [None, features], [None, features])
+
+
+def _model(nodes: list, tensors: list, x: list, y: list) -> bytes:
+    graph = helper.make_graph(nodes, "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
+                              tensors)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]) \
         .SerializeToString()

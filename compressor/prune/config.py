@@ -172,6 +172,8 @@ class PruneConfig:
             Linear neurons).
         channel_multiple: what auto `align` rounds conv channels to; None: what `compress`
             measures for the machine (`compressor.measure.widths`), 8 where nothing measured.
+        linear_multiple: what auto `align` rounds Linear layers of 64 or more neurons to;
+            None: what `compress` measures, exact widths where nothing measured.
         of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
         device: where counting, refits and fine-tuning run: cpu, cuda, cuda:N, or auto (cuda
             when available, else cpu); the model and every result come back to the CPU.
@@ -193,6 +195,7 @@ class PruneConfig:
     seed: int = 0
     align: int = 0
     channel_multiple: int | None = None
+    linear_multiple: int | None = None
     of: Of = Of.WEIGHTS
     device: str = "auto"
     trace_spectra: bool = False
@@ -206,8 +209,9 @@ class PruneConfig:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
         if self.align < 0:
             raise ValueError(f"align must be 0 (auto) or at least 1, got {self.align}")
-        if self.channel_multiple is not None and self.channel_multiple < 1:
-            raise ValueError(f"channel_multiple must be at least 1, got {self.channel_multiple}")
+        for name in ("channel_multiple", "linear_multiple"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ValueError("calibration_samples and batch_size must be positive")
         if not 0 <= self.merge_threshold <= 1:

@@ -125,7 +125,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
-                          align=_alignment(gm, groups, prune) if n == len(targets) else 1)
+                          align=_alignment(gm, groups, prune, original) if n == len(targets) else 1)
         begun = time.perf_counter()
         stage = f"cycle {n}/{len(targets)}: compensating"
         done = compensate(gm, groups, removed, prune, stats=stats, x=calib,
@@ -145,7 +145,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
                         "FLOPs" if prune.of is Of.FLOPS else "weights"))
         spectra += [singular_values(gm, found)] if prune.trace_spectra else []
-    aligned = any(m > 1 for m in _alignment(gm, groups, prune).values())
+    aligned = any(m > 1 for m in _alignment(gm, groups, prune, original).values())
     if rows[-1].reduction > prune.target + 0.01 and not aligned:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
             f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
@@ -233,16 +233,22 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     return align_widths(groups, removed, scores, shapes, budget, align, dead, costs)
 
 
-def _alignment(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
-               config: PruneConfig) -> dict[str, int]:
+def _alignment(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: PruneConfig,
+               original: dict[str, int]) -> dict[str, int]:
     """Per group, the multiple its width is rounded to: `config.align`, or with 0 (auto)
     `config.channel_multiple` for conv channels (onnxruntime runs convolutions in blocks of
-    channels: a 47-channel conv ran slower than the 64-channel original) and 1 (exact widths)
-    for Linear neurons."""
+    channels: a 47-channel conv ran slower than the 64-channel original) and
+    `config.linear_multiple` for Linear layers at least LINEAR_ALIGNED wide before pruning
+    (narrower ones keep exact widths: a step is a large share of them)."""
     if config.align:
         return {g.name: config.align for g in groups}
     conv = config.channel_multiple or CONV_ALIGN
-    return {g.name: conv if get_tensor(gm, g.weights[0].param).ndim > 2 else 1 for g in groups}
+    return {g.name: conv if is_channels(gm, g) else
+            (config.linear_multiple or 1) if original[g.name] >= LINEAR_ALIGNED else 1
+            for g in groups}
+
+
+LINEAR_ALIGNED = 64
 
 
 CONV_ALIGN = 8  # conv channels where nothing was measured (the AVX2 block of onnxruntime's
@@ -277,7 +283,12 @@ def _epoch_reports(n: int, cycles: int, log: Log, progress: Progress | None,
 
 def has_channels(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
     """Whether any group is convolution channels."""
-    return any(get_tensor(gm, g.weights[0].param).ndim > 2 for g in groups)
+    return any(is_channels(gm, g) for g in groups)
+
+
+def is_channels(gm: fx.GraphModule, group: PrunableGroup) -> bool:
+    """Whether the group's units are convolution channels (else Linear neurons)."""
+    return get_tensor(gm, group.weights[0].param).ndim > 2
 
 
 def _has_tokens(groups: tuple[PrunableGroup, ...]) -> bool:

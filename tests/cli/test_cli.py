@@ -360,3 +360,31 @@ def test_int8_format_is_quantized_and_close(run_cli, tiny_files):
     report = json.loads(out.with_suffix(".json").read_text())
     assert any(n.op_type == "MatMulInteger" for n in onnx.load(out).graph.node)
     assert 0 < report["int8_max_abs_diff"] < 0.5 and "int8: max |int8 - float32|" in result.out
+
+
+def test_align_auto_rounds_wide_linear_layers_to_the_measured_gemm_step(run_cli, tmp_path,
+                                                                       monkeypatch):
+    """A machine whose Gemm runs in steps of 16 columns: the paper MLP's 300, 200 and 100 wide
+    layers keep multiples of 16 (or their whole width), its 50-wide one (under 64) an exact
+    width."""
+    from compressor.measure.widths import machine_key
+
+    cache = tmp_path / "cache" / "compressor" / "widths.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({f"gemm on {machine_key()}": 16}))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "aligned.onnx"
+    result = run_cli(REPO / "models" / "paper_mlp.pt", "--arch", "models.mlp:paper_mlp",
+                     "--target", "0.8", "--data", "fashion-mnist", "--epochs", "0",
+                     "--calibration-samples", "500", "-o", out, "--no-latency")
+    assert result.code == 0, result.err
+    report = report_of(out)
+    rows = {row["name"]: (row["out_before"], row["out_after"]) for row in report["layers"]}
+    # multiples of 16, or (a layer the ranking left whole) the whole width
+    assert all(after % 16 == 0 or after == before
+               for name, (before, after) in rows.items() if name in ("0", "2", "4")), rows
+    assert sum(after < before for before, after in rows.values()) >= 3, rows
+    assert report["options"]["prune"]["linear_multiple"] == 16
+    assert "Linear layers of 64+ neurons in multiples of 16 (onnxruntime's Gemm" in \
+        report["alignment"]
+    assert 0.8 <= report["reduction"] <= 0.8 + 0.02

@@ -135,7 +135,7 @@ def test_align_auto_rounds_conv_channels_to_the_measured_step(run_cli, cnn_files
 
     cache = tmp_path / "cache" / "compressor" / "widths.json"
     cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps({machine_key(): 4}))
+    cache.write_text(json.dumps({f"conv on {machine_key()}": 4}))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = cnn_files["dir"] / "four.onnx"
     result = run_cli(cnn_files["resnet"], "--arch", "tests.nets:small_resnet", "--target", "0.3",

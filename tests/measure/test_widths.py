@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from compressor.measure.widths import (DEFAULT, WIDTHS, ChannelMultiple, choose_multiple,
-                                       conv_multiple, machine_key)
+from compressor.measure.widths import (WIDTHS, ChannelMultiple, Kernel, choose_multiple,
+                                       machine_key, preferred_multiple)
+
+CONV = Kernel.CONV
 
 
 def _staircase(step: int, noise: float = 0.0, seed: int = 0) -> list[float]:
@@ -51,21 +53,38 @@ def test_a_decisive_measurement_is_cached_and_read_back_without_timing(tmp_path)
         calls.append(tuple(widths))
         return _staircase(16)
 
-    assert conv_multiple(cache=cache, probe=probe) == ChannelMultiple(16, "measured")
-    assert json.loads(cache.read_text()) == {machine_key(): 16}
-    assert conv_multiple(cache=cache, probe=probe) == ChannelMultiple(16, "cached")
+    assert preferred_multiple(CONV, cache=cache, probe=probe) == ChannelMultiple(16, "measured")
+    assert json.loads(cache.read_text()) == {f"conv on {machine_key()}": 16}
+    assert preferred_multiple(CONV, cache=cache, probe=probe) == ChannelMultiple(16, "cached")
     assert calls == [WIDTHS]  # measured once
 
 
 def test_an_undecided_measurement_uses_the_default_and_caches_nothing(tmp_path):
     cache = tmp_path / "widths.json"
-    flat = conv_multiple(cache=cache, probe=lambda widths: [1.0] * len(widths))
-    assert flat == ChannelMultiple(DEFAULT, "default") and not cache.exists()
+    flat = preferred_multiple(CONV, cache=cache, probe=lambda widths: [1.0] * len(widths))
+    assert flat == ChannelMultiple(8, "default") and not cache.exists()
     assert "not decisive" in flat.describe()
 
 
 def test_a_broken_cache_file_is_measured_over(tmp_path):
     cache = tmp_path / "widths.json"
     cache.write_text("{not json")
-    assert conv_multiple(cache=cache, probe=lambda w: _staircase(8)).how == "measured"
-    assert json.loads(cache.read_text()) == {machine_key(): 8}
+    assert preferred_multiple(CONV, cache=cache, probe=lambda w: _staircase(8)).how == "measured"
+    assert json.loads(cache.read_text()) == {f"conv on {machine_key()}": 8}
+
+
+def test_the_gemm_step_is_found_on_a_linear_staircase_and_kept_apart_from_the_conv_one(
+        tmp_path):
+    times = [0.05 + 1e-3 * math.ceil(w / 16) * 16 for w in WIDTHS]
+    assert choose_multiple(WIDTHS, times, power=1) == 16
+    cache = tmp_path / "widths.json"
+    gemm = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda w: times)
+    conv = preferred_multiple(CONV, cache=cache, probe=lambda w: _staircase(8))
+    assert (gemm.multiple, conv.multiple) == (16, 8)
+    assert preferred_multiple(Kernel.GEMM, cache=cache, probe=None).how == "cached"
+    assert gemm.describe().startswith("Linear layers of 64+ neurons in multiples of 16")
+
+
+def test_undecided_gemm_timing_keeps_linear_widths_exact(tmp_path):
+    flat = preferred_multiple(Kernel.GEMM, cache=tmp_path / "w.json", probe=lambda w: [1.0] * len(w))
+    assert flat.multiple == 1 and "Linear layers of 64+ neurons exact" in flat.describe()
