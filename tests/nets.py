@@ -203,6 +203,24 @@ class InputSkip(nn.Module):
         return self.head(F.relu(y).mean(dim=(2, 3)))
 
 
+class CatOfJoined(nn.Module):
+    """Two convs added (one channel space) and also concatenated into a third conv, which
+    then reads that space twice, at two offsets: left dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 6, 3, padding=1)
+        self.head, self.side = nn.Linear(6, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ya, yb = self.a(x), self.b(x)
+        joined = F.relu(ya + yb).mean(dim=(2, 3))
+        both = torch.cat([F.relu(ya), F.relu(yb)], 1)
+        return self.head(F.relu(self.c(both)).mean(dim=(2, 3))) + self.side(joined)
+
+
 class CatBeforeActivation(nn.Module):
     """Two convs concatenated before their ReLU, the cat added to a third conv: neither
     can be pruned (no activation of one layer's channels alone; an add behind a cat)."""

@@ -9,7 +9,7 @@ from compressor.graph.capture import get_tensor
 from compressor.graph.groups import constant_outputs
 from compressor.graph.trace import trace
 from tests.helpers import graph_of
-from tests.nets import CatBeforeActivation, Concat, Depthwise, ImageNet, NotPrunable, SmallCNN, Tied, small_resnet, tiny
+from tests.nets import CatBeforeActivation, CatOfJoined, Concat, Depthwise, ImageNet, NotPrunable, SmallCNN, Tied, small_resnet, tiny
 
 
 def test_finds_every_hidden_layer_of_an_mlp_and_never_the_output_layer():
@@ -96,6 +96,13 @@ def test_a_channel_cat_keeps_each_input_a_group_at_its_offset():
     assert [(s.param, s.offset) for s in groups["a"].consumers] == [("c_weight", 0)]
     assert [(s.param, s.offset) for s in groups["b"].consumers] == [("c_weight", 4)]
     assert groups["b"].functions == ("relu_1", "relu_2")  # its ReLU, then the one after the cat
+
+
+def test_a_layer_reading_one_space_twice_through_a_cat_leaves_it_dense():
+    found = trace(graph_of(CatOfJoined(), torch.randn(2, 1, 12, 12)))
+    dense = dict(found.dense)
+    assert dense["a"] == dense["b"] == "conv2d_2 reads its channels twice (through a cat)"
+    assert [g.name for g in found.groups] == ["c"]
 
 
 def test_what_the_tracer_does_not_follow_behind_a_cat_stays_dense_with_the_reason():
