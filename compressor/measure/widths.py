@@ -69,9 +69,11 @@ class ChannelMultiple:
         if self.how == "default":
             kept = f"in multiples of {self.multiple}" if self.multiple > 1 else "exact"
             return (f"{what} {kept} (timing onnxruntime's {op} on this CPU was not decisive)")
+        when = "measured now" if self.how == "measured" else "measured before"
+        if self.multiple == 1:
+            return f"{what} exact (onnxruntime's {op} on this CPU shows no steps, {when})"
         return (f"{what} in multiples of {self.multiple} (onnxruntime's {op} on this CPU runs "
-                f"in steps of {self.multiple} {unit}, "
-                f"{'measured now' if self.how == 'measured' else 'measured before'})")
+                f"in steps of {self.multiple} {unit}, {when})")
 
 
 def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
@@ -108,10 +110,13 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
 def choose_multiple(widths: Sequence[int], times: Sequence[float], *,
                     power: int = 2) -> int | None:
     """The step (of CANDIDATES) whose staircase fits the times of a kernel at `widths` best,
-    time = a + b · (ceil(w / m) · m) ** power, or None unless that fit explains at least
-    DECISIVE of the variance and leaves at most SMOOTHER times the squared error of the fit
-    without steps (m = 4: the widths are multiples of 4)."""
+    time = a + b · (ceil(w / m) · m) ** power, if that fit explains at least DECISIVE of the
+    variance and leaves at most SMOOTHER times the squared error of the fit without steps
+    (m = 4: the widths are multiples of 4); 1 (no steps worth aligning to) if the fit without
+    steps explains DECISIVE of it and no staircase does clearly better; None if neither fits
+    (noise)."""
     t = np.asarray(times, dtype=np.float64)
+    total = max(float(((t - t.mean()) ** 2).sum()), 1e-30)
     errors = {}
     for m in CANDIDATES:
         padded = np.array([(math.ceil(w / m) * m) ** power for w in widths], dtype=np.float64)
@@ -119,11 +124,11 @@ def choose_multiple(widths: Sequence[int], times: Sequence[float], *,
         residual = t - design @ np.linalg.lstsq(design, t, rcond=None)[0]
         errors[m] = float(residual @ residual)
     best = min(CANDIDATES, key=lambda m: (errors[m], m))
-    explained = 1 - errors[best] / max(float(((t - t.mean()) ** 2).sum()), 1e-30)
-    if best == CANDIDATES[0] or explained < DECISIVE or \
-            errors[best] > SMOOTHER * errors[CANDIDATES[0]]:
-        return None
-    return best
+    smooth = errors[CANDIDATES[0]]
+    if best != CANDIDATES[0] and 1 - errors[best] / total >= DECISIVE and \
+            errors[best] <= SMOOTHER * smooth:
+        return best
+    return 1 if 1 - smooth / total >= DECISIVE else None
 
 
 def probe_conv(widths: Sequence[int], *, batch: int = 8, size: int = 14) -> list[float]:
