@@ -55,7 +55,7 @@ class Kernel(str, Enum):
 
 
 @dataclass(frozen=True)
-class ChannelMultiple:
+class WidthMultiple:
     """What `--align auto` rounds a kind of layer to, and how that was found."""
 
     multiple: int
@@ -77,7 +77,7 @@ class ChannelMultiple:
 
 
 def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
-                       probe: Probe | None = None) -> ChannelMultiple:
+                       probe: Probe | None = None) -> WidthMultiple:
     """The width multiple `kernel` runs fastest at on this machine.
 
     Args:
@@ -94,17 +94,17 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
     key = f"{kernel.value} on {machine_key()}"
     known = _read(path)
     if known.get(key) in (1, *CANDIDATES):
-        return ChannelMultiple(known[key], "cached", kernel)
+        return WidthMultiple(known[key], "cached", kernel)
     measure = probe or (probe_conv if kernel is Kernel.CONV else probe_gemm)
     chosen = choose_multiple(WIDTHS, measure(WIDTHS), power=kernel.power)
     if chosen is None:
-        return ChannelMultiple(kernel.default, "default", kernel)
+        return WidthMultiple(kernel.default, "default", kernel)
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps({**known, key: chosen}, indent=1, sort_keys=True))
         temporary.replace(path)
-    return ChannelMultiple(chosen, "measured", kernel)
+    return WidthMultiple(chosen, "measured", kernel)
 
 
 def choose_multiple(widths: Sequence[int], times: Sequence[float], *,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from compressor.measure.widths import (WIDTHS, ChannelMultiple, Kernel, choose_multiple,
+from compressor.measure.widths import (WIDTHS, WidthMultiple, Kernel, choose_multiple,
                                        machine_key, preferred_multiple)
 
 CONV = Kernel.CONV
@@ -62,9 +62,9 @@ def test_a_decisive_measurement_is_cached_and_read_back_without_timing(tmp_path)
         calls.append(tuple(widths))
         return _staircase(16)
 
-    assert preferred_multiple(CONV, cache=cache, probe=probe) == ChannelMultiple(16, "measured")
+    assert preferred_multiple(CONV, cache=cache, probe=probe) == WidthMultiple(16, "measured")
     assert json.loads(cache.read_text()) == {f"conv on {machine_key()}": 16}
-    assert preferred_multiple(CONV, cache=cache, probe=probe) == ChannelMultiple(16, "cached")
+    assert preferred_multiple(CONV, cache=cache, probe=probe) == WidthMultiple(16, "cached")
     assert calls == [WIDTHS]  # measured once
 
 
@@ -72,7 +72,7 @@ def test_an_undecided_measurement_uses_the_default_and_caches_nothing(tmp_path):
     cache = tmp_path / "widths.json"
     noise = list(np.random.default_rng(3).random(len(WIDTHS)))
     flat = preferred_multiple(CONV, cache=cache, probe=lambda widths: noise)
-    assert flat == ChannelMultiple(8, "default") and not cache.exists()
+    assert flat == WidthMultiple(8, "default") and not cache.exists()
     assert "not decisive" in flat.describe()
 
 
@@ -99,7 +99,7 @@ def test_undecided_gemm_timing_keeps_linear_widths_exact_and_caches_nothing(tmp_
     cache = tmp_path / "w.json"
     noise = list(np.random.default_rng(2).random(len(WIDTHS)))
     flat = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda w: noise)
-    assert flat == ChannelMultiple(1, "default", Kernel.GEMM) and not cache.exists()
+    assert flat == WidthMultiple(1, "default", Kernel.GEMM) and not cache.exists()
     assert "Linear layers of 64+ neurons exact (timing" in flat.describe()
 
 
@@ -107,6 +107,6 @@ def test_a_gemm_without_steps_is_cached_as_exact_widths(tmp_path):
     cache = tmp_path / "w.json"
     smooth = [0.05 + 1e-3 * w for w in WIDTHS]
     found = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda w: smooth)
-    assert found == ChannelMultiple(1, "measured", Kernel.GEMM)
+    assert found == WidthMultiple(1, "measured", Kernel.GEMM)
     assert json.loads(cache.read_text()) == {f"gemm on {machine_key()}": 1}
     assert "shows no steps" in found.describe()
