@@ -230,7 +230,7 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     scores = unit_scores(gm, groups, prune, stats=stats, x=calib)
     removed = select(groups, scores, shapes, budget, scope=prune.scope, original_sizes=original,
                      dead=dead, costs=costs)
-    return align_widths(groups, removed, scores, shapes, budget, align, dead, costs)
+    return align_widths(groups, removed, scores, shapes, budget, align, dead, costs, original)
 
 
 def _alignment(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: PruneConfig,

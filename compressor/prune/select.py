@@ -205,13 +205,15 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
                  scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
                  budget: Budget, multiple: int | dict[str, int],
                  dead: dict[str, torch.Tensor] | None = None,
-                 costs: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                 costs: dict[str, int] | None = None,
+                 original_sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
     (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
     rounded down or up to a multiple, whichever combination keeps the most weights within
-    `budget.max_weights` (each group tries the multiples next to what it keeps, and its whole
-    width when that is no multiple: a 24-channel layer need not drop to 16). Rounding
+    `budget.max_weights` (each group tries the multiples next to what it keeps, and, while it
+    is still at its `original_sizes` width, that width when it is no multiple: a 24-channel
+    layer need not drop to 16). Rounding
     down removes the lowest-scored kept units; rounding up restores the best-scored removed
     live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
@@ -229,8 +231,9 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
         near = (down - multiple, down, down + multiple) if math.prod(
             len(o) for o in options) * 3 <= 3 ** 8 else (down,)
         near = tuple(n for n in near if multiple <= n <= g.size)
-        # a layer may also keep its whole width, a multiple or not (what the model had)
-        options.append(near + (g.size,) * (g.size % multiple != 0))
+        # an unpruned layer may also keep its whole width, a multiple or not (as the model had)
+        whole = (original_sizes or {}).get(g.name) == g.size and g.size % multiple != 0
+        options.append(near + (g.size,) * whole)
     best = None
     for combo in itertools.product(*options):
         sizes = {g.name: n for g, n in zip(groups, combo)}

@@ -160,7 +160,8 @@ def test_aligned_widths_are_multiples_and_stay_within_budget(seed):
 
 
 def test_a_layer_that_is_no_multiple_may_keep_its_whole_width():
-    """24 channels aligned to 16: 16 or all 24, not a forced cut to 16 at a light target."""
+    """24 channels aligned to 16: 16 or all 24 (still unpruned), not a forced cut to 16 at a
+    light target."""
     from compressor.prune.select import align_widths
 
     groups, shapes = chain([30, 24, 64, 10])
@@ -169,6 +170,11 @@ def test_a_layer_that_is_no_multiple_may_keep_its_whole_width():
     b = budget(total, 0.05)
     removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
                      original_sizes={g.name: g.size for g in groups})
-    aligned = align_widths(groups, removed, scores, shapes, b, 16)
+    original = {g.name: g.size for g in groups}
+    aligned = align_widths(groups, removed, scores, shapes, b, 16, original_sizes=original)
     kept = [g.size - len(aligned[g.name]) for g in groups]
     assert kept == [24, 48], kept
+    # once pruned (24 of 40 left after an earlier cycle), 24 is a width like any other
+    earlier = {**original, groups[0].name: 40}
+    aligned = align_widths(groups, removed, scores, shapes, b, 16, original_sizes=earlier)
+    assert [g.size - len(aligned[g.name]) for g in groups] == [16, 64]
