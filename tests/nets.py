@@ -203,6 +203,48 @@ class InputSkip(nn.Module):
         return self.head(F.relu(y).mean(dim=(2, 3)))
 
 
+class PreActDense(nn.Module):
+    """DenseNet-style, pre-activation (BatchNorm -> ReLU -> conv): each layer reads
+    BN-ReLU of the concatenation so far, so no BatchNorm can be folded into a layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1, self.l1 = nn.BatchNorm2d(4), nn.Conv2d(4, 3, 3, padding=1)
+        self.bn2, self.l2 = nn.BatchNorm2d(7), nn.Conv2d(7, 3, 3, padding=1)
+        self.bn3, self.head = nn.BatchNorm2d(10), nn.Linear(10, 4)
+        for bn in (self.bn1, self.bn2, self.bn3):  # trained-looking statistics
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, -0.2, 0.2)
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self.stem(x)
+        x01 = torch.cat([x0, self.l1(F.relu(self.bn1(x0)))], 1)
+        x012 = torch.cat([x01, self.l2(F.relu(self.bn2(x01)))], 1)
+        return self.head(F.relu(self.bn3(x012)).mean(dim=(2, 3)))
+
+
+class PreActResidual(nn.Module):
+    """A pre-activation residual block (x + conv(relu(bn(conv(relu(bn(x))))))): the stream's
+    BatchNorms follow the add, unfolded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(6), nn.Conv2d(6, 5, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(5), nn.Conv2d(5, 6, 3, padding=1)
+        self.bn3, self.head = nn.BatchNorm2d(6), nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        return self.head(F.relu(self.bn3(x)).mean(dim=(2, 3)))
+
+
 class CatOfJoined(nn.Module):
     """Two convs added (one channel space) and also concatenated into a third conv, which
     then reads that space twice, at two offsets: left dense."""
@@ -222,8 +264,8 @@ class CatOfJoined(nn.Module):
 
 
 class CatBeforeActivation(nn.Module):
-    """Two convs concatenated before their ReLU, the cat added to a third conv: neither
-    can be pruned (no activation of one layer's channels alone; an add behind a cat)."""
+    """Two convs concatenated before their ReLU (counted behind the cat), and a cat added to
+    a fourth conv: an add behind a cat, which the tracer does not follow."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -166,8 +166,7 @@ def _activations(gm, groups, x: torch.Tensor) -> tuple[dict[str, FiringStats], d
         for start in range(0, x.shape[0], BATCH):
             out = probe(x[start:start + BATCH])
             for g, m, a in zip(groups, moments, out if isinstance(out, tuple) else (out,)):
-                axis = g.axes[0] if g.axes else 1
-                m.add(a.movedim(axis, -1).reshape(-1, g.size))
+                m.add(g.units_of(0, a).transpose(1, 2).reshape(-1, g.size))
     return firing, {g.name: pca_dims(m.mean_cov()[1]) for g, m in zip(groups, moments)}
 
 

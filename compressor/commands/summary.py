@@ -27,7 +27,6 @@ from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share
 from ..measure.latency import latencies_ms
 from ..measure.onnx_file import flops_per_sample
 from ..prune.calibrate import ActivationStats
-from ..graph.ops import HOMOGENEOUS
 from ..prune.config import Criterion, PruneConfig, Score
 from ..prune.cycles import Pruned
 from ..prune.finetune import accuracy
@@ -132,7 +131,7 @@ def _compensation(prune: PruneConfig, run: Outcome) -> str:
     """What compensated the removed units: auto resolved by data and activation (without data,
     merge where it is exact, none elsewhere)."""
     chosen = {prune.compensate.resolve(has_data=run.splits is not None,
-                                       homogeneous=set(g.kinds) <= set(HOMOGENEOUS)).value
+                                       homogeneous=g.mergeable).value
               for g in run.found.groups}
     return "/".join(sorted(chosen)) or prune.compensate.value
 

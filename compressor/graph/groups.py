@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from .capture import get_tensor, set_tensor
+from .ops import HOMOGENEOUS
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class PrunableGroup:
             "gated" for the product of two producers' outputs).
         axes: the axis of the units in each node of `activations` ([B, C, H, W] and [B, F]: 1;
             tokens [B, T, F]: 2); every other axis is samples and positions.
+        offsets: where the units start on that axis in each node of `activations` (behind a
+            channel `cat`, other layers' channels come first).
+        carried: per-unit entries of the ops on the way that scale and shift each channel
+            (a BatchNorm that could not be folded: after a `cat` or a residual add); they
+            are removed with the units, and merging is not exact through them.
     """
 
     name: str
@@ -78,6 +84,8 @@ class PrunableGroup:
     functions: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("relu",)
     axes: tuple[int, ...] = ()
+    offsets: tuple[int, ...] = ()
+    carried: tuple[Slice, ...] = ()
 
     @property
     def relu(self) -> bool:
@@ -86,8 +94,22 @@ class PrunableGroup:
         return set(self.kinds) == {"relu"}
 
     @property
+    def mergeable(self) -> bool:
+        """Whether neuron merging is exact for the units: every activation on the way is
+        positively homogeneous (f(s*z) = s*f(z) for s > 0) and no BatchNorm shifts them."""
+        return set(self.kinds) <= set(HOMOGENEOUS) and not self.carried
+
+    @property
     def slices(self) -> tuple[Slice, ...]:
-        return self.weights + self.biases + self.consumers
+        return self.weights + self.biases + self.consumers + self.carried
+
+    def units_of(self, k: int, output: torch.Tensor) -> torch.Tensor:
+        """The units in `output`, the output of `activations[k]`: [B', units, positions],
+        B' its first axis (the batch, unless tokens come first)."""
+        axis = self.axes[k] if self.axes else 1
+        offset = self.offsets[k] if self.offsets else 0
+        units = output.movedim(axis, 1).narrow(1, offset, self.size)
+        return units.reshape(output.shape[0], self.size, -1)
 
 
 def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
@@ -121,9 +143,16 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         return s if mask is None or s.offset == 0 else \
             replace(s, offset=int(mask[:s.offset].sum()))
 
+    def counted(g: PrunableGroup) -> tuple[int, ...]:  # units of groups before g's go
+        return tuple(offset - sum(h.size - sizes[h.name] for h in groups for node, o in
+                                  zip(h.activations, h.offsets) if node == name and o < offset)
+                     for name, offset in zip(g.activations, g.offsets))
+
     return tuple(replace(g, size=sizes[g.name], weights=tuple(map(moved, g.weights)),
                          biases=tuple(map(moved, g.biases)),
-                         consumers=tuple(map(moved, g.consumers))) for g in groups)
+                         consumers=tuple(map(moved, g.consumers)),
+                         carried=tuple(map(moved, g.carried)), offsets=counted(g))
+                 for g in groups)
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:

@@ -153,6 +153,7 @@ class _Consumer:
     functions: tuple[str, ...]  # every activation node from the last join to it, in order
     axis: int = 1  # the axis of the units in the activation node's output
     offset: int = 0  # where the units' entries start in its input (behind a channel cat)
+    count_offset: int = 0  # where they start in the output of `activation`
 
 
 @dataclass
@@ -160,6 +161,7 @@ class _Space:
     producers: list[str] = field(default_factory=list)
     consumers: dict[str, _Consumer] = field(default_factory=dict)
     depthwise: list[str] = field(default_factory=list)  # convs that filter each unit alone
+    carried: dict[tuple[str, int], Slice] = field(default_factory=dict)  # unfolded BatchNorm
     reason: str = ""
     final: bool = False  # the reason explains the whole space (LayerNorm, attention heads)
 
@@ -193,6 +195,7 @@ class _Spaces:
             first.producers += second.producers
             first.consumers.update(second.consumers)
             first.depthwise += [d for d in second.depthwise if d not in first.depthwise]
+            first.carried.update(second.carried)
             if second.final and not first.final:
                 first.reason, first.final = second.reason, True
             first.reason = first.reason or second.reason
@@ -230,8 +233,7 @@ class _Spaces:
     def _step(self, root: str, at: _At, user: fx.Node, readers: int) -> _At | None:
         node, block = at.node, at.block
         acts = [a for a in at.acts if not _scaling(a)]  # the activations (for messages)
-        behind = at.counts is not None  # behind a channel cat: other layers' channels beside
-        if behind and not _after_cat(user, at):
+        if at.behind and not _after_cat(user, at):
             self.fail(root, f"its concatenated output feeds {_op_name(user)}, which the tracer "
                             "follows only for the output of one layer")
             return None
@@ -245,8 +247,10 @@ class _Spaces:
                 return None
             return replace(at, node=user)  # each unit (a token) normalised on its own
         if user.target in ACTIVATIONS:
-            return replace(at, node=user, acts=(*at.acts, user),
-                           counted=at.counted if behind else at.axis)
+            return replace(at, node=user, acts=(*at.acts, user), counted=at.axis,
+                           count_offset=at.offset)
+        if user.target is BATCH_NORM_OP and user.args[0] is node:
+            return self._affine(root, at, user)
         if user.target in MUL:
             return self._gate(root, at, user)
         if user.target in IDENTITY or (user.target in POOL and at.axis == 1):
@@ -293,7 +297,7 @@ class _Spaces:
         return None
 
     def _consume(self, root: str, at: _At, user: fx.Node) -> None:
-        counted = [a for a in at.acts[:at.counts] if not _scaling(a)]
+        counted = [a for a in at.acts if not _scaling(a)]
         known = self.spaces[self.find(root)].consumers.get(user.name)
         if not counted:
             self.fail(root, f"its output reaches {user.name} without an activation")
@@ -307,15 +311,14 @@ class _Spaces:
         else:
             self.spaces[self.find(root)].consumers[user.name] = _Consumer(
                 user, at.block, counted[-1].name, tuple(a.name for a in at.acts), at.counted,
-                at.offset)
+                at.offset, at.count_offset)
         return None
 
     def _concat(self, root: str, at: _At, cat: fx.Node) -> _At | None:
         """A `cat` along the units' axis (Inception branches, U-Net skips, DenseNet layers):
         the units keep their own space, behind the channels of the operands before them;
-        the consumers read them at that offset (which moves when those operands shrink). They
-        are counted at their last activation before the first such cat, where its output
-        holds their channels alone."""
+        the consumers read them at that offset (which moves when those operands shrink), and
+        they are counted at that offset in the activations after it."""
         operands = list(cat.args[0])
         widths = [_width(o, at.axis) for o in operands[:operands.index(at.node)]]
         if at.block != 1:
@@ -324,14 +327,30 @@ class _Spaces:
             self.fail(root, f"its channels reach {cat.name} more than once")
         elif None in widths:
             self.fail(root, f"it is concatenated after a tensor of unknown width in {cat.name}")
-        elif not [a for a in at.acts[:at.counts] if not _scaling(a)]:
-            self.fail(root, f"its output is concatenated ({cat.name}) before an activation, "
-                            "where its channels cannot be counted apart from the others")
         else:
             self.cats.add(cat.name)
-            return replace(at, node=cat, offset=at.offset + sum(widths),
-                           counts=len(at.acts) if at.counts is None else at.counts)
+            return replace(at, node=cat, offset=at.offset + sum(widths), behind=True)
         return None
+
+    def _affine(self, root: str, at: _At, norm: fx.Node) -> _At | None:
+        """An eval-mode BatchNorm that could not be folded into a layer (it follows a cat, a
+        residual add, or a layer whose output goes elsewhere too): it scales and shifts each
+        channel alone, so its entries for the units go with them."""
+        params = norm.args[1:5]
+        if at.axis != 1 or at.block != 1 or (len(norm.args) > 5 and norm.args[5]):
+            self.fail(root, f"its output feeds {norm.name} (BatchNorm in training mode or "
+                            "off the channel axis)")
+            return None
+        if not all(isinstance(p, fx.Node) and p.op == "get_attr" and len(p.users) == 1
+                   for p in params if p is not None):
+            self.fail(root, f"its output feeds {norm.name}, a BatchNorm whose statistics are "
+                            "computed or shared")
+            return None
+        space = self.spaces[self.find(root)]
+        for p in params:
+            if p is not None:
+                space.carried[p.target, at.offset] = Slice(p.target, 0, 1, at.offset)
+        return replace(at, node=norm)
 
     def _join(self, root: str, at: _At, add: fx.Node) -> _At | None:
         """A residual add: every operand's space joins this one; the add carries it on. An
@@ -393,8 +412,7 @@ class _Spaces:
 class _At:
     """Where a walk is: a node carrying the space's units, `block` columns each, on `axis` of
     its output from `offset` on; the activations passed since the last join, and the axis of
-    the units on the last of them (where they are counted; behind a channel cat, the last
-    before it)."""
+    the units on the last of them, and their offset there (where they are counted)."""
 
     node: fx.Node
     block: int
@@ -402,13 +420,15 @@ class _At:
     axis: int
     counted: int
     offset: int = 0  # where the units' entries start on `axis` (behind a channel cat)
-    counts: int | None = None  # behind a channel cat: how many of `acts` came before it
+    count_offset: int = 0  # where they start in the output of the last activation
+    behind: bool = False  # behind a channel cat: other layers' channels beside them
 
 
 LINEAR_OR_CONV = (LINEAR, *CONV)
 NORMS_BY_NAME = {name: op for op, name in NORMS.items()}
 SDPA = ATTENTION[0]
 DROPOUT = torch.ops.aten.dropout.default
+BATCH_NORM_OP = torch.ops.aten.batch_norm.default  # what capture leaves of an unfolded one
 
 
 def _sources(node: object, axis: int) -> list[fx.Node] | None:
@@ -477,7 +497,8 @@ def _after_cat(user: fx.Node, at: _At) -> bool:
     axis moves, scaling by a number, Linear and ungrouped convolutions, further channel cats)."""
     if user.op == "output" or user.target in ACTIVATIONS or user.target in IDENTITY or \
             user.target in POOL or user.target in FLATTEN or user.target in TRANSPOSE or \
-            user.target is MEAN or (user.target in CAT and _cat_dim(user) == at.axis):
+            user.target is MEAN or (user.target in CAT and _cat_dim(user) == at.axis) or \
+            user.target is BATCH_NORM_OP:
         return True
     if user.target in MUL:
         return not any(isinstance(a, fx.Node) for a in user.args if a is not at.node)
@@ -615,11 +636,11 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
             consumer_biases.append(add_zero_bias(gm, c.node))
         else:
             consumer_biases.append(c.node.args[2].target)
-    counted = {c.activation: c.axis for c in consumers}
+    counted = {c.activation: (c.axis, c.count_offset) for c in consumers}
     chains = {tuple(_signature(nodes[a]) for a in c.functions) for c in consumers}
     gated = any(nodes[a].target in MUL and not _scaling(nodes[a])
                 for c in consumers for a in c.functions)  # its value needs the other factor
-    exact = len(filters) == 1 and len(chains) == 1 and not gated and all(
+    exact = len(filters) == 1 and len(chains) == 1 and not gated and not space.carried and all(
         c.node.target is LINEAR or not any(_padding(c.node)) for c in consumers)
     members.sort(key=lambda layer: list(nodes).index(layer.node))
     return PrunableGroup(
@@ -628,7 +649,9 @@ def _group(gm: fx.GraphModule, space: _Space, members: list) -> PrunableGroup:
         weights=weights,
         biases=biases,
         activations=tuple(counted),
-        axes=tuple(counted.values()),
+        axes=tuple(axis for axis, _ in counted.values()),
+        offsets=tuple(offset for _, offset in counted.values()),
+        carried=tuple(space.carried.values()),
         consumers=tuple(Slice(c.node.args[1].target, 1, c.block, c.offset) for c in consumers),
         consumer_biases=tuple(consumer_biases),
         consumer_nodes=tuple(c.node.name for c in consumers),

@@ -77,8 +77,8 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
             batch = min(batch_size, n - start)
             outputs = dict(zip(nodes, probe(x[start:start + batch_size].to(device))))
             for g in groups:
-                for name, axis in zip(g.activations, g.axes or (1,) * len(g.activations)):
-                    per_unit = _per_unit(outputs[name], g.size, axis)  # [B', units, positions]
+                for k, name in enumerate(g.activations):
+                    per_unit = g.units_of(k, outputs[name])  # [B', units, positions]
                     share = batch / per_unit.shape[0]  # 1 unless the batch axis is not first
                     if g.relu:
                         counts[g.name] += (per_unit != 0).sum(dim=(0, 2)).cpu()
@@ -97,9 +97,3 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                 progress(min(start + batch_size, n), n)
     means = {key: {k: v / max(n, 1) for k, v in by.items()} for key, by in sums.items()}
     return ActivationStats(counts, means["h"], n, positions, means["|h|"], means["h²"])
-
-
-def _per_unit(a: torch.Tensor, size: int, axis: int) -> torch.Tensor:
-    """[B', units, positions] from an activation whose units are on `axis` ([B, C, H, W] and
-    [B, F]: 1; [B, T, F]: 2); B' is its first axis (the batch, unless tokens come first)."""
-    return a.movedim(axis, 1).reshape(a.shape[0], size, -1)

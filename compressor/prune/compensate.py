@@ -16,7 +16,6 @@ from .calibrate import ActivationStats
 from .config import Compensation, PruneConfig
 from ..graph.groups import (PrunableGroup, constant_outputs, fold_into_consumers, merge_into,
                      unit_rows, zero_consumers)
-from ..graph.ops import HOMOGENEOUS
 from .lsq import refit_consumer
 
 
@@ -56,7 +55,7 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         Per group, how many removed units were exact constants and how many were merged.
     """
     modes = {g.name: config.compensate.resolve(has_data=x is not None,
-                                               homogeneous=set(g.kinds) <= set(HOMOGENEOUS))
+                                               homogeneous=g.mergeable)
              for g in groups}
     if (Compensation.MEAN in modes.values() and stats is None) or \
             (Compensation.LSQ in modes.values() and x is None):

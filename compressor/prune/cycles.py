@@ -320,9 +320,9 @@ def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",
 def _check_merge(groups) -> None:
     """Merging folds a unit into a kept one scaled by s > 0: exact only where the activation
     commutes with that scale."""
-    other = next((g for g in groups if not set(g.kinds) <= set(HOMOGENEOUS)), None)
+    other = next((g for g in groups if not g.mergeable), None)
     if other is not None:
-        kind = next(k for k in other.kinds if k not in HOMOGENEOUS)
+        kind = next((k for k in other.kinds if k not in HOMOGENEOUS), "an unfolded BatchNorm")
         raise UsageError(f"--compensate merge is exact only for units read through ReLU or "
                          f"LeakyReLU, and layer {other.name} is read through {kind}: use "
                          "--compensate lsq (with --data) or none")

@@ -147,14 +147,17 @@ def test_a_pruned_denseblock_exports_and_matches_in_onnxruntime():
     verify(to_onnx(gm, X[:2]), gm, X, tolerance=1e-5)
 
 
-def test_dead_units_read_through_a_relu_after_the_cat_are_counted_before_it():
-    """relu(cat(relu(a), relu(b))): counted at each branch's own ReLU, where a's output holds
-    its channels alone."""
+def test_units_read_through_an_activation_after_the_cat_are_counted_there_at_their_offset():
+    """relu(cat(relu(a), relu(b))): counted at the ReLU after the cat, each branch's channels
+    at its offset: the same counts as at the branch's own ReLU."""
     from tests.nets import Concat
 
-    gm = graph_of(Concat(), X[:2])
+    net = Concat()
+    gm = graph_of(net, X[:2])
     groups = {g.name: g for g in trace(gm).groups}
-    assert groups["a"].activations == ("relu",) and groups["b"].activations == ("relu_1",)
-    assert groups["b"].consumers[0].offset == 4
+    assert groups["a"].activations == groups["b"].activations == ("relu_2",)
+    assert (groups["a"].offsets, groups["b"].offsets) == ((0,), (4,))
     stats = count_activations(gm, tuple(groups.values()), X)
-    assert stats.positions["b"] == 144
+    with torch.no_grad():
+        own = (torch.relu(net.b(X)) != 0).sum(dim=(0, 2, 3))
+    assert torch.equal(stats.counts["b"], own) and stats.positions["b"] == 144
