@@ -210,10 +210,10 @@ class PreActDense(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.stem = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn1, self.l1 = nn.BatchNorm2d(4), nn.Conv2d(4, 3, 3, padding=1)
-        self.bn2, self.l2 = nn.BatchNorm2d(7), nn.Conv2d(7, 3, 3, padding=1)
-        self.bn3, self.head = nn.BatchNorm2d(10), nn.Linear(10, 4)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1, self.l1 = nn.BatchNorm2d(8), nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2, self.l2 = nn.BatchNorm2d(14), nn.Conv2d(14, 6, 3, padding=1)
+        self.bn3, self.head = nn.BatchNorm2d(20), nn.Linear(20, 4)
         for bn in (self.bn1, self.bn2, self.bn3):  # trained-looking statistics
             nn.init.uniform_(bn.weight, 0.5, 1.5)
             nn.init.uniform_(bn.bias, -0.2, 0.2)

@@ -13,7 +13,7 @@ import torch
 
 from compressor.measure.onnx_file import flops_per_sample
 from tests.helpers import save_model
-from tests.nets import DenseBlock, Inception, SmallCNN, small_resnet
+from tests.nets import DenseBlock, Inception, PreActDense, SmallCNN, small_resnet
 
 FAST = ("--no-latency", "--quiet")
 
@@ -27,7 +27,7 @@ def cnn_files(tmp_path: Path) -> dict[str, Path]:
     quadrants = x.reshape(400, 2, 6, 2, 6).sum(axis=(2, 4)).reshape(400, 4)
     np.savez(tmp_path / "images.npz", x=x, y=quadrants.argmax(1))
     nets = {"cnn": SmallCNN(), "resnet": small_resnet(), "inception": Inception(),
-            "dense": DenseBlock()}
+            "dense": DenseBlock(), "preact": PreActDense()}
     for name, net in nets.items():
         save_model(net, tmp_path / f"{name}.pt", "sd", torch.from_numpy(x[:2]))
     return {"dir": tmp_path, "data": tmp_path / "images.npz",
@@ -37,7 +37,8 @@ def cnn_files(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("name, arch", [("cnn", "tests.nets:SmallCNN"),
                                         ("resnet", "tests.nets:small_resnet"),
                                         ("inception", "tests.nets:Inception"),
-                                        ("dense", "tests.nets:DenseBlock")])
+                                        ("dense", "tests.nets:DenseBlock"),
+                                        ("preact", "tests.nets:PreActDense")])
 def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, arch):
     out = cnn_files["dir"] / f"{name}.onnx"
     result = run_cli(cnn_files[name], "--arch", arch, "--target", "0.5", "--data",
@@ -45,9 +46,11 @@ def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, 
                      out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert 0.5 <= report["reduction"] <= 0.55  # one channel of a model this small is ~1.5%
+    # one channel of a model this small is ~1.5% of its weights (the pre-activation one: 9%)
+    assert 0.5 <= report["reduction"] <= (0.6 if name == "preact" else 0.55)
     proto = onnx.load(out)
-    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    norms = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    assert norms == (3 if name == "preact" else 0)  # folded where a layer precedes it alone
     conv_rows = [row for row in report["layers"] if row["note"] == "pruned"]
     assert conv_rows and any(row["out_after"] < row["out_before"] for row in conv_rows)
     # the report's FLOPs are what compress check measures on the file it wrote

@@ -39,9 +39,9 @@ def test_the_batchnorm_entries_of_concatenated_units_are_found_at_their_offsets(
     assert sorted(groups) == ["l1", "l2", "stem"]
     l1 = groups["l1"]
     assert {(s.param, s.offset) for s in l1.carried} == {
-        (f"{bn}_{p}", 4) for bn in ("bn2", "bn3")
+        (f"{bn}_{p}", 8) for bn in ("bn2", "bn3")
         for p in ("weight", "bias", "running_mean", "running_var")}
-    assert l1.activations == ("relu_1", "relu_2") and l1.offsets == (4, 4)
+    assert l1.activations == ("relu_1", "relu_2") and l1.offsets == (8, 8)
     assert not any(g.mergeable or g.exact_constants for g in groups.values())
 
 
@@ -52,10 +52,10 @@ def test_dead_channels_of_a_preactivation_denseblock_go_without_changing_the_out
     gm = graph_of(net, X[:2])
     stats = count_activations(gm, trace(gm).groups, X)
     assert int(stats.counts["stem"][1]) == 0 and int(stats.counts["l1"][0]) == 0
-    with torch.no_grad():  # l1's channels 4-6 after bn2 and after bn3, counted by hand
+    with torch.no_grad():  # l1's channels 8-13 after bn2 and after bn3, counted by hand
         x01 = torch.cat([net.stem(X), net.l1(torch.relu(net.bn1(net.stem(X))))], 1)
         x012 = torch.cat([x01, net.l2(torch.relu(net.bn2(x01)))], 1)
-        by_hand = sum((torch.relu(bn(x))[:, 4:7] != 0).sum(dim=(0, 2, 3))
+        by_hand = sum((torch.relu(bn(x))[:, 8:14] != 0).sum(dim=(0, 2, 3))
                       for bn, x in ((net.bn2, x01), (net.bn3, x012)))
     assert torch.equal(stats.counts["l1"], by_hand) and int(by_hand.sum()) > 0
     with torch.no_grad():
@@ -63,10 +63,10 @@ def test_dead_channels_of_a_preactivation_denseblock_go_without_changing_the_out
     groups, _ = remove_units(gm, _units(gm, {"stem": [1], "l1": [0]}))
     with torch.no_grad():
         torch.testing.assert_close(gm(X), before, rtol=0, atol=1e-5)
-    assert get_tensor(gm, "bn2_running_var").shape == (5,)
-    assert get_tensor(gm, "bn3_weight").shape == (8,)
+    assert get_tensor(gm, "bn2_running_var").shape == (12,)
+    assert get_tensor(gm, "bn3_weight").shape == (18,)
     l2 = next(g for g in groups if g.name == "l2")
-    assert l2.offsets == (5,) and {s.offset for s in l2.carried} == {5}  # were 7
+    assert l2.offsets == (12,) and {s.offset for s in l2.carried} == {12}  # were 14
 
 
 def test_dead_channels_of_a_preactivation_residual_stream_go_without_changing_the_output():
