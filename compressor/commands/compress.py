@@ -27,7 +27,7 @@ from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..prune.config import Score
 from ..measure.widths import Kernel, preferred_multiple
 from ..prune.config import PruneConfig
-from ..prune.cycles import LINEAR_ALIGNED, Log, Progress, is_channels, prune
+from ..prune.cycles import Log, Progress, is_channels, prune
 from ..prune.shrink import expand
 from ..report.compress import Report
 from ..report.plots import compress_plots, require_matplotlib
@@ -144,7 +144,7 @@ def _multiples(gm: fx.GraphModule, found, config: PruneConfig,
     if config.align or config.score is not Score.NEURONS:
         return config, ""
     conv = [g for g in found.groups if is_channels(gm, g)]
-    wide = [g for g in found.groups if not is_channels(gm, g) and g.size >= LINEAR_ALIGNED]
+    wide = [g for g in found.groups if not is_channels(gm, g) and g.size >= 16]  # 4 steps of 4
     found_here = {}
     if conv and config.channel_multiple is None:
         found_here["channel_multiple"] = preferred_multiple(Kernel.CONV)

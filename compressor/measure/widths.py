@@ -65,7 +65,7 @@ class WidthMultiple:
     def describe(self) -> str:
         """One phrase for the report."""
         what, op, unit = ("conv channels", "convolutions", "channels") \
-            if self.kernel is Kernel.CONV else ("Linear layers of 64+ neurons", "Gemm", "columns")
+            if self.kernel is Kernel.CONV else ("wide Linear layers", "Gemm", "columns")
         if self.how == "default":
             kept = f"in multiples of {self.multiple}" if self.multiple > 1 else "exact"
             return (f"{what} {kept} (timing onnxruntime's {op} on this CPU was not decisive)")

@@ -168,12 +168,13 @@ class PruneConfig:
         method: how single weights are scored (score WEIGHTS only).
         seed: seed of the random criterion and method.
         align: every layer keeps a multiple of this many neurons (score NEURONS; 1 = any;
-            0 = auto: multiples of `channel_multiple` for conv channels, exact widths for
-            Linear neurons).
+            0 = auto: the machine's step, `channel_multiple` for conv channels and
+            `linear_multiple` for Linear neurons, in layers at least 4 steps wide; narrower
+            conv layers multiples of 8, narrower Linear layers exact widths).
         channel_multiple: what auto `align` rounds conv channels to; None: what `compress`
             measures for the machine (`compressor.measure.widths`), 8 where nothing measured.
-        linear_multiple: what auto `align` rounds Linear layers of 64 or more neurons to;
-            None: what `compress` measures, exact widths where nothing measured.
+        linear_multiple: what auto `align` rounds wide Linear layers to; None: what
+            `compress` measures, exact widths where nothing measured.
         of: what `target` reduces: weights, or FLOPs per sample (score NEURONS).
         device: where counting, refits and fine-tuning run: cpu, cuda, cuda:N, or auto (cuda
             when available, else cpu); the model and every result come back to the CPU.

@@ -213,9 +213,9 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     rounded down or up to a multiple, whichever combination keeps the most weights within
     `budget.max_weights` (each group tries the multiples next to what it keeps, and, while it
     is still at its `original_sizes` width, that width when it is no multiple: a 24-channel
-    layer need not drop to 16). Rounding
-    down removes the lowest-scored kept units; rounding up restores the best-scored removed
-    live units."""
+    layer need not drop to 16). Where no combination fits, the multiples are halved until one
+    does (or they reach 1: exact widths). Rounding down removes the lowest-scored kept units;
+    rounding up restores the best-scored removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
     if all(multiples.get(g.name, 1) <= 1 for g in groups):
         return removed
@@ -240,8 +240,10 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
         count = weight_count(shapes, list(groups), sizes, costs)
         if count <= budget.max_weights and (best is None or count > best[0]):
             best = (count, sizes)
-    if best is None:  # nothing fits: the budget was already broken; leave it
-        return removed
+    if best is None:  # nothing fits (a step is too coarse for this budget): halve the steps
+        halved = {name: m // 2 for name, m in multiples.items()}
+        return align_widths(groups, removed, scores, shapes, budget, halved, dead, costs,
+                            original_sizes)
     out = {}
     for g in groups:
         want = best[1][g.name]

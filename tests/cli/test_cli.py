@@ -385,6 +385,6 @@ def test_align_auto_rounds_wide_linear_layers_to_the_measured_gemm_step(run_cli,
                for name, (before, after) in rows.items() if name in ("0", "2", "4")), rows
     assert sum(after < before for before, after in rows.values()) >= 3, rows
     assert report["options"]["prune"]["linear_multiple"] == 16
-    assert "Linear layers of 64+ neurons in multiples of 16 (onnxruntime's Gemm" in \
+    assert "wide Linear layers in multiples of 16 (onnxruntime's Gemm" in \
         report["alignment"]
     assert 0.8 <= report["reduction"] <= 0.8 + 0.02

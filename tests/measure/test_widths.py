@@ -92,7 +92,7 @@ def test_the_gemm_step_is_found_on_a_linear_staircase_and_kept_apart_from_the_co
     conv = preferred_multiple(CONV, cache=cache, probe=lambda w: _staircase(8))
     assert (gemm.multiple, conv.multiple) == (16, 8)
     assert preferred_multiple(Kernel.GEMM, cache=cache, probe=None).how == "cached"
-    assert gemm.describe().startswith("Linear layers of 64+ neurons in multiples of 16")
+    assert gemm.describe().startswith("wide Linear layers in multiples of 16")
 
 
 def test_undecided_gemm_timing_keeps_linear_widths_exact_and_caches_nothing(tmp_path):
@@ -100,7 +100,7 @@ def test_undecided_gemm_timing_keeps_linear_widths_exact_and_caches_nothing(tmp_
     noise = list(np.random.default_rng(2).random(len(WIDTHS)))
     flat = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda w: noise)
     assert flat == WidthMultiple(1, "default", Kernel.GEMM) and not cache.exists()
-    assert "Linear layers of 64+ neurons exact (timing" in flat.describe()
+    assert "wide Linear layers exact (timing" in flat.describe()
 
 
 def test_a_gemm_without_steps_is_cached_as_exact_widths(tmp_path):

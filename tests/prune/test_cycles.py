@@ -40,3 +40,21 @@ def test_the_last_of_several_cycles_fine_tunes_longer():
     assert _tuned_epochs() == [1, 1, FINAL_EPOCHS]
     assert _tuned_epochs(final_epochs=2) == [1, 1, 2]
     assert FinetuneConfig(max_epochs=6, patience=3).last().patience == 9
+
+
+def test_auto_alignment_uses_the_machine_step_only_for_layers_four_steps_wide():
+    from torch import nn
+
+    from compressor.prune.cycles import _alignment
+
+    net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 48),
+                        nn.ReLU(), nn.Linear(48, 4))
+    gm = graph_of(net, torch.rand(2, 1, 12, 12))
+    groups = trace(gm).groups
+    original = {g.name: g.size for g in groups}
+    config = PruneConfig(0.5, channel_multiple=16, linear_multiple=16)
+    assert _alignment(gm, groups, config, original) == {"0": 8, "2": 16, "5": 16, "7": 1}
+    exact = PruneConfig(0.5, channel_multiple=16, linear_multiple=1)
+    assert _alignment(gm, groups, exact, original)["5"] == 1
+    assert set(_alignment(gm, groups, PruneConfig(0.5, align=4), original).values()) == {4}

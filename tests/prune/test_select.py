@@ -142,13 +142,11 @@ def test_aligned_widths_are_multiples_and_stay_within_budget(seed):
     removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
                      original_sizes={g.name: g.size for g in groups})
     aligned = align_widths(groups, removed, scores, shapes, b, 16)
-    if aligned is removed:  # no aligned widths fit the budget: even 16 per layer is too many
-        smallest = {g.name: min(16, g.size) for g in groups}
-        assert weight_count(shapes, list(groups), smallest) > b.max_weights
-        return
-    for g in groups:
+    step = next(m for m in (16, 8, 4, 2, 1) if weight_count(  # where 16 per layer is too
+        shapes, list(groups), {g.name: min(m, g.size) for g in groups}) <= b.max_weights)
+    for g in groups:  # many, the steps are halved
         kept = g.size - len(aligned[g.name])
-        assert (kept % 16 == 0 and kept >= 16) or kept == g.size, (g.size, kept)
+        assert kept % step == 0 or kept == g.size, (g.size, kept, step)
         gone = set(aligned[g.name].tolist())
         assert len(gone) == len(aligned[g.name])  # no unit twice
         if set(removed[g.name].tolist()) <= gone:  # rounded down: the lowest scores went
@@ -178,3 +176,19 @@ def test_a_layer_that_is_no_multiple_may_keep_its_whole_width():
     earlier = {**original, groups[0].name: 40}
     aligned = align_widths(groups, removed, scores, shapes, b, 16, original_sizes=earlier)
     assert [g.size - len(aligned[g.name]) for g in groups] == [16, 64]
+
+
+def test_steps_too_coarse_for_the_budget_are_halved_not_dropped():
+    """Three layers that must keep about 10 units each: 16 per layer is over budget, 8 fits."""
+    from compressor.prune.select import align_widths
+
+    groups, shapes = chain([100, 40, 40, 40, 10])
+    scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    b = budget(total, 0.75)
+    removed = select(groups, scores, shapes, b, scope=Scope.LOCAL,
+                     original_sizes={g.name: g.size for g in groups})
+    assert weight_count(shapes, list(groups), {g.name: 16 for g in groups}) > b.max_weights
+    aligned = align_widths(groups, removed, scores, shapes, b, 16)
+    kept = [g.size - len(aligned[g.name]) for g in groups]
+    assert all(k % 8 == 0 for k in kept) and remaining(groups, shapes, aligned) <= b.max_weights
