@@ -172,8 +172,9 @@ def _header(seconds: float) -> str:
         "",
         "**Ours**: `compress models/M.pt --arch models.cnn:M --target T --of flops --data "
         "fashion-mnist` with every other option at its default for a CNN (local scope, "
-        f"activation criterion, lsq compensation, channels in multiples of {MULTIPLE} (what "
-        "`--align auto` measured for this CPU's convolutions), "
+        f"activation criterion, lsq compensation, `--align auto`: channels in steps of "
+        f"{MULTIPLE} (what it measured for this CPU's convolutions) in layers of at least "
+        f"{4 * MULTIPLE} channels, in multiples of 8 in narrower ones), "
         f"{cycles} cycle(s) of {epochs} fine-tuning epochs with distillation); one-shot adds "
         "`--epochs 0` (one cycle, lsq on 10,000 unlabelled calibration images, no training).",
         "",
