@@ -46,7 +46,7 @@ def _channel_multiple_known(monkeypatch):
     cache = Path(_CACHE_HOME) / "compressor" / "widths.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({f"conv on {machine_key()}": 8,
-                                 f"gemm on {machine_key()}": 1}))
+                                 f"gemm out on {machine_key()}": 1}))
     monkeypatch.setenv("XDG_CACHE_HOME", _CACHE_HOME)
 
 

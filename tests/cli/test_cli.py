@@ -371,7 +371,7 @@ def test_align_auto_rounds_wide_linear_layers_to_the_measured_gemm_step(run_cli,
 
     cache = tmp_path / "cache" / "compressor" / "widths.json"
     cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps({f"gemm on {machine_key()}": 16}))
+    cache.write_text(json.dumps({f"gemm out on {machine_key()}": 16}))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "aligned.onnx"
     result = run_cli(REPO / "models" / "paper_mlp.pt", "--arch", "models.mlp:paper_mlp",
