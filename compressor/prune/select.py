@@ -206,14 +206,19 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
                  budget: Budget, multiple: int | dict[str, int],
                  dead: dict[str, torch.Tensor] | None = None,
                  costs: dict[str, int] | None = None,
-                 original_sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                 original_sizes: dict[str, int] | None = None,
+                 keep_width: bool = False) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
     (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
     rounded down or up to a multiple, whichever combination keeps the most weights within
     `budget.max_weights` (each group tries the multiples next to what it keeps, and, while it
     is still at its `original_sizes` width, that width when it is no multiple: a 24-channel
-    layer need not drop to 16). Where no combination fits, the multiples are halved until one
+    layer need not drop to 16). Where the best combination keeps fewer than
+    `budget.min_weights`, every group may also keep the width it has (`keep_width`): in the
+    last of several cycles a group 21 wide that keeps 19 cannot grow to 32, and rounding all
+    such groups down removed 87% for a target of 85% (paper MLP, local scope). Where no
+    combination fits, the multiples are halved until one
     does (or they reach 1: exact widths). Rounding down removes the lowest-scored kept units;
     rounding up restores the best-scored removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
@@ -232,7 +237,8 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
             len(o) for o in options) * 3 <= 3 ** 8 else (down,)
         near = tuple(n for n in near if multiple <= n <= g.size)
         # an unpruned layer may also keep its whole width, a multiple or not (as the model had)
-        whole = (original_sizes or {}).get(g.name) == g.size and g.size % multiple != 0
+        whole = (keep_width or (original_sizes or {}).get(g.name) == g.size) and \
+            g.size % multiple != 0
         options.append(near + (g.size,) * whole)
     best = None
     for combo in itertools.product(*options):
@@ -243,7 +249,10 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     if best is None:  # nothing fits (a step is too coarse for this budget): halve the steps
         halved = {name: m // 2 for name, m in multiples.items()}
         return align_widths(groups, removed, scores, shapes, budget, halved, dead, costs,
-                            original_sizes)
+                            original_sizes, keep_width)
+    if best[0] < budget.min_weights and not keep_width:
+        return align_widths(groups, removed, scores, shapes, budget, multiples, dead, costs,
+                            original_sizes, keep_width=True)
     out = {}
     for g in groups:
         want = best[1][g.name]

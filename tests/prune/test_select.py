@@ -172,9 +172,14 @@ def test_a_layer_that_is_no_multiple_may_keep_its_whole_width():
     aligned = align_widths(groups, removed, scores, shapes, b, 16, original_sizes=original)
     kept = [g.size - len(aligned[g.name]) for g in groups]
     assert kept == [24, 48], kept
-    # once pruned (24 of 40 left after an earlier cycle), 24 is a width like any other
+    # once pruned (24 of 40 left after an earlier cycle), 24 is kept only where the multiples
+    # alone fall short of the target: 16-64 keeps fewer weights than the budget asks
     earlier = {**original, groups[0].name: 40}
+    assert weight_count(shapes, list(groups), {"h0": 16, "h1": 64}) < b.min_weights
     aligned = align_widths(groups, removed, scores, shapes, b, 16, original_sizes=earlier)
+    assert [g.size - len(aligned[g.name]) for g in groups] == [24, 48]
+    wide = Budget(b.max_weights, 0)  # with no lower bound, the multiples are enough
+    aligned = align_widths(groups, removed, scores, shapes, wide, 16, original_sizes=earlier)
     assert [g.size - len(aligned[g.name]) for g in groups] == [16, 64]
 
 
@@ -192,3 +197,19 @@ def test_steps_too_coarse_for_the_budget_are_halved_not_dropped():
     aligned = align_widths(groups, removed, scores, shapes, b, 16)
     kept = [g.size - len(aligned[g.name]) for g in groups]
     assert all(k % 8 == 0 for k in kept) and remaining(groups, shapes, aligned) <= b.max_weights
+
+
+def test_in_a_last_cycle_a_group_that_cannot_grow_to_a_multiple_may_keep_its_width():
+    """Groups 40 and 21 wide after earlier cycles (300 and 100 before), keeping 38 and 19, in
+    steps of 16: 48 and 32 are beyond what they have, so rounding down alone leaves 32-16
+    (3,872 weights for a budget of 4,652 to 4,712); 21 may stay (32-21: 4,082)."""
+    from compressor.prune.select import align_widths
+
+    groups, shapes = chain([100, 40, 21, 10])
+    scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
+    removed = {g.name: torch.arange(2) for g in groups}
+    b = Budget(4712, 4652)
+    aligned = align_widths(groups, removed, scores, shapes, b, 16,
+                           original_sizes={"h0": 300, "h1": 100})
+    assert [g.size - len(aligned[g.name]) for g in groups] == [32, 21]
+    assert remaining(groups, shapes, aligned) == 4082
