@@ -218,9 +218,9 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     `budget.min_weights`, every group may also keep the width it has (`keep_width`): in the
     last of several cycles a group 21 wide that keeps 19 cannot grow to 32, and rounding all
     such groups down removed 87% for a target of 85% (paper MLP, local scope). Where no
-    combination fits, the multiples are halved until one
-    does (or they reach 1: exact widths). Rounding down removes the lowest-scored kept units;
-    rounding up restores the best-scored removed live units."""
+    combination fits, the multiples are halved until one does (or they reach 1: exact widths).
+    Rounding down removes the lowest-scored kept units; rounding up restores the best-scored
+    removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
     if all(multiples.get(g.name, 1) <= 1 for g in groups):
         return removed
