@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import fx
@@ -201,13 +202,49 @@ class _Selection:
                 self.sizes[name] += 1
 
 
+MIN_EFFICIENCY = 0.9  # least share of the FLOPs removed that widths must save in time
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """What widths cost in time where kernels run in steps: FLOPs with each group's width
+    rounded up to its kernel's step (on a machine whose convolutions run in steps of 16
+    channels, a 24-channel layer takes as long as a 32-channel one).
+
+    Attributes:
+        steps: per group, the step its kernel runs in (groups not listed: exact).
+        flops: per weight tensor, the FLOPs of one entry (output positions).
+        original: the groups' widths before pruning.
+    """
+
+    steps: dict[str, int]
+    flops: dict[str, int]
+    original: dict[str, int]
+
+    def waste(self, shapes: dict[str, tuple[int, ...]], groups: tuple[PrunableGroup, ...],
+              sizes: dict[str, int]) -> float:
+        """Time over FLOPs at `sizes`: 1.0 when every width is on a step."""
+        padded = {name: math.ceil(n / self.steps.get(name, 1)) * self.steps.get(name, 1)
+                  for name, n in sizes.items()}
+        flops = weight_count(shapes, list(groups), sizes, self.flops)
+        return weight_count(shapes, list(groups), padded, self.flops) / max(flops, 1)
+
+    def efficient(self, shapes: dict[str, tuple[int, ...]], groups: tuple[PrunableGroup, ...],
+                  sizes: dict[str, int]) -> bool:
+        """Whether `sizes` waste at most 1 / MIN_EFFICIENCY times what the original widths
+        waste (so that the time saved is at least MIN_EFFICIENCY of the FLOPs removed)."""
+        limit = self.waste(shapes, groups, self.original) / MIN_EFFICIENCY
+        return self.waste(shapes, groups, sizes) <= limit
+
+
 def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
                  scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
                  budget: Budget, multiple: int | dict[str, int],
                  dead: dict[str, torch.Tensor] | None = None,
                  costs: dict[str, int] | None = None,
                  original_sizes: dict[str, int] | None = None,
-                 keep_width: bool = False) -> dict[str, torch.Tensor]:
+                 keep_width: bool = False,
+                 step_time: StepTime | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
     fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
     (16 floats with AVX2), so a layer 49 wide costs what a layer 64 wide costs. Each group is
@@ -218,9 +255,12 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     `budget.min_weights`, every group may also keep the width it has (`keep_width`): in the
     last of several cycles a group 21 wide that keeps 19 cannot grow to 32, and rounding all
     such groups down removed 87% for a target of 85% (paper MLP, local scope). Where no
-    combination fits, the multiples are halved until one does (or they reach 1: exact widths).
-    Rounding down removes the lowest-scored kept units; rounding up restores the best-scored
-    removed live units."""
+    combination fits, the multiples are halved until one does (or they reach 1: exact
+    widths). With `step_time`, widths that waste time (see `StepTime.efficient`: a VGG's
+    28x28 layers of 32 channels kept 24, which ran as long as 32) may each move to the
+    kernel's step below or above them: the combination that wastes none and keeps the most
+    weights within the budget's window, if one does. Rounding down removes the lowest-scored kept units;
+    rounding up restores the best-scored removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
     if all(multiples.get(g.name, 1) <= 1 for g in groups):
         return removed
@@ -240,22 +280,29 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
         whole = (keep_width or (original_sizes or {}).get(g.name) == g.size) and \
             g.size % multiple != 0
         options.append(near + (g.size,) * whole)
-    best = None
-    for combo in itertools.product(*options):
-        sizes = {g.name: n for g, n in zip(groups, combo)}
-        count = weight_count(shapes, list(groups), sizes, costs)
-        if count <= budget.max_weights and (best is None or count > best[0]):
-            best = (count, sizes)
+    best = _most_weights(groups, options, shapes, budget, costs)
     if best is None:  # nothing fits (a step is too coarse for this budget): halve the steps
         halved = {name: m // 2 for name, m in multiples.items()}
         return align_widths(groups, removed, scores, shapes, budget, halved, dead, costs,
-                            original_sizes, keep_width)
+                            original_sizes, keep_width, step_time)
     if best[0] < budget.min_weights and not keep_width:
         return align_widths(groups, removed, scores, shapes, budget, multiples, dead, costs,
-                            original_sizes, keep_width=True)
+                            original_sizes, keep_width=True, step_time=step_time)
+    sizes = best[1]
+    if step_time is not None and not step_time.efficient(shapes, groups, sizes):
+        # each group may move to the kernel's steps either side of its width
+        steps = [step_time.steps.get(g.name, 1) for g in groups]
+        options = [tuple(sorted({sizes[g.name], *(n for n in (sizes[g.name] // s * s,
+                                                             -(-sizes[g.name] // s) * s)
+                                                 if 0 < n <= g.size)}))
+                   for g, s in zip(groups, steps)]
+        fast = _most_weights(groups, options, shapes, budget, costs,
+                             keep=lambda sizes: step_time.efficient(shapes, groups, sizes))
+        if fast is not None and fast[0] >= budget.min_weights:
+            sizes = fast[1]
     out = {}
     for g in groups:
-        want = best[1][g.name]
+        want = sizes[g.name]
         gone = set(removed[g.name].tolist())
         kept = [u for u in range(g.size) if u not in gone]
         if want < len(kept):  # remove the lowest-scored kept units
@@ -266,3 +313,19 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
             gone -= set(back[:want - len(kept)])
         out[g.name] = torch.tensor(sorted(gone), dtype=torch.int64)
     return out
+
+
+def _most_weights(groups: tuple[PrunableGroup, ...], options: list[tuple[int, ...]],
+                  shapes: dict[str, tuple[int, ...]], budget: Budget,
+                  costs: dict[str, int] | None,
+                  keep: Callable[[dict[str, int]], bool] = lambda sizes: True,
+                  ) -> tuple[int, dict[str, int]] | None:
+    """The combination of widths (one option per group) that keeps the most weights within
+    `budget.max_weights` among those `keep` accepts, with its weight count; None if none."""
+    best = None
+    for combo in itertools.product(*options):
+        sizes = {g.name: n for g, n in zip(groups, combo)}
+        count = weight_count(shapes, list(groups), sizes, costs)
+        if count <= budget.max_weights and (best is None or count > best[0]) and keep(sizes):
+            best = (count, sizes)
+    return best

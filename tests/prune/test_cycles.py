@@ -58,3 +58,24 @@ def test_auto_alignment_uses_the_machine_step_only_for_layers_four_steps_wide():
     exact = PruneConfig(0.5, channel_multiple=16, linear_multiple=1)
     assert _alignment(gm, groups, exact, original)["5"] == 1
     assert set(_alignment(gm, groups, PruneConfig(0.5, align=4), original).values()) == {4}
+
+
+def test_auto_alignment_weighs_conv_widths_by_the_time_they_take():
+    """With `--align auto` the last cycle's choice among conv widths sees the machine's conv
+    step (time model of conv groups only); with an explicit `--align N` it does not."""
+    from torch import nn
+
+    from compressor.prune.cycles import _step_time
+
+    net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(64 * 8 * 8, 48), nn.ReLU(), nn.Linear(48, 4))
+    gm = graph_of(net, torch.rand(2, 1, 12, 12))
+    found = trace(gm)
+    original = {g.name: g.size for g in found.groups}
+    time = _step_time(gm, found, found.groups, PruneConfig(0.5, channel_multiple=16), original)
+    assert time is not None and time.steps == {"0": 16, "2": 16}
+    assert _step_time(gm, found, found.groups, PruneConfig(0.5, align=8), original) is None
+    mlp = graph_of(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2)), torch.rand(2, 8))
+    mlp_found = trace(mlp)
+    assert _step_time(mlp, mlp_found, mlp_found.groups, PruneConfig(0.5),
+                      {g.name: g.size for g in mlp_found.groups}) is None

@@ -213,3 +213,29 @@ def test_in_a_last_cycle_a_group_that_cannot_grow_to_a_multiple_may_keep_its_wid
                            original_sizes={"h0": 300, "h1": 100})
     assert [g.size - len(aligned[g.name]) for g in groups] == [32, 21]
     assert remaining(groups, shapes, aligned) == 4082
+
+
+def test_with_a_time_model_widths_between_steps_give_way_to_widths_on_them():
+    """Two 32-channel layers that may keep 23 each, in multiples of 8, on a machine whose
+    kernels run in steps of 16: 24-24 keeps the most weights but takes as long as 32-32; 16-32
+    is in the budget's window and runs as fast as its FLOPs say. Where no combination on the
+    steps is in the window, the widths chosen for weights stay."""
+    from compressor.prune.select import StepTime, align_widths
+
+    groups, shapes = chain([64, 32, 32, 10])
+    scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
+    original = {g.name: g.size for g in groups}
+    removed = {g.name: torch.arange(9) for g in groups}
+    time = StepTime({g.name: 16 for g in groups}, {name: 1 for name in shapes}, original)
+
+    def kept(b: Budget, step_time):
+        aligned = align_widths(groups, removed, scores, shapes, b, 8, original_sizes=original,
+                               step_time=step_time)
+        return {g.name: g.size - len(aligned[g.name]) for g in groups}
+
+    assert kept(Budget(2400, 1800), None) == {"h0": 24, "h1": 24}
+    assert time.waste(shapes, groups, {"h0": 24, "h1": 24}) == pytest.approx(3392 / 2352)
+    assert kept(Budget(2400, 1800), time) == {"h0": 16, "h1": 32}
+    assert time.waste(shapes, groups, {"h0": 16, "h1": 32}) == 1.0
+    # 16-32 (1,856) and 32-16 are under 2,300, 32-32 over 2,400: 24-24 stays
+    assert kept(Budget(2400, 2300), time) == {"h0": 24, "h1": 24}
