@@ -125,9 +125,10 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         last = n == len(targets)
+        time_model = _step_time(gm, found, groups, prune, original) if last else None
         removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
                           align=_alignment(gm, groups, prune, original) if last else 1,
-                          step_time=_step_time(gm, found, groups, prune, original) if last else None)
+                          step_time=time_model)
         begun = time.perf_counter()
         stage = f"cycle {n}/{len(targets)}: compensating"
         done = compensate(gm, groups, removed, prune, stats=stats, x=calib,

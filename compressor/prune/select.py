@@ -229,12 +229,11 @@ class StepTime:
         flops = weight_count(shapes, list(groups), sizes, self.flops)
         return weight_count(shapes, list(groups), padded, self.flops) / max(flops, 1)
 
-    def efficient(self, shapes: dict[str, tuple[int, ...]], groups: tuple[PrunableGroup, ...],
-                  sizes: dict[str, int]) -> bool:
-        """Whether `sizes` waste at most 1 / MIN_EFFICIENCY times what the original widths
+    def limit(self, shapes: dict[str, tuple[int, ...]],
+              groups: tuple[PrunableGroup, ...]) -> float:
+        """The most `waste` widths may have: 1 / MIN_EFFICIENCY times what the original widths
         waste (so that the time saved is at least MIN_EFFICIENCY of the FLOPs removed)."""
-        limit = self.waste(shapes, groups, self.original) / MIN_EFFICIENCY
-        return self.waste(shapes, groups, sizes) <= limit
+        return self.waste(shapes, groups, self.original) / MIN_EFFICIENCY
 
 
 def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
@@ -256,11 +255,11 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     last of several cycles a group 21 wide that keeps 19 cannot grow to 32, and rounding all
     such groups down removed 87% for a target of 85% (paper MLP, local scope). Where no
     combination fits, the multiples are halved until one does (or they reach 1: exact
-    widths). With `step_time`, widths that waste time (see `StepTime.efficient`: a VGG's
+    widths). With `step_time`, widths that waste time (beyond `StepTime.limit`: a VGG's
     28x28 layers of 32 channels kept 24, which ran as long as 32) may each move to the
-    kernel's step below or above them: the combination that wastes none and keeps the most
-    weights within the budget's window, if one does. Rounding down removes the lowest-scored kept units;
-    rounding up restores the best-scored removed live units."""
+    kernel's step below or above them: the combination within the limit that keeps the most
+    weights within the budget's window, if one does. Rounding down removes the lowest-scored
+    kept units; rounding up restores the best-scored removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
     if all(multiples.get(g.name, 1) <= 1 for g in groups):
         return removed
@@ -289,17 +288,18 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
         return align_widths(groups, removed, scores, shapes, budget, multiples, dead, costs,
                             original_sizes, keep_width=True, step_time=step_time)
     sizes = best[1]
-    if step_time is not None and not step_time.efficient(shapes, groups, sizes):
-        # each group may move to the kernel's steps either side of its width
-        steps = [step_time.steps.get(g.name, 1) for g in groups]
-        options = [tuple(sorted({sizes[g.name], *(n for n in (sizes[g.name] // s * s,
-                                                             -(-sizes[g.name] // s) * s)
-                                                 if 0 < n <= g.size)}))
-                   for g, s in zip(groups, steps)]
-        fast = _most_weights(groups, options, shapes, budget, costs,
-                             keep=lambda sizes: step_time.efficient(shapes, groups, sizes))
-        if fast is not None and fast[0] >= budget.min_weights:
-            sizes = fast[1]
+    if step_time is not None:  # each group may move to its kernel's steps either side
+        limit = step_time.limit(shapes, groups)
+        if step_time.waste(shapes, groups, sizes) > limit:
+            options = [tuple(sorted({n, *(m for m in (n // step * step, -(-n // step) * step)
+                                          if 0 < m <= g.size)}))
+                       for g in groups
+                       for n, step in [(sizes[g.name], step_time.steps.get(g.name, 1))]]
+            fast = _most_weights(groups, options, shapes, budget, costs,
+                                 keep=lambda widths: step_time.waste(shapes, groups,
+                                                                     widths) <= limit)
+            if fast is not None and fast[0] >= budget.min_weights:
+                sizes = fast[1]
     out = {}
     for g in groups:
         want = sizes[g.name]
