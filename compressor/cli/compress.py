@@ -52,17 +52,20 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
               help="For --score neurons, instead of --method: rank neurons by activation count, "
                    "by energy (RMS output x the norm of their next-layer columns), by the "
                    "l1/l2 norm of their weights and bias, by the output error their removal "
-                   "leaves after a least-squares refit (error), or at random; auto = error in "
-                   "one shot where one Linear reads every pruned layer, else (and with "
-                   "fine-tuning) activation count behind ReLUs and energy behind other "
-                   "activations; units that never fire go first whatever the criterion.  "
+                   "leaves after a least-squares refit (error), or at random; where one Linear "
+                   "reads every pruned layer, auto = error in one shot and, fine-tuned, l2 "
+                   "behind ReLUs; elsewhere activation count behind ReLUs and energy behind "
+                   "other activations; units that never fire go first whatever the "
+                   "criterion.  "
                    "[default: auto; l1 without --data]")
 @click.option("--compensate", type=click.Choice([c.value for c in Compensation]),
               default="auto", show_default=True,
               help="How the next layer makes up for removed neurons: lsq (least-squares refit "
                    "on calibration data), merge (into similar kept neurons, data-free), mean "
-                   "(mean activation into the bias), none; auto = lsq with --data, else merge "
-                   "(none behind activations other than ReLU/LeakyReLU).")
+                   "(mean activation into the bias), none; auto = lsq with --data (none when "
+                   "fine-tuning ReLU layers each read by one Linear: fine-tuning does better "
+                   "from the weights as they are), else merge (none behind activations other "
+                   "than ReLU/LeakyReLU).")
 @click.option("--merge-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True,
               help="Least cosine similarity at which --compensate merge folds a removed neuron "
                    "into a kept one.")

@@ -93,7 +93,7 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         runtime=run.packed.runtime, of=prune.of.value,
         int8_max_abs_diff=None if config.format is Format.LOWRANK else run.packed_diff,
         lowrank_max_abs_diff=run.packed_diff if config.format is Format.LOWRANK else None,
-        compensate=_compensation(prune, run),
+        compensate=_compensation(run.pruned.config, run),
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,
         flops_before=flops(run.dense, run.found),

@@ -38,6 +38,9 @@ def test_labelled_data_prunes_in_cycles_and_reports_everything(run_cli, tiny_fil
     assert report["flops_after"] == 2 * report["weights_after"]
     assert report["parity_max_abs_diff"] <= 1e-4
     assert [c["cycle"] for c in report["cycles"]] == [1, 2]
+    # fine-tuned ReLU layers read by one Linear: auto ranks by relative l2 norm, no refit
+    assert (report["criterion"], report["compensate"]) == ("l2", "none")
+    assert "criterion l2 (auto: fine-tuned, every pruned layer behind ReLUs" in result.out
     assert report["cycles"][0]["target"] < report["cycles"][1]["target"] == 0.6
     assert [row["name"] for row in report["layers"]] == ["0", "2", "4", "6"]
     assert {b["batch"] for b in report["latency"]} == {1, 256}

@@ -103,10 +103,11 @@ def test_auto_ranks_one_shot_by_error_where_one_linear_reads_each_layer():
     assert one_shot.criterion is Criterion.ERROR
 
 
-def test_auto_ranks_by_count_or_energy_when_fine_tuned_or_where_error_does_not_apply():
-    for relu, expected in ((True, Criterion.ACTIVATION), (False, Criterion.ENERGY)):
+def test_auto_ranks_by_l2_count_or_energy_when_fine_tuned_or_where_error_does_not_apply():
+    for relu, tuned in ((True, Criterion.L2), (False, Criterion.ENERGY)):
         assert PruneConfig(0.5).resolved(channels=False, relu=relu, linear=True,
-                                         tuned=True).criterion is expected
+                                         tuned=True).criterion is tuned
+    for relu, expected in ((True, Criterion.ACTIVATION), (False, Criterion.ENERGY)):
         assert PruneConfig(0.5).resolved(channels=True, relu=relu).criterion is expected
     assert PruneConfig(0.5, criterion="l2").resolved(channels=False, linear=True).criterion \
         is Criterion.L2

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from compressor.prune.config import CNN_SCHEDULE, MLP_SCHEDULE, FinetuneConfig, PruneConfig, Scope
+from compressor.prune.config import (CNN_SCHEDULE, MLP_SCHEDULE, Compensation, Criterion,
+                                     FinetuneConfig, PruneConfig, Scope)
 
 
 @pytest.mark.parametrize("target", [0, 1, -0.5, 1.5, math.nan, math.inf])
@@ -36,3 +37,23 @@ def test_scope_cycles_and_epochs_left_to_the_model_follow_its_units():
     tokens = PruneConfig(target=0.5).resolved(channels=False, tokens=True)
     assert (tokens.scope, tokens.cycles) == (Scope.GLOBAL, CNN_SCHEDULE[0])
     assert FinetuneConfig().resolved(channels=False, tokens=True).max_epochs == CNN_SCHEDULE[1]
+
+
+def test_criterion_and_compensation_left_to_the_model_follow_how_it_is_pruned():
+    def chosen(config=PruneConfig(target=0.5), **situation):
+        resolved = config.resolved(channels=False, **situation)
+        return resolved.criterion, resolved.compensate
+
+    # fine-tuned ReLU layers, each read by one Linear: relative l2 norm, no refit
+    assert chosen(relu=True, linear=True, tuned=True) == (Criterion.L2, Compensation.NONE)
+    # one shot: the least-squares error ranking; the refit stays left to the data
+    assert chosen(relu=True, linear=True) == (Criterion.ERROR, Compensation.AUTO)
+    # conv channels, joins (not one Linear per group) and GELU layers keep their rankings
+    assert chosen(relu=True, tuned=True) == (Criterion.ACTIVATION, Compensation.AUTO)
+    assert chosen(relu=False, linear=True, tuned=True) == (Criterion.ENERGY, Compensation.AUTO)
+    # what the user gives is kept
+    given = PruneConfig(target=0.5, criterion="activation", compensate="lsq")
+    assert chosen(given, relu=True, linear=True, tuned=True) == (Criterion.ACTIVATION,
+                                                                 Compensation.LSQ)
+    assert chosen(PruneConfig(target=0.5, criterion="activation"), relu=True, linear=True,
+                  tuned=True) == (Criterion.ACTIVATION, Compensation.NONE)
