@@ -92,7 +92,7 @@ def _markdown(rows: list[dict], dense_bytes: int, base: dict[int, float], second
         "--data fashion-mnist --scope S` with every other option at its default "
         f"({r0['options']['prune']['cycles']} cycles, fine-tuning with distillation, the last "
         f"cycle {r0['options']['finetune']['max_epochs']} x 3 epochs at most, criterion "
-        f"{r0['criterion']}, lsq compensation). Accuracy is on the official "
+        f"{r0['criterion']}, compensation {r0['compensate']}). Accuracy is on the official "
         "10,000-image test set, never used for fine-tuning. Latency: onnxruntime CPU, "
         f"**1 intra-op thread**, best of 5 rounds' median `run()` time, {seconds:g} s per cell, "
         "real test inputs. Wall time: the whole command (load, the cycles of counting and fine-tuning on 2 "
