@@ -253,11 +253,12 @@ class PruneConfig:
         0.85, seeds 0-5, the least-squares refit before each fine-tune cost 0.26 points with
         L2 (88.65 vs 88.91%) and 0.09 with the firing rate (88.54 vs 88.63)."""
         cycles = self.cycles or (CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE)[0]
-        auto = self.criterion.resolve(relu=relu, linear=linear, tuned=tuned)
-        refit = not (tuned and linear and relu) or self.compensate is not Compensation.AUTO
-        compensate = self.compensate if refit else Compensation.NONE
+        mlp_tuned = tuned and linear and relu
+        compensate = Compensation.NONE if mlp_tuned and self.compensate is Compensation.AUTO \
+            else self.compensate
         return replace(self, scope=self.scope.resolve(channels=channels), cycles=cycles,
-                       criterion=auto, compensate=compensate)
+                       criterion=self.criterion.resolve(relu=relu, linear=linear, tuned=tuned),
+                       compensate=compensate)
 
     @property
     def needs_data(self) -> bool:
