@@ -69,3 +69,15 @@ def test_the_operator_registry_is_built_once_and_exports_stay_identical():
     first, second = (to_onnx(graph_of(tiny(), x[:2]), x[:2]) for _ in range(2))
     assert first == second and len(module._REGISTRIES) == 1
     assert ONNXRegistry.__dict__["from_torchlib"].__func__ is original  # restored after use
+
+
+def test_verify_allows_rounding_in_proportion_to_large_outputs():
+    gm = graph_of(tiny(), torch.randn(2, 20))
+    model = to_onnx(gm, torch.randn(2, 20))
+    x = torch.randn(16, 20) * 1e5  # outputs near 1e4 and more: float32 rounding is ~1e-3
+    reference = gm(x).detach()
+    assert float(reference.abs().max()) > 1e3
+    assert verify(model, gm, x, tolerance=1e-4) <= 1e-4 * float(reference.abs().max())
+    set_tensor(gm, "p_6_bias", get_tensor(gm, "p_6_bias") + 1e-2 * float(reference.abs().max()))
+    with pytest.raises(ExportError, match="differs from the pruned PyTorch model"):
+        verify(model, gm, x, tolerance=1e-4)
