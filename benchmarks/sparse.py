@@ -102,7 +102,8 @@ def _header() -> str:
         f"{platform.python_version()}. Model: `models/paper_mlp.pt` (784-300-200-100-50-10, "
         "89.36% test). Every run: `compress models/paper_mlp.pt --arch models.mlp:paper_mlp "
         "--data fashion-mnist --target T --scope S` plus the flags shown, defaults otherwise "
-        "(5 cycles with fine-tuning; neurons: lsq compensation).",
+        "(5 cycles with fine-tuning; compensation auto, which is none for these fine-tuned "
+        "ReLU layers each read by one Linear).",
         ""])
 
 
