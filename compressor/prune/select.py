@@ -244,12 +244,13 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
                  original_sizes: dict[str, int] | None = None,
                  keep_width: bool = False,
                  step_time: StepTime | None = None) -> dict[str, torch.Tensor]:
-    """Change `removed` so that every group keeps a multiple of `multiple` units (groups with
-    fewer units than that keep what they have): CPU matrix kernels work in blocks of columns
-    (16 on the AVX-512 Xeon measured, 8 on an AVX2 EPYC), so with 16 a layer 49 wide costs what
-    a layer 64 wide costs. Each group is rounded down or up to a multiple, whichever
-    combination keeps the most weights within `budget.max_weights` (each group tries the
-    multiples next to what it keeps, and, while it is still at its `original_sizes` width, that width when it is no multiple: a 24-channel
+    """Change `removed` so that every group keeps a multiple of `multiple` units (groups
+    with fewer units than that keep what they have): CPU matrix kernels work in blocks of
+    columns (16 on the AVX-512 Xeon measured, 8 on an AVX2 EPYC), so with 16 a layer 49 wide
+    costs what a layer 64 wide costs. Each group is rounded down or up to a multiple,
+    whichever combination keeps the most weights within `budget.max_weights` (each group
+    tries the multiples next to what it keeps, and, while it is still at its
+    `original_sizes` width, that width when it is no multiple: a 24-channel
     layer need not drop to 16). Where the best combination keeps fewer than
     `budget.min_weights`, every group may also keep the width it has (`keep_width`): in the
     last of several cycles a group 21 wide that keeps 19 cannot grow to 32, and rounding all
