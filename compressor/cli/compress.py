@@ -16,7 +16,7 @@ from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of,
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, run_library
-from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets_from
+from .options import ALIGN, FACTOR, INT_LIST, NORMALIZE, TARGET, budget_options, budgets_from
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,6 +76,13 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
                    "16 measured on an AVX-512 Xeon, 8 on an AVX2 EPYC; Linear widths stay "
                    "exact where the timing shows no steps), narrower conv layers in multiples "
                    "of 8. The reduction can then exceed --target by a few points.")
+@click.option("--factor", type=FACTOR, default="auto", show_default=True, metavar="auto|off|R",
+              help="Before pruning, replace each pruned Linear layer whose inputs are not "
+                   "pruned (an MLP's first layer) by two thinner ones, in -> R -> out (the "
+                   "data-aware truncated SVD, then fine-tuned), so each unit it keeps costs R "
+                   "weights instead of one per input; auto = with fine-tuning, in MLPs of "
+                   "ReLU layers, R = 0.8 x the units the target leaves the layer on average, "
+                   "where the inputs are at least 4 x R.")
 @click.option("--epochs", type=click.IntRange(0, 1000),
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
                    "is kept); 0 disables fine-tuning.  [default: 6; 5 when conv channels or "
@@ -160,8 +167,9 @@ from .options import ALIGN, INT_LIST, NORMALIZE, TARGET, budget_options, budgets
 def compress_command(model: Path, target: float, of: str, data: str | None, scope: str,
                      cycles: int | None, input_shape: tuple[int, ...] | None,
                      score: str, method: str | None, criterion: str | None, compensate: str,
-                     merge_threshold: float, align: int, fmt: str, rank_energy: float,
-                     variants: Path | None, epochs: int | None, final_epochs: int | None,
+                     merge_threshold: float, align: int, factor: int | None, fmt: str,
+                     rank_energy: float, variants: Path | None, epochs: int | None,
+                     final_epochs: int | None,
                      recover: float | None, patience: int, lr: float, distill: float,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, device: str, plots: Path | None, trace_spectra: bool,
@@ -200,7 +208,8 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                               compensate=Compensation(compensate),
                               merge_threshold=merge_threshold,
                               calibration_samples=calibration_samples, score=Score(score),
-                              method=chosen, seed=seed, align=align, of=Of(of), device=device,
+                              method=chosen, seed=seed, align=align, factor=factor, of=Of(of),
+                              device=device,
                               trace_spectra=trace_spectra),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill,
                                     final_epochs=final_epochs, recover=recover),

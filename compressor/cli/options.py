@@ -162,3 +162,20 @@ def parse_align(text: str) -> int:
 
 
 ALIGN = _Parsed("auto|N", parse_align)
+
+
+def parse_factor(text: str) -> int | None:
+    """`auto` (None), `off` (0) or a rank >= 1."""
+    word = str(text).strip().lower()
+    if word in ("auto", "off"):
+        return None if word == "auto" else 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65536:
+        raise ValueError(f"{text!r} is not a rank: write auto, off or a number from 1 to 65536")
+    return value
+
+
+FACTOR = _Parsed("auto|off|R", parse_factor)

@@ -27,7 +27,10 @@ from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..prune.config import Score
 from ..measure.widths import Kernel, preferred_multiple
 from ..prune.config import PruneConfig
-from ..prune.cycles import Log, Progress, is_channels, prune
+from ..prune.cycles import Log, Progress, has_channels, has_tokens, is_channels, measure, prune
+from ..prune.factor import Factored, auto_rank, candidates, factor
+from ..prune.finetune import finetune
+from ..prune.lsq import ranks_by_error
 from ..prune.shrink import expand
 from ..report.compress import Report
 from ..report.plots import compress_plots, require_matplotlib
@@ -123,8 +126,13 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     teacher = run_batched(dense, splits.train.x, device=config.prune.device) if distills \
         else None  # a pass over train
     settings, alignment = _multiples(gm, found, config.prune, log)
+    dense_found, reference = found, None
+    factored = _factored(gm, found, splits, settings, config, teacher, log)
+    if factored:
+        reference = measure(dense, dense_found, settings)
+        found = trace(gm)
     pruned = prune(gm, found, splits, settings, config.finetune, seed=config.seed,
-                   teacher=teacher, log=log, progress=progress)
+                   teacher=teacher, log=log, progress=progress, reference=reference)
     log("exporting ONNX and verifying it in onnxruntime")
     onnx_pruned = to_onnx(gm, sample)
     parity_x = probe[:PARITY_SAMPLES]
@@ -133,7 +141,44 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     packed, packed_diff = _pack(onnx_pruned, gm, parity_x, config, log, calibration)
     return Outcome(model.format.value, splits, probe, dense, gm, found, pruned,
                    to_onnx(dense, sample), onnx_pruned, packed, layout,
-                   (diff, int(parity_x.shape[0])), packed_diff, alignment)
+                   (diff, int(parity_x.shape[0])), packed_diff, alignment,
+                   dense_found=dense_found, factored=tuple(factored))
+
+
+def _factored(gm: fx.GraphModule, found, splits: DataSplits | None, config: PruneConfig,
+              run: CompressConfig, teacher: torch.Tensor | None, log: Log) -> list[Factored]:
+    """Factor the layers `config.factor` asks for (auto: `factor.auto_rank`, only where the
+    model is fine-tuned) in place and fine-tune the factored model; what was factored."""
+    tuning = run.finetune.resolved(channels=has_channels(gm, found.groups),
+                                   tokens=has_tokens(found.groups))
+    tuned = bool(splits and splits.labelled and tuning.max_epochs)
+    mlp = all(g.relu for g in found.groups) and ranks_by_error(gm, found.groups)
+    if config.factor == 0 or config.score is not Score.NEURONS or \
+            (config.factor is None and not (tuned and mlp)):
+        return []
+    layers = {layer.name: layer for layer in found.layers}
+    ranks = {}
+    for name in candidates(gm, found):
+        layer = layers[name]
+        rank = auto_rank(layer.out_features, layer.in_features, config.target) \
+            if config.factor is None else config.factor
+        if rank is not None and rank < min(layer.in_features, layer.out_features):
+            ranks[name] = rank
+    if not ranks:
+        return []
+    calib = splits.train.x[:config.calibration_samples] if splits else None
+    done = factor(gm, found, ranks, calib)
+    for f in done:
+        log(f"factoring {f.name} as {f.in_features} -> {f.rank} -> its units before pruning "
+            f"({100 * f.kept_energy:.1f}% of its output variance kept)")
+    if tuned:
+        log(f"fine-tuning the factored model (at most {tuning.max_epochs} epochs)")
+        result = finetune(gm, splits.train, splits.validation, tuning, teacher=teacher,
+                          seed=run.seed, device=config.device,
+                          log=lambda line: log(f"factored model: {line}"))
+        log(f"factored model: fine-tuned {result.epochs} epochs, val acc "
+            f"{100 * result.val_accuracy:.2f}%")
+    return done
 
 
 def _multiples(gm: fx.GraphModule, found, config: PruneConfig,

@@ -29,6 +29,7 @@ from ..measure.onnx_file import flops_per_sample
 from ..prune.calibrate import ActivationStats
 from ..prune.config import Criterion, PruneConfig, Score
 from ..prune.cycles import Pruned
+from ..prune.factor import Factored
 from ..prune.finetune import accuracy
 from ..report.compress import LayerRow, Latency, ModelInput, Report
 from ..runtime import SparseModel, session
@@ -53,6 +54,8 @@ class Outcome:
     parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
     packed_diff: float | None  # max |packed - float32| (int8 and low-rank files)
     alignment: str = ""  # how --align auto chose the conv channel multiple, where it did
+    dense_found: Trace | None = None  # the input model's trace, where factoring changed layers
+    factored: tuple[Factored, ...] = ()  # layers factored before pruning
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
     seen = _predictions(run, data, needed=config.budgets.min_agreement is not None)
     labelled = seen is not None and seen.labels is not None
     nonzero = config.prune.score is Score.WEIGHTS
-    w_before = weights(run.dense, run.found)
+    before = run.dense_found or run.found
+    w_before = weights(run.dense, before)
     w_after = weights(run.pruned_gm, run.found, nonzero=nonzero)
     f_after = flops(run.pruned_gm, run.found, nonzero=nonzero)
     if config.format is Format.LOWRANK:  # the file's layers are the factors
@@ -96,7 +100,7 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         compensate=_compensation(run.pruned.config, run),
         calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
         weights_before=w_before, weights_after=w_after,
-        flops_before=flops(run.dense, run.found),
+        flops_before=flops(run.dense, before),
         flops_after=f_after,
         onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.packed.data),
         accuracy_before=accuracy(seen.dense, seen.labels) if labelled else None,
@@ -106,7 +110,8 @@ def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | N
         parity_inputs="held-back" if run.splits else "random",
         latency_threads=config.bench.threads if config.bench else 0,
         latency=_latencies(run.onnx_dense, run.packed, run.probe[:256], config),
-        layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats),
+        layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats,
+                           run.factored),
         cycles=run.pruned.cycles, plan=run.pruned.plan, spectra=run.pruned.spectra,
         input=_input(run.packed.data, run.layout),
         options=_options(config, run.pruned), versions=versions(),
@@ -225,16 +230,25 @@ def _latencies(dense: bytes, packed: Packed, sample: torch.Tensor,
 
 
 def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
-                stats: ActivationStats | None) -> tuple[LayerRow, ...]:
+                stats: ActivationStats | None,
+                factored: tuple[Factored, ...] = ()) -> tuple[LayerRow, ...]:
     reasons = dict(found.dense)
     group_of = {s.param: g.name for g in found.groups for s in g.weights}
+    inner = {f.inner: f for f in factored}
+    outer = {f.name: f for f in factored}
     rows = []
     for layer in found.layers:
-        before, after = get_tensor(dense, layer.weight).shape, get_tensor(gm, layer.weight).shape
+        after = get_tensor(gm, layer.weight).shape
+        before = after if layer.name in inner else get_tensor(dense, layer.weight).shape
         group = group_of.get(layer.weight)
         dead = stats.dead(layer.name) if group == layer.name and stats is not None else None
         note = "pruned" if group == layer.name else \
             f"pruned with {group} (same channels)" if group else reasons.get(layer.name, "")
+        if layer.name in inner:
+            f = inner[layer.name]
+            note = f"factor of {f.name} ({100 * f.kept_energy:.1f}% of its output variance)"
+        elif layer.name in outer:
+            note += f", reads {outer[layer.name].inner}'s {outer[layer.name].rank} features"
         rows.append(LayerRow(layer.name, int(before[1]), int(before[0]), int(after[1]),
                              int(after[0]), dead, note))
     return tuple(rows)

@@ -188,6 +188,10 @@ class PruneConfig:
             when available, else cpu); the model and every result come back to the CPU.
         trace_spectra: record every layer's singular values before pruning and after every
             cycle (the paper's §3.5 analysis; `Pruned.spectra`).
+        factor: rank of the factoring of pruned Linear layers whose inputs are not pruned (an
+            MLP's first layer) into `in -> factor -> out` before pruning (score NEURONS); 0:
+            off; None: auto, by `compressor.prune.factor.auto_rank` where the model is
+            fine-tuned, else off.
     """
 
     target: float
@@ -208,6 +212,7 @@ class PruneConfig:
     of: Of = Of.WEIGHTS
     device: str = "auto"
     trace_spectra: bool = False
+    factor: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
@@ -216,6 +221,9 @@ class PruneConfig:
             raise ValueError(f"target must be strictly between 0 and 1, got {self.target}")
         if self.cycles is not None and self.cycles < 1:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
+        if self.factor is not None and self.factor < 0:
+            raise ValueError(f"factor must be auto, 0 (off) or a rank of at least 1, got "
+                             f"{self.factor}")
         if self.align < 0:
             raise ValueError(f"align must be 0 (auto) or at least 1, got {self.align}")
         for name in ("channel_multiple", "linear_multiple"):

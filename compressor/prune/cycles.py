@@ -77,7 +77,8 @@ def schedule(target: float, cycles: int) -> list[float]:
 
 def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: PruneConfig,
           tuning: FinetuneConfig, *, seed: int = 0, teacher: torch.Tensor | None = None,
-          log: Log | None = None, progress: Progress | None = None) -> Pruned:
+          log: Log | None = None, progress: Progress | None = None,
+          reference: int | None = None) -> Pruned:
     """Prune `gm` in place to `config.target` fewer weights: per cycle, count (with data),
     rank, select, compensate, shrink and fine-tune (labelled data and epochs > 0 only; without
     fine-tuning there is one cycle).
@@ -92,11 +93,13 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         teacher: the dense model's logits on `splits.train`, for distillation.
         log: receives one line per cycle.
         progress: receives (stage, done, total) while counting activations.
+        reference: what `config.target` is a fraction of, in `measure`'s units (default:
+            `gm` as given; the input model's where `gm` was factored first).
     """
     log = log or (lambda _: None)
     channels = has_channels(gm, found.groups)
     relu = all(g.relu for g in found.groups)
-    tokens = _has_tokens(found.groups)
+    tokens = has_tokens(found.groups)
     tuning = tuning.resolved(channels=channels, tokens=tokens)
     train = splits is not None and splits.labelled and tuning.max_epochs > 0
     config = config.resolved(channels=channels, relu=relu, tokens=tokens,
@@ -110,8 +113,10 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     original = {g.name: g.size for g in groups}
     kept = {g.name: torch.arange(g.size) for g in groups}
     costs = count.costs(found, of_flops=prune.of is Of.FLOPS)
-    w0 = _measure(gm, found, prune)
-    targets = schedule(prune.target, prune.cycles if train else 1)
+    w0 = reference or measure(gm, found, prune)
+    start = 1 - measure(gm, found, prune) / w0  # what factoring removed already
+    targets = [start + (1 - start) * t for t in
+               schedule(1 - (1 - prune.target) / (1 - start), prune.cycles if train else 1)]
     calib = splits.train.x[:prune.calibration_samples] if splits else None
     dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
         if train and tuning.recover is not None else None
@@ -143,7 +148,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         result = finetune(gm, splits.train, splits.validation, tune, goal=goal, teacher=teacher,
                           seed=seed + n, **_epoch_reports(n, len(targets), log, progress, prune.device)) \
             if train else None
-        rows.append(_cycle_row(n, target, 1 - _measure(gm, found, prune) / w0, removed, stats,
+        rows.append(_cycle_row(n, target, 1 - measure(gm, found, prune) / w0, removed, stats,
                                done, seconds, result))
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
                         "FLOPs" if prune.of is Of.FLOPS else "weights"))
@@ -280,7 +285,7 @@ CONV_ALIGN = 8  # conv channels where nothing was measured (the AVX2 block of on
 # blocked conv layout; `compressor.measure.widths` measures the machine's)
 
 
-def _measure(gm: fx.GraphModule, found: Trace, config: PruneConfig) -> int:
+def measure(gm: fx.GraphModule, found: Trace, config: PruneConfig) -> int:
     """What the target counts, in the units of `count.costs`: weight entries, or multiply-adds
     per sample (FLOPs / 2)."""
     return count.flops(gm, found) // 2 if config.of is Of.FLOPS else count.weights(gm, found)
@@ -316,7 +321,7 @@ def is_channels(gm: fx.GraphModule, group: PrunableGroup) -> bool:
     return get_tensor(gm, group.weights[0].param).ndim > 2
 
 
-def _has_tokens(groups: tuple[PrunableGroup, ...]) -> bool:
+def has_tokens(groups: tuple[PrunableGroup, ...]) -> bool:
     """Whether any group's units are features of tokens ([B, T, F] or [T, B, F]: the units on
     axis 2), each counted once per token."""
     return any(axis >= 2 for g in groups for axis in g.axes)

@@ -127,6 +127,27 @@ def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     assert report_of(path.with_name("m.compressed.onnx"))["model_format"] == expected
 
 
+def test_factor_splits_the_first_layer_and_counts_the_target_from_the_input_model(run_cli,
+                                                                                  tiny_files):
+    out = tiny_files["dir"] / "f.onnx"
+    result = run_cli(tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.6",
+                     "--data", tiny_files["data"], "--factor", "4", "--cycles", "2",
+                     "--epochs", "1", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    report = report_of(out)
+    assert report["weights_before"] == 20 * 32 + 32 * 24 + 24 * 16 + 16 * 4
+    assert 0.6 <= report["reduction"] <= 0.62
+    rows = {row["name"]: row for row in report["layers"]}
+    assert list(rows) == ["0_in", "0", "2", "4", "6"]
+    assert (rows["0_in"]["in_after"], rows["0_in"]["out_after"]) == (20, 4)
+    assert rows["0"]["in_after"] == 4 and "reads 0_in's 4 features" in rows["0"]["note"]
+    matrices = [numpy_helper.to_array(t).size for t in onnx.load(out).graph.initializer
+                if numpy_helper.to_array(t).ndim == 2]
+    assert len(matrices) == 5 and sum(matrices) == report["weights_after"]
+    x = load_data(str(tiny_files["data"]), seed=0).test.x
+    assert run_onnx(session(out.read_bytes()), x).shape == (len(x), 4)
+
+
 @pytest.mark.parametrize("net, arch", [(ImageNet(), "tests.nets:ImageNet"),
                                        (None, "models.mlp:paper_mlp"),
                                        (None, "models.mlp:lenet_300_100")])

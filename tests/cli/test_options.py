@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from compressor.cli.options import parse_fraction, parse_positive, parse_size, parse_target
+from compressor.cli.options import (parse_factor, parse_fraction, parse_positive, parse_size,
+                                    parse_target)
 from tests.conftest import assert_refused
 
 
@@ -91,3 +92,21 @@ def test_device_cpu_runs_and_a_missing_gpu_is_refused(run_cli, tiny_files):
         assert_refused(run_cli, [*args, "--device", "cuda"], tiny_files["dir"])
         assert "no CUDA GPU" in run_cli(*args, "--device", "cuda").err
     assert "device must be" in run_cli(*args, "--device", "tpu").err
+
+
+@pytest.mark.parametrize("text, value", [("auto", None), ("AUTO", None), ("off", 0), ("12", 12)])
+def test_factor_takes_auto_off_or_a_rank(text, value):
+    assert parse_factor(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "1.5", "none", ""])
+def test_factor_refuses_anything_else_with_what_to_write(text):
+    with pytest.raises(ValueError, match="write auto, off or a number"):
+        parse_factor(text)
+
+
+def test_a_bad_factor_is_refused_in_one_line(run_cli, tiny_files):
+    args = [tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5", "--data",
+            tiny_files["data"], "--factor", "half"]
+    assert_refused(run_cli, args, tiny_files["dir"])
+    assert "--factor" in run_cli(*args).err
