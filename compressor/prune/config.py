@@ -189,9 +189,9 @@ class PruneConfig:
         trace_spectra: record every layer's singular values before pruning and after every
             cycle (the paper's §3.5 analysis; `Pruned.spectra`).
         factor: rank of the factoring of pruned Linear layers whose inputs are not pruned (an
-            MLP's first layer) into `in -> factor -> out` before pruning (score NEURONS); 0:
-            off; None: auto, by `compressor.prune.factor.auto_rank` where the model is
-            fine-tuned, else off.
+            MLP's first layer) into `in -> factor -> out` before pruning (score NEURONS); 0 or
+            "off": off; None or "auto": by `compressor.prune.factor.auto_rank` where a ReLU MLP
+            is fine-tuned, else off.
     """
 
     target: float
@@ -221,9 +221,13 @@ class PruneConfig:
             raise ValueError(f"target must be strictly between 0 and 1, got {self.target}")
         if self.cycles is not None and self.cycles < 1:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
-        if self.factor is not None and self.factor < 0:
-            raise ValueError(f"factor must be auto, 0 (off) or a rank of at least 1, got "
-                             f"{self.factor}")
+        factor = {"auto": None, "off": 0}.get(self.factor, self.factor) \
+            if isinstance(self.factor, str) else self.factor
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)
+                                   or factor < 0):
+            raise ValueError(f"factor must be 'auto' (None), 'off' (0) or a rank of at least "
+                             f"1, got {self.factor!r}")
+        object.__setattr__(self, "factor", factor)
         if self.align < 0:
             raise ValueError(f"align must be 0 (auto) or at least 1, got {self.align}")
         for name in ("channel_multiple", "linear_multiple"):

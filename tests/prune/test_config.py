@@ -18,6 +18,18 @@ def test_prune_config_accepts_strings_for_enums():
     assert PruneConfig(target=0.5, scope="local").scope is Scope.LOCAL
 
 
+@pytest.mark.parametrize("factor, value", [(None, None), ("auto", None), ("off", 0), (0, 0),
+                                           (12, 12)])
+def test_factor_takes_auto_off_or_a_rank(factor, value):
+    assert PruneConfig(target=0.5, factor=factor).factor == value
+
+
+@pytest.mark.parametrize("factor", [-1, 2.5, "half", True])
+def test_factor_refuses_anything_else(factor):
+    with pytest.raises(ValueError, match="factor must be 'auto'"):
+        PruneConfig(target=0.5, factor=factor)
+
+
 @pytest.mark.parametrize("kwargs", [{"max_epochs": -1}, {"patience": 0}, {"lr": 0},
                                     {"distill": 1.5}, {"temperature": 0}])
 def test_finetune_config_rejects_bad_values(kwargs):
