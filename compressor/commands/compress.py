@@ -160,7 +160,8 @@ def _factored(gm: fx.GraphModule, found, splits: DataSplits | None, config: Prun
     ranks = {}
     for name in candidates(gm, found):
         layer = layers[name]
-        rank = auto_rank(layer.out_features, layer.in_features, config.target) \
+        rank = auto_rank(layer.out_features, layer.in_features, config.target,
+                         config.align or config.linear_multiple or 1) \
             if config.factor is None else config.factor
         if rank is not None and rank < min(layer.in_features, layer.out_features):
             ranks[name] = rank

@@ -18,6 +18,7 @@ from torch import fx, nn
 from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.ops import LINEAR
 from ..graph.trace import Trace
+from .cycles import STEPS_WIDE
 from .pca import Moments
 
 FACTOR_SHARE = 0.8  # auto rank: this share of the units the target leaves a layer on average
@@ -48,10 +49,16 @@ def candidates(gm: fx.GraphModule, found: Trace) -> list[str]:
             and nodes[layer.node].target is LINEAR and len(nodes[layer.node].args) >= 2]
 
 
-def auto_rank(out_features: int, in_features: int, target: float) -> int | None:
+def auto_rank(out_features: int, in_features: int, target: float, step: int = 1) -> int | None:
     """The rank auto factoring gives a layer at `target`, or None where it does not pay: a
-    share of the units an even cut would leave, only where the inputs are many times wider."""
+    share of the units an even cut would leave, rounded to the nearest multiple of `step`
+    (the Gemm's column step, where the layer is at least STEPS_WIDE steps wide: a 784 -> 36
+    factor ran as slowly as a 784 -> 48 one, and the paper MLP at 0.85 ran 5.3x faster at
+    batch 256 for 6.8x fewer FLOPs with rank 36, 6.0x for 6.7x with rank 32), only where the
+    inputs are many times wider."""
     rank = round(FACTOR_SHARE * (1 - target) * out_features)
+    if step > 1 and out_features >= STEPS_WIDE * step:
+        rank = max(step, step * round(rank / step))
     if rank < MIN_RANK or in_features < WIDE * rank or rank >= out_features:
         return None
     return rank

@@ -79,12 +79,16 @@ def test_pruning_a_factored_model_counts_the_target_from_the_input_model():
     assert gm(x[:3]).shape == (3, 4)
 
 
-@pytest.mark.parametrize("out, inputs, target, rank", [
-    (300, 784, 0.95, 12),   # the paper MLP at 95%
-    (300, 784, 0.85, 36),
-    (300, 784, 0.5, 120),
-    (32, 20, 0.5, None),    # inputs not 4 x the rank: factoring cannot pay
-    (50, 784, 0.95, None),  # rank below 4
+@pytest.mark.parametrize("out, inputs, target, step, rank", [
+    (300, 784, 0.95, 1, 12),    # the paper MLP at 95%, widths exact
+    (300, 784, 0.85, 1, 36),
+    (300, 784, 0.85, 16, 32),   # in the Gemm's steps of 16
+    (300, 784, 0.95, 16, 16),
+    (300, 784, 0.98, 16, 16),   # at least one step
+    (48, 784, 0.5, 16, 19),     # too narrow for steps: exact
+    (300, 784, 0.5, 1, 120),
+    (32, 20, 0.5, 1, None),     # inputs not 4 x the rank: factoring cannot pay
+    (50, 784, 0.95, 1, None),   # rank below 4
 ])
-def test_auto_rank(out, inputs, target, rank):
-    assert auto_rank(out, inputs, target) == rank
+def test_auto_rank(out, inputs, target, step, rank):
+    assert auto_rank(out, inputs, target, step) == rank
