@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import fx
 
-from ..errors import DataError, NothingToPruneError, OutputError
+from ..errors import DataError, NothingToPruneError, OutputError, UsageError
 from ..export.pack import Format, Packed, pack_onnx
 from ..export.to_onnx import to_onnx
 from ..export.variants import VARIANTS, variants
@@ -165,6 +165,11 @@ def _factored(gm: fx.GraphModule, found, splits: DataSplits | None, config: Prun
             if config.factor is None else config.factor
         if rank is not None and rank < min(layer.in_features, layer.out_features):
             ranks[name] = rank
+    if not ranks and config.factor:
+        raise UsageError(f"--factor {config.factor}: nothing to factor: it splits pruned Linear "
+                         f"layers that read unpruned inputs (an MLP's first layer) and have more "
+                         f"than {config.factor} inputs and outputs, and this model has none: "
+                         f"drop --factor or give a smaller rank")
     if not ranks:
         return []
     calib = splits.train.x[:config.calibration_samples] if splits else None

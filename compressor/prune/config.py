@@ -246,6 +246,10 @@ class PruneConfig:
         object.__setattr__(self, "score", Score(self.score))
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "of", Of(self.of))
+        if self.score is Score.WEIGHTS and self.factor:
+            raise ValueError("--factor splits layers before whole neurons are pruned; single "
+                             "weights (--score neurons-weights) are pruned in place: drop "
+                             "--factor")
         if self.score is Score.WEIGHTS and self.of is Of.FLOPS:
             raise ValueError("--of flops counts whole neurons and channels; single weights "
                              "(--score neurons-weights) are counted as weights: drop --of flops")

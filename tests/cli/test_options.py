@@ -110,3 +110,12 @@ def test_a_bad_factor_is_refused_in_one_line(run_cli, tiny_files):
             tiny_files["data"], "--factor", "half"]
     assert_refused(run_cli, args, tiny_files["dir"])
     assert "--factor" in run_cli(*args).err
+
+
+def test_a_factor_with_nothing_to_factor_is_refused_in_one_line(run_cli, tiny_files):
+    args = [tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5", "--data",
+            tiny_files["data"], "--epochs", "0", "--quiet"]  # found after loading: no progress
+    assert_refused(run_cli, [*args, "--factor", "20"], tiny_files["dir"])  # 20 inputs: no gain
+    assert "nothing to factor" in run_cli(*args, "--factor", "20").err
+    assert_refused(run_cli, [*args, "--factor", "4", "--score", "neurons-weights"],
+                   tiny_files["dir"])

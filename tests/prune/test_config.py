@@ -28,6 +28,8 @@ def test_factor_takes_auto_off_or_a_rank(factor, value):
 def test_factor_refuses_anything_else(factor):
     with pytest.raises(ValueError, match="factor must be 'auto'"):
         PruneConfig(target=0.5, factor=factor)
+    with pytest.raises(ValueError, match="drop --factor"):
+        PruneConfig(target=0.5, factor=8, score="neurons-weights")
 
 
 @pytest.mark.parametrize("kwargs", [{"max_epochs": -1}, {"patience": 0}, {"lr": 0},

@@ -83,8 +83,8 @@ def test_pruning_a_factored_model_counts_the_target_from_the_input_model():
     (300, 784, 0.95, 1, 12),    # the paper MLP at 95%, widths exact
     (300, 784, 0.85, 1, 36),
     (300, 784, 0.85, 16, 32),   # in the Gemm's steps of 16
-    (300, 784, 0.95, 16, 16),
-    (300, 784, 0.98, 16, 16),   # at least one step
+    (300, 784, 0.9, 16, 16),    # 24: rounded down, never up (the factor is most weights)
+    (300, 784, 0.95, 16, 12),   # below one step: exact
     (48, 784, 0.5, 16, 19),     # too narrow for steps: exact
     (300, 784, 0.5, 1, 120),
     (32, 20, 0.5, 1, None),     # inputs not 4 x the rank: factoring cannot pay
