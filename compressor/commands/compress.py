@@ -18,6 +18,7 @@ from ..export.pack import Format, Packed, pack_onnx
 from ..export.to_onnx import to_onnx
 from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
+from ..graph import count
 from ..graph.capture import capture, run_batched
 from ..graph.trace import trace
 from ..io.data import DataSplits, load_data, normalized
@@ -157,11 +158,12 @@ def _factored(gm: fx.GraphModule, found, splits: DataSplits | None, config: Prun
             (config.factor is None and not (tuned and mlp)):
         return []
     layers = {layer.name: layer for layer in found.layers}
+    budget = round((1 - config.target) * count.weights(gm, found))
     ranks = {}
     for name in candidates(gm, found):
         layer = layers[name]
         rank = auto_rank(layer.out_features, layer.in_features, config.target,
-                         config.align or config.linear_multiple or 1) \
+                         config.align or config.linear_multiple or 1, budget) \
             if config.factor is None else config.factor
         if rank is not None and rank < min(layer.in_features, layer.out_features):
             ranks[name] = rank

@@ -79,16 +79,20 @@ def test_pruning_a_factored_model_counts_the_target_from_the_input_model():
     assert gm(x[:3]).shape == (3, 4)
 
 
+PAPER_MLP = 320_700  # weights
+
+
 @pytest.mark.parametrize("out, inputs, target, step, rank", [
     (300, 784, 0.95, 1, 12),    # the paper MLP at 95%, widths exact
     (300, 784, 0.85, 1, 36),
     (300, 784, 0.85, 16, 32),   # in the Gemm's steps of 16
     (300, 784, 0.9, 16, 16),    # 24: rounded down, never up (the factor is most weights)
-    (300, 784, 0.95, 16, 12),   # below one step: exact
+    (300, 784, 0.95, 16, 16),   # below one step: one step, 12,544 of the 16,035 weights left
+    (300, 784, 0.98, 16, 5),    # one step would be twice the 6,414 left: exact
     (48, 784, 0.5, 16, 19),     # too narrow for steps: exact
     (300, 784, 0.5, 1, 120),
     (32, 20, 0.5, 1, None),     # inputs not 4 x the rank: factoring cannot pay
     (50, 784, 0.95, 1, None),   # rank below 4
 ])
 def test_auto_rank(out, inputs, target, step, rank):
-    assert auto_rank(out, inputs, target, step) == rank
+    assert auto_rank(out, inputs, target, step, round((1 - target) * PAPER_MLP)) == rank
