@@ -148,17 +148,25 @@ def budgets_from(options: dict) -> Budgets:
 
 
 
-def parse_align(text: str) -> int:
-    """`auto` (0) or a whole number >= 1."""
-    if str(text).strip().lower() == "auto":
-        return 0
+def _word_or_number(text: str, words: dict[str, int | None], most: int, what: str) -> int | None:
+    """One of `words` (its value) or a whole number from 1 to `most`."""
+    word = str(text).strip().lower()
+    if word in words:
+        return words[word]
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= 4096:
-        raise ValueError(f"{text!r} is not an alignment: write auto or a number from 1 to 4096")
+    if not 1 <= value <= most:
+        choices = [*words, f"a number from 1 to {most}"]
+        raise ValueError(f"{text!r} is not {what}: write {', '.join(choices[:-1])} or "
+                         f"{choices[-1]}")
     return value
+
+
+def parse_align(text: str) -> int:
+    """`auto` (0) or a whole number >= 1."""
+    return _word_or_number(text, {"auto": 0}, 4096, "an alignment")
 
 
 ALIGN = _Parsed("auto|N", parse_align)
@@ -166,16 +174,7 @@ ALIGN = _Parsed("auto|N", parse_align)
 
 def parse_factor(text: str) -> int | None:
     """`auto` (None), `off` (0) or a rank >= 1."""
-    word = str(text).strip().lower()
-    if word in ("auto", "off"):
-        return None if word == "auto" else 0
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65536:
-        raise ValueError(f"{text!r} is not a rank: write auto, off or a number from 1 to 65536")
-    return value
+    return _word_or_number(text, {"auto": None, "off": 0}, 65536, "a rank")
 
 
 FACTOR = _Parsed("auto|off|R", parse_factor)
