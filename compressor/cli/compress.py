@@ -82,7 +82,7 @@ from .options import ALIGN, FACTOR, INT_LIST, NORMALIZE, TARGET, budget_options,
                    "data-aware truncated SVD, then fine-tuned), so each unit it keeps costs R "
                    "weights instead of one per input; auto = with fine-tuning, in MLPs of "
                    "ReLU layers, R = 0.8 x the units the target leaves the layer on average, "
-                   "where the inputs are at least 4 x R.")
+                   "in the Gemm's steps as --align, where the inputs are at least 4 x R.")
 @click.option("--epochs", type=click.IntRange(0, 1000),
               help="Most fine-tuning epochs per cycle (the best epoch by validation accuracy "
                    "is kept); 0 disables fine-tuning.  [default: 6; 5 when conv channels or "
