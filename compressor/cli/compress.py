@@ -78,9 +78,10 @@ from .options import ALIGN, FACTOR, INT_LIST, NORMALIZE, TARGET, budget_options,
                    "of 8. The reduction can then exceed --target by a few points.")
 @click.option("--factor", type=FACTOR, default="auto", show_default=True, metavar="auto|off|R",
               help="Before pruning, replace each pruned Linear layer whose inputs are not "
-                   "pruned (an MLP's first layer) by two thinner ones, in -> R -> out (the "
-                   "data-aware truncated SVD, then fine-tuned), so each unit it keeps costs R "
-                   "weights instead of one per input; auto = with fine-tuning, in MLPs of "
+                   "pruned (an MLP's first layer) by two thinner ones, in -> R -> out (its "
+                   "outputs projected on their R main directions on the data, then "
+                   "fine-tuned), so each unit it keeps costs R weights instead of one per "
+                   "input; auto = with fine-tuning, in MLPs of "
                    "ReLU layers, R = 0.8 x the units the target leaves the layer on average, "
                    "in the Gemm's steps as --align, where the inputs are at least 4 x R.")
 @click.option("--epochs", type=click.IntRange(0, 1000),
