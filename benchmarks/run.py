@@ -82,6 +82,8 @@ def _markdown(rows: list[dict], dense_bytes: int, base: dict[int, float], second
     r0 = rows[0]["report"]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                 .splitlines() if line.startswith("model name")), platform.processor())
+    finals = ", ".join(f"{epochs} at {target}" for target, epochs in sorted(
+        {(r["target"], r["report"]["options"]["finetune"]["final_epochs"]) for r in rows}))
     lines = [
         "# Benchmark: the paper's 784-300-200-100-50-10 MLP on Fashion-MNIST",
         "",
@@ -92,7 +94,7 @@ def _markdown(rows: list[dict], dense_bytes: int, base: dict[int, float], second
         "Each row is one `compress models/paper_mlp.pt --arch models.mlp:paper_mlp --target T "
         "--data fashion-mnist --scope S` with every other option at its default "
         f"({r0['options']['prune']['cycles']} cycles, fine-tuning with distillation, the last "
-        f"cycle {r0['options']['finetune']['max_epochs']} x 3 epochs at most, criterion "
+        f"cycle's most epochs {finals}, criterion "
         f"{r0['criterion']}, compensation {r0['compensate']}). Accuracy is on the official "
         "10,000-image test set, never used for fine-tuning. Latency: onnxruntime CPU, "
         f"**1 intra-op thread**, best of 5 rounds' median `run()` time, {seconds:g} s per cell, "
@@ -174,7 +176,7 @@ def _torch_pruning(dense: nn.Module, target: float, weights: int, seed: int, tra
     the last, fine-tuned after each by our recipe with our batch-order seeds."""
     model = copy.deepcopy(dense)
     w0 = _weights(model)
-    tuning = FinetuneConfig().resolved(channels=False)
+    tuning = FinetuneConfig().resolved(channels=False, target=target)
     steps = schedule(target, MLP_SCHEDULE[0])
     for n, step in enumerate(steps, 1):
         goal = weights if n == len(steps) else round((1 - step) * w0)

@@ -145,6 +145,9 @@ def resolve_device(name: str) -> str:
 
 FINAL_EPOCHS = 3  # the last of several cycles fine-tunes this many times longer: the paper
 #                  MLP at 0.85 kept 88.50% instead of 88.11% (seeds 0-2, benchmarks/results.md)
+LONGER_ABOVE = 0.85  # past this target the last cycle trains longer still, in proportion to how
+#                      much less is left (x (1 - 0.85) / (1 - target)), at most LONGER_MAX times:
+LONGER_MAX = 3  # the paper MLP at 0.95, seeds 0-2: 18 epochs 87.56%, 36 87.79%, 54 87.90%
 MLP_SCHEDULE = (5, 6)  # (cycles, most epochs per cycle): the paper's schedule for neurons
 CNN_SCHEDULE = (1, 5)  # for conv channels and token features, where an epoch costs 20-50x an
 #                         MLP's (see docs)
@@ -284,6 +287,14 @@ class PruneConfig:
         return self.criterion.needs_data
 
 
+def final_epochs(epochs: int, target: float | None = None) -> int:
+    """Most epochs of the last of several cycles by default: FINAL_EPOCHS x `epochs`, and
+    past LONGER_ABOVE in proportion to how few weights `target` leaves (at most LONGER_MAX
+    times more): a smaller network needs longer to recover what the cycles cost it."""
+    scale = 1.0 if target is None else (1 - LONGER_ABOVE) / max(1 - target, 1e-9)
+    return round(FINAL_EPOCHS * epochs * min(LONGER_MAX, max(1.0, scale)))
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning between pruning cycles (only when the data has labels).
@@ -297,7 +308,8 @@ class FinetuneConfig:
         distill: weight of distillation from the dense model's logits (0 = labels only).
         temperature: softening temperature of the distillation.
         final_epochs: most epochs of the last cycle's fine-tuning when there are several
-            (its patience grows in proportion); None: FINAL_EPOCHS x `max_epochs`.
+            (its patience grows in proportion); None: FINAL_EPOCHS x `max_epochs`, longer at
+            high targets (see `final_epochs`).
         recover: the paper's retrain-until-recovered rule: every cycle but the last trains
             until its validation accuracy is within `recover` points of the input model's
             (at most `final_epochs` epochs, early stopping as usual); None: `max_epochs`.
@@ -330,12 +342,13 @@ class FinetuneConfig:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
-    def resolved(self, *, channels: bool, tokens: bool = False) -> FinetuneConfig:
+    def resolved(self, *, channels: bool, tokens: bool = False,
+                 target: float | None = None) -> FinetuneConfig:
         """The concrete config: epochs chosen by model (conv channels or tokens, or neither)
-        and the last cycle's (FINAL_EPOCHS times as many) where they are left to it."""
+        and the last cycle's (`final_epochs` for `target`) where they are left to it."""
         schedule = CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE
         epochs = schedule[1] if self.max_epochs is None else self.max_epochs
-        final = FINAL_EPOCHS * epochs if self.final_epochs is None else self.final_epochs
+        final = final_epochs(epochs, target) if self.final_epochs is None else self.final_epochs
         return replace(self, max_epochs=epochs, final_epochs=final)
 
     def last(self) -> FinetuneConfig:
@@ -343,7 +356,7 @@ class FinetuneConfig:
         FINAL_EPOCHS x `max_epochs`), patience scaled alike."""
         if not self.max_epochs:
             return self
-        final = FINAL_EPOCHS * self.max_epochs if self.final_epochs is None else self.final_epochs
+        final = final_epochs(self.max_epochs) if self.final_epochs is None else self.final_epochs
         patience = max(self.patience, math.ceil(self.patience * final / self.max_epochs))
         return replace(self, max_epochs=final, patience=patience)
 

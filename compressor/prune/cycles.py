@@ -100,7 +100,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     channels = has_channels(gm, found.groups)
     relu = all(g.relu for g in found.groups)
     tokens = has_tokens(found.groups)
-    tuning = tuning.resolved(channels=channels, tokens=tokens)
+    tuning = tuning.resolved(channels=channels, tokens=tokens, target=config.target)
     train = splits is not None and splits.labelled and tuning.max_epochs > 0
     config = config.resolved(channels=channels, relu=relu, tokens=tokens,
                              linear=ranks_by_error(gm, found.groups), tuned=train)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from compressor.prune.config import (CNN_SCHEDULE, MLP_SCHEDULE, Compensation, Criterion,
-                                     FinetuneConfig, PruneConfig, Scope)
+from compressor.prune.config import (CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE, Compensation,
+                                     Criterion, FinetuneConfig, PruneConfig, Scope, final_epochs)
 
 
 @pytest.mark.parametrize("target", [0, 1, -0.5, 1.5, math.nan, math.inf])
@@ -51,6 +51,15 @@ def test_scope_cycles_and_epochs_left_to_the_model_follow_its_units():
     tokens = PruneConfig(target=0.5).resolved(channels=False, tokens=True)
     assert (tokens.scope, tokens.cycles) == (Scope.GLOBAL, CNN_SCHEDULE[0])
     assert FinetuneConfig().resolved(channels=False, tokens=True).max_epochs == CNN_SCHEDULE[1]
+
+
+def test_the_last_cycles_epochs_grow_past_85_percent_in_proportion_to_what_is_left():
+    assert [final_epochs(6, t) for t in (None, 0.5, 0.85, 0.9, 0.95, 0.99)] == \
+        [3 * 6, 3 * 6, 3 * 6, 27, LONGER_MAX * 3 * 6, LONGER_MAX * 3 * 6]
+    tuning = FinetuneConfig().resolved(channels=False, target=0.95)
+    assert tuning.final_epochs == 54 and tuning.last().max_epochs == 54
+    assert tuning.last().patience == 3 * 9  # patience grows alike
+    assert FinetuneConfig(final_epochs=7).resolved(channels=False, target=0.95).final_epochs == 7
 
 
 def test_criterion_and_compensation_left_to_the_model_follow_how_it_is_pruned():

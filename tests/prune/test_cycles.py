@@ -26,12 +26,12 @@ def test_schedule_is_increasing_and_ends_at_the_target(cycles):
     assert all(a < b for a, b in zip(cumulative, cumulative[1:]))
 
 
-def _tuned_epochs(**tuning) -> list[int]:
+def _tuned_epochs(target: float = 0.4, **tuning) -> list[int]:
     """Epochs each cycle of a 3-cycle run on the tiny model fine-tuned (patience never hit)."""
     x, y = (torch.from_numpy(a) for a in labelled(600))
     gm = graph_of(tiny(), x[:2])
     splits = DataSplits("labelled", Dataset(x[:500], y[:500]), Dataset(x[500:], y[500:]), None)
-    result = prune(gm, trace(gm), splits, PruneConfig(0.4, cycles=3),
+    result = prune(gm, trace(gm), splits, PruneConfig(target, cycles=3),
                    FinetuneConfig(max_epochs=1, patience=100, **tuning))
     return [row.epochs for row in result.cycles]
 
@@ -40,6 +40,11 @@ def test_the_last_of_several_cycles_fine_tunes_longer():
     assert _tuned_epochs() == [1, 1, FINAL_EPOCHS]
     assert _tuned_epochs(final_epochs=2) == [1, 1, 2]
     assert FinetuneConfig(max_epochs=6, patience=3).last().patience == 9
+
+
+def test_the_last_cycle_fine_tunes_longer_still_at_a_high_target():
+    assert _tuned_epochs(0.95) == [1, 1, 3 * FINAL_EPOCHS]  # 5% left: 3 times longer
+    assert _tuned_epochs(0.95, final_epochs=2) == [1, 1, 2]  # what the user gives is kept
 
 
 def test_auto_alignment_uses_the_machine_step_only_for_layers_four_steps_wide():
