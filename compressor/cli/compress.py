@@ -90,8 +90,8 @@ from .options import ALIGN, FACTOR, INT_LIST, NORMALIZE, TARGET, budget_options,
                    "features of tokens are pruned]")
 @click.option("--final-epochs", type=click.IntRange(0, 1000),
               help="Most fine-tuning epochs of the last cycle when there are several (its "
-                   "--patience grows in proportion).  [default: 3 x --epochs, past --target "
-                   "0.85 x 0.15 / (1 - T) more, at most 9 x --epochs]")
+                   "--patience grows in proportion).  [default: 3 x --epochs; past --target "
+                   "0.85 that times 0.15 / (1 - T), at most 9 x --epochs]")
 @click.option("--recover", type=click.FloatRange(0, 100, max_open=True), metavar="PTS",
               help="Retrain until accuracy recovers (the paper's rule): every cycle but the "
                    "last fine-tunes until its validation accuracy is within PTS points of the "
