@@ -6,7 +6,7 @@ in floats, so a convolution's time grows in steps: on an AVX-512 machine a 3x3 c
 40, 44 or 48 channels in and out took the same 1.6 ms, and 52 to 64 channels 2.7 ms. Its Gemm
 packs the weights in panels of columns, with steps of its own. A width between two steps pays
 for the next one. The probe times the kernel at widths 36 to 100 and finds the step that
-explains the times best."""
+explains the times best; a step is used and cached once two probes agree on it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import platform
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +31,7 @@ CANDIDATES = (4, 8, 16, 32)  # 4: no steps at the widths probed (they are multip
 WIDTHS = tuple(range(36, 101, 4))
 DECISIVE = 0.95  # least R² of the step fit, and ...
 SMOOTHER = 0.5  # ... at most this share of the squared error the fit without steps leaves
+AGREE, PROBES = 2, 3  # a multiple is used and cached once this many of at most PROBES agree
 Probe = Callable[[Sequence[int]], list[float]]
 
 
@@ -84,8 +85,8 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
     Args:
         kernel: convolutions or Gemm.
         cache: the cache file (default: `compressor/widths.json` in $XDG_CACHE_HOME or
-            ~/.cache); a decisive measurement is stored there under the kernel, this CPU and
-            onnxruntime version, and read instead of measuring again.
+            ~/.cache); a multiple that two probes agree on is stored there under the kernel,
+            this CPU and onnxruntime version, and read instead of measuring again.
         probe: milliseconds of the kernel per width (default: `probe_conv` / `probe_gemm`).
 
     Returns:
@@ -97,7 +98,8 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
     if known.get(key) in (1, *CANDIDATES):
         return WidthMultiple(known[key], "cached", kernel)
     measure = probe or (probe_conv if kernel is Kernel.CONV else probe_gemm)
-    chosen = choose_multiple(WIDTHS, measure(WIDTHS), power=kernel.power)
+    chosen = agreed(choose_multiple(WIDTHS, measure(WIDTHS), power=kernel.power)
+                    for _ in range(PROBES))
     if chosen is None:
         return WidthMultiple(kernel.default, "default", kernel)
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
@@ -106,6 +108,21 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
         temporary.write_text(json.dumps({**known, key: chosen}, indent=1, sort_keys=True))
         temporary.replace(path)
     return WidthMultiple(chosen, "measured", kernel)
+
+
+def agreed(answers: Iterable[int | None]) -> int | None:
+    """The first answer that AGREE probes gave, reading no more answers than it needs; None
+    (nothing to cache) where no answer is given that often, or where the agreed answer is None.
+
+    One probe's answer turns on the few widths a busy moment slowed: on an AVX2 AMD EPYC whose
+    Gemm steps by 8 a single probe said 8 about two times in three, otherwise 16 or 1. An answer
+    is cached for good, so it has to be one that repeats."""
+    seen: list[int | None] = []
+    for answer in answers:
+        seen.append(answer)
+        if seen.count(answer) >= AGREE:
+            return answer
+    return None
 
 
 def choose_multiple(widths: Sequence[int], times: Sequence[float], *,

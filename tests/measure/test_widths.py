@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from compressor.measure.widths import (WIDTHS, WidthMultiple, Kernel, choose_multiple,
+from compressor.measure.widths import (WIDTHS, WidthMultiple, Kernel, agreed, choose_multiple,
                                        machine_key, preferred_multiple)
 
 CONV = Kernel.CONV
@@ -73,7 +73,7 @@ def test_a_decisive_measurement_is_cached_and_read_back_without_timing(tmp_path)
     assert preferred_multiple(CONV, cache=cache, probe=probe) == WidthMultiple(16, "measured")
     assert json.loads(cache.read_text()) == {f"conv on {machine_key()}": 16}
     assert preferred_multiple(CONV, cache=cache, probe=probe) == WidthMultiple(16, "cached")
-    assert calls == [WIDTHS]  # measured once
+    assert calls == [WIDTHS, WIDTHS]  # two probes that agree, then never again
 
 
 def test_an_undecided_measurement_uses_the_default_and_caches_nothing(tmp_path):
@@ -118,3 +118,34 @@ def test_a_gemm_without_steps_is_cached_as_exact_widths(tmp_path):
     assert found == WidthMultiple(1, "measured", Kernel.GEMM)
     assert json.loads(cache.read_text()) == {f"gemm out on {machine_key()}": 1}
     assert "shows no steps" in found.describe()
+
+
+def test_an_answer_counts_once_it_repeats_and_no_more_answers_are_read_than_needed():
+    read = []
+
+    def answers(*found):
+        for answer in found:
+            read.append(answer)
+            yield answer
+
+    assert agreed(answers(8, 8, 16)) == 8 and read == [8, 8]
+    assert agreed(answers(16, 8, 8)) == 8
+    assert agreed(answers(None, None, 8)) is None
+    assert agreed(answers(8, 16, 1)) is None
+
+
+def test_a_probe_that_disagrees_is_outvoted_and_only_the_agreed_step_is_cached(tmp_path):
+    """One probe of three slowed at a few widths (as on the AMD EPYC: one width 5-8% off
+    turned 8 into 16) does not decide the step kept for good."""
+    cache = tmp_path / "widths.json"
+    probes = iter([_staircase(16), _staircase(8), _staircase(8)])
+    found = preferred_multiple(CONV, cache=cache, probe=lambda widths: next(probes))
+    assert found == WidthMultiple(8, "measured")
+    assert json.loads(cache.read_text()) == {f"conv on {machine_key()}": 8}
+
+
+def test_three_probes_that_all_differ_use_the_default_and_cache_nothing(tmp_path):
+    cache = tmp_path / "widths.json"
+    probes = iter([_staircase(16), _staircase(8), _staircase(32)])
+    found = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda widths: next(probes))
+    assert found == WidthMultiple(1, "default", Kernel.GEMM) and not cache.exists()
