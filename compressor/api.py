@@ -89,7 +89,8 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
         log: called with one line per stage (e.g. `print`); None for silence.
         **options: any field of `compressor.prune.config.PruneConfig` (of, scope, cycles,
             criterion, compensate, align, score, method, calibration_samples, ...) or of
-            `FinetuneConfig` (max_epochs, patience, lr, batch_size, distill, temperature).
+            `FinetuneConfig` (max_epochs, patience, lr, batch_size, distill, temperature,
+            average).
 
     Returns:
         The pruned model, the ONNX file and the report.

@@ -11,8 +11,8 @@ from ..commands.compress import Paths, compress
 from ..commands.config import CompressConfig
 from ..export.pack import ENERGY, Format
 from ..measure.latency import BenchConfig
-from ..prune.config import (Compensation, Criterion, FinetuneConfig, Method, Of, PruneConfig,
-                            Score, Scope)
+from ..prune.config import (AVERAGE_EPOCHS, Compensation, Criterion, FinetuneConfig, Method, Of,
+                             PruneConfig, Score, Scope)
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, run_library
@@ -104,6 +104,10 @@ from .options import ALIGN, FACTOR, INT_LIST, NORMALIZE, TARGET, budget_options,
 @click.option("--distill", type=float, default=0.5, show_default=True,
               help="Weight of distillation from the dense model's outputs during fine-tuning "
                    "(0 = labels only, 1 = teacher only).")
+@click.option("--average", type=click.FloatRange(0, 1000, max_open=True), metavar="EPOCHS",
+              help="Fine-tuning judges and keeps a moving average of the weights over about "
+                   "this many epochs (0 = the weights as trained).  [default: "
+                   f"{AVERAGE_EPOCHS} for MLP neurons, off for conv channels and tokens]")
 @click.option("--calibration-samples", type=click.IntRange(1), default=10_000,
               show_default=True, help="Most samples used to count activations.")
 @click.option("--input-shape", type=INT_LIST, metavar="D,D,..",
@@ -173,6 +177,7 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                      rank_energy: float, variants: Path | None, epochs: int | None,
                      final_epochs: int | None,
                      recover: float | None, patience: int, lr: float, distill: float,
+                     average: float | None,
                      calibration_samples: int, output: Path | None, report: Path | None,
                      arch: str | None, device: str, plots: Path | None, trace_spectra: bool,
                      normalize,
@@ -214,7 +219,7 @@ def compress_command(model: Path, target: float, of: str, data: str | None, scop
                               device=device,
                               trace_spectra=trace_spectra),
             finetune=FinetuneConfig(max_epochs=epochs, patience=patience, lr=lr, distill=distill,
-                                    final_epochs=final_epochs, recover=recover),
+                                    final_epochs=final_epochs, recover=recover, average=average),
             bench=None if no_latency else BenchConfig(batches=tuple(sorted({1, 256, batch})),
                                                        threads=threads),
             seed=seed, budgets=budgets_from(budgets), budget_batch=batch, format=Format(fmt),

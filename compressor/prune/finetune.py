@@ -1,8 +1,10 @@
 """Fine-tuning between pruning cycles: Adam with cosine decay, distillation from the dense
-model, and the best epoch (by validation accuracy) kept."""
+model, an average of the weights over about the last epoch, and the best epoch (by validation
+accuracy) kept."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Callable
@@ -34,9 +36,11 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
     """Train all remaining weights in place and keep the best epoch.
 
     The loss is cross-entropy, mixed with `config.distill` x the KL divergence to the teacher's
-    softened logits when `teacher` is given. The kept weights are those of the epoch with the
-    best validation accuracy (ties: lower loss), counting the weights before training; training
-    stops after `config.patience` epochs without a new best, or after `config.max_epochs`.
+    softened logits when `teacher` is given. With `config.average`, each epoch's end is judged
+    (and may be kept) by the moving average of the weights instead of the weights trained.
+    The kept weights are those of the epoch with the best validation accuracy (ties: lower
+    loss), counting the weights before training; training stops after `config.patience`
+    epochs without a new best, or after `config.max_epochs`.
 
     Args:
         gm: the working graph.
@@ -46,7 +50,7 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
         teacher: the dense model's logits for every sample of `train`.
         seed: seed of the batch order.
         masks: per parameter name, True where the weight may be non-zero: the others are
-            zeroed after every step, so pruned weights stay pruned.
+            zeroed before training and after every step, so pruned weights stay pruned.
         goal: stop after the first epoch whose validation accuracy reaches it (or starting
             there: no training).
         log: receives one line per epoch (training loss, validation loss and accuracy).
@@ -68,10 +72,14 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
         return FinetuneResult(0, best_loss, best_acc)
     params = dict(gm.named_parameters())
     held = [(params[name], mask.to(device)) for name, mask in (masks or {}).items()]
+    with torch.no_grad():
+        for p, mask in held:  # the average starts from these: pruned weights zero in it too
+            p.mul_(mask)
     optimizer = torch.optim.Adam(gm.parameters(), lr=config.lr)
     steps = config.max_epochs * -(-len(train) // config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
+    average = _Average(params, config.average, -(-len(train) // config.batch_size))
     stale = epochs = 0
     while epochs < config.max_epochs and stale < config.patience:
         order = torch.randperm(len(train), generator=generator)
@@ -87,23 +95,61 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
             with torch.no_grad():
                 for p, mask in held:
                     p.mul_(mask)
+                average.update()
             total += float(loss.detach()) * idx.numel()
             if progress is not None:
                 progress(min(i + config.batch_size, len(train)), len(train))
         epochs += 1
-        loss, acc = evaluate(gm, val, device=device)
+        with average.applied():
+            loss, acc = evaluate(gm, val, device=device)
+            better = (acc, -loss) > (best_acc, -best_loss)
+            if better:
+                best_state = copy.deepcopy(gm.state_dict())
         if log is not None:
             log(f"epoch {epochs}/{config.max_epochs}: train loss {total / len(train):.4f}, "
                 f"val loss {loss:.4f}, val acc {100 * acc:.2f}%")
-        if (acc, -loss) > (best_acc, -best_loss):
+        if better:
             best_loss, best_acc, stale = loss, acc, 0
-            best_state = copy.deepcopy(gm.state_dict())
         else:
             stale += 1
         if goal is not None and best_acc >= goal:
             break
     gm.load_state_dict(best_state)
     return FinetuneResult(epochs, best_loss, best_acc)
+
+
+class _Average:
+    """An exponential moving average of the trained parameters over about `epochs` epochs
+    (none for 0 or None). Pruned weights stay zero in it: it only ever averages masked
+    weights."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], epochs: float | None,
+                 steps_per_epoch: int):
+        self.params = list(params.values())
+        self.keep = max(0.0, 1 - 1 / (epochs * steps_per_epoch)) if epochs else None
+        self.mean = [p.detach().clone() for p in self.params] if self.keep else []
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for mean, p in zip(self.mean, self.params):
+            mean.lerp_(p, 1 - self.keep)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The average in the parameters' place for the block, the trained values after."""
+        if not self.keep:
+            yield
+            return
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self.params]
+            for mean, p in zip(self.mean, self.params):
+                p.copy_(mean)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for value, p in zip(trained, self.params):
+                    p.copy_(value)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None,

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from compressor.prune.config import (CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE, Compensation,
-                                     Criterion, FinetuneConfig, PruneConfig, Scope, final_epochs)
+from compressor.prune.config import (AVERAGE_EPOCHS, CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE,
+                                     Compensation, Criterion, FinetuneConfig, PruneConfig, Scope,
+                                     final_epochs)
 
 
 @pytest.mark.parametrize("target", [0, 1, -0.5, 1.5, math.nan, math.inf])
@@ -33,7 +34,7 @@ def test_factor_refuses_anything_else(factor):
 
 
 @pytest.mark.parametrize("kwargs", [{"max_epochs": -1}, {"patience": 0}, {"lr": 0},
-                                    {"distill": 1.5}, {"temperature": 0}])
+                                    {"distill": 1.5}, {"temperature": 0}, {"average": -1}])
 def test_finetune_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         FinetuneConfig(**kwargs)
@@ -80,3 +81,13 @@ def test_criterion_and_compensation_left_to_the_model_follow_how_it_is_pruned():
                                                                  Compensation.LSQ)
     assert chosen(PruneConfig(target=0.5, criterion="activation"), relu=True, linear=True,
                   tuned=True) == (Criterion.ACTIVATION, Compensation.NONE)
+
+
+def test_the_weight_average_is_on_for_mlp_neurons_and_off_where_it_was_not_measured():
+    assert FinetuneConfig().resolved(channels=False).average == AVERAGE_EPOCHS
+    assert FinetuneConfig().resolved(channels=True).average == 0
+    assert FinetuneConfig().resolved(channels=False, tokens=True).average == 0
+    assert FinetuneConfig(average=0).resolved(channels=False).average == 0
+    assert FinetuneConfig(average=3).resolved(channels=True).average == 3
+    resolved = FinetuneConfig().resolved(channels=False)
+    assert resolved.resolved(channels=True) == resolved  # resolving twice changes nothing

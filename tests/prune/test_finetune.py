@@ -88,3 +88,37 @@ def test_recover_trains_every_cycle_but_the_last_until_the_goal():
     plain = FinetuneConfig(max_epochs=6)
     assert plain.cycle(1, 5, 0.9) == (plain, None)
     assert plain.cycle(5, 5, 0.9) == (plain.last(), None)
+
+
+def test_with_a_weight_average_each_epoch_is_judged_and_kept_by_the_average(monkeypatch):
+    train, val = splits()
+    judged = []
+
+    def trained(average, masks=None):
+        gm = graph_of(tiny(), train.x[:2])
+        torch.manual_seed(0)
+        for p in gm.parameters():  # the same start for both runs
+            torch.nn.init.normal_(p, std=0.3)
+        start = {k: v.clone() for k, v in gm.state_dict().items()}
+        judged.clear()
+
+        def scripted_evaluate(model, data, **_):  # every epoch better than the start
+            judged.append({k: v.clone() for k, v in model.state_dict().items()})
+            return (1.0 / len(judged), 0.1 * len(judged))
+
+        monkeypatch.setattr(finetune_module, "evaluate", scripted_evaluate)
+        finetune(gm, train, val, FinetuneConfig(max_epochs=2, patience=2, lr=3e-2,
+                                                average=average), masks=masks)
+        return start, gm.state_dict()
+
+    start, plain = trained(0)
+    _, averaged = trained(1.0)
+    assert all(torch.equal(averaged[k], judged[-1][k]) for k in averaged)  # judged = kept
+    moved = {k: float((plain[k] - start[k]).norm()) for k in plain}
+    lagged = {k: float((averaged[k] - start[k]).norm()) for k in plain}
+    assert all(0 < lagged[k] < moved[k] for k in plain)  # an average of the path: behind it
+
+    weight = next(k for k in start if k.endswith("weight"))
+    mask = torch.rand(start[weight].shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    _, masked = trained(1.0, masks={weight: mask})
+    assert torch.all(masked[weight][~mask] == 0) and torch.any(masked[weight][mask] != 0)
