@@ -93,7 +93,8 @@ def _markdown(rows: list[dict], dense_bytes: int, base: dict[int, float], second
         "",
         "Each row is one `compress models/paper_mlp.pt --arch models.mlp:paper_mlp --target T "
         "--data fashion-mnist --scope S` with every other option at its default "
-        f"({r0['options']['prune']['cycles']} cycles, fine-tuning with distillation, the last "
+        f"({r0['options']['prune']['cycles']} cycles, fine-tuning with distillation and a "
+        f"weight average over {r0['options']['finetune']['average']:g} epochs, the last "
         f"cycle's most epochs {finals}, criterion "
         f"{r0['criterion']}, compensation {r0['compensate']}). Accuracy is on the official "
         "10,000-image test set, never used for fine-tuning. Latency: onnxruntime CPU, "
@@ -217,7 +218,8 @@ def _peer_markdown(rows: list[dict]) -> str:
              "kept) pruned in the same 5 cycles (0.8ⁿ shares), the last to the weight count "
              "nearest ours that its global pruning ratio reaches (both are listed), "
              "fine-tuned after each cycle by exactly our recipe (same splits, epochs, patience, "
-             "Adam with cosine decay, distillation 0.5, batch-order seeds); `--factor off` is "
+             "Adam with cosine decay, distillation 0.5, weight average, batch-order seeds); "
+             "`--factor off` is "
              "our command without factoring the first layer (the default before it). Test "
              "accuracy (%) on the 10,000 official test images:", "",
              "| target | seed | ours | weights | ours, `--factor off` | Torch-Pruning | weights "
