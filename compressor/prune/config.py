@@ -355,7 +355,7 @@ class FinetuneConfig:
         """The concrete config: epochs chosen by model (conv channels or tokens, or neither)
         and the last cycle's (`final_epochs` for `target`) where they are left to it; the
         weight average AVERAGE_EPOCHS for MLP neurons (measured there: paper MLP, seeds 0-2,
-        0.95 +0.21 pt, 0.85 +0.06), off for conv channels and tokens (not measured)."""
+        0.95 +0.22 pt, 0.85 +0.10), off for conv channels and tokens (not measured)."""
         schedule = CNN_SCHEDULE if channels or tokens else MLP_SCHEDULE
         epochs = schedule[1] if self.max_epochs is None else self.max_epochs
         final = final_epochs(epochs, target) if self.final_epochs is None else self.final_epochs

@@ -76,10 +76,10 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
         for p, mask in held:  # the average starts from these: pruned weights zero in it too
             p.mul_(mask)
     optimizer = torch.optim.Adam(gm.parameters(), lr=config.lr)
-    steps = config.max_epochs * -(-len(train) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    per_epoch = -(-len(train) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.max_epochs * per_epoch)
     generator = torch.Generator().manual_seed(seed)
-    average = _Average(params, config.average, -(-len(train) // config.batch_size))
+    average = _Average(params, config.average, per_epoch)
     stale = epochs = 0
     while epochs < config.max_epochs and stale < config.patience:
         order = torch.randperm(len(train), generator=generator)
