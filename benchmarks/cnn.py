@@ -27,13 +27,14 @@ import onnx
 import torch
 import torch_pruning as tp
 
-from benchmarks.common import CELLS, Result, flops_of, machine, measured, time_cells
+from benchmarks.common import CELLS, Result, flat, flops_of, machine, measured, time_cells
 from compressor.graph.capture import capture, run_batched
 from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
-from compressor.prune.config import CNN_SCHEDULE, FinetuneConfig
 from compressor.measure.widths import Kernel, preferred_multiple
+from compressor.plan.rules import CNN_SCHEDULE
+from compressor.prune.config import FinetuneConfig
 from compressor.prune.cycles import schedule
 from compressor.prune.finetune import finetune
 from models import cnn
@@ -99,7 +100,7 @@ def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, splits) 
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = flat(json.loads(out.with_suffix(".json").read_text()))
     data = out.read_bytes()
     return Result("ours", data, report["flops_after"], report["weights_after"],
                   report["accuracy_after"], wall, _widths(data))

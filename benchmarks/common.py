@@ -18,6 +18,7 @@ from compressor.graph.capture import capture
 from compressor.graph.trace import trace
 from compressor.io.load import LoadedModel, ModelFormat
 from compressor.measure.latency import latencies_ms
+from compressor.plan import DataFacts, Options, Plan, ThisMachine, model_facts, plan
 from compressor.prune.finetune import accuracy
 from compressor.runtime import session
 
@@ -68,6 +69,24 @@ def time_cells(results: list[Result], sample: torch.Tensor, seconds: float) -> N
                              threads=threads, seconds=seconds * len(results))
         for r, ms in zip(results, found):
             r.latency[batch, threads] = ms
+
+
+def recipe(module: torch.nn.Module, sample: torch.Tensor, target: float, **options) -> Plan:
+    """The plan `compress` follows for `module` with labelled data at `target`: the
+    fine-tuning recipe a peer is given too."""
+    gm = capture(loaded(module), sample[:2])
+    return plan(Options(target, **options), model_facts(gm, trace(gm)), DataFacts(True, True),
+                ThisMachine())
+
+
+def flat(report: dict) -> dict:
+    """The fields of a `compress` JSON report the benchmarks read, by one name each."""
+    size, accuracy, choices = report["size"], report["accuracy"] or {}, \
+        report["plan"]["choices"]
+    return {**size, "accuracy_before": accuracy.get("before"),
+            "accuracy_after": accuracy.get("after"), "layers": report["layers"],
+            "cycles": report["cycles"], "options": report["plan"]["config"],
+            **{name: choice["value"] for name, choice in choices.items()}}
 
 
 def machine() -> str:

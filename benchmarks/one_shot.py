@@ -23,14 +23,16 @@ import numpy as np
 import onnxruntime
 import torch
 
+from benchmarks.common import flat
 from compressor.export.verify import run_onnx
 from compressor.graph.capture import capture, run_batched
 from compressor.graph.trace import trace
 from compressor.io.data import load_fashion_mnist
 from compressor.io.load import LoadedModel, ModelFormat, load_model
+from compressor.plan import DataFacts, Options, ThisMachine, model_facts, plan
 from compressor.prune.calibrate import count_activations
 from compressor.prune.compensate import compensate
-from compressor.prune.config import Compensation, Criterion, PruneConfig
+from compressor.prune.config import CompensateConfig, Compensation, Criterion, SelectConfig
 from compressor.prune.finetune import accuracy
 from compressor.prune.select import unit_scores
 from compressor.prune.shrink import shrink
@@ -44,7 +46,7 @@ WIDTHS = ((150, 50), (120, 40), (90, 30), (60, 20))
 METHODS = (Compensation.NONE, Compensation.MEAN, Compensation.MERGE, Compensation.LSQ)
 PAPER = {"prune": (88.40, 85.17, 71.26, 66.76), "merge": (88.69, 86.92, 82.75, 80.02)}
 CALIBRATION = 10_000  # as `compress --calibration-samples` by default
-CRITERIA = [c for c in Criterion if c is not Criterion.AUTO]  # auto: see lenet_defaults
+CRITERIA = list(Criterion)  # what the plan chooses by default: see lenet_defaults
 SLICES = 3  # disjoint calibration sets for the default options
 
 
@@ -85,11 +87,14 @@ def lenet_defaults(data) -> list[list[float]]:
     """Test accuracy of the default options (criterion and compensation auto) at every width,
     calibrated on each of SLICES disjoint sets of CALIBRATION training images."""
     dense = capture(load_model(LENET, arch=LENET_ARCH), data.train.x[:2])
+    chosen = plan(Options(0.5), model_facts(dense, trace(dense)), DataFacts(True, False),
+                  ThisMachine()).prune  # one shot: unlabelled calibration data
+    criterion, method = chosen.select.criterion, chosen.compensate.method
     runs = []
     for k in range(SLICES):
         calib = data.train.x[k * CALIBRATION:(k + 1) * CALIBRATION]
-        runs.append([accuracy(run_batched(prune_to_widths(dense, widths, Criterion.AUTO,
-                                                          Compensation.AUTO, calib)[0],
+        runs.append([accuracy(run_batched(prune_to_widths(dense, widths, criterion, method,
+                                                          calib)[0],
                                           data.test.x), data.test.y) for widths in WIDTHS])
         print(f"defaults, calibration slice {k}: "
               + " ".join(f"{100 * a:.2f}" for a in runs[-1]), file=sys.stderr)
@@ -105,15 +110,13 @@ def prune_to_widths(dense, widths: tuple[int, ...], criterion: Criterion, method
     gm = copy.deepcopy(dense)
     groups = trace(gm).groups
     stats = count_activations(gm, groups, calib)
-    config = PruneConfig(0.5, criterion=criterion,
-                         compensate=method.resolve(has_data=True))
     start = time.perf_counter()
-    scores = unit_scores(gm, groups, config, stats=stats, x=calib)
+    scores = unit_scores(gm, groups, SelectConfig(criterion), stats=stats, x=calib)
     ranked = time.perf_counter() - start
     removed = {g.name: torch.argsort(scores[g.name], stable=True)[:g.size - w].sort().values
                for g, w in zip(groups, widths)}
     start = time.perf_counter()
-    compensate(gm, groups, removed, config, stats=stats, x=calib)
+    compensate(gm, groups, removed, CompensateConfig(method), stats=stats, x=calib)
     took = time.perf_counter() - start
     shrink(gm, groups, removed)
     return gm, (ranked, took)
@@ -139,11 +142,13 @@ def paper_mlp_without_labels(data) -> list[dict]:
             start = time.perf_counter()
             subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - start
-            report = json.loads(out.with_suffix(".json").read_text())
+            report = flat(json.loads(out.with_suffix(".json").read_text()))
             acc = accuracy(run_onnx(session(out.read_bytes()), data.test.x), data.test.y)
-            chosen = f"auto → {report['criterion']} (default)" if criterion == "auto" else criterion
+            chosen = f"auto → {report['criterion']} (default)" if criterion == "auto" \
+                else criterion
             rows.append({"criterion": chosen, "compensate": report["compensate"],
-                         "data": with_data, "reduction": report["reduction"], "accuracy": acc,
+                         "data": with_data, "reduction": report["reduction"],
+                         "accuracy": acc,
                          "compensate_seconds": report["cycles"][0]["compensate_seconds"],
                          "merged": report["cycles"][0]["merged"], "wall": wall})
             print(f"paper MLP {criterion} {method} data={with_data}: {100 * acc:.2f}",
@@ -162,11 +167,11 @@ def lsq_scaling() -> list[tuple[str, int, float, float | None]]:
         gm = capture(LoadedModel(Path("random"), ModelFormat.PICKLED_MODULE, net), x[:2])
         groups = trace(gm).groups
         start = time.perf_counter()
-        unit_scores(gm, groups, PruneConfig(0.5, criterion="error"), x=x)
+        unit_scores(gm, groups, SelectConfig("error"), x=x)
         ranking = time.perf_counter() - start
         removed = {g.name: torch.arange(0, g.size, 2) for g in groups}
         start = time.perf_counter()
-        compensate(gm, groups, removed, PruneConfig(0.5, compensate="lsq"), x=x)
+        compensate(gm, groups, removed, CompensateConfig("lsq"), x=x)
         rows.append((f"784-{width}-{width}-10", CALIBRATION, time.perf_counter() - start, ranking))
         print(f"{width}: lsq {rows[-1][2]:.1f} s, error ranking {ranking} s", file=sys.stderr)
     return rows
@@ -267,7 +272,7 @@ def _goals(table: dict, defaults: list[list[float]], cli_rows: list[dict]) -> li
     default_cli = next(r for r in cli_rows if r["criterion"].startswith("auto"))
     mark = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     return [
-        f"- `merge` with `l1` within ±2 pt of the paper's merge row: "
+        "- `merge` with `l1` within ±2 pt of the paper's merge row: "
         + ", ".join(f"{a}-{b}: {g:+.2f} pt" for (a, b), g in zip(WIDTHS, gaps))
         + f": {mark(all(within))} ({sum(within)} of {len(within)} widths).",
         f"- Best one-shot method at 60-20 ≥ 85%: {best[0].value} + {best[1].value}, "

@@ -168,15 +168,15 @@ def _lowrank_against_pruning(dense: torch.nn.Module, splits) -> list[dict]:
         if reduction < 0.01:  # nothing factored at this energy: nothing to compare
             continue
         lowrank_acc = accuracy(run_onnx(session(packed.data), x), splits.test.y)
-        pruned = compressor.compress(dense, reduction, data="fashion-mnist", max_epochs=0,
+        pruned = compressor.compress(dense, reduction, data="fashion-mnist", epochs=0,
                                      latency=False)
         rows.append({
             "energy": energy, "reduction": reduction,
             "ranks": [r.rank or min(r.shape) for r in packed.layers],
             "lowrank_acc": lowrank_acc,
             "lowrank_ms": latency_ms(packed.data, sample, batch=256, seconds=1.0),
-            "pruned_reduction": 1 - pruned.report.weights_after / pruned.report.weights_before,
-            "pruned_acc": pruned.report.accuracy_after,
+            "pruned_reduction": 1 - pruned.report.size.weights_after / pruned.report.size.weights_before,
+            "pruned_acc": pruned.report.accuracy.after,
             "pruned_ms": latency_ms(pruned.onnx, sample, batch=256, seconds=1.0),
             "dense_ms": base})
     return rows
@@ -235,14 +235,14 @@ def _markdown(runs, dense_acc, analysis, files, regrown, lowrank, seeds, figures
               "drop, pt | weights pruned | FLOPs / sample |", "|---|---|---|---|---|---|---|"]
     means = {}
     for name, results in runs.items():
-        acc = [r.report.accuracy_after for r in results]
+        acc = [r.report.accuracy.after for r in results]
         means[name] = statistics.mean(acc)
-        flops = statistics.mean(r.report.flops_after for r in results)
-        pruned = statistics.mean(1 - r.report.weights_after / r.report.weights_before
+        flops = statistics.mean(r.report.size.flops_after for r in results)
+        pruned = statistics.mean(1 - r.report.size.weights_after / r.report.size.weights_before
                                  for r in results)
         lines.append(f"| {name} | {_mean_sd(acc)} | {100 * (means[name] - dense_acc):+.2f} | "
                      f"{PUBLISHED[name]} | {PUBLISHED[name] - PUBLISHED_DENSE:+.2f} | "
-                     f"{pruned:.2%} | {flops / 1000:.0f} k of {results[0].report.flops_before / 1000:.0f} k |")
+                     f"{pruned:.2%} | {flops / 1000:.0f} k of {results[0].report.size.flops_before / 1000:.0f} k |")
     order = sorted(means, key=means.get, reverse=True)
     above = sum(100 * means[n] > PUBLISHED[n] for n in means)
     widths = "-".join(str(row.out_after) for row in runs["activation, neurons"][0].report.layers

@@ -22,10 +22,11 @@ from benchmarks.common import loaded, machine
 from compressor.graph.capture import capture
 from compressor.graph.trace import trace
 from compressor.io.data import load_data
+from compressor.plan import DEFAULTS
 from compressor.prune.lsq import STEPS, consumer_problems, greedy_errors
 
 REPO = Path(__file__).resolve().parents[1]
-RIDGE = 1e-3  # the default of PruneConfig.ridge
+RIDGE = DEFAULTS["ridge"]
 SHARES = (0.5, 0.75, 0.9)
 
 

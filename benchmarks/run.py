@@ -26,12 +26,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from benchmarks.common import flat, recipe
 from compressor.export.to_onnx import to_onnx
 from compressor.graph.capture import capture
 from compressor.io.data import load_fashion_mnist
 from compressor.io.load import load_model
 from compressor.measure.latency import latency_ms
-from compressor.prune.config import MLP_SCHEDULE, FinetuneConfig
 from compressor.prune.cycles import schedule
 from compressor.prune.finetune import accuracy, finetune
 
@@ -68,7 +68,7 @@ def _run(tmp: Path, target: float, scope: str, sample: torch.Tensor, dense: byte
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = flat(json.loads(out.with_suffix(".json").read_text()))
     model = out.read_bytes()
     latency = {b: latency_ms(model, sample, batch=b, seconds=seconds) for b in BATCHES}
     print(f"{scope} {target}: {report['reduction']:.4f} reduction, "
@@ -149,13 +149,13 @@ def _against_torch_pruning(tmp: Path) -> list[dict]:
                             ARCH, "--target", str(target), "--data", "fashion-mnist", "--seed",
                             str(seed), "--no-latency", "-o", str(out)],
                            check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-            report = json.loads(out.with_suffix(".json").read_text())
+            report = flat(json.loads(out.with_suffix(".json").read_text()))
             plain = tmp / f"seed{seed}-{target}-plain.onnx"
             subprocess.run([str(Path(sys.executable).with_name("compress")), str(MODEL), "--arch",
                             ARCH, "--target", str(target), "--data", "fashion-mnist", "--seed",
                             str(seed), "--factor", "off", "--no-latency", "-o", str(plain)],
                            check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-            unfactored = json.loads(plain.with_suffix(".json").read_text())
+            unfactored = flat(json.loads(plain.with_suffix(".json").read_text()))
             peer = _torch_pruning(dense, target, report["weights_after"], seed, train, val,
                                   teacher)
             rows.append({"target": target, "seed": seed, "ours": report["accuracy_after"],
@@ -177,8 +177,9 @@ def _torch_pruning(dense: nn.Module, target: float, weights: int, seed: int, tra
     the last, fine-tuned after each by our recipe with our batch-order seeds."""
     model = copy.deepcopy(dense)
     w0 = _weights(model)
-    tuning = FinetuneConfig().resolved(channels=False, target=target)
-    steps = schedule(target, MLP_SCHEDULE[0])
+    chosen = recipe(dense, train.x[:2], target)
+    tuning = chosen.finetune
+    steps = schedule(target, chosen.prune.cycles)
     for n, step in enumerate(steps, 1):
         goal = weights if n == len(steps) else round((1 - step) * w0)
         model = _prune_to(model, goal)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from compressor.prune.config import final_epochs
+from benchmarks.common import flat
+from compressor.plan import Options
+from compressor.plan.rules import final_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, ARCH = REPO / "models" / "paper_mlp.pt", "models.mlp:paper_mlp"
@@ -55,7 +57,7 @@ def _run(tmp: Path, target: float, options: list[str], seed: int) -> dict:
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = flat(json.loads(out.with_suffix(".json").read_text()))
     print(f"{target} {options} seed {seed}: {report['accuracy_after']:.4f}, {wall:.0f} s",
           file=sys.stderr)
     return {"accuracy": report["accuracy_after"], "dense": report["accuracy_before"],
@@ -71,7 +73,7 @@ def _markdown(rows: list[dict], seeds: list[int]) -> str:
              "models/paper_mlp.pt --arch models.mlp:paper_mlp --target T --data fashion-mnist "
              "--seed S --no-latency` plus the schedule's option; every other option at its "
              "default (5 cycles, at most 6 epochs per cycle and in the last "
-             f"{', '.join(f'{final_epochs(6, t)} at {t}' for t in TARGETS)}, patience 3, "
+             f"{', '.join(f'{final_epochs(Options(t), 6)[0]} at {t}' for t in TARGETS)}, patience 3, "
              "distillation 0.5). `--recover PTS`: every cycle but the last trains until its "
              "validation accuracy is within PTS points of the input model's (at most the last "
              "cycle's epochs); the last cycle is the same in every schedule. Seeds: "

@@ -32,6 +32,7 @@ import onnxruntime
 import scipy.sparse
 import torch
 
+from benchmarks.common import flat
 from compressor.commands.bench import bench
 from compressor.export import formats
 from compressor.export.pack import Format, pack_onnx
@@ -118,7 +119,7 @@ def _compress(tmp: Path, target: float, scope: str, label: str, flags: list[str]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    report = json.loads(path.with_suffix(".json").read_text())
+    report = flat(json.loads(path.with_suffix(".json").read_text()))
     sess = session(path.read_bytes())
     acc = {part: float((run_onnx(sess, getattr(splits, part).x.flatten(1)).argmax(1) ==
                         getattr(splits, part).y).double().mean())

@@ -24,12 +24,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.common import CELLS, Result, machine, measured, time_cells
+from benchmarks.common import CELLS, Result, flat, machine, measured, time_cells
 from compressor.graph.capture import capture, run_batched
 from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
-from compressor.prune.config import CNN_SCHEDULE, Criterion, FinetuneConfig
+from compressor.plan.rules import CNN_SCHEDULE
+from compressor.prune.config import Criterion, FinetuneConfig
 from compressor.prune.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def _ours(path: Path, name: str, target: float, criterion: str, tuned: bool,
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = flat(json.loads(out.with_suffix(".json").read_text()))
     widths = "-".join(str(layer["out_after"]) for layer in report["layers"]
                       if layer["note"] == "pruned")
     default = Criterion.AUTO.resolve(relu=False, linear=True, tuned=tuned).value

@@ -23,18 +23,16 @@ from torch import nn
 
 from .commands.check import CheckConfig, CheckInputs
 from .commands.check import check as check_file
-from .commands.compress import check_options, prepared, run
-from .commands.config import CompressConfig
+from .commands.compress import prepared, run
 from .commands.summary import summarize
 from .errors import DataError, UsageError
-from .export.pack import ENERGY, Format
 from .io.data import DataSplits, Dataset, load_data, split, validate
 from .io.files import write_atomic
 from .io.inputs import fit_data, random_inputs
 from .io.load import LoadedModel, ModelFormat
 from .measure.budgets import Budgets
-from .measure.latency import BenchConfig
-from .prune.config import FinetuneConfig, Method, PruneConfig
+from .plan import Options
+from .plan import check as check_plan
 from .report.check import CheckResult
 from .report.compress import Report
 
@@ -63,10 +61,7 @@ class Result:
 
 
 def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
-             data: Data = None, input_shape: tuple[int, ...] | None = None,
-             logits: int | str | None = None,
-             format: str = "dense", rank_energy: float = ENERGY, latency: bool = True,
-             seed: int = 0, log=None,
+             data: Data = None, logits: int | str | None = None, log=None,
              **options: Any) -> Result:
     """Prune `model` to `target` fewer weights (or FLOPs, `of="flops"`), export it to ONNX,
     verify the file in onnxruntime and measure it. The input model is not modified.
@@ -79,53 +74,32 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
             `"fashion-mnist"`, or a data file path. Given data is split 80/10/10 into train,
             validation and test (90/10 without labels) with `seed`; labels enable
             fine-tuning and accuracy. None: data-free (needs `input_shape` for CNNs).
-        input_shape: one sample's shape without the batch axis: the data is shaped to it and
-            the ONNX file takes it (default: the data as given, or what the model takes).
         logits: for a model that returns a tuple or dict, which entry are the logits.
-        format: how the weights are stored: dense, csr, int8, auto or lowrank.
-        rank_energy: for lowrank, the share of each layer's squared singular values kept.
-        latency: measure onnxruntime latency of the dense export and the result.
-        seed: seed of the splits, fine-tuning and random choices.
         log: called with one line per stage (e.g. `print`); None for silence.
-        **options: any field of `compressor.prune.config.PruneConfig` (of, scope, cycles,
-            criterion, compensate, align, score, method, calibration_samples, ...) or of
-            `FinetuneConfig` (max_epochs, patience, lr, batch_size, distill, temperature,
-            average).
+        **options: the command's options by their names (`compressor.plan.Options`: of,
+            criterion, compensate, scope, cycles, epochs, align, factor, format, input_shape,
+            latency, seed, ...); what is not given is decided by `compressor.plan.plan`.
 
     Returns:
         The pruned model, the ONNX file and the report.
     """
     started = time.perf_counter()
     log = log or (lambda _: None)
-    prune_options, tune_options = _split_options(options)
-    if data is None and "criterion" not in options and "method" not in options:
-        prune_options |= {"criterion": "l1", "method": "magnitude"}  # as the command: no data
-    elif "method" in options and "criterion" not in options:  # as the command: the method's
-        try:
-            prune_options["criterion"] = Method(options["method"]).criterion
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-    try:
-        config = CompressConfig(prune=PruneConfig(target=target, seed=seed, **prune_options),
-                                finetune=FinetuneConfig(**tune_options),
-                                bench=BenchConfig() if latency else None, seed=seed,
-                                format=Format(format), rank_energy=rank_energy,
-                                input_shape=tuple(input_shape) if input_shape else None)
-    except ValueError as e:  # the configs validate every value
-        raise UsageError(str(e)) from e
+    chosen = _options(target, options)
     name = f"<{type(model).__name__}>"
     loaded = prepared(_loaded(model, name), logits=None if logits is None else str(logits))
     about = data if isinstance(data, str) else None if data is None else "data"
-    check_options(about, config)
+    check_plan(chosen, data=data is not None)
+    seed = chosen.value("seed")
     torch.manual_seed(seed)
     if data is None:
-        probe, layout = random_inputs(loaded, seed=seed, shape=config.input_shape)
+        probe, layout = random_inputs(loaded, seed=seed, shape=chosen.input_shape)
         splits = None
     else:
-        splits, layout = fit_data(loaded, _splits(data, seed=seed), shape=config.input_shape)
+        splits, layout = fit_data(loaded, _splits(data, seed=seed), shape=chosen.input_shape)
         probe = splits.validation.x
-    outcome = run(loaded, splits, probe, layout, config, name=name, log=log)
-    report = summarize(outcome, config, model=name, data=about, output="", report_path="",
+    outcome = run(loaded, splits, probe, layout, chosen, name=name, log=log)
+    report = summarize(outcome, model=name, data=about, output="", report_path="",
                        started=started)
     return Result(outcome.pruned_gm.eval(), outcome.packed.data, report)
 
@@ -156,16 +130,14 @@ def check(model: str | Path, *, data: str | None = None, reference: str | Path |
     return check_file(inputs, CheckConfig(Budgets(**budgets), batch, threads, seconds))
 
 
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    prune_fields = {f.name for f in dataclasses.fields(PruneConfig)} - {"target", "seed"}
-    tune_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = set(options) - prune_fields - tune_fields
+def _options(target: float, options: dict[str, Any]) -> Options:
+    """The keyword options as `Options`; an unknown name is refused with the known ones."""
+    known = set(Options.names()) - {"target", "normalize", "budgets"}
+    unknown = set(options) - known
     if unknown:
-        raise UsageError(f"unknown option {', '.join(sorted(unknown))}: compress takes the "
-                         f"fields of PruneConfig ({', '.join(sorted(prune_fields))}) and "
-                         f"FinetuneConfig ({', '.join(sorted(tune_fields))})")
-    return ({k: v for k, v in options.items() if k in prune_fields},
-            {k: v for k, v in options.items() if k in tune_fields})
+        raise UsageError(f"unknown option {', '.join(sorted(unknown))}: compress takes "
+                         f"{', '.join(sorted(known))}")
+    return Options(target=target, **options)
 
 
 def _loaded(model: nn.Module | torch.export.ExportedProgram, name: str) -> LoadedModel:

@@ -35,3 +35,8 @@ def first_line(e: BaseException) -> str:
 
 class UsageError(CompressorError):
     """Options that do not fit together."""
+
+
+class OptionError(UsageError):
+    """An option's value, or options that do not fit together. The message names each option
+    by its keyword in backquotes (`factor`); the command line shows the flag (--factor)."""

@@ -18,7 +18,7 @@ from compressor.graph.trace import trace
 from compressor.io.load import LoadedModel, ModelFormat
 from compressor.prune.calibrate import count_activations
 from compressor.prune.compensate import Compensated, compensate
-from compressor.prune.config import Compensation, PruneConfig
+from compressor.prune.config import CompensateConfig, Compensation
 from compressor.prune.shrink import shrink
 
 FORMATS = ("ts", "pt2", "sd", "ckpt", "pickle")
@@ -57,8 +57,7 @@ def remove_units(gm: fx.GraphModule, removed: dict[str, torch.Tensor],
     compensation did."""
     groups = trace(gm).groups
     stats = count_activations(gm, groups, x) if x is not None else None
-    done = compensate(gm, groups, removed, PruneConfig(0.5, compensate=mode, **settings),
-                      stats=stats, x=x)
+    done = compensate(gm, groups, removed, CompensateConfig(mode, **settings), stats=stats, x=x)
     return shrink(gm, groups, removed), done
 
 

@@ -27,7 +27,7 @@ def test_the_documented_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "docs/api.md", "exec"), namespace)
     result = namespace["result"]
     assert result.report.reduction >= 0.8 and (tmp_path / "small.onnx").exists()
-    assert result.report.accuracy_after is not None and namespace["check"].rows
+    assert result.report.accuracy.after is not None and namespace["check"].rows
     assert namespace["model"][0].out_features == 64  # the input model is not pruned
 
 
@@ -42,9 +42,9 @@ def test_tensors_datasets_and_loaders_are_the_same_data(form):
     data = {"tuple": (x, y), "dataset": torch.utils.data.TensorDataset(x, y),
             "loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
                                                   batch_size=64)}[form]
-    result = compressor.compress(tiny(), 0.5, data=data, max_epochs=0, latency=False)
-    reference = compressor.compress(tiny(), 0.5, data=(x, y), max_epochs=0, latency=False)
-    assert result.onnx == reference.onnx and result.report.accuracy_after is not None
+    result = compressor.compress(tiny(), 0.5, data=data, epochs=0, latency=False)
+    reference = compressor.compress(tiny(), 0.5, data=(x, y), epochs=0, latency=False)
+    assert result.onnx == reference.onnx and result.report.accuracy.after is not None
     assert isinstance(result.model, nn.Module)
     with torch.no_grad():
         assert result.model(x[:5]).shape == (5, 4)
@@ -55,7 +55,7 @@ def test_unlabelled_tensors_prune_in_one_shot_and_the_pruned_model_is_returned()
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = compressor.compress(model, 0.5, data=x, latency=False)
-    assert result.report.accuracy_after is None and len(result.report.cycles) == 1
+    assert result.report.accuracy is None and len(result.report.cycles) == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert sum(p.numel() for p in result.model.parameters()) < \
         sum(p.numel() for p in model.parameters())
@@ -63,21 +63,21 @@ def test_unlabelled_tensors_prune_in_one_shot_and_the_pruned_model_is_returned()
 
 def test_a_data_free_cnn_takes_its_input_shape(tmp_path):
     result = compressor.compress(SmallCNN(), 0.3, input_shape=(1, 12, 12), latency=False)
-    assert result.report.input.shape == ("batch", 1, 12, 12)
+    assert result.report.source.input.shape == ("batch", 1, 12, 12)
     assert result.save_onnx(tmp_path / "c.onnx").read_bytes() == result.onnx
     assert '"target": 0.3' in result.save_report(tmp_path / "c.json").read_text()
 
 
 def test_unknown_options_and_budgets_name_the_valid_ones(tmp_path):
-    with pytest.raises(UsageError, match="unknown option epochs.*max_epochs"):
-        compressor.compress(tiny(), 0.5, epochs=1)
+    with pytest.raises(UsageError, match="unknown option max_epochs.*epochs"):
+        compressor.compress(tiny(), 0.5, max_epochs=1)
     with pytest.raises(UsageError, match="unknown budget max_bytes.*max_size"):
         compressor.check(tmp_path / "m.onnx", max_bytes=10)
 
 
 def test_check_measures_budgets_as_the_command_does(tmp_path):
     x, y = _labelled()
-    path = compressor.compress(tiny(), 0.5, data=(x, y), max_epochs=0,
+    path = compressor.compress(tiny(), 0.5, data=(x, y), epochs=0,
                                latency=False).save_onnx(tmp_path / "m.onnx")
     assert compressor.check(path, max_params=10**6).passed
     assert not compressor.check(path, max_params=10).passed
@@ -104,7 +104,7 @@ def test_the_api_and_the_command_make_the_same_file(run_cli, tiny_files):
     data = np.load(tiny_files["data"])
     result = compressor.compress(tiny(), 0.5, data=(torch.from_numpy(data["x"]),
                                                     torch.from_numpy(data["y"])),
-                                 cycles=2, max_epochs=1, latency=False)
+                                 cycles=2, epochs=1, latency=False)
     assert result.onnx == out.read_bytes()
 
 
@@ -113,5 +113,16 @@ def test_an_exported_program_is_taken_in_its_own_input_shape():
 
     x, y = _labelled()
     program = export_program(tiny().eval(), x[:2])
-    result = compressor.compress(program, 0.5, data=(x, y), max_epochs=0, latency=False)
-    assert result.report.input.shape == ("batch", 20) and result.report.accuracy_after is not None
+    result = compressor.compress(program, 0.5, data=(x, y), epochs=0, latency=False)
+    assert result.report.source.input.shape == ("batch", 20)
+    assert result.report.accuracy.after is not None
+
+
+def test_a_bad_option_names_the_keyword_and_the_command_names_the_flag(run_cli, tiny_files):
+    with pytest.raises(UsageError, match="`factor` must be auto, off"):
+        compressor.compress(tiny(), 0.5, factor="half")
+    with pytest.raises(UsageError, match="give `method` or `criterion`"):
+        compressor.compress(tiny(), 0.5, method="magnitude", criterion="l1")
+    args = [tiny_files["model"], "--arch", "tests.nets:tiny", "--target", "0.5",
+            "--method", "magnitude", "--criterion", "l1"]
+    assert "give --method or --criterion" in run_cli(*args).err

@@ -4,6 +4,7 @@ traceback."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
@@ -15,12 +16,25 @@ BUDGET_BROKEN = 1
 USAGE_ERROR = 2
 
 
-def run_library(job):
+def flag_names(command: click.Command, **extra: str) -> dict[str, str]:
+    """Each option's keyword (the library's name for it) and its flag, e.g. factor -> --factor;
+    `extra` adds keywords whose flag has another name."""
+    names = {p.name: max(p.opts, key=len) for p in command.params
+             if isinstance(p, click.Option) and p.name}
+    return names | extra
+
+
+def with_flags(text: str, flags: dict[str, str]) -> str:
+    """`text` with each option the library names by keyword (`factor`) named by its flag."""
+    return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
+
+
+def run_library(job, *, flags: dict[str, str] | None = None):
     """Run a library call; user errors become one line and exit code 2, never a traceback."""
     try:
         return job()
     except CompressorError as e:
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {with_flags(str(e), flags or {})}", err=True)
         sys.exit(USAGE_ERROR)
     except KeyboardInterrupt:
         click.echo("Interrupted; nothing was written.", err=True)

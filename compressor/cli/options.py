@@ -112,22 +112,19 @@ INT_LIST = _Parsed("list", parse_int_list)
 
 BUDGET_OPTIONS = [
     click.option("--max-size", type=SIZE, metavar="SIZE",
-                 help="Largest ONNX file: bytes, or with KB/MB (1000) or KiB/MiB (1024), "
-                      "e.g. 200KB."),
+                 help="Largest file: bytes, or 200KB, 1.5MB, 200KiB."),
     click.option("--max-params", type=click.IntRange(0), metavar="N",
-                 help="Most stored parameters (weights, biases, 8-bit values)."),
+                 help="Most stored parameters."),
     click.option("--max-flops", type=click.IntRange(0), metavar="N",
-                 help="Most FLOPs per sample (2 x non-zero weights of MatMul/Gemm/Conv)."),
+                 help="Most FLOPs per sample."),
     click.option("--min-accuracy", type=FRACTION, metavar="ACC",
-                 help="Least top-1 accuracy on the labelled data, e.g. 0.88 or 88%."),
+                 help="Least top-1 accuracy (0.88 or 88%)."),
     click.option("--min-agreement", type=FRACTION, metavar="AGR",
-                 help="Least share of samples whose top-1 class equals the reference model's "
-                      "(for compress: the input model's), e.g. 0.95."),
+                 help="Least share of top-1 answers equal to the reference's."),
     click.option("--max-latency", type=POSITIVE, metavar="MS",
-                 help="Longest onnxruntime run() in milliseconds at --batch."),
+                 help="Longest onnxruntime run() at --batch, in ms."),
     click.option("--max-latency-ratio", type=POSITIVE, metavar="R",
-                 help="Longest latency as a multiple of the baseline's at --batch (for "
-                      "compress: the dense export of the input model), e.g. 1.05."),
+                 help="Longest latency over the baseline's at --batch."),
 ]
 
 
@@ -164,9 +161,9 @@ def _word_or_number(text: str, words: dict[str, int | None], most: int, what: st
     return value
 
 
-def parse_align(text: str) -> int:
-    """`auto` (0) or a whole number >= 1."""
-    return _word_or_number(text, {"auto": 0}, 4096, "an alignment")
+def parse_align(text: str) -> int | None:
+    """`auto` (None) or a whole number >= 1."""
+    return _word_or_number(text, {"auto": None}, 4096, "an alignment")
 
 
 ALIGN = _Parsed("auto|N", parse_align)

@@ -8,8 +8,9 @@ import importlib.metadata
 import json
 import platform
 import time
-from enum import Enum
 from dataclasses import dataclass
+from enum import Enum
+from typing import Mapping
 
 import onnx
 import onnxruntime
@@ -21,41 +22,19 @@ from ..export.verify import run_onnx
 from ..graph.capture import get_tensor, run_batched
 from ..graph.count import flops, weights
 from ..graph.trace import Trace
-from ..io.data import DataSplits
 from ..io.inputs import InputLayout
 from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
 from ..measure.onnx_file import flops_per_sample
+from ..plan import Plan
 from ..prune.calibrate import ActivationStats
-from ..prune.config import Criterion, PruneConfig, Score
-from ..prune.cycles import Pruned
+from ..prune.config import Compensation, Score
 from ..prune.factor import Factored
 from ..prune.finetune import accuracy
-from ..report.compress import LayerRow, Latency, ModelInput, Report
+from ..report.compress import (Accuracy, LayerRow, Latency, ModelInput, Parity, PlanRow, Report,
+                               Settings, Sizes, Source, Storage, Timing)
 from ..runtime import SparseModel, session
-from .config import CompressConfig
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one run produced, from the input model to the file that is written."""
-
-    model_format: str
-    splits: DataSplits | None
-    probe: torch.Tensor  # inputs for parity and latency: held-back data, or random
-    dense: fx.GraphModule
-    pruned_gm: fx.GraphModule
-    found: Trace
-    pruned: Pruned
-    onnx_dense: bytes
-    onnx_pruned: bytes  # float32, zeros kept
-    packed: Packed  # what is written
-    layout: InputLayout  # how the data was shaped for the model
-    parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
-    packed_diff: float | None  # max |packed - float32| (int8 and low-rank files)
-    alignment: str = ""  # how --align auto chose the conv channel multiple, where it did
-    dense_found: Trace | None = None  # the input model's trace, where factoring changed layers
-    factored: tuple[Factored, ...] = ()  # layers factored before pruning
+from .outcome import Outcome
 
 
 @dataclass(frozen=True)
@@ -68,86 +47,86 @@ class _Predictions:
     labels: torch.Tensor | None
 
 
-def summarize(run: Outcome, config: CompressConfig, *, model: str, data: str | None,
-              output: str, report_path: str, started: float) -> Report:
-    """The report of `run`, with the budgets measured as `compress check` measures them."""
-    seen = _predictions(run, data, needed=config.budgets.min_agreement is not None)
+def summarize(run: Outcome, *, model: str, data: str | None, output: str, report_path: str,
+              started: float, normalize=None) -> Report:
+    """The report of `run`, with the budgets measured as `compress check` measures them
+    (`normalize`: the means and deviations the data was normalised with, if it was)."""
+    chosen = run.plan
+    seen = _predictions(run, data, needed=chosen.budgets.min_agreement is not None)
     labelled = seen is not None and seen.labels is not None
-    nonzero = config.prune.score is Score.WEIGHTS
-    before = run.dense_found or run.found
-    w_before = weights(run.dense, before)
+    source = Source(model, run.model_format, data, output, report_path,
+                    _input(run.packed.data, run.layout),
+                    run.pruned.stats.samples if run.pruned.stats else 0, normalize)
+    accuracy_ = Accuracy(accuracy(seen.dense, seen.labels), accuracy(seen.written, seen.labels),
+                         seen.about) if labelled else None
+    lowrank = chosen.format is Format.LOWRANK
+    parity = Parity(run.parity[0], run.parity[1], "held-back" if run.splits else "random",
+                    None if lowrank else run.packed_diff, run.packed_diff if lowrank else None)
+    storage = Storage(chosen.format.value, run.packed.note,
+                      run.packed.layers if chosen.format is not Format.DENSE else (),
+                      run.packed.runtime)
+    timing = Timing(chosen.bench.threads, _latencies(run.onnx_dense, run.packed,
+                                                     run.probe[:256], chosen)) \
+        if chosen.bench else None
+    report = Report(
+        source=source, plan=_settings(run), size=_sizes(run), parity=parity,
+        accuracy=accuracy_, latency=timing, storage=storage,
+        layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats,
+                           run.factored),
+        cycles=run.pruned.cycles, kept=run.pruned.kept, spectra=run.pruned.spectra,
+        versions=versions(), seconds=round(time.perf_counter() - started, 2))
+    budgets = _budgets(run, report, seen)
+    return dataclasses.replace(report, budgets=budgets,
+                               warnings=chosen.warnings + _warnings(report, run.layout))
+
+
+def _sizes(run: Outcome) -> Sizes:
+    """Weights, FLOPs and bytes of the input model and of the written file."""
+    nonzero = run.plan.prune.score is Score.WEIGHTS
     w_after = weights(run.pruned_gm, run.found, nonzero=nonzero)
     f_after = flops(run.pruned_gm, run.found, nonzero=nonzero)
-    if config.format is Format.LOWRANK:  # the file's layers are the factors
+    if run.plan.format is Format.LOWRANK:  # the file's layers are the factors
         w_after -= sum(out * inp - row.rank * (out + inp) for row in run.packed.layers
                        if row.rank is not None for out, inp in [row.shape])
         f_after = flops_per_sample(onnx.load_from_string(run.packed.data))[0]
-    prune = config.prune
-    report = Report(
-        model=model, model_format=run.model_format, data=data, output=output,
-        report=report_path, target=prune.target, scope=run.pruned.config.scope.value,
-        criterion=run.pruned.config.criterion.value, score=prune.score.value,
-        alignment=run.alignment,
-        criterion_reason=Criterion.auto_reason(run.pruned.config.criterion,
-                                               tuned=any(c.epochs for c in run.pruned.cycles))
-        if prune.criterion is Criterion.AUTO and prune.score is Score.NEURONS else "",
-        method=prune.method.value if prune.score is Score.WEIGHTS else None,
-        format=config.format.value, format_note=run.packed.note,
-        kernels=run.packed.layers if config.format is not Format.DENSE else (),
-        runtime=run.packed.runtime, of=prune.of.value,
-        int8_max_abs_diff=None if config.format is Format.LOWRANK else run.packed_diff,
-        lowrank_max_abs_diff=run.packed_diff if config.format is Format.LOWRANK else None,
-        compensate=_compensation(run.pruned.config, run),
-        calibration_samples=run.pruned.stats.samples if run.pruned.stats else 0,
-        weights_before=w_before, weights_after=w_after,
-        flops_before=flops(run.dense, before),
-        flops_after=f_after,
-        onnx_bytes_before=len(run.onnx_dense), onnx_bytes=len(run.packed.data),
-        accuracy_before=accuracy(seen.dense, seen.labels) if labelled else None,
-        accuracy_after=accuracy(seen.written, seen.labels) if labelled else None,
-        accuracy_data=seen.about if labelled else None,
-        parity_max_abs_diff=run.parity[0], parity_samples=run.parity[1],
-        parity_inputs="held-back" if run.splits else "random",
-        latency_threads=config.bench.threads if config.bench else 0,
-        latency=_latencies(run.onnx_dense, run.packed, run.probe[:256], config),
-        layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats,
-                           run.factored),
-        cycles=run.pruned.cycles, plan=run.pruned.plan, spectra=run.pruned.spectra,
-        input=_input(run.packed.data, run.layout),
-        options=_options(config, run.pruned), versions=versions(),
-        seconds=round(time.perf_counter() - started, 2))
-    budgets = _budgets(run, report, seen, config)
-    return dataclasses.replace(report, budgets=budgets, warnings=_warnings(report, run.layout))
+    return Sizes(weights(run.dense, run.dense_found), w_after,
+                 flops(run.dense, run.dense_found), f_after, len(run.onnx_dense),
+                 len(run.packed.data))
+
+
+def _settings(run: Outcome) -> Settings:
+    """The plan as it ran: its choices and every concrete value the stages received."""
+    chosen = run.plan
+    rows = tuple(PlanRow(d.option, d.shown(), d.reason, d.given) for d in chosen.decisions)
+    compensation = chosen.prune.compensate.method
+    if compensation is Compensation.MERGE and not all(g.mergeable for g in run.found.groups):
+        rows = tuple(dataclasses.replace(r, value="merge/none") if r.option == "compensate"
+                     else r for r in rows)
+    config = {"prune": chosen.prune, "finetune": chosen.finetune, "factor": chosen.factor,
+              "format": chosen.format, "rank_energy": chosen.rank_energy,
+              "bench": chosen.bench, "batch": chosen.batch, "seed": chosen.seed}
+    plain = json.loads(json.dumps(config, default=_plain))
+    return Settings(chosen.prune.target, chosen.prune.of.value, chosen.prune.score.value, rows,
+                    plain)
 
 
 def _warnings(report: Report, layout: InputLayout) -> tuple[str, ...]:
     """What looks wrong with the inputs: an input model that scores near chance was most
     likely given data preprocessed differently from its training data."""
     chance = 1 / max(layout.classes, 1)
-    if report.accuracy_before is None or report.accuracy_before >= 2 * chance:
+    if report.accuracy is None or report.accuracy.before >= 2 * chance:
         return ()
-    return (f"the input model scores {100 * report.accuracy_before:.2f}% on "
-            f"{report.accuracy_data}, under twice chance ({100 * chance:.1f}% for "
+    return (f"the input model scores {100 * report.accuracy.before:.2f}% on "
+            f"{report.accuracy.data}, under twice chance ({100 * chance:.1f}% for "
             f"{layout.classes} classes): is the data preprocessed as in training (--normalize "
             "MEAN,STD, --input-shape)? Calibration and fine-tuning used the same data.",)
 
 
-def _compensation(prune: PruneConfig, run: Outcome) -> str:
-    """What compensated the removed units: auto resolved by data and activation (without data,
-    merge where it is exact, none elsewhere)."""
-    chosen = {prune.compensate.resolve(has_data=run.splits is not None,
-                                       homogeneous=g.mergeable).value
-              for g in run.found.groups}
-    return "/".join(sorted(chosen)) or prune.compensate.value
-
-
-def _options(config: CompressConfig, pruned: Pruned) -> dict[str, object]:
-    """Every setting of the run as plain values, with what was left to the model resolved."""
-    used = dataclasses.replace(config, prune=pruned.config, finetune=pruned.tuning)
-    return json.loads(json.dumps(dataclasses.asdict(used), default=_plain))
-
-
 def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
     return value.value if isinstance(value, Enum) else str(value)
 
 
@@ -187,37 +166,35 @@ def _predictions(run: Outcome, data: str | None, *, needed: bool) -> _Prediction
                         run_onnx(session(run.packed.data), split.x), split.y)
 
 
-def _budgets(run: Outcome, report: Report, seen: _Predictions | None,
-             config: CompressConfig) -> tuple[BudgetRow, ...]:
+def _budgets(run: Outcome, report: Report, seen: _Predictions | None) -> tuple[BudgetRow, ...]:
     """The written model measured against the budgets, as `compress check` measures it; the
     reference for agreement and the baseline for latency are the input model."""
-    budgets = config.budgets
+    budgets = run.plan.budgets
     if not budgets.any:
         return ()
     measured = measure_file(onnx.load_from_string(run.packed.data), len(run.packed.data), budgets)
-    if report.accuracy_after is not None:
-        measured["accuracy"] = Measured(report.accuracy_after, f"on {report.accuracy_data}")
+    if report.accuracy is not None:
+        measured["accuracy"] = Measured(report.accuracy.after, f"on {report.accuracy.data}")
     if budgets.min_agreement is not None:
         same = share_equal(seen.written.argmax(1), seen.dense.argmax(1))
-        measured["agreement"] = Measured(same, f"top-1 vs {report.model} on "
+        measured["agreement"] = Measured(same, f"top-1 vs {report.source.model} on "
                                          f"{len(seen.dense):,} held-out samples")
-    for lat in report.latency:
-        if lat.batch == config.budget_batch:
-            threads = report.latency_threads
+    for lat in report.latency.rows if report.latency else ():
+        if lat.batch == run.plan.batch:
+            threads = report.latency.threads
             how = f"batch {lat.batch}, {threads} thread{'s' * (threads > 1)}, onnxruntime CPU"
             measured["latency"] = Measured(lat.after_ms, how)
             measured["latency_ratio"] = Measured(
-                lat.after_ms / lat.before_ms, f"vs the dense export ({lat.before_ms:.4f} ms), {how}")
+                lat.after_ms / lat.before_ms,
+                f"vs the dense export ({lat.before_ms:.4f} ms), {how}")
     return evaluate(budgets, measured)
 
 
 def _latencies(dense: bytes, packed: Packed, sample: torch.Tensor,
-               config: CompressConfig) -> tuple[Latency, ...]:
+               chosen: Plan) -> tuple[Latency, ...]:
     """Dense export vs the written file in plain onnxruntime, and in compressor.runtime when
     the file has layers chosen for sparse kernels."""
-    if config.bench is None:
-        return ()
-    b = config.bench
+    b = chosen.bench
     models: list = [dense, packed.data]
     if packed.runtime:
         models.append(SparseModel.load(packed.data, kernels="stored", threads=b.threads))

@@ -13,7 +13,7 @@ import torch
 from torch import fx
 
 from .calibrate import ActivationStats
-from .config import Compensation, PruneConfig
+from .config import CompensateConfig, Compensation
 from ..graph.groups import (PrunableGroup, constant_outputs, fold_into_consumers, merge_into,
                      unit_rows, zero_consumers)
 from .lsq import refit_consumer
@@ -28,38 +28,37 @@ class Compensated:
 
 
 def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
-               removed: dict[str, torch.Tensor], config: PruneConfig, *,
+               removed: dict[str, torch.Tensor], config: CompensateConfig, *,
                stats: ActivationStats | None = None, x: torch.Tensor | None = None,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Compensated]:
     """Make the next layers make up for units about to be removed; call before shrinking.
 
     A unit with no incoming weights outputs a constant (its activation of its bias); that
     constant is always folded into the next layer's bias, so removing it is exact. The other
-    removed units are compensated by `config.compensate`:
+    removed units are compensated by `config.method`:
     none (dropped), mean (their mean calibration activation folded into the next bias),
     merge (the next layer's column of the most similar kept unit absorbs theirs, when the
-    cosine similarity of [w | b] rows is at least `config.merge_threshold`),
+    cosine similarity of [w | b] rows is at least `config.merge_threshold`; only in groups
+    where that is exact, `PrunableGroup.mergeable`: the others' units are dropped),
     lsq (the next layer is refitted by least squares on the pruned network's activations).
 
     Args:
         gm: the working graph, modified in place.
         groups: its groups, in graph order.
         removed: per group, the units that will be removed.
-        config: the compensation method and its settings (auto is resolved here, per group:
-            without data, merge where the activation is ReLU or LeakyReLU, else none).
+        config: the compensation method and its settings.
         stats: activation statistics of `gm` (needed by mean).
-        x: calibration inputs (needed by lsq, and by auto to choose lsq).
+        x: calibration inputs (needed by lsq).
         progress: receives (groups done, groups) after each group.
 
     Returns:
         Per group, how many removed units were exact constants and how many were merged.
     """
-    modes = {g.name: config.compensate.resolve(has_data=x is not None,
-                                               homogeneous=g.mergeable)
-             for g in groups}
-    if (Compensation.MEAN in modes.values() and stats is None) or \
-            (Compensation.LSQ in modes.values() and x is None):
-        raise ValueError(f"compensation {config.compensate.value} needs calibration data")
+    modes = {g.name: Compensation.NONE if config.method is Compensation.MERGE and
+             not g.mergeable else config.method for g in groups}
+    if (config.method is Compensation.MEAN and stats is None) or \
+            (config.method is Compensation.LSQ and x is None):
+        raise ValueError(f"compensation {config.method.value} needs calibration data")
     lsq = Compensation.LSQ in modes.values()
     lsq_last = {}  # per consumer: the last group that reads into it, where it is refitted
     for g in groups:
@@ -91,7 +90,7 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
 
 def _refit(gm: fx.GraphModule, reference: fx.GraphModule, group: PrunableGroup,
            groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
-           x: torch.Tensor, config: PruneConfig, *, refit: dict[str, str]) -> None:
+           x: torch.Tensor, config: CompensateConfig, *, refit: dict[str, str]) -> None:
     """lsq: refit each consumer of `group` that no later group reads into (a consumer of a
     channel `cat` waits for the last of its groups), without the columns any group drops."""
     for bias_name, name in zip(group.consumer_biases, group.consumer_nodes):

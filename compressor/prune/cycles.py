@@ -11,22 +11,19 @@ from typing import Callable
 import torch
 from torch import fx
 
-from .calibrate import ActivationStats, count_activations
-from .compensate import Compensated, compensate
-from .config import Compensation, FinetuneConfig, Of, PruneConfig, Score
-from ..errors import UsageError
-from ..io.data import DataSplits
-from .finetune import FinetuneResult, evaluate, finetune
-from ..graph.capture import get_tensor
 from ..graph import count
+from ..graph.capture import get_tensor
 from ..graph.count import weights
 from ..graph.groups import PrunableGroup
-from ..graph.ops import HOMOGENEOUS
-from .shrink import shrink
-from .lsq import ranks_by_error
-from .select import Budget, StepTime, align_widths, select, unit_scores
-from .sparsify import harvest, masks, remove_weights, weight_scores
 from ..graph.trace import Trace
+from ..io.data import DataSplits
+from .calibrate import ActivationStats, count_activations
+from .compensate import Compensated, compensate
+from .config import FinetuneConfig, Of, PruneConfig, Score
+from .finetune import FinetuneResult, evaluate, finetune
+from .select import Budget, StepTime, align_widths, select, unit_scores
+from .shrink import shrink
+from .sparsify import harvest, masks, remove_weights, weight_scores
 
 TOLERANCE = 0.0095  # the achieved reduction lands in [target, target + 0.01)
 Log = Callable[[str], None]
@@ -56,9 +53,9 @@ class Pruned:
 
     stats: ActivationStats | None  # first cycle's counts (of the original model), with data
     cycles: tuple[CycleRow, ...]
-    plan: dict[str, dict[str, object]]
-    config: PruneConfig  # the settings used: scope and cycles resolved for the model
-    tuning: FinetuneConfig  # fine-tuning used: epochs resolved for the model
+    kept: dict[str, dict[str, object]]  # per group: its original size, the units kept
+    config: PruneConfig  # the settings used
+    tuning: FinetuneConfig  # the fine-tuning used
     spectra: tuple[dict[str, tuple[float, ...]], ...] = ()  # trace_spectra: per layer, its
     #     singular values before pruning (entry 0) and after each cycle (entry n)
 
@@ -76,20 +73,19 @@ def schedule(target: float, cycles: int) -> list[float]:
 
 
 def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: PruneConfig,
-          tuning: FinetuneConfig, *, seed: int = 0, teacher: torch.Tensor | None = None,
+          tuning: FinetuneConfig, *, teacher: torch.Tensor | None = None,
           log: Log | None = None, progress: Progress | None = None,
           reference: int | None = None) -> Pruned:
     """Prune `gm` in place to `config.target` fewer weights: per cycle, count (with data),
-    rank, select, compensate, shrink and fine-tune (labelled data and epochs > 0 only; without
-    fine-tuning there is one cycle).
+    rank, select, compensate, shrink and fine-tune (when `tuning.max_epochs` > 0; labelled
+    `splits` needed then).
 
     Args:
         gm: the working graph.
         found: its trace.
         splits: the data, or None to prune data-free.
         config: what to remove and how.
-        tuning: fine-tuning between cycles.
-        seed: seed of fine-tuning's batch order (cycle n uses seed + n).
+        tuning: fine-tuning between cycles (max_epochs 0: none).
         teacher: the dense model's logits on `splits.train`, for distillation.
         log: receives one line per cycle.
         progress: receives (stage, done, total) while counting activations.
@@ -97,18 +93,12 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             `gm` as given; the input model's where `gm` was factored first).
     """
     log = log or (lambda _: None)
-    channels = has_channels(gm, found.groups)
-    relu = all(g.relu for g in found.groups)
-    tokens = has_tokens(found.groups)
-    tuning = tuning.resolved(channels=channels, tokens=tokens, target=config.target)
-    train = splits is not None and splits.labelled and tuning.max_epochs > 0
-    config = config.resolved(channels=channels, relu=relu, tokens=tokens,
-                             linear=ranks_by_error(gm, found.groups), tuned=train)
-    if config.compensate is Compensation.MERGE and config.score is Score.NEURONS:
-        _check_merge(found.groups)
+    train = tuning.max_epochs > 0
+    if train and not (splits is not None and splits.labelled):
+        raise ValueError("fine-tuning needs labelled data")
     if config.score is Score.WEIGHTS:
-        return _prune_weights(gm, found, splits, config, tuning, seed=seed, teacher=teacher,
-                              log=log, progress=progress)
+        return _prune_weights(gm, found, splits, config, tuning, teacher=teacher, log=log,
+                              progress=progress)
     prune, groups = config, found.groups
     original = {g.name: g.size for g in groups}
     kept = {g.name: torch.arange(g.size) for g in groups}
@@ -116,7 +106,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     w0 = reference or measure(gm, found, prune)
     start = 1 - measure(gm, found, prune) / w0  # what factoring removed already
     targets = [start + (1 - start) * t for t in
-               schedule(1 - (1 - prune.target) / (1 - start), prune.cycles if train else 1)]
+               schedule(1 - (1 - prune.target) / (1 - start), prune.cycles)]
     calib = splits.train.x[:prune.calibration_samples] if splits else None
     dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
         if train and tuning.recover is not None else None
@@ -130,13 +120,13 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         last = n == len(targets)
-        time_model = _step_time(gm, found, groups, prune, original) if last else None
+        time_model = StepTime(dict(prune.steps), count.costs(found, of_flops=True),
+                              dict(original)) if last and prune.steps else None
         removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
-                          align=_alignment(gm, groups, prune, original) if last else 1,
-                          step_time=time_model)
+                          align=dict(prune.align) if last else 1, step_time=time_model)
         begun = time.perf_counter()
         stage = f"cycle {n}/{len(targets)}: compensating"
-        done = compensate(gm, groups, removed, prune, stats=stats, x=calib,
+        done = compensate(gm, groups, removed, prune.compensate, stats=stats, x=calib,
                           progress=progress and (lambda d, t: progress(stage, d, t)))
         seconds = time.perf_counter() - begun
         for g in groups:
@@ -146,24 +136,26 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         groups = shrink(gm, groups, removed)
         tune, goal = tuning.cycle(n, len(targets), dense_accuracy)
         result = finetune(gm, splits.train, splits.validation, tune, goal=goal, teacher=teacher,
-                          seed=seed + n, **_epoch_reports(n, len(targets), log, progress, prune.device)) \
+                          seed=prune.seed + n,
+                          **_epoch_reports(n, len(targets), log, progress, prune.device)) \
             if train else None
         rows.append(_cycle_row(n, target, 1 - measure(gm, found, prune) / w0, removed, stats,
                                done, seconds, result))
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
                         "FLOPs" if prune.of is Of.FLOPS else "weights"))
         spectra += [singular_values(gm, found)] if prune.trace_spectra else []
-    aligned = any(m > 1 for m in _alignment(gm, groups, prune, original).values())
+    aligned = any(m > 1 for m in prune.align.values())
     if rows[-1].reduction > prune.target + 0.01 and not aligned:
         log(f"note: removed {100 * rows[-1].reduction:.2f}% for a target of "
-            f"{100 * prune.target:.2f}%: single neurons of this model hold too large a share of "
-            "its weights to land within 1 point (try --cycles 1)")
-    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan, prune, tuning, tuple(spectra))
+            f"{100 * prune.target:.2f}%: single units of this model hold too large a share of "
+            "its weights to land within 1 point (try cycles 1)")
+    survivors = {name: {"size": original[name], "kept": kept[name].tolist()}
+                 for name in original}
+    return Pruned(first[0], tuple(rows), survivors, prune, tuning, tuple(spectra))
 
 
 def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
-                   config: PruneConfig, tuning: FinetuneConfig, *, seed: int,
+                   config: PruneConfig, tuning: FinetuneConfig, *,
                    teacher: torch.Tensor | None, log: Log,
                    progress: Progress | None) -> Pruned:
     """`prune` for single weights: per cycle, count (activation method), score every remaining
@@ -175,8 +167,8 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
                         (s.param for s in g.weights)}
     kept = {g.name: torch.arange(g.size) for g in groups}
     w0 = weights(gm, found)
-    train = splits is not None and splits.labelled and tuning.max_epochs > 0
-    targets = schedule(prune.target, prune.cycles if train else 1)
+    train = tuning.max_epochs > 0
+    targets = schedule(prune.target, prune.cycles)
     calib = splits.train.x[:prune.calibration_samples] if splits else None
     dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
         if train and tuning.recover is not None else None
@@ -191,10 +183,10 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
         first = first or [stats]
         scores = weight_scores(gm, groups, prune.method, stats=stats, generator=generator)
         excess = weights(gm, found, nonzero=True) - math.floor((1 - target) * w0)
-        zeroed = remove_weights(gm, groups, scores, excess, scope=prune.scope,
+        zeroed = remove_weights(gm, groups, scores, excess, scope=prune.select.scope,
                                 original=original_weights)
         begun = time.perf_counter()
-        groups, removed = harvest(gm, groups, prune)
+        groups, removed = harvest(gm, groups)
         seconds = time.perf_counter() - begun
         for g in groups:
             mask = torch.ones(kept[g.name].numel(), dtype=torch.bool)
@@ -202,8 +194,9 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
             kept[g.name] = kept[g.name][mask]
         tune, goal = tuning.cycle(n, len(targets), dense_accuracy)
         result = finetune(gm, splits.train, splits.validation, tune, goal=goal, teacher=teacher,
-                          seed=seed + n, masks=masks(gm, groups),
-                          **_epoch_reports(n, len(targets), log, progress, prune.device)) if train else None
+                          seed=prune.seed + n, masks=masks(gm, groups),
+                          **_epoch_reports(n, len(targets), log, progress, prune.device)) \
+            if train else None
         exact = sum(int(r.numel()) for r in removed.values())
         row = CycleRow(n, round(target, 6), round(1 - weights(gm, found, nonzero=True) / w0, 6),
                        exact, None, exact, 0, round(seconds, 3),
@@ -212,8 +205,9 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
         rows.append(row)
         log(_cycle_line(row, len(targets), _units(gm, found.groups)))
         spectra += [singular_values(gm, found)] if prune.trace_spectra else []
-    plan = {name: {"size": original[name], "kept": kept[name].tolist()} for name in original}
-    return Pruned(first[0], tuple(rows), plan, prune, tuning, tuple(spectra))
+    survivors = {name: {"size": original[name], "kept": kept[name].tolist()}
+                 for name in original}
+    return Pruned(first[0], tuple(rows), survivors, prune, tuning, tuple(spectra))
 
 
 def singular_values(gm: fx.GraphModule, found: Trace) -> dict[str, tuple[float, ...]]:
@@ -236,53 +230,12 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     `step_time`, among those that run as fast as their FLOPs say."""
     shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
-    scores = unit_scores(gm, groups, prune, stats=stats, x=calib)
-    removed = select(groups, scores, shapes, budget, scope=prune.scope, original_sizes=original,
+    scores = unit_scores(gm, groups, prune.select, stats=stats, x=calib)
+    removed = select(groups, scores, shapes, budget, scope=prune.select.scope,
+                     original_sizes=original,
                      dead=dead, costs=costs)
     return align_widths(groups, removed, scores, shapes, budget, align, dead, costs, original,
                         step_time=step_time)
-
-
-def _step_time(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
-               config: PruneConfig, original: dict[str, int]) -> StepTime | None:
-    """With `--align auto`, the time model of conv channels in the machine's steps: narrow
-    layers round to multiples of 8, but the example VGG at 44% fewer FLOPs, whose 32-channel
-    28x28 layers kept 24 channels, ran at 0.71 of its FLOP ratio (24 channels took as long as
-    32; batch 32, 1 thread), at 0.97 with them at 16 and 32; the choice among the multiples
-    of 8 must look at what they cost in time."""
-    steps = {g.name: config.channel_multiple or CONV_ALIGN for g in groups
-             if is_channels(gm, g)}
-    if config.align or not steps:
-        return None
-    return StepTime(steps, count.costs(found, of_flops=True), dict(original))
-
-
-def _alignment(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: PruneConfig,
-               original: dict[str, int]) -> dict[str, int]:
-    """Per group, the multiple its width is rounded to: `config.align`, or with 0 (auto) the
-    step the machine's kernels run in (`config.channel_multiple` for conv channels,
-    `config.linear_multiple` for Linear neurons) where the layer was at least STEPS_WIDE
-    steps wide before pruning. Narrower conv layers keep multiples of CONV_ALIGN (or the
-    step, if smaller): onnxruntime's blocked conv layout needs them (a 47-channel conv ran
-    slower than the 64-channel original), and a whole step is too large a share of them (the
-    example ResNet's 24- and 48-channel stages in steps of 16 lost 0.6-0.8 points against
-    steps of 8 at equal FLOPs, fine-tuned); narrower Linear layers keep exact widths."""
-    if config.align:
-        return {g.name: config.align for g in groups}
-    out = {}
-    for g in groups:
-        conv = is_channels(gm, g)
-        step = (config.channel_multiple or CONV_ALIGN) if conv else (config.linear_multiple or 1)
-        narrow = min(step, CONV_ALIGN) if conv else 1
-        out[g.name] = step if original[g.name] >= STEPS_WIDE * step else narrow
-    return out
-
-
-STEPS_WIDE = 4  # a layer is aligned to its kernel's step when it is this many steps wide
-
-
-CONV_ALIGN = 8  # conv channels where nothing was measured (the AVX2 block of onnxruntime's
-# blocked conv layout; `compressor.measure.widths` measures the machine's)
 
 
 def measure(gm: fx.GraphModule, found: Trace, config: PruneConfig) -> int:
@@ -321,12 +274,6 @@ def is_channels(gm: fx.GraphModule, group: PrunableGroup) -> bool:
     return get_tensor(gm, group.weights[0].param).ndim > 2
 
 
-def has_tokens(groups: tuple[PrunableGroup, ...]) -> bool:
-    """Whether any group's units are features of tokens ([B, T, F] or [T, B, F]: the units on
-    axis 2), each counted once per token."""
-    return any(axis >= 2 for g in groups for axis in g.axes)
-
-
 def _units(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> str:
     """What the units are called in the log: neurons, or channels and neurons."""
     return "channels and neurons" if has_channels(gm, groups) else "neurons"
@@ -345,14 +292,3 @@ def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",
         line += (f", fine-tuned {row.epochs} epoch{'' if row.epochs == 1 else 's'}, "
                  f"val acc {100 * row.val_accuracy:.2f}%")
     return line
-
-
-def _check_merge(groups) -> None:
-    """Merging folds a unit into a kept one scaled by s > 0: exact only where the activation
-    commutes with that scale."""
-    other = next((g for g in groups if not g.mergeable), None)
-    if other is not None:
-        kind = next((k for k in other.kinds if k not in HOMOGENEOUS), "an unfolded BatchNorm")
-        raise UsageError(f"--compensate merge is exact only for units read through ReLU or "
-                         f"LeakyReLU, and layer {other.name} is read through {kind}: use "
-                         "--compensate lsq (with --data) or none")

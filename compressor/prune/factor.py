@@ -2,10 +2,10 @@
 in) replaced by two thinner ones before pruning, `in -> r` (linear) then `r -> out` (the
 units), so that each unit it keeps costs r weights instead of `in`.
 
-At 95% fewer weights the paper MLP's first layer holds 80% of them and neuron pruning leaves
-it 16 of 300 units; factored at rank 12 it keeps 40, and every later layer keeps more too.
-The factors are the data-aware truncated SVD (the error on the layer's calibration inputs is
-least, not the weights' distance), and the factored model is fine-tuned before pruning starts.
+At high targets such a layer holds most of what is left, and neuron pruning leaves it few
+units; factored, it keeps more units, and so does every later layer. The factors are the
+data-aware truncated SVD (the error on the layer's calibration inputs is least, not the
+weights' distance), and the factored model is fine-tuned before pruning starts.
 """
 
 from __future__ import annotations
@@ -18,12 +18,7 @@ from torch import fx, nn
 from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.ops import LINEAR
 from ..graph.trace import Trace
-from .cycles import STEPS_WIDE
 from .pca import Moments
-
-FACTOR_SHARE = 0.8  # auto rank: this share of the units the target leaves a layer on average
-MIN_RANK = 4
-WIDE = 4  # auto factors a layer only where its inputs are at least this many times the rank
 
 
 @dataclass(frozen=True)
@@ -47,31 +42,6 @@ def candidates(gm: fx.GraphModule, found: Trace) -> list[str]:
     return [layer.name for layer in found.layers
             if layer.kind == "linear" and layer.name in pruned and layer.weight not in owned
             and nodes[layer.node].target is LINEAR and len(nodes[layer.node].args) >= 2]
-
-
-def auto_rank(out_features: int, in_features: int, target: float, step: int = 1,
-              budget: int | None = None) -> int | None:
-    """The rank auto factoring gives a layer at `target`, or None where it does not pay: a
-    share of the units an even cut would leave, only where the inputs are many times wider.
-
-    Where the layer is at least STEPS_WIDE Gemm steps wide the rank is rounded down to a
-    multiple of `step`: a 784 -> 36 factor ran as slowly as a 784 -> 48 one (the paper MLP at
-    0.85: 5.3x faster at batch 256 for 6.8x fewer FLOPs with rank 36, 6.2x for 6.7x with 32).
-    Never up past a step: the factor is most of what the target leaves (LeNet-300-100 at 0.90:
-    rank 24 is 71% of the weights; rounded up to 32 its 300 units fell to 16 and accuracy from
-    88.9 to 86.7%). A rank below one step becomes one step where that costs at most
-    FACTOR_SHARE of `budget` (the weights the target leaves the model): the paper MLP at 0.95
-    with rank 16 ran 13.5x faster at batch 256, with 12 10.9x, at the same accuracy (87.62 and
-    87.66% over seeds 0-2); otherwise it stays exact."""
-    rank = round(FACTOR_SHARE * (1 - target) * out_features)
-    if step > 1 and out_features >= STEPS_WIDE * step:
-        if rank >= step:
-            rank = step * (rank // step)
-        elif budget is not None and step * in_features <= FACTOR_SHARE * budget:
-            rank = step
-    if rank < MIN_RANK or in_features < WIDE * rank or rank >= out_features:
-        return None
-    return rank
 
 
 def factor(gm: fx.GraphModule, found: Trace, ranks: dict[str, int],

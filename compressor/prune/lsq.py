@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..errors import UsageError
 from ..graph.capture import get_tensor, on_device, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup, Slice
 from ..graph.ops import CONV, LINEAR
@@ -182,11 +181,9 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     """Per group: the covariance of its units' activations on `x` (float64, a row per sample
     and token) and its consumer's weights [outputs, units]; the consumer must be one Linear."""
     for g in groups:
-        if not _read_by_one_linear(gm, g):
-            raise UsageError(f"--criterion error cannot rank the units of {g.name}: it needs "
-                             "exactly one Linear that reads them directly (not a convolution, "
-                             "a Flatten or a residual join); use --criterion activation, l1 or "
-                             "l2")
+        if not read_by_one_linear(gm, g):
+            raise ValueError(f"the error criterion cannot rank the units of {g.name}: it needs "
+                             "exactly one Linear that reads them directly")
     inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
     probe = outputs_of(gm, inputs)
     moments = [_Moments(g.size, 0) for g in groups]
@@ -208,10 +205,11 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
 def ranks_by_error(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> bool:
     """Whether the error ranking applies: every group's units are read by one Linear layer
     directly (not a convolution, a Flatten or a residual join)."""
-    return all(_read_by_one_linear(gm, g) for g in groups)
+    return all(read_by_one_linear(gm, g) for g in groups)
 
 
-def _read_by_one_linear(gm: fx.GraphModule, g: PrunableGroup) -> bool:
+def read_by_one_linear(gm: fx.GraphModule, g: PrunableGroup) -> bool:
+    """Whether one Linear layer reads the group's units directly."""
     return len(g.consumers) == 1 and g.consumers[0].block == 1 and \
         _node(gm, g.consumer_nodes[0]).target is LINEAR
 

@@ -14,11 +14,11 @@ import torch
 from torch import fx
 
 from .calibrate import ActivationStats
-from .config import Criterion, PruneConfig, Scope
+from .config import Criterion, Scope, SelectConfig
 from ..errors import NothingToPruneError
 from ..graph.capture import get_tensor
 from ..graph.groups import PrunableGroup, unit_rows, weight_count
-from .lsq import ranks_by_error, removal_errors
+from .lsq import removal_errors
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,11 @@ class Budget:
     min_weights: int
 
 
-def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: PruneConfig, *,
+def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: SelectConfig, *,
                 stats: ActivationStats | None = None,
                 x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per group, one score per unit (lower is removed first), by `config.criterion`:
 
-    - auto: error when every group is read by one Linear alone; otherwise activation when
-      every group is read through ReLUs, else energy (see `Criterion.resolve`);
     - activation: firing rates (needs `stats`);
     - energy: each unit's root-mean-square output times the norm of its columns in the
       consumers (what it sends on, as Wanda scores inputs), divided by the mean of its group
@@ -44,11 +42,10 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: P
       group (layers with more inputs have larger norms; a global ranking must compare like
       with like);
     - error: the output error greedy removal with least-squares refits leaves (needs
-      calibration inputs `x`; see `compressor.lsq.removal_errors`);
+      calibration inputs `x`; see `compressor.prune.lsq.removal_errors`);
     - random: uniform random scores from `config.seed` (the floor every criterion must beat).
     """
-    criterion = config.criterion.resolve(relu=all(g.relu for g in groups),
-                                         linear=ranks_by_error(gm, groups))
+    criterion = config.criterion
     if (criterion in (Criterion.ACTIVATION, Criterion.ENERGY) and stats is None) or \
             (criterion is Criterion.ERROR and x is None):
         raise ValueError(f"the {criterion.value} criterion needs calibration data")
@@ -77,9 +74,8 @@ def _relative(scores: torch.Tensor) -> torch.Tensor:
 
 def _energy(stats: ActivationStats, g: PrunableGroup) -> torch.Tensor:
     """Per unit, the root mean square of its output (Wanda's ‖X_j‖; over samples and
-    positions). Measured against mean |h| and the standard deviation (FLAP's fluctuation) on
-    GELU, SiLU and Tanh MLPs pruned one-shot: RMS was the best or level everywhere, the
-    deviation collapsed at 85% (42.6% vs 75.4%; see docs/method.md)."""
+    positions); chosen over mean |h| and the standard deviation (FLAP's fluctuation) in
+    docs/method.md."""
     return stats.squares[g.name].sqrt()
 
 
@@ -246,21 +242,19 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
                  step_time: StepTime | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of `multiple` units (groups
     with fewer units than that keep what they have): CPU matrix kernels work in blocks of
-    columns (16 on the AVX-512 Xeon measured, 8 on an AVX2 EPYC), so with 16 a layer 49 wide
-    costs what a layer 64 wide costs. Each group is rounded down or up to a multiple,
-    whichever combination keeps the most weights within `budget.max_weights` (each group
-    tries the multiples next to what it keeps, and, while it is still at its
-    `original_sizes` width, that width when it is no multiple: a 24-channel
-    layer need not drop to 16). Where the best combination keeps fewer than
-    `budget.min_weights`, every group may also keep the width it has (`keep_width`): in the
-    last of several cycles a group 21 wide that keeps 19 cannot grow to 32, and rounding all
-    such groups down removed 87% for a target of 85% (paper MLP, local scope). Where no
-    combination fits, the multiples are halved until one does (or they reach 1: exact
-    widths). With `step_time`, widths that waste time (beyond `StepTime.limit`: a VGG's
-    28x28 layers of 32 channels kept 24, which ran as long as 32) may each move to the
-    kernel's step below or above them: the combination within the limit that keeps the most
-    weights within the budget's window, if one does. Rounding down removes the lowest-scored
-    kept units; rounding up restores the best-scored removed live units."""
+    columns, so a width between two multiples costs what the next multiple costs. Each group
+    is rounded down or up to a multiple, whichever combination keeps the most weights within
+    `budget.max_weights` (each group tries the multiples next to what it keeps, and, while
+    it is still at its `original_sizes` width, that width when it is no multiple). Where the
+    best combination keeps fewer than `budget.min_weights`, every group may also keep the
+    width it has (`keep_width`): in the last of several cycles a group that shrank below a
+    multiple cannot grow back to the next one. Where no combination fits, the multiples are
+    halved until one does (or they reach 1: exact widths). With `step_time`, widths that
+    waste time (beyond `StepTime.limit`: a width between two of its kernel's steps runs as
+    long as the step above) may each move to the step below or above them: the combination
+    within the limit that keeps the most weights within the budget's window, if one does.
+    Rounding down removes the lowest-scored kept units; rounding up restores the
+    best-scored removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
     if all(multiples.get(g.name, 1) <= 1 for g in groups):
         return removed

@@ -11,7 +11,7 @@ import torch
 from torch import fx
 
 from .calibrate import ActivationStats
-from .config import Compensation, Method, PruneConfig, Scope
+from .config import CompensateConfig, Compensation, Method, Scope
 from .compensate import compensate
 from ..errors import NothingToPruneError
 from ..graph.capture import get_tensor, set_tensor
@@ -109,8 +109,9 @@ def _local_picks(scores: dict[str, torch.Tensor], alive: dict[str, int], count: 
     return picks
 
 
-def harvest(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
-            config: PruneConfig) -> tuple[tuple[PrunableGroup, ...], dict[str, torch.Tensor]]:
+def harvest(gm: fx.GraphModule,
+            groups: tuple[PrunableGroup, ...]) -> tuple[tuple[PrunableGroup, ...],
+                                                        dict[str, torch.Tensor]]:
     """Remove, exactly, the neurons left with no incoming weights (their constant output is
     folded into the next bias) and those whose outgoing weights are all zero. Every group keeps
     at least one neuron. Returns the resized groups and, per group, the removed indices."""
@@ -125,8 +126,7 @@ def harvest(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         if bool(silent.all()):
             silent[0] = False  # a layer keeps one (constant) neuron: the graph stays whole
         removed[g.name] = silent.nonzero().flatten()
-    plain = PruneConfig(target=config.target, compensate=Compensation.NONE)
-    compensate(gm, groups, removed, plain)
+    compensate(gm, groups, removed, CompensateConfig(Compensation.NONE))
     return shrink(gm, groups, removed), removed
 
 

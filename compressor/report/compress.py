@@ -1,4 +1,5 @@
-"""The report: a table for people (stdout) and the same facts as JSON (beside the output)."""
+"""The report of one `compress` run, in sections: a table for people (stdout) and the same facts
+as JSON (beside the output)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,6 @@ from ..export.pack import KernelRow
 from ..measure.budgets import BudgetRow
 from ..prune.cycles import CycleRow
 from .table import align
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    name: str
-    in_before: int
-    out_before: int
-    in_after: int
-    out_after: int
-    dead: int | None  # neurons that never fired on the calibration data (prunable layers)
-    note: str  # "pruned", or why the layer's outputs were left dense
-
-
-@dataclass(frozen=True)
-class Latency:
-    batch: int
-    before_ms: float  # the dense export, plain onnxruntime
-    after_ms: float  # the written file, plain onnxruntime
-    runtime_ms: float | None = None  # the written file in compressor.runtime (sparse kernels)
-
-    @property
-    def speedup(self) -> float:
-        return self.before_ms / self.after_ms
 
 
 @dataclass(frozen=True)
@@ -51,64 +29,148 @@ class ModelInput:
 
 
 @dataclass(frozen=True)
-class Report:
+class Source:
+    """What was compressed, with what data, and where the results went."""
+
     model: str
     model_format: str
     data: str | None
     output: str
     report: str
+    input: ModelInput | None = None
+    calibration_samples: int = 0  # samples the units were counted on
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # means, deviations
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One choice of the run's plan: the option, the value used, and why."""
+
+    option: str
+    value: str
+    reason: str
+    given: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plan the run followed: its choices with their reasons, and every concrete value the
+    stages received (`config`)."""
+
     target: float
-    scope: str
-    criterion: str
-    compensate: str
-    calibration_samples: int
+    of: str  # what the target reduces: weights or flops
+    score: str  # whole units ("neurons") or single weights ("neurons-weights")
+    choices: tuple[PlanRow, ...] = ()
+    config: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Sizes:
     weights_before: int
     weights_after: int
     flops_before: int
     flops_after: int
     onnx_bytes_before: int
     onnx_bytes: int
-    accuracy_before: float | None
-    accuracy_after: float | None
-    accuracy_data: str | None
-    parity_max_abs_diff: float
-    parity_samples: int
-    parity_inputs: str  # "held-back" (data) or "random" (no data)
-    latency_threads: int
-    latency: tuple[Latency, ...]
-    layers: tuple[LayerRow, ...]
-    cycles: tuple[CycleRow, ...]
-    plan: dict[str, dict[str, object]]
-    seconds: float
-    budgets: tuple[BudgetRow, ...] = ()  # per budget given (`compress --max-size ...`)
-    score: str = "neurons"
-    criterion_reason: str = ""  # why --criterion auto chose `criterion` (empty when given)
-    alignment: str = ""  # what --align auto rounded conv channels to, and why (empty: not used)
-    method: str | None = None  # how single weights were scored (score neurons-weights)
-    format: str = "dense"
-    format_note: str = ""  # auto: the whole-model choice and its times
-    kernels: tuple[KernelRow, ...] = ()  # per weight matrix (formats other than dense)
-    runtime: bool = False  # the file needs compressor.runtime for its sparse kernels
-    int8_max_abs_diff: float | None = None  # max |int8 - float32 pruned| on the parity inputs
-    lowrank_max_abs_diff: float | None = None  # max |low-rank factors - float32 pruned| alike
-    of: str = "weights"  # what the target reduces: weights or flops
-    input: ModelInput | None = None  # the written file's input
-    options: dict[str, object] | None = None  # every setting used, defaults resolved
-    versions: dict[str, str] | None = None  # of compressor, Python and its libraries
-    warnings: tuple[str, ...] = ()  # what looks wrong (e.g. an input model near chance)
-    spectra: tuple[dict[str, tuple[float, ...]], ...] = ()  # --trace-spectra: per layer, its
-    #     singular values before pruning (entry 0) and after each cycle (entry n)
 
     @property
     def reduction(self) -> float:
         return 1 - self.weights_after / self.weights_before
 
+    @property
+    def flop_reduction(self) -> float:
+        return 1 - self.flops_after / self.flops_before
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    before: float
+    after: float
+    data: str  # which samples, and how many
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely the written file computes what the pruned PyTorch model computes."""
+
+    max_abs_diff: float  # float32 export vs PyTorch
+    samples: int
+    inputs: str  # "held-back" (data) or "random" (no data)
+    int8_max_abs_diff: float | None = None  # int8 file vs the float32 export
+    lowrank_max_abs_diff: float | None = None  # low-rank file vs the float32 export
+
+
+@dataclass(frozen=True)
+class Latency:
+    batch: int
+    before_ms: float  # the dense export, plain onnxruntime
+    after_ms: float  # the written file, plain onnxruntime
+    runtime_ms: float | None = None  # the written file in compressor.runtime (sparse kernels)
+
+    @property
+    def speedup(self) -> float:
+        return self.before_ms / self.after_ms
+
+
+@dataclass(frozen=True)
+class Timing:
+    threads: int
+    rows: tuple[Latency, ...]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How the written file stores its weights."""
+
+    format: str = "dense"
+    note: str = ""  # auto: the whole-model choice and its times
+    kernels: tuple[KernelRow, ...] = ()  # per weight matrix (formats other than dense)
+    runtime: bool = False  # the file needs compressor.runtime for its sparse kernels
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    in_before: int
+    out_before: int
+    in_after: int
+    out_after: int
+    dead: int | None  # neurons that never fired on the calibration data (prunable layers)
+    note: str  # "pruned", or why the layer's outputs were left dense
+
+
+@dataclass(frozen=True)
+class Report:
+    source: Source
+    plan: Settings
+    size: Sizes
+    parity: Parity
+    accuracy: Accuracy | None = None
+    latency: Timing | None = None
+    storage: Storage = Storage()
+    layers: tuple[LayerRow, ...] = ()
+    cycles: tuple[CycleRow, ...] = ()
+    kept: dict[str, dict[str, object]] | None = None  # per group: its size, the units kept
+    spectra: tuple[dict[str, tuple[float, ...]], ...] = ()  # trace_spectra: per layer, its
+    #     singular values before pruning (entry 0) and after each cycle (entry n)
+    budgets: tuple[BudgetRow, ...] = ()  # per budget given (`compress --max-size ...`)
+    warnings: tuple[str, ...] = ()  # options that did nothing; what looks wrong
+    versions: dict[str, str] | None = None  # of compressor, Python and its libraries
+    seconds: float = 0.0
+
+    @property
+    def reduction(self) -> float:
+        return self.size.reduction
+
     def to_json(self) -> str:
         data = asdict(self)
-        data["reduction"] = round(self.reduction, 6)
-        data["latency"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)}
-                           for lat in self.latency]
-        data["kernels"] = [asdict(row) for row in self.kernels]
+        data["plan"]["choices"] = {c.option: {"value": c.value, "reason": c.reason,
+                                              "given": c.given} for c in self.plan.choices}
+        data["size"]["reduction"] = round(self.size.reduction, 6)
+        data["size"]["flop_reduction"] = round(self.size.flop_reduction, 6)
+        if self.latency is not None:
+            data["latency"]["rows"] = [{**asdict(lat), "speedup": round(lat.speedup, 3)}
+                                       for lat in self.latency.rows]
         data["budgets"] = [{**asdict(row), "unit": row.unit} for row in self.budgets]
         data["units"] = UNITS
         return json.dumps(data, indent=2) + "\n"
@@ -118,24 +180,24 @@ UNITS = {  # of the report's values (the JSON's "units")
     "weights": "weight entries of every Conv and Linear", "flops": "FLOPs per sample "
     "(2 x multiply-adds)", "onnx_bytes": "bytes", "accuracy": "fraction of samples",
     "latency": "ms per onnxruntime run() of a batch", "seconds": "s",
-    "parity_max_abs_diff": "absolute difference of logits", "target": "fraction removed"}
+    "parity": "absolute difference of logits", "target": "fraction removed"}
 
 
 def format_table(r: Report) -> str:
     """The report as aligned text."""
-    lines = [f"compressed {r.model} -> {r.output}"]
-    if r.input is not None:
-        lines += [f"input {r.input}"]
-    lines += [""]
-    lines += align([("", "before", "after", "")] + _totals(r))
-    lines += ["", f"parity: max |onnxruntime - pytorch| = {r.parity_max_abs_diff:.2g} on "
-                  f"{r.parity_samples:,} {r.parity_inputs} inputs (float32 export)"]
-    if r.int8_max_abs_diff is not None:
-        lines += [f"int8: max |int8 - float32| = {r.int8_max_abs_diff:.2g} on the same inputs"]
-    if r.lowrank_max_abs_diff is not None:
-        lines += [f"lowrank: max |factored - float32| = {r.lowrank_max_abs_diff:.2g} on the same "
-                  "inputs"]
-    lines += [""] + _kernels(r)
+    lines = [f"compressed {r.source.model} -> {r.source.output}"]
+    if r.source.input is not None:
+        lines += [f"input {r.source.input}"]
+    lines += [""] + align([("", "before", "after", "")] + _totals(r))
+    p = r.parity
+    lines += ["", f"parity: max |onnxruntime - pytorch| = {p.max_abs_diff:.2g} on "
+                  f"{p.samples:,} {p.inputs} inputs (float32 export)"]
+    if p.int8_max_abs_diff is not None:
+        lines += [f"int8: max |int8 - float32| = {p.int8_max_abs_diff:.2g} on the same inputs"]
+    if p.lowrank_max_abs_diff is not None:
+        lines += [f"lowrank: max |factored - float32| = {p.lowrank_max_abs_diff:.2g} on the "
+                  "same inputs"]
+    lines += [""] + _kernels(r.storage)
     layer_rows = [("layer", "before", "after", "dead", "")]
     for row in r.layers:
         layer_rows.append((row.name, f"{row.in_before} -> {row.out_before}",
@@ -144,7 +206,7 @@ def format_table(r: Report) -> str:
     lines += align(layer_rows)
     if r.cycles:
         lines += [""] + _cycles(r.cycles)
-    lines += ["", _summary(r)]
+    lines += ["", *_plan(r)]
     lines += [f"warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 
@@ -155,44 +217,47 @@ def _pct(v: float | None) -> str:
 
 def _totals(r: Report) -> list[tuple[str, ...]]:
     """Weights, FLOPs, bytes, accuracy and latency, before and after."""
-    target = f" (target {100 * r.target:.2f}%)"
-    flops = f"{r.flops_before / r.flops_after:.1f}x fewer (2 x multiply-adds)"
-    if r.of == "flops":
-        flops = f"-{100 * (1 - r.flops_after / r.flops_before):.2f}%{target}, {flops}"
+    s = r.size
+    target = f" (target {100 * r.plan.target:.2f}%)"
+    flops = f"{s.flops_before / s.flops_after:.1f}x fewer (2 x multiply-adds)"
+    if r.plan.of == "flops":
+        flops = f"-{100 * s.flop_reduction:.2f}%{target}, {flops}"
     rows = [
-        ("weights", f"{r.weights_before:,}", f"{r.weights_after:,}",
-         f"-{100 * r.reduction:.2f}%" + (target if r.of != "flops" else "")),
-        ("FLOPs / sample", f"{r.flops_before:,}", f"{r.flops_after:,}", flops),
-        ("ONNX bytes", f"{r.onnx_bytes_before:,}", f"{r.onnx_bytes:,}",
-         f"{100 * r.onnx_bytes / r.onnx_bytes_before:.1f}% of dense"),
+        ("weights", f"{s.weights_before:,}", f"{s.weights_after:,}",
+         f"-{100 * s.reduction:.2f}%" + (target if r.plan.of != "flops" else "")),
+        ("FLOPs / sample", f"{s.flops_before:,}", f"{s.flops_after:,}", flops),
+        ("ONNX bytes", f"{s.onnx_bytes_before:,}", f"{s.onnx_bytes:,}",
+         f"{100 * s.onnx_bytes / s.onnx_bytes_before:.1f}% of dense"),
     ]
-    if r.accuracy_before is not None:
-        change = 100 * (r.accuracy_after - r.accuracy_before)
-        rows.append(("accuracy", _pct(r.accuracy_before), _pct(r.accuracy_after),
-                     f"{change:+.2f} pt on {r.accuracy_data}"))
-    threads = f"{r.latency_threads} thread{'s' if r.latency_threads > 1 else ''}"
-    for lat in r.latency:
-        rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms",
-                     f"{lat.after_ms:.4f} ms",
-                     f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads})"))
-        if lat.runtime_ms is not None:
-            speedup = lat.before_ms / lat.runtime_ms
-            rows.append(("  with compressor.runtime", "", f"{lat.runtime_ms:.4f} ms",
-                         f"{speedup:.1f}x faster (sparse kernels, {threads})"))
+    if r.accuracy is not None:
+        a = r.accuracy
+        rows.append(("accuracy", _pct(a.before), _pct(a.after),
+                     f"{100 * (a.after - a.before):+.2f} pt on {a.data}"))
+    if r.latency is not None:
+        n = r.latency.threads
+        threads = f"{n} thread{'s' if n > 1 else ''}"
+        for lat in r.latency.rows:
+            rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms",
+                         f"{lat.after_ms:.4f} ms",
+                         f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads})"))
+            if lat.runtime_ms is not None:
+                rows.append(("  with compressor.runtime", "", f"{lat.runtime_ms:.4f} ms",
+                             f"{lat.before_ms / lat.runtime_ms:.1f}x faster (sparse kernels, "
+                             f"{threads})"))
     return rows
 
 
-def _kernels(r: Report) -> list[str]:
+def _kernels(storage: Storage) -> list[str]:
     """The format table (formats other than dense)."""
-    if not r.kernels:
+    if not storage.kernels:
         return []
-    lines = [f"format {r.format}" + (f": {r.format_note}" if r.format_note else "")]
+    lines = [f"format {storage.format}" + (f": {storage.note}" if storage.note else "")]
     rows = [("weight", "shape", "zeros", "stored", "kernel", "why")]
-    for k in r.kernels:
+    for k in storage.kernels:
         rows.append((k.name, "x".join(map(str, k.shape)), f"{100 * k.sparsity:.1f}%",
                      k.storage, k.kernel, k.why))
     lines += align(rows)
-    if r.runtime:
+    if storage.runtime:
         lines += ["sparse kernels run only in compressor.runtime (SparseModel.load(path, "
                   "kernels='stored')); plain onnxruntime runs this file dense"]
     return lines + [""]
@@ -210,19 +275,15 @@ def _cycles(cycles: tuple[CycleRow, ...]) -> list[str]:
     return align(rows)
 
 
-def _summary(r: Report) -> str:
+def _plan(r: Report) -> list[str]:
+    """The plan's choices with their reasons, then how the run went."""
+    rows = [("plan", "", "")] + [(f"  {c.option}", c.value, "given" if c.given else c.reason)
+                                 for c in r.plan.choices]
     removed = sum(c.removed for c in r.cycles)
     merged = sum(c.merged for c in r.cycles)
     seconds = sum(c.compensate_seconds for c in r.cycles)
-    how = f"compensation {r.compensate}"
-    if r.compensate == "merge":
-        how += f" ({merged} of {removed} removed neurons merged)"
-    how += f" in {seconds:.2f} s"
-    data = "no calibration data (data-free)" if r.data is None else \
-        f"{r.calibration_samples:,} calibration samples of {r.data}"
-    chose = f" (auto: {r.criterion_reason})" if r.criterion_reason else ""
-    what = f"criterion {r.criterion}{chose}, {how}" if r.method is None else \
-        f"single weights by {r.method}" + (" (count x |w|)" if r.method == "activation" else "")
-    aligned = f", {r.alignment}" if r.alignment else ""
-    return (f"{r.scope} scope, {what}{aligned}, {data}; took {r.seconds:.1f} s; "
-            f"report: {r.report}")
+    data = "no calibration data (data-free)" if r.source.data is None else \
+        f"{r.source.calibration_samples:,} calibration samples of {r.source.data}"
+    done = f"{merged} of {removed} removed units merged, " if merged else ""
+    return align(rows) + [f"{data}; {done}compensation took {seconds:.2f} s; took "
+                          f"{r.seconds:.1f} s; report: {r.source.report}"]

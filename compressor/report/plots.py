@@ -179,7 +179,7 @@ def _cycles(plt, report: Report):
     for c in cycles:
         ax.annotate(f"cycle {c.cycle}", (100 * c.reduction, 100 * c.val_accuracy), fontsize=8,
                     textcoords="offset points", xytext=(4, 4))
-    ax.set(xlabel=f"{report.of} removed (%)", ylabel="validation accuracy (%)",
+    ax.set(xlabel=f"{report.plan.of} removed (%)", ylabel="validation accuracy (%)",
            title="accuracy across pruning cycles")
     ax.grid(True, alpha=0.3)
     return _png(plt, fig)

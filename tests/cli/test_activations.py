@@ -21,16 +21,18 @@ def test_a_gelu_mlp_is_ranked_by_energy_when_fine_tuned_and_by_error_in_one_shot
                      tiny_files["data"], "--cycles", "2", "--epochs", "1", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert (report["criterion"], report["compensate"]) == ("energy", "lsq")
-    assert report["criterion_reason"].startswith("fine-tuned")
-    assert 0.5 <= report["reduction"] < 0.52 and report["parity_max_abs_diff"] <= 1e-4
+    choices = report["plan"]["choices"]
+    assert (choices["criterion"]["value"], choices["compensate"]["value"]) == ("energy", "lsq")
+    assert report["plan"]["choices"]["criterion"]["reason"].startswith("fine-tuned")
+    assert 0.5 <= report["size"]["reduction"] < 0.52 and report["parity"]["max_abs_diff"] <= 1e-4
     assert [row["note"] for row in report["layers"]].count("pruned") == 3
     one_shot = tiny_files["dir"] / "gelu-one-shot.onnx"
     result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.5", "--data",
                      tiny_files["data"], "--epochs", "0", "-o", one_shot, "--no-latency")
     assert result.code == 0, result.err
-    assert json.loads(one_shot.with_suffix(".json").read_text())["criterion"] == "error"
-    assert "criterion error (auto: one shot, every pruned layer read by one Linear" in result.out
+    choices = json.loads(one_shot.with_suffix(".json").read_text())["plan"]["choices"]
+    assert choices["criterion"]["value"] == "error"
+    assert "one shot (epochs 0), every pruned layer read by one Linear" in result.out
 
 
 def test_data_free_gelu_is_not_merged_and_explicit_merge_is_refused(run_cli, tiny_files):
@@ -40,7 +42,8 @@ def test_data_free_gelu_is_not_merged_and_explicit_merge_is_refused(run_cli, tin
     result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.4", "-o", out,
                      *FAST)
     assert result.code == 0, result.err
-    assert json.loads(out.with_suffix(".json").read_text())["compensate"] == "none"
+    choices = json.loads(out.with_suffix(".json").read_text())["plan"]["choices"]
+    assert choices["compensate"]["value"] == "none"
     refused = tiny_files["dir"] / "merge.onnx"
     result = run_cli(model, "--arch", "tests.nets:tiny_gelu", "--target", "0.4",
                      "--compensate", "merge", "-o", refused, *FAST)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,11 @@ def report_of(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text())
 
 
+def chosen(report: dict, option: str) -> str:
+    """What the run's plan chose for `option`."""
+    return report["plan"]["choices"][option]["value"]
+
+
 def test_labelled_data_prunes_in_cycles_and_reports_everything(run_cli, tiny_files):
     out = tiny_files["dir"] / "out" / "tiny.onnx"
     out.parent.mkdir()
@@ -33,30 +39,30 @@ def test_labelled_data_prunes_in_cycles_and_reports_everything(run_cli, tiny_fil
                      "--data", tiny_files["data"], "--cycles", "2", "--epochs", "1", "-o", out)
     assert result.code == 0, result.err
     report = report_of(out)
-    assert 0.6 <= report["reduction"] <= 0.61
-    assert report["weights_before"] == 20 * 32 + 32 * 24 + 24 * 16 + 16 * 4
-    assert report["flops_after"] == 2 * report["weights_after"]
-    assert report["parity_max_abs_diff"] <= 1e-4
+    assert 0.6 <= report["size"]["reduction"] <= 0.61
+    assert report["size"]["weights_before"] == 20 * 32 + 32 * 24 + 24 * 16 + 16 * 4
+    assert report["size"]["flops_after"] == 2 * report["size"]["weights_after"]
+    assert report["parity"]["max_abs_diff"] <= 1e-4
     assert [c["cycle"] for c in report["cycles"]] == [1, 2]
     # fine-tuned ReLU layers read by one Linear: auto ranks by relative l2 norm, no refit
-    assert (report["criterion"], report["compensate"]) == ("l2", "none")
-    assert "criterion l2 (auto: fine-tuned, every pruned layer behind ReLUs" in result.out
+    assert (chosen(report, "criterion"), chosen(report, "compensate")) == ("l2", "none")
+    assert re.search(r"criterion +l2 +fine-tuned, every pruned layer behind ReLUs", result.out)
     assert report["cycles"][0]["target"] < report["cycles"][1]["target"] == 0.6
     assert [row["name"] for row in report["layers"]] == ["0", "2", "4", "6"]
-    assert {b["batch"] for b in report["latency"]} == {1, 256}
-    assert report["onnx_bytes"] == out.stat().st_size
-    kept = sum(len(p["kept"]) for p in report["plan"].values())
+    assert {b["batch"] for b in report["latency"]["rows"]} == {1, 256}
+    assert report["size"]["onnx_bytes"] == out.stat().st_size
+    kept = sum(len(p["kept"]) for p in report["kept"].values())
     assert kept == sum(row["out_after"] for row in report["layers"][:3])
     assert "weights" in result.out and "parity" in result.out
     # the ONNX file is what the report describes: its accuracy, and the input model's, on the
     # held-out test split (the same 60 samples `load_data` splits off with the same seed)
     test = load_data(str(tiny_files["data"]), seed=0).test
-    assert len(test) == 60 and report["accuracy_data"].startswith("held-out test split (60 ")
+    assert len(test) == 60 and report["accuracy"]["data"].startswith("held-out test split (60 ")
     onnx.checker.check_model(onnx.load(out))
     written = run_onnx(session(out.read_bytes()), test.x).argmax(1)
     dense = tiny()(test.x).argmax(1)
-    assert report["accuracy_after"] == float((written == test.y).double().mean())
-    assert report["accuracy_before"] == float((dense == test.y).double().mean())
+    assert report["accuracy"]["after"] == float((written == test.y).double().mean())
+    assert report["accuracy"]["before"] == float((dense == test.y).double().mean())
 
 
 def test_unlabelled_data_prunes_in_one_shot_with_default_paths(run_cli, tiny_files):
@@ -67,8 +73,8 @@ def test_unlabelled_data_prunes_in_one_shot_with_default_paths(run_cli, tiny_fil
     assert result.code == 0, result.err
     out = tiny_files["dir"] / "tiny.compressed.onnx"
     report = report_of(out)
-    assert report["accuracy_before"] is None and len(report["cycles"]) == 1
-    assert report["cycles"][0]["epochs"] == 0 and 0.5 <= report["reduction"] <= 0.51
+    assert report["accuracy"] is None and len(report["cycles"]) == 1
+    assert report["cycles"][0]["epochs"] == 0 and 0.5 <= report["size"]["reduction"] <= 0.51
 
 
 def test_without_data_prunes_data_free_by_weight_norm_with_merging(run_cli, tiny_files):
@@ -77,12 +83,13 @@ def test_without_data_prunes_data_free_by_weight_norm_with_merging(run_cli, tiny
                      "-o", out, *FAST)
     assert result.code == 0, result.err
     report = report_of(out)
-    assert (report["criterion"], report["compensate"], report["data"]) == ("l1", "merge", None)
-    assert report["parity_inputs"] == "random" and report["parity_max_abs_diff"] <= 1e-4
-    assert report["accuracy_after"] is None and report["calibration_samples"] == 0
+    assert (chosen(report, "criterion"), chosen(report, "compensate"), report["source"]["data"]) \
+        == ("l1", "merge", None)
+    assert report["parity"]["inputs"] == "random" and report["parity"]["max_abs_diff"] <= 1e-4
+    assert report["accuracy"] is None and report["source"]["calibration_samples"] == 0
     assert len(report["cycles"]) == 1 and report["cycles"][0]["dead"] is None
-    assert report["cycles"][0]["merged"] > 0 and 0.5 <= report["reduction"] <= 0.51
-    assert "compensation merge (" in result.out and "data-free" in result.out
+    assert report["cycles"][0]["merged"] > 0 and 0.5 <= report["size"]["reduction"] <= 0.51
+    assert "removed units merged" in result.out and "data-free" in result.out
 
 
 def test_without_data_a_pt2_program_is_checked_in_its_own_input_shape(run_cli, tmp_path):
@@ -106,9 +113,10 @@ def test_every_criterion_and_compensation_runs_in_one_shot_without_fine_tuning(
                      "--compensate", compensate, "-o", out, *FAST)
     assert result.code == 0, result.err
     report = report_of(out)
-    assert report["criterion"] == criterion and len(report["cycles"]) == 1
-    assert report["compensate"] == ("lsq" if compensate == "auto" else compensate)
-    assert report["parity_max_abs_diff"] <= 1e-4 and report["accuracy_after"] is not None
+    assert chosen(report, "criterion") == criterion and len(report["cycles"]) == 1
+    assert chosen(report, "compensate") == ("lsq" if compensate == "auto" else compensate)
+    assert report["plan"]["choices"]["criterion"]["given"]
+    assert report["parity"]["max_abs_diff"] <= 1e-4 and report["accuracy"]["after"] is not None
 
 
 @pytest.mark.parametrize("kind", ["ts", "pt2", "pt2-fixed-batch", "pickle"])
@@ -124,7 +132,7 @@ def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     assert result.code == 0, result.err
     expected = {"ts": "torchscript", "pt2": "torch.export", "pt2-fixed-batch": "torch.export",
                 "pickle": "pickled module"}[kind]
-    assert report_of(path.with_name("m.compressed.onnx"))["model_format"] == expected
+    assert report_of(path.with_name("m.compressed.onnx"))["source"]["model_format"] == expected
 
 
 def test_factor_splits_the_first_layer_and_counts_the_target_from_the_input_model(run_cli,
@@ -135,15 +143,15 @@ def test_factor_splits_the_first_layer_and_counts_the_target_from_the_input_mode
                      "--epochs", "1", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = report_of(out)
-    assert report["weights_before"] == 20 * 32 + 32 * 24 + 24 * 16 + 16 * 4
-    assert 0.6 <= report["reduction"] <= 0.62
+    assert report["size"]["weights_before"] == 20 * 32 + 32 * 24 + 24 * 16 + 16 * 4
+    assert 0.6 <= report["size"]["reduction"] <= 0.62
     rows = {row["name"]: row for row in report["layers"]}
     assert list(rows) == ["0_in", "0", "2", "4", "6"]
     assert (rows["0_in"]["in_after"], rows["0_in"]["out_after"]) == (20, 4)
     assert rows["0"]["in_after"] == 4 and "reads 0_in's 4 features" in rows["0"]["note"]
     matrices = [numpy_helper.to_array(t).size for t in onnx.load(out).graph.initializer
                 if numpy_helper.to_array(t).ndim == 2]
-    assert len(matrices) == 5 and sum(matrices) == report["weights_after"]
+    assert len(matrices) == 5 and sum(matrices) == report["size"]["weights_after"]
     x = load_data(str(tiny_files["data"]), seed=0).test.x
     assert run_onnx(session(out.read_bytes()), x).shape == (len(x), 4)
 
@@ -161,12 +169,12 @@ def test_fashion_mnist_fits_flat_and_image_shaped_models(run_cli, tmp_path, net,
                      "--epochs", "0", "--calibration-samples", "500", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = report_of(out)
-    assert 0.8 <= report["reduction"] <= 0.81
-    assert report["accuracy_data"].startswith("fashion-mnist test (10,000")
+    assert 0.8 <= report["size"]["reduction"] <= 0.81
+    assert report["accuracy"]["data"].startswith("fashion-mnist test (10,000")
     if net is None:  # the shipped example's recorded accuracy is what we measure
         recorded = json.loads((REPO / "models" / f"{name}.json").read_text())
-        assert report["accuracy_before"] == pytest.approx(recorded["test_accuracy"], abs=1e-9)
-        assert report["accuracy_after"] > 0.6  # one shot at 80%, lsq on 500 samples
+        assert report["accuracy"]["before"] == pytest.approx(recorded["test_accuracy"], abs=1e-9)
+        assert report["accuracy"]["after"] > 0.6  # one shot at 80%, lsq on 500 samples
 
 
 def bad_case(name: str, d: dict[str, Path]) -> list[object]:
@@ -306,14 +314,15 @@ def test_single_weights_are_pruned_held_at_zero_and_harvested(run_cli, tiny_file
                      method, "--cycles", "2", "--epochs", "1", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["score"] == "neurons-weights" and report["method"] == method
-    assert 0.8 <= report["reduction"] < 0.85
+    assert report["plan"]["score"] == "neurons-weights" and chosen(report, "method") == method
+    assert 0.8 <= report["size"]["reduction"] < 0.85
     proto = onnx.load(out)
     nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in proto.graph.initializer
                   if t.name.endswith("weight"))
-    assert nonzero == report["weights_after"] and report["flops_after"] == 2 * nonzero
+    size = report["size"]
+    assert nonzero == size["weights_after"] and size["flops_after"] == 2 * nonzero
     assert all(c["weights_removed"] > 0 for c in report["cycles"])
-    assert f"single weights by {method}" in result.out
+    assert re.search(rf"method +{method}", result.out)
     assert "weights  neurons" in result.out  # the cycle table counts both
 
 
@@ -328,9 +337,9 @@ def test_csr_format_writes_sparse_initializers_and_every_variant(run_cli, tiny_f
     onnx.checker.check_model(proto)
     assert proto.graph.sparse_initializer
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["format"] == "csr" and len(report["kernels"]) == 4
-    assert {k["storage"] for k in report["kernels"]} <= {"sparse", "dense"}
-    assert "format csr" in result.out and report["onnx_bytes"] == out.stat().st_size
+    assert report["storage"]["format"] == "csr" and len(report["storage"]["kernels"]) == 4
+    assert {k["storage"] for k in report["storage"]["kernels"]} <= {"sparse", "dense"}
+    assert "format csr" in result.out and report["size"]["onnx_bytes"] == out.stat().st_size
     assert sorted(p.name for p in variants.iterdir()) == sorted(
         f"{v}.onnx" for v in ("dense", "masked", "shrunk", "csr", "int8", "int8-dense", "lowrank",
                           "lowrank-dense"))
@@ -361,19 +370,21 @@ def test_lowrank_format_factors_layers_and_counts_the_file(run_cli, tmp_path):
                      "0.8", "--batch", "256", "-o", out, "--no-latency")
     assert result.code == 0, result.err
     report = report_of(out)
-    first = report["kernels"][0]
+    first = report["storage"]["kernels"][0]
     assert first["name"] == "0.weight" and first["kernel"] == f"lowrank r={first['rank']}"
     proto = onnx.load(out)
-    assert report["flops_after"] == flops_per_sample(proto)[0] < 0.5 * report["flops_before"]
+    size = report["size"]
+    assert size["flops_after"] == flops_per_sample(proto)[0] < 0.5 * size["flops_before"]
     weights = sum(numpy_helper.to_array(t).size for t in proto.graph.initializer
                   if len(t.dims) == 2)
-    assert report["weights_after"] == weights < 0.5 * report["weights_before"]
-    check = run_cli("check", out, "--max-flops", report["flops_after"], "--json")
+    assert report["size"]["weights_after"] == weights < 0.5 * report["size"]["weights_before"]
+    check = run_cli("check", out, "--max-flops", report["size"]["flops_after"], "--json")
     assert check.code == 0 and json.loads(check.out)["budgets"][0]["value"] == \
-        report["flops_after"]
-    assert 0 < report["lowrank_max_abs_diff"] and report["int8_max_abs_diff"] is None
+        report["size"]["flops_after"]
+    parity = report["parity"]
+    assert 0 < parity["lowrank_max_abs_diff"] and parity["int8_max_abs_diff"] is None
     assert "lowrank: max |factored - float32|" in result.out
-    assert report["accuracy_after"] > 0.6
+    assert report["accuracy"]["after"] > 0.6
 
 def test_int8_format_is_quantized_and_close(run_cli, tiny_files):
     out = tiny_files["dir"] / "q.onnx"
@@ -383,7 +394,8 @@ def test_int8_format_is_quantized_and_close(run_cli, tiny_files):
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
     assert any(n.op_type == "MatMulInteger" for n in onnx.load(out).graph.node)
-    assert 0 < report["int8_max_abs_diff"] < 0.5 and "int8: max |int8 - float32|" in result.out
+    assert 0 < report["parity"]["int8_max_abs_diff"] < 0.5
+    assert "int8: max |int8 - float32|" in result.out
 
 
 def test_align_auto_rounds_wide_linear_layers_to_the_measured_gemm_step(run_cli, tmp_path,
@@ -408,7 +420,7 @@ def test_align_auto_rounds_wide_linear_layers_to_the_measured_gemm_step(run_cli,
     assert all(after % 16 == 0 or after == before
                for name, (before, after) in rows.items() if name in ("0", "2", "4")), rows
     assert sum(after < before for before, after in rows.values()) >= 3, rows
-    assert report["options"]["prune"]["linear_multiple"] == 16
+    assert report["plan"]["config"]["prune"]["align"] == {"0": 16, "2": 16, "4": 16, "6": 1}
     assert "wide Linear layers in multiples of 16 (onnxruntime's Gemm" in \
-        report["alignment"]
-    assert 0.8 <= report["reduction"] <= 0.8 + 0.02
+        report["plan"]["choices"]["align"]["reason"]
+    assert 0.8 <= report["size"]["reduction"] <= 0.8 + 0.02

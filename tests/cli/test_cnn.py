@@ -47,18 +47,18 @@ def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, 
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
     # one channel of a model this small is ~1.5% of its weights (the pre-activation one: 9%)
-    assert 0.5 <= report["reduction"] <= (0.6 if name == "preact" else 0.55)
+    assert 0.5 <= report["size"]["reduction"] <= (0.6 if name == "preact" else 0.55)
     proto = onnx.load(out)
     norms = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
     assert norms == (3 if name == "preact" else 0)  # folded where a layer precedes it alone
     conv_rows = [row for row in report["layers"] if row["note"] == "pruned"]
     assert conv_rows and any(row["out_after"] < row["out_before"] for row in conv_rows)
     # the report's FLOPs are what compress check measures on the file it wrote
-    assert report["flops_after"] == flops_per_sample(proto)[0]
-    check = run_cli("check", out, "--max-flops", report["flops_after"], "--json")
+    assert report["size"]["flops_after"] == flops_per_sample(proto)[0]
+    check = run_cli("check", out, "--max-flops", report["size"]["flops_after"], "--json")
     assert check.code == 0 and json.loads(check.out)["budgets"][0]["value"] == \
-        report["flops_after"]
-    assert report["parity_max_abs_diff"] <= 1e-4 and report["accuracy_after"] is not None
+        report["size"]["flops_after"]
+    assert report["parity"]["max_abs_diff"] <= 1e-4 and report["accuracy"]["after"] is not None
 
 
 def test_of_flops_reduces_flops_by_the_target(run_cli, cnn_files):
@@ -68,7 +68,7 @@ def test_of_flops_reduces_flops_by_the_target(run_cli, cnn_files):
                      "1", "-o", out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
-    reached = 1 - report["flops_after"] / report["flops_before"]
+    reached = 1 - report["size"]["flops_after"] / report["size"]["flops_before"]
     assert 0.6 <= reached <= 0.62, reached
     assert report["cycles"][-1]["reduction"] == pytest.approx(reached, abs=1e-6)
     result = run_cli(cnn_files["cnn"], "--arch", "tests.nets:SmallCNN", "--target", "0.6",
@@ -103,7 +103,7 @@ def test_every_pruning_mode_works_on_residual_and_concatenated_channels(run_cli,
                      "--data", cnn_files["data"], "-o", out, *options, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["reduction"] >= 0.4 and report["parity_max_abs_diff"] <= 1e-4
+    assert report["size"]["reduction"] >= 0.4 and report["parity"]["max_abs_diff"] <= 1e-4
 
 
 def test_the_error_criterion_says_which_layers_it_cannot_rank(run_cli, cnn_files):
@@ -128,8 +128,9 @@ def test_by_default_conv_channels_are_kept_in_multiples_of_8(run_cli, cnn_files)
     notes = {row["name"]: row["note"] for row in report["layers"]}
     assert notes["3.conv2"] == "pruned with 0 (same channels)" and notes["0"] == "pruned"
     # 8 is what the test cache says this machine's convolutions step in (conftest)
-    assert report["options"]["prune"]["channel_multiple"] == 8
-    assert report["alignment"].startswith("conv channels in multiples of 8 (onnxruntime's")
+    assert set(report["plan"]["config"]["prune"]["steps"].values()) == {8}
+    assert report["plan"]["choices"]["align"]["reason"].startswith(
+        "conv channels in multiples of 8 (onnxruntime's")
 
 
 def test_align_auto_rounds_conv_channels_to_the_measured_step(run_cli, cnn_files, monkeypatch,
@@ -147,8 +148,8 @@ def test_align_auto_rounds_conv_channels_to_the_measured_step(run_cli, cnn_files
     report = json.loads(out.with_suffix(".json").read_text())
     widths = [row["out_after"] for row in report["layers"] if row["name"] != "7"]
     assert all(w % 4 == 0 for w in widths) and any(w % 8 for w in widths), widths
-    summary = next(line for line in result.out.splitlines() if line.startswith("local scope"))
-    assert "conv channels in multiples of 4 (onnxruntime" in summary
+    align = next(line for line in result.out.splitlines() if line.startswith("  align"))
+    assert "conv channels in multiples of 4 (onnxruntime" in align
 
 
 def test_channels_are_removed_per_layer_unless_told_otherwise(run_cli, cnn_files):
@@ -158,7 +159,8 @@ def test_channels_are_removed_per_layer_unless_told_otherwise(run_cli, cnn_files
     for given in ((), ("--scope", "global")):
         out = cnn_files["dir"] / f"scope{len(given)}.onnx"
         assert run_cli(*args, *given, "-o", out).code == 0
-        scopes[given] = json.loads(out.with_suffix(".json").read_text())["scope"]
+        report = json.loads(out.with_suffix(".json").read_text())
+        scopes[given] = report["plan"]["choices"]["scope"]["value"]
     assert scopes == {(): "local", ("--scope", "global"): "global"}
 
 
@@ -175,6 +177,7 @@ def test_int8_quantizes_convolutions_statically_on_the_calibration_data(run_cli,
     assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)
     assert all(producer[n.input[0]].op_type == "DequantizeLinear" for n in convs)  # QDQ input
     report = json.loads(out.with_suffix(".json").read_text())
-    kernels = {row["name"]: row["kernel"] for row in report["kernels"]}
+    kernels = {row["name"]: row["kernel"] for row in report["storage"]["kernels"]}
     assert sum(k == "int8" for k in kernels.values()) >= len(convs)
-    assert report["int8_max_abs_diff"] is not None and report["accuracy_after"] is not None
+    assert report["parity"]["int8_max_abs_diff"] is not None
+    assert report["accuracy"]["after"] is not None

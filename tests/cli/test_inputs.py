@@ -54,7 +54,7 @@ def _run(run_cli, files, *extra):
 
 def test_the_report_names_the_input_and_the_other_shapes_the_model_takes(run_cli, files):
     result, report, _ = _run(run_cli, files)
-    assert report["input"] == {"name": "input", "shape": ["batch", 1, 4, 5], "dtype": "float32",
+    assert report["source"]["input"] == {"name": "input", "shape": ["batch", 1, 4, 5], "dtype": "float32",
                                "also": "[batch, 20], [batch, 4, 5]"}
     assert ("input input: float32 [batch, 1, 4, 5] (the model also takes [batch, 20], "
             "[batch, 4, 5]; --input-shape chooses one)") in result.out
@@ -63,11 +63,11 @@ def test_the_report_names_the_input_and_the_other_shapes_the_model_takes(run_cli
 def test_input_shape_chooses_the_layout_with_data_and_the_file_takes_exactly_it(run_cli,
                                                                                  files):
     _, report, out = _run(run_cli, files, "--input-shape", "4,5", "--quiet")
-    assert report["input"]["shape"] == ["batch", 4, 5] and report["input"]["also"] == ""
+    assert report["source"]["input"]["shape"] == ["batch", 4, 5] and report["source"]["input"]["also"] == ""
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((3, 4, 5), dtype=np.float32)
     assert sess.run(None, {"input": x})[0].shape == (3, 4)
-    assert report["accuracy_after"] is not None
+    assert report["accuracy"]["after"] is not None
 
 
 def test_an_input_shape_with_another_number_of_values_is_refused(run_cli, files):
@@ -83,7 +83,7 @@ def test_data_free_runs_export_the_input_shape_given(run_cli, files):
     result = run_cli(files["model"], "--arch", "tests.cli.test_inputs:_flatten_mlp",
                      "--target", "0.5", "--input-shape", "4,5", "-o", out, *FAST)
     assert result.code == 0, result.err
-    assert json.loads(out.with_suffix(".json").read_text())["input"]["shape"] == \
+    assert json.loads(out.with_suffix(".json").read_text())["source"]["input"]["shape"] == \
         ["batch", 4, 5]
 
 
@@ -138,14 +138,14 @@ def test_logits_picks_the_output_of_a_model_with_several(run_cli, files, arch, l
 def test_normalize_changes_what_the_model_sees_and_is_recorded(run_cli, files):
     plain = _run(run_cli, files, "--quiet")[1]
     shifted = _run(run_cli, files, "--normalize", "0.5,0.25", "--quiet")[1]
-    assert shifted["options"]["normalize"] == [[0.5], [0.25]]
-    assert plain["options"]["normalize"] is None
-    assert shifted["accuracy_before"] != plain["accuracy_before"]
+    assert shifted["source"]["normalize"] == [[0.5], [0.25]]
+    assert plain["source"]["normalize"] is None
+    assert shifted["accuracy"]["before"] != plain["accuracy"]["before"]
 
 
 def test_an_input_model_near_chance_gets_a_warning_naming_normalize(run_cli, files):
     result, report, _ = _run(run_cli, files, "--normalize", "100,0.001")
-    assert report["accuracy_before"] < 0.5  # 4 classes: twice chance
+    assert report["accuracy"]["before"] < 0.5  # 4 classes: twice chance
     assert _run(run_cli, files, "--quiet")[1]["warnings"] == []  # the plain data scores well
     assert len(report["warnings"]) == 1 and "--normalize" in report["warnings"][0]
     assert "warning: the input model scores" in result.out
@@ -160,10 +160,11 @@ def test_normalize_with_the_wrong_number_of_channels_is_refused(run_cli, files):
 
 def test_the_json_records_versions_every_option_units_and_absolute_paths(run_cli, files):
     _, report, _ = _run(run_cli, files, "--quiet", "--seed", "3")
-    assert Path(report["model"]).is_absolute() and Path(report["output"]).is_absolute()
+    assert Path(report["source"]["model"]).is_absolute()
+    assert Path(report["source"]["output"]).is_absolute()
     assert set(report["versions"]) == {"compressor", "python", "torch", "onnx", "onnxruntime"}
-    options = report["options"]
-    assert options["seed"] == 3 and options["prune"]["scope"] == "global"  # auto, resolved
-    assert options["prune"]["cycles"] == 5 and options["finetune"]["max_epochs"] == 0
-    assert options["prune"]["align"] == 0 and options["format"] == "dense"
+    options = report["plan"]["config"]
+    assert options["seed"] == 3 and options["prune"]["select"]["scope"] == "global"
+    assert options["prune"]["cycles"] == 1 and options["finetune"]["max_epochs"] == 0
+    assert set(options["prune"]["align"].values()) == {1} and options["format"] == "dense"
     assert report["units"]["latency"].startswith("ms")

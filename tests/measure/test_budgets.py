@@ -1,4 +1,4 @@
-"""Budgets: limits, rows, and the config that needs latency for a latency budget."""
+"""Budgets: limits and rows."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import math
 
 import pytest
 
-from compressor.commands.config import CompressConfig
 from compressor.measure.budgets import Budgets, Measured, evaluate
-from compressor.prune.config import PruneConfig
 
 
 @pytest.mark.parametrize("kwargs", [{"max_size": -1}, {"max_params": 1.5}, {"min_accuracy": 2},
@@ -18,10 +16,9 @@ def test_budgets_reject_impossible_limits(kwargs):
         Budgets(**kwargs)
 
 
-def test_a_latency_budget_needs_the_latency_measurement_at_its_batch():
-    with pytest.raises(ValueError, match="drop --no-latency"):
-        CompressConfig(PruneConfig(0.5), bench=None, budgets=Budgets(max_latency_ms=1.0))
+def test_only_set_budgets_count():
     assert not Budgets().any and Budgets(max_flops=0).any
+    assert Budgets(max_latency_ratio=1.1).needs_latency and not Budgets(max_size=1).needs_latency
 
 
 def test_limits_are_inclusive_and_only_set_budgets_get_rows():

@@ -11,7 +11,10 @@ from compressor.graph.capture import run_batched
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import FIRING, count_activations
 from compressor.io.data import DataSplits, Dataset
-from compressor.prune.config import Compensation, Criterion, FinetuneConfig, PruneConfig
+from compressor.measure.widths import WidthMultiple
+from compressor.plan import DataFacts, Options, model_facts, plan
+from compressor.prune.config import (CompensateConfig, Compensation, Criterion, FinetuneConfig,
+                                     PruneConfig, SelectConfig)
 from compressor.prune.lsq import ranks_by_error
 from compressor.prune.cycles import prune
 from compressor.prune.select import consumer_norms, unit_scores
@@ -81,7 +84,7 @@ def test_energy_is_rms_output_times_the_consumer_column_norm_relative_to_the_gro
     gm = graph_of(net, x[:2])
     groups = trace(gm).groups
     stats = count_activations(gm, groups, x)
-    scores = unit_scores(gm, groups, PruneConfig(0.5, criterion="energy"), stats=stats)
+    scores = unit_scores(gm, groups, SelectConfig("energy"), stats=stats)
     h = nn.GELU()(net[0](x)).detach().double()
     raw = (h ** 2).mean(0).sqrt() * net[2].weight.detach().double().norm(dim=0)
     torch.testing.assert_close(scores["0"], raw / raw.mean())
@@ -89,43 +92,40 @@ def test_energy_is_rms_output_times_the_consumer_column_norm_relative_to_the_gro
                                net[2].weight.detach().double().norm(dim=0))
 
 
-def test_auto_ranks_one_shot_by_error_where_one_linear_reads_each_layer():
+def _plan_for(gm, data=DataFacts(True, False), **options):
+    return plan(Options(0.5, **options), model_facts(gm, trace(gm)), data, _NoSteps())
+
+
+class _NoSteps:
+    def width_step(self, kernel):
+        return WidthMultiple(1, "measured", kernel)
+
+
+def test_one_shot_ranks_by_error_where_one_linear_reads_each_layer():
     x = torch.randn(300, 20)
     for act in (nn.ReLU, nn.SiLU):
         gm = graph_of(tiny(act), x[:2])
-        groups = trace(gm).groups
-        stats = count_activations(gm, groups, x)
-        auto = unit_scores(gm, groups, PruneConfig(0.5), stats=stats, x=x)
-        chosen = unit_scores(gm, groups, PruneConfig(0.5, criterion="error"), stats=stats, x=x)
-        assert all(torch.equal(auto[k], chosen[k]) for k in auto)
-        assert ranks_by_error(gm, groups)
-    one_shot = PruneConfig(0.5).resolved(channels=False, linear=True)
-    assert one_shot.criterion is Criterion.ERROR
+        assert ranks_by_error(gm, trace(gm).groups)
+        assert _plan_for(gm).prune.select.criterion is Criterion.ERROR
 
 
-def test_auto_ranks_by_l2_count_or_energy_when_fine_tuned_or_where_error_does_not_apply():
-    for relu, tuned in ((True, Criterion.L2), (False, Criterion.ENERGY)):
-        assert PruneConfig(0.5).resolved(channels=False, relu=relu, linear=True,
-                                         tuned=True).criterion is tuned
-    for relu, expected in ((True, Criterion.ACTIVATION), (False, Criterion.ENERGY)):
-        assert PruneConfig(0.5).resolved(channels=True, relu=relu).criterion is expected
-    assert PruneConfig(0.5, criterion="l2").resolved(channels=False, linear=True).criterion \
-        is Criterion.L2
-
-
-def _prune(net: nn.Module, **options):
+def _prune(net: nn.Module, method: Compensation):
     x = torch.randn(64, 20)
     gm = graph_of(net, x[:2])
-    return prune(gm, trace(gm), None, PruneConfig(0.3, criterion="l2", **options),
-                 FinetuneConfig(max_epochs=0))
+    config = PruneConfig(0.3, SelectConfig("l2"), CompensateConfig(method))
+    return prune(gm, trace(gm), None, config, FinetuneConfig(max_epochs=0))
 
 
 def test_merging_is_refused_where_it_is_not_exact_and_data_free_auto_does_not_merge():
+    gelu = graph_of(tiny(nn.GELU), torch.randn(2, 20))
     with pytest.raises(UsageError, match="merge is exact only for .* read through gelu"):
-        _prune(tiny(nn.GELU), compensate="merge")
-    assert _prune(tiny(nn.GELU)).cycles[0].merged == 0
-    assert _prune(tiny(nn.LeakyReLU)).cycles[0].merged > 0  # data-free auto: merge where exact
-    assert Compensation.AUTO.resolve(has_data=False, homogeneous=False) is Compensation.NONE
+        _plan_for(gelu, DataFacts(False), compensate="merge")
+    assert _plan_for(gelu, DataFacts(False)).prune.compensate.method is Compensation.NONE
+    leaky = graph_of(tiny(nn.LeakyReLU), torch.randn(2, 20))
+    assert _plan_for(leaky, DataFacts(False)).prune.compensate.method is Compensation.MERGE
+    # the stage merges only where merging is exact
+    assert _prune(tiny(nn.GELU), Compensation.MERGE).cycles[0].merged == 0
+    assert _prune(tiny(nn.LeakyReLU), Compensation.MERGE).cycles[0].merged > 0
 
 
 def test_merging_a_leaky_relu_unit_into_a_scaled_copy_is_exact():
@@ -172,11 +172,13 @@ class _Residual(nn.Module):
         return self.head(torch.relu(self.fc2(h) + h))
 
 
-def test_auto_falls_back_to_the_count_where_a_residual_join_reads_a_layer_twice():
+def test_a_residual_join_read_twice_is_ranked_by_firing_rate_in_one_shot():
     x = torch.randn(300, 20)
     gm = graph_of(_Residual(), x[:2])
     found = trace(gm)
     assert not ranks_by_error(gm, found.groups)
+    chosen = _plan_for(gm)
+    assert chosen.prune.select.criterion is Criterion.ACTIVATION
     result = prune(gm, found, DataSplits("random", Dataset(x), Dataset(x[:50]), None),
-                   PruneConfig(0.3), FinetuneConfig(max_epochs=0))
-    assert result.config.criterion is Criterion.ACTIVATION and result.cycles[0].removed > 0
+                   chosen.prune, chosen.finetune)
+    assert result.cycles[0].removed > 0

@@ -8,7 +8,7 @@ from compressor.graph.capture import get_tensor, run_batched
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
 from compressor.prune.compensate import compensate
-from compressor.prune.config import Compensation, PruneConfig
+from compressor.prune.config import CompensateConfig, Compensation
 from compressor.prune.lsq import ridge_solve
 from tests.helpers import graph_of, remove_units
 from tests.nets import tiny, with_dead_and_disconnected, with_duplicates
@@ -43,7 +43,7 @@ def test_mean_compensation_folds_the_mean_activation():
     stats = count_activations(gm, groups, x)
     hidden = torch.relu(net[0](x)).detach()
     expected_bias = net[2].bias.detach() + net[2].weight.detach()[:, 2] * hidden[:, 2].mean()
-    compensate(gm, groups, {"0": torch.tensor([2])}, PruneConfig(0.5, compensate="mean"),
+    compensate(gm, groups, {"0": torch.tensor([2])}, CompensateConfig("mean"),
                stats=stats)
     torch.testing.assert_close(get_tensor(gm, "p_2_bias").detach(), expected_bias)
 
@@ -73,7 +73,7 @@ def test_merge_adds_the_scaled_column_to_the_most_similar_kept_neuron():
         net[2].weight.copy_(torch.tensor([[10.0, 20.0, 30.0]]))
     gm = graph_of(net, torch.randn(2, 2))
     groups = trace(gm).groups
-    compensate(gm, groups, {"0": torch.tensor([2])}, PruneConfig(0.5, compensate="merge"))
+    compensate(gm, groups, {"0": torch.tensor([2])}, CompensateConfig("merge"))
     # unit 2 = 3 x unit 1: column 1 absorbs 3 x column 2
     assert get_tensor(gm, "p_2_weight").tolist() == [[10.0, 20.0 + 3 * 30.0, 0.0]]
 
@@ -120,23 +120,13 @@ def test_lsq_loses_less_than_mean_merge_or_plain_removal():
                                                  if m is not Compensation.LSQ)
 
 
-def test_auto_is_lsq_with_data_and_merge_without():
-    assert Compensation.AUTO.resolve(has_data=True) is Compensation.LSQ
-    assert Compensation.AUTO.resolve(has_data=False) is Compensation.MERGE
-    x = torch.randn(512, 20)
-    removed = {"0": torch.tensor([0, 2]), "2": NOTHING, "4": NOTHING}
-    auto = prune_and_run(tiny(), removed, Compensation.AUTO, x=x)[1]
-    lsq = prune_and_run(tiny(), removed, Compensation.LSQ, x=x)[1]
-    torch.testing.assert_close(auto, lsq)
-
-
 def test_methods_that_need_data_refuse_to_run_without_it():
     gm = graph_of(tiny(), torch.randn(2, 20))
     groups = trace(gm).groups
     removed = {g.name: NOTHING for g in groups}
     for mode in ("mean", "lsq"):
         with pytest.raises(ValueError, match="needs calibration data"):
-            compensate(gm, groups, removed, PruneConfig(0.5, compensate=mode))
+            compensate(gm, groups, removed, CompensateConfig(mode))
 
 
 def test_ridge_solve_matches_the_regularised_normal_equations():

@@ -14,7 +14,7 @@ from compressor.graph.groups import weight_count
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
 from compressor.prune.compensate import compensate
-from compressor.prune.config import Compensation, PruneConfig
+from compressor.prune.config import CompensateConfig, Compensation
 from compressor.prune.shrink import expand, shrink
 from tests.helpers import graph_of, remove_units
 from tests.nets import DenseBlock, Inception, InputSkip
@@ -106,7 +106,7 @@ def test_lsq_keeps_the_columns_of_the_other_groups_a_consumer_reads():
     groups = trace(gm).groups
     drop = {g.name: torch.tensor([0] if g.name == "b3" else [], dtype=torch.int64)
             for g in groups}
-    compensate(gm, groups, drop, PruneConfig(0.5, compensate=Compensation.LSQ), x=X)
+    compensate(gm, groups, drop, CompensateConfig(Compensation.LSQ), x=X)
     head = get_tensor(gm, "head_weight")
     assert bool((head[:, 4 * 36:5 * 36] == 0).all())  # b3's channel 0
     assert int((head.abs().sum(0) == 0).sum()) == 36  # and nothing else
@@ -119,7 +119,7 @@ def test_weight_count_of_a_shared_axis_is_what_shrinking_leaves():
     shapes = {la.weight: tuple(get_tensor(gm, la.weight).shape) for la in found.layers}
     sizes = {g.name: g.size - len(removed[g.name]) for g in found.groups}
     predicted = weight_count(shapes, list(found.groups), sizes)
-    compensate(gm, found.groups, removed, PruneConfig(0.5, compensate=Compensation.NONE))
+    compensate(gm, found.groups, removed, CompensateConfig(Compensation.NONE))
     shrink(gm, found.groups, removed)
     assert predicted == sum(get_tensor(gm, la.weight).numel() for la in found.layers)
 
@@ -128,7 +128,7 @@ def test_expand_is_the_exact_unpack_of_shrink_behind_cats():
     gm = graph_of(DenseBlock(), X[:2])
     original = trace(gm).groups
     removed = _units(gm, {"stem": [1], "l1": [0, 2], "l2": [1]})
-    compensate(gm, original, removed, PruneConfig(0.5, compensate=Compensation.NONE))
+    compensate(gm, original, removed, CompensateConfig(Compensation.NONE))
     with torch.no_grad():
         masked = gm(X)  # removed columns are zero now: what the shrunk model computes
     shrink(gm, original, removed)

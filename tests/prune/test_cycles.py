@@ -5,7 +5,7 @@ import torch
 
 from compressor.graph.trace import trace
 from compressor.io.data import DataSplits, Dataset
-from compressor.prune.config import FINAL_EPOCHS, FinetuneConfig, PruneConfig
+from compressor.prune.config import FinetuneConfig, PruneConfig
 from compressor.prune.cycles import prune, schedule
 from tests.conftest import labelled
 from tests.helpers import graph_of
@@ -26,61 +26,24 @@ def test_schedule_is_increasing_and_ends_at_the_target(cycles):
     assert all(a < b for a, b in zip(cumulative, cumulative[1:]))
 
 
-def _tuned_epochs(target: float = 0.4, **tuning) -> list[int]:
+def _tuned_epochs(**tuning) -> list[int]:
     """Epochs each cycle of a 3-cycle run on the tiny model fine-tuned (patience never hit)."""
     x, y = (torch.from_numpy(a) for a in labelled(600))
     gm = graph_of(tiny(), x[:2])
     splits = DataSplits("labelled", Dataset(x[:500], y[:500]), Dataset(x[500:], y[500:]), None)
-    result = prune(gm, trace(gm), splits, PruneConfig(target, cycles=3),
+    result = prune(gm, trace(gm), splits, PruneConfig(0.4, cycles=3),
                    FinetuneConfig(max_epochs=1, patience=100, **tuning))
     return [row.epochs for row in result.cycles]
 
 
-def test_the_last_of_several_cycles_fine_tunes_longer():
-    assert _tuned_epochs() == [1, 1, FINAL_EPOCHS]
-    assert _tuned_epochs(final_epochs=2) == [1, 1, 2]
-    assert FinetuneConfig(max_epochs=6, patience=3).last().patience == 9
+def test_the_last_of_several_cycles_fine_tunes_final_epochs():
+    assert _tuned_epochs(final_epochs=3) == [1, 1, 3]
+    assert _tuned_epochs() == [1, 1, 1]
 
 
-def test_the_last_cycle_fine_tunes_longer_still_at_a_high_target():
-    assert _tuned_epochs(0.95) == [1, 1, 3 * FINAL_EPOCHS]  # 5% left: 3 times longer
-    assert _tuned_epochs(0.95, final_epochs=2) == [1, 1, 2]  # what the user gives is kept
-
-
-def test_auto_alignment_uses_the_machine_step_only_for_layers_four_steps_wide():
-    from torch import nn
-
-    from compressor.prune.cycles import _alignment
-
-    net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 48),
-                        nn.ReLU(), nn.Linear(48, 4))
-    gm = graph_of(net, torch.rand(2, 1, 12, 12))
-    groups = trace(gm).groups
-    original = {g.name: g.size for g in groups}
-    config = PruneConfig(0.5, channel_multiple=16, linear_multiple=16)
-    assert _alignment(gm, groups, config, original) == {"0": 8, "2": 16, "5": 16, "7": 1}
-    exact = PruneConfig(0.5, channel_multiple=16, linear_multiple=1)
-    assert _alignment(gm, groups, exact, original)["5"] == 1
-    assert set(_alignment(gm, groups, PruneConfig(0.5, align=4), original).values()) == {4}
-
-
-def test_auto_alignment_weighs_conv_widths_by_the_time_they_take():
-    """With `--align auto` the last cycle's choice among conv widths sees the machine's conv
-    step (time model of conv groups only); with an explicit `--align N` it does not."""
-    from torch import nn
-
-    from compressor.prune.cycles import _step_time
-
-    net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(64 * 8 * 8, 48), nn.ReLU(), nn.Linear(48, 4))
-    gm = graph_of(net, torch.rand(2, 1, 12, 12))
-    found = trace(gm)
-    original = {g.name: g.size for g in found.groups}
-    time = _step_time(gm, found, found.groups, PruneConfig(0.5, channel_multiple=16), original)
-    assert time is not None and time.steps == {"0": 16, "2": 16}
-    assert _step_time(gm, found, found.groups, PruneConfig(0.5, align=8), original) is None
-    mlp = graph_of(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2)), torch.rand(2, 8))
-    mlp_found = trace(mlp)
-    assert _step_time(mlp, mlp_found, mlp_found.groups, PruneConfig(0.5),
-                      {g.name: g.size for g in mlp_found.groups}) is None
+def test_fine_tuning_without_labels_is_refused():
+    x = torch.from_numpy(labelled(100)[0])
+    gm = graph_of(tiny(), x[:2])
+    splits = DataSplits("unlabelled", Dataset(x[:80]), Dataset(x[80:]), None)
+    with pytest.raises(ValueError, match="labelled"):
+        prune(gm, trace(gm), splits, PruneConfig(0.4), FinetuneConfig(max_epochs=1))

@@ -10,7 +10,7 @@ from compressor.graph.trace import trace
 from compressor.io.data import DataSplits, Dataset
 from compressor.prune.config import FinetuneConfig, PruneConfig
 from compressor.prune.cycles import measure, prune
-from compressor.prune.factor import auto_rank, candidates, factor
+from compressor.prune.factor import candidates, factor
 from tests.conftest import labelled
 from tests.helpers import graph_of
 from tests.nets import tiny
@@ -72,27 +72,9 @@ def test_pruning_a_factored_model_counts_the_target_from_the_input_model():
     found = trace(gm)
     start = 1 - measure(gm, found, config) / dense  # what factoring removed: 432 of 1856
     splits = DataSplits("labelled", Dataset(x[:500], y[:500]), Dataset(x[500:], y[500:]), None)
-    result = prune(gm, found, splits, config, FinetuneConfig(max_epochs=1), reference=dense)
+    result = prune(gm, found, splits, config, FinetuneConfig(max_epochs=1, final_epochs=1),
+                   reference=dense)
     assert [row.target for row in result.cycles][-1] == pytest.approx(0.6)
     assert start == pytest.approx(432 / 1856) and result.cycles[0].target > start
     assert 1 - measure(gm, found, config) / dense == pytest.approx(0.6, abs=0.03)
     assert gm(x[:3]).shape == (3, 4)
-
-
-PAPER_MLP = 320_700  # weights
-
-
-@pytest.mark.parametrize("out, inputs, target, step, rank", [
-    (300, 784, 0.95, 1, 12),    # the paper MLP at 95%, widths exact
-    (300, 784, 0.85, 1, 36),
-    (300, 784, 0.85, 16, 32),   # in the Gemm's steps of 16
-    (300, 784, 0.9, 16, 16),    # 24: rounded down, never up (the factor is most weights)
-    (300, 784, 0.95, 16, 16),   # below one step: one step, 12,544 of the 16,035 weights left
-    (300, 784, 0.98, 16, 5),    # one step would be twice the 6,414 left: exact
-    (48, 784, 0.5, 16, 19),     # too narrow for steps: exact
-    (300, 784, 0.5, 1, 120),
-    (32, 20, 0.5, 1, None),     # inputs not 4 x the rank: factoring cannot pay
-    (50, 784, 0.95, 1, None),   # rank below 4
-])
-def test_auto_rank(out, inputs, target, step, rank):
-    assert auto_rank(out, inputs, target, step, round((1 - target) * PAPER_MLP)) == rank

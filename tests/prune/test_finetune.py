@@ -79,13 +79,13 @@ def test_a_goal_stops_training_at_the_first_epoch_that_reaches_it(monkeypatch):
 
 
 def test_recover_trains_every_cycle_but_the_last_until_the_goal():
-    tuning = FinetuneConfig(max_epochs=6, patience=3, recover=0.5)
-    assert tuning.cycle(1, 5, 0.9) == (FinetuneConfig(max_epochs=18, patience=3, recover=0.5),
-                                       0.9 - 0.005)
+    tuning = FinetuneConfig(max_epochs=6, patience=3, recover=0.5, final_epochs=18)
+    assert tuning.cycle(1, 5, 0.9) == (FinetuneConfig(max_epochs=18, patience=3, recover=0.5,
+                                                      final_epochs=18), 0.9 - 0.005)
     last, goal = tuning.cycle(5, 5, 0.9)
     assert (last.max_epochs, last.patience, goal) == (18, 9, None)  # as without --recover
     assert tuning.cycle(1, 1, 0.9) == (tuning, None)  # one cycle: it is the last
-    plain = FinetuneConfig(max_epochs=6)
+    plain = FinetuneConfig(max_epochs=6, final_epochs=18)
     assert plain.cycle(1, 5, 0.9) == (plain, None)
     assert plain.cycle(5, 5, 0.9) == (plain.last(), None)
 

@@ -13,9 +13,8 @@ from compressor.export.verify import verify
 from compressor.graph.capture import get_tensor
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
-from compressor.prune.config import Compensation, PruneConfig
-from compressor.prune.cycles import prune
-from compressor.prune.config import FinetuneConfig
+from compressor.prune.config import Compensation
+from compressor.plan import DataFacts, Options, ThisMachine, model_facts, plan
 from tests.helpers import graph_of, remove_units
 from tests.nets import PreActDense, PreActResidual
 
@@ -101,6 +100,6 @@ def test_lsq_makes_up_for_live_preactivation_units_and_the_file_matches(net):
 
 def test_merging_through_an_unfolded_batchnorm_is_refused_with_the_reason():
     gm = graph_of(PreActDense().eval(), X[:2])
-    with pytest.raises(UsageError, match="read through an unfolded BatchNorm"):
-        prune(gm, trace(gm), None, PruneConfig(0.3, compensate=Compensation.MERGE),
-              FinetuneConfig(max_epochs=0))
+    with pytest.raises(UsageError, match="read through .*BatchNorm"):
+        plan(Options(0.3, compensate="merge"), model_facts(gm, trace(gm)), DataFacts(False),
+             ThisMachine())

@@ -15,7 +15,8 @@ from compressor.graph.count import weights
 from compressor.graph.trace import trace
 from compressor.io.data import Dataset, DataSplits
 from compressor.prune.calibrate import count_activations
-from compressor.prune.config import Compensation, Criterion, FinetuneConfig, PruneConfig
+from compressor.prune.config import (CompensateConfig, Compensation, Criterion, FinetuneConfig,
+                                     PruneConfig, SelectConfig)
 from compressor.prune.cycles import prune
 from compressor.runtime import session
 from models.mlp import mlp
@@ -73,9 +74,9 @@ def pruned(net, x, target, compensation):
     """`net` pruned one shot to `target` (None when the target is out of reach)."""
     gm = graph_of(net, x[:2])
     found = trace(gm)
-    config = PruneConfig(target, criterion=Criterion.L1, compensate=compensation)
+    config = PruneConfig(target, SelectConfig(Criterion.L1), CompensateConfig(compensation))
     splits = None  # data-free, unless the compensation needs data (unlabelled: one shot)
-    if compensation.resolve(has_data=True).needs_data:
+    if compensation.needs_data:
         splits = DataSplits("x", Dataset(x), Dataset(x[:50]), None)
     before = weights(gm, found)
     try:

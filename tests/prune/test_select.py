@@ -8,7 +8,7 @@ import torch
 
 from compressor.errors import NothingToPruneError
 from compressor.graph.groups import PrunableGroup, Slice, weight_count
-from compressor.prune.config import Scope
+from compressor.prune.config import SelectConfig, Scope
 from compressor.prune.select import Budget, select
 
 
@@ -87,7 +87,6 @@ def test_unreachable_target_is_a_clear_error():
 
 def test_norm_criteria_score_the_weight_and_bias_row_relative_to_its_layer():
     from compressor.graph.trace import trace
-    from compressor.prune.config import PruneConfig
     from compressor.prune.select import unit_scores
     from tests.helpers import graph_of
     from tests.nets import tiny
@@ -96,13 +95,13 @@ def test_norm_criteria_score_the_weight_and_bias_row_relative_to_its_layer():
     gm = graph_of(net, torch.randn(2, 20))
     groups = trace(gm).groups
     row = torch.cat([net[0].weight, net[0].bias[:, None]], dim=1).detach().double()
-    l1 = unit_scores(gm, groups, PruneConfig(0.5, criterion="l1"))
-    l2 = unit_scores(gm, groups, PruneConfig(0.5, criterion="l2"))
+    l1 = unit_scores(gm, groups, SelectConfig("l1"))
+    l2 = unit_scores(gm, groups, SelectConfig("l2"))
     torch.testing.assert_close(l1["0"], row.abs().sum(1) / row.abs().sum(1).mean())
     torch.testing.assert_close(l2["0"], row.norm(dim=1) / row.norm(dim=1).mean())
     for criterion in ("activation", "error"):
         with pytest.raises(ValueError, match="needs calibration data"):
-            unit_scores(gm, groups, PruneConfig(0.5, criterion=criterion))
+            unit_scores(gm, groups, SelectConfig(criterion))
 
 
 def test_equal_scores_are_removed_in_graph_order():

@@ -12,7 +12,7 @@ from compressor.graph.count import weights
 from compressor.graph.trace import trace
 from compressor.io.data import Dataset
 from compressor.prune.calibrate import count_activations
-from compressor.prune.config import FinetuneConfig, Method, PruneConfig, Scope
+from compressor.prune.config import CompensateConfig, FinetuneConfig, Method, Scope
 from compressor.prune.finetune import finetune
 from compressor.prune.shrink import expand
 from compressor.prune.sparsify import (
@@ -96,7 +96,7 @@ def test_harvest_removes_neurons_without_inputs_or_outputs_and_changes_no_output
     c[:, 5] = 0  # neuron 5 of layer 1: no outgoing weights
     set_tensor(gm, g1.consumers[0].param, c)
     before = run_batched(gm, x)
-    groups, removed = harvest(gm, found.groups, PruneConfig(target=0.5))
+    groups, removed = harvest(gm, found.groups)
     assert removed[g0.name].tolist() == [3, 7] and removed[g1.name].tolist() == [5]
     assert groups[0].size == g0.size - 2 and groups[1].size == g1.size - 1
     assert torch.allclose(run_batched(gm, x), before, atol=1e-5)
@@ -124,7 +124,7 @@ def test_expand_is_the_exact_unpack_of_shrink(removed):
     original = found.groups
     drop = {g.name: torch.tensor(removed if i == 0 else [], dtype=torch.int64)
             for i, g in enumerate(original)}
-    compensate(gm, original, drop, PruneConfig(target=0.5, compensate="none"))
+    compensate(gm, original, drop, CompensateConfig("none"))
     small = shrink(gm, original, drop)
     kept = {g.name: torch.tensor([u for u in range(g.size) if u not in drop[g.name].tolist()])
             for g in original}

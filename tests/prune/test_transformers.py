@@ -10,7 +10,7 @@ import torch
 import compressor
 from compressor.graph.trace import trace
 from compressor.prune.calibrate import count_activations
-from compressor.prune.config import CNN_SCHEDULE
+from compressor.plan.rules import CNN_SCHEDULE
 from tests.helpers import graph_of
 from tests.nets import ClassToken, TinyMixer, TinyTransformer, tiny_swiglu, torch_encoder
 
@@ -89,8 +89,8 @@ def test_layers_concatenated_along_the_tokens_are_one_group():
     x = _tokens(400)
     with torch.no_grad():
         y = net(x).argmax(1)
-    report = compressor.compress(net, 0.3, data=(x, y), latency=False, max_epochs=0).report
-    assert report.parity_max_abs_diff <= 1e-4 and report.reduction >= 0.3
+    report = compressor.compress(net, 0.3, data=(x, y), latency=False, epochs=0).report
+    assert report.parity.max_abs_diff <= 1e-4 and report.reduction >= 0.3
 
 
 def test_every_token_is_counted_as_a_sample():
@@ -121,12 +121,12 @@ def test_pruned_transformers_export_verify_and_keep_what_they_learned(make, comp
         y = net(x).argmax(1)
         before = net.state_dict()["head.weight" if make is not torch_encoder else "3.weight"]
         before = before.clone()
-    result = compressor.compress(net, 0.3, data=(x, y), latency=False, max_epochs=0,
+    result = compressor.compress(net, 0.3, data=(x, y), latency=False, epochs=0,
                                  compensate=compensate)
     report = result.report
     assert 0.3 <= report.reduction <= 0.34
-    assert report.parity_max_abs_diff <= 1e-4
-    assert report.accuracy_after >= 0.9  # the labels are the dense model's own predictions
+    assert report.parity.max_abs_diff <= 1e-4
+    assert report.accuracy.after >= 0.9  # the labels are the dense model's own predictions
     ffn = next(layer for layer in report.layers if layer.note == "pruned")
     assert ffn.out_after < ffn.out_before
     with torch.no_grad():

@@ -47,7 +47,7 @@ def test_traced_spectra_are_in_the_report_and_plotted(run_cli, tiny_files):
     assert len(after[first["name"]]) == min(first["out_after"], first["in_after"])
     assert after[first["name"]] == sorted(after[first["name"]], reverse=True)
     _assert_picture(plots / "spectra_cycles.png")
-    assert report["options"]["prune"]["trace_spectra"] is True
+    assert report["plan"]["config"]["prune"]["trace_spectra"] is True
 
 
 def test_analyze_writes_spectra_heatmaps_and_firing_rates(run_cli, tiny_files):

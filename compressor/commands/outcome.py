@@ -1,0 +1,38 @@
+"""What one `compress` run produced, from the input model to the file that is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from ..export.pack import Packed
+from ..graph.trace import Trace
+from ..io.data import DataSplits
+from ..io.inputs import InputLayout
+from ..plan import Plan
+from ..prune.cycles import Pruned
+from ..prune.factor import Factored
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run produced, from the input model to the file that is written."""
+
+    model_format: str
+    splits: DataSplits | None
+    probe: torch.Tensor  # inputs for parity and latency: held-back data, or random
+    layout: InputLayout  # how the data was shaped for the model
+    plan: Plan
+    dense: fx.GraphModule
+    dense_found: Trace  # the input model's trace
+    onnx_dense: bytes
+    pruned_gm: fx.GraphModule
+    found: Trace  # the pruned model's (its layers changed where factoring split some)
+    pruned: Pruned
+    onnx_pruned: bytes  # float32, zeros kept
+    packed: Packed  # what is written
+    parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
+    packed_diff: float | None = None  # max |packed - float32| (int8 and low-rank files)
+    factored: tuple[Factored, ...] = ()  # layers factored before pruning
