@@ -30,8 +30,10 @@ demo: setup
 	$(VENV)/bin/compress models/paper_mlp.pt --arch models.mlp:paper_mlp \
 		--target 0.85 --data fashion-mnist -o build/paper_mlp.compressed.onnx
 
+# Two test processes on the two cores, one torch thread each (two threads each would fight
+# over the cores).
 test: setup
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
 
 # benchmarks/results.md (compress with fine-tuning), benchmarks/schedule.md (fixed epochs or
 # --recover, 3 seeds; about 15 minutes), benchmarks/one_shot.md (no fine-tuning),

@@ -110,7 +110,7 @@ def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None,
     nodes named `nodes` (default all); with `calibration` inputs, static QDQ quantization of
     the Conv nodes first (per-channel QInt8 weights, QUInt8 activations, MinMax ranges on the
     calibration inputs), except a conv that reads the model's input: quantizing raw pixels
-    cost the example ResNet 3 points (85.98% vs 88.73% with it kept float32; float 88.94%).
+    costs accuracy (measured in docs/formats.md).
     Sparse initializers are densified first."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, \
         quantize_static

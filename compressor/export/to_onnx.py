@@ -39,9 +39,9 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
 
 @contextlib.contextmanager
 def _registry_built_once() -> Iterator[None]:
-    """Build torch.onnx's operator registry once per process instead of on every export (about
-    1.3 s of each export here). An export only reads the registry unless a custom translation
-    table is given, which compressor never does. This patches a private torch API for the
+    """Build torch.onnx's operator registry once per process instead of on every export (where
+    most of a small model's export time goes). An export only reads the registry unless a
+    custom translation table is given, which compressor never does. This patches a private torch API for the
     duration of the export; where that API is missing, exports run as they always do."""
     try:
         from torch.onnx._internal.exporter._registration import ONNXRegistry

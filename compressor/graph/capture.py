@@ -193,7 +193,7 @@ def set_tensor(gm: fx.GraphModule, name: str, value: torch.Tensor) -> None:
     """Replace a parameter or buffer by a new tensor (of any shape).
 
     Conv kernels are kept channels-last: torch's CPU convolutions then run in NHWC whatever the
-    input's layout, 1.5-1.6x faster for the example CNNs (counting, refits, fine-tuning)."""
+    input's layout, which is faster on the CPU for counting, refits and fine-tuning."""
     value = value.detach()
     value = value.contiguous(memory_format=torch.channels_last) if value.ndim == 4 else \
         value.contiguous()

@@ -2,9 +2,8 @@
 per CPU and onnxruntime version in the user's cache directory.
 
 onnxruntime runs convolutions in a blocked layout (NCHWc) whose block is the CPU's vector width
-in floats, so a convolution's time grows in steps: on an AVX-512 machine a 3x3 convolution with
-40, 44 or 48 channels in and out took the same 1.6 ms, and 52 to 64 channels 2.7 ms. Its Gemm
-packs the weights in panels of columns, with steps of its own. A width between two steps pays
+in floats, so a convolution's time grows in steps of that many channels. Its Gemm packs the
+weights in panels of columns, with steps of its own. A width between two steps pays
 for the next one. The probe times the kernel at widths 36 to 100 and finds the step that
 explains the times best; a step is used and cached once two probes agree on it."""
 
@@ -44,12 +43,6 @@ class Kernel(str, Enum):
     GEMM = "gemm out"
 
     @property
-    def default(self) -> int:
-        """The multiple where timing is not decisive: 8 for conv channels (the AVX2 block of
-        the conv layout), 1 (exact widths) for Linear layers."""
-        return 8 if self is Kernel.CONV else 1
-
-    @property
     def power(self) -> int:
         """How the probe's cost grows with the padded width: both conv channel counts move;
         one Gemm dimension per layer moves."""
@@ -58,18 +51,18 @@ class Kernel(str, Enum):
 
 @dataclass(frozen=True)
 class WidthMultiple:
-    """What `--align auto` rounds a kind of layer to, and how that was found."""
+    """The step a kind of kernel runs in on this machine, and how that was found."""
 
-    multiple: int
-    how: str  # "measured", "cached" or "default" (the probe was not decisive)
+    multiple: int | None  # None: the timing was not decisive
+    how: str  # "measured", "cached" or "undecided"
     kernel: Kernel = Kernel.CONV
 
-    def describe(self) -> str:
-        """One phrase for the report."""
+    def describe(self, fallback: int = 1) -> str:
+        """One phrase for the report (`fallback`: the multiple used where undecided)."""
         what, op, unit = ("conv channels", "convolutions", "channels") \
             if self.kernel is Kernel.CONV else ("wide Linear layers", "Gemm", "columns")
-        if self.how == "default":
-            kept = f"in multiples of {self.multiple}" if self.multiple > 1 else "exact"
+        if self.multiple is None:
+            kept = f"in multiples of {fallback}" if fallback > 1 else "exact"
             return (f"{what} {kept} (timing onnxruntime's {op} on this CPU was not decisive)")
         when = "measured now" if self.how == "measured" else "measured before"
         if self.multiple == 1:
@@ -90,7 +83,8 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
         probe: milliseconds of the kernel per width (default: `probe_conv` / `probe_gemm`).
 
     Returns:
-        The multiple and whether it was measured now, read from the cache, or the default.
+        The multiple and whether it was measured now or read from the cache; None where the
+        timing was not decisive.
     """
     path = cache or _cache_file()
     key = f"{kernel.value} on {machine_key()}"
@@ -101,7 +95,7 @@ def preferred_multiple(kernel: Kernel, *, cache: Path | None = None,
     chosen = agreed(choose_multiple(WIDTHS, measure(WIDTHS), power=kernel.power)
                     for _ in range(PROBES))
     if chosen is None:
-        return WidthMultiple(kernel.default, "default", kernel)
+        return WidthMultiple(None, "undecided", kernel)
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
@@ -114,9 +108,8 @@ def agreed(answers: Iterable[int | None]) -> int | None:
     """The first answer that AGREE probes gave, reading no more answers than it needs; None
     (nothing to cache) where no answer is given that often, or where the agreed answer is None.
 
-    One probe's answer turns on the few widths a busy moment slowed: on an AVX2 AMD EPYC whose
-    Gemm steps by 8 a single probe said 8 about two times in three, otherwise 16 or 1. An answer
-    is cached for good, so it has to be one that repeats."""
+    One probe's answer turns on the few widths a busy moment slowed, and an answer is cached
+    for good, so it has to be one that repeats."""
     seen: list[int | None] = []
     for answer in answers:
         seen.append(answer)
@@ -160,8 +153,8 @@ def probe_gemm(widths: Sequence[int], *, batch: int = 256, features: int = 512) 
     """Milliseconds of Gemm(features -> w) and ReLU at `batch`, for each w, one onnxruntime
     thread, timed in interleaved rounds. Only the output width is varied: a layer's width is
     its own Gemm's output (N, where the kernel packs weight columns in panels) and the next
-    Gemm's inner dimension (K, which on the AVX-512 Xeon of the tests grew smoothly; timing both
-    at once, as a pair 256 -> w -> 256, hid the steps of N under K's slope)."""
+    Gemm's inner dimension (K, whose time grows smoothly; timed as a pair 256 -> w -> 256, K's
+    slope hides the steps of N)."""
     generator = np.random.default_rng(0)
     return _time([(_gemm_model(w, features, generator), (batch, features)) for w in widths])
 

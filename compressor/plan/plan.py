@@ -8,14 +8,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
+import compressor.plan.rules as rules  # `from . import rules` would import the package itself
+
 from ..errors import OptionError
 from ..export.pack import Format
 from ..measure.budgets import Budgets
 from ..measure.latency import BenchConfig
 from ..prune.config import (CALIBRATION_BATCH, CompensateConfig, Compensation, Criterion,
                             FinetuneConfig, Method, Of, PruneConfig, Score, SelectConfig)
-import compressor.plan.rules as rules
-
 from .facts import DataFacts, Machine, ModelFacts
 from .options import Options
 

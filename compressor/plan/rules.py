@@ -19,7 +19,7 @@ LONGER_ABOVE = 0.85  # ... and past this target longer still, in proportion to w
 LONGER_MAX = 3  # at most this many times more
 AVERAGE_EPOCHS = 1.2  # the weight average of MLP fine-tuning spans this many epochs
 STEPS_WIDE = 4  # a layer is aligned to its kernel's step when it is this many steps wide
-CONV_ALIGN = 8  # conv channels of narrower layers (the AVX2 block of the blocked conv layout)
+CONV_ALIGN = 8  # conv channels of narrow layers (the AVX2 block of the blocked conv layout)
 WIDE_LINEAR = 16  # a Linear group this wide (4 steps of 4) asks for the Gemm's step
 FACTOR_SHARE = 0.8  # auto factor rank: this share of the units the target leaves a layer
 MIN_RANK = 4
@@ -160,14 +160,17 @@ def align(options: Options, model: ModelFacts,
     conv = machine.width_step(Kernel.CONV) if model.channels else None
     wide = any(not g.conv and g.width >= WIDE_LINEAR for g in model.groups)
     gemm = machine.width_step(Kernel.GEMM) if wide else None
+    conv_step = (conv.multiple or CONV_ALIGN) if conv else CONV_ALIGN  # undecided: the block
+    gemm_step = (gemm.multiple or 1) if gemm else 1  # undecided: exact widths
     multiples, narrow = {}, []
     for g in model.groups:
-        step = (conv.multiple if g.conv else gemm.multiple if gemm else 1)
+        step = conv_step if g.conv else gemm_step
         multiples[g.name] = step if g.width >= STEPS_WIDE * step else \
             min(step, CONV_ALIGN) if g.conv else 1
         narrow += [g.name] if step > 1 and g.width < STEPS_WIDE * step else []
-    steps = {g.name: conv.multiple for g in model.groups if g.conv} if conv else {}
-    why = "; ".join(found.describe() for found in (conv, gemm) if found) or \
+    steps = {g.name: conv_step for g in model.groups if g.conv} if conv else {}
+    why = "; ".join(found.describe(fallback) for found, fallback in
+                    ((conv, CONV_ALIGN), (gemm, 1)) if found) or \
         "no Linear layer wide enough for the Gemm's steps"
     if narrow:
         why += f"; layers under {STEPS_WIDE} steps wide in multiples of {CONV_ALIGN} (conv) " \
@@ -191,7 +194,7 @@ def linear_step(options: Options, model: ModelFacts, machine: Machine) -> int:
     if options.given("align"):
         return options.align
     wide = any(not g.conv and g.width >= WIDE_LINEAR for g in model.groups)
-    return machine.width_step(Kernel.GEMM).multiple if wide else 1
+    return (machine.width_step(Kernel.GEMM).multiple or 1) if wide else 1
 
 
 def auto_rank(out_features: int, in_features: int, target: float, step: int = 1,

@@ -76,12 +76,12 @@ def test_a_decisive_measurement_is_cached_and_read_back_without_timing(tmp_path)
     assert calls == [WIDTHS, WIDTHS]  # two probes that agree, then never again
 
 
-def test_an_undecided_measurement_uses_the_default_and_caches_nothing(tmp_path):
+def test_an_undecided_measurement_says_so_and_caches_nothing(tmp_path):
     cache = tmp_path / "widths.json"
     noise = list(np.random.default_rng(3).random(len(WIDTHS)))
     flat = preferred_multiple(CONV, cache=cache, probe=lambda widths: noise)
-    assert flat == WidthMultiple(8, "default") and not cache.exists()
-    assert "not decisive" in flat.describe()
+    assert flat == WidthMultiple(None, "undecided") and not cache.exists()
+    assert "conv channels in multiples of 8 (timing" in flat.describe(8)
 
 
 def test_a_broken_cache_file_is_measured_over(tmp_path):
@@ -107,7 +107,7 @@ def test_undecided_gemm_timing_keeps_linear_widths_exact_and_caches_nothing(tmp_
     cache = tmp_path / "w.json"
     noise = list(np.random.default_rng(2).random(len(WIDTHS)))
     flat = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda w: noise)
-    assert flat == WidthMultiple(1, "default", Kernel.GEMM) and not cache.exists()
+    assert flat == WidthMultiple(None, "undecided", Kernel.GEMM) and not cache.exists()
     assert "wide Linear layers exact (timing" in flat.describe()
 
 
@@ -144,8 +144,8 @@ def test_a_probe_that_disagrees_is_outvoted_and_only_the_agreed_step_is_cached(t
     assert json.loads(cache.read_text()) == {f"conv on {machine_key()}": 8}
 
 
-def test_three_probes_that_all_differ_use_the_default_and_cache_nothing(tmp_path):
+def test_three_probes_that_all_differ_decide_nothing_and_cache_nothing(tmp_path):
     cache = tmp_path / "widths.json"
     probes = iter([_staircase(16), _staircase(8), _staircase(32)])
     found = preferred_multiple(Kernel.GEMM, cache=cache, probe=lambda widths: next(probes))
-    assert found == WidthMultiple(1, "default", Kernel.GEMM) and not cache.exists()
+    assert found == WidthMultiple(None, "undecided", Kernel.GEMM) and not cache.exists()

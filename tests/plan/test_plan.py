@@ -231,3 +231,13 @@ def test_single_weights_get_a_method_and_no_unit_choices():
     assert _chosen(result, "method") is Method.ACTIVATION
     assert result.decision("criterion") is None and result.decision("align") is None
     assert _chosen(_plan(score="neurons-weights", data=NONE), "method") is Method.MAGNITUDE
+
+
+def test_an_undecided_timing_keeps_conv_channels_in_the_block_and_linear_widths_exact():
+    class Undecided:
+        def width_step(self, kernel):
+            return WidthMultiple(None, "undecided", kernel)
+
+    result = _plan(model=CNN, machine=Undecided())
+    assert dict(result.prune.align) == {"0": 8, "2": 8, "5": 1, "7": 1}
+    assert "not decisive" in result.decision("align").reason
