@@ -26,7 +26,7 @@ from .commands.check import check as check_file
 from .commands.compress import prepared, run
 from .commands.summary import summarize
 from .errors import DataError, UsageError
-from .io.data import DataSplits, Dataset, load_data, split, validate
+from .io.data import Dataset, DataSplits, load_data, split, validate
 from .io.files import write_atomic
 from .io.inputs import fit_data, random_inputs
 from .io.load import LoadedModel, ModelFormat

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from ..commands.compress import Paths, compress
 from ..export.pack import Format
 from ..plan import DEFAULTS, Options
-from ..prune.config import Compensation, Criterion, Method, Of, Score, Scope
+from ..prune.config import Compensation, Criterion, Method, Of, Scope, Score
 from ..report.check import CheckResult, format_check
 from ..report.compress import format_table
 from .common import broken, flag_names, run_library, with_flags
@@ -115,8 +115,8 @@ def _choices(enum) -> click.Choice:
               help="Which of several outputs are the logits.")
 @click.option("--trust-pickle", is_flag=True,
               help="Load a pickled module (runs the file's code).")
-@click.option("--threads", type=click.IntRange(1, 256), default=DEFAULTS["threads"],
-              show_default=True, help="onnxruntime threads for latency and kernel choices.")
+@click.option("--threads", type=click.IntRange(1, 256), metavar="N",
+              help="Threads of torch and onnxruntime [torch: the free cores; onnxruntime: 1]")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True,
               help="Seed of data splits and fine-tuning.")

@@ -9,10 +9,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..io.files import files_in, write_atomic
 from ..measure.latency import timings
 from ..measure.memory import peak_memory_mb
 from ..measure.onnx_file import flops_per_sample, load_onnx, random_input
-from ..io.files import files_in, write_atomic
 from ..report.bench import BenchResult, BenchRow
 from ..report.plots import bench_plots, require_matplotlib
 from ..runtime import SparseModel

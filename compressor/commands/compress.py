@@ -20,6 +20,7 @@ from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
 from ..graph.capture import capture, run_batched
 from ..graph.trace import Trace, trace
+from ..io.cores import kept_to_free_cores
 from ..io.data import DataSplits, load_data, normalized
 from ..io.files import check_output, files_in, write_atomic
 from ..io.inputs import PARITY_SAMPLES, InputLayout, example, fit_data, random_inputs
@@ -126,27 +127,28 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     log("plan: " + ", ".join(f"{d.option} {d.shown()}" for d in chosen.decisions))
     for warning in chosen.warnings:
         log(f"warning: {warning}")
-    teacher = None
-    if chosen.tuned and chosen.finetune.distill:
-        log(f"computing the input model's logits on {len(splits.train):,} training samples "
-            "(for distillation)")
-        teacher = run_batched(dense, splits.train.x, device=chosen.prune.device)
-    dense_found, reference = found, None
-    factored = _factored(gm, found, splits, chosen, teacher, log)
-    if factored:
-        reference = measure(dense, dense_found, chosen.prune)
-        found = trace(gm)
-    pruned = prune(gm, found, splits, chosen.prune, chosen.finetune, teacher=teacher, log=log,
-                   progress=progress, reference=reference)
-    log("exporting ONNX and verifying it in onnxruntime")
-    onnx_pruned = to_onnx(gm, sample)
-    parity_x = probe[:PARITY_SAMPLES]
-    diff = verify(onnx_pruned, gm, parity_x, tolerance=PARITY_TOLERANCE)
-    calibration = (splits.train.x if splits else probe)[:INT8_CALIBRATION]
-    packed, packed_diff = _pack(onnx_pruned, gm, parity_x, chosen, log, calibration)
+    with kept_to_free_cores(chosen.torch_threads) as threads:
+        teacher = None
+        if chosen.tuned and chosen.finetune.distill:
+            log(f"computing the input model's logits on {len(splits.train):,} training "
+                "samples (for distillation)")
+            teacher = run_batched(dense, splits.train.x, device=chosen.prune.device)
+        dense_found, reference = found, None
+        factored = _factored(gm, found, splits, chosen, teacher, log)
+        if factored:
+            reference = measure(dense, dense_found, chosen.prune)
+            found = trace(gm)
+        pruned = prune(gm, found, splits, chosen.prune, chosen.finetune, teacher=teacher,
+                       log=log, progress=progress, reference=reference)
+        log("exporting ONNX and verifying it in onnxruntime")
+        onnx_pruned = to_onnx(gm, sample)
+        parity_x = probe[:PARITY_SAMPLES]
+        diff = verify(onnx_pruned, gm, parity_x, tolerance=PARITY_TOLERANCE)
+        calibration = (splits.train.x if splits else probe)[:INT8_CALIBRATION]
+        packed, packed_diff = _pack(onnx_pruned, gm, parity_x, chosen, log, calibration)
     return Outcome(model.format.value, splits, probe, layout, chosen, dense, dense_found,
                    to_onnx(dense, sample), gm, found, pruned, onnx_pruned, packed,
-                   (diff, int(parity_x.shape[0])), packed_diff, tuple(factored))
+                   (diff, int(parity_x.shape[0])), packed_diff, tuple(factored), threads)
 
 
 def _factored(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, chosen: Plan,
@@ -223,7 +225,7 @@ def _pack(onnx_pruned: bytes, gm: fx.GraphModule, x: torch.Tensor, chosen: Plan,
         f" (measuring kernels at batch {chosen.batch})"
         if chosen.format in (Format.CSR, Format.AUTO) else ""))
     packed = pack_onnx(onnx_pruned, chosen.format, batch=chosen.batch,
-                       threads=chosen.threads, calibration=calibration.numpy(),
+                       threads=chosen.onnx_threads, calibration=calibration.numpy(),
                        energy=chosen.rank_energy)
     return packed, verify_packed(packed, gm, x, tolerance=PARITY_TOLERANCE)
 
@@ -235,7 +237,7 @@ def _variants(folder: Path, run: Outcome) -> dict[Path, bytes]:
     masked = expand(run.found.groups, run.pruned_gm, kept)
     chosen = run.plan
     blobs = variants(run.onnx_dense, run.onnx_pruned, masked, run.pruned_gm, sample, x,
-                     batch=chosen.batch, threads=chosen.threads,
+                     batch=chosen.batch, threads=chosen.onnx_threads,
                      tolerance=PARITY_TOLERANCE, energy=chosen.rank_energy)
     return files_in(folder, {f"{name}.onnx": blob for name, blob in blobs.items()},
                     option="--variants")

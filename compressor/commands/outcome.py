@@ -9,6 +9,7 @@ from torch import fx
 
 from ..export.pack import Packed
 from ..graph.trace import Trace
+from ..io.cores import ThreadUse
 from ..io.data import DataSplits
 from ..io.inputs import InputLayout
 from ..plan import Plan
@@ -36,3 +37,4 @@ class Outcome:
     parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
     packed_diff: float | None = None  # max |packed - float32| (int8 and low-rank files)
     factored: tuple[Factored, ...] = ()  # layers factored before pruning
+    threads: ThreadUse | None = None  # torch's threads during the run

@@ -24,15 +24,28 @@ from ..graph.count import flops, weights
 from ..graph.trace import Trace
 from ..io.inputs import InputLayout
 from ..measure.budgets import BudgetRow, Measured, evaluate, measure_file, share_equal
-from ..measure.latency import latencies_ms
+from ..measure.latency import compared_ms
 from ..measure.onnx_file import flops_per_sample
 from ..plan import Plan
 from ..prune.calibrate import ActivationStats
 from ..prune.config import Compensation, Score
 from ..prune.factor import Factored
 from ..prune.finetune import accuracy
-from ..report.compress import (Accuracy, LayerRow, Latency, ModelInput, Parity, PlanRow, Report,
-                               Settings, Sizes, Source, Storage, Timing)
+from ..report.compress import (
+    Accuracy,
+    Latency,
+    LayerRow,
+    ModelInput,
+    Parity,
+    PlanRow,
+    Report,
+    Settings,
+    Sizes,
+    Source,
+    Storage,
+    Threads,
+    Timing,
+)
 from ..runtime import SparseModel, session
 from .outcome import Outcome
 
@@ -68,9 +81,12 @@ def summarize(run: Outcome, *, model: str, data: str | None, output: str, report
     timing = Timing(chosen.bench.threads, _latencies(run.onnx_dense, run.packed,
                                                      run.probe[:256], chosen)) \
         if chosen.bench else None
+    used = run.threads
+    threads = None if used is None else Threads(used.fixed, used.least, used.most, used.mean,
+                                                chosen.onnx_threads, used.others)
     report = Report(
         source=source, plan=_settings(run), size=_sizes(run), parity=parity,
-        accuracy=accuracy_, latency=timing, storage=storage,
+        accuracy=accuracy_, latency=timing, storage=storage, threads=threads,
         layers=_layer_rows(run.dense, run.pruned_gm, run.found, run.pruned.stats,
                            run.factored),
         cycles=run.pruned.cycles, kept=run.pruned.kept, spectra=run.pruned.spectra,
@@ -200,9 +216,11 @@ def _latencies(dense: bytes, packed: Packed, sample: torch.Tensor,
         models.append(SparseModel.load(packed.data, kernels="stored", threads=b.threads))
     rows = []
     for batch in b.batches:
-        times = latencies_ms(models, [sample] * len(models), batch=batch, threads=b.threads,
-                             seconds=2 * b.seconds)
-        rows.append(Latency(batch, times[0], times[1], times[2] if packed.runtime else None))
+        found = compared_ms(models, [sample] * len(models), batch=batch, threads=b.threads,
+                            seconds=2 * b.seconds)
+        times = found.ms
+        rows.append(Latency(batch, times[0], times[1], times[2] if packed.runtime else None,
+                            found.spread, found.busy))
     return tuple(rows)
 
 

@@ -112,8 +112,7 @@ def quantize(proto: onnx.ModelProto, *, nodes: list[str] | None = None,
     calibration inputs), except a conv that reads the model's input: quantizing raw pixels
     costs accuracy (measured in docs/formats.md).
     Sparse initializers are densified first."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, \
-        quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="compressor-int8-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"

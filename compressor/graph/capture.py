@@ -14,6 +14,7 @@ from torch import fx, nn
 from torch.fx.graph import CodeGen
 
 from ..errors import ModelError, first_line
+from ..io.cores import batch_starts
 from ..io.load import LoadedModel, ModelFormat, output_tensor
 from ..io.quiet import quiet
 from .batchnorm import fold_batchnorm
@@ -224,7 +225,7 @@ def run_batched(gm: nn.Module, x: torch.Tensor, batch_size: int = 1024, *,
     gradients."""
     with torch.no_grad(), on_device(gm, device):
         return torch.cat([output_tensor(gm(x[i:i + batch_size].to(device))).cpu()
-                          for i in range(0, x.shape[0], batch_size)])
+                          for i in batch_starts(x.shape[0], batch_size)])
 
 
 @contextmanager

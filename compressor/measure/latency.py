@@ -3,12 +3,14 @@ through the one latency loop in `compressor.runtime.timing`."""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..io.cores import MARGIN, watching_load
 from ..runtime import SparseModel, session, timing
 
 
@@ -69,6 +71,40 @@ def latencies_ms(models: Sequence[bytes | SparseModel], samples: Sequence[torch.
     return [timing.best_median_ms(r) for r in timings(models, samples, batch=batch,
                                                         threads=threads, seconds=seconds,
                                                         rounds=rounds)]
+
+
+SPREAD_LIMIT = 0.25  # rounds whose speedups differ by more than this share are not trusted
+
+
+@dataclass(frozen=True)
+class Compared:
+    """Latencies of models timed together: each one's ms, how much the rounds disagreed on
+    the second model's speedup over the first ((max - min) / median of the per-round
+    ratios), and the cores other processes kept busy meanwhile."""
+
+    ms: tuple[float, ...]
+    spread: float
+    others: float | None
+
+    @property
+    def busy(self) -> bool:
+        """Whether the machine was too busy for the speedup to be trusted."""
+        return self.spread > SPREAD_LIMIT or (self.others is not None and self.others > MARGIN)
+
+
+def compared_ms(models: Sequence[bytes | SparseModel], samples: Sequence[torch.Tensor], *,
+                batch: int, threads: int = 1, seconds: float = 0.5,
+                rounds: int = 5) -> Compared:
+    """`latencies_ms`, with how far the rounds' speedups of models[1] over models[0] spread
+    and how busy other processes kept the cores while they were timed."""
+    with watching_load() as load:
+        found = timings(models, samples, batch=batch, threads=threads, seconds=seconds,
+                        rounds=rounds)
+    ratios = [statistics.median(a) / statistics.median(b)
+              for a, b in zip(found[0], found[1])] if len(found) > 1 else [1.0]
+    spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
+    return Compared(tuple(timing.best_median_ms(r) for r in found), round(spread, 3),
+                    load.others)
 
 
 def latency_ms(model: bytes, sample: torch.Tensor, *, batch: int, threads: int = 1,

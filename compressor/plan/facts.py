@@ -3,6 +3,7 @@ about the data, and about the machine (measured only when a decision needs them)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +15,7 @@ from ..graph.capture import get_tensor
 from ..graph.groups import PrunableGroup
 from ..graph.ops import HOMOGENEOUS
 from ..graph.trace import Trace
+from ..io.cores import usable_cores
 from ..measure.widths import Kernel, WidthMultiple, preferred_multiple
 from ..prune.factor import candidates
 from ..prune.lsq import ranks_by_error, read_by_one_linear
@@ -80,16 +82,29 @@ class DataFacts:
     labelled: bool = False
 
 
+@dataclass(frozen=True)
+class ThreadFacts:
+    """What decides torch's thread count: the cores this process may use, and a setting of
+    the user's own (OMP_NUM_THREADS, or torch.set_num_threads before the run)."""
+
+    usable: int
+    user: int | None = None  # the user's own thread count, if they set one
+    how: str = ""  # how they set it
+
+
 class Machine(Protocol):
     """The machine's facts the plan may ask for."""
 
     def width_step(self, kernel: Kernel) -> WidthMultiple:
         """The step `kernel` runs in on this machine."""
 
+    def threads(self) -> ThreadFacts:
+        """The cores for torch, and the user's own thread setting."""
+
 
 class ThisMachine:
     """This machine: width steps measured by `compressor.measure.widths` on first use (then
-    cached per CPU)."""
+    cached per CPU); the cores it may use now."""
 
     def __init__(self) -> None:
         self._steps: dict[Kernel, WidthMultiple] = {}
@@ -98,6 +113,14 @@ class ThisMachine:
         if kernel not in self._steps:
             self._steps[kernel] = preferred_multiple(kernel)
         return self._steps[kernel]
+
+    def threads(self) -> ThreadFacts:
+        usable, current = usable_cores(), torch.get_num_threads()
+        if os.environ.get("OMP_NUM_THREADS"):
+            return ThreadFacts(usable, current, "OMP_NUM_THREADS")
+        if current != _affinity():  # torch starts with one thread per core it may run on
+            return ThreadFacts(usable, current, "torch.set_num_threads")
+        return ThreadFacts(usable)
 
 
 def model_facts(gm: fx.GraphModule, found: Trace) -> ModelFacts:
@@ -121,6 +144,13 @@ def _read_through(group: PrunableGroup) -> str:
     if inexact:
         return inexact[0]
     return "an unfolded BatchNorm" if group.carried else group.kinds[0]
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def cuda_available() -> bool:

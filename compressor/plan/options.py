@@ -11,7 +11,7 @@ from types import MappingProxyType
 from ..errors import OptionError
 from ..export.pack import Format
 from ..measure.budgets import Budgets
-from ..prune.config import Compensation, Criterion, Method, Of, Score, Scope
+from ..prune.config import Compensation, Criterion, Method, Of, Scope, Score
 
 # What an option is when it is not given and no fact about the model or the machine decides it.
 DEFAULTS = MappingProxyType({

@@ -14,8 +14,18 @@ from ..errors import OptionError
 from ..export.pack import Format
 from ..measure.budgets import Budgets
 from ..measure.latency import BenchConfig
-from ..prune.config import (CALIBRATION_BATCH, CompensateConfig, Compensation, Criterion,
-                            FinetuneConfig, Method, Of, PruneConfig, Score, SelectConfig)
+from ..prune.config import (
+    CALIBRATION_BATCH,
+    CompensateConfig,
+    Compensation,
+    Criterion,
+    FinetuneConfig,
+    Method,
+    Of,
+    PruneConfig,
+    Score,
+    SelectConfig,
+)
 from .facts import DataFacts, Machine, ModelFacts
 from .options import Options
 
@@ -52,6 +62,8 @@ class Plan:
         batch: the batch size latency budgets and kernel choices are checked at.
         budgets: limits the written file must meet.
         seed: seed of data splits, fine-tuning and random choices.
+        torch_threads: torch's intra-op threads (None: following the cores free now).
+        onnx_threads: onnxruntime's intra-op threads for latency and kernel choices.
         decisions: every choice, with its reason.
         warnings: options given that do nothing in this plan.
     """
@@ -65,6 +77,8 @@ class Plan:
     batch: int = 1
     budgets: Budgets = field(default_factory=Budgets)
     seed: int = 0
+    torch_threads: int | None = None
+    onnx_threads: int = 1
     decisions: tuple[Decision, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -74,11 +88,6 @@ class Plan:
     @property
     def tuned(self) -> bool:
         return self.finetune.max_epochs > 0
-
-    @property
-    def threads(self) -> int:
-        """onnxruntime threads kernels are chosen and latency is timed with."""
-        return self.bench.threads if self.bench else 1
 
     def decision(self, option: str) -> Decision | None:
         return next((d for d in self.decisions if d.option == option), None)
@@ -186,8 +195,11 @@ def plan(options: Options, model: ModelFacts, data: DataFacts, machine: Machine,
     batch = options.value("batch")
     bench = BenchConfig(batches=tuple(sorted({*LATENCY_BATCHES, batch})),
                         threads=options.value("threads")) if latency else None
+    torch_threads, why = rules.torch_threads(options, machine)
+    onnx_threads = options.value("threads")
+    made("threads", f"torch {torch_threads or 'free cores'}, onnxruntime {onnx_threads}", why)
     result = Plan(prune, finetune, ranks, fmt, options.value("rank_energy"), bench, batch,
-                  options.budgets, seed, made.in_order())
+                  options.budgets, seed, torch_threads, onnx_threads, made.in_order())
     return _with_warnings(result, options, data, variants)
 
 
@@ -214,9 +226,12 @@ class _Once:
             self.answers[kernel] = self.machine.width_step(kernel)
         return self.answers[kernel]
 
+    def threads(self):
+        return self.machine.threads()
+
 
 ORDER = ("criterion", "method", "compensate", "scope", "cycles", "epochs", "final_epochs",
-         "average", "align", "factor", "device")  # how the report lists the decisions
+         "average", "align", "factor", "device", "threads")  # how the report lists the decisions
 
 
 class _Decisions:
@@ -247,7 +262,6 @@ def _with_warnings(result: Plan, options: Options, data: DataFacts, variants: bo
         ("rank_energy", "`format` lowrank or variants", lowrank),
         ("ridge", "`criterion` error or `compensate` lsq", uses_ridge),
         ("calibration_samples", "data", data.present),
-        ("threads", "the latency measurement or `format` csr/auto", measures),
         ("batch", "the latency measurement or `format` csr/auto", measures),
         ("final_epochs", "several fine-tuned cycles", tuned and prune.cycles > 1),
         ("recover", "several fine-tuned cycles", tuned and prune.cycles > 1),

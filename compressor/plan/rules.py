@@ -147,6 +147,19 @@ def device(options: Options) -> Reasoned:
     return options.device, "given"
 
 
+def torch_threads(options: Options, machine: Machine) -> tuple[int | None, str]:
+    """torch's intra-op threads: `threads` or the user's own setting, fixed; else None:
+    following the cores other work leaves free, re-checked during the run (a thread waiting
+    for a core another process holds slows every parallel op it takes part in)."""
+    if options.given("threads"):
+        return options.threads, "given"
+    facts = machine.threads()
+    if facts.user is not None:
+        return facts.user, f"your {facts.how}"
+    return None, f"as many as of the {facts.usable} cores this process may use are free, " \
+                 "re-checked during the run"
+
+
 def align(options: Options, model: ModelFacts,
           machine: Machine) -> tuple[dict[str, int], dict[str, int], str, str]:
     """Per group, the multiple its width is rounded to in the last cycle; per conv group,

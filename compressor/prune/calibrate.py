@@ -19,6 +19,7 @@ from torch import fx
 
 from ..graph.capture import on_device, outputs_of
 from ..graph.groups import PrunableGroup
+from ..io.cores import batch_starts
 
 Progress = Callable[[int, int], None]
 FIRING = 0.01  # non-ReLU units fire above this fraction of their group's mean |output|
@@ -73,7 +74,7 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     thresholds: dict[str, float] = {}
     n = int(x.shape[0])
     with torch.no_grad(), on_device(probe, device):
-        for start in range(0, n, batch_size):
+        for start in batch_starts(n, batch_size):
             batch = min(batch_size, n - start)
             outputs = dict(zip(nodes, probe(x[start:start + batch_size].to(device))))
             for g in groups:

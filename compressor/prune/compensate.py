@@ -12,10 +12,16 @@ from typing import Callable
 import torch
 from torch import fx
 
+from ..graph.groups import (
+    PrunableGroup,
+    constant_outputs,
+    fold_into_consumers,
+    merge_into,
+    unit_rows,
+    zero_consumers,
+)
 from .calibrate import ActivationStats
 from .config import CompensateConfig, Compensation
-from ..graph.groups import (PrunableGroup, constant_outputs, fold_into_consumers, merge_into,
-                     unit_rows, zero_consumers)
 from .lsq import refit_consumer
 
 

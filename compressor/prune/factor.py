@@ -18,6 +18,7 @@ from torch import fx, nn
 from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.ops import LINEAR
 from ..graph.trace import Trace
+from ..io.cores import batch_starts
 from .pca import Moments
 
 
@@ -94,7 +95,7 @@ def _input_moments(gm: fx.GraphModule, node: fx.Node, x: torch.Tensor | None, wi
     probe = outputs_of(gm, [node.args[0].name])
     moments = Moments(width)
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
+        for start in batch_starts(x.shape[0], batch_size):
             moments.add(probe(x[start:start + batch_size])[0].reshape(-1, width))
     return moments.mean_cov()
 

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .config import FinetuneConfig
-from ..io.data import Dataset
 from ..graph.capture import on_device, run_batched
+from ..io.cores import tick
+from ..io.data import Dataset
+from .config import FinetuneConfig
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
         order = torch.randperm(len(train), generator=generator)
         total = 0.0
         for i in range(0, len(train), config.batch_size):
+            tick()
             idx = order[i:i + config.batch_size]
             loss = _loss(gm(train.x[idx].to(device)), train.y[idx].to(device),
                          None if teacher is None else teacher[idx].to(device), config)

@@ -12,6 +12,7 @@ from torch import fx
 from ..graph.capture import get_tensor, on_device, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup, Slice
 from ..graph.ops import CONV, LINEAR
+from ..io.cores import batch_starts
 
 
 def refit_consumer(gm: fx.GraphModule, reference: fx.GraphModule, name: str, bias_name: str,
@@ -58,7 +59,7 @@ def refit_consumer(gm: fx.GraphModule, reference: fx.GraphModule, name: str, bia
     share = min(1.0, MAX_ROWS / max(1, x.shape[0] * positions))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad(), on_device(pruned, device), on_device(original, device):
-        for start in range(0, x.shape[0], batch_size):
+        for start in batch_starts(x.shape[0], batch_size):
             batch = x[start:start + batch_size].to(device)
             chosen = None if share >= 1.0 else \
                 torch.rand(batch.shape[0] * positions, generator=generator) < share
@@ -188,7 +189,7 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     probe = outputs_of(gm, inputs)
     moments = [_Moments(g.size, 0) for g in groups]
     with torch.no_grad(), on_device(probe, device):
-        for start in range(0, x.shape[0], batch_size):
+        for start in batch_starts(x.shape[0], batch_size):
             acts = probe(x[start:start + batch_size].to(device))
             for m, a in zip(moments, acts):
                 a = a.cpu().double().reshape(-1, a.shape[-1])  # a row per sample and token

@@ -12,6 +12,7 @@ from torch import fx
 
 from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup
+from ..io.cores import batch_starts
 from .lsq import ranks_by_error
 
 
@@ -52,7 +53,7 @@ def pca_projected(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torc
         probe = outputs_of(out, [nodes[g.consumer_nodes[0]].args[0].name])
         moments = Moments(g.size)
         with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
+            for start in batch_starts(x.shape[0], batch_size):
                 a = probe(x[start:start + batch_size])[0]
                 moments.add(a.reshape(-1, g.size))
         mean, cov = moments.mean_cov()

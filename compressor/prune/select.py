@@ -13,11 +13,11 @@ from typing import Callable
 import torch
 from torch import fx
 
-from .calibrate import ActivationStats
-from .config import Criterion, Scope, SelectConfig
 from ..errors import NothingToPruneError
 from ..graph.capture import get_tensor
 from ..graph.groups import PrunableGroup, unit_rows, weight_count
+from .calibrate import ActivationStats
+from .config import Criterion, Scope, SelectConfig
 from .lsq import removal_errors
 
 

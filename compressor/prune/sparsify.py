@@ -10,12 +10,12 @@ import math
 import torch
 from torch import fx
 
-from .calibrate import ActivationStats
-from .config import CompensateConfig, Compensation, Method, Scope
-from .compensate import compensate
 from ..errors import NothingToPruneError
 from ..graph.capture import get_tensor, set_tensor
 from ..graph.groups import PrunableGroup
+from .calibrate import ActivationStats
+from .compensate import compensate
+from .config import CompensateConfig, Compensation, Method, Scope
 from .shrink import shrink
 
 

@@ -106,6 +106,8 @@ class Latency:
     before_ms: float  # the dense export, plain onnxruntime
     after_ms: float  # the written file, plain onnxruntime
     runtime_ms: float | None = None  # the written file in compressor.runtime (sparse kernels)
+    spread: float = 0.0  # (max - min) / median of the speedups the timing rounds measured
+    busy: bool = False  # other work made the rounds disagree: the speedup is not trusted
 
     @property
     def speedup(self) -> float:
@@ -116,6 +118,31 @@ class Latency:
 class Timing:
     threads: int
     rows: tuple[Latency, ...]
+
+
+@dataclass(frozen=True)
+class Threads:
+    """The threads the run used: torch's (fixed, or following the cores other work left free:
+    the least, the most and their time-weighted mean; the most cores other work held at one
+    look) and onnxruntime's (latency and kernel choices)."""
+
+    torch_fixed: bool
+    torch_least: int
+    torch_most: int
+    torch_mean: float
+    onnxruntime: int
+    others: float | None = None
+
+    def __str__(self) -> str:
+        if self.torch_fixed:
+            torch_part = f"torch {self.torch_most}"
+        else:
+            used = f"{self.torch_least}" if self.torch_least == self.torch_most else \
+                f"{self.torch_least}-{self.torch_most}, mean {self.torch_mean:g}"
+            held = "" if self.others is None else \
+                f"; other work held up to {self.others:.2f} cores"
+            torch_part = f"torch {used} (following the free cores{held})"
+        return f"threads: {torch_part}, onnxruntime {self.onnxruntime}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +175,7 @@ class Report:
     accuracy: Accuracy | None = None
     latency: Timing | None = None
     storage: Storage = Storage()
+    threads: Threads | None = None
     layers: tuple[LayerRow, ...] = ()
     cycles: tuple[CycleRow, ...] = ()
     kept: dict[str, dict[str, object]] | None = None  # per group: its size, the units kept
@@ -197,6 +225,8 @@ def format_table(r: Report) -> str:
     if p.lowrank_max_abs_diff is not None:
         lines += [f"lowrank: max |factored - float32| = {p.lowrank_max_abs_diff:.2g} on the "
                   "same inputs"]
+    if r.threads is not None:
+        lines += [str(r.threads)]
     lines += [""] + _kernels(r.storage)
     layer_rows = [("layer", "before", "after", "dead", "")]
     for row in r.layers:
@@ -237,9 +267,11 @@ def _totals(r: Report) -> list[tuple[str, ...]]:
         n = r.latency.threads
         threads = f"{n} thread{'s' if n > 1 else ''}"
         for lat in r.latency.rows:
+            trust = f", rounds ±{100 * lat.spread / 2:.0f}%" + (
+                ": the machine was busy, not trusted" if lat.busy else "")
             rows.append((f"latency batch {lat.batch}", f"{lat.before_ms:.4f} ms",
                          f"{lat.after_ms:.4f} ms",
-                         f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads})"))
+                         f"{lat.speedup:.1f}x faster (onnxruntime CPU, {threads}{trust})"))
             if lat.runtime_ms is not None:
                 rows.append(("  with compressor.runtime", "", f"{lat.runtime_ms:.4f} ms",
                              f"{lat.before_ms / lat.runtime_ms:.1f}x faster (sparse kernels, "

@@ -13,10 +13,19 @@ import onnxruntime as ort
 import scipy.sparse
 from onnx import TensorProto, helper, numpy_helper
 
-from .kernels import (KERNELS, MS_DOMAIN, OrtStage, ScipyStage, SparseLayer, ort_csr,
-                      sparse_matmul_nodes, time_kernels)
+from .kernels import (
+    KERNELS,
+    MS_DOMAIN,
+    OrtStage,
+    ScipyStage,
+    SparseLayer,
+    ort_csr,
+    sparse_matmul_nodes,
+    time_kernels,
+)
 from .storage import stored_kernels, to_dense
 from .timing import latencies_ms
+
 
 @dataclass(frozen=True)
 class Layer:

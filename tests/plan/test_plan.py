@@ -12,7 +12,7 @@ from compressor.graph.trace import trace
 from compressor.measure.budgets import Budgets
 from compressor.measure.widths import Kernel, WidthMultiple
 from compressor.plan import DataFacts, ModelFacts, Options, model_facts, plan
-from compressor.plan.facts import GroupFacts, LayerFacts
+from compressor.plan.facts import GroupFacts, LayerFacts, ThreadFacts
 from compressor.plan.rules import AVERAGE_EPOCHS, CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE, auto_rank
 from compressor.prune.config import Compensation, Criterion, Method, Scope
 from tests.helpers import graph_of
@@ -30,6 +30,9 @@ class Machine:
     def width_step(self, kernel: Kernel) -> WidthMultiple:
         self.asked.append(kernel)
         return WidthMultiple(self.steps[kernel], "measured", kernel)
+
+    def threads(self) -> ThreadFacts:
+        return ThreadFacts(2)
 
 
 def _group(name: str, width: int = 64, *, conv: bool = False, relu: bool = True,
@@ -234,10 +237,24 @@ def test_single_weights_get_a_method_and_no_unit_choices():
 
 
 def test_an_undecided_timing_keeps_conv_channels_in_the_block_and_linear_widths_exact():
-    class Undecided:
+    class Undecided(Machine):
         def width_step(self, kernel):
             return WidthMultiple(None, "undecided", kernel)
 
     result = _plan(model=CNN, machine=Undecided())
     assert dict(result.prune.align) == {"0": 8, "2": 8, "5": 1, "7": 1}
     assert "not decisive" in result.decision("align").reason
+
+
+def test_torch_threads_follow_the_free_cores_unless_given_or_set_by_the_user():
+    assert _plan().torch_threads is None and _plan().onnx_threads == 1
+    assert "free" in _plan().decision("threads").reason
+    given = _plan(threads=3)
+    assert (given.torch_threads, given.onnx_threads) == (3, 3)
+
+    class Capped(Machine):
+        def threads(self) -> ThreadFacts:
+            return ThreadFacts(2, 1, "OMP_NUM_THREADS")
+
+    capped = _plan(machine=Capped())
+    assert capped.torch_threads == 1 and "OMP_NUM_THREADS" in capped.decision("threads").reason

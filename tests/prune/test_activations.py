@@ -13,6 +13,7 @@ from compressor.prune.calibrate import FIRING, count_activations
 from compressor.io.data import DataSplits, Dataset
 from compressor.measure.widths import WidthMultiple
 from compressor.plan import DataFacts, Options, model_facts, plan
+from compressor.plan.facts import ThreadFacts
 from compressor.prune.config import (CompensateConfig, Compensation, Criterion, FinetuneConfig,
                                      PruneConfig, SelectConfig)
 from compressor.prune.lsq import ranks_by_error
@@ -99,6 +100,9 @@ def _plan_for(gm, data=DataFacts(True, False), **options):
 class _NoSteps:
     def width_step(self, kernel):
         return WidthMultiple(1, "measured", kernel)
+
+    def threads(self):
+        return ThreadFacts(1)
 
 
 def test_one_shot_ranks_by_error_where_one_linear_reads_each_layer():

@@ -32,7 +32,8 @@ def test_json_has_the_documented_keys_and_derived_values():
     assert data["accuracy"] == {"before": 0.9, "after": 0.89,
                                 "data": "held-out test split (10 samples)"}
     assert data["latency"]["rows"] == [{"batch": 256, "before_ms": 2.0, "after_ms": 0.5,
-                                        "runtime_ms": None, "speedup": 4.0}]
+                                        "runtime_ms": None, "spread": 0.0, "busy": False,
+                                        "speedup": 4.0}]
     assert data["plan"]["choices"]["compensate"] == {"value": "merge", "reason": "given",
                                                      "given": True}
     assert json.loads(report(None).to_json())["accuracy"] is None
