@@ -21,22 +21,38 @@ from .ops import HOMOGENEOUS
 class Slice:
     """Entries of tensor `param` along `axis` owned by the units: unit j owns entries
     [offset + j*block, offset + (j+1)*block) (block > 1 after a Flatten, where a channel owns
-    H*W columns; offset > 0 where a channel `cat` puts other layers' channels before them)."""
+    H*W columns; offset > 0 where a channel `cat` puts other layers' channels before them).
+    With `parts` > 1 the axis holds the units once per part, `period` entries a part (a
+    grouped convolution's channels: unit j is channel j of every group)."""
 
     param: str
     axis: int
     block: int = 1
     offset: int = 0
+    parts: int = 1
+    period: int = 0
 
     def entries(self, units: torch.Tensor) -> torch.Tensor:
-        """Indices along `axis` of the entries units `units` own."""
-        return self.offset + (units.to(torch.int64)[:, None] * self.block +
-                              torch.arange(self.block)).reshape(-1)
+        """Indices along `axis` of the entries units `units` own (part by part)."""
+        one = self.offset + (units.to(torch.int64)[:, None] * self.block +
+                             torch.arange(self.block)).reshape(-1)
+        if self.parts == 1:
+            return one
+        return (torch.arange(self.parts)[:, None] * self.period + one).reshape(-1)
 
     def rows(self, tensor: torch.Tensor, size: int) -> torch.Tensor:
         """The entries of `tensor` the `size` units own, one row per unit: [size, -1]."""
-        return tensor.movedim(self.axis, 0).narrow(0, self.offset, size * self.block) \
-            .reshape(size, -1)
+        t = tensor.movedim(self.axis, 0).narrow(0, self.offset, self.parts * size * self.block)
+        t = t.reshape(self.parts, size, *t.shape[1:]).movedim(0, 1)
+        return t.reshape(size, -1)
+
+    def per_entry(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-unit `values` spread over the entries `entries` lists for those units."""
+        return values.repeat_interleave(self.block).repeat(self.parts)
+
+    def resized(self, size: int) -> Slice:
+        """This slice for a group of `size` units (a part's length follows it)."""
+        return replace(self, period=size * self.block) if self.parts > 1 else self
 
 
 @dataclass(frozen=True)
@@ -67,8 +83,10 @@ class PrunableGroup:
         offsets: where the units start on that axis in each node of `activations` (behind a
             channel `cat`, other layers' channels come first).
         carried: per-unit entries of the ops on the way that scale and shift each channel
-            (a BatchNorm that could not be folded: after a `cat` or a residual add); they
-            are removed with the units, and merging is not exact through them.
+            (a BatchNorm that could not be folded: after a `cat` or a residual add; a layer
+            scale); they are removed with the units, and merging is not exact through them.
+        parts: the number of groups of grouped convolutions the units are read by: unit j is
+            channel j of every group, so the groups stay equal.
     """
 
     name: str
@@ -86,6 +104,7 @@ class PrunableGroup:
     axes: tuple[int, ...] = ()
     offsets: tuple[int, ...] = ()
     carried: tuple[Slice, ...] = ()
+    parts: int = 1  # grouped convolutions: each unit is one channel of each of `parts` groups
 
     @property
     def relu(self) -> bool:
@@ -108,7 +127,8 @@ class PrunableGroup:
         B' its first axis (the batch, unless tokens come first)."""
         axis = self.axes[k] if self.axes else 1
         offset = self.offsets[k] if self.offsets else 0
-        units = output.movedim(axis, 1).narrow(1, offset, self.size)
+        units = output.movedim(axis, 1).narrow(1, offset, self.parts * self.size)
+        units = units.reshape(output.shape[0], self.parts, self.size, -1).movedim(1, 2)
         return units.reshape(output.shape[0], self.size, -1)
 
 
@@ -135,11 +155,12 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         for g in groups:
             if node.name in g.grouped_nodes:
                 args = list(node.args) + [1] * max(0, 7 - len(node.args))
-                args[6] = sizes[g.name]
+                args[6] = sizes[g.name] * g.parts
                 node.args = tuple(args)
 
-    def moved(s: Slice) -> Slice:
+    def moved(s: Slice, size: int) -> Slice:
         mask = kept.get((s.param, s.axis))
+        s = s.resized(size)
         return s if mask is None or s.offset == 0 else \
             replace(s, offset=int(mask[:s.offset].sum()))
 
@@ -148,10 +169,12 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
                                   zip(h.activations, h.offsets) if node == name and o < offset)
                      for name, offset in zip(g.activations, g.offsets))
 
-    return tuple(replace(g, size=sizes[g.name], weights=tuple(map(moved, g.weights)),
-                         biases=tuple(map(moved, g.biases)),
-                         consumers=tuple(map(moved, g.consumers)),
-                         carried=tuple(map(moved, g.carried)), offsets=counted(g))
+    def all_moved(slices: tuple[Slice, ...], size: int) -> tuple[Slice, ...]:
+        return tuple(moved(s, size) for s in slices)
+
+    return tuple(replace(g, size=(n := sizes[g.name]), weights=all_moved(g.weights, n),
+                         biases=all_moved(g.biases, n), consumers=all_moved(g.consumers, n),
+                         carried=all_moved(g.carried, n), offsets=counted(g))
                  for g in groups)
 
 
@@ -191,8 +214,7 @@ def merge_into(gm: fx.GraphModule, group: PrunableGroup, sources: torch.Tensor,
     for s in group.consumers:
         w = get_tensor(gm, s.param).detach()
         moved = w.double().movedim(s.axis, -1).clone()
-        added = moved.index_select(-1, s.entries(sources)) * \
-            scales.double().repeat_interleave(s.block)
+        added = moved.index_select(-1, s.entries(sources)) * s.per_entry(scales.double())
         moved.index_add_(-1, s.entries(targets), added)
         set_tensor(gm, s.param, moved.movedim(-1, s.axis).to(w.dtype).contiguous())
 
@@ -205,7 +227,7 @@ def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.T
     for s, bias_name in zip(group.consumers, group.consumer_biases):
         w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1)
         columns = s.entries(units)
-        contribution = w.index_select(-1, columns) @ values.double().repeat_interleave(s.block)
+        contribution = w.index_select(-1, columns) @ s.per_entry(values.double())
         contribution = contribution.reshape(w.shape[0], -1).sum(1)  # conv: every kernel tap
         bias = get_tensor(gm, bias_name).detach()
         set_tensor(gm, bias_name, (bias.double() + contribution).to(bias.dtype))
@@ -230,7 +252,7 @@ def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup]
     for g in groups:
         for s in g.weights + g.consumers:
             axis = lost.setdefault(s.param, {})
-            axis[s.axis] = axis.get(s.axis, 0) + (g.size - sizes[g.name]) * s.block
+            axis[s.axis] = axis.get(s.axis, 0) + (g.size - sizes[g.name]) * s.block * s.parts
     total = 0
     for param, shape in shapes.items():
         dims = [n - lost.get(param, {}).get(i, 0) for i, n in enumerate(shape)]

@@ -21,15 +21,18 @@ ACTIVATIONS = {
     aten.sigmoid.default: "sigmoid", aten.sigmoid_.default: "sigmoid",
     aten.elu.default: "elu", aten.elu_.default: "elu",
     aten.hardswish.default: "hardswish", aten.hardswish_.default: "hardswish",
+    aten.hardsigmoid.default: "hardsigmoid", aten.hardsigmoid_.default: "hardsigmoid",
     aten.hardtanh.default: "hardtanh", aten.hardtanh_.default: "hardtanh",  # ReLU6
     aten.mish.default: "mish", aten.mish_.default: "mish",
-    aten.softplus.default: "softplus",
+    aten.softplus.default: "softplus", aten.selu.default: "selu", aten.selu_.default: "selu",
+    aten.celu.default: "celu", aten.celu_.default: "celu",
+    aten.relu6.default: "hardtanh", aten.relu6_.default: "hardtanh",
 }
-HOMOGENEOUS = ("relu", "leaky_relu")
+HOMOGENEOUS = ("relu", "leaky_relu", "identity")  # identity: a unit read as it is made
 # Ops that carry every channel through unchanged in number and order (elementwise per channel
 # or per position), given as they appear in a captured graph.
 IDENTITY = (aten.clone.default, aten.alias.default, aten.detach.default,
-            aten.contiguous.default, aten.dropout.default)
+            aten.contiguous.default, aten.dropout.default, aten.dropout_.default)
 POOL = (aten.max_pool2d.default, aten.max_pool1d.default, aten.avg_pool2d.default,
         aten.avg_pool1d.default, aten.adaptive_avg_pool2d.default,
         aten.adaptive_avg_pool1d.default, aten.adaptive_max_pool2d.default)

@@ -21,7 +21,8 @@ from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
 from .config import FinetuneConfig, Of, PruneConfig, Score
 from .finetune import FinetuneResult, evaluate, finetune
-from .select import Budget, StepTime, align_widths, select, unit_scores
+from .align import StepTime, align_widths
+from .select import Budget, select, unit_scores
 from .shrink import shrink
 from .sparsify import harvest, masks, remove_weights, weight_scores
 

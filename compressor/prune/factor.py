@@ -82,6 +82,7 @@ def factor(gm: fx.GraphModule, found: Trace, ranks: dict[str, int],
             val = node.meta["val"]
             first.meta["val"] = val.new_empty((*val.shape[:-1], rank))
         node.args = (first, *node.args[1:])
+        gm.meta.setdefault("kept_widths", set()).add(first.name)  # the rank is not pruned
         done.append(Factored(name, display, int(w.shape[1]), rank, kept))
     gm.recompile()
     return done

@@ -42,7 +42,8 @@ def expand(groups: tuple[PrunableGroup, ...], pruned: fx.GraphModule,
             slices = owners.get((name, axis), [])
             if not slices:
                 continue
-            shape[axis] += sum((g.size - kept[g.name].numel()) * sl.block for sl, g in slices)
+            shape[axis] += sum((g.size - kept[g.name].numel()) * sl.block * sl.parts
+                               for sl, g in slices)
             stays = torch.ones(shape[axis], dtype=torch.bool)  # entries no group owns stay
             for sl, g in slices:
                 gone = torch.ones(g.size, dtype=torch.bool)

@@ -12,18 +12,18 @@ from torch import fx
 
 from ..errors import NothingToPruneError
 from ..graph.capture import get_tensor, set_tensor
-from ..graph.groups import PrunableGroup
+from ..graph.groups import PrunableGroup, Slice
 from .calibrate import ActivationStats
 from .compensate import compensate
 from .config import CompensateConfig, Compensation, Method, Scope
 from .shrink import shrink
 
 
-def prunable_weights(groups: tuple[PrunableGroup, ...]) -> dict[str, tuple[str, int, int]]:
+def prunable_weights(groups: tuple[PrunableGroup, ...]) -> dict[str, tuple[str, Slice]]:
     """The tensors single weights are removed from: each group's producer weights (the
     incoming weights of its neurons; the output layer is never pruned, as in the paper).
-    Maps tensor name -> (group name, unit axis, block)."""
-    return {s.param: (g.name, s.axis, s.block) for g in groups for s in g.weights}
+    Maps tensor name -> (group name, its units' slice of it)."""
+    return {s.param: (g.name, s) for g in groups for s in g.weights}
 
 
 def weight_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], method: Method, *,
@@ -40,16 +40,16 @@ def weight_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], method:
     if method is Method.ACTIVATION and stats is None:
         raise ValueError("activation scores need calibration data")
     scores = {}
-    for param, (group, axis, block) in prunable_weights(groups).items():
+    for param, (group, unit_slice) in prunable_weights(groups).items():
         w = get_tensor(gm, param).detach().double()
         if method is Method.RANDOM:
             score = torch.rand(w.shape, generator=generator, dtype=torch.float64)
         else:
             score = w.abs()
         if method is Method.ACTIVATION:
-            counts = stats.rate(group).repeat_interleave(block)
+            counts = unit_slice.per_entry(stats.rate(group))
             shape = [1] * w.ndim
-            shape[axis] = -1
+            shape[unit_slice.axis] = -1
             score = score * counts.reshape(shape)
         scores[param] = torch.where(w == 0, -math.inf, score)
     return scores

@@ -129,7 +129,7 @@ def test_units_marked_dead_go_first_whatever_their_score():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_aligned_widths_are_multiples_and_stay_within_budget(seed):
-    from compressor.prune.select import align_widths
+    from compressor.prune.align import align_widths
 
     rng = random.Random(seed)
     widths = [784] + [rng.randint(40, 400) for _ in range(rng.randint(1, 4))] + [10]
@@ -159,7 +159,7 @@ def test_aligned_widths_are_multiples_and_stay_within_budget(seed):
 def test_a_layer_that_is_no_multiple_may_keep_its_whole_width():
     """24 channels aligned to 16: 16 or all 24 (still unpruned), not a forced cut to 16 at a
     light target."""
-    from compressor.prune.select import align_widths
+    from compressor.prune.align import align_widths
 
     groups, shapes = chain([30, 24, 64, 10])
     scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
@@ -184,7 +184,7 @@ def test_a_layer_that_is_no_multiple_may_keep_its_whole_width():
 
 def test_steps_too_coarse_for_the_budget_are_halved_not_dropped():
     """Three layers that must keep about 10 units each: 16 per layer is over budget, 8 fits."""
-    from compressor.prune.select import align_widths
+    from compressor.prune.align import align_widths
 
     groups, shapes = chain([100, 40, 40, 40, 10])
     scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
@@ -202,7 +202,7 @@ def test_in_a_last_cycle_a_group_that_cannot_grow_to_a_multiple_may_keep_its_wid
     """Groups 40 and 21 wide after earlier cycles (300 and 100 before), keeping 38 and 19, in
     steps of 16: 48 and 32 are beyond what they have, so rounding down alone leaves 32-16
     (3,872 weights for a budget of 4,652 to 4,712); 21 may stay (32-21: 4,082)."""
-    from compressor.prune.select import align_widths
+    from compressor.prune.align import align_widths
 
     groups, shapes = chain([100, 40, 21, 10])
     scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
@@ -219,7 +219,7 @@ def test_with_a_time_model_widths_between_steps_give_way_to_widths_on_them():
     kernels run in steps of 16: 24-24 keeps the most weights but takes as long as 32-32; 16-32
     is in the budget's window and runs as fast as its FLOPs say. Where no combination on the
     steps is in the window, the widths chosen for weights stay."""
-    from compressor.prune.select import StepTime, align_widths
+    from compressor.prune.align import Counter, StepTime, align_widths
 
     groups, shapes = chain([64, 32, 32, 10])
     scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
@@ -233,8 +233,30 @@ def test_with_a_time_model_widths_between_steps_give_way_to_widths_on_them():
         return {g.name: g.size - len(aligned[g.name]) for g in groups}
 
     assert kept(Budget(2400, 1800), None) == {"h0": 24, "h1": 24}
-    assert time.waste(shapes, groups, {"h0": 24, "h1": 24}) == pytest.approx(3392 / 2352)
+    counter = Counter(groups, shapes, None)
+    assert time.waste(counter, {"h0": 24, "h1": 24}) == pytest.approx(3392 / 2352)
     assert kept(Budget(2400, 1800), time) == {"h0": 16, "h1": 32}
-    assert time.waste(shapes, groups, {"h0": 16, "h1": 32}) == 1.0
+    assert time.waste(counter, {"h0": 16, "h1": 32}) == 1.0
     # 16-32 (1,856) and 32-16 are under 2,300, 32-32 over 2,400: 24-24 stays
     assert kept(Budget(2400, 2300), time) == {"h0": 24, "h1": 24}
+
+
+def test_alignment_of_many_groups_off_the_step_stays_valid():
+    """Forty layers whose widths are no multiple of the step (as RegNet's 8, 12, 26, 52, ...):
+    the choice goes group by group, not through their combinations."""
+    from compressor.prune.align import align_widths
+
+    rng = random.Random(0)
+    widths = [64] + [rng.choice([12, 26, 52, 110]) for _ in range(40)] + [10]
+    groups, shapes = chain(widths)
+    scores = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(1)) + 0.01
+              for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    b = budget(total, 0.5)
+    original = {g.name: g.size for g in groups}
+    removed = select(groups, scores, shapes, b, scope=Scope.LOCAL, original_sizes=original)
+    aligned = align_widths(groups, removed, scores, shapes, b, 16, original_sizes=original)
+    for g in groups:
+        kept = g.size - len(aligned[g.name])
+        assert kept % 16 == 0 or kept == g.size or g.size < 16, (g.size, kept)
+    assert b.min_weights <= remaining(groups, shapes, aligned) <= b.max_weights

@@ -1,0 +1,170 @@
+"""Ops where one space meets another: a residual add, a cat (along the units: each operand keeps
+its space at an offset; along another axis: the operands' spaces join), a product (by a number
+or a per-unit constant: the units pass on; by another space, as a gate: the spaces join)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import fx
+
+from ..groups import Slice
+from ..ops import ADD, CAT, MUL
+from .registry import At, describe, ndim, rule, sources, width
+
+COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy")
+
+
+def cat_dim(cat: fx.Node) -> int:
+    dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+    return int(dim) % ndim(cat)
+
+
+def _joined_backward(operands):
+    def backward(node: fx.Node, axis: int):
+        found = [sources(a, axis) if ndim(a) == ndim(node) else None for a in operands(node)]
+        return None if any(f is None for f in found) else [s for f in found for s in f]
+
+    return backward
+
+
+def _join_all(walk, at: At, node: fx.Node, operands, what: str) -> At | None:
+    """Join the space of every operand of `node` but the walk's own; an operand that is no
+    traced layer's output fails the space, and the walk goes on to find every layer the space
+    reaches (and the reason that explains it best)."""
+    if at.block != 1:
+        walk.fail(f"its flattened output is {what} another tensor")
+        return None
+    for operand in operands:
+        if operand is at.node:
+            continue
+        found = sources(operand, at.axis) if ndim(operand) == ndim(node) else None
+        if found is None:
+            walk.fail(f"its output is {what} {describe(operand)}, which is not the output of a "
+                      "traced layer")
+            continue
+        for source in found:
+            walk.join(source)
+    return At(node, 1, (), at.axis, at.axis, source=node)
+
+
+@rule(*ADD, backward=_joined_backward(lambda node: node.args[:2]))
+def add(walk, at: At, user: fx.Node):
+    """A residual add: every operand's space joins this one; the add carries it on."""
+    return _join_all(walk, at, user, user.args[:2], "added to")
+
+
+def _cat_backward(node: fx.Node, axis: int):
+    if cat_dim(node) == axis:
+        return None
+    return _joined_backward(lambda n: n.args[0])(node, axis)
+
+
+@rule(*CAT, backward=_cat_backward,
+      behind_cat=lambda user, at: cat_dim(user) == at.axis)
+def cat(walk, at: At, user: fx.Node):
+    if cat_dim(user) != at.axis:
+        # along another axis (a class token before the patch tokens): unit j of every operand
+        # is unit j of the result, so the operands' spaces join as at an add
+        return _join_all(walk, at, user, user.args[0], "concatenated with")
+    return _concat(walk, at, user)
+
+
+def _concat(walk, at: At, cat_node: fx.Node) -> At | None:
+    """A `cat` along the units' axis (Inception branches, U-Net skips, DenseNet layers): the
+    units keep their own space, behind the channels of the operands before them; the
+    consumers read them at that offset (which moves when those operands shrink), and they are
+    counted at that offset in the activations after it."""
+    operands = list(cat_node.args[0])
+    widths = [width(o, at.axis) for o in operands[:operands.index(at.node)]]
+    if at.block != 1:
+        walk.fail("its flattened output is concatenated with other tensors")
+    elif walk.space.parts > 1:
+        walk.fail(f"its grouped channels are concatenated in {cat_node.name}")
+    elif cat_node.name in walk.cats or operands.count(at.node) != 1:
+        walk.fail(f"its channels reach {cat_node.name} more than once")
+    elif None in widths:
+        walk.fail(f"it is concatenated after a tensor of unknown width in {cat_node.name}")
+    else:
+        walk.cats.add(cat_node.name)
+        return replace(at, node=cat_node, offset=at.offset + sum(widths), behind=True)
+    return None
+
+
+def _mul_backward(node: fx.Node, axis: int):
+    constant = [a for a in node.args[:2] if not _carries_units(a)]
+    if len(constant) == 1:  # by a number or a per-unit constant: the units pass on
+        unit = next(a for a in node.args[:2] if a is not constant[0])
+        return sources(unit, axis)
+    return None
+
+
+def _carries_units(arg: object) -> bool:
+    return isinstance(arg, fx.Node) and _constant(arg) is None
+
+
+@rule(*MUL, backward=_mul_backward,
+      behind_cat=lambda user, at: all(not isinstance(a, fx.Node) for a in user.args
+                                      if a is not at.node))
+def mul(walk, at: At, user: fx.Node):
+    """A product: by a number it is a function of each unit (passed on, not counted); by a
+    per-unit constant (layer scale `gamma * x`) its entries go with the units; by another
+    space's output of a shape that broadcasts over the positions (a gate: SwiGLU's
+    `silu(W1 x) * (W3 x)`, squeeze-excitation's `x * sigmoid(fc2(...))`) the spaces join,
+    unit j of each making unit j of the product, which is where the units are counted."""
+    other = user.args[1] if user.args[0] is at.node else user.args[0]
+    if not isinstance(other, fx.Node):
+        return replace(at, node=user, acts=(*at.acts, user))
+    constant = _constant(other)
+    if constant is not None:
+        return _scaled(walk, at, user, constant)
+    found = [] if other is at.node else sources(other, at.axis)
+    if found is None or at.block != 1 or not _broadcasts(other, at.node, at.axis):
+        walk.fail(f"its output is multiplied by {describe(other)}, which is not the output of "
+                  "a traced layer of a shape that broadcasts over the positions")
+        return None
+    for source in found:
+        walk.join(source)
+    return replace(at, node=user, acts=(*at.acts, user), counted=at.axis,
+                   count_offset=at.offset)
+
+
+def _constant(node: fx.Node) -> fx.Node | None:
+    """The parameter or buffer `node` is (through copies), or None."""
+    while node.op == "call_function" and any(c in str(node.target) for c in COPIES_OF_CONSTANTS):
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+    return node if node.op == "get_attr" else None
+
+
+def _scaled(walk, at: At, user: fx.Node, constant: fx.Node) -> At | None:
+    """A product with a constant tensor: one value per unit along the units' axis (the rest
+    broadcast) makes its entries go with the units; one value for all is a scale."""
+    val = constant.meta.get("val")
+    if val is None:
+        walk.fail(f"its output is multiplied by {constant.name}, of unknown shape")
+        return None
+    shape = [1] * (ndim(user) - val.ndim) + list(val.shape)  # as broadcast against the units
+    if all(int(d) == 1 for d in shape):
+        return replace(at, node=user, acts=(*at.acts, user))
+    axis_size = int(shape[at.axis])
+    if at.block != 1 or any(int(d) != 1 for i, d in enumerate(shape) if i != at.axis) or \
+            axis_size != width(at.node, at.axis) or len(constant.users) != 1:
+        walk.fail(f"its output is multiplied by {constant.name}, a constant that mixes or "
+                  "does not follow its units")
+        return None
+    own_axis = at.axis - (ndim(user) - val.ndim)
+    walk.space.carried[constant.target, at.offset] = Slice(constant.target, own_axis, 1,
+                                                           at.offset)
+    return replace(at, node=user)
+
+
+def _broadcasts(other: fx.Node, node: fx.Node, axis: int) -> bool:
+    """Whether `other` and `node` have the units' axis alike and broadcast elsewhere (each
+    axis but the batch equal, or 1 in one of them)."""
+    a, b = other.meta.get("val"), node.meta.get("val")
+    if a is None or b is None or a.ndim != b.ndim or width(other, axis) != width(node, axis):
+        return False
+    return all(str(x) == str(y) or str(x) == "1" or str(y) == "1"
+               for i, (x, y) in enumerate(zip(a.shape, b.shape)) if i not in (0, axis))

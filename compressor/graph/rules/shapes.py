@@ -1,0 +1,90 @@
+"""Ops that move the units' axis or reshape around it: transpose and permute, a mean over other
+axes, reshapes that keep the units' axis whole, and a Flatten that gives each channel its
+H*W columns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from torch import fx
+
+from ..ops import FLATTEN, MEAN, TRANSPOSE
+from .registry import UNKNOWN, At, dims, ndim, op_name, rule, shape_of, sources
+
+
+def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
+    """Where the channels on `axis` of `node` are in `user`'s output, if `user` moves axes
+    without mixing channels: a transpose or permute, a mean over axes other than the batch and
+    the channels, or a reshape that keeps every axis up to the channels (regrouping those
+    after) or every axis from the channels on (regrouping those before)."""
+    if not user.args or user.args[0] is not node:
+        return None
+    n = ndim(node)
+    if user.target is torch.ops.aten.t.default:
+        return 1 - axis if n == 2 else None
+    if user.target is torch.ops.aten.transpose.int:
+        a, b = (int(d) % n for d in user.args[1:3])
+        return b if axis == a else a if axis == b else axis
+    if user.target is torch.ops.aten.permute.default:
+        return [int(d) % n for d in user.args[1]].index(axis)
+    if user.target is MEAN:
+        reduced = {int(d) % n for d in user.args[1]} if len(user.args) > 1 else set()
+        if not reduced or 0 in reduced or axis in reduced:
+            return None
+        keep = len(user.args) > 2 and user.args[2]
+        return axis if keep else axis - sum(d < axis for d in reduced)
+    if user.target in FLATTEN:
+        before, after = dims(node), dims(user)
+        if before is None or after is None:
+            return None
+        if after[:axis + 1] == before[:axis + 1]:
+            return axis
+        tail = before[axis:]
+        if len(after) >= len(tail) and after[len(after) - len(tail):] == tail:
+            return len(after) - len(tail)
+    return None
+
+
+def flattened_block(node: fx.Node, flatten: fx.Node) -> int | None:
+    """Columns per channel when `flatten` turns [N, C, *spatial] into [N, C * prod(spatial)],
+    or None for any other reshape."""
+    before, after = node.meta.get("val"), flatten.meta.get("val")
+    if before is None or after is None or after.ndim != 2 or before.ndim < 2:
+        return None
+    try:
+        spatial = math.prod(int(d) for d in before.shape[2:])
+        if int(after.shape[1]) != int(before.shape[1]) * spatial:
+            return None
+    except (TypeError, ValueError):  # symbolic sizes
+        return None
+    return spatial
+
+
+def _moved_backward(node: fx.Node, axis: int):
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    source = node.args[0]
+    for before in range(ndim(source)):
+        if moved_axis(source, node, before) == axis:
+            return sources(source, before)
+    return None
+
+
+@rule(*TRANSPOSE, *FLATTEN, MEAN, backward=_moved_backward, behind_cat=True)
+def reshape(walk, at: At, user: fx.Node):
+    if not user.args or user.args[0] is not at.node:
+        return UNKNOWN
+    moved = moved_axis(at.node, user, at.axis) if at.block == 1 else None
+    if moved is not None:
+        return replace(at, node=user, axis=moved)
+    if user.target in FLATTEN and at.axis == 1:
+        flat = flattened_block(at.node, user)
+        if flat is not None:
+            return replace(at, node=user, block=at.block * flat, offset=at.offset * flat)
+    if user.target is MEAN or user.name in walk.attention:
+        return UNKNOWN
+    walk.fail(f"its output is reshaped by {op_name(user)} to {shape_of(user)}, which the "
+              "tracer does not follow")
+    return None

@@ -1,0 +1,175 @@
+"""Channel spaces: the units of a producer followed to every layer that reads them, joined where
+they meet another producer's (a residual add, a gate, a cat along another axis). Each op on
+the way is decided by its rule (`compressor.graph.rules`); what no rule covers ends the space
+with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import fx
+
+from .groups import Slice
+from .ops import CONV, LINEAR
+from .rules.registry import UNKNOWN, At, kind, ndim, op_name, rule_for, scaling
+
+OUTPUT_LAYER = "output layer (never pruned)"
+
+
+@dataclass
+class Consumer:
+    node: fx.Node  # the Linear or Conv that reads the space
+    block: int  # columns each unit owns in its weight
+    activation: str  # the node it reads the space through (where units are counted)
+    functions: tuple[str, ...]  # every activation node from the last join to it, in order
+    axis: int = 1  # the axis of the units in the activation node's output
+    offset: int = 0  # where the units' entries start in its input (behind a channel cat)
+    count_offset: int = 0  # where they start in the output of `activation`
+    parts: int | None = None  # 1: read per group with the same weights; None: as the space
+
+
+@dataclass
+class Space:
+    producers: list[str] = field(default_factory=list)
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+    depthwise: list[str] = field(default_factory=list)  # convs that filter each unit alone
+    carried: dict[tuple[str, int], Slice] = field(default_factory=dict)  # per-unit constants
+    parts: int = 1  # the producers' outputs hold the units in this many parts (grouped)
+    reason: str = ""
+    final: bool = False  # the reason explains the whole space (LayerNorm, attention heads)
+
+
+class Spaces:
+    """Channel spaces found so far, joined where producers' units meet (union-find)."""
+
+    def __init__(self, attention: set[str]) -> None:
+        self.parent: dict[str, str] = {}
+        self.spaces: dict[str, Space] = {}
+        self.attention = attention  # nodes between a layer and the attention it feeds
+
+    def find(self, name: str) -> str:
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def add(self, producer: fx.Node) -> str:
+        if producer.name not in self.parent:
+            self.parent[producer.name] = producer.name
+            self.spaces[producer.name] = Space([producer.name])
+        return self.find(producer.name)
+
+    def join(self, a: str, b: str) -> str:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[b] = a
+            first, second = self.spaces[a], self.spaces.pop(b)
+            first.producers += second.producers
+            first.consumers.update(second.consumers)
+            first.depthwise += [d for d in second.depthwise if d not in first.depthwise]
+            first.carried.update(second.carried)
+            if 1 < first.parts != second.parts > 1:
+                first.reason = first.reason or "its channels are grouped differently where " \
+                                                "they meet another layer's"
+            first.parts = max(first.parts, second.parts)
+            if second.final and not first.final:
+                first.reason, first.final = second.reason, True
+            first.reason = first.reason or second.reason
+        return a
+
+    def all(self) -> list[Space]:
+        return list(self.spaces.values())
+
+    def walk(self, producer: fx.Node, parts: int = 1) -> None:
+        """Follow `producer`'s channels to every consumer, joining spaces where they meet."""
+        Walk(self, producer, parts).run()
+
+
+class Walk:
+    """One producer's walk through the graph: the rules read and change it."""
+
+    def __init__(self, spaces: Spaces, producer: fx.Node, parts: int) -> None:
+        self.spaces, self.producer = spaces, producer
+        self.root = spaces.add(producer)
+        self.space.parts = max(self.space.parts, parts)
+        self.cats: set[str] = set()  # channel cats this walk has passed
+
+    @property
+    def space(self) -> Space:
+        return self.spaces.spaces[self.spaces.find(self.root)]
+
+    @property
+    def attention(self) -> set[str]:
+        return self.spaces.attention
+
+    def fail(self, reason: str, final: bool = False) -> None:
+        """Mark the space unprunable; the first reason stays, unless a final one comes."""
+        space = self.space
+        if final and not space.final:
+            space.reason, space.final = reason, True
+        space.reason = space.reason or reason
+
+    def join(self, producer: fx.Node) -> None:
+        """Join `producer`'s space to this one."""
+        self.root = self.spaces.join(self.root, self.spaces.add(producer))
+
+    def run(self) -> None:
+        axis = 1 if self.producer.target in CONV else ndim(self.producer) - 1
+        todo = [At(self.producer, 1, (), axis, axis, source=self.producer)]
+        seen: set[str] = set()
+        while todo:
+            at = todo.pop()
+            if at.node.name in seen:
+                continue
+            seen.add(at.node.name)
+            users = list(at.node.users)
+            for user in users:
+                step = self.step(at, user, len(users))
+                if step is not None:
+                    todo.append(step)
+
+    def step(self, at: At, user: fx.Node, readers: int) -> At | None:
+        found = rule_for(user)
+        if at.behind and user.op != "output" and not (found and found.behind_cat(user, at)):
+            self.fail(f"its concatenated output feeds {op_name(user)}, which the tracer "
+                      "follows only for the output of one layer")
+            return None
+        if user.op == "output":
+            self.fail(OUTPUT_LAYER if not _activations(at) else
+                      "its activation is the model's output")
+            return None
+        if found is not None:
+            result = found.forward(self, at, user)
+            if result is not UNKNOWN:
+                return result
+        if user.name in self.attention:
+            self.fail("attention: its output is split into heads (not pruned)", final=True)
+            return None
+        acts = _activations(at)
+        what = "its output" if not acts else f"its {kind(acts[-1])} output"
+        if not acts and readers == 1 and user.target not in (LINEAR, *CONV):
+            self.fail(f"not followed by an elementwise activation (found {op_name(user)})")
+        else:
+            self.fail(f"{what} feeds {op_name(user)}, which couples channels in a way the "
+                      "tracer does not follow")
+        return None
+
+    def consume(self, at: At, user: fx.Node, parts: int | None = None) -> None:
+        """Record `user` as a layer that reads the units: counted at the last activation on
+        the way, or where they were made (or joined) if there is none (`parts`: 1 where it
+        reads every group's channels with the same weights, as a grouped convolution does;
+        None: as the space holds them)."""
+        counted = _activations(at)
+        known = self.space.consumers.get(user.name)
+        if known is not None and (known.offset, known.block) != (at.offset, at.block):
+            self.fail(f"{user.name} reads its channels twice (through a cat)")
+            return None
+        where = counted[-1].name if counted else (at.source or at.node).name
+        self.space.consumers[user.name] = Consumer(user, at.block, where,
+                                                   tuple(a.name for a in at.acts), at.counted,
+                                                   at.offset, at.count_offset, parts)
+        return None
+
+
+def _activations(at: At) -> list[fx.Node]:
+    return [a for a in at.acts if not scaling(a)]

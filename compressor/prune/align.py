@@ -1,0 +1,220 @@
+"""Round the widths a selection keeps to the steps the CPU's kernels run in: a width between two
+steps costs what the next step costs. Each group moves to a multiple near what it keeps; the
+choice is greedy, one group at a time, so it takes time linear in the groups (per step
+tried), not in the combinations of their widths."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..graph.groups import PrunableGroup
+from .select import Budget
+
+MIN_EFFICIENCY = 0.9  # least share of the FLOPs removed that widths must save in time
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """What widths cost in time where kernels run in steps: FLOPs with each group's width
+    rounded up to its kernel's step (a width between two steps takes as long as the step
+    above).
+
+    Attributes:
+        steps: per group, the step its kernel runs in (groups not listed: exact).
+        flops: per weight tensor, the FLOPs of one entry (output positions).
+        original: the groups' widths before pruning.
+    """
+
+    steps: dict[str, int]
+    flops: dict[str, int]
+    original: dict[str, int]
+
+    def waste(self, counter: Counter, sizes: dict[str, int]) -> float:
+        """Time over FLOPs at `sizes`: 1.0 when every width is on a step."""
+        padded = {name: math.ceil(n / self.steps.get(name, 1)) * self.steps.get(name, 1)
+                  for name, n in sizes.items()}
+        return counter.count(padded, self.flops) / max(counter.count(sizes, self.flops), 1)
+
+    def limit(self, counter: Counter) -> float:
+        """The most `waste` widths may have: 1 / MIN_EFFICIENCY times what the original widths
+        waste (so that the time saved is at least MIN_EFFICIENCY of the FLOPs removed)."""
+        return self.waste(counter, self.original) / MIN_EFFICIENCY
+
+
+class Counter:
+    """What the target counts (`weight_count`), kept per tensor, so that changing one group's
+    width recounts only the tensors it touches."""
+
+    def __init__(self, groups: tuple[PrunableGroup, ...], shapes: dict[str, tuple[int, ...]],
+                 costs: dict[str, int] | None) -> None:
+        self.shapes, self.costs = shapes, costs or {}
+        self.owners: dict[str, list[tuple[int, str, int]]] = {}  # tensor: (axis, group, per)
+        self.touch: dict[str, list[str]] = {g.name: [] for g in groups}
+        self.sizes0 = {g.name: g.size for g in groups}
+        for g in groups:
+            for s in g.weights + g.consumers:
+                self.owners.setdefault(s.param, []).append((s.axis, g.name, s.block * s.parts))
+                if s.param not in self.touch[g.name]:
+                    self.touch[g.name].append(s.param)
+
+    def tensor(self, param: str, sizes: dict[str, int], costs: dict[str, int] | None = None) -> int:
+        dims = list(self.shapes[param])
+        for axis, name, per in self.owners.get(param, ()):
+            dims[axis] -= (self.sizes0[name] - sizes[name]) * per
+        return math.prod(dims) * (costs if costs is not None else self.costs).get(param, 1)
+
+    def count(self, sizes: dict[str, int], costs: dict[str, int] | None = None) -> int:
+        return sum(self.tensor(p, sizes, costs) for p in self.shapes)
+
+    def change(self, sizes: dict[str, int], name: str, width: int) -> int:
+        """How the count moves when group `name` takes `width`."""
+        after = {**sizes, name: width}
+        return sum(self.tensor(p, after) - self.tensor(p, sizes) for p in self.touch[name])
+
+
+def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
+                 scores: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                 budget: Budget, multiple: int | dict[str, int],
+                 dead: dict[str, torch.Tensor] | None = None,
+                 costs: dict[str, int] | None = None,
+                 original_sizes: dict[str, int] | None = None,
+                 step_time: StepTime | None = None) -> dict[str, torch.Tensor]:
+    """Change `removed` so that every group keeps a multiple of its `multiple` (groups with
+    fewer units than that keep what they have). Each group may keep the multiples next to
+    what it keeps, and, while it is still at its `original_sizes` width, that width. Starting
+    from the largest option at or below what each keeps, groups move one option up at a time,
+    the move that keeps the most weights within `budget.max_weights` first, until none fits;
+    where that keeps fewer than `budget.min_weights`, every group may also keep the width it
+    has (in the last of several cycles a group that shrank below a multiple cannot grow back
+    to the next one). Where even the smallest options exceed the budget, the multiples are
+    halved until they fit (or reach 1: exact widths). With `step_time`, widths that waste
+    time (beyond `StepTime.limit`) may each move to the step below or above them, if that
+    lands within the budget's window. Rounding down removes the lowest-scored kept units;
+    rounding up restores the best-scored removed live units."""
+    multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
+    if all(multiples.get(g.name, 1) <= 1 for g in groups):
+        return removed
+    dead = dead or {g.name: scores[g.name] == 0 for g in groups}
+    counter = Counter(groups, shapes, costs)
+    kept = {g.name: g.size - int(removed[g.name].numel()) for g in groups}
+    sizes = _aligned(groups, kept, multiples, original_sizes or {}, counter, budget)
+    if step_time is not None and step_time.waste(counter, sizes) > step_time.limit(counter):
+        fast = _on_steps(groups, sizes, step_time, counter, budget)
+        sizes = fast or sizes
+    return _applied(groups, removed, scores, dead, sizes)
+
+
+def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
+             original: dict[str, int], counter: Counter, budget: Budget) -> dict[str, int]:
+    """The widths: multiples near what each group keeps, as many weights as fit."""
+    while True:
+        options = {g.name: _options(g, kept[g.name], multiples.get(g.name, 1),
+                                    original.get(g.name) == g.size) for g in groups}
+        sizes = _start(options, kept, counter, budget)
+        if sizes is not None:
+            break
+        multiples = {name: m // 2 for name, m in multiples.items()}  # too coarse: halve
+    sizes = _raise(options, sizes, counter, budget.max_weights)
+    if counter.count(sizes) < budget.min_weights:  # any aligned group may keep what it has
+        options = {g.name: tuple(sorted({*options[g.name], g.size}))
+                   if 1 < (m := multiples.get(g.name, 1)) <= g.size and g.size % m
+                   else options[g.name] for g in groups}
+        wider = _start(options, kept, counter, budget)
+        if wider is not None:
+            wider = _raise(options, wider, counter, budget.max_weights)
+            sizes = max(sizes, wider, key=counter.count)
+    return sizes
+
+
+def _options(group: PrunableGroup, kept: int, multiple: int, whole: bool) -> tuple[int, ...]:
+    """Widths a group may keep: the multiples next to `kept` (within its width), and its whole
+    width while it is unpruned and no multiple."""
+    if multiple <= 1 or group.size < multiple:
+        return (kept,)
+    down = max(multiple, kept // multiple * multiple)
+    near = {n for n in (down - multiple, down, down + multiple) if multiple <= n <= group.size}
+    if whole and group.size % multiple:
+        near.add(group.size)
+    return tuple(sorted(near))
+
+
+def _start(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: Counter,
+           budget: Budget) -> dict[str, int] | None:
+    """Every group at its largest option within what it keeps (else its smallest); lowered
+    one option at a time, the largest saving first, while over the budget; None if even the
+    smallest options are over it."""
+    sizes = {name: max((o for o in opts if o <= kept[name]), default=opts[0])
+             for name, opts in options.items()}
+    count = counter.count(sizes)
+    while count > budget.max_weights:
+        moves = [(counter.change(sizes, name, lower), name, lower)
+                 for name, opts in options.items()
+                 for lower in [max((o for o in opts if o < sizes[name]), default=None)]
+                 if lower is not None]
+        if not moves:
+            return None
+        saving, name, lower = min(moves)
+        sizes[name] = lower
+        count += saving
+    return sizes
+
+
+def _raise(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: Counter,
+           most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True) -> dict[str, int]:
+    """Move groups up to a larger option, the move that adds the most while the count stays
+    within `most` (and `keep` accepts the widths) first, until no move fits."""
+    sizes, count = dict(sizes), counter.count(sizes)
+    while True:
+        best = None
+        for name, opts in options.items():
+            for higher in (o for o in opts if o > sizes[name]):
+                gain = counter.change(sizes, name, higher)
+                if count + gain <= most and (best is None or gain > best[0]) and \
+                        keep({**sizes, name: higher}):
+                    best = (gain, name, higher)
+        if best is None:
+            return sizes
+        sizes[best[1]] = best[2]
+        count += best[0]
+
+
+def _on_steps(groups, sizes: dict[str, int], step_time: StepTime, counter: Counter,
+              budget: Budget) -> dict[str, int] | None:
+    """Widths on the kernels' steps either side of `sizes` that waste no more time than the
+    limit and land within the budget's window, as many weights as fit; None if none do."""
+    limit = step_time.limit(counter)
+    options = {}
+    for g in groups:
+        n, step = sizes[g.name], step_time.steps.get(g.name, 1)
+        options[g.name] = tuple(sorted({n, *(m for m in (n // step * step, -(-n // step) * step)
+                                             if 0 < m <= g.size)}))
+    start = {name: opts[0] for name, opts in options.items()}
+    if counter.count(start) > budget.max_weights or step_time.waste(counter, start) > limit:
+        return None
+    fast = _raise(options, start, counter, budget.max_weights,
+                  keep=lambda widths: step_time.waste(counter, widths) <= limit)
+    return fast if counter.count(fast) >= budget.min_weights else None
+
+
+def _applied(groups, removed: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
+             dead: dict[str, torch.Tensor], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """`removed` changed so that each group keeps `sizes[group]` units: the lowest-scored
+    kept units go, or the best-scored removed live units come back."""
+    out = {}
+    for g in groups:
+        want = sizes[g.name]
+        gone = set(removed[g.name].tolist())
+        kept = [u for u in range(g.size) if u not in gone]
+        if want < len(kept):
+            kept.sort(key=lambda u: (float(scores[g.name][u]), u))
+            gone |= set(kept[:len(kept) - want])
+        elif want > len(kept):
+            back = sorted(gone, key=lambda u: (bool(dead[g.name][u]), -float(scores[g.name][u]),
+                                               u))
+            gone -= set(back[:want - len(kept)])
+        out[g.name] = torch.tensor(sorted(gone), dtype=torch.int64)
+    return out
