@@ -237,7 +237,8 @@ def _markdown(runs, dense_acc, analysis, files, regrown, lowrank, seeds, figures
     for name, results in runs.items():
         acc = [r.report.accuracy.after for r in results]
         means[name] = statistics.mean(acc)
-        flops = statistics.mean(r.report.size.flops_after for r in results)
+        flops = statistics.mean(r.report.size.nonzero_flops_after or r.report.size.flops_after
+                                for r in results)
         pruned = statistics.mean(1 - r.report.size.weights_after / r.report.size.weights_before
                                  for r in results)
         lines.append(f"| {name} | {_mean_sd(acc)} | {100 * (means[name] - dense_acc):+.2f} | "

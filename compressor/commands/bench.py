@@ -43,7 +43,7 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
     files = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
     names = labels(files)
     loaded = {p: load_onnx(p).runnable() for p in files}
-    flops = {p: flops_per_sample(m.proto)[0] for p, m in loaded.items()}
+    flops = {p: flops_per_sample(m.proto, nonzero=True)[0] for p, m in loaded.items()}
     sample = {p: random_input(m, 64) for p, m in loaded.items()}
     sparse = {p for p, m in loaded.items() if runtime and m.proto.graph.sparse_initializer}
     peaks: dict[tuple[Path, bool, int], float | None] = {}

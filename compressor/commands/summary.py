@@ -97,17 +97,20 @@ def summarize(run: Outcome, *, model: str, data: str | None, output: str, report
 
 
 def _sizes(run: Outcome) -> Sizes:
-    """Weights, FLOPs and bytes of the input model and of the written file."""
-    nonzero = run.plan.prune.score is Score.WEIGHTS
-    w_after = weights(run.pruned_gm, run.found, nonzero=nonzero)
-    f_after = flops(run.pruned_gm, run.found, nonzero=nonzero)
+    """Weights, FLOPs and bytes of the input model and of the written file (FLOPs of every
+    weight, zeros included, as `compress check` counts them; of the non-zero ones too, for
+    single weights)."""
+    single = run.plan.prune.score is Score.WEIGHTS
+    w_after = weights(run.pruned_gm, run.found, nonzero=single)
+    f_after = flops(run.pruned_gm, run.found)
     if run.plan.format is Format.LOWRANK:  # the file's layers are the factors
         w_after -= sum(out * inp - row.rank * (out + inp) for row in run.packed.layers
                        if row.rank is not None for out, inp in [row.shape])
         f_after = flops_per_sample(onnx.load_from_string(run.packed.data))[0]
     return Sizes(weights(run.dense, run.dense_found), w_after,
                  flops(run.dense, run.dense_found), f_after, len(run.onnx_dense),
-                 len(run.packed.data))
+                 len(run.packed.data),
+                 flops(run.pruned_gm, run.found, nonzero=True) if single else None)
 
 
 def _settings(run: Outcome) -> Settings:

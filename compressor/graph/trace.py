@@ -221,7 +221,8 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
     chains = {tuple(_signature(nodes[a]) for a in c.functions) for c in consumers}
     gated = any(nodes[a].target in MUL and not scaling(nodes[a])
                 for c in consumers for a in c.functions)  # its value needs the other factor
-    exact = len(filters) == 1 and len(chains) == 1 and not gated and not space.carried and all(
+    exact = len(filters) == 1 and len(chains) == 1 and not gated and not space.carried and \
+        parts == 1 and all(
         c.node.target is LINEAR or not any(_padding(c.node)) for c in consumers)
     members.sort(key=lambda layer: order[layer.node])
     return PrunableGroup(

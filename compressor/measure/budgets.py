@@ -20,7 +20,7 @@ class Budgets:
     Args:
         max_size: file size in bytes.
         max_params: stored parameters (all floating-point and 8-bit initializer entries).
-        max_flops: FLOPs per sample (2 x non-zero weights of MatMul/Gemm/Conv x positions).
+        max_flops: FLOPs per sample (2 x weights of MatMul/Gemm/Conv x positions).
         min_accuracy: top-1 accuracy on labelled data, 0..1.
         min_agreement: share of samples whose top-1 class equals the reference model's, 0..1.
         max_latency_ms: onnxruntime latency of one run() at the checked batch size.
@@ -129,7 +129,7 @@ def measure_file(proto: onnx.ModelProto, size: int, budgets: Budgets) -> dict[st
     if budgets.max_flops is not None:
         flops, uncounted = flops_per_sample(proto)
         note = f"; not counted: {', '.join(uncounted)}" if uncounted else ""
-        measured["flops"] = Measured(flops, f"per sample, 2 x non-zero weights{note}")
+        measured["flops"] = Measured(flops, f"per sample, 2 x weights{note}")
     return measured
 
 

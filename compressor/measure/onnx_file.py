@@ -97,9 +97,12 @@ def parameter_count(proto: onnx.ModelProto) -> int:
     return sum(math.prod(t.dims) for t in tensors if t.data_type not in _NOT_PARAMETERS)
 
 
-def flops_per_sample(proto: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
-    """FLOPs of one sample: 2 x (non-zero weights x positions each is applied at) over the
-    MatMul, Gemm and Conv nodes (and their int8 forms), the paper's count for a dense layer.
+def flops_per_sample(proto: onnx.ModelProto, *,
+                     nonzero: bool = False) -> tuple[int, tuple[str, ...]]:
+    """FLOPs of one sample: 2 x (weights x positions each is applied at) over the MatMul, Gemm
+    and Conv nodes (and their int8 forms): what a dense kernel computes, zeros included (the
+    count of `compress` reports); with `nonzero`, of the non-zero weights only (what a sparse
+    kernel computes: the activation-based pruning paper's count).
 
     Returns:
         The FLOPs and the op types of nodes that could not be counted (weights not constant,
@@ -125,7 +128,7 @@ def flops_per_sample(proto: onnx.ModelProto) -> tuple[int, tuple[str, ...]]:
         if w is None or positions is None:
             uncounted.append(node.op_type)
             continue
-        total += 2 * int(np.count_nonzero(w)) * positions
+        total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions
     return total, tuple(sorted(set(uncounted)))
 
 
@@ -153,8 +156,12 @@ def _positions(node: onnx.NodeProto, out: list[int | None] | None) -> int | None
 
 def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     found = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for sparse in proto.graph.sparse_initializer:
-        found[sparse.values.name] = numpy_helper.to_array(sparse.values)  # non-zeros only
+    for sparse in proto.graph.sparse_initializer:  # the dense tensor it stands for
+        dense = np.zeros(tuple(sparse.dims), dtype=numpy_helper.to_array(sparse.values).dtype)
+        indices = numpy_helper.to_array(sparse.indices)
+        flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, dense.shape)
+        dense.reshape(-1)[flat] = numpy_helper.to_array(sparse.values)
+        found[sparse.values.name] = dense
     for node in proto.graph.node:
         for a in node.attribute:
             if node.op_type == "Constant" and a.name == "value":

@@ -1,10 +1,12 @@
 """Round the widths a selection keeps to the steps the CPU's kernels run in: a width between two
-steps costs what the next step costs. Each group moves to a multiple near what it keeps; the
-choice is greedy, one group at a time, so it takes time linear in the groups (per step
-tried), not in the combinations of their widths."""
+steps costs what the next step costs. Each group moves to a multiple near what it keeps. Where
+there are few combinations of those choices all are tried; where many (dozens of groups), the
+choice is greedy, one group (or one exchange between two) at a time, so its time grows with
+the groups, not with the combinations of their widths."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -114,26 +116,48 @@ def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
     while True:
         options = {g.name: _options(g, kept[g.name], multiples.get(g.name, 1),
                                     original.get(g.name) == g.size) for g in groups}
-        sizes = _start(options, kept, counter, budget)
+        sizes = _choose(options, kept, counter, budget.max_weights)
         if sizes is not None:
             break
         multiples = {name: m // 2 for name, m in multiples.items()}  # too coarse: halve
-    sizes = _raise(options, sizes, counter, budget.max_weights)
     if counter.count(sizes) < budget.min_weights:  # any aligned group may keep what it has
         options = {g.name: tuple(sorted({*options[g.name], g.size}))
                    if 1 < (m := multiples.get(g.name, 1)) <= g.size and g.size % m
                    else options[g.name] for g in groups}
-        wider = _start(options, kept, counter, budget)
-        if wider is not None:
-            wider = _raise(options, wider, counter, budget.max_weights)
-            sizes = max(sizes, wider, key=counter.count)
+        sizes = _choose(options, kept, counter, budget.max_weights) or sizes
     return sizes
 
 
+EXHAUSTIVE = 3 ** 8  # at most this many combinations of widths are all tried
+
+
+def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: Counter,
+            most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True,
+            start: dict[str, int] | None = None) -> dict[str, int] | None:
+    """The widths (one option per group) that keep the most within `most` among those `keep`
+    accepts: every combination where there are at most EXHAUSTIVE (the first best in order),
+    else greedily from `start` (default: the largest option within what each keeps); None if
+    nothing fits."""
+    if math.prod(len(o) for o in options.values()) <= EXHAUSTIVE:
+        best = None
+        names = list(options)
+        for combo in itertools.product(*options.values()):
+            sizes = dict(zip(names, combo))
+            count = counter.count(sizes)
+            if count <= most and (best is None or count > best[0]) and keep(sizes):
+                best = (count, sizes)
+        return None if best is None else best[1]
+    sizes = start or _start(options, kept, counter, most)
+    if sizes is None or counter.count(sizes) > most or not keep(sizes):
+        return None
+    return _raise(options, sizes, counter, most, keep)
+
+
 def _options(group: PrunableGroup, kept: int, multiple: int, whole: bool) -> tuple[int, ...]:
-    """Widths a group may keep: the multiples next to `kept` (within its width), and its whole
-    width while it is unpruned and no multiple."""
-    if multiple <= 1 or group.size < multiple:
+    """Widths a group may keep: the multiples next to `kept` (within its width; for exact
+    widths, a unit either side), and its whole width while it is unpruned and no multiple."""
+    multiple = max(1, multiple)
+    if group.size < multiple:
         return (kept,)
     down = max(multiple, kept // multiple * multiple)
     near = {n for n in (down - multiple, down, down + multiple) if multiple <= n <= group.size}
@@ -143,14 +167,14 @@ def _options(group: PrunableGroup, kept: int, multiple: int, whole: bool) -> tup
 
 
 def _start(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: Counter,
-           budget: Budget) -> dict[str, int] | None:
+           most: int) -> dict[str, int] | None:
     """Every group at its largest option within what it keeps (else its smallest); lowered
     one option at a time, the largest saving first, while over the budget; None if even the
     smallest options are over it."""
     sizes = {name: max((o for o in opts if o <= kept[name]), default=opts[0])
              for name, opts in options.items()}
     count = counter.count(sizes)
-    while count > budget.max_weights:
+    while count > most:
         moves = [(counter.change(sizes, name, lower), name, lower)
                  for name, opts in options.items()
                  for lower in [max((o for o in opts if o < sizes[name]), default=None)]
@@ -164,7 +188,8 @@ def _start(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: C
 
 
 def _raise(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: Counter,
-           most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True) -> dict[str, int]:
+           most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True,
+           ) -> dict[str, int]:
     """Move groups up to a larger option, the move that adds the most while the count stays
     within `most` (and `keep` accepts the widths) first, until no move fits."""
     sizes, count = dict(sizes), counter.count(sizes)
@@ -177,9 +202,36 @@ def _raise(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: 
                         keep({**sizes, name: higher}):
                     best = (gain, name, higher)
         if best is None:
-            return sizes
+            return _exchanged(options, sizes, counter, most, keep)
         sizes[best[1]] = best[2]
         count += best[0]
+
+
+def _exchanged(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: Counter,
+               most: int, keep: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+    """`sizes` improved by moving one group down and another up where that keeps more within
+    `most`, the best exchange first, until none does (what the greedy moves up alone miss)."""
+    count = counter.count(sizes)
+    while True:
+        best = None
+        for down, opts in options.items():
+            for lower in (o for o in opts if o < sizes[down]):
+                lowered = {**sizes, down: lower}
+                loss = counter.change(sizes, down, lower)
+                for up, others in options.items():
+                    if up == down:
+                        continue
+                    for higher in (o for o in others if o > sizes[up]):
+                        gain = loss + counter.change(lowered, up, higher)
+                        if 0 < gain and count + gain <= most and \
+                                (best is None or gain > best[0]) and \
+                                keep({**lowered, up: higher}):
+                            best = (gain, down, lower, up, higher)
+        if best is None:
+            return sizes
+        gain, down, lower, up, higher = best
+        sizes = {**sizes, down: lower, up: higher}
+        count += gain
 
 
 def _on_steps(groups, sizes: dict[str, int], step_time: StepTime, counter: Counter,
@@ -193,11 +245,9 @@ def _on_steps(groups, sizes: dict[str, int], step_time: StepTime, counter: Count
         options[g.name] = tuple(sorted({n, *(m for m in (n // step * step, -(-n // step) * step)
                                              if 0 < m <= g.size)}))
     start = {name: opts[0] for name, opts in options.items()}
-    if counter.count(start) > budget.max_weights or step_time.waste(counter, start) > limit:
-        return None
-    fast = _raise(options, start, counter, budget.max_weights,
-                  keep=lambda widths: step_time.waste(counter, widths) <= limit)
-    return fast if counter.count(fast) >= budget.min_weights else None
+    fast = _choose(options, start, counter, budget.max_weights,
+                   keep=lambda widths: step_time.waste(counter, widths) <= limit, start=start)
+    return fast if fast is not None and counter.count(fast) >= budget.min_weights else None
 
 
 def _applied(groups, removed: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],

@@ -6,7 +6,7 @@ removed units' consumer columns are zero, so every later group sees the pruned n
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -22,7 +22,7 @@ from ..graph.groups import (
 )
 from .calibrate import ActivationStats
 from .config import CompensateConfig, Compensation
-from .lsq import refit_consumer
+from .refit import Refit, refit_in_order
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Compensated:
 
     exact: int  # constant outputs, folded exactly into the next layer's bias
     merged: int  # folded into a similar kept unit (merge)
+    mean_rule: tuple[str, ...] = ()  # its consumers too wide for lsq: given the mean rule
 
 
 def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
@@ -46,7 +47,8 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
     merge (the next layer's column of the most similar kept unit absorbs theirs, when the
     cosine similarity of [w | b] rows is at least `config.merge_threshold`; only in groups
     where that is exact, `PrunableGroup.mergeable`: the others' units are dropped),
-    lsq (the next layer is refitted by least squares on the pruned network's activations).
+    lsq (every layer that reads removed units is refitted by least squares, in one pass in
+    graph order, on the pruned network's activations: `compressor.prune.refit`).
 
     Args:
         gm: the working graph, modified in place.
@@ -55,7 +57,7 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         config: the compensation method and its settings.
         stats: activation statistics of `gm` (needed by mean).
         x: calibration inputs (needed by lsq).
-        progress: receives (groups done, groups) after each group.
+        progress: receives (layers refitted, layers to refit) with lsq.
 
     Returns:
         Per group, how many removed units were exact constants and how many were merged.
@@ -66,10 +68,6 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
             (config.method is Compensation.LSQ and x is None):
         raise ValueError(f"compensation {config.method.value} needs calibration data")
     lsq = Compensation.LSQ in modes.values()
-    lsq_last = {}  # per consumer: the last group that reads into it, where it is refitted
-    for g in groups:
-        if modes[g.name] is Compensation.LSQ:
-            lsq_last.update((name, g.name) for name in g.consumer_nodes)
     reference = copy.deepcopy(gm) if lsq else None
     # merge matches on the rows as they were before any group changed (as Kim et al.'s code)
     rows = {g.name: unit_rows(gm, g) for g in groups if modes[g.name] is Compensation.MERGE}
@@ -86,26 +84,32 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         merged = _merge(gm, g, rows[g.name], units[~is_constant], keep,
                         config.merge_threshold) if mode is Compensation.MERGE else 0
         zero_consumers(gm, g, units)
-        if mode is Compensation.LSQ:
-            _refit(gm, reference, g, groups, removed, x, config, refit=lsq_last)
         done[g.name] = Compensated(int(is_constant.sum()), merged)
-        if progress is not None:
-            progress(len(done), len(groups))
+    if lsq:
+        refits = _refits(groups, removed, modes)
+        by_mean = refit_in_order(gm, reference, refits, x, ridge=config.ridge,
+                                 device=config.device, progress=progress)
+        for g in groups:
+            mine = tuple(n for n in g.consumer_nodes if n in by_mean)
+            if mine:
+                done[g.name] = replace(done[g.name], mean_rule=mine)
     return done
 
 
-def _refit(gm: fx.GraphModule, reference: fx.GraphModule, group: PrunableGroup,
-           groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
-           x: torch.Tensor, config: CompensateConfig, *, refit: dict[str, str]) -> None:
-    """lsq: refit each consumer of `group` that no later group reads into (a consumer of a
-    channel `cat` waits for the last of its groups), without the columns any group drops."""
-    for bias_name, name in zip(group.consumer_biases, group.consumer_nodes):
-        if refit[name] != group.name:
-            continue
-        dropped = [s.entries(removed[g.name]) for g in groups
-                   for s, node in zip(g.consumers, g.consumer_nodes) if node == name]
-        refit_consumer(gm, reference, name, bias_name, torch.cat(dropped), x, ridge=config.ridge,
-                       batch_size=config.batch_size, device=config.device)
+def _refits(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Tensor],
+            modes: dict[str, Compensation]) -> dict[str, Refit]:
+    """Every layer an lsq group's units are read by, with the input columns every group that
+    it reads drops (a consumer of a channel `cat` reads several)."""
+    refits: dict[str, Refit] = {}
+    for g in groups:
+        for s, bias, name in zip(g.consumers, g.consumer_biases, g.consumer_nodes):
+            columns = s.entries(removed[g.name])
+            if name in refits:
+                columns = torch.cat([refits[name].dropped, columns])
+            elif modes[g.name] is not Compensation.LSQ:
+                continue
+            refits[name] = Refit(refits[name].bias if name in refits else bias, columns)
+    return refits
 
 
 def _merge(gm: fx.GraphModule, group: PrunableGroup, rows: torch.Tensor, units: torch.Tensor,

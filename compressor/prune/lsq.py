@@ -1,5 +1,6 @@
-"""Least-squares reconstruction: refit the layer after a pruned group so that its outputs, computed
-from the pruned network's own activations, match the original network's."""
+"""Least squares: the regression sums and the ridge solve a refit needs, the rows a layer's
+input makes (patches for a convolution), and the error criterion (the output error a greedy
+removal with refits leaves)."""
 
 from __future__ import annotations
 
@@ -9,79 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..graph.capture import get_tensor, on_device, outputs_of, set_tensor
-from ..graph.groups import PrunableGroup, Slice
-from ..graph.ops import CONV, LINEAR
+from ..graph.capture import get_tensor, on_device, outputs_of
+from ..graph.groups import PrunableGroup
+from ..graph.ops import LINEAR
 from ..io.cores import batch_starts
 
-
-def refit_consumer(gm: fx.GraphModule, reference: fx.GraphModule, name: str, bias_name: str,
-                   dropped: torch.Tensor, x: torch.Tensor, *, ridge: float,
-                   batch_size: int = 1000, device: str = "cpu") -> None:
-    """Refit the weights and bias of layer `name` without its input columns `dropped`.
-
-    The target is the layer's pre-activation in `reference` (the network before this round
-    of pruning); the inputs are what it reads in `gm`, in which every earlier layer is already
-    pruned and refitted: its input features for a Linear (H*W columns per channel after a
-    Flatten), their unfolded patches (kh*kw columns per channel) for a convolution. Every
-    column it keeps takes part, whichever layer it comes from (a consumer of a channel `cat`
-    reads several); the dropped columns become zero.
-
-    Args:
-        gm: the working graph, modified in place.
-        reference: the same graph before pruning (same tensor and node names and shapes).
-        name: the Linear or 2-D convolution node to refit.
-        bias_name: its bias tensor.
-        dropped: indices along its weight's input axis (features or channels) that go.
-        x: calibration inputs.
-        ridge: regularisation towards the current weights, relative to the mean input variance.
-        batch_size: samples per forward pass.
-        device: where the forward passes run (the sums are kept in float64 on the CPU).
-    """
-    layer = next(n for n in gm.graph.nodes if n.name == name)
-    param = layer.args[1].target
-    w = get_tensor(gm, param).detach()
-    if layer.target in CONV and w.ndim != 4:
-        raise ValueError(f"lsq refits 2-D convolutions and Linear layers, not {name}")
-    stays = torch.ones(w.shape[1], dtype=torch.bool)
-    stays[dropped.to(torch.int64)] = False
-    taps = 1 if layer.target is LINEAR else math.prod(w.shape[2:])
-    columns = Slice(param, 1, taps).entries(stays.nonzero().flatten())
-    w_ref = get_tensor(reference, param).detach().double().reshape(w.shape[0], -1)
-    b_ref = get_tensor(reference, bias_name).detach().double()
-    moments = _Moments(columns.numel(), w_ref.shape[0])
-    inputs = layer.args[0].name
-    pruned, original = outputs_of(gm, [inputs]), outputs_of(reference, [inputs])
-    positions = 1 if layer.target is LINEAR else _positions(layer)
-    rows = _rows(layer, w.shape)
-    if positions > 1:  # a conv has a row per sample and output pixel: use a sample of them
-        x = x[:max(MIN_SAMPLES, -(-MAX_ROWS // positions))]
-    share = min(1.0, MAX_ROWS / max(1, x.shape[0] * positions))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad(), on_device(pruned, device), on_device(original, device):
-        for start in batch_starts(x.shape[0], batch_size):
-            batch = x[start:start + batch_size].to(device)
-            chosen = None if share >= 1.0 else \
-                torch.rand(batch.shape[0] * positions, generator=generator) < share
-            a, ref = rows(pruned(batch)[0].cpu(), chosen), rows(original(batch)[0].cpu(), chosen)
-            moments.add(a[:, columns].double(), ref.double() @ w_ref.T + b_ref)
-    prior = w.double().reshape(w.shape[0], -1)[:, columns].T
-    fitted, bias = moments.solve(prior, ridge)
-    new = torch.zeros_like(w.double().reshape(w.shape[0], -1))
-    new[:, columns] = fitted.T
-    set_tensor(gm, param, new.reshape(w.shape).to(w.dtype))
-    set_tensor(gm, bias_name, bias.to(get_tensor(gm, bias_name).dtype))
+MAX_ROWS = 100_000  # regression rows per refit (a row per sample and output pixel or token)
 
 
-MAX_ROWS = 100_000  # regression rows per conv consumer (a row per sample and output pixel)
-MIN_SAMPLES = 1_000  # a conv's rows are drawn from at least this many samples (more pixels of
-# fewer samples would cost less but repeat the same images; more samples cost a forward pass each)
-
-
-def _rows(layer: fx.Node, shape: torch.Size):
+def patch_rows(layer: fx.Node, shape: torch.Size):
     """How a layer's input becomes regression rows: one per sample (and token) for a Linear,
-    one per sample and output pixel (its kh x kw patch, channel-major like F.unfold) for a
-    2-D convolution, of which only the `chosen` ones (a mask over samples x pixels) are built."""
+    one per sample and output pixel (its kh x kw patch of every input channel, channel-major
+    like F.unfold) for a 2-D convolution, of which only the `chosen` ones (a mask over samples
+    x pixels) are built."""
     if layer.target is LINEAR:
         return lambda a, chosen: a.reshape(-1, shape[1]) if a.ndim > 2 else \
             a.reshape(a.shape[0], -1)
@@ -118,7 +59,7 @@ def _positions(layer: fx.Node) -> int:
         return 1
 
 
-class _Moments:
+class Moments:
     """Running sums (float64) for the regression of targets z on inputs a."""
 
     def __init__(self, inputs: int, outputs: int) -> None:
@@ -187,7 +128,7 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                              "exactly one Linear that reads them directly")
     inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
     probe = outputs_of(gm, inputs)
-    moments = [_Moments(g.size, 0) for g in groups]
+    moments = [Moments(g.size, 0) for g in groups]
     with torch.no_grad(), on_device(probe, device):
         for start in batch_starts(x.shape[0], batch_size):
             acts = probe(x[start:start + batch_size].to(device))

@@ -72,6 +72,7 @@ class Sizes:
     flops_after: int
     onnx_bytes_before: int
     onnx_bytes: int
+    nonzero_flops_after: int | None = None  # single weights: of the non-zero weights only
 
     @property
     def reduction(self) -> float:
@@ -250,6 +251,8 @@ def _totals(r: Report) -> list[tuple[str, ...]]:
     s = r.size
     target = f" (target {100 * r.plan.target:.2f}%)"
     flops = f"{s.flops_before / s.flops_after:.1f}x fewer (2 x multiply-adds)"
+    if s.nonzero_flops_after is not None:
+        flops += f"; {s.nonzero_flops_after:,} of non-zero weights (sparse kernels)"
     if r.plan.of == "flops":
         flops = f"-{100 * s.flop_reduction:.2f}%{target}, {flops}"
     rows = [

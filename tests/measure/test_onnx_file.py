@@ -28,13 +28,16 @@ def test_flops_of_an_exported_mlp_are_twice_its_weights_and_parameters_add_biase
     assert parameter_count(proto) == sum(p.numel() for p in tiny().parameters())
 
 
-def test_zero_weights_are_stored_parameters_but_no_flops():
+def test_zero_weights_cost_dense_flops_and_no_sparse_flops():
+    """A dense kernel multiplies zeros too (a zero-initialised BatchNorm folds into zero
+    weights); a sparse kernel skips them."""
     proto = export(tiny(), (20,))
     weight = next(t for t in proto.graph.initializer if t.name == "0.weight")
     array = numpy_helper.to_array(weight).copy()
     array[:5] = 0  # five rows of 20 inputs
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
-    assert flops_per_sample(proto)[0] == 2 * (TINY_WEIGHTS - 5 * 20)
+    assert flops_per_sample(proto)[0] == 2 * TINY_WEIGHTS
+    assert flops_per_sample(proto, nonzero=True)[0] == 2 * (TINY_WEIGHTS - 5 * 20)
     assert parameter_count(proto) == sum(p.numel() for p in tiny().parameters())
 
 
@@ -56,7 +59,7 @@ def test_a_matmul_of_two_computed_tensors_is_named_as_not_counted():
     assert parameter_count(proto) == 9
 
 
-def test_sparse_initializers_count_their_stored_values():
+def test_sparse_initializers_count_their_stored_values_and_their_dense_flops():
     proto = export(tiny(), (20,))
     weight = next(t for t in proto.graph.initializer if t.name == "0.weight")
     dense = numpy_helper.to_array(weight)
@@ -71,7 +74,8 @@ def test_sparse_initializers_count_their_stored_values():
     onnx.checker.check_model(proto)
     expected = sum(p.numel() for p in tiny().parameters()) - dense.size + flat.size
     assert parameter_count(proto) == expected
-    assert flops_per_sample(proto)[0] == 2 * (TINY_WEIGHTS - dense.size + flat.size)
+    assert flops_per_sample(proto)[0] == 2 * TINY_WEIGHTS
+    assert flops_per_sample(proto, nonzero=True)[0] == 2 * (TINY_WEIGHTS - dense.size + flat.size)
 
 
 def test_load_onnx_reads_the_input_shape_without_the_batch_axis(tmp_path):

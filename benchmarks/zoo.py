@@ -1,0 +1,285 @@
+"""`make bench`: every torchvision classifier pruned to 50% fewer FLOPs in one shot, ours against
+Torch-Pruning, as a new user would: random initialisation (no weights can be downloaded here),
+64 x 64 inputs, 128 unlabelled calibration images (Fashion-MNIST, resized, three channels),
+`compress M.pt2 --target 0.5 --of flops --data calib.npy --input-shape 3,64,64`, one thread
+for the latency. Each run is a child process, timed and measured for peak memory. Writes
+benchmarks/zoo.md.
+
+    python -m benchmarks.zoo [--models resnet18,...] [--out benchmarks/zoo.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import machine
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnext101_32x8d "
+          "resnext101_64x4d wide_resnet50_2 wide_resnet101_2 vgg11_bn vgg13_bn vgg16_bn "
+          "vgg19_bn mobilenet_v2 mobilenet_v3_small mobilenet_v3_large efficientnet_b0 "
+          "efficientnet_b1 efficientnet_v2_s mnasnet0_5 mnasnet0_75 mnasnet1_0 mnasnet1_3 "
+          "shufflenet_v2_x0_5 shufflenet_v2_x1_0 shufflenet_v2_x1_5 shufflenet_v2_x2_0 "
+          "regnet_x_400mf regnet_y_400mf densenet121 googlenet squeezenet1_0 squeezenet1_1 "
+          "alexnet convnext_tiny swin_t vit_b_16 maxvit_t").split()
+SIZE, SAMPLES, TARGET, WINDOW = 64, 144, 0.5, 0.52
+TIMEOUT = 1800  # seconds per run
+SMALL_VIT = dict(image_size=SIZE, patch_size=8, num_layers=6, num_heads=6, hidden_dim=384,
+                 mlp_dim=1536)  # vit_b_16 at a reduced size
+
+
+def build(name: str) -> torch.nn.Module:
+    from models.vision import classifier, import_torchvision
+
+    if name == "vit_b_16":
+        vision = import_torchvision()
+        torch.manual_seed(0)
+        return vision.models.VisionTransformer(num_classes=10, **SMALL_VIT).eval()
+    return classifier(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "zoo.md")
+    parser.add_argument("--peer", help=argparse.SUPPRESS)  # run Torch-Pruning on one model
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer:
+        _peer(args.peer, args.work)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        np.save(work / "calib.npy", _images())
+        for name in args.models.split(","):
+            rows.append(_model(name, work))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            args.out.write_text(_markdown(rows))
+    print(args.out.read_text())
+
+
+def _images() -> np.ndarray:
+    """Fashion-MNIST test images as 3 x 64 x 64 floats in [0, 1]."""
+    from compressor.io.data import load_fashion_mnist
+
+    x = load_fashion_mnist().test.x[:SAMPLES]
+    return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear").repeat(1, 3, 1, 1).numpy()
+
+
+def _model(name: str, work: Path) -> dict:
+    """Ours and the peer on one model: each in a child process."""
+    row = {"model": name}
+    try:
+        program = _export(name, work)
+    except Exception as e:  # a model that does not build or export here
+        return {**row, "status": f"does not build: {type(e).__name__}: {str(e)[:80]}"}
+    row["dense_flops"] = program["flops"]
+    out = work / f"{name}.onnx"
+    cmd = [str(Path(sys.executable).with_name("compress")), str(work / f"{name}.pt2"),
+           "--target", str(TARGET), "--of", "flops", "--data", str(work / "calib.npy"),
+           "--input-shape", f"3,{SIZE},{SIZE}", "--no-latency", "-q", "-o", str(out)]
+    ours = _child(cmd)
+    row["ours"] = ours
+    if ours["code"] == 0:
+        report = json.loads(out.with_suffix(".json").read_text())
+        ours.update(flops=report["size"]["flops_after"], parity=report["parity"]["max_abs_diff"],
+                    share=program["share"])
+    peer = _child([sys.executable, "-m", "benchmarks.zoo", "--peer", name, "--work", str(work)])
+    row["peer"] = peer
+    if peer["code"] == 0:
+        peer.update(json.loads((work / f"{name}.peer.json").read_text()))
+    _latencies(row, work, name)
+    return row
+
+
+def _export(name: str, work: Path) -> dict:
+    """The model as a .pt2 program (what the command reads), its FLOPs and the share of them
+    in prunable groups."""
+    from compressor.graph import count
+    from compressor.graph.capture import capture, export_program
+    from compressor.graph.trace import trace
+    from compressor.io.load import LoadedModel, ModelFormat
+
+    net = build(name)
+    example = torch.rand(2, 3, SIZE, SIZE)
+    torch.export.save(export_program(net, example), str(work / f"{name}.pt2"))
+    gm = capture(LoadedModel(Path(name), ModelFormat.PICKLED_MODULE, net), example)
+    found = trace(gm)
+    owned = {s.param for g in found.groups for s in g.weights + g.consumers}
+    total = count.flops(gm, found)
+    inside = sum(2 * layer.positions * getattr(gm, layer.weight).numel()
+                 for layer in found.layers if layer.weight in owned)
+    torch.save(net, work / f"{name}.module.pt")
+    return {"flops": total, "share": inside / total}
+
+
+def _child(cmd: list[str]) -> dict:
+    """Run `cmd`; its exit code, wall seconds, peak memory (GB) and last error line."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - start > TIMEOUT:
+                process.kill()
+                os.wait4(process.pid, 0)
+                return {"code": -1, "wall": TIMEOUT, "error": f"no answer in {TIMEOUT} s"}
+            time.sleep(0.2)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        lines = [line for line in err.read().splitlines() if line.strip()]
+    return {"code": process.returncode, "wall": round(time.perf_counter() - start, 1),
+            "peak": round(usage.ru_maxrss / 1e6, 2),  # kB on Linux
+            "error": lines[-1][:200] if process.returncode and lines else ""}
+
+
+def _peer(name: str, work: Path) -> None:
+    """Torch-Pruning 1.6 with its standard recipe: MetaPruner, group L2 magnitude, one ratio
+    for every layer, the classifier ignored; the ratio bisected so that the model keeps 50% of
+    its FLOPs (counted as ours are); exported as ours are."""
+    import torch_pruning as tp
+
+    from benchmarks.common import flops_of
+    from compressor.export.to_onnx import to_onnx
+    from compressor.export.verify import run_onnx
+    from compressor.graph.capture import capture
+    from compressor.io.load import LoadedModel, ModelFormat
+    from compressor.runtime import session
+
+    net = torch.load(work / f"{name}.module.pt", weights_only=False)
+    x = torch.from_numpy(np.load(work / "calib.npy"))
+    example = x[:2]
+    base = flops_of(net, example)
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1:]
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(10):
+        ratio = (lo + hi) / 2
+        candidate = copy.deepcopy(net)
+        tp.pruner.MetaPruner(candidate, example, importance=tp.importance.MagnitudeImportance(p=2),
+                             pruning_ratio=ratio, ignored_layers=head).step()
+        reduction = 1 - flops_of(candidate, example) / base
+        if reduction >= TARGET:
+            best, hi = (candidate, reduction), ratio
+        else:
+            lo = ratio
+    if best is None:
+        raise SystemExit(f"Torch-Pruning cannot reach {TARGET:.0%} fewer FLOPs")
+    model, reduction = best
+    onnx_bytes = to_onnx(capture(LoadedModel(Path(name), ModelFormat.PICKLED_MODULE,
+                                             model.eval()), example), example)
+    (work / f"{name}.peer.onnx").write_bytes(onnx_bytes)
+    with torch.no_grad():
+        parity = float((run_onnx(session(onnx_bytes), x) - model(x)).abs().max())
+    (work / f"{name}.peer.json").write_text(json.dumps(
+        {"flops": round((1 - reduction) * base), "parity": parity}))
+
+
+def _latencies(row: dict, work: Path, name: str) -> None:
+    """Dense, ours and the peer at batch 8, one thread, interleaved."""
+    from compressor.export.to_onnx import to_onnx
+    from compressor.graph.capture import capture
+    from compressor.io.load import LoadedModel, ModelFormat
+    from compressor.measure.latency import latencies_ms
+
+    files = {"ours": work / f"{name}.onnx", "peer": work / f"{name}.peer.onnx"}
+    present = {who: path.read_bytes() for who, path in files.items() if path.exists()}
+    if not present:
+        return
+    example = torch.rand(2, 3, SIZE, SIZE)
+    net = torch.load(work / f"{name}.module.pt", weights_only=False)
+    dense = to_onnx(capture(LoadedModel(Path(name), ModelFormat.PICKLED_MODULE, net), example),
+                    example)
+    sample = torch.from_numpy(np.load(work / "calib.npy"))[:8]
+    models = [dense, *present.values()]
+    times = latencies_ms(models, [sample] * len(models), batch=8, threads=1,
+                         seconds=1.0 * len(models))
+    for who, ms in zip(present, times[1:]):
+        row[who]["speedup"] = round(times[0] / ms, 2)
+
+
+def _cell(run: dict, dense: int | None) -> tuple[str, ...]:
+    if run.get("code") != 0:
+        return ("refused" if run.get("code", 2) == 2 else "failed", "–", "–", "–",
+                f"{run.get('wall', 0):.0f} s", _gb(run.get("peak")))
+    reduction = 1 - run["flops"] / dense
+    hit = "**reached**" if TARGET <= reduction <= WINDOW else "off target"
+    return (hit, f"{100 * reduction:.1f}%", f"{run['parity']:.0e}",
+            f"{run.get('speedup', 0):.2f}x", f"{run['wall']:.0f} s", _gb(run.get("peak")))
+
+
+def _gb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} GB"
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "# Benchmark: the torchvision zoo at 50% fewer FLOPs, one shot, against Torch-Pruning",
+        "",
+        f"Produced by `make bench` (`python -m benchmarks.zoo`) on {time.strftime('%Y-%m-%d')}. "
+        f"Machine: {machine()}.",
+        "",
+        f"Every model randomly initialised (10 classes), {SIZE} x {SIZE} inputs, {SAMPLES} "
+        "unlabelled Fashion-MNIST test images resized to 3 channels (a file split 90/10 into "
+        "calibration and parity). **Ours**: `compress M.pt2 --target 0.5 --of flops --data "
+        f"calib.npy --input-shape 3,{SIZE},{SIZE} --no-latency` (criterion, compensation, "
+        "alignment left to the plan). **Torch-Pruning** (its standard recipe): `MetaPruner`, "
+        "`MagnitudeImportance(p=2)`, one ratio for every layer, the classifier ignored, the ratio "
+        "bisected to the least that removes 50% of the FLOPs, exported by the same exporter. "
+        f"Reached: FLOPs removed in [50%, {100 * WINDOW:.0f}%]. Parity: max \\|onnxruntime - "
+        "PyTorch\\| of the written file. Speedup: dense / pruned onnxruntime latency at batch 8, "
+        "1 thread, interleaved. Wall: the whole command (ours) or prune + bisection + export "
+        "(Torch-Pruning), each in its own process; peak: its peak resident memory. Share: the "
+        "FLOPs of layers our groups reach (their rows or columns prunable).",
+        "",
+        "| model | dense FLOPs | share | ours | FLOPs removed | parity | speedup | wall | peak "
+        "| Torch-Pruning | FLOPs removed | parity | speedup | wall | peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "ours" not in row:
+            lines.append(f"| {row['model']} | {row.get('status', '')} |" + " |" * 13)
+            continue
+        dense = row["dense_flops"]
+        share = row["ours"].get("share")
+        lines.append(f"| {row['model']} | {dense / 1e6:.1f} M | "
+                     f"{'–' if share is None else f'{100 * share:.0f}%'} | "
+                     + " | ".join(_cell(row["ours"], dense)) + " | "
+                     + " | ".join(_cell(row["peer"], dense)) + " |")
+    lines += ["", *_totals(rows), "", "Errors and refusals:", ""]
+    for row in rows:
+        for who in ("ours", "peer"):
+            run = row.get(who, {})
+            if run.get("code", 0) != 0:
+                label = "ours" if who == "ours" else "Torch-Pruning"
+                lines.append(f"- {row['model']} ({label}): {run.get('error', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def _totals(rows: list[dict]) -> list[str]:
+    def reached(run: dict, dense: int) -> bool:
+        return run.get("code") == 0 and TARGET <= 1 - run["flops"] / dense <= WINDOW
+
+    built = [r for r in rows if "ours" in r]
+    ours = sum(reached(r["ours"], r["dense_flops"]) for r in built)
+    peer = sum(reached(r["peer"], r["dense_flops"]) for r in built)
+    return [f"Totals: {len(built)} models built; ours reached the target on {ours}, "
+            f"Torch-Pruning on {peer}."]
+
+
+if __name__ == "__main__":
+    main()
