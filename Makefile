@@ -39,8 +39,12 @@ test: setup
 # --recover, 3 seeds; about 15 minutes), benchmarks/one_shot.md (no fine-tuning),
 # benchmarks/ranking.md (--criterion error on wide layers, exact and blocked; about 3 minutes),
 # benchmarks/sparse.md (single weights, CSR, int8, compress bench; about 30 minutes) and
-# benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes)
-# and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes).
+# benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes),
+# benchmarks/vision.md (torchvision's ResNet-18 and MobileNetV3-small, trained, likewise)
+# and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes),
+# benchmarks/threads.md (torch threads alone and beside busy processes; about an hour) and
+# benchmarks/zoo.md (every torchvision classifier at 50% fewer FLOPs against Torch-Pruning; about
+# three hours).
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
@@ -49,7 +53,11 @@ bench: setup
 	$(PY) -m benchmarks.ranking
 	$(PY) -m benchmarks.sparse
 	$(PY) -m benchmarks.cnn
+	$(PY) -m benchmarks.cnn --models resnet18_fmnist,mobilenet_v3_small_fmnist \
+		--out benchmarks/vision.md
 	$(PY) -m benchmarks.transformer
+	$(PY) -m benchmarks.threads
+	$(PY) -m benchmarks.zoo
 
 # benchmarks/paper.md and benchmarks/paper/*.png: the activation-based pruning paper's tables and
 # figures on the shipped paper MLP, with a verdict on each claim (about 15 minutes on 2 cores).
@@ -59,13 +67,17 @@ paper: setup
 
 # Re-train the shipped example weights: the paper MLP (about 40 s on 2 cores), the VGG-style
 # CNN and the ResNet (about 5.5 minutes each), the ViT and its SwiGLU variant (about 5 minutes
-# each), and LeNet-300-100 with the neuron-merging paper's recipe (about 4 minutes).
+# each), torchvision's ResNet-18 and MobileNetV3-small, and LeNet-300-100 with the
+# neuron-merging paper's recipe (about 4 minutes).
 train: setup
 	$(PY) -m models.train
 	$(PY) -m models.train --arch vgg_bn --recipe cnn --out models/vgg_bn.pt
 	$(PY) -m models.train --arch resnet --recipe cnn --out models/resnet.pt
 	$(PY) -m models.train --arch vit --recipe transformer --out models/vit.pt
 	$(PY) -m models.train --arch vit_swiglu --recipe transformer --out models/vit_swiglu.pt
+	$(PY) -m models.train --arch resnet18_fmnist --recipe vision --out models/resnet18_fmnist.pt
+	$(PY) -m models.train --arch mobilenet_v3_small_fmnist --recipe vision \
+		--out models/mobilenet_v3_small_fmnist.pt
 
 train-lenet: setup
 	$(PY) -m models.train --arch lenet_300_100 --recipe merging --out models/lenet_300_100.pt

@@ -1,5 +1,6 @@
-"""`make bench` (CNN part): the example VGG-BN and ResNet at about 30, 50 and 70% fewer FLOPs,
-with fine-tuning and one-shot. Ours runs through the real CLI with its defaults; Torch-Pruning
+"""`make bench` (CNN part): the example VGG-BN and ResNet (benchmarks/cnn.md) and torchvision's
+ResNet-18 and MobileNetV3-small (`--models resnet18_fmnist,mobilenet_v3_small_fmnist --out
+benchmarks/vision.md`) at about 30, 50 and 70% fewer FLOPs, with fine-tuning and one-shot. Ours runs through the real CLI with its defaults; Torch-Pruning
 1.6 (magnitude importance, channels in multiples of 8) is pruned as near each target as its
 steps of channels allow, and ours to the FLOPs it reached; Torch-Pruning is fine-tuned with
 exactly our recipe (same splits, cycles, epochs, optimiser, distillation), exported and timed
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import math
 import subprocess
@@ -37,10 +39,15 @@ from compressor.plan.rules import CNN_SCHEDULE
 from compressor.prune.config import FinetuneConfig
 from compressor.prune.cycles import schedule
 from compressor.prune.finetune import finetune
-from models import cnn
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"resnet": "ResNet (stem 24, blocks 24/48/96)", "vgg_bn": "VGG-BN (32-32-64-64-128)"}
+MODELS = {  # name: (what builds it, title)
+    "resnet": ("models.cnn:resnet", "ResNet (stem 24, blocks 24/48/96)"),
+    "vgg_bn": ("models.cnn:vgg_bn", "VGG-BN (32-32-64-64-128)"),
+    "resnet18_fmnist": ("models.vision:resnet18_fmnist", "torchvision ResNet-18 (3 x 32 x 32)"),
+    "mobilenet_v3_small_fmnist": ("models.vision:mobilenet_v3_small_fmnist",
+                                  "torchvision MobileNetV3-small (3 x 32 x 32)"),
+}
 SEED = 0
 MULTIPLE = preferred_multiple(Kernel.CONV).multiple  # what --align auto rounds conv channels to here
 PEER_ROUND = 8  # Torch-Pruning's round_to: with 16, its one ratio for every layer cannot reach
@@ -63,7 +70,7 @@ def main() -> None:
 
 def _model_section(name: str, targets: list[float], seconds: float) -> str:
     path = REPO / "models" / f"{name}.pt"
-    loaded = load_model(path, arch=f"models.cnn:{name}")
+    loaded = load_model(path, arch=MODELS[name][0])
     splits, _ = fit_data(loaded, load_data("fashion-mnist", seed=SEED))
     sample = splits.validation.x[:256]
     module = _module(name)
@@ -87,7 +94,8 @@ def _model_section(name: str, targets: list[float], seconds: float) -> str:
 
 
 def _module(name: str) -> torch.nn.Module:
-    module = getattr(cnn, name)()
+    module_name, _, builder = MODELS[name][0].partition(":")
+    module = getattr(importlib.import_module(module_name), builder)()
     module.load_state_dict(torch.load(REPO / "models" / f"{name}.pt", weights_only=True))
     return module.eval()
 
@@ -95,7 +103,7 @@ def _module(name: str) -> torch.nn.Module:
 def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, splits) -> Result:
     out = tmp / "out.onnx"
     cmd = [str(Path(sys.executable).with_name("compress")), str(path), "--arch",
-           f"models.cnn:{name}", "--target", str(target), "--of", "flops", "--data",
+           MODELS[name][0], "--target", str(target), "--of", "flops", "--data",
            "fashion-mnist", "-o", str(out), *([] if tuned else ["--epochs", "0"])]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -171,9 +179,10 @@ def _header(seconds: float) -> str:
         f"Produced by `make bench` (`python -m benchmarks.cnn`) on {time.strftime('%Y-%m-%d')}. "
         f"Machine: {machine()}, Torch-Pruning {tp.__version__}.",
         "",
-        "**Ours**: `compress models/M.pt --arch models.cnn:M --target T --of flops --data "
-        "fashion-mnist` with every other option at its default for a CNN (local scope, "
-        f"activation criterion, lsq compensation, `--align auto`: channels in steps of "
+        "**Ours**: `compress models/M.pt --arch A --target T --of flops --data "
+        "fashion-mnist` with every other option left to the plan (for conv channels: local "
+        "scope, the firing rate behind ReLUs and energy behind other activations, lsq "
+        f"compensation, `--align auto`: channels in steps of "
         f"{MULTIPLE} (what it measured for this CPU's convolutions) in layers of at least "
         f"{4 * MULTIPLE} channels, in multiples of 8 in narrower ones), "
         f"{cycles} cycle(s) of {epochs} fine-tuning epochs with distillation); one-shot adds "
@@ -200,7 +209,8 @@ def _header(seconds: float) -> str:
         f"{seconds:g} s per model and cell, dense, ours and Torch-Pruning interleaved; speedup "
         "= dense latency / latency; **efficiency** = speedup / FLOP ratio (1.0: every FLOP "
         "removed saved its share of time). Wall: the whole `compress` command (load, counting, "
-        "compensation, fine-tuning on 2 torch threads, export, verification, its own latency "
+        "compensation, fine-tuning on torch's default threads, export, verification, its own "
+        "latency "
         "measurement).",
         "",
     ])
@@ -209,7 +219,7 @@ def _header(seconds: float) -> str:
 def _table(name: str, dense: Result, rows: list) -> str:
     lat = rows[0][2].latency
     lines = [
-        f"## {MODELS[name]}",
+        f"## {MODELS[name][1]}",
         "",
         f"Dense: {dense.weights:,} weights, {dense.flops:,} FLOPs/sample, "
         f"{len(dense.onnx):,} ONNX bytes, test accuracy {100 * dense.accuracy:.2f}%, conv "

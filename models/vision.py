@@ -51,15 +51,20 @@ def classifier(name: str, classes: int = 10, **kwargs) -> nn.Module:
     return getattr(models, name)(num_classes=classes, **kwargs).eval()
 
 
+class FashionInput(nn.Module):
+    """Fashion-MNIST's [N, 1, 28, 28] as the [N, 3, 32, 32] images torchvision's models take:
+    padded by two pixels, the one channel repeated three times."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, (2, 2, 2, 2)).expand(-1, 3, -1, -1)
+
+
 def resnet18_fmnist() -> nn.Module:
-    """torchvision's ResNet-18 for 3 x 32 x 32 Fashion-MNIST: a 3x3 stem without max
-    pooling (the 7x7 stride-2 stem and pooling would leave 8x8 after the stem)."""
-    net = classifier("resnet18")
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
+    """torchvision's ResNet-18 as built (7x7 stride-2 stem and max pooling), on Fashion-MNIST
+    images at 3 x 32 x 32."""
+    return nn.Sequential(FashionInput(), classifier("resnet18"))
 
 
 def mobilenet_v3_small_fmnist() -> nn.Module:
-    """torchvision's MobileNetV3-small for 3 x 32 x 32 Fashion-MNIST, as built."""
-    return classifier("mobilenet_v3_small")
+    """torchvision's MobileNetV3-small as built, on Fashion-MNIST images at 3 x 32 x 32."""
+    return nn.Sequential(FashionInput(), classifier("mobilenet_v3_small"))

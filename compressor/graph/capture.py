@@ -18,6 +18,7 @@ from ..io.cores import batch_starts
 from ..io.load import LoadedModel, ModelFormat, output_tensor
 from ..io.quiet import quiet
 from .batchnorm import fold_batchnorm
+from .linears import as_linear
 from .ops import CONV, LINEAR
 
 
@@ -64,6 +65,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean = fx.GraphModule(root, gm.graph)
     clean.graph.lint()
     clean.meta["original_names"] = original_names
+    as_linear(clean)
     fold_batchnorm(clean)
     for name, tensor in [*clean.named_parameters(), *clean.named_buffers()]:
         if tensor.ndim == 4:

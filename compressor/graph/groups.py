@@ -105,6 +105,8 @@ class PrunableGroup:
     offsets: tuple[int, ...] = ()
     carried: tuple[Slice, ...] = ()
     parts: int = 1  # grouped convolutions: each unit is one channel of each of `parts` groups
+    reshapes: tuple[tuple[str, int, int], ...] = ()  # (node, axis, entries per unit) of the
+    #     reshapes that write the units' axis as a number
 
     @property
     def relu(self) -> bool:
@@ -151,6 +153,8 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
     for (param, axis), mask in kept.items():
         set_tensor(gm, param, get_tensor(gm, param).index_select(axis, mask.nonzero().flatten()))
     sizes = {g.name: int(keep[g.name].numel()) if g.name in keep else g.size for g in groups}
+    for g in groups:
+        resize_reshapes(gm, g, sizes[g.name] - g.size)
     for node in gm.graph.nodes:
         for g in groups:
             if node.name in g.grouped_nodes:
@@ -176,6 +180,18 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
                          biases=all_moved(g.biases, n), consumers=all_moved(g.consumers, n),
                          carried=all_moved(g.carried, n), offsets=counted(g))
                  for g in groups)
+
+
+def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> None:
+    """Move the sizes reshapes write for the group's axis by `change` units."""
+    if not change or not group.reshapes:
+        return
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name, axis, per_unit in group.reshapes:
+        node = nodes[name]
+        shape = list(node.args[1])
+        shape[axis] += change * per_unit
+        node.args = (node.args[0], shape, *node.args[2:])
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:

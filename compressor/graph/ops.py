@@ -27,6 +27,10 @@ ACTIVATIONS = {
     aten.softplus.default: "softplus", aten.selu.default: "selu", aten.selu_.default: "selu",
     aten.celu.default: "celu", aten.celu_.default: "celu",
     aten.relu6.default: "hardtanh", aten.relu6_.default: "hardtanh",
+    # elementwise functions an activation may be written out with (GPT-2's gelu_new)
+    aten.pow.Tensor_Scalar: "pow", aten.exp.default: "exp", aten.erf.default: "erf",
+    aten.neg.default: "neg", aten.abs.default: "abs", aten.sqrt.default: "sqrt",
+    aten.rsqrt.default: "rsqrt", aten.reciprocal.default: "reciprocal",
 }
 HOMOGENEOUS = ("relu", "leaky_relu", "identity")  # identity: a unit read as it is made
 # Ops that carry every channel through unchanged in number and order (elementwise per channel
@@ -38,10 +42,10 @@ POOL = (aten.max_pool2d.default, aten.max_pool1d.default, aten.avg_pool2d.defaul
         aten.adaptive_avg_pool1d.default, aten.adaptive_max_pool2d.default)
 FLATTEN = (aten.flatten.using_ints, aten.view.default, aten.reshape.default,
            aten._unsafe_view.default)
-ADD = (aten.add.Tensor, aten.add_.Tensor)
+ADD = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor)
 # An elementwise product of two channel spaces joins them (a gated FFN's silu(W1 x) * (W3 x));
 # by a number it carries the channels on.
-MUL = (aten.mul.Tensor, aten.mul_.Tensor)
+MUL = (aten.mul.Tensor, aten.mul_.Tensor, aten.div.Tensor, aten.div_.Tensor)
 # Normalisations over the feature axis: every output feature depends on every input feature.
 NORMS = {aten.layer_norm.default: "LayerNorm", aten.rms_norm.default: "RMSNorm",
          aten.group_norm.default: "GroupNorm"}

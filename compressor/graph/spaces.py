@@ -34,6 +34,8 @@ class Space:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     depthwise: list[str] = field(default_factory=list)  # convs that filter each unit alone
     carried: dict[tuple[str, int], Slice] = field(default_factory=dict)  # per-unit constants
+    reshapes: dict[tuple[str, int], int] = field(default_factory=dict)  # (node, axis): entries
+    #                                     each unit adds to a reshape's written size
     parts: int = 1  # the producers' outputs hold the units in this many parts (grouped)
     reason: str = ""
     final: bool = False  # the reason explains the whole space (LayerNorm, attention heads)
@@ -68,6 +70,7 @@ class Spaces:
             first.consumers.update(second.consumers)
             first.depthwise += [d for d in second.depthwise if d not in first.depthwise]
             first.carried.update(second.carried)
+            first.reshapes.update(second.reshapes)
             if 1 < first.parts != second.parts > 1:
                 first.reason = first.reason or "its channels are grouped differently where " \
                                                 "they meet another layer's"

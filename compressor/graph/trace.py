@@ -243,6 +243,8 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
         functions=consumers[0].functions if len(chains) == 1 else (),
         kinds=tuple(kind(nodes[a]) for a in counted),
         parts=parts,
+        reshapes=tuple((name, axis, per_unit * parts)
+                       for (name, axis), per_unit in space.reshapes.items()),
     )
 
 

@@ -22,6 +22,7 @@ from .compensate import Compensated, compensate
 from .config import FinetuneConfig, Of, PruneConfig, Score
 from .finetune import FinetuneResult, evaluate, finetune
 from .align import StepTime, align_widths
+from .reach import check_reachable
 from .select import Budget, select, unit_scores
 from .shrink import shrink
 from .sparsify import harvest, masks, remove_weights, weight_scores
@@ -105,6 +106,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     kept = {g.name: torch.arange(g.size) for g in groups}
     costs = count.costs(found, of_flops=prune.of is Of.FLOPS)
     w0 = reference or measure(gm, found, prune)
+    check_reachable(gm, found, groups, costs, w0, prune.target, prune.of is Of.FLOPS)
     start = 1 - measure(gm, found, prune) / w0  # what factoring removed already
     targets = [start + (1 - start) * t for t in
                schedule(1 - (1 - prune.target) / (1 - start), prune.cycles)]

@@ -8,7 +8,7 @@ import torch
 from torch import fx
 
 from ..graph.capture import set_tensor
-from ..graph.groups import PrunableGroup, Slice, take
+from ..graph.groups import PrunableGroup, Slice, resize_reshapes, take
 
 
 def shrink(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
@@ -54,5 +54,11 @@ def expand(groups: tuple[PrunableGroup, ...], pruned: fx.GraphModule,
         ix = tuple(index.get(a, torch.arange(n)) for a, n in enumerate(shape))
         full[torch.meshgrid(*ix, indexing="ij")] = small.detach()
         set_tensor(out, name, full)
+    for g in groups:
+        resize_reshapes(out, g, g.size - int(kept[g.name].numel()))
+    for node in out.graph.nodes:  # depthwise convolutions: a group per channel again
+        for g in groups:
+            if node.name in g.grouped_nodes:
+                node.args = (*node.args[:6], g.size * g.parts, *node.args[7:])
     out.recompile()
     return out

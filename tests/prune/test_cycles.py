@@ -47,3 +47,29 @@ def test_fine_tuning_without_labels_is_refused():
     splits = DataSplits("unlabelled", Dataset(x[:80]), Dataset(x[80:]), None)
     with pytest.raises(ValueError, match="labelled"):
         prune(gm, trace(gm), splits, PruneConfig(0.4), FinetuneConfig(max_epochs=1))
+
+
+def test_an_unreachable_flop_target_says_the_most_in_flops_and_what_keeps_the_rest_dense():
+    """A conv stem whose output reaches a softmax (dense) holds most FLOPs: 90% fewer FLOPs
+    cannot be reached, and the refusal says by how much, in FLOPs, with the reason."""
+    from torch import nn
+
+    from compressor.errors import NothingToPruneError
+    from compressor.prune.config import Of
+
+    class Stem(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.mid, self.head = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = torch.softmax(self.stem(x), dim=1).mean((2, 3))
+            return self.head(torch.relu(self.mid(h)))
+
+    gm = graph_of(Stem(), torch.rand(2, 3, 16, 16))
+    with pytest.raises(NothingToPruneError) as refused:
+        prune(gm, trace(gm), None, PruneConfig(0.9, of=Of.FLOPS), FinetuneConfig())
+    message = str(refused.value)
+    assert "cannot remove 90.0% of the FLOPs" in message and "is the most" in message
+    assert "in stem: " in message and "softmax" in message

@@ -22,8 +22,10 @@ def cat_dim(cat: fx.Node) -> int:
 
 def _joined_backward(operands):
     def backward(node: fx.Node, axis: int):
-        found = [sources(a, axis) if ndim(a) == ndim(node) else None for a in operands(node)]
-        return None if any(f is None for f in found) else [s for f in found for s in f]
+        tensors = [a for a in operands(node) if isinstance(a, fx.Node)]  # numbers shift alike
+        found = [sources(a, axis) if ndim(a) == ndim(node) else None for a in tensors]
+        return None if not found or any(f is None for f in found) else \
+            [s for f in found for s in f]
 
     return backward
 
@@ -48,9 +50,14 @@ def _join_all(walk, at: At, node: fx.Node, operands, what: str) -> At | None:
     return At(node, 1, (), at.axis, at.axis, source=node)
 
 
-@rule(*ADD, backward=_joined_backward(lambda node: node.args[:2]))
+@rule(*ADD, backward=_joined_backward(lambda node: node.args[:2]),
+      behind_cat=lambda user, at: all(not isinstance(a, fx.Node) for a in user.args
+                                      if a is not at.node))
 def add(walk, at: At, user: fx.Node):
-    """A residual add: every operand's space joins this one; the add carries it on."""
+    """A residual add: every operand's space joins this one; the add carries it on. A number
+    added (or subtracted) shifts each unit alike: a function of each unit."""
+    if not any(isinstance(a, fx.Node) for a in user.args[:2] if a is not at.node):
+        return replace(at, node=user, acts=(*at.acts, user))
     return _join_all(walk, at, user, user.args[:2], "added to")
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from ..ops import ACTIVATIONS, MUL
+from ..ops import ACTIVATIONS, ADD, MUL
 
 UNKNOWN = object()  # a rule's answer for a use it does not cover: the walk's generic reasons
 
@@ -96,8 +96,9 @@ def through_first(node: fx.Node, axis: int) -> list[fx.Node] | None:
 
 
 def scaling(node: fx.Node) -> bool:
-    """A product with a number: applied to each unit, but no activation to count at."""
-    return node.target in MUL and not any(isinstance(a, fx.Node) for a in node.args[1:])
+    """A product with a number, or a number added: applied to each unit alike, but no
+    activation to count at."""
+    return node.target in (*MUL, *ADD) and sum(isinstance(a, fx.Node) for a in node.args) == 1
 
 
 def kind(node: fx.Node) -> str:

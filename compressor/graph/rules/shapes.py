@@ -78,13 +78,24 @@ def reshape(walk, at: At, user: fx.Node):
         return UNKNOWN
     moved = moved_axis(at.node, user, at.axis) if at.block == 1 else None
     if moved is not None:
+        _written(walk, user, moved, at.block)
         return replace(at, node=user, axis=moved)
     if user.target in FLATTEN and at.axis == 1:
         flat = flattened_block(at.node, user)
         if flat is not None:
+            _written(walk, user, 1, at.block * flat)
             return replace(at, node=user, block=at.block * flat, offset=at.offset * flat)
     if user.target is MEAN or user.name in walk.attention:
         return UNKNOWN
     walk.fail(f"its output is reshaped by {op_name(user)} to {shape_of(user)}, which the "
               "tracer does not follow")
     return None
+
+
+def _written(walk, node: fx.Node, axis: int, per_unit: int) -> None:
+    """Remember a reshape whose target shape writes the units' axis as a number: it changes
+    with the units (a view after GPT-2's Conv1D writes its width)."""
+    if node.target in FLATTEN and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+        size = node.args[1][axis] if axis < len(node.args[1]) else None
+        if isinstance(size, int) and size > 0:
+            walk.space.reshapes[node.name, axis] = per_unit

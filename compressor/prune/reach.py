@@ -1,0 +1,48 @@
+"""Whether a target can be reached at all, and if not, why: how much the prunable layers hold,
+and what keeps the rest dense, in the unit the target counts."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from ..errors import NothingToPruneError
+from ..graph.capture import get_tensor
+from ..graph.groups import PrunableGroup, weight_count
+from ..graph.trace import Trace
+
+TOP_REASONS = 3
+
+
+def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
+                    costs: dict[str, int], total: int, target: float, flops: bool) -> None:
+    """Refuse a target no selection can reach: with one unit left in every group the model
+    still keeps more than the target allows. The message says the most that can be removed,
+    the share of the count the prunable groups reach, and the reasons that keep the most of
+    the rest dense."""
+    shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
+    floor = weight_count(shapes, list(groups), {g.name: 1 for g in groups}, costs)
+    if floor <= (1 - target) * total:
+        return
+    unit = "FLOPs" if flops else "weights"
+    cost = {layer.weight: get_tensor(gm, layer.weight).numel() * costs.get(layer.weight, 1)
+            for layer in found.layers}
+    reached = {s.param for g in groups for s in g.weights + g.consumers}
+    share = sum(c for w, c in cost.items() if w in reached) / max(total, 1)
+    by_reason: dict[str, list[str]] = {}
+    weight_of = {layer.name: layer.weight for layer in found.layers}
+    for layer, why in found.dense:
+        if weight_of.get(layer) not in reached:
+            by_reason.setdefault(why, []).append(layer)
+    ranked = sorted(by_reason.items(),
+                    key=lambda item: -sum(cost.get(weight_of.get(n), 0) for n in item[1]))
+    reasons = "; ".join(
+        f"{100 * sum(cost.get(weight_of.get(n), 0) for n in names) / total:.0f}% in "
+        f"{', '.join(names[:2])}{' and more' if len(names) > 2 else ''}: {why}"
+        for why, names in ranked[:TOP_REASONS])
+    most = 1 - floor / total
+    raise NothingToPruneError(
+        f"cannot remove {100 * target:.1f}% of the {unit}: with one unit left in every "
+        f"prunable layer {100 * most:.1f}% is the most; the prunable layers reach "
+        f"{100 * share:.0f}% of the {unit}" + (f", and the rest stay dense ({reasons})"
+                                              if reasons else "") +
+        f": choose a target below {most:.3g}")

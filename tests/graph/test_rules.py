@@ -1,0 +1,127 @@
+"""The tracer's rules for what real architectures are made of: units read without an activation
+(linear bottlenecks), squeeze-excitation gates, per-channel scales, grouped convolutions,
+in-place Dropout and hardsigmoid; each checked on a small module, where a plausible mistake
+(a gate's rows left out, a grouped conv's groups made unequal) breaks the pruned model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import compressor
+from compressor.graph.trace import trace
+from tests.helpers import graph_of, remove_units
+
+
+class Bottleneck(nn.Module):
+    """x -> expand (ReLU) -> project (no activation) + x: the projection's units are read as
+    they are made, by the next expansion and the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand, self.project = nn.Conv2d(8, 24, 1), nn.Conv2d(24, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(torch.relu(self.expand(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class Excite(nn.Module):
+    """x * sigmoid(fc2(relu(fc1(pool(x))))), then a projection: fc2's rows are x's units."""
+
+    def __init__(self, gate=nn.Sigmoid) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc1, self.fc2, self.gate = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1), gate()
+        self.project, self.head = nn.Conv2d(16, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        scale = self.gate(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        x = torch.relu(self.project(x * scale))
+        return self.head(x.mean((2, 3)))
+
+
+class Scaled(nn.Module):
+    """A per-channel learned scale (ConvNeXt's layer scale) and in-place Dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(6, 12), nn.Linear(12, 3)
+        self.gamma = nn.Parameter(torch.rand(12) + 0.5)
+        self.drop = nn.Dropout(0.2, inplace=True)
+
+    def forward(self, x):
+        return self.b(self.drop(self.gamma * torch.relu(self.a(x))))
+
+
+class Grouped(nn.Module):
+    """1x1 -> grouped 3x3 (4 groups) -> 1x1, as in ResNeXt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 16, 1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.head(torch.relu(self.c(x)).mean((2, 3)))
+
+
+def _x(n: int = 64) -> torch.Tensor:
+    return torch.rand(n, 3, 8, 8)
+
+
+def test_a_projection_read_without_an_activation_is_a_group_of_its_add():
+    found = trace(graph_of(Bottleneck(), _x(2)))
+    stream = next(g for g in found.groups if g.name == "stem")
+    assert {s.param for s in stream.weights} == {"stem_weight", "project_weight"}
+    assert set(stream.kinds) == {"identity"} and not stream.relu and stream.mergeable
+
+
+def test_a_gate_makes_its_rows_units_of_the_space_it_multiplies():
+    for gate in (nn.Sigmoid, nn.Hardsigmoid):
+        found = trace(graph_of(Excite(gate), _x(2)))
+        space = next(g for g in found.groups if g.name == "conv")
+        assert {s.param for s in space.weights} == {"conv_weight", "fc2_weight"}
+        assert {s.param for s in space.consumers} == {"fc1_weight", "project_weight"}
+        assert "gated" in space.kinds
+        assert any(g.name == "fc1" for g in found.groups)  # the excitation's own units
+
+
+def test_a_per_channel_scale_goes_with_the_units_and_dropout_in_place_passes():
+    found = trace(graph_of(Scaled(), torch.rand(2, 6)))
+    (group,) = found.groups
+    assert [s.param for s in group.carried] == ["gamma"] and group.consumers[0].param == "b_weight"
+
+
+def test_a_grouped_convolution_keeps_equal_groups():
+    gm = graph_of(Grouped(), _x(2))
+    found = trace(gm)
+    a = next(g for g in found.groups if g.name == "a")
+    assert (a.size, a.parts) == (4, 4)  # unit j: channel j of each of the 4 groups
+    x = _x()
+    before = gm(x)
+    remove_units(gm, {"a": torch.tensor([1]), "b": torch.tensor([]).long(),
+                      "c": torch.tensor([]).long()})
+    conv = next(n for n in gm.graph.nodes if n.name == "conv2d_1")
+    assert conv.args[6] == 4 and gm.get_parameter("b_weight").shape == (16, 3, 3, 3)
+    assert gm(x).shape == before.shape
+
+
+def test_every_rule_prunes_and_exports_within_parity():
+    cases = ((Bottleneck(), _x()), (Excite(nn.Hardsigmoid), _x()),
+             (Scaled(), torch.rand(64, 6)), (Grouped(), _x()))
+    for net, x in cases:
+        result = compressor.compress(net, 0.3, data=x, latency=False)
+        assert result.report.size.reduction >= 0.3
+        assert result.report.parity.max_abs_diff <= 1e-4
