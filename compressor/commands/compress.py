@@ -114,7 +114,7 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     sample = example(probe)
     dense = capture(model, sample)
     gm = copy.deepcopy(dense)
-    found = trace(gm)
+    found = trace(gm, sample)
     if not found.groups:
         reasons = "; ".join(f"{layer}: {why}" for layer, why in found.dense) or \
             "no Linear or Conv layers"
@@ -137,7 +137,7 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
         factored = _factored(gm, found, splits, chosen, teacher, log)
         if factored:
             reference = measure(dense, dense_found, chosen.prune)
-            found = trace(gm)
+            found = trace(gm, sample)
         pruned = prune(gm, found, splits, chosen.prune, chosen.finetune, teacher=teacher,
                        log=log, progress=progress, reference=reference)
         log("exporting ONNX and verifying it in onnxruntime")

@@ -232,6 +232,7 @@ def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
                 factored: tuple[Factored, ...] = ()) -> tuple[LayerRow, ...]:
     reasons = dict(found.dense)
     group_of = {s.param: g.name for g in found.groups for s in g.weights}
+    heads = {g.name for g in found.groups if "heads" in g.kinds}
     inner = {f.inner: f for f in factored}
     outer = {f.name: f for f in factored}
     rows = []
@@ -240,8 +241,9 @@ def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
         before = after if layer.name in inner else get_tensor(dense, layer.weight).shape
         group = group_of.get(layer.weight)
         dead = stats.dead(layer.name) if group == layer.name and stats is not None else None
-        note = "pruned" if group == layer.name else \
-            f"pruned with {group} (same channels)" if group else reasons.get(layer.name, "")
+        what = "heads" if group in heads else "channels"
+        note = ("pruned heads" if group in heads else "pruned") if group == layer.name else \
+            f"pruned with {group} (same {what})" if group else reasons.get(layer.name, "")
         if layer.name in inner:
             f = inner[layer.name]
             note = f"factor of {f.name} ({100 * f.kept_energy:.1f}% of its output variance)"

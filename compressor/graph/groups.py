@@ -1,4 +1,4 @@
-"""The prunable group: coupled units (neurons now; conv channels later) that are removed together.
+"""The prunable group: coupled units (neurons, channels, attention heads) that are removed together.
 
 A group says, per tensor, which entries belong to its units: producer rows (weights and
 per-unit constants), the node where firing is counted, and consumer columns. Everything that
@@ -8,6 +8,7 @@ selects, compensates or shrinks speaks only in groups and kept indices, never in
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 
 import torch
@@ -43,7 +44,7 @@ class Slice:
     def rows(self, tensor: torch.Tensor, size: int) -> torch.Tensor:
         """The entries of `tensor` the `size` units own, one row per unit: [size, -1]."""
         t = tensor.movedim(self.axis, 0).narrow(0, self.offset, self.parts * size * self.block)
-        t = t.reshape(self.parts, size, *t.shape[1:]).movedim(0, 1)
+        t = t.reshape(self.parts, size, -1).movedim(0, 1)
         return t.reshape(size, -1)
 
     def per_entry(self, values: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,9 @@ class PrunableGroup:
     parts: int = 1  # grouped convolutions: each unit is one channel of each of `parts` groups
     reshapes: tuple[tuple[str, int, int], ...] = ()  # (node, axis, entries per unit) of the
     #     reshapes that write the units' axis as a number
+    blocks: tuple[int, ...] = ()  # entries each unit has in each node of `activations` (heads)
+    counted: tuple[Slice, ...] = ()  # counted tensors with no entries in the graph, one entry
+    #     per unit: the products of activations (`graph.products`) of a heads group
 
     @property
     def relu(self) -> bool:
@@ -129,7 +133,8 @@ class PrunableGroup:
         B' its first axis (the batch, unless tokens come first)."""
         axis = self.axes[k] if self.axes else 1
         offset = self.offsets[k] if self.offsets else 0
-        units = output.movedim(axis, 1).narrow(1, offset, self.parts * self.size)
+        block = self.blocks[k] if self.blocks else 1
+        units = output.movedim(axis, 1).narrow(1, offset, self.parts * self.size * block)
         units = units.reshape(output.shape[0], self.parts, self.size, -1).movedim(1, 2)
         return units.reshape(output.shape[0], self.size, -1)
 
@@ -183,15 +188,23 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
 
 
 def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> None:
-    """Move the sizes reshapes write for the group's axis by `change` units."""
+    """Move the sizes reshapes write for the group's axis by `change` units: the entry at
+    `position` of a view's or unflatten's size list, or of the arguments of a product that
+    computes a size (`batch * heads`)."""
     if not change or not group.reshapes:
         return
     nodes = {n.name: n for n in gm.graph.nodes}
-    for name, axis, per_unit in group.reshapes:
+    for name, position, per_unit in group.reshapes:
         node = nodes[name]
-        shape = list(node.args[1])
-        shape[axis] += change * per_unit
-        node.args = (node.args[0], shape, *node.args[2:])
+        if node.target is operator.mul:
+            args = list(node.args)
+            args[position] += change * per_unit
+            node.args = tuple(args)
+            continue
+        at = 2 if node.target is torch.ops.aten.unflatten.int else 1
+        shape = list(node.args[at])
+        shape[position] += change * per_unit
+        node.args = (*node.args[:at], shape, *node.args[at + 1:])
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
@@ -266,7 +279,7 @@ def weight_count(shapes: dict[str, tuple[int, ...]], groups: list[PrunableGroup]
     of a channel `cat`) loses what each of them loses."""
     lost: dict[str, dict[int, int]] = {}
     for g in groups:
-        for s in g.weights + g.consumers:
+        for s in g.weights + g.consumers + g.counted:
             axis = lost.setdefault(s.param, {})
             axis[s.axis] = axis.get(s.axis, 0) + (g.size - sizes[g.name]) * s.block * s.parts
     total = 0

@@ -15,7 +15,7 @@ way is understood; otherwise its layers stay dense with the reason in the report
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 import torch
@@ -23,7 +23,9 @@ from torch import fx
 
 from .capture import add_zero_bias, get_tensor
 from .groups import PrunableGroup, Slice
+from .heads import find_heads
 from .ops import ATTENTION, CONV, LINEAR, MATMUL, MUL
+from .products import Product, as_expr, find_products
 from .rules.layers import conv_groups, depthwise
 from .rules.registry import kind, scaling
 from .spaces import OUTPUT_LAYER, Space, Spaces
@@ -51,10 +53,13 @@ class Trace:
     groups: tuple[PrunableGroup, ...]
     layers: tuple[Layer, ...]
     dense: tuple[tuple[str, str], ...]  # (layer, reason it is not pruned)
+    products: tuple[Product, ...] = ()  # products of two activations (attention)
 
 
-def trace(gm: fx.GraphModule) -> Trace:
-    """Find every channel space of the graph and make a group of each one that can be pruned.
+def trace(gm: fx.GraphModule, sample: torch.Tensor | None = None) -> Trace:
+    """Find every channel space of the graph and make a group of each one that can be pruned;
+    with a `sample` input, also every attention's heads (`compressor.graph.heads`: their
+    layout is read by running the graph on it).
 
     A bias-free consumer is given a zero bias so that constants can be folded exactly.
     """
@@ -82,10 +87,13 @@ def trace(gm: fx.GraphModule) -> Trace:
                                   if la.name not in dense_free]
     seen = {name for name, _ in dense} | {g.name for g in groups}
     dense += [(layer.name, why) for layer, why in by_node.unprunable if layer.name not in seen]
+    products = find_products(gm)
+    if sample is not None:
+        groups, dense, products = _with_heads(gm, sample, layers, groups, dense, products)
     order = {layer.name: i for i, layer in enumerate(layers)}
     dense.sort(key=lambda item: order.get(item[0], len(order)))
     groups.sort(key=lambda g: order[g.name])
-    return Trace(tuple(groups), tuple(layers), tuple(dense))
+    return Trace(tuple(groups), tuple(layers), tuple(dense), products)
 
 
 class _ByNode(dict):
@@ -139,6 +147,33 @@ def _layers(gm: fx.GraphModule, producers: list[fx.Node],
     return layers, by_node
 
 
+def _with_heads(gm: fx.GraphModule, sample: torch.Tensor, layers: list[Layer], groups: list,
+                dense: list, products: tuple[Product, ...]) -> tuple[list, list, tuple]:
+    """`groups` with a group of heads for every attention whose heads can be pruned (its q,
+    k and v layers no longer named dense, its products counted per head); the output
+    projection gets a zero bias to fold into if it has none."""
+    taken = {(s.param, s.axis) for g in groups for s in g.weights + g.consumers}
+    by_node = {layer.node: layer for layer in layers}
+    for heads in find_heads(gm, sample):
+        group = heads.group
+        if taken & {(s.param, s.axis) for s in group.weights + group.consumers}:
+            continue
+        proj = next(n for n in gm.graph.nodes if n.name == group.consumer_nodes[0])
+        bias = proj.args[2].target if len(proj.args) > 2 and proj.args[2] is not None else \
+            add_zero_bias(gm, proj)
+        q = group.weights[0].param
+        rows = sum(s.block for s in group.weights if s.param == q)
+        total = int(get_tensor(gm, q).shape[0])
+        products = tuple(p.of_heads(group.size, q, rows, total) if p.node in heads.products
+                         else p for p in products)
+        counted = tuple(Slice(p.name, 0) for p in products if p.node in heads.products)
+        name = by_node[heads.layers[0]].name  # the layer that makes q
+        groups.append(replace(group, name=name, consumer_biases=(bias,), counted=counted))
+        pruned = {by_node[n].name for n in heads.layers[:-1] if n in by_node}
+        dense = [(layer, why) for layer, why in dense if layer not in pruned]
+    return groups, dense, products
+
+
 def _positions(out: torch.Tensor | None, batch: object, conv: bool) -> int:
     """Output positions per sample (pixels of a conv, tokens of a Linear): the output's size
     over the batch and the channels, wherever reshapes moved the batch ([T, B, F], [T*B, F])."""
@@ -146,12 +181,8 @@ def _positions(out: torch.Tensor | None, batch: object, conv: bool) -> int:
         return 1
     channels = out.shape[1] if conv else out.shape[-1]
     total = math.prod(out.shape) // channels
-    ratio = sympy.simplify(_expr(total) / _expr(batch))  # sympy comes with torch
+    ratio = sympy.simplify(as_expr(total) / as_expr(batch))  # sympy comes with torch
     return int(ratio) if ratio.is_Integer else 1  # else the batch is not a factor of it
-
-
-def _expr(size: object) -> sympy.Expr:
-    return size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
 
 
 def _attention_inputs(gm: fx.GraphModule) -> set[str]:

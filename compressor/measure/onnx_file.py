@@ -102,14 +102,14 @@ def flops_per_sample(proto: onnx.ModelProto, *,
     """FLOPs of one sample: 2 x (weights x positions each is applied at) over the MatMul, Gemm
     and Conv nodes (and their int8 forms): what a dense kernel computes, zeros included (the
     count of `compress` reports); with `nonzero`, of the non-zero weights only (what a sparse
-    kernel computes: the activation-based pruning paper's count).
+    kernel computes: the activation-based pruning paper's count). A MatMul of two
+    activations (attention's q·kᵀ and probabilities times v) counts 2 x its multiply-adds.
 
     Returns:
-        The FLOPs and the op types of nodes that could not be counted (weights not constant,
-        or output shapes unknown).
+        The FLOPs and the op types of nodes that could not be counted (output shapes unknown).
     """
     try:  # on a dense copy: shape inference rejects sparse initializers as op inputs
-        inferred = onnx.shape_inference.infer_shapes(densify(proto))
+        inferred = onnx.shape_inference.infer_shapes(densify(proto), data_prop=True)
     except Exception:  # inference gives up on some valid models: use the shapes they state
         inferred = proto
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
@@ -124,12 +124,25 @@ def flops_per_sample(proto: onnx.ModelProto, *,
             continue
         out = shapes.get(node.output[0])
         w = weights.get(weight)
+        if w is None and node.op_type == "MatMul" and node.input[0] not in weights:
+            total, counted = _product(total, out, shapes.get(node.input[0]))
+            if counted:
+                continue
         positions = _positions(node, out)
         if w is None or positions is None:
             uncounted.append(node.op_type)
             continue
         total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions
     return total, tuple(sorted(set(uncounted)))
+
+
+def _product(total: int, out: list | None, a: list | None) -> tuple[int, bool]:
+    """`total` plus the FLOPs of a MatMul of two activations, a [.., M, K] times [.., K, N]:
+    2 x K per output entry of one sample; whether its shapes were known."""
+    if out is None or a is None or not a or a[-1] is None or len(out) < 2 or \
+            any(d is None for d in out[1:]):
+        return total, False
+    return total + 2 * math.prod(out[1:]) * a[-1], True
 
 
 def _weight_input(node: onnx.NodeProto) -> str | None:

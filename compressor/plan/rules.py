@@ -192,14 +192,17 @@ def align(options: Options, model: ModelFacts,
 
 
 def _in_words(multiples: dict[str, int]) -> str:
-    """`16` if every group has that multiple, else `16 (a, b), exact (c)`."""
+    """`16` if every group has that multiple, else `16 (a, b), exact (c)`; past three names
+    the first and how many more (`16 (a +5)`)."""
     by_value: dict[int, list[str]] = {}
     for name, m in multiples.items():
         by_value.setdefault(m, []).append(name)
     word = {1: "exact"}
     if len(by_value) == 1:
         return word.get(next(iter(by_value)), str(next(iter(by_value))))
-    return ", ".join(f"{word.get(m, m)} ({', '.join(names)})" for m, names in by_value.items())
+    return ", ".join(f"{word.get(m, m)} "
+                     f"({', '.join(names) if len(names) <= 3 else f'{names[0]} +{len(names) - 1}'})"
+                     for m, names in by_value.items())
 
 
 def linear_step(options: Options, model: ModelFacts, machine: Machine) -> int:

@@ -58,7 +58,7 @@ class Counter:
         self.touch: dict[str, list[str]] = {g.name: [] for g in groups}
         self.sizes0 = {g.name: g.size for g in groups}
         for g in groups:
-            for s in g.weights + g.consumers:
+            for s in g.weights + g.consumers + g.counted:
                 self.owners.setdefault(s.param, []).append((s.axis, g.name, s.block * s.parts))
                 if s.param not in self.touch[g.name]:
                     self.touch[g.name].append(s.param)

@@ -231,7 +231,7 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     """Units to remove this cycle; in the last cycle, widths rounded to multiples of `align`
     (earlier cycles stay exact, so the rounding has every unit left to choose from), with
     `step_time`, among those that run as fast as their FLOPs say."""
-    shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
+    shapes = count.shapes(gm, found)
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
     scores = unit_scores(gm, groups, prune.select, stats=stats, x=calib)
     removed = select(groups, scores, shapes, budget, scope=prune.select.scope,
@@ -278,8 +278,10 @@ def is_channels(gm: fx.GraphModule, group: PrunableGroup) -> bool:
 
 
 def _units(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> str:
-    """What the units are called in the log: neurons, or channels and neurons."""
-    return "channels and neurons" if has_channels(gm, groups) else "neurons"
+    """What the units are called in the log: neurons, or channels and neurons; and heads."""
+    units = "channels and neurons" if has_channels(gm, groups) else "neurons"
+    return units.replace(" and ", ", ") + " and heads" if any(
+        "heads" in g.kinds for g in groups) else units
 
 
 def _cycle_line(row: CycleRow, cycles: int, units: str = "neurons",

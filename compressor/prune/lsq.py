@@ -113,7 +113,9 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
     A unit's score is the cumulative error at its turn, as a fraction of the consumer's output
     variance, so scores grow along each group's greedy order and compare across groups."""
     problems = consumer_problems(gm, groups, x, batch_size=batch_size, device=device)
+    blocks = {g.name: g.consumers[0].block for g in groups}
     return {name: greedy_errors(cov, w, ridge, steps=None if w.shape[1] <= EXACT_UP_TO else STEPS)
+            if blocks[name] == 1 else greedy_block_errors(cov, w, ridge, blocks[name])
             for name, (cov, w) in problems.items()}
 
 
@@ -121,24 +123,27 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                       *, batch_size: int = 1000,
                       device: str = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per group: the covariance of its units' activations on `x` (float64, a row per sample
-    and token) and its consumer's weights [outputs, units]; the consumer must be one Linear."""
+    and token; a unit of `block` columns has `block` of them) and its consumer's weights
+    [outputs, units x block]; the consumer must be one Linear."""
     for g in groups:
         if not read_by_one_linear(gm, g):
             raise ValueError(f"the error criterion cannot rank the units of {g.name}: it needs "
                              "exactly one Linear that reads them directly")
     inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
     probe = outputs_of(gm, inputs)
-    moments = [Moments(g.size, 0) for g in groups]
+    columns = [g.consumers[0].entries(torch.arange(g.size)) for g in groups]
+    moments = [Moments(c.numel(), 0) for c in columns]
     with torch.no_grad(), on_device(probe, device):
         for start in batch_starts(x.shape[0], batch_size):
             acts = probe(x[start:start + batch_size].to(device))
-            for m, a in zip(moments, acts):
-                a = a.cpu().double().reshape(-1, a.shape[-1])  # a row per sample and token
+            for m, a, c in zip(moments, acts, columns):
+                a = a.cpu().double().reshape(-1, a.shape[-1])[:, c]  # a row per sample, token
                 m.add(a, a[:, :0])
     problems = {}
-    for g, m in zip(groups, moments):
+    for g, m, c in zip(groups, moments, columns):
         s = g.consumers[0]
-        w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1).reshape(-1, g.size)
+        w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1)
+        w = w.reshape(-1, w.shape[-1])[:, c]
         mean = m.sum_a / m.n
         problems[g.name] = (m.aa / m.n - torch.outer(mean, mean), w)
     return problems
@@ -152,8 +157,9 @@ def ranks_by_error(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...]) -> boo
 
 def read_by_one_linear(gm: fx.GraphModule, g: PrunableGroup) -> bool:
     """Whether one Linear layer reads the group's units directly."""
-    return len(g.consumers) == 1 and g.consumers[0].block == 1 and \
-        _node(gm, g.consumer_nodes[0]).target is LINEAR
+    return len(g.consumers) == 1 and g.consumers[0].parts == 1 and \
+        _node(gm, g.consumer_nodes[0]).target is LINEAR and \
+        (g.consumers[0].block == 1 or "heads" in g.kinds)
 
 
 EXACT_UP_TO = 512  # wider groups are ranked in blocks
@@ -207,6 +213,44 @@ def greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float, *,
         w = w[:, keep].addmm_(w_p, step, alpha=-1)
         hinv = hinv[keep[:, None], keep].addmm_(hinv[keep[:, None], chosen], step, alpha=-1)
         alive = alive[keep]
+    return scores
+
+
+def greedy_block_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float,
+                        block: int) -> torch.Tensor:
+    """`greedy_errors` for units of `block` consecutive columns each (attention heads read by
+    the output projection): one unit per step, the one whose columns cost least together,
+    tr(W_P [H⁻¹]_PP⁻¹ W_Pᵀ); the remaining columns refitted and H⁻¹ updated by a Schur
+    complement. Returns each unit's cumulative error at its turn, over the output variance."""
+    scale = float(torch.diagonal(cov).mean())
+    lam = ridge * scale if scale > 0 else ridge
+    n = cov.shape[0]
+    hinv = torch.linalg.pinv(cov + lam * torch.eye(n, dtype=cov.dtype))
+    total = max(float(torch.einsum("oi,ij,oj->", w, cov, w)), torch.finfo(cov.dtype).tiny)
+    units = n // block
+    alive = list(range(units))
+    cols = {u: torch.arange(u * block, (u + 1) * block) for u in range(units)}
+    keep_cols = torch.arange(n)  # the columns of `w` and `hinv`, by original index
+    w = w.clone()
+    scores, error = torch.zeros(units, dtype=torch.float64), 0.0
+    while alive:
+        position = {int(c): i for i, c in enumerate(keep_cols)}
+        costs = []
+        for u in alive:
+            p = torch.tensor([position[int(c)] for c in cols[u]])
+            inverse = torch.linalg.pinv(hinv[p][:, p])
+            costs.append(float(((w[:, p] @ inverse) * w[:, p]).sum()))
+        best = min(range(len(alive)), key=lambda i: (costs[i], alive[i]))
+        unit = alive.pop(best)
+        error += max(costs[best], 0.0)
+        scores[unit] = error / total
+        p = torch.tensor([position[int(c)] for c in cols[unit]])
+        keep = torch.tensor([i for i in range(keep_cols.numel()) if i not in set(p.tolist())],
+                            dtype=torch.int64)
+        step = torch.linalg.pinv(hinv[p][:, p]) @ hinv[p][:, keep]
+        w = w[:, keep] - w[:, p] @ step
+        hinv = hinv[keep[:, None], keep] - hinv[keep[:, None], p] @ step
+        keep_cols = keep_cols[keep]
     return scores
 
 

@@ -3,10 +3,12 @@ and what keeps the rest dense, in the unit the target counts."""
 
 from __future__ import annotations
 
+import math
+
 from torch import fx
 
 from ..errors import NothingToPruneError
-from ..graph.capture import get_tensor
+from ..graph import count
 from ..graph.groups import PrunableGroup, weight_count
 from ..graph.trace import Trace
 
@@ -19,14 +21,13 @@ def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGrou
     still keeps more than the target allows. The message says the most that can be removed,
     the share of the count the prunable groups reach, and the reasons that keep the most of
     the rest dense."""
-    shapes = {layer.weight: tuple(get_tensor(gm, layer.weight).shape) for layer in found.layers}
+    shapes = count.shapes(gm, found)
     floor = weight_count(shapes, list(groups), {g.name: 1 for g in groups}, costs)
     if floor <= (1 - target) * total:
         return
     unit = "FLOPs" if flops else "weights"
-    cost = {layer.weight: get_tensor(gm, layer.weight).numel() * costs.get(layer.weight, 1)
-            for layer in found.layers}
-    reached = {s.param for g in groups for s in g.weights + g.consumers}
+    cost = {name: math.prod(shape) * costs.get(name, 1) for name, shape in shapes.items()}
+    reached = {s.param for g in groups for s in g.weights + g.consumers + g.counted}
     share = sum(c for w, c in cost.items() if w in reached) / max(total, 1)
     by_reason: dict[str, list[str]] = {}
     weight_of = {layer.name: layer.weight for layer in found.layers}

@@ -164,7 +164,7 @@ class LayerRow:
     in_after: int
     out_after: int
     dead: int | None  # neurons that never fired on the calibration data (prunable layers)
-    note: str  # "pruned", or why the layer's outputs were left dense
+    note: str  # "pruned", "pruned heads", "pruned with <group> (...)", or why left dense
 
 
 @dataclass(frozen=True)

@@ -49,13 +49,16 @@ def test_conv_flops_count_each_weight_at_every_output_position():
     assert flops == 2 * (4 * 9 * 26 * 26) + 2 * (4 * 26 * 26 * 5)
 
 
-def test_a_matmul_of_two_computed_tensors_is_named_as_not_counted():
+def test_a_matmul_of_two_computed_tensors_counts_its_multiply_adds_where_shapes_are_known():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
     w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
     nodes = [helper.make_node("Relu", ["w"], ["rw"]), helper.make_node("MatMul", ["x", "rw"], ["y"])]
     proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]))
-    assert flops_per_sample(proto) == (0, ("MatMul",))
+    assert flops_per_sample(proto) == (2 * 3 * 3, ())
+    unknown = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])
+    proto2 = helper.make_model(helper.make_graph(nodes, "g", [unknown], [y], [w]))
+    assert flops_per_sample(proto2) == (0, ("MatMul",))  # how many multiply-adds: unknown
     assert parameter_count(proto) == 9
 
 

@@ -127,8 +127,8 @@ def test_pruned_transformers_export_verify_and_keep_what_they_learned(make, comp
     assert 0.3 <= report.reduction <= 0.34
     assert report.parity.max_abs_diff <= 1e-4
     assert report.accuracy.after >= 0.9  # the labels are the dense model's own predictions
-    ffn = next(layer for layer in report.layers if layer.note == "pruned")
-    assert ffn.out_after < ffn.out_before
+    assert any(layer.out_after < layer.out_before for layer in report.layers
+               if layer.note == "pruned")
     with torch.no_grad():
         head = net.state_dict()["head.weight" if make is not torch_encoder else "3.weight"]
     assert torch.equal(head, before)  # the model passed in is not changed

@@ -1,0 +1,171 @@
+"""Attention heads as prunable units: the layouts they are written in, and that removing a
+head is exactly what zeroing its columns of the output projection does."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.export.to_onnx import to_onnx
+from compressor.graph import count
+from compressor.graph.capture import get_tensor
+from compressor.graph.trace import trace
+from compressor.measure.onnx_file import flops_per_sample
+from compressor.prune.shrink import shrink
+from tests.helpers import graph_of
+from tests.nets import torch_encoder
+
+
+class Attention(nn.Module):
+    """Self-attention of `heads` query heads over `kv_heads` key/value heads, written as
+    models write it: a fused qkv or separate q, k, v; grouped-query k/v repeated by expand
+    or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls."""
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool,
+                 explicit: bool = False, sdpa_gqa: bool = False) -> None:
+        super().__init__()
+        self.h, self.kv, self.d = heads, kv_heads, dim // heads
+        self.fused, self.explicit, self.sdpa_gqa = fused, explicit, sdpa_gqa
+        if fused:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q = nn.Linear(dim, dim)
+            self.k = nn.Linear(dim, kv_heads * self.d)
+            self.v = nn.Linear(dim, kv_heads * self.d)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        if self.fused:
+            q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.d).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)
+            k = self.k(x).view(b, t, self.kv, self.d).transpose(1, 2)
+            v = self.v(x).view(b, t, self.kv, self.d).transpose(1, 2)
+            if self.kv < self.h and not self.sdpa_gqa:  # LLaMA's repeat_kv
+                g = self.h // self.kv
+                k = k[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
+                v = v[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
+        if self.explicit:
+            y = (q @ k.transpose(-2, -1) * self.d ** -0.5).softmax(-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.sdpa_gqa)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class Net(nn.Module):
+    """Tokens [N, 5, 8] -> Linear 8-24 -> attention (+ residual) -> mean over tokens -> 3."""
+
+    def __init__(self, **attention) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 24)
+        self.attn = Attention(24, **attention)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head((h + self.attn(h)).mean(1))
+
+
+LAYOUTS = {
+    "fused": {"heads": 4, "kv_heads": 4, "fused": True},
+    "separate": {"heads": 4, "kv_heads": 4, "fused": False},
+    "explicit softmax": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": True},
+    "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
+    "grouped-query, sdpa": {"heads": 4, "kv_heads": 2, "fused": False, "sdpa_gqa": True},
+}
+
+
+def _heads_group(gm, x):
+    found = trace(gm, x[:1])
+    [group] = [g for g in found.groups if "heads" in g.kinds]
+    return group, found
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_removing_a_head_is_zeroing_its_output_columns(layout):
+    net = Net(**LAYOUTS[layout]).eval()
+    x = torch.randn(16, 5, 8)
+    gm = graph_of(net, x[:2])
+    group, found = _heads_group(gm, x)
+    kv = LAYOUTS[layout]["kv_heads"]
+    assert group.size == kv  # a unit is a k/v head with the query heads that read it
+    shrink(gm, (group,), {group.name: torch.tensor([1])})
+    per_unit = 24 // kv  # its query heads' columns of the output projection
+    with torch.no_grad():
+        net.attn.proj.weight[:, per_unit:2 * per_unit] = 0
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+    proto = to_onnx(gm, x[:2])
+    model = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    [out] = model.run(None, {model.get_inputs()[0].name: x.numpy()})  # another batch size
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=1e-5)
+    # the attention products of the heads left count, in the graph as in the file
+    products = 2 * (2 * 5 * 5 * 6) * 4 * (kv - 1) // kv  # q·kᵀ and AV: 2·T²·d multiply-adds
+    #     per query head left
+    flops, uncounted = flops_per_sample(onnx.load_from_string(proto))
+    assert uncounted == () and flops == count.flops(gm, found)
+    assert count.flops(gm, found) - products == sum(
+        2 * get_tensor(gm, layer.weight).numel() * layer.positions for layer in found.layers)
+
+
+def test_heads_of_torch_multihead_attention_are_found_through_its_batch_times_heads_views():
+    net = torch_encoder().eval()
+    x = torch.randn(8, 6, 12)
+    gm = graph_of(net, x[:2])
+    group, _ = _heads_group(gm, x)
+    assert group.size == 2
+    shrink(gm, (group,), {group.name: torch.tensor([0])})
+    attn = net[1].self_attn
+    with torch.no_grad():
+        attn.out_proj.weight[:, :8] = 0
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class Shared(Net):
+    """The qkv layer is called a second time, by the residual: its weight is not the
+    heads' alone."""
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head((h + self.attn(h) + self.attn.qkv(h)[..., :24]).mean(1))
+
+
+class ReadTwice(Net):
+    """The keys are also added to the output."""
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        q, k, v = self.attn.qkv(h).reshape(b, t, 3, 4, 6).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 24)
+        return self.head((h + self.attn.proj(y) + k.transpose(1, 2).reshape(b, t, 24)).mean(1))
+
+
+class PerHeadBias(Net):
+    """A position bias of each head's own is added to the scores (ALiBi, T5)."""
+
+    def __init__(self, **attention) -> None:
+        super().__init__(**attention)
+        self.bias = nn.Parameter(torch.randn(1, 4, 5, 5))
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        q, k, v = self.attn.qkv(h).reshape(b, t, 3, 4, 6).permute(2, 0, 3, 1, 4).unbind(0)
+        y = ((q @ k.transpose(-2, -1) + self.bias).softmax(-1) @ v).transpose(1, 2)
+        return self.head((h + self.attn.proj(y.reshape(b, t, 24))).mean(1))
+
+
+@pytest.mark.parametrize("make", [Shared, ReadTwice, PerHeadBias])
+def test_heads_whose_rows_something_else_reads_stay(make):
+    net = make(**LAYOUTS["fused"]).eval()
+    x = torch.randn(4, 5, 8)
+    assert not [g for g in trace(graph_of(net, x[:2]), x[:1]).groups if "heads" in g.kinds]
