@@ -45,7 +45,7 @@ test: setup
 # benchmarks/threads.md (torch threads alone and beside busy processes; about an hour) and
 # benchmarks/zoo.md (every torchvision classifier at 50% fewer FLOPs against Torch-Pruning; about
 # three hours).
-bench: setup
+bench: setup models/resnet18_fmnist.pt
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.schedule
@@ -67,8 +67,9 @@ paper: setup
 
 # Re-train the shipped example weights: the paper MLP (about 40 s on 2 cores), the VGG-style
 # CNN and the ResNet (about 5.5 minutes each), the ViT and its SwiGLU variant (about 5 minutes
-# each), torchvision's ResNet-18 and MobileNetV3-small, and LeNet-300-100 with the
-# neuron-merging paper's recipe (about 4 minutes).
+# each), torchvision's ResNet-18 and MobileNetV3-small, the token-id text classifier
+# (models/text.pt); `make train-lenet`: LeNet-300-100 with the neuron-merging paper's recipe
+# (about 4 minutes).
 train: setup
 	$(PY) -m models.train
 	$(PY) -m models.train --arch vgg_bn --recipe cnn --out models/vgg_bn.pt
@@ -78,6 +79,12 @@ train: setup
 	$(PY) -m models.train --arch resnet18_fmnist --recipe vision --out models/resnet18_fmnist.pt
 	$(PY) -m models.train --arch mobilenet_v3_small_fmnist --recipe vision \
 		--out models/mobilenet_v3_small_fmnist.pt
+	$(PY) -m models.train --arch text --recipe text --out models/text.pt
+
+# ResNet-18's weights (45 MB) are not in the repository: trained when a benchmark needs them
+# (about 25 minutes on 2 cores).
+models/resnet18_fmnist.pt: | setup
+	$(PY) -m models.train --arch resnet18_fmnist --recipe vision --out $@
 
 train-lenet: setup
 	$(PY) -m models.train --arch lenet_300_100 --recipe merging --out models/lenet_300_100.pt

@@ -16,6 +16,8 @@ Recipes:
     vision   the cnn recipe for 8 epochs (torchvision's ResNet-18 and MobileNetV3-small, as
              built, on the images at 3 x 32 x 32: models/resnet18_fmnist.pt,
              models/mobilenet_v3_small_fmnist.pt).
+    text     the transformer recipe for 8 epochs, on the images as token ids (models/text.pt:
+             `models.transformer.tokens`, shifted before they become ids).
 
 Data: the first 6,000 training images are the validation split (best epoch kept); the official
 test set is only evaluated at the end.
@@ -37,14 +39,15 @@ from compressor.io.data import load_fashion_mnist
 from compressor.prune.finetune import accuracy, evaluate
 from models.cnn import resnet, vgg_bn
 from models.mlp import ARCHS as MLPS
-from models.transformer import vit, vit_swiglu
+from models.transformer import text, tokens, vit, vit_swiglu
 from models.vision import mobilenet_v3_small_fmnist, resnet18_fmnist
 
 ARCHS = {**MLPS, "vgg_bn": vgg_bn, "resnet": resnet, "vit": vit, "vit_swiglu": vit_swiglu,
          "resnet18_fmnist": resnet18_fmnist,
-         "mobilenet_v3_small_fmnist": mobilenet_v3_small_fmnist}
+         "mobilenet_v3_small_fmnist": mobilenet_v3_small_fmnist, "text": text}
 IMAGES = {"vgg_bn", "resnet", "vit", "vit_swiglu", "resnet18_fmnist",
           "mobilenet_v3_small_fmnist"}  # take [N, 1, 28, 28]; MLPs take [N, 784]
+IDS = {"text"}  # take token ids [N, 196] (`tokens` of the images)
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,17 @@ RECIPES = {
                           best_by="accuracy", optimizer="adamw", shift=1),
     "vision": Recipe(epochs=8, lr=3e-3, weight_decay=5e-4, schedule="cosine",
                      best_by="accuracy", optimizer="adamw", shift=2, recalibrate=True),
+    "text": Recipe(epochs=8, lr=2e-3, weight_decay=0.05, schedule="cosine",
+                   best_by="accuracy", optimizer="adamw", shift=1),
 }
 
 
 def train(arch: str, recipe: Recipe, *, seed: int) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
-    data = load_fashion_mnist()
-    if arch not in IMAGES:
-        data = data.map_x(lambda x: x.flatten(1))
+    images = load_fashion_mnist()  # shifted (augmented) as images, then made ids
+    prepare = tokens if arch in IDS else (lambda x: x) if arch in IMAGES else \
+        (lambda x: x.flatten(1))
+    data = images.map_x(prepare)
     model = ARCHS[arch]()
     if recipe.optimizer == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr,
@@ -91,7 +97,7 @@ def train(arch: str, recipe: Recipe, *, seed: int) -> tuple[torch.nn.Module, dic
         order = torch.randperm(len(data.train), generator=generator)
         for i in range(0, len(order), 128):
             idx = order[i:i + 128]
-            x = _shifted(data.train.x[idx], recipe.shift, generator)
+            x = prepare(_shifted(images.train.x[idx], recipe.shift, generator))
             loss = F.cross_entropy(model(x), data.train.y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

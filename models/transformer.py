@@ -5,6 +5,8 @@ self-attention and a feed-forward block, mean over tokens, LayerNorm, Linear 64-
 `vit`: the feed-forward block is Linear 64-256, GELU, Linear 256-64 (BERT/ViT).
 `vit_swiglu`: gated, silu(W1 x) * (W3 x) -> W2 with hidden width 172 (LLaMA; 2/3 of 4x so the
 weights match `vit`'s).
+`text`: BERT-style, token ids [N, 196] through an Embedding (Fashion-MNIST at 14 x 14 in 16 grey
+levels, one id per pixel: `tokens`), 2 blocks, feed-forward 256.
 """
 
 from __future__ import annotations
@@ -79,6 +81,38 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position
         return self.head(self.norm(self.blocks(tokens).mean(1)))
+
+
+class TextClassifier(nn.Module):
+    """Token ids [N, T] (int64) -> embeddings plus learned positions -> blocks -> mean over
+    tokens -> LayerNorm -> Linear."""
+
+    def __init__(self, vocab: int = 16, length: int = 196, width: int = 64, depth: int = 2,
+                 heads: int = 4, hidden: int = 256, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(1, length, width))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.blocks = nn.Sequential(*[Block(width, heads, FeedForward(width, hidden))
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(ids) + self.position[:, :ids.shape[1]]
+        return self.head(self.norm(self.blocks(tokens).mean(1)))
+
+
+def tokens(images: torch.Tensor, levels: int = 16) -> torch.Tensor:
+    """Fashion-MNIST images [N, 1, 28, 28] in [0, 1] -> token ids [N, 196] (int64): 2 x 2
+    average-pooled, one id per pixel, its grey level in `levels` steps."""
+    pooled = F.avg_pool2d(images, 2).flatten(1)
+    return (pooled * levels).long().clamp_(0, levels - 1)
+
+
+def text() -> TextClassifier:
+    """Token ids [N, 196] of 16 values, 2 blocks, width 64, 4 heads, feed-forward 256."""
+    return TextClassifier()
 
 
 def vit() -> ViT:

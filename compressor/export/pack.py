@@ -9,7 +9,7 @@ from enum import Enum
 import numpy as np
 import onnx
 
-from ..runtime import SparseModel, session, set_kernels, time_ms
+from ..runtime import SparseModel, example_input, session, set_kernels, time_ms
 from . import formats
 
 
@@ -205,7 +205,7 @@ def _auto(proto: onnx.ModelProto, stored: onnx.ModelProto, *, batch: int, thread
         runner = SparseModel.load(mixed, batch=batch, threads=threads,
                                   kernels={n: k for n, k in sparse_kernels.items()})
         candidates["per-layer mix"] = (_csr(mixed, runner, note=""), runner)
-    x = np.random.default_rng(0).random((batch, *_input_dims(proto)), dtype=np.float32)
+    x = example_input(proto, batch)
     whole = {name: _whole_ms(run, x, threads, seconds * 10) for name, (_, run) in
              candidates.items()}
     chosen = min(whole, key=whole.get)
@@ -261,11 +261,6 @@ def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     copy.CopyFrom(tensor)
     copy.name = name
     return copy
-
-
-def _input_dims(proto: onnx.ModelProto) -> list[int]:
-    return [d.dim_value if d.HasField("dim_value") else 1
-            for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
 
 
 def _whole_ms(run: bytes | SparseModel, x: np.ndarray, threads: int, seconds: float) -> float:

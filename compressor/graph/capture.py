@@ -59,6 +59,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     """One tensor in, one tensor out, no guards, and tensors owned by a fresh flat root."""
     _inline_regions(gm)
     _strip_plumbing(gm.graph)
+    _drop_empty_cats(gm.graph)
     root, original_names = _own_tensors(gm)
     if any(n.op == "call_module" for n in gm.graph.nodes):
         raise ModelError("the traced model still calls submodules; compressor needs a flat graph")
@@ -119,6 +120,32 @@ def _detached(graph: fx.Graph, node: fx.Node) -> fx.Node:
     out = graph.call_function(torch.ops.aten.detach.default, (node,))
     out.meta = dict(node.meta)
     return out
+
+
+def _drop_empty_cats(graph: fx.Graph) -> None:
+    """`cat([empty, x])` is `x`: Hugging Face's key/value cache, empty on a model's one call,
+    is concatenated with each layer's keys and values (a legacy 1-D empty tensor, which cat
+    skips). Removed so that keys and values read as their Linears' outputs."""
+    for node in list(graph.nodes):
+        if node.target is not torch.ops.aten.cat.default:
+            continue
+        full = [p for p in node.args[0] if not _empty(p)]
+        if len(full) != 1 or len(node.args[0]) == 1:
+            continue
+        empties = [p for p in node.args[0] if p is not full[0]]
+        node.replace_all_uses_with(full[0])
+        graph.erase_node(node)
+        while empties:  # the empty tensor's own chain, when nothing else reads it
+            e = empties.pop()
+            if isinstance(e, fx.Node) and not e.users and e.op == "call_function":
+                empties += [a for a in e.args if isinstance(a, fx.Node)]
+                graph.erase_node(e)
+
+
+def _empty(node: object) -> bool:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.ndim == 1 and isinstance(val.shape[0], int) \
+        and val.shape[0] == 0
 
 
 def _strip_plumbing(graph: fx.Graph) -> None:

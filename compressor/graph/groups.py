@@ -189,8 +189,8 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
 
 def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> None:
     """Move the sizes reshapes write for the group's axis by `change` units: the entry at
-    `position` of a view's or unflatten's size list, or of the arguments of a product that
-    computes a size (`batch * heads`)."""
+    `position` of a view's or unflatten's size list or of a split's sizes, or of the
+    arguments of a product that computes a size (`batch * heads`)."""
     if not change or not group.reshapes:
         return
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -200,6 +200,9 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
             args = list(node.args)
             args[position] += change * per_unit
             node.args = tuple(args)
+            continue
+        if node.target is torch.ops.aten.split.Tensor and isinstance(node.args[1], int):
+            node.args = (node.args[0], node.args[1] + change * per_unit, *node.args[2:])
             continue
         at = 2 if node.target is torch.ops.aten.unflatten.int else 1
         shape = list(node.args[at])

@@ -19,7 +19,7 @@ import torch
 from torch import fx
 
 from .groups import PrunableGroup, Slice
-from .ops import ATTENTION, LINEAR, MATMUL
+from .ops import ATTENTION, IDENTITY, LINEAR, MATMUL
 
 aten = torch.ops.aten
 SDPA = ATTENTION[0]
@@ -30,6 +30,8 @@ MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
          aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
          aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
 SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
+CARRY = {*IDENTITY, aten.to.dtype, aten._to_copy.default}  # the probabilities as they are
+SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
             aten.expand.default}  # a size list second, as unflatten's is third
 
@@ -65,7 +67,10 @@ def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node]]:
     found = []
     for soft in (n for n in gm.graph.nodes if n.target in ATTENTION and n.target is not SDPA):
         scores = _back_through(soft.args[0], {aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor})
-        outs = [u for u in soft.users if u.target in MATMUL and u.args[0] is soft]
+        probs = soft  # through dropout at eval, copies and casts (BERT, GPT-2)
+        while len(probs.users) == 1 and next(iter(probs.users)).target in CARRY:
+            probs = next(iter(probs.users))
+        outs = [u for u in probs.users if u.target in MATMUL and u.args[0] is probs]
         if scores is None or scores.target not in MATMUL or len(outs) != 1:
             continue
         q, kt = scores.args[:2]
@@ -286,7 +291,8 @@ def _written(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: 
         sizes = _sizes(node)
         if sizes is None:
             continue
-        laid = _replayed(chain[:i + 1], start, index, values)
+        split = node.target in SPLITS  # sizes along one axis of its input, not a shape
+        laid = _replayed(chain[:i + (not split)], start, index, values)  # a split: its input
         owner = unit_of[laid.long().clamp_min(0)]
         first = 0
         if node.target is aten.unflatten.int:  # its dim counts the axes before it
@@ -297,7 +303,8 @@ def _written(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: 
                 written = _product(size)
             if written is None or written[2] % units or written[2] <= 1:
                 continue
-            moved = owner.movedim(first + position, 0)
+            axis = node.args[2] % laid.ndim if split else first + position
+            moved = owner.movedim(axis, 0)
             if not bool((moved != moved[:1]).any()):
                 continue  # the units do not change along this axis
             found.add((written[0], written[1], written[2] // units))
@@ -305,8 +312,12 @@ def _written(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: 
 
 
 def _sizes(node: fx.Node) -> list | None:
-    """The size list a reshape, expand or unflatten writes, else None."""
-    at = 2 if node.target is aten.unflatten.int else 1 if node.target in RESHAPES else None
+    """The size list a reshape, expand or unflatten writes, or the sizes a split cuts (GPT-2
+    splits its fused qkv by width), else None."""
+    if node.target is aten.split.Tensor and isinstance(node.args[1], int):
+        return [node.args[1]]
+    at = 2 if node.target is aten.unflatten.int else \
+        1 if node.target in RESHAPES or node.target in SPLITS else None
     if at is None or not isinstance(node.args[at], (list, tuple)):
         return None
     return list(node.args[at])

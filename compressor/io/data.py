@@ -28,7 +28,7 @@ _FILES = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs (float32) and optional integer class labels."""
+    """Inputs (float32, or int64 token ids) and optional integer class labels."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
@@ -67,6 +67,9 @@ def normalized(splits: DataSplits, mean: tuple[float, ...],
                std: tuple[float, ...]) -> DataSplits:
     """Inputs `(x - mean) / std`, one value each for every sample or per channel (axis 1)."""
     x = splits.train.x
+    if not x.is_floating_point():
+        raise DataError(f"--normalize scales float inputs and {splits.name} holds integer token "
+                        "ids: drop --normalize")
     if len(mean) > 1 and (x.ndim < 3 or x.shape[1] != len(mean)):
         raise DataError(f"--normalize gives {len(mean)} channels but {splits.name}'s samples "
                         f"have shape {list(x.shape[1:])} (channels on axis 1): give one MEAN,STD "
@@ -122,16 +125,22 @@ def _read_file(path: Path) -> Dataset:
 
 
 def validate(x: object, y: object, *, source: str) -> Dataset:
-    """Check shapes, dtypes and values; return float32 inputs and int64 labels."""
+    """Check shapes, dtypes and values; return float32 inputs (bytes, uint8, as the floats
+    0..255: image files), int64 for other integers (token ids; `io.inputs` refuses them for a
+    model that takes floats) and int64 labels."""
     x = _as_tensor(x, source, "inputs")
     if x.ndim < 2 or x.shape[0] == 0:
         raise DataError(f"{source}: inputs must have shape [N, ...] with N > 0, got {list(x.shape)}")
     if x.is_complex() or x.dtype == torch.bool:
         raise DataError(f"{source}: inputs must be real numbers, got {x.dtype}")
-    x = x.to(torch.float32)
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise DataError(f"{source}: inputs contain {bad} NaN/Inf values: clean or impute them first")
+    if x.is_floating_point() or x.dtype == torch.uint8:
+        x = x.to(torch.float32)
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise DataError(f"{source}: inputs contain {bad} NaN/Inf values: clean or impute "
+                            "them first")
+    else:
+        x = x.to(torch.int64)
     if y is None:
         return Dataset(x)
     y = _as_tensor(y, source, "labels")

@@ -50,6 +50,20 @@ def find_input_layout(model: LoadedModel, x: torch.Tensor, *,
             candidates.append(("flattened", lambda t: t.flatten(1)))
         if x.ndim == 4 and x.shape[1] == 1:
             candidates.append(("without the channel axis", lambda t: t.squeeze(1)))
+    taken, first_error = _try_layouts(model, x, candidates)
+    if taken:
+        (layout, chosen, classes), *others = taken
+        return InputLayout(layout, chosen, classes, tuple(s for _, s, _ in others))
+    _refuse_dtype(model, x, candidates)
+    tried = ", ".join(name for name, _ in candidates)
+    raise DataError(f"the model cannot take the data (inputs of shape "
+                    f"{_batch_shape(x.shape[1:])}, tried {tried}): {first_error}; give data in "
+                    "the shape the model expects")
+
+
+def _try_layouts(model: LoadedModel, x: torch.Tensor, candidates: list) -> tuple[list, str | None]:
+    """The layouts of `candidates` the model takes `x` in (with the sample shape and classes
+    each gives), and the first error of those it does not."""
     taken, first_error = [], None
     for _, layout in candidates:
         try:
@@ -66,13 +80,42 @@ def find_input_layout(model: LoadedModel, x: torch.Tensor, *,
         else:
             first_error = first_error or \
                 f"it returned shape {list(out.shape)}, not [batch, classes]"
-    if taken:
-        (layout, chosen, classes), *others = taken
-        return InputLayout(layout, chosen, classes, tuple(s for _, s, _ in others))
-    tried = ", ".join(name for name, _ in candidates)
-    raise DataError(f"the model cannot take the data (inputs of shape "
-                    f"{_batch_shape(x.shape[1:])}, tried {tried}): {first_error}; give data in "
-                    "the shape the model expects")
+    return taken, first_error
+
+
+def _refuse_dtype(model: LoadedModel, x: torch.Tensor, candidates: list) -> None:
+    """Say so in one line when the model takes `x` only in the other dtype (token ids for
+    floats or floats for ids); ids out of the Embedding's range likewise."""
+    vocab = token_vocabulary(model)
+    if not x.is_floating_point() and vocab is not None and \
+            (int(x.min()) < 0 or int(x.max()) >= vocab):
+        raise DataError(f"the data's token ids go from {int(x.min())} to {int(x.max())} and the "
+                        f"model's Embedding has {vocab:,} rows: give ids in 0..{vocab - 1}")
+    other = x.long() if x.is_floating_point() else x.float()
+    if not _try_layouts(model, other[:2], candidates)[0]:
+        return
+    if x.is_floating_point():
+        raise DataError(f"the model takes integer token ids and the data holds "
+                        f"{str(x.dtype).removeprefix('torch.')} inputs: give x as int64 ids "
+                        "[N, T]")
+    raise DataError(f"the data holds integer inputs ({str(x.dtype).removeprefix('torch.')}) and "
+                    "the model takes float inputs: give float32 inputs (integer token ids are "
+                    "for a model that starts with an Embedding)")
+
+
+def token_vocabulary(model: LoadedModel) -> int | None:
+    """The rows of the model's token Embedding (the ids it takes are 0..rows - 1): its first
+    `nn.Embedding` (a .pt2 program's first embedding lookup); None if it has none."""
+    if model.program is not None:
+        for node in model.program.graph.nodes:
+            if node.op == "call_function" and "embedding" in str(node.target):
+                return int(node.args[0].meta["val"].shape[0])
+        return None
+    if not isinstance(model.run, torch.nn.Module):
+        return None
+    first = next((m for m in model.run.modules()
+                  if getattr(m, "original_name", type(m).__name__) == "Embedding"), None)
+    return None if first is None else int(first.weight.shape[0])
 
 
 def _batch_shape(shape, batch: str = "N") -> str:
@@ -102,10 +145,20 @@ def random_inputs(model: LoadedModel, *, seed: int,
                   shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, InputLayout]:
     """Inputs to check the export on when there is no data: uniform [0, 1) in `shape` (per
     sample), else the model's input shape (from a .pt2 program's signature, else the first
-    Linear's input features); with their layout."""
+    Linear's input features); token ids drawn uniformly from the vocabulary for a model that
+    starts with an Embedding (`shape` then gives the sequence length); with their layout."""
     given = shape or program_shape(model)
+    generator = torch.Generator().manual_seed(seed)
+    vocab = token_vocabulary(model)
+    if vocab is not None:
+        if given is None:
+            raise DataError(f"the model takes token ids (its Embedding has "
+                            f"{vocab:,} rows): pass --input-shape T (the sequence length) or "
+                            "--data with int64 ids [N, T]")
+        x = torch.randint(0, vocab, (PARITY_SAMPLES, *given), generator=generator)
+        return x, find_input_layout(model, x, shape=given)
     shape = given or _first_linear_shape(model)
-    x = torch.rand((PARITY_SAMPLES, *shape), generator=torch.Generator().manual_seed(seed))
+    x = torch.rand((PARITY_SAMPLES, *shape), generator=generator)
     try:
         layout = find_input_layout(model, x, shape=given)
     except DataError as e:

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import DataError, ModelError, first_line
 from ..export.formats import densify
 from ..export.verify import run_onnx
-from ..runtime import session
+from ..runtime import example_input, session
 
 # Weights are input 1 of these ops ("positions" each weight is used at = output elements / N).
 _MATMUL = {"MatMul", "MatMulInteger", "FusedMatMul"}
@@ -34,6 +34,7 @@ class OnnxModel:
     proto: onnx.ModelProto
     input_name: str | None  # None unless the model has exactly one input and one output
     input_dims: tuple[int | None, ...]  # per sample (batch axis dropped); None = symbolic
+    input_dtype: torch.dtype = torch.float32  # int64 for token ids
 
     def __len__(self) -> int:
         return len(self.data)
@@ -83,7 +84,9 @@ def load_onnx(path: Path, *, what: str = "model") -> OnnxModel:
         return OnnxModel(path, data, proto, None, ())
     dims = tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in inputs[0].type.tensor_type.shape.dim)
-    return OnnxModel(path, data, proto, inputs[0].name if dims else None, dims[1:])
+    elem = inputs[0].type.tensor_type.elem_type
+    dtype = torch.from_numpy(np.zeros(0, helper.tensor_dtype_to_np_dtype(elem))).dtype
+    return OnnxModel(path, data, proto, inputs[0].name if dims else None, dims[1:], dtype)
 
 
 def parameter_count(proto: onnx.ModelProto) -> int:
@@ -183,8 +186,10 @@ def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor:
-    """`x` reshaped to the model's per-sample input shape (same number of values)."""
+    """`x` in the model's input dtype and reshaped to its per-sample input shape (same number
+    of values); token ids and floats are not converted into each other."""
     dims = model.runnable().input_dims
+    x = _fit_dtype(x, model.input_dtype, f"{source} holds", f"{model.path} takes")
     if list(x.shape[1:]) == list(dims) or (None in dims and len(dims) == x.ndim - 1):
         return x
     if None not in dims and math.prod(dims) == math.prod(x.shape[1:]):
@@ -195,12 +200,26 @@ def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor
 
 
 def random_input(model: OnnxModel, n: int, *, seed: int = 0) -> torch.Tensor:
-    """`n` uniform [0, 1) inputs in the model's input shape (for timing without data)."""
+    """`n` inputs in the model's input shape and dtype (for timing without data): uniform
+    [0, 1) floats, or zeros as token ids."""
     if None in model.runnable().input_dims:
         raise DataError(f"{model.path} has a symbolic input shape "
                         f"{['?' if d is None else d for d in model.input_dims]}: pass --data so "
                         "latency is measured on real inputs")
-    return torch.rand((n, *model.input_dims), generator=torch.Generator().manual_seed(seed))
+    return torch.from_numpy(example_input(model.proto, n, seed=seed))
+
+
+def _fit_dtype(x: torch.Tensor, takes: torch.dtype, holds: str, model: str) -> torch.Tensor:
+    """`x` as `takes`: floats stay floats and integer ids integers; floats and ids are not
+    converted into each other (one line naming both dtypes)."""
+    if x.is_floating_point() == takes.is_floating_point:
+        return x.to(takes)
+    what = "token ids" if not takes.is_floating_point else "float inputs"
+    fix = ("give x as integer token ids [N, T]" if not takes.is_floating_point else
+           "give float32 inputs (integer token ids are for a model that starts with an "
+           "Embedding)")
+    raise DataError(f"{holds} {str(x.dtype).removeprefix('torch.')} inputs and {model} "
+                    f"{what} ({str(takes).removeprefix('torch.')}): {fix}")
 
 
 def predictions(model: OnnxModel, x: torch.Tensor) -> tuple[torch.Tensor, int]:

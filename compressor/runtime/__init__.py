@@ -16,16 +16,17 @@ Everything else runs in onnxruntime. It needs numpy, scipy, onnx and onnxruntime
 
     from compressor.runtime import SparseModel
     model = SparseModel.load("model.compressed.onnx", batch=32, threads=1)
-    logits = model.run(x)           # x: float32 array [N, ...]
+    logits = model.run(x)           # x: float32 array [N, ...] (int64 ids for a text model)
     for layer in model.layers:      # what was chosen, and the times that chose it
         print(layer.name, layer.kernel, layer.times_ms)
 """
 
 from .kernels import KERNELS, time_kernels
-from .model import Layer, SparseModel
+from .model import Layer, SparseModel, example_input, input_dtype
 from .session import session
 from .storage import KERNELS_KEY, set_kernels, stored_kernels, to_dense
 from .timing import latencies_ms, time_ms, timings
 
-__all__ = ["KERNELS", "KERNELS_KEY", "Layer", "SparseModel", "latencies_ms", "session",
+__all__ = ["KERNELS", "KERNELS_KEY", "Layer", "SparseModel", "example_input", "input_dtype",
+           "latencies_ms", "session",
            "set_kernels", "stored_kernels", "time_kernels", "time_ms", "timings", "to_dense"]

@@ -53,9 +53,9 @@ class SparseModel:
     """An ONNX model whose sparse layers run with the kernel chosen for each (see module doc)."""
 
     def __init__(self, stages: list[Callable[[dict], None]], input_name: str, output_name: str,
-                 layers: tuple[Layer, ...]) -> None:
+                 layers: tuple[Layer, ...], input_dtype: type = np.float32) -> None:
         self._stages, self.input_name, self.output_name = stages, input_name, output_name
-        self.layers = layers
+        self.layers, self.input_dtype = layers, np.dtype(input_dtype)
 
     @classmethod
     def load(cls, model: str | Path | bytes | onnx.ModelProto, *, batch: int = 1,
@@ -96,7 +96,7 @@ class SparseModel:
         if kernels == "measure" and fallback and any(layer.kernel != "dense" for layer in layers):
             dense = cls._build(proto, found, tuple(_as_dense(layer, "") for layer in layers),
                                threads=threads)
-            x = _example(proto, batch)
+            x = example_input(proto, batch)
             sparse_ms, dense_ms = latencies_ms([lambda: built.run(x), lambda: dense.run(x)],
                                                seconds=seconds * 8, rounds=4, min_calls=20,
                                                warmup=3)
@@ -145,11 +145,12 @@ class SparseModel:
             if cut is not None:
                 stages.append(ScipyStage(cut))
                 start = cut.y
-        return cls(stages, input_name, output_name, layers)
+        return cls(stages, input_name, output_name, layers, input_dtype(proto))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """The model's output for `x` (float32, batch first)."""
-        values = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        """The model's output for `x` (batch first; float32, or int64 token ids where the
+        model's input is integer)."""
+        values = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
         for stage in self._stages:
             stage(values)
         return values[self.output_name]
@@ -228,7 +229,8 @@ def _segment(proto: onnx.ModelProto, start: str, end: str, feeds: list[str]) -> 
             needed += list(node.input)
     nodes.sort(key=lambda n: list(graph.node).index(n))
     used = {i for n in nodes for i in n.input}
-    inputs = [helper.make_tensor_value_info(start, TensorProto.FLOAT, None)]
+    given = next((i for i in graph.input if i.name == start), None)  # the model's own input
+    inputs = [given or helper.make_tensor_value_info(start, TensorProto.FLOAT, None)]
     inputs += [i for i in graph.input if i.name in feeds and i.name in used]
     sub = helper.make_graph(nodes, "segment", inputs,
                             [helper.make_tensor_value_info(end, TensorProto.FLOAT, None)],
@@ -237,10 +239,20 @@ def _segment(proto: onnx.ModelProto, start: str, end: str, feeds: list[str]) -> 
                              ir_version=proto.ir_version)
 
 
-def _example(proto: onnx.ModelProto, batch: int) -> np.ndarray:
+def input_dtype(proto: onnx.ModelProto) -> np.dtype:
+    """The numpy dtype of the model's (first) input."""
+    return np.dtype(helper.tensor_dtype_to_np_dtype(proto.graph.input[0].type.tensor_type.elem_type))
+
+
+def example_input(proto: onnx.ModelProto, batch: int, *, seed: int = 0) -> np.ndarray:
+    """`batch` inputs to time or trace the model with, symbolic sizes as 1: uniform [0, 1) for
+    a float input, zeros for an integer one (token ids: 0 is an id of every vocabulary)."""
     dims = [d.dim_value if d.HasField("dim_value") else 1
             for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
-    return np.random.default_rng(0).random((batch, *dims), dtype=np.float32)
+    dtype = input_dtype(proto)
+    if np.issubdtype(dtype, np.integer):
+        return np.zeros((batch, *dims), dtype=dtype)
+    return np.random.default_rng(seed).random((batch, *dims), dtype=np.float32).astype(dtype)
 
 
 def _measure(layer: SparseLayer, proto: onnx.ModelProto, *, batch: int, threads: int,

@@ -1,0 +1,87 @@
+"""Hugging Face transformers built from small configs (no weights can be downloaded): BERT and
+GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
+its heads pruned, and the exported file equal to the pruned model. GPT-2's attention splits
+one fused projection by width and concatenates keys and values with an empty cache; BERT's
+passes the probabilities through dropout; both must still be found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from models.vision import import_torchvision
+
+import_torchvision()  # transformers imports torchvision's image transforms when present
+import transformers  # the test extra installs it
+
+SMALL = {"num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+         "num_labels": 3}
+
+
+class Logits(nn.Module):
+    """A model's `.logits` (compressor needs one tensor out)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).logits
+
+
+def bert() -> Logits:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=64, max_position_embeddings=32,
+                                     attn_implementation="eager", **SMALL)
+    return Logits(transformers.BertForSequenceClassification(config))
+
+
+def gpt2() -> Logits:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4,
+                                     n_positions=32, num_labels=3, pad_token_id=0,
+                                     bos_token_id=1, eos_token_id=2,
+                                     attn_implementation="eager")
+    return Logits(transformers.GPT2ForSequenceClassification(config))
+
+
+def vit() -> Logits:
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=64,
+                                    attn_implementation="eager", **SMALL)
+    return Logits(transformers.ViTForImageClassification(config))
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
+def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
+    g = np.random.default_rng(0)
+    x = g.random((300, 3, 16, 16), dtype=np.float32) if arch == "vit" else \
+        g.integers(3, 100, (300, 16))
+    np.savez(tmp_path / "data.npz", x=x)
+    model, out = tmp_path / f"{arch}.pt", tmp_path / f"{arch}.onnx"
+    torch.save(globals()[arch]().eval().state_dict(), model)
+    result = run_cli(model, "--arch", f"tests.graph.test_hf:{arch}", "--data",
+                     tmp_path / "data.npz", "--target", "0.5", "--of", "flops", "-o", out,
+                     "--no-latency", "--quiet")
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    assert report["source"]["input"]["dtype"] == ("float32" if arch == "vit" else "int64")
+    heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
+    assert len(heads) == 2 and any(r["out_after"] < r["out_before"] for r in heads)
+    # the file's attention: q·kᵀ and probabilities·v per layer, [batch, heads, T, ...]
+    proto = onnx.shape_inference.infer_shapes(onnx.load(out), data_prop=True)
+    weights = {t.name for t in proto.graph.initializer}
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in proto.graph.value_info}
+    exported = sorted(shapes[n.output[0]][1].dim_value for n in proto.graph.node
+                      if n.op_type == "MatMul" and not set(n.input) & weights)
+    per_layer = 16 * (3 if arch == "gpt2" else 1)  # q rows (q, k, v rows for GPT-2) per head
+    assert exported == sorted(2 * [r["out_after"] // per_layer for r in heads])
+    assert exported[0] < 4
