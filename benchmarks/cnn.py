@@ -31,9 +31,9 @@ import torch_pruning as tp
 
 from benchmarks.common import CELLS, Result, flat, flops_of, machine, measured, time_cells
 from compressor.graph.capture import capture, run_batched
-from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
+from compressor.io.sources import load_data
 from compressor.measure.widths import Kernel, preferred_multiple
 from compressor.plan.rules import CNN_SCHEDULE
 from compressor.prune.config import FinetuneConfig

@@ -21,7 +21,7 @@ from torch import nn
 from benchmarks.common import loaded, machine
 from compressor.graph.capture import capture
 from compressor.graph.trace import trace
-from compressor.io.data import load_data
+from compressor.io.sources import load_data
 from compressor.plan import DEFAULTS
 from compressor.prune.lsq import STEPS, consumer_problems, greedy_errors
 

@@ -37,7 +37,7 @@ from compressor.commands.bench import bench
 from compressor.export import formats
 from compressor.export.pack import Format, pack_onnx
 from compressor.export.verify import run_onnx
-from compressor.io.data import load_data
+from compressor.io.sources import load_data
 from compressor.report.bench import format_bench
 from compressor.runtime import session, time_kernels
 

@@ -26,9 +26,9 @@ from torch import nn
 
 from benchmarks.common import CELLS, Result, flat, machine, measured, time_cells
 from compressor.graph.capture import capture, run_batched
-from compressor.io.data import load_data
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
+from compressor.io.sources import load_data
 from compressor.plan.rules import CNN_SCHEDULE
 from compressor.prune.config import Criterion, FinetuneConfig
 from compressor.prune.finetune import finetune

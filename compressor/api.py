@@ -25,18 +25,20 @@ from .commands.check import CheckConfig, CheckInputs
 from .commands.check import check as check_file
 from .commands.compress import prepared, run
 from .commands.summary import summarize
-from .errors import DataError, UsageError
-from .io.data import Dataset, DataSplits, load_data, split, validate
+from .errors import UsageError
+from .io.data import DataSplits, split
 from .io.files import write_atomic
 from .io.inputs import fit_data, random_inputs
 from .io.load import LoadedModel, ModelFormat
+from .io.sources import as_dataset, load_data
 from .measure.budgets import Budgets
 from .plan import Options
 from .plan import check as check_plan
 from .report.check import CheckResult
 from .report.compress import Report
 
-Data = Any  # tensors, (x, y), a Dataset, a DataLoader, "fashion-mnist" or a data file path
+Data = Any  # tensors, (x, y), a Dataset, a DataLoader, batches, "fashion-mnist", a data file
+# path or "module:callable"
 
 
 @dataclass(frozen=True)
@@ -157,34 +159,6 @@ def _splits(data: Data, *, seed: int) -> DataSplits:
     """Any supported form of data, split into train, validation and test."""
     if isinstance(data, (str, Path)):
         return load_data(str(data), seed=seed)
-    x, y = _tensors(data)
-    return split(validate(x, y, source="data"), name="data", seed=seed)
+    return split(as_dataset(data, source="data"), name="data", seed=seed)
 
 
-def _tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(data, torch.Tensor):
-        return data, None
-    if isinstance(data, Dataset):
-        return data.x, data.y
-    if isinstance(data, (tuple, list)) and len(data) == 2 and \
-            all(isinstance(t, torch.Tensor) for t in data):
-        return data[0], data[1]
-    if isinstance(data, torch.utils.data.DataLoader):
-        return _stack(list(data), "the DataLoader's batches", batched=True)
-    if isinstance(data, torch.utils.data.Dataset):
-        return _stack([data[i] for i in range(len(data))], "the Dataset's items", batched=False)
-    raise DataError(f"data must be a tensor, (x, y), a Dataset, a DataLoader, 'fashion-mnist' "
-                    f"or a data file path, not {type(data).__name__}")
-
-
-def _stack(items: list, what: str, *, batched: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Inputs (and labels) of a list of items or batches: each `x` or `(x, y)`."""
-    if not items:
-        raise DataError(f"{what} are empty: give at least a few samples")
-    pairs = [item if isinstance(item, (tuple, list)) else (item,) for item in items]
-    if any(len(p) not in (1, 2) for p in pairs) or len({len(p) for p in pairs}) != 1:
-        raise DataError(f"{what} must each be x or (x, y)")
-    join = torch.cat if batched else torch.stack
-    xs = join([torch.as_tensor(p[0]) for p in pairs])
-    ys = join([torch.as_tensor(p[1]) for p in pairs]) if len(pairs[0]) == 2 else None
-    return xs, ys

@@ -17,7 +17,7 @@ from .options import INT_LIST
 @click.option("--compare", type=click.Path(path_type=Path), multiple=True, metavar="PRUNED",
               help="A model made from MODEL (the .onnx compress wrote, or a PyTorch file) to "
                    "analyse beside it; repeat for several. Layers are matched by position.")
-@click.option("--data", "-d", metavar="fashion-mnist|FILE",
+@click.option("--data", "-d", metavar="fashion-mnist|FILE|MODULE:CALLABLE",
               help="Data for firing rates and the PCA dimension of each layer's activations "
                    "(PyTorch models; ONNX files are analysed by their weights).")
 @click.option("--calibration-samples", type=click.IntRange(1), default=CALIBRATION,

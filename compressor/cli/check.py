@@ -15,9 +15,10 @@ from .options import budget_options, budgets_from
 @click.command("check", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
 @budget_options
-@click.option("--data", "-d", metavar="fashion-mnist|FILE",
-              help="Data for accuracy, agreement and latency: 'fashion-mnist' (its 10,000 test "
-                   "images) or a .npz/.npy/.pt file (every sample).")
+@click.option("--data", "-d", metavar="fashion-mnist|FILE|MODULE:CALLABLE",
+              help="Data for accuracy, agreement and latency: 'fashion-mnist' (its test "
+                   "images), a .npz/.npy/.pt file (every sample) or module:callable (every "
+                   "sample, or its test split).")
 @click.option("--reference", type=click.Path(path_type=Path), metavar="REF.onnx|REF.pt",
               help="Model whose top-1 predictions --min-agreement compares with (ONNX, or any "
                    "model file compress takes).")

@@ -45,7 +45,7 @@ def _choices(enum) -> click.Choice:
 @click.option("--of", type=click.Choice([o.value for o in Of]), default=DEFAULTS["of"].value,
               show_default=True, help="What --target counts: weights or FLOPs per sample.")
 @click.option("--data", "-d", metavar="DATA",
-              help="fashion-mnist or .npz/.npy/.pt; labels: fine-tuning.")
+              help="fashion-mnist, .npz/.npy/.pt or module:callable; labels: fine-tuning.")
 @click.option("--scope", type=_choices(Scope), default=AUTO, show_default=True,
               metavar="NAME", help="global: one ranking; local: same share per layer")
 @click.option("--cycles", type=click.IntRange(1, 50), metavar="N",

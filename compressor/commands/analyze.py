@@ -17,10 +17,10 @@ from ..errors import NothingToPruneError
 from ..export.formats import densify
 from ..graph.capture import capture, get_tensor, outputs_of, run_batched
 from ..graph.trace import trace
-from ..io.data import load_data
 from ..io.files import files_in, write_atomic
 from ..io.inputs import example, fit_data, random_inputs
 from ..io.load import load_model
+from ..io.sources import load_data
 from ..measure.onnx_file import fit_input, load_onnx, predictions
 from ..measure.spectra import pca_dims, weight_stats
 from ..prune.calibrate import count_activations

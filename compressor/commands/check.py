@@ -10,10 +10,11 @@ import torch
 
 from ..errors import DataError, UsageError
 from ..graph.capture import run_batched
-from ..io.data import Dataset, load_eval_data
+from ..io.data import Dataset
 from ..io.files import check_output, write_atomic
 from ..io.inputs import check_labels, find_input_layout, program_shape
 from ..io.load import load_model
+from ..io.sources import load_eval_data
 from ..measure.budgets import Budgets, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
 from ..measure.onnx_file import OnnxModel, fit_input, load_onnx, predictions, random_input

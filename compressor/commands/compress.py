@@ -21,10 +21,11 @@ from ..export.verify import verify, verify_packed
 from ..graph.capture import capture, run_batched
 from ..graph.trace import Trace, trace
 from ..io.cores import kept_to_free_cores
-from ..io.data import DataSplits, load_data, normalized
+from ..io.data import DataSplits, normalized
 from ..io.files import check_output, files_in, write_atomic
 from ..io.inputs import PARITY_SAMPLES, InputLayout, example, fit_data, random_inputs
 from ..io.load import LoadedModel, check_float32, load_model, select_logits
+from ..io.sources import load_data
 from ..plan import DataFacts, Machine, Options, Plan, ThisMachine, check, model_facts, plan
 from ..prune.cycles import Log, Progress, measure, prune
 from ..prune.factor import Factored, factor

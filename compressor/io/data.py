@@ -79,36 +79,7 @@ def normalized(splits: DataSplits, mean: tuple[float, ...],
     return splits.map_x(lambda t: (t - m) / s)
 
 
-def load_data(spec: str, *, seed: int = 0) -> DataSplits:
-    """Load `fashion-mnist` or a `.npz`/`.npy`/`.pt` file and split it.
-
-    Args:
-        spec: `fashion-mnist` or a path to a data file.
-        seed: seed of the shuffle that splits a user file.
-
-    Returns:
-        The splits; user files are split 80/10/10 (train/validation/test) when labelled,
-        90/10 (train/validation) otherwise.
-    """
-    if spec == "fashion-mnist":
-        return load_fashion_mnist()
-    path = Path(spec)
-    return split(_read_file(path), name=path.name, seed=seed)
-
-
-def load_eval_data(spec: str) -> tuple[Dataset, str]:
-    """Data to evaluate a finished model on: Fashion-MNIST's official test set, or every
-    sample of a data file (not split).
-
-    Returns:
-        The data and a description for reports (name and sample count).
-    """
-    data = load_fashion_mnist().test if spec == "fashion-mnist" else _read_file(Path(spec))
-    name = "fashion-mnist test" if spec == "fashion-mnist" else Path(spec).name
-    return data, f"{name} ({len(data):,} samples)"
-
-
-def _read_file(path: Path) -> Dataset:
+def read_file(path: Path) -> Dataset:
     spec = str(path)
     if not path.exists():
         raise DataError(f"data file {spec} does not exist: pass an existing .npz/.npy/.pt file "

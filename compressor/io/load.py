@@ -3,9 +3,7 @@ pickled module. Nothing here modifies the file."""
 
 from __future__ import annotations
 
-import importlib
 import pickle
-import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -15,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
+from .callables import call, importable_from_here
 from .files import zip_members
 from .quiet import quiet
 
@@ -159,7 +158,7 @@ def _load_pickle(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedM
                 f"{path} is a pickled Python object (probably a whole nn.Module), and unpickling "
                 "runs arbitrary code from the file: pass --trust-pickle only if you trust it, or "
                 "save model.state_dict() and pass --arch module:callable") from e
-        _importable_from_here()  # as --arch: classes defined beside the model are found
+        importable_from_here()  # as --arch: classes defined beside the model are found
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ModuleNotFoundError) as e2:
@@ -223,31 +222,10 @@ def _key_difference(missing: set[str], unexpected: set[str], shown: int = 3) -> 
 
 def build_arch(arch: str) -> nn.Module:
     """Import `module:callable` (from the current directory or PYTHONPATH) and call it."""
-    module_name, sep, attr = arch.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelError(f"--arch {arch!r} must look like module:callable, e.g. models.mlp:paper_mlp")
-    _importable_from_here()
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as e:
-        raise ModelError(f"cannot find --arch {arch} ({first_line(e)}): run from the directory "
-                         "that holds the module or add it to PYTHONPATH") from e
-    try:
-        module = target()
-    except Exception as e:  # the user's constructor may raise anything
-        raise ModelError(f"--arch {arch}() failed ({first_line(e)}): it must build the model "
-                         "without arguments") from e
+    module = call(arch, option="--arch", error=ModelError, example="models.mlp:paper_mlp")
     if not isinstance(module, nn.Module):
         raise ModelError(f"--arch {arch}() returned {type(module).__name__}, not an nn.Module")
     return module
-
-
-def _importable_from_here() -> None:
-    """Modules in the current directory become importable (as `python -c` would have them)."""
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
 
 
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:

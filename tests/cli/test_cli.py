@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from compressor.export.verify import run_onnx
 from compressor.graph.capture import export_program
-from compressor.io.data import load_data
+from compressor.io.sources import load_data
 from compressor.measure.onnx_file import flops_per_sample
 from compressor.runtime import session
 from tests.conftest import assert_refused, labelled

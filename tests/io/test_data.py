@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from compressor.errors import DataError
-from compressor.io.data import FASHION_MNIST_ENV, VALIDATION_SIZE, load_data, load_fashion_mnist
+from compressor.io.data import FASHION_MNIST_ENV, VALIDATION_SIZE, load_fashion_mnist
+from compressor.io.sources import load_data
 
 
 def test_npz_with_labels_splits_into_disjoint_train_validation_test(tmp_path):

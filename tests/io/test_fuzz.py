@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from compressor.errors import DataError, ModelError
 from compressor.export.to_onnx import to_onnx
-from compressor.io.data import load_data
 from compressor.io.load import load_model
+from compressor.io.sources import load_data
 from compressor.measure.onnx_file import flops_per_sample, load_onnx, parameter_count
 from tests.conftest import labelled
 from tests.helpers import graph_of, save_model
