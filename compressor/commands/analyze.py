@@ -103,7 +103,8 @@ def _pca_baseline(loaded: list[_Loaded], inputs: AnalyzeInputs, log: Log) -> tup
             or len(loaded) < 2:
         return ()
     gm, found, splits = main.graph
-    if not found.groups or not ranks_by_error(gm, found.groups):
+    groups = [g for g in found.groups if "heads" not in g.kinds]  # projected per feature
+    if not groups or not ranks_by_error(gm, groups):
         return ()
     test = splits.test or splits.validation
     calib = splits.train.x[:inputs.calibration_samples]
@@ -114,9 +115,9 @@ def _pca_baseline(loaded: list[_Loaded], inputs: AnalyzeInputs, log: Log) -> tup
         layers = other.analysis.layers
         if len(layers) != len(found.layers):
             continue
-        ranks = {g.name: layers[index[g.name]].weights.rank for g in found.groups}
+        ranks = {g.name: layers[index[g.name]].weights.rank for g in groups}
         log(f"PCA baseline at the ranks of {other.analysis.path}")
-        projected = pca_projected(gm, found.groups, calib, ranks)
+        projected = pca_projected(gm, groups, calib, ranks)
         rows.append(PcaRow(other.analysis.path, ranks, round(dense, 6),
                            round(_accuracy(other.predict(test.x), test.y), 6),
                            round(_accuracy(run_batched(projected, test.x).argmax(1), test.y),
@@ -138,10 +139,11 @@ def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> _Loaded:
         calib = splits.train.x[:inputs.calibration_samples]
         probe = calib
     gm = capture(model, example(probe))
-    found = trace(gm)
+    found = trace(gm, example(probe))  # with a sample: heads found too
     if calib is not None and found.groups:
         log(f"{path}: firing rates and activation covariances on {len(calib):,} samples")
-    firing, pca = ({}, {}) if calib is None else _activations(gm, found.groups, calib)
+    units = [g for g in found.groups if "heads" not in g.kinds]  # heads: no firing of their own
+    firing, pca = ({}, {}) if calib is None else _activations(gm, units, calib)
     matrices = {layer.name: get_tensor(gm, layer.weight).detach().numpy().reshape(
         layer.out_features, -1) for layer in found.layers}
     layers = tuple(LayerAnalysis(layer.name, layer.kind, weight_stats(matrices[layer.name]),
@@ -149,6 +151,9 @@ def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> _Loaded:
                    for layer in found.layers)
     notes = tuple(f"{name}: no firing rates ({why})" for name, why in found.dense
                   if calib is not None)
+    notes += tuple(f"{g.name}: no firing rates (attention heads: pruned as heads, ranked by "
+                   "the error they leave)" for g in found.groups
+                   if "heads" in g.kinds and calib is not None)
     return _Loaded(ModelAnalysis(str(path), "pytorch", layers, notes), matrices,
                    lambda x: run_batched(gm, x).argmax(1), (gm, found, splits))
 
