@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.io.data import load_fashion_mnist
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection (as timm writes it)."""
@@ -108,6 +110,14 @@ def tokens(images: torch.Tensor, levels: int = 16) -> torch.Tensor:
     average-pooled, one id per pixel, its grey level in `levels` steps."""
     pooled = F.avg_pool2d(images, 2).flatten(1)
     return (pooled * levels).long().clamp_(0, levels - 1)
+
+
+def fashion_mnist_ids() -> dict:
+    """Fashion-MNIST's splits as token ids, for `--data models.transformer:fashion_mnist_ids`
+    (the validation and test splits as `--data fashion-mnist` has them)."""
+    data = load_fashion_mnist()
+    return {name: (tokens(part.x), part.y) for name, part in
+            (("train", data.train), ("val", data.validation), ("test", data.test))}
 
 
 def text() -> TextClassifier:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.io.sources import load_data
 from tests.conftest import assert_refused
 from tests.helpers import save_model
 
@@ -133,3 +134,13 @@ def test_check_and_bench_feed_the_file_ids(run_cli, files):
     assert wrong.code == 2 and "takes token ids (int64)" in wrong.err
     bench = run_cli("bench", out, "--batch", "1", "--seconds", "0.05", "--no-memory")
     assert bench.code == 0, bench.err
+
+
+def test_the_example_id_data_are_fashion_mnists_splits_as_ids():
+    data = load_data("models.transformer:fashion_mnist_ids", seed=0)
+    images = load_data("fashion-mnist", seed=0)
+    assert (len(data.train), len(data.validation), len(data.test)) == \
+        (len(images.train), len(images.validation), len(images.test))
+    assert data.train.x.dtype == torch.int64 and data.train.x.shape[1:] == (196,)
+    assert int(data.train.x.min()) == 0 and int(data.train.x.max()) == 15
+    assert torch.equal(data.test.y, images.test.y)
