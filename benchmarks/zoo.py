@@ -152,6 +152,9 @@ def _peer(name: str, work: Path) -> None:
     """Torch-Pruning 1.6 with its standard recipe: MetaPruner, group L2 magnitude, one ratio
     for every layer, the classifier ignored; the ratio bisected so that the model keeps 50% of
     its FLOPs (counted as ours are); exported as ours are."""
+    from models.vision import import_torchvision
+
+    import_torchvision()  # before torch-pruning and the unpickled model import it
     import torch_pruning as tp
 
     from benchmarks.common import flops_of
