@@ -26,6 +26,7 @@ from .commands.check import check as check_file
 from .commands.compress import prepared, run
 from .commands.summary import summarize
 from .errors import UsageError
+from .io import ranks
 from .io.data import DataSplits, split
 from .io.files import write_atomic
 from .io.inputs import fit_data, random_inputs
@@ -46,8 +47,8 @@ class Result:
     """What `compress` made: the pruned model, its verified ONNX file, and the report."""
 
     model: nn.Module  # the pruned model (a torch.fx GraphModule; BatchNorm folded)
-    onnx: bytes  # the verified ONNX file in the chosen format
-    report: Report
+    onnx: bytes | None  # the verified ONNX file in the chosen format
+    report: Report | None  # onnx and report: None on ranks other than 0 of a process group
 
     def save_onnx(self, path: str | Path) -> Path:
         """Write the ONNX file (atomically) and return its path."""
@@ -84,9 +85,13 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
 
     Returns:
         The pruned model, the ONNX file and the report.
+
+    Called in every process of an initialised torch.distributed group, calibration and
+    fine-tuning are shared between them (see `compressor.io.ranks`); rank 0 logs, exports and
+    measures, the others return the same pruned model with `onnx` and `report` None.
     """
     started = time.perf_counter()
-    log = log or (lambda _: None)
+    log = (log if ranks.lead() else None) or (lambda _: None)
     chosen = _options(target, options)
     name = f"<{type(model).__name__}>"
     loaded = prepared(_loaded(model, name), logits=None if logits is None else str(logits))
@@ -101,6 +106,8 @@ def compress(model: nn.Module | torch.export.ExportedProgram, target: float, *,
         splits, layout = fit_data(loaded, _splits(data, seed=seed), shape=chosen.input_shape)
         probe = splits.validation.x
     outcome = run(loaded, splits, probe, layout, chosen, name=name, log=log)
+    if outcome.packed is None:  # a process other than rank 0 of a torch.distributed group
+        return Result(outcome.pruned_gm.eval(), None, None)
     report = summarize(outcome, model=name, data=about, output="", report_path="",
                        started=started)
     return Result(outcome.pruned_gm.eval(), outcome.packed.data, report)

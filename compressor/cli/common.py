@@ -10,6 +10,7 @@ import sys
 import click
 
 from ..errors import CompressorError, first_line
+from ..io import ranks
 from ..report.check import CheckResult
 
 BUDGET_BROKEN = 1
@@ -34,7 +35,7 @@ def run_library(job, *, flags: dict[str, str] | None = None):
     try:
         return job()
     except CompressorError as e:
-        click.echo(f"Error: {with_flags(str(e), flags or {})}", err=True)
+        click.echo(f"Error{_which()}: {with_flags(str(e), flags or {})}", err=True)
         sys.exit(USAGE_ERROR)
     except KeyboardInterrupt:
         click.echo("Interrupted; nothing was written.", err=True)
@@ -42,9 +43,15 @@ def run_library(job, *, flags: dict[str, str] | None = None):
     except Exception as e:  # a bug: one line, the traceback only on request
         if os.environ.get("COMPRESSOR_DEBUG"):
             raise
-        click.echo(f"Internal error ({type(e).__name__}: {first_line(e)}); nothing was written. "
+        click.echo(f"Internal error{_which()} ({type(e).__name__}: {first_line(e)}); nothing was "
+                   "written. "
                    "Re-run with COMPRESSOR_DEBUG=1 for the traceback and report it.", err=True)
         sys.exit(3)
+
+
+def _which() -> str:
+    """Which process of a torchrun group failed (torchrun then stops the others)."""
+    return f" (rank {ranks.rank()} of {ranks.size()})" if ranks.size() > 1 else ""
 
 
 def broken(result: CheckResult, *, wrote: str = "") -> None:

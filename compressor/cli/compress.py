@@ -144,6 +144,8 @@ def compress_command(ctx: click.Context, model: Path, data: str | None, output: 
     finally:
         if progress is not None:
             progress.close()
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports and writes
+        return
     click.echo(with_flags(format_table(result), FLAGS))
     if result.budgets:
         verdict = CheckResult(result.source.output, result.budgets)

@@ -107,9 +107,10 @@ def _pca_baseline(loaded: list[_Loaded], inputs: AnalyzeInputs, log: Log) -> tup
     if not groups or not ranks_by_error(gm, groups):
         return ()
     test = splits.test or splits.validation
-    calib = splits.train.x[:inputs.calibration_samples]
+    calib = splits.train.head(inputs.calibration_samples).x
     index = {layer.name: i for i, layer in enumerate(found.layers)}
-    dense = _accuracy(main.predict(test.x), test.y)
+    labels = test.labels()
+    dense = _accuracy(main.predict(test.x), labels)
     rows = []
     for other in loaded[1:]:
         layers = other.analysis.layers
@@ -119,8 +120,8 @@ def _pca_baseline(loaded: list[_Loaded], inputs: AnalyzeInputs, log: Log) -> tup
         log(f"PCA baseline at the ranks of {other.analysis.path}")
         projected = pca_projected(gm, groups, calib, ranks)
         rows.append(PcaRow(other.analysis.path, ranks, round(dense, 6),
-                           round(_accuracy(other.predict(test.x), test.y), 6),
-                           round(_accuracy(run_batched(projected, test.x).argmax(1), test.y),
+                           round(_accuracy(other.predict(test.x), labels), 6),
+                           round(_accuracy(run_batched(projected, test.x).argmax(1), labels),
                                  6)))
     return tuple(rows)
 
@@ -136,7 +137,7 @@ def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> _Loaded:
         probe, _ = random_inputs(model, seed=0, shape=inputs.input_shape)
     else:
         splits, _ = fit_data(model, load_data(inputs.data, seed=0), shape=inputs.input_shape)
-        calib = splits.train.x[:inputs.calibration_samples]
+        calib = splits.train.head(inputs.calibration_samples).x
         probe = calib
     gm = capture(model, example(probe))
     found = trace(gm, example(probe))  # with a sample: heads found too

@@ -15,6 +15,7 @@ from ..io.files import check_output, write_atomic
 from ..io.inputs import check_labels, find_input_layout, program_shape
 from ..io.load import load_model
 from ..io.sources import load_eval_data
+from ..io.stream import apply
 from ..measure.budgets import Budgets, Measured, evaluate, measure_file, share_equal
 from ..measure.latency import latencies_ms
 from ..measure.onnx_file import OnnxModel, fit_input, load_onnx, predictions, random_input
@@ -126,8 +127,9 @@ def _accuracy(predicted: torch.Tensor, classes: int, data: Dataset, about: str) 
     if data.y is None:
         raise DataError(f"--min-accuracy needs labels, and {about} has none: give a .npz with "
                         "x and y, a .pt dict with 'y', or --data fashion-mnist")
-    check_labels(data.y, classes, source=about)
-    return share_equal(predicted, data.y)
+    labels = data.labels()
+    check_labels(labels, classes, source=about)
+    return share_equal(predicted, labels)
 
 
 def _reference_predictions(inputs: CheckInputs, x: torch.Tensor, about: str) -> torch.Tensor:
@@ -137,7 +139,7 @@ def _reference_predictions(inputs: CheckInputs, x: torch.Tensor, about: str) -> 
         return predictions(reference, fit_input(reference, x, source=about))[0]
     loaded = load_model(path, arch=inputs.arch, trust_pickle=inputs.trust_pickle)
     layout = find_input_layout(loaded, x, shape=program_shape(loaded))
-    return run_batched(loaded.run, layout.reshape(x)).argmax(1)
+    return run_batched(loaded.run, apply(x, layout.reshape)).argmax(1)
 
 
 def _latency(model: OnnxModel, inputs: CheckInputs, data: Dataset | None, about: str,

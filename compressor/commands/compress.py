@@ -20,6 +20,7 @@ from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
 from ..graph.capture import capture, run_batched
 from ..graph.trace import Trace, trace
+from ..io import ranks
 from ..io.cores import kept_to_free_cores
 from ..io.data import DataSplits, normalized
 from ..io.files import check_output, files_in, write_atomic
@@ -27,6 +28,7 @@ from ..io.inputs import PARITY_SAMPLES, InputLayout, example, fit_data, random_i
 from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..io.sources import load_data
 from ..plan import DataFacts, Machine, Options, Plan, ThisMachine, check, model_facts, plan
+from ..plan.rules import device as device_rule
 from ..prune.cycles import Log, Progress, measure, prune
 from ..prune.factor import Factored, factor
 from ..prune.finetune import finetune
@@ -54,9 +56,13 @@ class Paths:
 
 
 def compress(paths: Paths, data: str | None, options: Options, *, log: Log | None = None,
-             progress: Progress | None = None, machine: Machine | None = None) -> Report:
+             progress: Progress | None = None, machine: Machine | None = None) -> Report | None:
     """Prune the model at `paths.model` to `options.target`, export and verify ONNX, write
     the ONNX file and the JSON report, and return the report.
+
+    Started by torchrun (WORLD_SIZE > 1), the process joins the group first: all processes
+    calibrate and fine-tune together, and rank 0 alone logs, exports, measures and writes (the
+    others return None once the model is pruned).
 
     Args:
         paths: model, outputs (default: `<stem>.compressed.onnx` and `.json` beside the model).
@@ -68,15 +74,21 @@ def compress(paths: Paths, data: str | None, options: Options, *, log: Log | Non
         machine: what the plan asks about the machine (default: this machine, measured).
     """
     started = time.perf_counter()
+    check(options, data=data is not None)
+    if ranks.join(device_rule(options)[0]) and not ranks.lead():
+        log = progress = None
     log = log or (lambda _: None)
     torch.manual_seed(options.value("seed"))
-    check(options, data=data is not None)
     output, report_path = _check_paths(paths, data)
     if paths.plots is not None:
         require_matplotlib()
     model, splits, probe, layout = _load(paths, data, options, log)
     outcome = run(model, splits, probe, layout, options, name=str(paths.model), log=log,
                   progress=progress, machine=machine, variants=paths.variants is not None)
+    lead = ranks.lead()
+    ranks.leave()  # rank 0 measures and writes alone from here (after an error: the group
+    if not lead:   # is left as it is, so the error names the rank)
+        return None
     measures = [f"accuracy on {data}"] * bool(data) + ["latency"] * bool(outcome.plan.bench)
     log("measuring the result" + (f" ({', '.join(measures)})" if measures else ""))
     report = summarize(outcome, model=str(Path(paths.model).resolve()), data=data,
@@ -141,6 +153,9 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
             found = trace(gm, sample)
         pruned = prune(gm, found, splits, chosen.prune, chosen.finetune, teacher=teacher,
                        log=log, progress=progress, reference=reference)
+        if not ranks.lead():  # in a group, rank 0 alone exports, verifies and measures
+            return Outcome(model.format.value, splits, probe, layout, chosen, dense, dense_found,
+                           None, gm, found, pruned, None, None, None, None, tuple(factored))
         log("exporting ONNX and verifying it in onnxruntime")
         onnx_pruned = to_onnx(gm, sample)
         parity_x = probe[:PARITY_SAMPLES]
@@ -149,7 +164,8 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
         packed, packed_diff = _pack(onnx_pruned, gm, parity_x, chosen, log, calibration)
     return Outcome(model.format.value, splits, probe, layout, chosen, dense, dense_found,
                    to_onnx(dense, sample), gm, found, pruned, onnx_pruned, packed,
-                   (diff, int(parity_x.shape[0])), packed_diff, tuple(factored), threads)
+                   (diff, int(parity_x.shape[0])), packed_diff, tuple(factored), threads,
+                   ranks.size())
 
 
 def _factored(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, chosen: Plan,
@@ -158,7 +174,7 @@ def _factored(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, chose
     factored model; what was factored."""
     if not chosen.factor:
         return []
-    calib = splits.train.x[:chosen.prune.calibration_samples] if splits else None
+    calib = splits.train.head(chosen.prune.calibration_samples).x if splits else None
     done = factor(gm, found, dict(chosen.factor), calib)
     for f in done:
         log(f"factoring {f.name} as {f.in_features} -> {f.rank} -> its units before pruning "

@@ -28,13 +28,15 @@ class Outcome:
     plan: Plan
     dense: fx.GraphModule
     dense_found: Trace  # the input model's trace
-    onnx_dense: bytes
+    onnx_dense: bytes | None  # None: exported by rank 0 of a torch.distributed group only
     pruned_gm: fx.GraphModule
     found: Trace  # the pruned model's (its layers changed where factoring split some)
     pruned: Pruned
-    onnx_pruned: bytes  # float32, zeros kept
-    packed: Packed  # what is written
-    parity: tuple[float, int]  # max |onnxruntime - pytorch| of the float32 export, samples
+    onnx_pruned: bytes | None  # float32, zeros kept (None as onnx_dense)
+    packed: Packed | None  # what is written (None as onnx_dense)
+    parity: tuple[float, int] | None  # max |onnxruntime - pytorch| of the float32 export,
+    # samples (None as onnx_dense)
     packed_diff: float | None = None  # max |packed - float32| (int8 and low-rank files)
     factored: tuple[Factored, ...] = ()  # layers factored before pruning
     threads: ThreadUse | None = None  # torch's threads during the run
+    processes: int = 1  # of the torch.distributed group that pruned it (1: none)

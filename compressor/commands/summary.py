@@ -83,7 +83,7 @@ def summarize(run: Outcome, *, model: str, data: str | None, output: str, report
         if chosen.bench else None
     used = run.threads
     threads = None if used is None else Threads(used.fixed, used.least, used.most, used.mean,
-                                                chosen.onnx_threads, used.others)
+                                                chosen.onnx_threads, used.others, run.processes)
     report = Report(
         source=source, plan=_settings(run), size=_sizes(run), parity=parity,
         accuracy=accuracy_, latency=timing, storage=storage, threads=threads,
@@ -182,7 +182,7 @@ def _predictions(run: Outcome, data: str | None, *, needed: bool) -> _Prediction
     name = "fashion-mnist test" if data == "fashion-mnist" else "held-out test split"
     about = f"{name} ({len(split):,} samples, not used for fine-tuning)"
     return _Predictions(about, run_batched(run.dense, split.x),
-                        run_onnx(session(run.packed.data), split.x), split.y)
+                        run_onnx(session(run.packed.data), split.x), split.labels())
 
 
 def _budgets(run: Outcome, report: Report, seen: _Predictions | None) -> tuple[BudgetRow, ...]:

@@ -14,9 +14,11 @@ import torch
 
 from ..errors import DataError, first_line
 from .files import zip_members
+from .stream import Column, take
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "COMPRESSOR_FASHION_MNIST"
+LOAD_BATCH = 1024  # samples per read of a lazy dataset where no stage sets the batch
 VALIDATION_SIZE = 6_000  # the paper: first 6,000 training images are the validation split
 _FILES = {
     "train_x": "train-images-idx3-ubyte.gz",
@@ -28,19 +30,44 @@ _FILES = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs (float32, or int64 token ids) and optional integer class labels."""
+    """Inputs (float32, or int64 token ids) and optional integer class labels: tensors, or
+    `Column`s that load a user's `Dataset` a batch at a time (`io.stream`)."""
 
-    x: torch.Tensor
-    y: torch.Tensor | None = None
+    x: torch.Tensor | Column
+    y: torch.Tensor | Column | None = None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.x)  # a Column's length without reading a sample
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.x, Column)
 
     def head(self, n: int) -> Dataset:
-        return Dataset(self.x[:n], None if self.y is None else self.y[:n])
+        return self.take(slice(0, n))
 
-    def with_x(self, x: torch.Tensor) -> Dataset:
+    def take(self, key) -> Dataset:
+        """The samples `key` (a slice or index tensor) selects; lazy if this is."""
+        return Dataset(take(self.x, key), None if self.y is None else take(self.y, key))
+
+    def with_x(self, x: torch.Tensor | Column) -> Dataset:
         return Dataset(x, self.y)
+
+    def map_x(self, fn) -> Dataset:
+        """Inputs `fn(x)`; applied to each batch as it is loaded if this is lazy."""
+        return self.with_x(self.x.map(fn) if isinstance(self.x, Column) else fn(self.x))
+
+    def labels(self) -> torch.Tensor | None:
+        """Every label as one tensor (for a lazy dataset, read batch by batch)."""
+        if not isinstance(self.y, Column):
+            return self.y
+        return torch.cat([y for _, y in self.batches(LOAD_BATCH)])
+
+    def batches(self, size: int):
+        """(x, y) tensors of consecutive samples, `size` at a time (y None without labels)."""
+        for start in range(0, len(self), size):
+            yield self.x[start:start + size], \
+                None if self.y is None else self.y[start:start + size]
 
 
 @dataclass(frozen=True)
@@ -58,9 +85,8 @@ class DataSplits:
         return self.train.y is not None
 
     def map_x(self, fn) -> DataSplits:
-        test = None if self.test is None else self.test.with_x(fn(self.test.x))
-        return DataSplits(self.name, self.train.with_x(fn(self.train.x)),
-                          self.validation.with_x(fn(self.validation.x)), test)
+        test = None if self.test is None else self.test.map_x(fn)
+        return DataSplits(self.name, self.train.map_x(fn), self.validation.map_x(fn), test)
 
 
 def normalized(splits: DataSplits, mean: tuple[float, ...],
@@ -132,18 +158,14 @@ def split(data: Dataset, *, name: str, seed: int) -> DataSplits:
     """Shuffle once with `seed`, then cut train/validation(/test)."""
     n = len(data)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    data = Dataset(data.x[order], None if data.y is None else data.y[order])
+    data = data.take(order)
     n_val = max(1, n // 10)
     n_test = n_val if data.y is not None else 0
     if n - n_val - n_test < 1:
         raise DataError(f"{name}: {n} samples are too few to calibrate and verify: "
                         "give at least 3 (better: thousands)")
-    val = Dataset(data.x[:n_val], None if data.y is None else data.y[:n_val])
-    test = None
-    if n_test:
-        test = Dataset(data.x[n_val:n_val + n_test], data.y[n_val:n_val + n_test])
-    train = Dataset(data.x[n_val + n_test:], None if data.y is None else data.y[n_val + n_test:])
-    return DataSplits(name, train, val, test)
+    test = data.take(slice(n_val, n_val + n_test)) if n_test else None
+    return DataSplits(name, data.take(slice(n_val + n_test, n)), data.head(n_val), test)
 
 
 def fashion_mnist_dir() -> Path:

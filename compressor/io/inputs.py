@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from ..errors import DataError, ModelError, first_line
-from .data import DataSplits
+from .data import LOAD_BATCH, DataSplits
 from .load import LoadedModel, output_tensor
 
 PARITY_SAMPLES = 1_000  # inputs every export is checked on
@@ -87,6 +87,7 @@ def _refuse_dtype(model: LoadedModel, x: torch.Tensor, candidates: list) -> None
     """Say so in one line when the model takes `x` only in the other dtype (token ids for
     floats or floats for ids); ids out of the Embedding's range likewise."""
     vocab = token_vocabulary(model)
+    x = x[:LOAD_BATCH]  # the first samples tell the dtype (and a lazy dataset stays unread)
     if not x.is_floating_point() and vocab is not None and \
             (int(x.min()) < 0 or int(x.max()) >= vocab):
         raise DataError(f"the data's token ids go from {int(x.min())} to {int(x.max())} and the "
@@ -129,8 +130,9 @@ def fit_data(model: LoadedModel, splits: DataSplits, *,
     layout = find_input_layout(model, splits.train.x, shape=shape or program_shape(model))
     splits = splits.map_x(layout.reshape)
     for part in (splits.train, splits.validation, splits.test):
-        if part is not None and part.y is not None:
-            check_labels(part.y, layout.classes, source=splits.name)
+        if part is not None and part.y is not None:  # a lazy one's first batch; the rest as read
+            check_labels(part.y[:LOAD_BATCH] if part.streamed else part.y, layout.classes,
+                         source=splits.name)
     return splits, layout
 
 
@@ -189,5 +191,7 @@ def _first_linear_shape(model: LoadedModel) -> tuple[int, ...]:
 
 
 def example(x: torch.Tensor) -> torch.Tensor:
-    """Two samples to trace with: torch.export treats a batch of one as a fixed size."""
-    return x[:2] if x.shape[0] >= 2 else x.repeat(2, *[1] * (x.ndim - 1))
+    """Two samples to trace with (torch.export treats a batch of one as a fixed size), in
+    their own storage: a view into a larger tensor adds symbols to the exported metadata, so
+    the file would depend on how the data was held."""
+    return x[:2].clone() if x.shape[0] >= 2 else x[:1].repeat(2, *[1] * (x.ndim - 1))

@@ -13,6 +13,7 @@ import torch
 from ..errors import DataError
 from .callables import call, looks_like_spec
 from .data import Dataset, DataSplits, load_fashion_mnist, read_file, split, validate
+from .stream import streamed
 
 SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
@@ -93,27 +94,42 @@ def from_callable(spec: str, *, seed: int) -> DataSplits:
 def _joined(a: Dataset, b: Dataset | None) -> Dataset:
     if b is None:
         return a
+    if a.streamed:
+        return Dataset(a.x.joined(b.x), None if a.y is None else a.y.joined(b.y))
     return Dataset(torch.cat([a.x, b.x]), None if a.y is None else torch.cat([a.y, b.y]))
 
 
 def as_dataset(data: Any, *, source: str) -> Dataset:
     """`data` (tensor, (x, y), Dataset, DataLoader or an iterable of x or (x, y) batches)
-    checked and held in memory."""
+    checked. A map-style `Dataset` (or a `DataLoader` that batches one with the default
+    collation) is streamed: read a batch at a time, never held whole; the others are held in
+    memory."""
+    if isinstance(data, torch.utils.data.DataLoader) and _map_style(data.dataset) and \
+            data.collate_fn is torch.utils.data.default_collate:
+        data = data.dataset
+    if _map_style(data) and not isinstance(data, Dataset):
+        return Dataset(*streamed(data, source=source, check=validate))
     x, y = as_tensors(data, source=source)
     return validate(x, y, source=source)
 
 
+def _map_style(data: Any) -> bool:
+    return isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__") and \
+        not isinstance(data, torch.utils.data.IterableDataset)
+
+
 def as_tensors(data: Any, *, source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Inputs and labels (or None) of any form `as_dataset` takes."""
+    """Inputs and labels (or None) of any form `as_dataset` takes, in memory."""
     if isinstance(data, torch.Tensor):
         return data, None
     if isinstance(data, Dataset):
+        if data.streamed:
+            return data.x[:], None if data.y is None else data.y[:]
         return data.x, data.y
     if isinstance(data, (tuple, list)) and len(data) == 2 and \
             all(isinstance(t, torch.Tensor) for t in data):
         return data[0], data[1]
-    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__") and \
-            not isinstance(data, torch.utils.data.IterableDataset):
+    if _map_style(data):
         return _stack([data[i] for i in range(len(data))], f"{source}'s items", batched=False)
     if isinstance(data, (torch.utils.data.DataLoader, Iterable)) and \
             not isinstance(data, (str, bytes, dict)):

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 from ..errors import DataError, ModelError, first_line
 from ..export.formats import densify
 from ..export.verify import run_onnx
+from ..io.stream import apply
 from ..runtime import example_input, session
 
 # Weights are input 1 of these ops ("positions" each weight is used at = output elements / N).
@@ -189,11 +190,12 @@ def fit_input(model: OnnxModel, x: torch.Tensor, *, source: str) -> torch.Tensor
     """`x` in the model's input dtype and reshaped to its per-sample input shape (same number
     of values); token ids and floats are not converted into each other."""
     dims = model.runnable().input_dims
-    x = _fit_dtype(x, model.input_dtype, f"{source} holds", f"{model.path} takes")
+    x = apply(x, lambda t: _fit_dtype(t, model.input_dtype, f"{source} holds",
+                                      f"{model.path} takes"))
     if list(x.shape[1:]) == list(dims) or (None in dims and len(dims) == x.ndim - 1):
         return x
     if None not in dims and math.prod(dims) == math.prod(x.shape[1:]):
-        return x.reshape(x.shape[0], *dims)
+        return apply(x, lambda t: t.reshape(t.shape[0], *dims))
     takes = ", ".join("?" if d is None else str(d) for d in dims)
     raise DataError(f"{source} has inputs of shape [N, {', '.join(map(str, x.shape[1:]))}] but "
                     f"{model.path} takes [N, {takes}]: give data in the model's input shape")

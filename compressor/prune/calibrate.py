@@ -20,6 +20,7 @@ from torch import fx
 from ..graph.capture import on_device, outputs_of
 from ..graph.groups import PrunableGroup
 from ..io.cores import batch_starts
+from ..io.ranks import mine, size, summed
 
 Progress = Callable[[int, int], None]
 FIRING = 0.01  # non-ReLU units fire above this fraction of their group's mean |output|
@@ -63,7 +64,8 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
         device: where the forward passes run (counts are kept on the CPU).
 
     Returns:
-        Counts and mean activations accumulated over all batches.
+        Counts and mean activations accumulated over all batches (in a torch.distributed
+        group, over every process's share of them: the same on every process).
     """
     nodes = list(dict.fromkeys(name for g in groups for name in g.activations))
     probe = outputs_of(gm, nodes)
@@ -71,10 +73,12 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     sums = {key: {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
             for key in ("h", "|h|", "h²")}
     positions = {g.name: 0 for g in groups}
-    thresholds: dict[str, float] = {}
     n = int(x.shape[0])
     with torch.no_grad(), on_device(probe, device):
-        for start in batch_starts(n, batch_size):
+        thresholds = _thresholds(groups, probe, nodes, x[:batch_size].to(device)) \
+            if size() > 1 and not all(g.relu for g in groups) else {}
+        first = True
+        for start in mine(batch_starts(n, batch_size)):
             batch = min(batch_size, n - start)
             outputs = dict(zip(nodes, probe(x[start:start + batch_size].to(device))))
             for g in groups:
@@ -85,16 +89,35 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                         counts[g.name] += (per_unit != 0).sum(dim=(0, 2)).cpu()
                     else:
                         if name not in thresholds:
-                            thresholds[name] = FIRING * float(per_unit.abs().double().mean())
+                            thresholds[name] = _threshold(per_unit)
                         counts[g.name] += (per_unit.abs() > thresholds[name]).sum(
                             dim=(0, 2)).cpu()
                     h = per_unit.double()
                     for key, value in (("h", h), ("|h|", h.abs()), ("h²", h * h)):
                         sums[key][g.name] += (value.mean(dim=2).sum(dim=0) * share /
                                               len(g.activations)).cpu()
-                    if start == 0:
+                    if first:
                         positions[g.name] += per_unit.shape[2] * per_unit.shape[0] // batch
+            first = False
             if progress is not None:
                 progress(min(start + batch_size, n), n)
+    summed(*counts.values(), *(v for by in sums.values() for v in by.values()))
+    if size() > 1:  # a process without a batch has no positions; the others all have them
+        widest = torch.tensor(list(positions.values()), dtype=torch.int64)
+        torch.distributed.all_reduce(widest, op=torch.distributed.ReduceOp.MAX)
+        positions = dict(zip(positions, widest.tolist()))
     means = {key: {k: v / max(n, 1) for k, v in by.items()} for key, by in sums.items()}
     return ActivationStats(counts, means["h"], n, positions, means["|h|"], means["h²"])
+
+
+def _threshold(per_unit: torch.Tensor) -> float:
+    return FIRING * float(per_unit.abs().double().mean())
+
+
+def _thresholds(groups: tuple[PrunableGroup, ...], probe: fx.GraphModule, nodes: list[str],
+                first: torch.Tensor) -> dict[str, float]:
+    """The firing thresholds of non-ReLU units, from the first calibration batch: in a group of
+    processes each reads it, so that all count with the thresholds a single process would."""
+    outputs = dict(zip(nodes, probe(first)))
+    return {name: _threshold(g.units_of(k, outputs[name])) for g in groups if not g.relu
+            for k, name in enumerate(g.activations)}

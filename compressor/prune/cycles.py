@@ -3,6 +3,7 @@ schedule until the weight target is reached."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ..graph.count import weights
 from ..graph.groups import PrunableGroup
 from ..graph.trace import Trace
 from ..io.data import DataSplits
+from ..io.ranks import from_lead
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
 from .config import FinetuneConfig, Of, PruneConfig, Score
@@ -47,6 +49,7 @@ class CycleRow:
     epochs: int  # fine-tuning epochs run
     val_accuracy: float | None
     weights_removed: int | None = None  # single weights zeroed this cycle (--score neurons-weights)
+    finetune_seconds: float = 0.0  # time spent fine-tuning (its validation passes included)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     start = 1 - measure(gm, found, prune) / w0  # what factoring removed already
     targets = [start + (1 - start) * t for t in
                schedule(1 - (1 - prune.target) / (1 - start), prune.cycles)]
-    calib = splits.train.x[:prune.calibration_samples] if splits else None
+    calib = splits.train.head(prune.calibration_samples).x if splits else None
     dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
         if train and tuning.recover is not None else None
     rows, first = [], []
@@ -125,8 +128,9 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         last = n == len(targets)
         time_model = StepTime(dict(prune.steps), count.costs(found, of_flops=True),
                               dict(original)) if last and prune.steps else None
-        removed = _select(gm, found, groups, stats, calib, budget, prune, original, costs,
-                          align=dict(prune.align) if last else 1, step_time=time_model)
+        removed = from_lead(_select(gm, found, groups, stats, calib, budget, prune, original,
+                                    costs, align=dict(prune.align) if last else 1,
+                                    step_time=time_model))
         begun = time.perf_counter()
         stage = f"cycle {n}/{len(targets)}: compensating"
         done = compensate(gm, groups, removed, prune.compensate, stats=stats, x=calib,
@@ -138,12 +142,15 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
             kept[g.name] = kept[g.name][mask]
         groups = shrink(gm, groups, removed)
         tune, goal = tuning.cycle(n, len(targets), dense_accuracy)
+        begun = time.perf_counter()
         result = finetune(gm, splits.train, splits.validation, tune, goal=goal, teacher=teacher,
                           seed=prune.seed + n,
                           **_epoch_reports(n, len(targets), log, progress, prune.device)) \
             if train else None
-        rows.append(_cycle_row(n, target, 1 - measure(gm, found, prune) / w0, removed, stats,
-                               done, seconds, result))
+        rows.append(dataclasses.replace(
+            _cycle_row(n, target, 1 - measure(gm, found, prune) / w0, removed, stats, done,
+                       seconds, result),
+            finetune_seconds=round(time.perf_counter() - begun, 3) if train else 0.0))
         log(_cycle_line(rows[-1], len(targets), _units(gm, found.groups),
                         "FLOPs" if prune.of is Of.FLOPS else "weights"))
         spectra += [singular_values(gm, found)] if prune.trace_spectra else []
@@ -172,7 +179,7 @@ def _prune_weights(gm: fx.GraphModule, found: Trace, splits: DataSplits | None,
     w0 = weights(gm, found)
     train = tuning.max_epochs > 0
     targets = schedule(prune.target, prune.cycles)
-    calib = splits.train.x[:prune.calibration_samples] if splits else None
+    calib = splits.train.head(prune.calibration_samples).x if splits else None
     dense_accuracy = evaluate(gm, splits.validation, device=prune.device)[1] \
         if train and tuning.recover is not None else None
     generator = torch.Generator().manual_seed(prune.seed)

@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..graph.capture import on_device, run_batched
+from ..graph.capture import on_device
 from ..io.cores import tick
-from ..io.data import Dataset
+from ..io.data import LOAD_BATCH, Dataset
+from ..io.inputs import check_labels
+from ..io.load import output_tensor
+from ..io.ranks import mine, rank, size, total
 from .config import FinetuneConfig
 
 
@@ -57,6 +60,11 @@ def finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: FinetuneC
         log: receives one line per epoch (training loss, validation loss and accuracy).
         progress: receives (samples done, total) during each epoch.
         device: where training runs (the graph is back on the CPU after).
+
+    In a torch.distributed group, each process trains on its share of every epoch (a
+    DistributedSampler's, `config.batch_size` split between them) under
+    DistributedDataParallel, and validation is summed over the group, so every process keeps
+    the same epoch and ends with the same weights.
     """
     with on_device(gm, device):
         return _finetune(gm, train, val, config, teacher=teacher, seed=seed, masks=masks,
@@ -77,18 +85,21 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
         for p, mask in held:  # the average starts from these: pruned weights zero in it too
             p.mul_(mask)
     optimizer = torch.optim.Adam(gm.parameters(), lr=config.lr)
-    per_epoch = -(-len(train) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.max_epochs * per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-    average = _Average(params, config.average, per_epoch)
+    shard = _Shard(len(train), config.batch_size, seed)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                          config.max_epochs * shard.steps)
+    average = _Average(params, config.average, shard.steps)
+    model = _replicated(gm, device)
     stale = epochs = 0
     while epochs < config.max_epochs and stale < config.patience:
-        order = torch.randperm(len(train), generator=generator)
-        total = 0.0
-        for i in range(0, len(train), config.batch_size):
+        order = shard.order(epochs)
+        summed_loss = 0.0
+        for i in range(0, len(order), shard.batch):
             tick()
-            idx = order[i:i + config.batch_size]
-            loss = _loss(gm(train.x[idx].to(device)), train.y[idx].to(device),
+            idx = order[i:i + shard.batch]
+            logits, y = model(train.x[idx].to(device)), train.y[idx]
+            check_labels(y, logits.shape[1], source="the training data")
+            loss = _loss(logits, y.to(device),
                          None if teacher is None else teacher[idx].to(device), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -98,17 +109,18 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
                 for p, mask in held:
                     p.mul_(mask)
                 average.update()
-            total += float(loss.detach()) * idx.numel()
+            summed_loss += float(loss.detach()) * idx.numel()
             if progress is not None:
-                progress(min(i + config.batch_size, len(train)), len(train))
+                progress(min(i + shard.batch, len(order)), len(order))
         epochs += 1
+        summed_loss = total(summed_loss) / (len(order) * size())
         with average.applied():
             loss, acc = evaluate(gm, val, device=device)
             better = (acc, -loss) > (best_acc, -best_loss)
             if better:
                 best_state = copy.deepcopy(gm.state_dict())
         if log is not None:
-            log(f"epoch {epochs}/{config.max_epochs}: train loss {total / len(train):.4f}, "
+            log(f"epoch {epochs}/{config.max_epochs}: train loss {summed_loss:.4f}, "
                 f"val loss {loss:.4f}, val acc {100 * acc:.2f}%")
         if better:
             best_loss, best_acc, stale = loss, acc, 0
@@ -118,6 +130,40 @@ def _finetune(gm: fx.GraphModule, train: Dataset, val: Dataset, config: Finetune
             break
     gm.load_state_dict(best_state)
     return FinetuneResult(epochs, best_loss, best_acc)
+
+
+class _Shard:
+    """This process's samples of each epoch, in batches: a shuffle of all of them alone; in a
+    torch.distributed group, a DistributedSampler's share (equal for every process, so that
+    every process takes the same number of steps) and a share of the batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.seed, self.processes = n, seed, size()
+        self.batch = max(1, batch_size // self.processes)
+        self.generator = torch.Generator().manual_seed(seed)
+        share = -(-n // self.processes)  # DistributedSampler pads every share to this
+        self.steps = -(-share // self.batch)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if self.processes == 1:
+            return torch.randperm(self.n, generator=self.generator)
+        sampler = torch.utils.data.DistributedSampler(
+            range(self.n), num_replicas=self.processes, rank=rank(), shuffle=True,
+            seed=self.seed)
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.int64)
+
+
+def _replicated(gm: fx.GraphModule, device: str) -> torch.nn.Module:
+    """`gm` under DistributedDataParallel in a group of processes (gradients averaged over
+    them, buffers from rank 0), else `gm` itself."""
+    if size() == 1:
+        return gm
+    ids = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else None
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    unread = any(name not in read for name, _ in gm.named_parameters())  # DDP must be told
+    return torch.nn.parallel.DistributedDataParallel(gm, device_ids=ids,
+                                                     find_unused_parameters=unread)
 
 
 class _Average:
@@ -165,10 +211,18 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None,
     return (1 - config.distill) * loss + config.distill * kd
 
 
-def evaluate(gm: torch.nn.Module, data: Dataset, *, device: str = "cpu") -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of `gm` on labelled `data`."""
-    logits = run_batched(gm, data.x, device=device)
-    return float(F.cross_entropy(logits, data.y)), accuracy(logits, data.y)
+def evaluate(gm: torch.nn.Module, data: Dataset, *, device: str = "cpu",
+             batch_size: int = LOAD_BATCH) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of `gm` on labelled `data`, read in batches."""
+    loss, correct = 0.0, 0.0
+    with torch.no_grad(), on_device(gm, device):
+        for start in mine(range(0, len(data), batch_size)):
+            x, y = data.x[start:start + batch_size], data.y[start:start + batch_size]
+            logits = output_tensor(gm(x.to(device))).cpu()
+            check_labels(y, logits.shape[1], source="the data")
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+    return total(loss) / len(data), total(correct) / len(data)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

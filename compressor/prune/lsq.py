@@ -14,6 +14,7 @@ from ..graph.capture import get_tensor, on_device, outputs_of
 from ..graph.groups import PrunableGroup
 from ..graph.ops import LINEAR
 from ..io.cores import batch_starts
+from ..io.ranks import mine, summed
 
 MAX_ROWS = 100_000  # regression rows per refit (a row per sample and output pixel or token)
 
@@ -76,6 +77,12 @@ class Moments:
         self.aa += a.T @ a
         self.az += a.T @ z
 
+    def reduce(self) -> None:
+        """The sums over every process of a torch.distributed group (each added its share)."""
+        rows = torch.tensor([float(self.n)], dtype=torch.float64)
+        summed(rows, self.sum_a, self.sum_z, self.aa, self.az)
+        self.n = int(rows)
+
     def solve(self, prior: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights [inputs, outputs] and bias [outputs] of the centred ridge regression."""
         mean_a, mean_z = self.sum_a / self.n, self.sum_z / self.n
@@ -134,11 +141,13 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     columns = [g.consumers[0].entries(torch.arange(g.size)) for g in groups]
     moments = [Moments(c.numel(), 0) for c in columns]
     with torch.no_grad(), on_device(probe, device):
-        for start in batch_starts(x.shape[0], batch_size):
+        for start in mine(batch_starts(x.shape[0], batch_size)):
             acts = probe(x[start:start + batch_size].to(device))
             for m, a, c in zip(moments, acts, columns):
                 a = a.cpu().double().reshape(-1, a.shape[-1])[:, c]  # a row per sample, token
                 m.add(a, a[:, :0])
+    for m in moments:
+        m.reduce()
     problems = {}
     for g, m, c in zip(groups, moments, columns):
         s = g.consumers[0]

@@ -133,6 +133,7 @@ class Threads:
     torch_mean: float
     onnxruntime: int
     others: float | None = None
+    processes: int = 1  # calibrating and fine-tuning together (torchrun), each with these threads
 
     def __str__(self) -> str:
         if self.torch_fixed:
@@ -143,7 +144,8 @@ class Threads:
             held = "" if self.others is None else \
                 f"; other work held up to {self.others:.2f} cores"
             torch_part = f"torch {used} (following the free cores{held})"
-        return f"threads: {torch_part}, onnxruntime {self.onnxruntime}"
+        shared = f" in each of {self.processes} processes" if self.processes > 1 else ""
+        return f"threads: {torch_part}{shared}, onnxruntime {self.onnxruntime}"
 
 
 @dataclass(frozen=True)
