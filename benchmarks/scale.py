@@ -4,9 +4,11 @@ images of 3 x 64 x 64 from `--data module:callable` (a map-style Dataset, read i
 beside the same images from a `.npy` file (read whole). (2) The ResNet example fine-tuned on
 Fashion-MNIST in one process with 1 and 2 torch threads and in two processes under torchrun
 (gloo, 1 thread each): wall time, fine-tuning throughput and test accuracy, two seeds each.
-Writes benchmarks/scale.md.
+Writes benchmarks/scale.md, and its rows to the .json beside it.
 
-    python -m benchmarks.scale [--out benchmarks/scale.md]
+    python -m benchmarks.scale [--out benchmarks/scale.md] [--only memory|tuned]
+
+`--only` runs one part again and keeps the other's rows from the .json.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import child
 from benchmarks.common import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,15 +67,21 @@ def images() -> Images:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "scale.md")
+    parser.add_argument("--only", choices=("memory", "tuned"))
     args = parser.parse_args()
+    raw = args.out.with_suffix(".json")
+    rows = json.loads(raw.read_text()) if args.only else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = _model(work)
-        memory = [_memory(work, model, n, streamed=True) for n in STREAMED] + \
-                 [_memory(work, model, n, streamed=False) for n in FROM_FILE] + \
-                 [_memory(work, model, STREAMED[-1], streamed=True, calibration=None)]
-        tuned = [_tuned(work, name, seed) for name in RUNS for seed in SEEDS]
-    args.out.write_text(_markdown(memory, tuned))
+        if args.only != "tuned":
+            model = _model(work)
+            rows["memory"] = [_memory(work, model, n, streamed=True) for n in STREAMED] + \
+                [_memory(work, model, n, streamed=False) for n in FROM_FILE] + \
+                [_memory(work, model, STREAMED[-1], streamed=True, calibration=None)]
+        if args.only != "memory":
+            rows["tuned"] = [_tuned(work, name, seed) for name in RUNS for seed in SEEDS]
+    raw.write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.write_text(_markdown(rows["memory"], rows["tuned"]))
     print(args.out.read_text())
 
 
@@ -137,18 +145,11 @@ def _train_samples() -> int:
 
 
 def _child(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run `cmd` (its output discarded); wall seconds and peak resident memory (GB) of it and
-    of the processes it waited for (the largest of them: torchrun's workers)."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env},
-                                   stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status):
-            err.seek(0)
-            raise SystemExit(f"{' '.join(cmd)} failed: {err.read().strip().splitlines()[-1:]}")
-    return wall, usage.ru_maxrss / 1e6  # kB on Linux
+    """Run `cmd`; its wall seconds and peak resident memory (GB; of its largest process)."""
+    done = child.run(cmd, cwd=REPO, env=env)
+    if done.code:
+        raise SystemExit(f"{' '.join(cmd)} failed: {done.error}")
+    return done.wall, done.peak
 
 
 def _markdown(memory: list[dict], tuned: list[dict]) -> str:
