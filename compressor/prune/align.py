@@ -1,8 +1,9 @@
 """Round the widths a selection keeps to the steps the CPU's kernels run in: a width between two
 steps costs what the next step costs. Each group moves to a multiple near what it keeps. Where
-there are few combinations of those choices all are tried; where many (dozens of groups), the
-choice is greedy, one group (or one exchange between two) at a time, so its time grows with
-the groups, not with the combinations of their widths."""
+there are few combinations of those choices all are tried, and among those that land in the
+budget's window the one that removes the lowest scores wins; where many (dozens of groups),
+the choice is greedy, one group (or one exchange between two) at a time, so its time grows
+with the groups, not with the combinations of their widths."""
 
 from __future__ import annotations
 
@@ -86,9 +87,13 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
                  original_sizes: dict[str, int] | None = None,
                  step_time: StepTime | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of its `multiple` (groups with
-    fewer units than that keep what they have). Each group may keep the multiples next to
-    what it keeps, and, while it is still at its `original_sizes` width, that width. Starting
-    from the largest option at or below what each keeps, groups move one option up at a time,
+    fewer units than that, or exact widths, keep what they have). Each group may keep the
+    multiples next to
+    what it keeps, and, while it is still at its `original_sizes` width, that width. Where the
+    combinations are few, all are tried: among those within the budget's window, the one
+    whose highest removed score is lowest, else the one that keeps the most weights. Where
+    many, starting from the largest option at or below what each keeps, groups move one
+    option up at a time,
     the move that keeps the most weights within `budget.max_weights` first, until none fits;
     where that keeps fewer than `budget.min_weights`, every group may also keep the width it
     has (in the last of several cycles a group that shrank below a multiple cannot grow back
@@ -103,20 +108,40 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     dead = dead or {g.name: scores[g.name] == 0 for g in groups}
     counter = Counter(groups, shapes, costs)
     kept = {g.name: g.size - int(removed[g.name].numel()) for g in groups}
-    sizes = _aligned(groups, kept, multiples, original_sizes or {}, counter, budget)
+    sizes = _aligned(groups, kept, multiples, original_sizes or {}, counter, budget,
+                     _Cut(groups, scores, dead))
     if step_time is not None and step_time.waste(counter, sizes) > step_time.limit(counter):
         fast = _on_steps(groups, sizes, step_time, counter, budget)
         sizes = fast or sizes
     return _applied(groups, removed, scores, dead, sizes)
 
 
+class _Cut:
+    """The highest score a width removes, per group: the ranking's threshold that widths
+    imply (units go in `_applied`'s order: dead first, then the lowest scores)."""
+
+    def __init__(self, groups, scores: dict[str, torch.Tensor],
+                 dead: dict[str, torch.Tensor]) -> None:
+        self.order = {g.name: [float(scores[g.name][u]) for u in sorted(
+            range(g.size), key=lambda u, g=g: (not bool(dead[g.name][u]),
+                                               float(scores[g.name][u]), u))] for g in groups}
+
+    def worst(self, sizes: dict[str, int]) -> float:
+        """The highest score any group loses at `sizes` (dead units count as nothing)."""
+        return max((max(order[:len(order) - sizes[name]], default=-math.inf)
+                    for name, order in self.order.items()), default=-math.inf)
+
+
 def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
-             original: dict[str, int], counter: Counter, budget: Budget) -> dict[str, int]:
-    """The widths: multiples near what each group keeps, as many weights as fit."""
+             original: dict[str, int], counter: Counter, budget: Budget,
+             cut: _Cut) -> dict[str, int]:
+    """The widths: multiples near what each group keeps; among those in the budget's window,
+    the ones that remove the lowest scores, else as many weights as fit."""
+    least = (budget.min_weights, cut.worst)
     while True:
         options = {g.name: _options(g, kept[g.name], multiples.get(g.name, 1),
                                     original.get(g.name) == g.size) for g in groups}
-        sizes = _choose(options, kept, counter, budget.max_weights)
+        sizes = _choose(options, kept, counter, budget.max_weights, window=least)
         if sizes is not None:
             break
         multiples = {name: m // 2 for name, m in multiples.items()}  # too coarse: halve
@@ -124,7 +149,7 @@ def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
         options = {g.name: tuple(sorted({*options[g.name], g.size}))
                    if 1 < (m := multiples.get(g.name, 1)) <= g.size and g.size % m
                    else options[g.name] for g in groups}
-        sizes = _choose(options, kept, counter, budget.max_weights) or sizes
+        sizes = _choose(options, kept, counter, budget.max_weights, window=least) or sizes
     return sizes
 
 
@@ -133,19 +158,28 @@ EXHAUSTIVE = 3 ** 8  # at most this many combinations of widths are all tried
 
 def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: Counter,
             most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True,
-            start: dict[str, int] | None = None) -> dict[str, int] | None:
+            start: dict[str, int] | None = None,
+            window: tuple[int, Callable[[dict[str, int]], float]] | None = None,
+            ) -> dict[str, int] | None:
     """The widths (one option per group) that keep the most within `most` among those `keep`
     accepts: every combination where there are at most EXHAUSTIVE (the first best in order),
     else greedily from `start` (default: the largest option within what each keeps); None if
-    nothing fits."""
+    nothing fits. With `window` (the least count, and the score a combination removes at
+    most), combinations that keep at least that count are preferred, and among them the
+    one whose highest removed score is lowest: counting alone is blind to the ranking, and
+    would as soon round the best units of one group down to round another's worst up."""
     if math.prod(len(o) for o in options.values()) <= EXHAUSTIVE:
         best = None
         names = list(options)
+        least, worst = window or (math.inf, None)
         for combo in itertools.product(*options.values()):
             sizes = dict(zip(names, combo))
             count = counter.count(sizes)
-            if count <= most and (best is None or count > best[0]) and keep(sizes):
-                best = (count, sizes)
+            if count > most or not keep(sizes):
+                continue
+            key = (True, -worst(sizes), count) if count >= least else (False, 0.0, count)
+            if best is None or key > best[0]:
+                best = (key, sizes)
         return None if best is None else best[1]
     sizes = start or _start(options, kept, counter, most)
     if sizes is None or counter.count(sizes) > most or not keep(sizes):
@@ -154,10 +188,13 @@ def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: 
 
 
 def _options(group: PrunableGroup, kept: int, multiple: int, whole: bool) -> tuple[int, ...]:
-    """Widths a group may keep: the multiples next to `kept` (within its width; for exact
-    widths, a unit either side), and its whole width while it is unpruned and no multiple."""
+    """Widths a group may keep: the multiples next to `kept` (within its width), and its whole
+    width while it is unpruned and no multiple. A group of exact widths keeps what the
+    selection chose: the choice among options counts weights, not scores, and one unit may
+    hold a large share of the count (an attention head), so moving it would trade the
+    ranking for a closer fit."""
     multiple = max(1, multiple)
-    if group.size < multiple:
+    if group.size < multiple or multiple == 1:
         return (kept,)
     down = max(multiple, kept // multiple * multiple)
     near = {n for n in (down - multiple, down, down + multiple) if multiple <= n <= group.size}

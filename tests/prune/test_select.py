@@ -260,3 +260,19 @@ def test_alignment_of_many_groups_off_the_step_stays_valid():
         kept = g.size - len(aligned[g.name])
         assert kept % 16 == 0 or kept == g.size or g.size < 16, (g.size, kept)
     assert b.min_weights <= remaining(groups, shapes, aligned) <= b.max_weights
+
+
+def test_a_group_of_exact_widths_keeps_what_the_selection_chose():
+    """A group aligned exactly (attention heads: one unit may hold a large share of the count)
+    beside one aligned to 8: rounding the second leaves room that one more unit of the first
+    would fill, but the scores chose its width; only the aligned group moves."""
+    from compressor.prune.align import align_widths
+
+    groups, shapes = chain([64, 32, 32, 10])
+    scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
+    removed = {"h0": torch.arange(5), "h1": torch.arange(9)}  # keeping 27 and 23
+    b = Budget(remaining(groups, shapes, removed), 0)
+    aligned = align_widths(groups, removed, scores, shapes, b, {"h0": 1, "h1": 8})
+    kept = {g.name: g.size - len(aligned[g.name]) for g in groups}
+    assert kept == {"h0": 27, "h1": 16}, kept
+    assert remaining(groups, shapes, aligned) <= b.max_weights
