@@ -93,15 +93,22 @@ def criterion(options: Options, model: ModelFacts, data: DataFacts, tuned: bool)
         return Criterion.ERROR, (f"one shot ({one_shot_why(options, data)}), every pruned layer "
                                  "read by one Linear: dead units first, then the least output "
                                  "error after a least-squares refit")
-    if model.linear and model.relu:
-        return Criterion.L2, ("fine-tuned, every pruned layer behind ReLUs and read by one "
-                              "Linear: dead units first, then each neuron's weight norm over "
-                              "its layer's mean")
+    if model.linear and (model.relu or model.tokens):  # measured there (docs/method.md)
+        return Criterion.L2, (f"fine-tuned, every pruned layer {_read_by_one(model)}: dead "
+                              "units first, then each unit's weight norm over its layer's mean")
     why = "fine-tuned" if tuned else f"one shot ({one_shot_why(options, data)}), not every " \
         "pruned layer read by one Linear alone (conv, Flatten or a join)"
     if model.relu:
         return Criterion.ACTIVATION, f"{why}: firing rate behind ReLUs"
     return Criterion.ENERGY, f"{why}: RMS output x consumer norm (units not behind ReLUs)"
+
+
+def _read_by_one(model: ModelFacts) -> str:
+    """Where fine-tuning was measured to do better from plain weights: layers behind ReLUs
+    (MLPs) or over tokens (transformers' feed-forward units and heads), each read by one
+    Linear."""
+    return "behind ReLUs and read by one Linear" if model.relu else \
+        "over tokens and read by one Linear"
 
 
 def method(options: Options, data: DataFacts) -> Reasoned:
@@ -117,8 +124,8 @@ def compensate(options: Options, model: ModelFacts, data: DataFacts, tuned: bool
     if options.given("compensate"):
         return options.compensate, "given"
     if data.present:
-        if tuned and model.linear and model.relu:
-            return Compensation.NONE, ("fine-tuned ReLU layers each read by one Linear: "
+        if tuned and model.linear and (model.relu or model.tokens):
+            return Compensation.NONE, (f"fine-tuned, every pruned layer {_read_by_one(model)}: "
                                        "fine-tuning does better from the weights as they are")
         return Compensation.LSQ, "calibration data: the next layer refitted by least squares"
     inexact = [g for g in model.groups if not g.mergeable]
