@@ -208,9 +208,10 @@ def _header(seconds: float) -> str:
         "is not built, so the issue's FFN + heads + width rows are missing.",
         "",
         "**Ours**: `compress models/M.pt --arch models.transformer:M --target T --of flops "
-        "--data D`, every other option at its default (global ranking, lsq compensation, "
-        f"{cycles} cycle of at most {epochs} fine-tuning epochs with distillation); one shot "
-        "adds `--epochs 0`. *FFN + heads* is the command as it is (heads ranked with the FFN "
+        "--data D`, every other option at its default (fine-tuned: one global ranking by "
+        f"weight norm, no refit, {cycles} cycle of at most {epochs} epochs with distillation; "
+        "one shot, `--epochs 0`: ranked by the error criterion, refitted by least squares). "
+        "*FFN + heads* is the command as it is (heads ranked with the FFN "
         "units, a head costing its q, k, v rows, output columns and attention products); *FFN "
         "only* is the same command with the tracer's head finder switched off (a benchmark "
         "control: attention left whole, as before heads were pruned).",
