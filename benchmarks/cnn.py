@@ -48,6 +48,7 @@ MODELS = {  # name: (what builds it, title)
     "mobilenet_v3_small_fmnist": ("models.vision:mobilenet_v3_small_fmnist",
                                   "torchvision MobileNetV3-small (3 x 32 x 32)"),
 }
+MODES = {"fine-tuned": True, "one-shot": False}
 SEED = 0
 MULTIPLE = preferred_multiple(Kernel.CONV).multiple  # what --align auto rounds conv channels to here
 PEER_ROUND = 8  # Torch-Pruning's round_to: with 16, its one ratio for every layer cannot reach
@@ -60,15 +61,20 @@ def main() -> None:
     parser.add_argument("--targets", default="0.3,0.5,0.7")
     parser.add_argument("--seconds", type=float, default=1.0, help="timing per latency cell")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "cnn.md")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="fine-tuned, one-shot or both (fine-tuning a torchvision "
+                             "ResNet-18 takes hours on 2 cores)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     targets = [float(t) for t in args.targets.split(",")]
-    sections = [_model_section(name, targets, args.seconds) for name in args.models.split(",")]
-    args.out.write_text(_header(args.seconds) + "\n".join(sections))
+    modes = [m for m in MODES if m in args.modes.split(",")]
+    sections = [_model_section(name, targets, args.seconds, modes)
+                for name in args.models.split(",")]
+    args.out.write_text(_header(args.seconds, modes) + "\n".join(sections))
     print(args.out.read_text())
 
 
-def _model_section(name: str, targets: list[float], seconds: float) -> str:
+def _model_section(name: str, targets: list[float], seconds: float, modes: list[str]) -> str:
     path = REPO / "models" / f"{name}.pt"
     loaded = load_model(path, arch=MODELS[name][0])
     splits, _ = fit_data(loaded, load_data("fashion-mnist", seed=SEED))
@@ -77,7 +83,7 @@ def _model_section(name: str, targets: list[float], seconds: float) -> str:
     dense = _measured("dense", module, splits, sample)
     teacher = run_batched(capture(loaded, sample[:2]), splits.train.x)
     rows = []
-    for tuned in (True, False):
+    for tuned in (MODES[m] for m in modes):
         for target in targets:
             goal = round((1 - target) * dense.flops)
             peer = _torch_pruning(module, goal, target, tuned, splits, sample, teacher)
@@ -171,13 +177,15 @@ def _widths(model: bytes) -> str:
     return "-".join(str(shapes[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv")
 
 
-def _header(seconds: float) -> str:
+def _header(seconds: float, modes: list[str]) -> str:
     cycles, epochs = CNN_SCHEDULE
+    run = "" if len(modes) == len(MODES) else \
+        f" Modes run: {', '.join(modes)} only (`--modes {','.join(modes)}`)."
     return "\n".join([
         "# Benchmark: CNNs on Fashion-MNIST, channels pruned to about 30/50/70% fewer FLOPs",
         "",
         f"Produced by `make bench` (`python -m benchmarks.cnn`) on {time.strftime('%Y-%m-%d')}. "
-        f"Machine: {machine()}, Torch-Pruning {tp.__version__}.",
+        f"Machine: {machine()}, Torch-Pruning {tp.__version__}.{run}",
         "",
         "**Ours**: `compress models/M.pt --arch A --target T --of flops --data "
         "fashion-mnist` with every other option left to the plan (for conv channels: local "

@@ -58,12 +58,16 @@ def main() -> None:
     parser.add_argument("--targets", default="0.3,0.5,0.7", help="fractions of FLOPs removed")
     parser.add_argument("--seconds", type=float, default=0.5, help="timing per latency cell")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "transformer.md")
+    parser.add_argument("--modes", default="fine-tuned,one-shot",
+                        help="fine-tuned, one-shot or both (one shot alone skips the control)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     targets = [float(t) for t in args.targets.split(",")]
+    modes = [tuned for mode, tuned in (("fine-tuned", True), ("one-shot", False))
+             if mode in args.modes.split(",")]
     sections = []
     for name in args.models.split(","):  # written after each model: a long run shows progress
-        sections.append(_model_section(name, targets, args.seconds))
+        sections.append(_model_section(name, targets, args.seconds, modes))
         args.out.write_text(_header(args.seconds) + "\n".join(sections))
     print(args.out.read_text())
 
@@ -78,7 +82,7 @@ def _ffn_only_cli(argv: list[str]) -> None:
     cli_main(argv)
 
 
-def _model_section(name: str, targets: list[float], seconds: float) -> str:
+def _model_section(name: str, targets: list[float], seconds: float, modes: list[bool]) -> str:
     path = REPO / "models" / f"{name}.pt"
     loaded = load_model(path, arch=f"models.transformer:{name}")
     splits, _ = fit_data(loaded, load_data(MODELS[name][1], seed=SEED))
@@ -87,9 +91,9 @@ def _model_section(name: str, targets: list[float], seconds: float) -> str:
     teacher = run_batched(capture(loaded, sample[:2]), splits.train.x)
     dense = measured("dense", module, splits.test, sample, _module_widths(module))
     control = measured("dense, fine-tuned alike (no pruning)", _tuned(module, splits, teacher),
-                       splits.test, sample, _module_widths(module))
+                       splits.test, sample, _module_widths(module)) if True in modes else None
     rows = []
-    for tuned in (True, False):
+    for tuned in modes:
         for target in MODELS[name][2] or targets:
             with tempfile.TemporaryDirectory() as tmp:
                 results = [_ours(path, name, target, tuned, Path(tmp), heads=heads)
@@ -237,7 +241,7 @@ def _header(seconds: float) -> str:
     ])
 
 
-def _table(name: str, dense: Result, control: Result, rows: list) -> str:
+def _table(name: str, dense: Result, control: Result | None, rows: list) -> str:
     lat = rows[0][2].latency
     lines = [
         f"## {MODELS[name][0]}",
@@ -245,7 +249,7 @@ def _table(name: str, dense: Result, control: Result, rows: list) -> str:
         f"Dense: {dense.weights:,} weights, {dense.flops:,} FLOPs/sample, test accuracy "
         f"{100 * dense.accuracy:.2f}%, widths {dense.widths}; latency {lat[1, 1]:.3f} ms at "
         f"batch 1 and {lat[32, 1]:.2f} ms at batch 32 (1 thread). Control (dense fine-tuned "
-        f"alike): {100 * control.accuracy:.2f}%.",
+        f"alike): {f'{100 * control.accuracy:.2f}%' if control else 'not run (one shot only)'}.",
         "",
         "| FLOPs target | mode | method | widths | FLOPs (ratio) | test acc | Δ acc (pt) | b1 1t "
         "| b32 1t | b1 2t | b32 2t | efficiency b32 1t | wall |",

@@ -118,12 +118,27 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
     EXACT_UP_TO units are ranked one unit per step, wider ones in blocks (`greedy_errors`).
 
     A unit's score is the cumulative error at its turn, as a fraction of the consumer's output
-    variance, so scores grow along each group's greedy order and compare across groups."""
+    variance, so scores grow along each group's greedy order and compare across groups. Where
+    every group is over tokens (a transformer's feed-forward units and heads, whose consumers
+    all write into the one residual stream), the error stays in the stream's own units: a
+    fraction of the attention's output would otherwise weigh as much as the same fraction of a
+    feed-forward block's, whatever each adds to the stream (measured in docs/method.md)."""
     problems = consumer_problems(gm, groups, x, batch_size=batch_size, device=device)
     blocks = {g.name: g.consumers[0].block for g in groups}
-    return {name: greedy_errors(cov, w, ridge, steps=None if w.shape[1] <= EXACT_UP_TO else STEPS)
-            if blocks[name] == 1 else greedy_block_errors(cov, w, ridge, blocks[name])
-            for name, (cov, w) in problems.items()}
+    stream = all(any(axis >= 2 for axis in g.axes) for g in groups)
+    scores = {}
+    for name, (cov, w) in problems.items():
+        scores[name] = greedy_errors(cov, w, ridge, steps=None if w.shape[1] <= EXACT_UP_TO
+                                     else STEPS) if blocks[name] == 1 else \
+            greedy_block_errors(cov, w, ridge, blocks[name])
+        if stream:
+            scores[name] = scores[name] * _output_energy(cov, w)
+    return scores
+
+
+def _output_energy(cov: torch.Tensor, w: torch.Tensor) -> float:
+    """tr(W cov Wᵀ): the consumer's output energy, what `greedy_errors` divides by."""
+    return max(float(torch.einsum("oi,ij,oj->", w, cov, w)), torch.finfo(cov.dtype).tiny)
 
 
 def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor,
@@ -194,7 +209,7 @@ def greedy_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float, *,
     factor, info = torch.linalg.cholesky_ex(system)
     hinv = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(system)
     w = w.clone()
-    total = max(float(torch.einsum("oi,ij,oj->", w, cov, w)), torch.finfo(cov.dtype).tiny)
+    total = _output_energy(cov, w)
     alive = torch.arange(n)  # original index of each remaining unit
     scores = torch.zeros(n, dtype=torch.float64)
     error = 0.0
@@ -235,7 +250,7 @@ def greedy_block_errors(cov: torch.Tensor, w: torch.Tensor, ridge: float,
     lam = ridge * scale if scale > 0 else ridge
     n = cov.shape[0]
     hinv = torch.linalg.pinv(cov + lam * torch.eye(n, dtype=cov.dtype))
-    total = max(float(torch.einsum("oi,ij,oj->", w, cov, w)), torch.finfo(cov.dtype).tiny)
+    total = _output_energy(cov, w)
     units = n // block
     alive = list(range(units))
     cols = {u: torch.arange(u * block, (u + 1) * block) for u in range(units)}

@@ -143,3 +143,22 @@ def test_token_models_fine_tune_on_the_one_cycle_schedule_of_cnns():
         y = net(x).argmax(1)
     report = compressor.compress(net, 0.3, data=(x, y), latency=False).report
     assert len(report.cycles) == 1 and 1 <= report.cycles[0].epochs <= CNN_SCHEDULE[1]
+
+
+def test_over_tokens_removal_errors_are_in_the_stream_units():
+    """The feed-forward output projection scaled by 3: what each unit adds to the stream is
+    3x, so its error is 9x (as a share of the projection's output it would not move): a
+    block that adds little to the stream weighs less than one that adds a lot."""
+    from compressor.prune.lsq import removal_errors
+
+    x = _tokens()
+    model = TinyTransformer().eval()
+    gm = graph_of(model, x[:2])
+    [ffn] = trace(gm).groups
+    before = removal_errors(gm, (ffn,), x, ridge=1e-6)[ffn.name]
+    with torch.no_grad():
+        model.block.ffn.fc2.weight.mul_(3)
+    gm = graph_of(model, x[:2])
+    [ffn] = trace(gm).groups
+    after = removal_errors(gm, (ffn,), x, ridge=1e-6)[ffn.name]
+    assert torch.allclose(after, 9 * before, rtol=1e-4), (after / before)[:4]
