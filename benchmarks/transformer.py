@@ -278,6 +278,13 @@ def _table(name: str, dense: Result, control: Result | None, rows: list) -> str:
 GOALS = {(0.5, True): 1.0, (0.7, True): 3.0, (0.5, False): 3.0}  # allowed drop (pt), ViT
 
 
+def _versus(peer: float, ours: float) -> str:
+    """Where the peer's test accuracy stands against ours (to the table's 0.01 pt)."""
+    if round(peer, 4) == round(ours, 4):
+        return "level with"
+    return "behind" if peer < ours else "ahead of"
+
+
 def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
     """Ours (FFN + heads) against dense and Torch-Pruning per row group, with the issue's
     accuracy goals (set for the ViT) and efficiency goal, met or not."""
@@ -295,7 +302,7 @@ def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
             (f"goal ≥ dense − {allowed:.1f} pt: **{'met' if round(drop, 2) <= allowed else 'not met'}**; ")
         versus = "Torch-Pruning refused" if not peer.onnx else \
             (f"Torch-Pruning {100 * peer.accuracy:.2f}% "
-             f"({'behind' if peer.accuracy <= ours.accuracy else 'ahead of'} ours)")
+             f"({_versus(peer.accuracy, ours.accuracy)} ours)")
         efficiency = (base.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
         lines.append(f"- {100 * target:.0f}% {mode}: ours {100 * ours.accuracy:.2f}% "
                      f"({-drop:+.2f} pt); {verdict}{versus}; efficiency {efficiency:.2f} "
