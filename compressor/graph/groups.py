@@ -119,6 +119,12 @@ class PrunableGroup:
         return set(self.kinds) == {"relu"}
 
     @property
+    def tokens(self) -> bool:
+        """Whether the units are features of tokens (on an axis past the first after the
+        batch: a transformer's feed-forward units and heads)."""
+        return any(axis >= 2 for axis in self.axes)
+
+    @property
     def mergeable(self) -> bool:
         """Whether neuron merging is exact for the units: every activation on the way is
         positively homogeneous (f(s*z) = s*f(z) for s > 0) and no BatchNorm shifts them."""

@@ -126,7 +126,7 @@ class ThisMachine:
 def model_facts(gm: fx.GraphModule, found: Trace) -> ModelFacts:
     """The facts of the working graph `gm` and its trace."""
     groups = tuple(GroupFacts(g.name, g.size, get_tensor(gm, g.weights[0].param).ndim > 2,
-                              any(axis >= 2 for axis in g.axes), g.relu, g.mergeable,
+                              g.tokens, g.relu, g.mergeable,
                               _read_through(g), read_by_one_linear(gm, g))
                    for g in found.groups)
     layers = {layer.name: layer for layer in found.layers}

@@ -88,13 +88,12 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
                  step_time: StepTime | None = None) -> dict[str, torch.Tensor]:
     """Change `removed` so that every group keeps a multiple of its `multiple` (groups with
     fewer units than that, or exact widths, keep what they have). Each group may keep the
-    multiples next to
-    what it keeps, and, while it is still at its `original_sizes` width, that width. Where the
-    combinations are few, all are tried: among those within the budget's window, the one
-    whose highest removed score is lowest, else the one that keeps the most weights. Where
-    many, starting from the largest option at or below what each keeps, groups move one
-    option up at a time,
-    the move that keeps the most weights within `budget.max_weights` first, until none fits;
+    multiples next to what it keeps, and, while it is still at its `original_sizes` width,
+    that width. Where the combinations are few, all are tried: among those within the
+    budget's window, the one whose highest removed score is lowest, else the one that keeps
+    the most weights. Where many, starting from the largest option at or below what each
+    keeps, groups move one option up at a time, the move that keeps the most weights within
+    `budget.max_weights` first, until none fits;
     where that keeps fewer than `budget.min_weights`, every group may also keep the width it
     has (in the last of several cycles a group that shrank below a multiple cannot grow back
     to the next one). Where even the smallest options exceed the budget, the multiples are

@@ -125,7 +125,7 @@ def removal_errors(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: tor
     feed-forward block's, whatever each adds to the stream (measured in docs/method.md)."""
     problems = consumer_problems(gm, groups, x, batch_size=batch_size, device=device)
     blocks = {g.name: g.consumers[0].block for g in groups}
-    stream = all(any(axis >= 2 for axis in g.axes) for g in groups)
+    stream = all(g.tokens for g in groups)
     scores = {}
     for name, (cov, w) in problems.items():
         scores[name] = greedy_errors(cov, w, ridge, steps=None if w.shape[1] <= EXACT_UP_TO
