@@ -26,7 +26,7 @@ SECTIONS = [
      ["max_size", "max_params", "max_flops", "min_accuracy", "min_agreement", "max_latency",
       "max_latency_ratio", "batch"]),
     ("Method (auto: from the model, the data and the CPU; the report says why)",
-     ["criterion", "compensate", "scope", "align", "factor"]),
+     ["criterion", "compensate", "scope", "align", "factor", "prune_stream"]),
     ("Fine-tuning (labelled data)", ["epochs", "cycles", "lr", "distill"]),
 ]
 AUTO = "auto"
@@ -63,6 +63,9 @@ def _choices(enum) -> click.Choice:
 @click.option("--merge-threshold", type=click.FloatRange(0, 1),
               default=DEFAULTS["merge_threshold"], show_default=True,
               help="Least cosine similarity at which merge folds a neuron into a kept one.")
+@click.option("--prune-stream", type=click.FloatRange(0, 1, max_open=True), metavar="F",
+              default=DEFAULTS["prune_stream"], show_default=True,
+              help="Also remove this share of a transformer's residual width (0: none).")
 @click.option("--align", type=ALIGN, default=AUTO, show_default=True, metavar="auto|N",
               help="Widths in multiples of N (auto: kernel steps)")
 @click.option("--factor", type=FACTOR, default=AUTO, show_default=True, metavar="auto|off|R",

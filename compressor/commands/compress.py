@@ -19,7 +19,7 @@ from ..export.to_onnx import to_onnx
 from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
 from ..graph.capture import capture, run_batched
-from ..graph.trace import Trace, trace
+from ..graph.trace import OUTPUT_LAYER, Trace, trace
 from ..io import ranks
 from ..io.cores import kept_to_free_cores
 from ..io.data import DataSplits, normalized
@@ -31,6 +31,7 @@ from ..plan import DataFacts, Machine, Options, Plan, ThisMachine, check, model_
 from ..plan.rules import device as device_rule
 from ..prune.cycles import Log, Progress, measure, prune
 from ..prune.factor import Factored, factor
+from ..prune import rotate
 from ..prune.finetune import finetune
 from ..prune.shrink import expand
 from ..report.compress import Report
@@ -127,7 +128,11 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     sample = example(probe)
     dense = capture(model, sample)
     gm = copy.deepcopy(dense)
-    found = trace(gm, sample)
+    stream = bool(options.value("prune_stream"))
+    found = trace(gm, sample, stream=stream)
+    if stream and not any(g.stream for g in found.groups):
+        raise OptionError(f"`prune_stream`: {name} has no residual stream that can be pruned "
+                          f"({_stream_reason(found)}); drop `prune_stream`")
     if not found.groups:
         reasons = "; ".join(f"{layer}: {why}" for layer, why in found.dense) or \
             "no Linear or Conv layers"
@@ -147,10 +152,12 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
                 "samples (for distillation)")
             teacher = run_batched(dense, splits.train.x, device=chosen.prune.device)
         dense_found, reference = found, None
+        if stream:
+            found = _invariant(gm, found, sample, log)
         factored = _factored(gm, found, splits, chosen, teacher, log)
         if factored:
             reference = measure(dense, dense_found, chosen.prune)
-            found = trace(gm, sample)
+            found = trace(gm, sample, stream=stream)
         pruned = prune(gm, found, splits, chosen.prune, chosen.finetune, teacher=teacher,
                        log=log, progress=progress, reference=reference)
         if not ranks.lead():  # in a group, rank 0 alone exports, verifies and measures
@@ -166,6 +173,29 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
                    to_onnx(dense, sample), gm, found, pruned, onnx_pruned, packed,
                    (diff, int(parity_x.shape[0])), packed_diff, tuple(factored), threads,
                    ranks.size())
+
+
+def _invariant(gm: fx.GraphModule, found: Trace, sample: torch.Tensor, log: Log) -> Trace:
+    """The residual stream made invariant to rotations (`rotate.make_invariant`: its
+    LayerNorms become RMSNorms) so that every cycle can cut its least used directions; the
+    graph traced again. Where it cannot be, its own features are cut, and the log says why."""
+    stream = next(g for g in found.groups if g.stream)
+    why = rotate.why_not(gm, stream)
+    if why is not None:
+        log(f"warning: the residual stream keeps its own features (not rotated: {why}); "
+            "cutting features loses more accuracy than cutting directions (docs/method.md)")
+        return found
+    rotate.make_invariant(gm, stream)
+    log("residual stream: LayerNorms folded into the layers that read them and made RMSNorms, "
+        "so that each cycle rotates it to its principal directions and cuts the least used")
+    return trace(gm, sample, stream=True)
+
+
+def _stream_reason(found: Trace) -> str:
+    """Why the layers that would write a residual stream stay dense: the first reason that
+    is not about attention heads or the output layer."""
+    reasons = [why for _, why in found.dense if "heads" not in why and why != OUTPUT_LAYER]
+    return reasons[0] if reasons else "no LayerNorm or RMSNorm over a stream of several layers"
 
 
 def _factored(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, chosen: Plan,

@@ -233,6 +233,7 @@ def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
     reasons = dict(found.dense)
     group_of = {s.param: g.name for g in found.groups for s in g.weights}
     heads = {g.name for g in found.groups if "heads" in g.kinds}
+    streams = {g.name for g in found.groups if g.stream}
     inner = {f.inner: f for f in factored}
     outer = {f.name: f for f in factored}
     rows = []
@@ -241,9 +242,11 @@ def _layer_rows(dense: fx.GraphModule, gm: fx.GraphModule, found: Trace,
         before = after if layer.name in inner else get_tensor(dense, layer.weight).shape
         group = group_of.get(layer.weight)
         dead = stats.dead(layer.name) if group == layer.name and stats is not None else None
-        what = "heads" if group in heads else "channels"
-        note = ("pruned heads" if group in heads else "pruned") if group == layer.name else \
-            f"pruned with {group} (same {what})" if group else reasons.get(layer.name, "")
+        what = "same heads" if group in heads else "residual stream" if group in streams else \
+            "same channels"
+        note = ("pruned heads" if group in heads else "pruned (residual stream)"
+                if group in streams else "pruned") if group == layer.name else \
+            f"pruned with {group} ({what})" if group else reasons.get(layer.name, "")
         if layer.name in inner:
             f = inner[layer.name]
             note = f"factor of {f.name} ({100 * f.kept_energy:.1f}% of its output variance)"

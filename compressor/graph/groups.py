@@ -111,6 +111,8 @@ class PrunableGroup:
     blocks: tuple[int, ...] = ()  # entries each unit has in each node of `activations` (heads)
     counted: tuple[Slice, ...] = ()  # counted tensors with no entries in the graph, one entry
     #     per unit: the products of activations (`graph.products`) of a heads group
+    stream: bool = False  # the residual stream: read through normalizations over its units,
+    #     so removing one changes what the others are read as (no compensation is exact)
 
     @property
     def relu(self) -> bool:
@@ -195,13 +197,23 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
 
 def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> None:
     """Move the sizes reshapes write for the group's axis by `change` units: the entry at
-    `position` of a view's or unflatten's size list or of a split's sizes, or of the
-    arguments of a product that computes a size (`batch * heads`)."""
+    `position` of a view's or unflatten's size list, a normalization's `normalized_shape` or
+    a split's sizes, or of the arguments of a product that computes a size
+    (`batch * heads`). An RMSNorm averages its squares over its features: its weight is
+    scaled by sqrt(old / new features), so that a stream whose removed features held little
+    of its energy (its least principal directions, `compressor.prune.rotate`) is normalized
+    as by the full width."""
     if not change or not group.reshapes:
         return
     nodes = {n.name: n for n in gm.graph.nodes}
     for name, position, per_unit in group.reshapes:
         node = nodes[name]
+        if node.target is torch.ops.aten.rms_norm.default and len(node.args) > 2 and \
+                isinstance(node.args[2], fx.Node):
+            old = int(node.args[1][position])
+            weight = get_tensor(gm, node.args[2].target)
+            set_tensor(gm, node.args[2].target,
+                       weight * math.sqrt(old / (old + change * per_unit)))
         if node.target is operator.mul:
             args = list(node.args)
             args[position] += change * per_unit

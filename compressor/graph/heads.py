@@ -30,7 +30,7 @@ MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
          aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
          aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
 SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
-CARRY = {*IDENTITY, aten.to.dtype, aten._to_copy.default}  # the probabilities as they are
+CARRY = set(IDENTITY)  # the probabilities as they are
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
             aten.expand.default}  # a size list second, as unflatten's is third

@@ -36,7 +36,8 @@ HOMOGENEOUS = ("relu", "leaky_relu", "identity")  # identity: a unit read as it 
 # Ops that carry every channel through unchanged in number and order (elementwise per channel
 # or per position), given as they appear in a captured graph.
 IDENTITY = (aten.clone.default, aten.alias.default, aten.detach.default,
-            aten.contiguous.default, aten.dropout.default, aten.dropout_.default)
+            aten.contiguous.default, aten.dropout.default, aten.dropout_.default,
+            aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default)  # and dtype casts
 POOL = (aten.max_pool2d.default, aten.max_pool1d.default, aten.avg_pool2d.default,
         aten.avg_pool1d.default, aten.adaptive_avg_pool2d.default,
         aten.adaptive_avg_pool1d.default, aten.adaptive_max_pool2d.default)

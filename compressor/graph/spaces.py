@@ -39,15 +39,17 @@ class Space:
     parts: int = 1  # the producers' outputs hold the units in this many parts (grouped)
     reason: str = ""
     final: bool = False  # the reason explains the whole space (LayerNorm, attention heads)
+    normalized: bool = False  # read through a normalization over the units (the stream)
 
 
 class Spaces:
     """Channel spaces found so far, joined where producers' units meet (union-find)."""
 
-    def __init__(self, attention: set[str]) -> None:
+    def __init__(self, attention: set[str], stream: bool = False) -> None:
         self.parent: dict[str, str] = {}
         self.spaces: dict[str, Space] = {}
         self.attention = attention  # nodes between a layer and the attention it feeds
+        self.stream = stream  # follow units through normalizations over them (the stream)
 
     def find(self, name: str) -> str:
         while self.parent[name] != name:
@@ -75,6 +77,7 @@ class Spaces:
                 first.reason = first.reason or "its channels are grouped differently where " \
                                                 "they meet another layer's"
             first.parts = max(first.parts, second.parts)
+            first.normalized = first.normalized or second.normalized
             if second.final and not first.final:
                 first.reason, first.final = second.reason, True
             first.reason = first.reason or second.reason

@@ -56,17 +56,22 @@ class Trace:
     products: tuple[Product, ...] = ()  # products of two activations (attention)
 
 
-def trace(gm: fx.GraphModule, sample: torch.Tensor | None = None) -> Trace:
+def trace(gm: fx.GraphModule, sample: torch.Tensor | None = None, *,
+          stream: bool = False) -> Trace:
     """Find every channel space of the graph and make a group of each one that can be pruned;
     with a `sample` input, also every attention's heads (`compressor.graph.heads`: their
-    layout is read by running the graph on it).
+    layout is read by running the graph on it); with `stream`, the residual stream too
+    (followed through the LayerNorms and RMSNorms over it, with the parameters added to it
+    or concatenated with its tokens).
 
     A bias-free consumer is given a zero bias so that constants can be folded exactly.
     """
     names = gm.meta.get("original_names", {})
     producers = [n for n in gm.graph.nodes if n.target is LINEAR or n.target in CONV]
     layers, by_node = _layers(gm, producers, names)
-    spaces = Spaces(_attention_inputs(gm))
+    if stream:  # token embeddings write the stream: their columns are its units
+        producers += _embeddings(gm, by_node, names)
+    spaces = Spaces(_attention_inputs(gm), stream)
     for node in producers:
         if node.name in by_node:
             spaces.walk(node, conv_groups(node) if node.target in CONV else 1)
@@ -92,7 +97,7 @@ def trace(gm: fx.GraphModule, sample: torch.Tensor | None = None) -> Trace:
         groups, dense, products = _with_heads(gm, sample, layers, groups, dense, products)
     order = {layer.name: i for i, layer in enumerate(layers)}
     dense.sort(key=lambda item: order.get(item[0], len(order)))
-    groups.sort(key=lambda g: order[g.name])
+    groups.sort(key=lambda g: order.get(g.name, -1))  # a stream named after its embedding first
     return Trace(tuple(groups), tuple(layers), tuple(dense), products)
 
 
@@ -145,6 +150,20 @@ def _layers(gm: fx.GraphModule, producers: list[fx.Node],
         else:
             by_node[node.name] = layer
     return layers, by_node
+
+
+def _embeddings(gm: fx.GraphModule, by_node: _ByNode, names: dict[str, str]) -> list[fx.Node]:
+    """Embedding lookups whose table is a parameter used once: producers of the stream (not
+    layers: a lookup has no multiply-adds, and the tables are not counted as weights)."""
+    found = []
+    for node in gm.graph.nodes:
+        table = node.args[0] if node.target is EMBEDDING else None
+        if isinstance(table, fx.Node) and table.op == "get_attr" and len(table.users) == 1:
+            shape = get_tensor(gm, table.target).shape
+            by_node[node.name] = Layer(names.get(table.target, table.target).removesuffix(
+                ".weight"), table.target, node.name, int(shape[0]), int(shape[1]), "embedding")
+            found.append(node)
+    return found
 
 
 def _with_heads(gm: fx.GraphModule, sample: torch.Tensor, layers: list[Layer], groups: list,
@@ -232,15 +251,16 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
     producers = sorted((nodes[p] for p in space.producers), key=lambda n: order[n.name])
     filters = producers + [nodes[d] for d in space.depthwise]
     parts = space.parts
-    size = int(get_tensor(gm, producers[0].args[1].target).shape[0]) // parts
+    first, axis = _weight(producers[0])
+    size = int(get_tensor(gm, first).shape[axis]) // parts
 
     def owned(param: str, axis: int, block: int = 1, offset: int = 0,
               in_parts: int = parts) -> Slice:
         return Slice(param, axis, block, offset, in_parts, size * block if in_parts > 1 else 0)
 
-    weights = tuple(owned(p.args[1].target, 0) for p in filters)
+    weights = tuple(owned(*_weight(p)) for p in filters)
     biases = tuple(owned(p.args[2].target, 0) for p in filters
-                   if len(p.args) > 2 and p.args[2] is not None)
+                   if p.target is not EMBEDDING and len(p.args) > 2 and p.args[2] is not None)
     consumers = sorted(space.consumers.values(), key=lambda c: order[c.node.name])
     consumer_biases = []
     for c in consumers:
@@ -276,7 +296,15 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
         parts=parts,
         reshapes=tuple((name, axis, per_unit * parts)
                        for (name, axis), per_unit in space.reshapes.items()),
+        stream=space.normalized,
     )
+
+
+def _weight(producer: fx.Node) -> tuple[str, int]:
+    """A producer's weight tensor and the axis its units are on (an embedding's columns)."""
+    if producer.target is EMBEDDING:
+        return producer.args[0].target, 1
+    return producer.args[1].target, 0
 
 
 def _signature(node: fx.Node) -> tuple:
@@ -296,3 +324,4 @@ def _key(node: fx.Node) -> object:
 
 
 SDPA = ATTENTION[0]
+EMBEDDING = torch.ops.aten.embedding.default

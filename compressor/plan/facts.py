@@ -4,7 +4,7 @@ about the data, and about the machine (measured only when a decision needs them)
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -49,17 +49,20 @@ class ModelFacts:
     """What the plan needs to know about the model.
 
     Attributes:
-        groups: the prunable groups.
+        groups: the prunable groups the criterion ranks.
         linear: every group's units are read by one Linear layer directly (what the error
             criterion needs).
         weights: weight entries of every Linear and Conv layer.
         factorable: pruned Linear layers whose inputs no group owns (an MLP's first layer).
+        stream: the residual stream, where the trace followed it (`--prune-stream`: it is
+            cut by its own share, not ranked with the groups).
     """
 
     groups: tuple[GroupFacts, ...]
     linear: bool
     weights: int
     factorable: tuple[LayerFacts, ...] = ()
+    stream: GroupFacts | None = None
 
     @property
     def channels(self) -> bool:
@@ -125,15 +128,17 @@ class ThisMachine:
 
 def model_facts(gm: fx.GraphModule, found: Trace) -> ModelFacts:
     """The facts of the working graph `gm` and its trace."""
-    groups = tuple(GroupFacts(g.name, g.size, get_tensor(gm, g.weights[0].param).ndim > 2,
-                              g.tokens, g.relu, g.mergeable,
-                              _read_through(g), read_by_one_linear(gm, g))
-                   for g in found.groups)
+    facts = {g.name: GroupFacts(g.name, g.size, get_tensor(gm, g.weights[0].param).ndim > 2,
+                                g.tokens, g.relu, g.mergeable, _read_through(g),
+                                read_by_one_linear(gm, g)) for g in found.groups}
+    ranked = tuple(g for g in found.groups if not g.stream)
+    stream = next((replace(facts[g.name], conv=False)  # read by Linear layers, token by token
+                   for g in found.groups if g.stream), None)
     layers = {layer.name: layer for layer in found.layers}
     factorable = tuple(LayerFacts(name, layers[name].in_features, layers[name].out_features)
                        for name in candidates(gm, found))
-    return ModelFacts(groups, ranks_by_error(gm, found.groups), count.weights(gm, found),
-                      factorable)
+    return ModelFacts(tuple(facts[g.name] for g in ranked), ranks_by_error(gm, ranked),
+                      count.weights(gm, found), factorable, stream)
 
 
 def _read_through(group: PrunableGroup) -> str:

@@ -19,6 +19,7 @@ DEFAULTS = MappingProxyType({
     "calibration_samples": 10_000, "patience": 3, "lr": 1e-3, "distill": 0.5,
     "temperature": 4.0, "batch_size": 128, "format": Format.DENSE, "rank_energy": 0.99,
     "seed": 0, "threads": 1, "latency": True, "batch": 1, "trace_spectra": False,
+    "prune_stream": 0.0,
 })
 ENUMS = {"of": Of, "score": Score, "method": Method, "criterion": Criterion,
          "compensate": Compensation, "scope": Scope, "format": Format}
@@ -66,6 +67,7 @@ class Options:
     latency: bool | None = None
     batch: int | None = None
     trace_spectra: bool | None = None
+    prune_stream: float | None = None
     budgets: Budgets = field(default_factory=Budgets)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class Options:
         for name in ("merge_threshold", "distill"):
             _number(name, getattr(self, name), low=0, high=1)
         _number("recover", self.recover, low=0, high=100, open_high=True)
+        _number("prune_stream", self.prune_stream, low=0, high=1, open_high=True)
         _number("average", self.average, low=0, high=1000, open_high=True)
         if self.input_shape is not None:
             shape = tuple(self.input_shape)

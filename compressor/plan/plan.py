@@ -108,6 +108,10 @@ def check(options: Options, *, data: bool) -> None:
             if given(name) and (name != "of" or options.of is Of.FLOPS) and \
                     (name != "factor" or options.factor):
                 raise OptionError(f"`{name}` {why}: drop `{name}` or use `score` neurons")
+        if options.prune_stream:
+            raise OptionError("`prune_stream` removes whole features of the residual stream; "
+                              "with `score` neurons-weights single weights are pruned in "
+                              "place: drop `prune_stream` or use `score` neurons")
         if options.compensate not in (None, Compensation.NONE):
             raise OptionError(f"`compensate` {options.compensate.value} compensates whole "
                               "units; with `score` neurons-weights the remaining weights are "
@@ -117,6 +121,10 @@ def check(options: Options, *, data: bool) -> None:
                           "turns off: drop one of them")
     if data:
         return
+    if options.prune_stream:
+        raise OptionError("`prune_stream` needs calibration data (the stream is rotated to the "
+                          "directions its tokens use and cut where they use it least): pass "
+                          "`data`, or drop `prune_stream`")
     if given("normalize"):
         raise OptionError("`normalize` applies to data: pass `data`, or drop `normalize`")
     if options.budgets.min_accuracy is not None or options.budgets.min_agreement is not None:
@@ -188,7 +196,8 @@ def plan(options: Options, model: ModelFacts, data: DataFacts, machine: Machine,
         of=options.value("of"), score=score, method=method, cycles=cycles,
         calibration_samples=options.value("calibration_samples"),
         batch_size=CALIBRATION_BATCH, device=device, align=multiples, steps=steps, seed=seed,
-        trace_spectra=options.value("trace_spectra"))
+        trace_spectra=options.value("trace_spectra"),
+        stream=options.value("prune_stream") if score is Score.NEURONS else 0.0)
     finetune = _finetune(options, model, made, epochs, cycles)
     fmt = options.value("format")
     latency = options.value("latency")

@@ -174,8 +174,9 @@ def align(options: Options, model: ModelFacts,
     Auto: layers at least STEPS_WIDE steps wide in the steps this machine's kernels run in;
     narrower conv layers in multiples of CONV_ALIGN (the blocked layout needs them, and a
     whole step is too large a share of them), narrower Linear layers exact."""
+    groups = model.groups + ((model.stream,) if model.stream else ())
     if options.given("align"):
-        multiples = {g.name: options.align for g in model.groups}
+        multiples = {g.name: options.align for g in groups}
         return multiples, {}, _in_words(multiples), "given"
     conv = machine.width_step(Kernel.CONV) if model.channels else None
     wide = any(not g.conv and g.width >= WIDE_LINEAR for g in model.groups)
@@ -183,7 +184,7 @@ def align(options: Options, model: ModelFacts,
     conv_step = (conv.multiple or CONV_ALIGN) if conv else CONV_ALIGN  # undecided: the block
     gemm_step = (gemm.multiple or 1) if gemm else 1  # undecided: exact widths
     multiples, narrow = {}, []
-    for g in model.groups:
+    for g in groups:
         step = conv_step if g.conv else gemm_step
         multiples[g.name] = step if g.width >= STEPS_WIDE * step else \
             min(step, CONV_ALIGN) if g.conv else 1

@@ -48,7 +48,9 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
     cosine similarity of [w | b] rows is at least `config.merge_threshold`; only in groups
     where that is exact, `PrunableGroup.mergeable`: the others' units are dropped),
     lsq (every layer that reads removed units is refitted by least squares, in one pass in
-    graph order, on the pruned network's activations: `compressor.prune.refit`).
+    graph order, on the pruned network's activations: `compressor.prune.refit`). A residual
+    stream's units are dropped: they are read through normalizations over them, which no
+    method models.
 
     Args:
         gm: the working graph, modified in place.
@@ -62,8 +64,9 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
     Returns:
         Per group, how many removed units were exact constants and how many were merged.
     """
-    modes = {g.name: Compensation.NONE if config.method is Compensation.MERGE and
-             not g.mergeable else config.method for g in groups}
+    modes = {g.name: Compensation.NONE if g.stream or (config.method is Compensation.MERGE
+                                                       and not g.mergeable)
+             else config.method for g in groups}
     if (config.method is Compensation.MEAN and stats is None) or \
             (config.method is Compensation.LSQ and x is None):
         raise ValueError(f"compensation {config.method.value} needs calibration data")

@@ -156,6 +156,8 @@ class PruneConfig:
         seed: seed of the random weight scores.
         trace_spectra: record every layer's singular values before pruning and after every
             cycle.
+        stream: share of the residual stream's width to remove (groups with
+            `PrunableGroup.stream`; 0: none), in step with the cycles' schedule.
     """
 
     target: float
@@ -172,6 +174,7 @@ class PruneConfig:
     steps: Mapping[str, int] = field(default_factory=dict)
     seed: int = 0
     trace_spectra: bool = False
+    stream: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)
@@ -179,6 +182,8 @@ class PruneConfig:
             raise ValueError(f"target must be strictly between 0 and 1, got {self.target!r}")
         if self.cycles < 1:
             raise ValueError(f"cycles must be at least 1, got {self.cycles}")
+        if not 0 <= self.stream < 1:
+            raise ValueError(f"stream must be in [0, 1), got {self.stream!r}")
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ValueError("calibration_samples and batch_size must be positive")
         object.__setattr__(self, "of", Of(self.of))

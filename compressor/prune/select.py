@@ -88,7 +88,8 @@ def consumer_norms(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:
 def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
            shapes: dict[str, tuple[int, ...]], budget: Budget, *, scope: Scope,
            original_sizes: dict[str, int], dead: dict[str, torch.Tensor] | None = None,
-           costs: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+           costs: dict[str, int] | None = None,
+           fixed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Pick units to remove: all dead units, then lowest scores first until the weight
     count is within budget; equal scores go in graph order (earlier group, lower index
     first). A unit whose removal would undershoot `min_weights` is skipped for
@@ -107,12 +108,18 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
         dead: per group, a mask of units that never fire [default: score 0].
         costs: what one entry of each tensor counts for in the budget (default 1: weights;
             output positions: FLOPs / 2).
+        fixed: per group, the units it loses whatever the budget (the residual stream's
+            share, `stream_cut`): removed first, and nothing else of that group is.
 
     Returns:
         Per group, the sorted indices of the units to remove.
     """
     dead = dead or {g.name: scores[g.name] == 0 for g in groups}
     state = _Selection(groups, scores, shapes, original_sizes, dead, costs)
+    for name, units in (fixed or {}).items():
+        for u in units.tolist():
+            state.remove(name, u)
+        state.frozen.add(name)
     state.remove_dead()
     while state.count() > budget.max_weights:
         candidates = state.global_candidates() if scope is Scope.GLOBAL else state.local_candidates()
@@ -147,6 +154,7 @@ class _Selection:
         self.ranking = sorted((float(scores[g.name][u]), gi, g.name, u)
                               for gi, g in enumerate(groups) for u in range(g.size))
         self.start = 0  # ranking[:start] is never a candidate again
+        self.frozen: set[str] = set()  # groups whose units are chosen already (`fixed`)
 
     def count(self, name: str | None = None, change: int = 0) -> int:
         sizes = dict(self.sizes)
@@ -160,12 +168,13 @@ class _Selection:
 
     def remove_dead(self) -> None:
         for name, units in self.order.items():
-            for u in units:
+            for u in units if name not in self.frozen else ():
                 if self.dead[name][u] and self.sizes[name] > 1:
                     self.remove(name, u)
 
     def usable(self, name: str, unit: int) -> bool:
-        return unit not in self.gone[name] and self.sizes[name] > 1
+        return unit not in self.gone[name] and self.sizes[name] > 1 and \
+            name not in self.frozen
 
     def global_candidates(self):
         """Every removable unit, lowest score first."""
@@ -180,12 +189,13 @@ class _Selection:
         names = sorted(self.sizes, key=lambda n: (1 - self.sizes[n] / self.original_sizes[n],
                                                   list(self.sizes).index(n)))
         for name in names:
-            if self.sizes[name] > 1:
+            if self.sizes[name] > 1 and name not in self.frozen:
                 yield name, next(u for u in self.order[name] if u not in self.gone[name])
 
     def fill_back(self, budget: Budget) -> None:
         """Restore removed live units, highest score first, while the count stays in budget."""
         restorable = sorted(((float(self.scores[n][u]), n, u) for n in self.gone
+                             if n not in self.frozen
                              for u in self.gone[n] if not self.dead[n][u]), reverse=True)
         for _, name, unit in restorable:
             if self.count() >= budget.min_weights:
@@ -193,3 +203,18 @@ class _Selection:
             if self.count(name, +1) <= budget.max_weights:
                 self.gone[name].discard(unit)
                 self.sizes[name] += 1
+
+
+def stream_cut(gm: fx.GraphModule, group: PrunableGroup, stats: ActivationStats | None,
+               width: int, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """The units of a residual stream (`PrunableGroup.stream`) to remove so that it keeps
+    `width`: the lowest `scores` (a rotated stream's eigenvalues), else the lowest in
+    energy over every token where it is counted (the root mean square of each feature),
+    else (no calibration data) the lowest norm of their rows. The stream is ranked apart
+    from the other groups: its units are read through normalizations over them, which no
+    other group's criterion models, so its share is the user's (`--prune-stream`)."""
+    if scores is None:
+        scores = torch.linalg.vector_norm(unit_rows(gm, group), dim=1) if stats is None \
+            else _energy(stats, group)
+    order = sorted(range(group.size), key=lambda u: (float(scores[u]), u))
+    return torch.tensor(sorted(order[:max(0, group.size - width)]), dtype=torch.int64)

@@ -85,3 +85,30 @@ def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, ar
     per_layer = 16 * (3 if arch == "gpt2" else 1)  # q rows (q, k, v rows for GPT-2) per head
     assert exported == sorted(2 * [r["out_after"] // per_layer for r in heads])
     assert exported[0] < 4
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_the_residual_width_of_a_pre_norm_model_is_rotated_and_cut(run_cli, tmp_path: Path,
+                                                                   arch):
+    """`--prune-stream`: GPT-2 (pre-norm, its token and position embeddings writing the
+    stream) has its LayerNorms made RMSNorms and its width cut by a quarter in every layer;
+    BERT (post-norm: a norm's output is the stream) keeps its features' basis and says why."""
+    x = np.random.default_rng(0).integers(3, 100, (300, 16))
+    np.savez(tmp_path / "data.npz", x=x)
+    model, out = tmp_path / f"{arch}.pt", tmp_path / f"{arch}.onnx"
+    torch.save(globals()[arch]().eval().state_dict(), model)
+    result = run_cli(model, "--arch", f"tests.graph.test_hf:{arch}", "--data",
+                     tmp_path / "data.npz", "--target", "0.5", "--of", "flops", "-o", out,
+                     "--no-latency", "--prune-stream", "0.25")
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
+    stream = [r for r in report["layers"] if "residual stream" in r["note"]]
+    assert stream and all(r["out_after"] == 48 for r in stream)
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    if arch == "gpt2":
+        assert "rotates it to its principal directions" in result.err
+        assert "LayerNormalization" not in ops
+    else:
+        assert "not rotated: the output of layer_norm goes back into the stream" in result.err

@@ -125,3 +125,30 @@ def test_every_rule_prunes_and_exports_within_parity():
         result = compressor.compress(net, 0.3, data=x, latency=False)
         assert result.report.size.reduction >= 0.3
         assert result.report.parity.max_abs_diff <= 1e-4
+
+
+class FirstToken(nn.Module):
+    """Tokens [N, 6, 12] -> Linear 12-16, ReLU, the first token (`x[:, 0]`, a slice of the
+    batch axis whole, then a select of the tokens), cast to float, Linear 16-4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(12, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))[:, 0].float())
+
+
+def test_a_select_of_one_token_and_a_cast_pass_the_units_on():
+    x = torch.randn(50, 6, 12)
+    gm = graph_of(FirstToken(), x[:2])
+    [group] = trace(gm).groups
+    assert group.name == "fc1" and [s.param for s in group.consumers] == ["fc2_weight"]
+    with torch.no_grad():
+        expected = gm(x)  # less what units 3 and 7 sent, once they are removed
+        removed = gm.fc2_weight[:, [3, 7]] @ torch.relu(gm.fc1_weight[[3, 7]] @ x[:, 0].T +
+                                                        gm.fc1_bias[[3, 7], None])
+    remove_units(gm, {"fc1": torch.tensor([3, 7])})
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), expected - removed.T, rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import fx
 
 from ..groups import Slice
@@ -13,6 +14,7 @@ from ..ops import ADD, CAT, MUL
 from .registry import At, describe, ndim, rule, sources, width
 
 COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy")
+PASSED = (torch.ops.aten.expand.default, torch.ops.aten.slice.Tensor)
 
 
 def cat_dim(cat: fx.Node) -> int:
@@ -22,7 +24,8 @@ def cat_dim(cat: fx.Node) -> int:
 
 def _joined_backward(operands):
     def backward(node: fx.Node, axis: int):
-        tensors = [a for a in operands(node) if isinstance(a, fx.Node)]  # numbers shift alike
+        tensors = [a for a in operands(node) if isinstance(a, fx.Node)  # numbers shift alike
+                   and _parameter(a) is None]  # a parameter's entries are carried (`_carry`)
         found = [sources(a, axis) if ndim(a) == ndim(node) else None for a in tensors]
         return None if not found or any(f is None for f in found) else \
             [s for f in found for s in f]
@@ -38,7 +41,7 @@ def _join_all(walk, at: At, node: fx.Node, operands, what: str) -> At | None:
         walk.fail(f"its flattened output is {what} another tensor")
         return None
     for operand in operands:
-        if operand is at.node:
+        if operand is at.node or _carry(walk, at, node, operand):
             continue
         found = sources(operand, at.axis) if ndim(operand) == ndim(node) else None
         if found is None:
@@ -59,6 +62,34 @@ def add(walk, at: At, user: fx.Node):
     if not any(isinstance(a, fx.Node) for a in user.args[:2] if a is not at.node):
         return replace(at, node=user, acts=(*at.acts, user))
     return _join_all(walk, at, user, user.args[:2], "added to")
+
+
+def _carry(walk, at: At, node: fx.Node, operand: object) -> bool:
+    """Whether `operand` is a parameter with one entry per unit that goes with them (a
+    position table added to the stream, a class token concatenated before its tokens; only
+    where the stream is pruned): then its entries are carried."""
+    parameter = _parameter(operand) if walk.spaces.stream else None
+    if parameter is None:
+        return False
+    val, size = parameter.meta.get("val"), width(at.node, at.axis)
+    own_axis = at.axis - (ndim(node) - val.ndim) if val is not None else -1
+    if own_axis < 0 or size is None or int(val.shape[own_axis]) != size or \
+            len(parameter.users) != 1:
+        walk.fail(f"its output is {'added to' if node.target in ADD else 'concatenated with'} "
+                  f"{parameter.name}, a parameter that does not follow its units")
+        return True
+    walk.space.carried[parameter.target, at.offset] = Slice(parameter.target, own_axis, 1,
+                                                            at.offset)
+    return True
+
+
+def _parameter(node: object) -> fx.Node | None:
+    """The parameter or buffer `node` is, through copies, a broadcast (`expand`) and slices
+    of other axes (a position table cut to the sequence's length), or None."""
+    while isinstance(node, fx.Node) and node.op == "call_function" and node.args and (
+            node.target in PASSED or any(c in str(node.target) for c in COPIES_OF_CONSTANTS)):
+        node = node.args[0]
+    return node if isinstance(node, fx.Node) and node.op == "get_attr" else None
 
 
 def _cat_backward(node: fx.Node, axis: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import fx
 
 from ..groups import Slice
@@ -13,6 +14,7 @@ from .registry import UNKNOWN, At, ndim, rule, shape_of, sources, through_first
 
 BATCH_NORM_OP = BATCH_NORM[0]  # what capture leaves of an unfolded BatchNorm
 NORMS_BY_NAME = {name: op for op, name in NORMS.items()}
+EMBEDDING = torch.ops.aten.embedding.default
 
 
 def conv_groups(conv: fx.Node) -> int:
@@ -40,6 +42,17 @@ def _conv_backward(node: fx.Node, axis: int):
     if depthwise(node):  # its channels are its input's
         return sources(node.args[0], axis)
     return [node]
+
+
+def _embedding_backward(node: fx.Node, axis: int):
+    return [node] if axis == ndim(node) - 1 else None
+
+
+@rule(EMBEDDING, backward=_embedding_backward)
+def embedding(walk, at: At, user: fx.Node):
+    """A lookup in a table: where the stream is pruned its columns are the stream's units
+    (`trace` makes it a producer); the walk never reads through it."""
+    return UNKNOWN
 
 
 def _reads_plainly(user: fx.Node, at: At) -> bool:
@@ -109,15 +122,54 @@ def batch_norm(walk, at: At, norm: fx.Node):
     return replace(at, node=norm)
 
 
-@rule(*NORMS)
+def _stream_backward(node: fx.Node, axis: int):
+    """A LayerNorm or RMSNorm over the last axis alone carries its input's units there (a
+    post-norm block adds its output to the stream); where the stream is not pruned, the
+    walk through the norm fails the space anyway."""
+    if node.target is NORMS_BY_NAME["GroupNorm"] or len(node.args[1]) != 1 or \
+            axis != ndim(node) - 1:
+        return None
+    return through_first(node, axis)
+
+
+@rule(*NORMS, backward=_stream_backward)
 def norm(walk, at: At, user: fx.Node):
     """LayerNorm, RMSNorm or GroupNorm: over the units' axis they couple every unit (the
-    residual stream); over other axes (each unit a token) they pass the units on."""
+    residual stream: followed only where the run prunes it, `Spaces.stream`); over other axes
+    (each unit a token) they pass the units on."""
     if user.args[0] is not at.node:
         return UNKNOWN
-    if user.target is NORMS_BY_NAME["GroupNorm"] or \
-            at.axis >= ndim(user) - len(user.args[1]):
-        walk.fail(f"residual stream: {NORMS[user.target]} couples all its features (not "
-                  "pruned)", final=True)
+    over_units = user.target is NORMS_BY_NAME["GroupNorm"] or \
+        at.axis >= ndim(user) - len(user.args[1])
+    if not over_units:
+        return replace(at, node=user)
+    if walk.spaces.stream and user.target is not NORMS_BY_NAME["GroupNorm"]:
+        return _normalized(walk, at, user)
+    walk.fail(f"residual stream: {NORMS[user.target]} couples all its features (not "
+              "pruned)", final=True)
+    return None
+
+
+def _normalized(walk, at: At, norm_node: fx.Node) -> At | None:
+    """The stream through a LayerNorm or RMSNorm over its last axis alone: its weight and bias
+    entries go with the units and its `normalized_shape` follows their number; what the
+    units are normalized by changes with the units removed (the stream's ranking and
+    fine-tuning account for it; no compensation is exact through it)."""
+    name = NORMS[norm_node.target]
+    params = [p for p in norm_node.args[2:4 if name == "LayerNorm" else 3] if p is not None]
+    if len(norm_node.args[1]) != 1 or at.axis != ndim(norm_node) - 1 or at.block != 1 or \
+            at.behind:
+        walk.fail(f"residual stream: {name} over {shape_of(norm_node)} normalizes more than "
+                  "the units' axis", final=True)
         return None
-    return replace(at, node=user)
+    if not all(isinstance(p, fx.Node) and p.op == "get_attr" and len(p.users) == 1
+               for p in params):
+        walk.fail(f"residual stream: {name} {norm_node.name} has computed or shared "
+                  "parameters", final=True)
+        return None
+    space = walk.space
+    for p in params:
+        space.carried[p.target, at.offset] = Slice(p.target, 0, 1, at.offset)
+    space.reshapes[norm_node.name, 0] = 1
+    space.normalized = True
+    return replace(at, node=norm_node)

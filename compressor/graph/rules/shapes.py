@@ -1,6 +1,6 @@
 """Ops that move the units' axis or reshape around it: transpose and permute, a mean over other
-axes, reshapes that keep the units' axis whole, and a Flatten that gives each channel its
-H*W columns."""
+axes, a select or slice of other axes (a class token), reshapes that keep the units' axis
+whole, and a Flatten that gives each channel its H*W columns."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
     """Where the channels on `axis` of `node` are in `user`'s output, if `user` moves axes
     without mixing channels: a transpose or permute, a mean over axes other than the batch and
     the channels, or a reshape that keeps every axis up to the channels (regrouping those
-    after) or every axis from the channels on (regrouping those before)."""
+    after) or every axis from the channels on (regrouping those before), or a select or
+    slice of an axis other than the batch and the channels."""
     if not user.args or user.args[0] is not node:
         return None
     n = ndim(node)
@@ -35,6 +36,11 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
             return None
         keep = len(user.args) > 2 and user.args[2]
         return axis if keep else axis - sum(d < axis for d in reduced)
+    if user.target in (SELECT, SLICE):  # one token (a class token) or a range of them
+        dim = int(user.args[1]) % n if len(user.args) > 1 else 0
+        if dim == axis or (dim == 0 and not _whole(user)):
+            return None
+        return axis - 1 if user.target is SELECT and dim < axis else axis
     if user.target in FLATTEN:
         before, after = dims(node), dims(user)
         if before is None or after is None:
@@ -45,6 +51,15 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
         if len(after) >= len(tail) and after[len(after) - len(tail):] == tail:
             return len(after) - len(tail)
     return None
+
+
+def _whole(node: fx.Node) -> bool:
+    """Whether a slice keeps its whole axis (`x[:, 0]` slices the batch axis whole first)."""
+    if node.target is not SLICE:
+        return False
+    start, end, step = (list(node.args[2:5]) + [None, None, None])[:3]
+    return start in (None, 0) and step in (None, 1) and \
+        (end is None or (isinstance(end, int) and end >= 2 ** 62))
 
 
 def flattened_block(node: fx.Node, flatten: fx.Node) -> int | None:
@@ -72,7 +87,10 @@ def _moved_backward(node: fx.Node, axis: int):
     return None
 
 
-@rule(*TRANSPOSE, *FLATTEN, MEAN, backward=_moved_backward, behind_cat=True)
+SELECT, SLICE = torch.ops.aten.select.int, torch.ops.aten.slice.Tensor
+
+
+@rule(*TRANSPOSE, *FLATTEN, MEAN, SELECT, SLICE, backward=_moved_backward, behind_cat=True)
 def reshape(walk, at: At, user: fx.Node):
     if not user.args or user.args[0] is not at.node:
         return UNKNOWN

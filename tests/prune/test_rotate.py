@@ -1,0 +1,125 @@
+"""The residual stream (`--prune-stream`): traced through LayerNorms and the constants added to
+it, made invariant (LayerNorms folded and turned into RMSNorms), rotated to its principal
+directions, and cut there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compressor
+from compressor.errors import OptionError
+from compressor.graph.trace import trace
+from compressor.prune import rotate
+from compressor.prune.shrink import shrink
+from models.transformer import FeedForward, ViT
+from tests.helpers import graph_of
+from tests.nets import ClassToken
+
+LAYER_NORM = torch.ops.aten.layer_norm.default
+
+
+def _vit() -> ViT:
+    torch.manual_seed(0)
+    return ViT(FeedForward, 32, width=16, depth=2, heads=2).eval()
+
+
+def _images(n: int = 200) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def _stream(found):
+    [stream] = [g for g in found.groups if g.stream]
+    return stream
+
+
+def test_the_stream_is_one_group_through_every_norm_and_constant_it_meets():
+    gm = graph_of(_vit(), _images(2))
+    assert not any(g.stream for g in trace(gm).groups)
+    stream = _stream(trace(gm, stream=True))
+    assert [s.param for s in stream.weights] == [
+        "patch_weight", "blocks_0_attn_proj_weight", "blocks_0_ffn_fc2_weight",
+        "blocks_1_attn_proj_weight", "blocks_1_ffn_fc2_weight"]
+    assert stream.consumer_nodes == ("linear", "linear_2", "linear_4", "linear_6", "linear_8")
+    carried = {s.param for s in stream.carried}
+    assert "position" in carried and "norm_weight" in carried and "norm_bias" in carried
+    norms = [n.name for n in gm.graph.nodes if n.target is LAYER_NORM]
+    assert sorted(name for name, _, _ in stream.reshapes) == sorted(norms) and len(norms) == 5
+    assert stream.size == 16 and not stream.exact_constants
+
+
+def test_a_stream_read_without_a_norm_is_not_rotated_and_says_why():
+    net = ClassToken()  # the head reads the class token straight from the stream
+    gm = graph_of(net, torch.randn(2, 6, 12))
+    stream = _stream(trace(gm, stream=True))
+    head = next(n for n in gm.graph.nodes if len(n.args) > 1 and
+                getattr(n.args[1], "target", None) == "head_weight")
+    assert rotate.why_not(gm, stream) == f"{head.name} reads it without a LayerNorm or RMSNorm"
+
+
+def test_made_invariant_and_rotated_the_model_computes_the_same():
+    x = _images()
+    net = _vit()
+    gm = graph_of(net, x[:2])
+    rotate.make_invariant(gm, _stream(trace(gm, stream=True)))
+    assert not any(n.target is LAYER_NORM for n in gm.graph.nodes)
+    assert sum(n.target is rotate.RMS_NORM for n in gm.graph.nodes) == 5
+    with torch.no_grad():
+        expected = net(x)
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-4)
+        stream = _stream(trace(gm, x[:2], stream=True))
+        values = rotate.rotate(gm, stream, x)
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-4)
+    assert torch.all(values[:-1] >= values[1:])  # most used direction first
+
+
+def test_directions_the_stream_never_uses_are_removed_exactly():
+    """Writers that write only into a 12-dimensional subspace of the 16 features: rotated,
+    the 4 directions out of it have eigenvalue 0, and removing them changes nothing (the
+    RMSNorms' weights make up for averaging over fewer features)."""
+    x = _images()
+    net = _vit()
+    basis = torch.linalg.qr(torch.randn(16, 12, generator=torch.Generator().manual_seed(2)))[0]
+    onto = basis @ basis.T
+    with torch.no_grad():
+        for p in [net.patch.weight, net.patch.bias, net.position] + \
+                [layer.weight for b in net.blocks for layer in (b.attn.proj, b.ffn.fc2)] + \
+                [layer.bias for b in net.blocks for layer in (b.attn.proj, b.ffn.fc2)]:
+            axis = 0 if p.ndim != 3 else 2
+            p.copy_((onto @ p.movedim(axis, 0).reshape(16, -1)).reshape(
+                p.movedim(axis, 0).shape).movedim(0, axis))
+        expected = net(x)
+    gm = graph_of(net, x[:2])
+    rotate.make_invariant(gm, _stream(trace(gm, stream=True)))
+    stream = _stream(trace(gm, x[:2], stream=True))
+    values = rotate.rotate(gm, stream, x)
+    assert float(values[11]) > 1e-3 and float(values[12:].max()) < 1e-9
+    shrink(gm, (stream,), {stream.name: torch.arange(12, 16)})
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-4)
+    assert gm.get_parameter("patch_weight").shape[0] == 12
+
+
+def test_compress_cuts_the_stream_by_its_share_and_the_export_verifies():
+    x = _images(300)
+    net = _vit()
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    result = compressor.compress(net, 0.5, of="flops", data=(x, y), latency=False, epochs=0,
+                                 prune_stream=0.25)
+    report = result.report
+    widths = {layer.name: (layer.in_after, layer.out_after) for layer in report.layers}
+    assert widths["patch"][1] == 12 and widths["head"][0] == 12
+    assert report.parity.max_abs_diff <= 1e-4 and 0.5 <= report.reduction < 0.6  # 2 heads
+    notes = {layer.name: layer.note for layer in report.layers}
+    assert notes["blocks.0.attn.proj"] == "pruned with patch (residual stream)"
+
+
+def test_the_stream_needs_data_and_a_model_that_has_one():
+    with pytest.raises(OptionError, match="needs calibration data"):
+        compressor.compress(_vit(), 0.5, prune_stream=0.25, latency=False)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(100, 8)
+    with pytest.raises(OptionError, match="no residual stream"):
+        compressor.compress(net, 0.3, data=(x, net(x).argmax(1)), prune_stream=0.25,
+                            latency=False, epochs=0)
