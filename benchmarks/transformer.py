@@ -1,9 +1,10 @@
 """`make bench` (transformer part): the example ViT (GELU feed-forward), its SwiGLU variant
 and the token-id text classifier at 30%, 50% and 70% fewer FLOPs (`--of flops`), fine-tuned
 and one shot: ours with the feed-forward units only (attention heads kept whole: the
-control) and with the heads as well (the default), against Torch-Pruning 1.6 configured as
-its own ViT example (heads and feed-forward units, its group magnitude), bisected to the same
-FLOPs and fine-tuned by our recipe. Writes benchmarks/transformer.md.
+control), with the heads as well (the default) and with a quarter of the residual width too
+(`--prune-stream 0.25`), against Torch-Pruning 1.6 configured as its own ViT example (heads
+and feed-forward units, its group magnitude; and with the hidden width as well), bisected to
+the same FLOPs and fine-tuned by our recipe. Writes benchmarks/transformer.md.
 
     python -m benchmarks.transformer [--models vit,vit_swiglu,text] [--targets 0.3,0.5,0.7]
 
@@ -47,6 +48,10 @@ MODELS = {  # name: (title, data, FLOP targets: None for --targets)
 FIRST = ("ffn.fc1", "ffn.w1", "ffn.w3")  # the layers whose outputs are the FFN hidden units
 SEED = 0
 FFN_ONLY = "--ffn-only"  # the control: `compress` with attention heads kept whole
+STREAM_SHARE = 0.25  # SliceGPT's headline share of the width, at every budget
+OURS = {"ffn": "ours, FFN only", "heads": "ours, FFN + heads (default)",
+        "width": f"ours, FFN + heads + width ({STREAM_SHARE:g})"}
+PEERS = {False: "Torch-Pruning, heads + FFN", True: "Torch-Pruning, heads + FFN + width"}
 
 
 def main() -> None:
@@ -96,10 +101,10 @@ def _model_section(name: str, targets: list[float], seconds: float, modes: list[
     for tuned in modes:
         for target in MODELS[name][2] or targets:
             with tempfile.TemporaryDirectory() as tmp:
-                results = [_ours(path, name, target, tuned, Path(tmp), heads=heads)
-                           for heads in (False, True)]
-            results.append(_torch_pruning(module, dense.flops, target, tuned, splits, sample,
-                                          teacher))
+                results = [_ours(path, name, target, tuned, Path(tmp), variant=variant)
+                           for variant in OURS]
+            results += [_torch_pruning(module, dense.flops, target, tuned, splits, sample,
+                                       teacher, width=width) for width in PEERS]
             done = [r for r in results if r.onnx]
             base = replace(dense, latency={})  # dense timed with each row group
             time_cells([base, *done], sample, seconds)
@@ -111,14 +116,15 @@ def _model_section(name: str, targets: list[float], seconds: float, modes: list[
 
 
 def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, *,
-          heads: bool) -> Result:
-    out = tmp / f"{'heads' if heads else 'ffn'}.onnx"
-    run = [str(Path(sys.executable).with_name("compress"))] if heads else \
+          variant: str) -> Result:
+    out = tmp / f"{variant}.onnx"
+    run = [str(Path(sys.executable).with_name("compress"))] if variant != "ffn" else \
         [sys.executable, "-m", "benchmarks.transformer", FFN_ONLY]
     cmd = [*run, str(path), "--arch", f"models.transformer:{name}", "--target", str(target),
            "--of", "flops", "--data", MODELS[name][1], "-o", str(out),
-           *([] if tuned else ["--epochs", "0"])]
-    who = "ours, FFN + heads (default)" if heads else "ours, FFN only"
+           *([] if tuned else ["--epochs", "0"]),
+           *(["--prune-stream", str(STREAM_SHARE)] if variant == "width" else [])]
+    who = OURS[variant]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, check=False)
@@ -131,10 +137,12 @@ def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, *,
 
 
 def _report_widths(layers: list[dict]) -> str:
-    """Heads and FFN width per block, from the report's layers (qkv: 3 x heads x 16)."""
-    heads = [layer["out_after"] // 48 for layer in layers if layer["name"].endswith("qkv")]
+    """The stream's width, then heads and FFN width per block, from the report's layers
+    (qkv: 3 x heads x 16)."""
+    qkv = [layer for layer in layers if layer["name"].endswith("qkv")]
     ffn = [layer["out_after"] for layer in layers if layer["name"].endswith(FIRST[:2])]
-    return " ".join(f"{h}h/{f}" for h, f in zip(heads, ffn))
+    return f"{qkv[0]['in_after']}: " + " ".join(f"{q['out_after'] // 48}h/{f}"
+                                                 for q, f in zip(qkv, ffn))
 
 
 def _tuned(module: nn.Module, splits, teacher: torch.Tensor) -> nn.Module:
@@ -147,37 +155,37 @@ def _tuned(module: nn.Module, splits, teacher: torch.Tensor) -> nn.Module:
 
 
 def _torch_pruning(dense: nn.Module, flops: int, target: float, tuned: bool, splits,
-                   sample: torch.Tensor, teacher: torch.Tensor) -> Result:
+                   sample: torch.Tensor, teacher: torch.Tensor, *, width: bool) -> Result:
     """Torch-Pruning as its ViT example configures it: `num_heads` per qkv layer,
     `prune_num_heads=True` (whole heads, head width kept), group L2 magnitude, one ratio for
-    heads and feed-forward units alike; the residual stream held (the embedding, each block's
-    output projections and the classifier ignored), as ours holds it. The ratio is bisected to
-    the least that removes `target` of the FLOPs; then our fine-tuning recipe."""
+    heads and feed-forward units alike (and, with `width`, the hidden width too: only the
+    classifier ignored; else the residual stream held: the embedding and each block's output
+    projections ignored too, as ours holds it by default). The ratio is bisected to the least
+    that removes `target` of the FLOPs; then our fine-tuning recipe."""
+    who = PEERS[width]
     best = None
     lo, hi = 0.0, 0.95
     for _ in range(8):
         ratio = (lo + hi) / 2
-        model = _tp_pruned(dense, ratio, sample)
+        model = _tp_pruned(dense, ratio, sample, width)
         if 1 - flops_of(model, sample) / flops >= target:
             best, hi = model, ratio
         else:
             lo = ratio
     if best is None:
-        return Result("Torch-Pruning, heads + FFN", b"", 0, 0, 0.0, None,
-                      f"cannot reach {target:.0%} fewer FLOPs")
+        return Result(who, b"", 0, 0, 0.0, None, f"cannot reach {target:.0%} fewer FLOPs")
     if tuned:
         best = _tuned(best, splits, teacher)
-    result = measured("Torch-Pruning, heads + FFN", best.eval(), splits.test, sample,
-                      _module_widths(best))
-    return result
+    return measured(who, best.eval(), splits.test, sample, _module_widths(best))
 
 
-def _tp_pruned(dense: nn.Module, ratio: float, sample: torch.Tensor) -> nn.Module:
+def _tp_pruned(dense: nn.Module, ratio: float, sample: torch.Tensor,
+               width: bool) -> nn.Module:
     model = copy.deepcopy(dense)
     attention = [m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "heads")]
-    ignored = [m for n, m in model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding))
-               and not n.endswith((*FIRST, "qkv"))]
+    ignored = [model.head] if width else \
+        [m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding))
+         and not n.endswith((*FIRST, "qkv"))]
     pruner = tp.pruner.MetaPruner(
         model, sample[:2], importance=tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=ratio, head_pruning_ratio=ratio, ignored_layers=ignored,
@@ -190,16 +198,17 @@ def _tp_pruned(dense: nn.Module, ratio: float, sample: torch.Tensor) -> nn.Modul
 
 
 def _module_widths(module: nn.Module) -> str:
-    heads = [m.heads for m in module.modules() if hasattr(m, "qkv") and hasattr(m, "heads")]
+    attention = [m for m in module.modules() if hasattr(m, "qkv") and hasattr(m, "heads")]
     ffn = [m.out_features for n, m in module.named_modules() if n.endswith(FIRST[:2])]
-    return " ".join(f"{h}h/{f}" for h, f in zip(heads, ffn))
+    return f"{attention[0].qkv.in_features}: " + " ".join(
+        f"{m.heads}h/{f}" for m, f in zip(attention, ffn))
 
 
 def _header(seconds: float) -> str:
     cycles, epochs = CNN_SCHEDULE
     return "\n".join([
         "# Benchmark: transformers on Fashion-MNIST at 30%, 50% and 70% fewer FLOPs: "
-        "feed-forward units and attention heads",
+        "feed-forward units, attention heads and the residual width",
         "",
         f"Produced by `make bench` (`python -m benchmarks.transformer`) on "
         f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}, Torch-Pruning {tp.__version__}.",
@@ -207,9 +216,7 @@ def _header(seconds: float) -> str:
         "The models (`models/transformer.py`, trained by `make train`): the ViTs take 7x7 "
         "patches -> 16 tokens of width 64; the text classifier takes 196 token ids through an "
         "Embedding; pre-LayerNorm blocks of 4-head attention (one fused qkv Linear, SDPA) and a "
-        "feed-forward block, mean over tokens, LayerNorm, Linear. The residual stream (width "
-        "64, coupled by every LayerNorm) is not pruned by either tool here: `--prune-stream` "
-        "is not built, so the issue's FFN + heads + width rows are missing.",
+        "feed-forward block, mean over tokens, LayerNorm, Linear.",
         "",
         "**Ours**: `compress models/M.pt --arch models.transformer:M --target T --of flops "
         "--data D`, every other option at its default (fine-tuned: one global ranking by "
@@ -218,20 +225,25 @@ def _header(seconds: float) -> str:
         "*FFN + heads* is the command as it is (heads ranked with the FFN "
         "units, a head costing its q, k, v rows, output columns and attention products); *FFN "
         "only* is the same command with the tracer's head finder switched off (a benchmark "
-        "control: attention left whole, as before heads were pruned).",
+        "control: attention left whole, as before heads were pruned); *FFN + heads + width* "
+        f"adds `--prune-stream {STREAM_SHARE:g}` (the residual width cut by that share at every "
+        "budget, rotated to its principal directions first: docs/method.md, the residual "
+        "stream), heads and FFN units meeting the target around it.",
         "",
         "**Torch-Pruning**: configured as its ViT example: `MetaPruner`, "
         "`MagnitudeImportance(p=2)`, `num_heads` per qkv Linear, `prune_num_heads=True`, "
         "`prune_head_dims=False`, one ratio for heads and FFN units (`head_pruning_ratio` = "
-        "`pruning_ratio`), every block's output projections, the embedding and the classifier "
-        "ignored (the stream held, as ours holds it); the ratio bisected to the least that "
+        "`pruning_ratio`); *heads + FFN*: every block's output projections, the embedding and "
+        "the classifier ignored (the stream held); *heads + FFN + width*: the classifier alone "
+        "ignored, so the same ratio also cuts the hidden width (the example's default; the "
+        "position table given as an unwrapped parameter); the ratio bisected to the least that "
         "removes the target's FLOPs (counted as ours are); each `Attention.heads` set from "
         "`pruner.num_heads` after. Fine-tuned by the very function ours uses (Adam 1e-3 with "
         "cosine decay, batch 128, distillation 0.5 at temperature 4 from the dense logits, "
         "best validation epoch kept), exported by the same capture and exporter. **Control**: "
         "the dense model fine-tuned by the same recipe without pruning.",
         "",
-        "Widths: heads/FFN units per block. Accuracy: the 10,000-sample test set in "
+        "Widths: the residual width, then heads/FFN units per block. Accuracy: the 10,000-sample test set in "
         "onnxruntime. FLOPs: every Conv and Linear and the attention products QKᵀ and AV, as "
         "`compress check` counts them. Latency: onnxruntime CPU, best of 5 interleaved "
         f"rounds' median `run()` time, {seconds:g} s per model and cell, the models of a row "
@@ -286,27 +298,31 @@ def _versus(peer: float, ours: float) -> str:
 
 
 def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
-    """Ours (FFN + heads) against dense and Torch-Pruning per row group, with the issue's
-    accuracy goals (set for the ViT) and efficiency goal, met or not."""
+    """Ours against dense and Torch-Pruning per row group, heads + FFN against its like and
+    with the width against its like, with the issue's accuracy goals (set for the ViT) and
+    efficiency goal, met or not."""
     lines = []
     for target, tuned, base, results in rows:
-        ours = next(r for r in results if r.who.endswith("(default)"))
-        peer = results[-1]
+        by_who = {r.who: r for r in results}
         mode = "fine-tuned" if tuned else "one shot"
-        if not ours.onnx:
-            lines.append(f"- {100 * target:.0f}% {mode}: ours refused ({ours.widths}).")
-            continue
-        allowed = GOALS.get((target, tuned)) if accuracy_goals else None
-        drop = 100 * (dense.accuracy - ours.accuracy)
-        verdict = "" if allowed is None else \
-            (f"goal ≥ dense − {allowed:.1f} pt: **{'met' if round(drop, 2) <= allowed else 'not met'}**; ")
-        versus = "Torch-Pruning refused" if not peer.onnx else \
-            (f"Torch-Pruning {100 * peer.accuracy:.2f}% "
-             f"({_versus(peer.accuracy, ours.accuracy)} ours)")
-        efficiency = (base.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
-        lines.append(f"- {100 * target:.0f}% {mode}: ours {100 * ours.accuracy:.2f}% "
-                     f"({-drop:+.2f} pt); {verdict}{versus}; efficiency {efficiency:.2f} "
-                     f"(goal ≥ 0.8: {'met' if efficiency >= 0.8 else 'not met'}).")
+        for kind, peer in ((OURS["heads"], PEERS[False]), (OURS["width"], PEERS[True])):
+            ours, peer = by_who[kind], by_who[peer]
+            what = f"{100 * target:.0f}% {mode}, {kind.removeprefix('ours, ')}"
+            if not ours.onnx:
+                lines.append(f"- {what}: ours refused ({ours.widths}).")
+                continue
+            allowed = GOALS.get((target, tuned)) if accuracy_goals else None
+            drop = 100 * (dense.accuracy - ours.accuracy)
+            verdict = "" if allowed is None else (
+                f"goal ≥ dense − {allowed:.1f} pt: "
+                f"**{'met' if round(drop, 2) <= allowed else 'not met'}**; ")
+            versus = f"{peer.who} refused" if not peer.onnx else \
+                (f"{peer.who} {100 * peer.accuracy:.2f}% "
+                 f"({_versus(peer.accuracy, ours.accuracy)} ours)")
+            efficiency = (base.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
+            lines.append(f"- {what}: ours {100 * ours.accuracy:.2f}% ({-drop:+.2f} pt); "
+                         f"{verdict}{versus}; efficiency {efficiency:.2f} "
+                         f"(goal ≥ 0.8: {'met' if efficiency >= 0.8 else 'not met'}).")
     return lines
 
 

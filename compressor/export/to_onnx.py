@@ -13,12 +13,15 @@ from ..errors import ExportError, first_line
 from ..io.quiet import quiet
 
 OPSET = 18
+aten = torch.ops.aten
+RMS_NORM = aten.rms_norm.default
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
     """ONNX bytes (opset 18, dynamic batch axis, weights inside), checked by onnx.checker."""
     batch = torch.export.Dim("batch")
+    gm = _fusable_norms(gm)
     try:
         with quiet(), _registry_built_once():
             program = torch.onnx.export(gm, (example,), dynamo=True, external_data=False,
@@ -35,6 +38,34 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
     except Exception as e:  # the exporter raises many types
         raise ExportError(f"ONNX export failed ({first_line(e)}); nothing was written") from e
     return proto.SerializeToString()
+
+
+def _fusable_norms(gm: fx.GraphModule) -> fx.GraphModule:
+    """`gm` with every RMSNorm written as x / sqrt(mean(x²) + eps) · w (a view sharing its
+    parameters; `gm` itself if it has none): onnxruntime fuses that pattern into one
+    SimplifiedLayerNormalization, but not torch's own export of rms_norm (a reciprocal and
+    two products), which runs several kernels."""
+    if not any(n.target is RMS_NORM for n in gm.graph.nodes):
+        return gm
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    for node in [n for n in graph.nodes if n.target is RMS_NORM]:
+        x, shape = node.args[0], node.args[1]
+        weight = node.args[2] if len(node.args) > 2 else None
+        eps = node.args[3] if len(node.args) > 3 and node.args[3] is not None else \
+            torch.finfo(torch.float32).eps
+        dims = [-1 - i for i in range(len(shape))]
+        with graph.inserting_before(node):
+            square = graph.call_function(aten.pow.Tensor_Scalar, (x, 2))
+            mean = graph.call_function(aten.mean.dim, (square, dims, True))
+            root = graph.call_function(aten.sqrt.default,
+                                       (graph.call_function(aten.add.Tensor, (mean, eps)),))
+            out = graph.call_function(aten.div.Tensor, (x, root))
+            if weight is not None:
+                out = graph.call_function(aten.mul.Tensor, (out, weight))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+    return fx.GraphModule(gm, graph)
 
 
 @contextlib.contextmanager

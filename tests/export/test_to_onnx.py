@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -81,3 +82,31 @@ def test_verify_allows_rounding_in_proportion_to_large_outputs():
     set_tensor(gm, "p_6_bias", get_tensor(gm, "p_6_bias") + 1e-2 * float(reference.abs().max()))
     with pytest.raises(ExportError, match="differs from the pruned PyTorch model"):
         verify(model, gm, x, tolerance=1e-4)
+
+
+def test_an_rmsnorm_is_written_as_onnxruntime_fuses_it(tmp_path):
+    """torch's own export of rms_norm (a reciprocal and two products) stays several kernels in
+    onnxruntime; written as x / sqrt(mean(x²) + eps) · w it becomes one
+    SimplifiedLayerNormalization, with the same outputs."""
+    import onnxruntime as ort
+
+    class Normed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.out = torch.nn.RMSNorm(16, eps=1e-5), torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.out(self.norm(x))
+
+    net = Normed().eval()
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(8, 6, 16)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(to_onnx(graph_of(net, x[:2]), x[:2]), options,
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "SimplifiedLayerNormalization" in ops and "Reciprocal" not in ops
