@@ -285,12 +285,10 @@ def _rotated(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
 
 
 def _stream_width(original: int, fraction: float, multiple: int) -> int:
-    """The width a stream keeps when it loses `fraction` of `original`: rounded to the
-    nearest multiple of `multiple` (at least one multiple)."""
-    width = original * (1 - fraction)
-    if multiple > 1 and original >= multiple:
-        return max(multiple, int(round(width / multiple)) * multiple)
-    return max(1, int(round(width)))
+    """The width a stream keeps when it loses `fraction` of `original`: the nearest multiple
+    of `multiple` (halfway: the wider; at least one multiple)."""
+    step = multiple if multiple > 1 and original >= multiple else 1
+    return max(step, math.floor(original * (1 - fraction) / step + 0.5) * step)
 
 
 def _stream_names(groups: tuple[PrunableGroup, ...]) -> set[str]:

@@ -52,6 +52,8 @@ def why_not(gm: fx.GraphModule, group: PrunableGroup) -> str | None:
     norms = norms_of(gm, group)
     if not norms:
         return "it is read through no LayerNorm or RMSNorm"
+    if len({n.target for n in norms}) > 1:
+        return "it is read through LayerNorms and RMSNorms both"
     readers = {name: _norm_read(nodes[name]) for name in group.consumer_nodes}
     for name, norm in readers.items():
         if norm is None or norm not in norms or nodes[name].target is not LINEAR:
@@ -67,14 +69,14 @@ def why_not(gm: fx.GraphModule, group: PrunableGroup) -> str | None:
 
 
 def make_invariant(gm: fx.GraphModule, group: PrunableGroup) -> None:
-    """Fold every norm's scale and shift into its readers, center what every writer writes,
-    and turn each LayerNorm into an RMSNorm with a unit scale (`why_not` must be None). The
-    function is unchanged up to rounding; trace again afterwards (the norms' shifts are
-    gone)."""
+    """Fold every norm's scale and shift into its readers and, where they are LayerNorms,
+    center what every writer writes and make them RMSNorms with a unit scale (`why_not` must
+    be None). The function is unchanged up to rounding; trace again afterwards (the norms'
+    shifts are gone)."""
     _fold_scales(gm, group)
     size = group.size
-    center = torch.eye(size, dtype=torch.float64) - 1.0 / size
-    _rotate_writers(gm, group, center)
+    if any(n.target is LAYER_NORM for n in norms_of(gm, group)):  # an RMSNorm's input stays
+        _rotate_writers(gm, group, torch.eye(size, dtype=torch.float64) - 1.0 / size)
     for norm in norms_of(gm, group):
         if norm.target is RMS_NORM:
             continue

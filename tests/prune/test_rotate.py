@@ -73,6 +73,29 @@ def test_made_invariant_and_rotated_the_model_computes_the_same():
     assert torch.all(values[:-1] >= values[1:])  # most used direction first
 
 
+def test_a_model_written_with_rmsnorms_is_rotated_as_it_is():
+    """RMSNorms are invariant already: their scales are folded, nothing is centered (that
+    would change what an RMSNorm computes), and the rotation keeps the function."""
+    x = _images()
+    net = _vit()
+    torch.manual_seed(3)
+    for block in net.blocks:
+        block.norm1, block.norm2 = torch.nn.RMSNorm(16), torch.nn.RMSNorm(16)
+    net.norm = torch.nn.RMSNorm(16)
+    with torch.no_grad():
+        for norm in [net.norm, *(n for b in net.blocks for n in (b.norm1, b.norm2))]:
+            norm.weight.uniform_(0.5, 1.5)
+        expected = net(x)
+    gm = graph_of(net, x[:2])
+    stream = _stream(trace(gm, stream=True))
+    assert rotate.why_not(gm, stream) is None
+    rotate.make_invariant(gm, stream)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-4)
+        rotate.rotate(gm, _stream(trace(gm, x[:2], stream=True)), x)
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_directions_the_stream_never_uses_are_removed_exactly():
     """Writers that write only into a 12-dimensional subspace of the 16 features: rotated,
     the 4 directions out of it have eigenvalue 0, and removing them changes nothing (the
