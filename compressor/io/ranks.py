@@ -53,10 +53,13 @@ def join(device: str) -> bool:
 
 
 def leave() -> None:
-    """Leave the group `join` initialised (one the caller initialised stays). Nothing waits
-    for the others: a process done with the group's work may end before rank 0 has written."""
+    """Leave the group `join` initialised (one the caller initialised stays), all its
+    processes together: one that tore its gloo connections down while rank 0 was still
+    exporting could abort at exit (seen on a loaded machine). Called after the group's work
+    only; after an error nobody waits here (torchrun ends the others)."""
     global _JOINED
     if _JOINED and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
     _JOINED = False
 
