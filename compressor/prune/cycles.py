@@ -24,9 +24,9 @@ from .compensate import Compensated, compensate
 from .config import FinetuneConfig, Of, PruneConfig, Score
 from .finetune import FinetuneResult, evaluate, finetune
 from .align import StepTime, align_widths
-from . import rotate
 from .reach import check_reachable
-from .select import Budget, select, stream_cut, unit_scores
+from .select import Budget, select, unit_scores
+from .stream import principal_directions, stream_cuts
 from .shrink import shrink
 from .sparsify import harvest, masks, remove_weights, weight_scores
 
@@ -121,7 +121,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     spectra = [singular_values(gm, found)] if prune.trace_spectra else []
     streams = schedule(prune.stream, len(targets)) if prune.stream else [0.0] * len(targets)
     for n, (target, stream) in enumerate(zip(targets, streams), 1):
-        principal = _rotated(gm, groups, calib) if stream else {}
+        principal = principal_directions(gm, groups, calib) if stream else {}
         stage = f"cycle {n}/{len(targets)}: counting activations"
         stats = None if calib is None else count_activations(
             gm, groups, calib, batch_size=prune.batch_size, device=prune.device,
@@ -130,7 +130,7 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         last = n == len(targets)
         time_model = StepTime({name: step for name, step in prune.steps.items()
-                               if name not in _stream_names(groups)},
+                               if name not in {g.name for g in groups if g.stream}},
                               count.costs(found, of_flops=True),
                               dict(original)) if last and prune.steps else None
         removed = from_lead(_select(gm, found, groups, stats, calib, budget, prune, original,
@@ -248,18 +248,14 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
     `step_time`, among those that run as fast as their FLOPs say. A residual stream loses
     `stream` of its original width first (rounded to its multiple in the last cycle): its
     least principal directions where it was rotated (`principal`: their eigenvalues), else
-    its units lowest in energy (`stream_cut`); the other groups meet the budget around it."""
+    its units lowest in energy (`stream_cuts`); the other groups meet the budget around it."""
     shapes = count.shapes(gm, found)
     ranked = tuple(g for g in groups if not g.stream)
     scores = unit_scores(gm, ranked, prune.select, stats=stats, x=calib)
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
-    fixed = {}
-    for g in groups:
-        if g.stream:
-            multiple = align.get(g.name, 1) if isinstance(align, dict) else align
-            width = _stream_width(original[g.name], stream, multiple)
-            fixed[g.name] = stream_cut(gm, g, stats, min(width, g.size),
-                                       (principal or {}).get(g.name))
+    fixed = stream_cuts(gm, groups, stats, original, stream, align, principal or {})
+    for g in groups:  # a stream's cut is chosen already: never ranked, never dead
+        if g.name in fixed:
             scores[g.name] = torch.full((g.size,), -math.inf, dtype=torch.float64)
             if dead is not None:
                 dead[g.name] = torch.zeros(g.size, dtype=torch.bool)
@@ -269,30 +265,6 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
         {**align, **{name: 1 for name in fixed}}
     return align_widths(groups, removed, scores, shapes, budget, multiples, dead, costs,
                         original, step_time=step_time)
-
-
-def _rotated(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
-             calib: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per residual stream read through RMSNorms alone (made so by `rotate.make_invariant`
-    before pruning, or so written), rotated to its principal directions: their eigenvalues.
-    A stream read through LayerNorms (it could not be made invariant) keeps its features."""
-    out = {}
-    for g in groups:
-        if g.stream and calib is not None and rotate.why_not(gm, g) is None and \
-                all(n.target is rotate.RMS_NORM for n in rotate.norms_of(gm, g)):
-            out[g.name] = rotate.rotate(gm, g, calib)
-    return out
-
-
-def _stream_width(original: int, fraction: float, multiple: int) -> int:
-    """The width a stream keeps when it loses `fraction` of `original`: the nearest multiple
-    of `multiple` (halfway: the wider; at least one multiple)."""
-    step = multiple if multiple > 1 and original >= multiple else 1
-    return max(step, math.floor(original * (1 - fraction) / step + 0.5) * step)
-
-
-def _stream_names(groups: tuple[PrunableGroup, ...]) -> set[str]:
-    return {g.name for g in groups if g.stream}
 
 
 def measure(gm: fx.GraphModule, found: Trace, config: PruneConfig) -> int:

@@ -109,7 +109,7 @@ def select(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
         costs: what one entry of each tensor counts for in the budget (default 1: weights;
             output positions: FLOPs / 2).
         fixed: per group, the units it loses whatever the budget (the residual stream's
-            share, `stream_cut`): removed first, and nothing else of that group is.
+            share, `stream.stream_cuts`): removed first, and nothing else of that group is.
 
     Returns:
         Per group, the sorted indices of the units to remove.
@@ -204,17 +204,3 @@ class _Selection:
                 self.gone[name].discard(unit)
                 self.sizes[name] += 1
 
-
-def stream_cut(gm: fx.GraphModule, group: PrunableGroup, stats: ActivationStats | None,
-               width: int, scores: torch.Tensor | None = None) -> torch.Tensor:
-    """The units of a residual stream (`PrunableGroup.stream`) to remove so that it keeps
-    `width`: the lowest `scores` (a rotated stream's eigenvalues), else the lowest in
-    energy over every token where it is counted (the root mean square of each feature),
-    else (no calibration data) the lowest norm of their rows. The stream is ranked apart
-    from the other groups: its units are read through normalizations over them, which no
-    other group's criterion models, so its share is the user's (`--prune-stream`)."""
-    if scores is None:
-        scores = torch.linalg.vector_norm(unit_rows(gm, group), dim=1) if stats is None \
-            else _energy(stats, group)
-    order = sorted(range(group.size), key=lambda u: (float(scores[u]), u))
-    return torch.tensor(sorted(order[:max(0, group.size - width)]), dtype=torch.int64)
