@@ -2,8 +2,9 @@
 steps costs what the next step costs. Each group moves to a multiple near what it keeps. Where
 there are few combinations of those choices all are tried, and among those that land in the
 budget's window the one that removes the lowest scores wins; where many (dozens of groups),
-the choice is greedy, one group (or one exchange between two) at a time, so its time grows
-with the groups, not with the combinations of their widths."""
+the choice is greedy, one group (or one exchange between two) at a time, first to fill the
+budget, then to lower the highest score removed, so its time grows with the groups, not with
+the combinations of their widths."""
 
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     budget's window, the one whose highest removed score is lowest, else the one that keeps
     the most weights. Where many, starting from the largest option at or below what each
     keeps, groups move one option up at a time, the move that keeps the most weights within
-    `budget.max_weights` first, until none fits;
-    where that keeps fewer than `budget.min_weights`, every group may also keep the width it
+    `budget.max_weights` first, until none fits, then, within the window, one group up and
+    another down while that lowers the highest removed score; where that keeps fewer than `budget.min_weights`, every group may also keep the width it
     has (in the last of several cycles a group that shrank below a multiple cannot grow back
     to the next one). Where even the smallest options exceed the budget, the multiples are
     halved until they fit (or reach 1: exact widths). With `step_time`, widths that waste
@@ -121,14 +122,16 @@ class _Cut:
 
     def __init__(self, groups, scores: dict[str, torch.Tensor],
                  dead: dict[str, torch.Tensor]) -> None:
-        self.order = {g.name: [float(scores[g.name][u]) for u in sorted(
-            range(g.size), key=lambda u, g=g: (not bool(dead[g.name][u]),
-                                               float(scores[g.name][u]), u))] for g in groups}
+        self.most = {g.name: [-math.inf, *itertools.accumulate(  # highest of the first k
+            (float(scores[g.name][u]) for u in sorted(
+                range(g.size), key=lambda u, g=g: (not bool(dead[g.name][u]),
+                                                   float(scores[g.name][u]), u))), max)]
+            for g in groups}
 
     def worst(self, sizes: dict[str, int]) -> float:
         """The highest score any group loses at `sizes` (dead units count as nothing)."""
-        return max((max(order[:len(order) - sizes[name]], default=-math.inf)
-                    for name, order in self.order.items()), default=-math.inf)
+        return max((most[len(most) - 1 - sizes[name]] for name, most in self.most.items()),
+                   default=-math.inf)
 
 
 def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
@@ -183,7 +186,10 @@ def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: 
     sizes = start or _start(options, kept, counter, most)
     if sizes is None or counter.count(sizes) > most or not keep(sizes):
         return None
-    return _raise(options, sizes, counter, most, keep)
+    sizes = _raise(options, sizes, counter, most, keep)
+    if window is None or counter.count(sizes) < window[0]:
+        return sizes
+    return _lowered(options, sizes, counter, most, keep, window)
 
 
 def _options(group: PrunableGroup, kept: int, multiple: int, whole: bool) -> tuple[int, ...]:
@@ -268,6 +274,36 @@ def _exchanged(options: dict[str, tuple[int, ...]], sizes: dict[str, int], count
         gain, down, lower, up, higher = best
         sizes = {**sizes, down: lower, up: higher}
         count += gain
+
+
+def _lowered(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: Counter,
+             most: int, keep: Callable[[dict[str, int]], bool],
+             window: tuple[int, Callable[[dict[str, int]], float]]) -> dict[str, int]:
+    """`sizes` (in the window) changed so that the highest score removed falls while the count
+    stays in the window: the group that removes it moves up an option and another one down,
+    the exchange that leaves the lowest highest removed score first (then the larger count),
+    until none lowers it. The greedy path's counterpart of the exhaustive choice's key: the
+    moves that fill the budget best are blind to which units they cost."""
+    least, worst = window
+    count, now = counter.count(sizes), worst(sizes)
+    for _ in range(len(options) * max(len(o) for o in options.values())):  # each lowers `now`
+        best = None
+        for up in [name for name in options if worst({**sizes, name: options[name][-1]}) < now]:
+            for higher in (o for o in options[up] if o > sizes[up]):
+                raised = {**sizes, up: higher}
+                gain = counter.change(sizes, up, higher)
+                for down, others in options.items():
+                    for lower in (o for o in others if o < raised[down] and down != up):
+                        widths = {**raised, down: lower}
+                        n = count + gain + counter.change(raised, down, lower)
+                        if least <= n <= most and keep(widths):
+                            key = (worst(widths), -n)
+                            if key[0] < now and (best is None or key < best[0]):
+                                best = (key, widths, n)
+        if best is None:
+            return sizes
+        (now, _), sizes, count = best
+    return sizes
 
 
 def _on_steps(groups, sizes: dict[str, int], step_time: StepTime, counter: Counter,

@@ -276,3 +276,36 @@ def test_a_group_of_exact_widths_keeps_what_the_selection_chose():
     kept = {g.name: g.size - len(aligned[g.name]) for g in groups}
     assert kept == {"h0": 27, "h1": 16}, kept
     assert remaining(groups, shapes, aligned) <= b.max_weights
+
+
+def test_greedy_alignment_lowers_the_highest_removed_score_within_the_window(monkeypatch):
+    """Where the widths' combinations are too many to try (the greedy path), the moves that
+    fill the budget are followed by exchanges between groups that lower the highest score
+    removed while the count stays in the window: never higher than filling alone, and lower
+    on some of these random cases."""
+    from compressor.prune import align
+
+    monkeypatch.setattr(align, "EXHAUSTIVE", 1)
+    lowered = 0
+    for seed in range(12):
+        rng = random.Random(seed)
+        groups, shapes = chain([64] + [rng.choice([24, 40, 56, 72]) for _ in range(6)] + [10])
+        gen = torch.Generator().manual_seed(seed)
+        scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
+        total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+        b = Budget(math.floor(0.5 * total), math.floor(0.47 * total))
+        removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
+                         original_sizes={g.name: g.size for g in groups})
+        kept = {g.name: g.size - len(removed[g.name]) for g in groups}
+        counter = align.Counter(groups, shapes, None)
+        cut = align._Cut(groups, scores, {g.name: scores[g.name] == 0 for g in groups})
+        options = {g.name: align._options(g, kept[g.name], 16, False) for g in groups}
+        blind = align._choose(options, kept, counter, b.max_weights)
+        aware = align._choose(options, kept, counter, b.max_weights,
+                              window=(b.min_weights, cut.worst))
+        assert counter.count(aware) <= b.max_weights
+        if counter.count(blind) >= b.min_weights:
+            assert counter.count(aware) >= b.min_weights
+            assert cut.worst(aware) <= cut.worst(blind)
+            lowered += cut.worst(aware) < cut.worst(blind)
+    assert lowered
