@@ -18,7 +18,7 @@ from ..export.pack import Format, Packed, pack_onnx
 from ..export.to_onnx import to_onnx
 from ..export.variants import VARIANTS, variants
 from ..export.verify import verify, verify_packed
-from ..graph.capture import capture, run_batched
+from ..graph.capture import capture, clean_graph, run_batched
 from ..graph.trace import OUTPUT_LAYER, Trace, trace
 from ..io import ranks
 from ..io.cores import kept_to_free_cores
@@ -29,9 +29,9 @@ from ..io.load import LoadedModel, check_float32, load_model, select_logits
 from ..io.sources import load_data
 from ..plan import DataFacts, Machine, Options, Plan, ThisMachine, check, model_facts, plan
 from ..plan.rules import device as device_rule
+from ..prune import rotate
 from ..prune.cycles import Log, Progress, measure, prune
 from ..prune.factor import Factored, factor
-from ..prune import rotate
 from ..prune.finetune import finetune
 from ..prune.shrink import expand
 from ..report.compress import Report
@@ -126,7 +126,7 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
         variants: whether every variant of the result will be written.
     """
     sample = example(probe)
-    dense = capture(model, sample)
+    dense = clean_graph(model, sample)
     gm = copy.deepcopy(dense)
     stream = bool(options.value("prune_stream"))
     found = trace(gm, sample, stream=stream)
@@ -145,6 +145,11 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     log("plan: " + ", ".join(f"{d.option} {d.shown()}" for d in chosen.decisions))
     for warning in chosen.warnings:
         log(f"warning: {warning}")
+    # exported now, beside the fewest copies of the weights; its size is always reported, the
+    # file itself kept only where the latency or the variants read it
+    onnx_dense = to_onnx(dense, sample) if ranks.lead() else None
+    dense_size = len(onnx_dense or b"")
+    onnx_dense = onnx_dense if chosen.bench or variants else None
     with kept_to_free_cores(chosen.torch_threads) as threads:
         teacher = None
         if chosen.tuned and chosen.finetune.distill:
@@ -170,9 +175,9 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
         calibration = (splits.train.x if splits else probe)[:INT8_CALIBRATION]
         packed, packed_diff = _pack(onnx_pruned, gm, parity_x, chosen, log, calibration)
     return Outcome(model.format.value, splits, probe, layout, chosen, dense, dense_found,
-                   to_onnx(dense, sample), gm, found, pruned, onnx_pruned, packed,
+                   onnx_dense, gm, found, pruned, onnx_pruned, packed,
                    (diff, int(parity_x.shape[0])), packed_diff, tuple(factored), threads,
-                   ranks.size())
+                   ranks.size(), dense_size)
 
 
 def _invariant(gm: fx.GraphModule, found: Trace, sample: torch.Tensor, log: Log) -> Trace:
@@ -255,6 +260,10 @@ def prepared(model: LoadedModel, *, logits: str | None = None) -> LoadedModel:
         model = select_logits(model, logits)
     if model.program is not None:
         model = dataclasses.replace(model, run=capture(model))
+        # the clean graph owns a copy of the weights, and `capture` copies it from here on:
+        # the program is read only for its inputs' shapes, so its own weights are let go
+        model.program.state_dict.clear()
+        model.program.constants.clear()
     return model
 
 

@@ -28,15 +28,17 @@ class Outcome:
     plan: Plan
     dense: fx.GraphModule
     dense_found: Trace  # the input model's trace
-    onnx_dense: bytes | None  # None: exported by rank 0 of a torch.distributed group only
+    onnx_dense: bytes | None  # kept for the latency and the variants (None without them,
+    #                           and on ranks but 0 of a torch.distributed group)
     pruned_gm: fx.GraphModule
     found: Trace  # the pruned model's (its layers changed where factoring split some)
     pruned: Pruned
-    onnx_pruned: bytes | None  # float32, zeros kept (None as onnx_dense)
-    packed: Packed | None  # what is written (None as onnx_dense)
+    onnx_pruned: bytes | None  # float32, zeros kept (None on ranks but 0)
+    packed: Packed | None  # what is written (None on ranks but 0)
     parity: tuple[float, int] | None  # max |onnxruntime - pytorch| of the float32 export,
-    # samples (None as onnx_dense)
+    # samples (None on ranks but 0)
     packed_diff: float | None = None  # max |packed - float32| (int8 and low-rank files)
     factored: tuple[Factored, ...] = ()  # layers factored before pruning
     threads: ThreadUse | None = None  # torch's threads during the run
     processes: int = 1  # of the torch.distributed group that pruned it (1: none)
+    onnx_dense_size: int = 0  # bytes of the dense export (rank 0)

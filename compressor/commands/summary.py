@@ -108,7 +108,7 @@ def _sizes(run: Outcome) -> Sizes:
                        if row.rank is not None for out, inp in [row.shape])
         f_after = flops_per_sample(onnx.load_from_string(run.packed.data))[0]
     return Sizes(weights(run.dense, run.dense_found), w_after,
-                 flops(run.dense, run.dense_found), f_after, len(run.onnx_dense),
+                 flops(run.dense, run.dense_found), f_after, run.onnx_dense_size,
                  len(run.packed.data),
                  flops(run.pruned_gm, run.found, nonzero=True) if single else None)
 

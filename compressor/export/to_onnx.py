@@ -28,16 +28,19 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
                                         dynamic_shapes=({0: batch},), opset_version=OPSET,
                                         verbose=False)
         proto = program.model_proto
+        del program
         _rename(proto.graph, proto.graph.input[0].name, INPUT_NAME)
         _rename(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
         for flat, original in gm.meta.get("original_names", {}).items():
             _rename(proto.graph, flat, original)
         _strip_debug_info(proto.graph)
         _drop_initializer_shapes(proto.graph)
-        onnx.checker.check_model(proto, full_check=True)
+        data = proto.SerializeToString()
+        del proto  # checked as bytes: a large model's weights are not copied again
+        onnx.checker.check_model(data, full_check=True)
     except Exception as e:  # the exporter raises many types
         raise ExportError(f"ONNX export failed ({first_line(e)}); nothing was written") from e
-    return proto.SerializeToString()
+    return data
 
 
 def _fusable_norms(gm: fx.GraphModule) -> fx.GraphModule:

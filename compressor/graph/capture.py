@@ -4,6 +4,7 @@ by name; the graph has no guards or pytree plumbing, takes one tensor and return
 
 from __future__ import annotations
 
+import copy
 import itertools
 import operator
 import re
@@ -37,6 +38,8 @@ def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.Graph
         example: a batch (>= 2 samples) in the layout the model takes; not needed for `.pt2`
             programs, which are already captured.
     """
+    if _is_clean(model.run):  # a .pt2 program captured when it was loaded
+        return copy.deepcopy(model.run)
     try:
         if model.program is not None:
             program = model.program
@@ -53,6 +56,17 @@ def capture(model: LoadedModel, example: torch.Tensor | None = None) -> fx.Graph
         raise ModelError(f"cannot trace the model with torch.export ({first_line(e)}): "
                          "compressor needs a model torch.export can capture") from e
     return _clean(gm)
+
+
+def clean_graph(model: LoadedModel, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """`model`'s clean working graph, to be read and copied, never changed: `model.run` itself
+    where it already is one (a `.pt2` program is captured when it is loaded), else a capture.
+    A large model's weights are then held once less."""
+    return model.run if _is_clean(model.run) else capture(model, example)
+
+
+def _is_clean(run: object) -> bool:
+    return isinstance(run, fx.GraphModule) and "original_names" in run.meta
 
 
 def _clean(gm: fx.GraphModule) -> fx.GraphModule:
@@ -213,6 +227,17 @@ def outputs_of(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
     graph.output(tuple(env[nodes[name]] for name in names))
     graph.eliminate_dead_code()
     return fx.GraphModule(gm, graph)
+
+
+def sharing_tensors(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `gm` that shares its tensors: it keeps computing what `gm` computes now while
+    `gm`'s tensors are only ever replaced (`set_tensor`), never changed in place. A reference
+    that costs no second copy of a large model's weights."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    view = fx.GraphModule(gm, graph)
+    view.meta.update(gm.meta)
+    return view
 
 
 def get_tensor(gm: fx.GraphModule, name: str) -> torch.Tensor:

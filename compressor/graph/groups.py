@@ -275,9 +275,9 @@ def fold_into_consumers(gm: fx.GraphModule, group: PrunableGroup, units: torch.T
     if units.numel() == 0:
         return
     for s, bias_name in zip(group.consumers, group.consumer_biases):
-        w = get_tensor(gm, s.param).detach().double().movedim(s.axis, -1)
-        columns = s.entries(units)
-        contribution = w.index_select(-1, columns) @ s.per_entry(values.double())
+        w = get_tensor(gm, s.param).detach().movedim(s.axis, -1)
+        columns = s.entries(units)  # selected before the float64 copy: only those columns
+        contribution = w.index_select(-1, columns).double() @ s.per_entry(values.double())
         contribution = contribution.reshape(w.shape[0], -1).sum(1)  # conv: every kernel tap
         bias = get_tensor(gm, bias_name).detach()
         set_tensor(gm, bias_name, (bias.double() + contribution).to(bias.dtype))

@@ -92,9 +92,10 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                             thresholds[name] = _threshold(per_unit)
                         counts[g.name] += (per_unit.abs() > thresholds[name]).sum(
                             dim=(0, 2)).cpu()
-                    h = per_unit.double()
+                    h = per_unit  # summed in float64, never copied whole in it
                     for key, value in (("h", h), ("|h|", h.abs()), ("h²", h * h)):
-                        sums[key][g.name] += (value.mean(dim=2).sum(dim=0) * share /
+                        sums[key][g.name] += (value.sum(dim=2, dtype=torch.float64).sum(dim=0)
+                                              / value.shape[2] * share /
                                               len(g.activations)).cpu()
                     if first:
                         positions[g.name] += per_unit.shape[2] * per_unit.shape[0] // batch

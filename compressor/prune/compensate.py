@@ -5,13 +5,13 @@ removed units' consumer columns are zero, so every later group sees the pruned n
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import fx
 
+from ..graph.capture import sharing_tensors
 from ..graph.groups import (
     PrunableGroup,
     constant_outputs,
@@ -71,7 +71,7 @@ def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
             (config.method is Compensation.LSQ and x is None):
         raise ValueError(f"compensation {config.method.value} needs calibration data")
     lsq = Compensation.LSQ in modes.values()
-    reference = copy.deepcopy(gm) if lsq else None
+    reference = sharing_tensors(gm) if lsq else None  # every change below replaces tensors
     # merge matches on the rows as they were before any group changed (as Kim et al.'s code)
     rows = {g.name: unit_rows(gm, g) for g in groups if modes[g.name] is Compensation.MERGE}
     done = {}

@@ -74,8 +74,8 @@ class Moments:
         self.n += a.shape[0]
         self.sum_a += a.sum(0)
         self.sum_z += z.sum(0)
-        self.aa += a.T @ a
-        self.az += a.T @ z
+        self.aa.addmm_(a.T, a)  # in place: no product the size of the sums beside them
+        self.az.addmm_(a.T, z)
 
     def reduce(self) -> None:
         """The sums over every process of a torch.distributed group (each added its share)."""
@@ -84,10 +84,12 @@ class Moments:
         self.n = int(rows)
 
     def solve(self, prior: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights [inputs, outputs] and bias [outputs] of the centred ridge regression."""
+        """Weights [inputs, outputs] and bias [outputs] of the centred ridge regression. The
+        sums become the covariance in place (they are spent): at thousands of inputs each
+        copy of them is hundreds of megabytes."""
         mean_a, mean_z = self.sum_a / self.n, self.sum_z / self.n
-        cov = self.aa / self.n - torch.outer(mean_a, mean_a)
-        cross = self.az / self.n - torch.outer(mean_a, mean_z)
+        cov = self.aa.div_(self.n).addr_(mean_a, mean_a, alpha=-1)
+        cross = self.az.div_(self.n).addr_(mean_a, mean_z, alpha=-1)
         weights = ridge_solve(cov, cross, prior, ridge)
         return weights, mean_z - mean_a @ weights
 
@@ -97,10 +99,12 @@ def ridge_solve(cov: torch.Tensor, cross: torch.Tensor, prior: torch.Tensor,
     """argmin_W tr(Wᵀ cov W) - 2 tr(Wᵀ cross) + λ‖W - prior‖², λ = ridge × mean(diag(cov)).
 
     Solved with a Cholesky factorisation of cov + λI (symmetric positive definite for λ > 0);
-    falls back to a least-squares solve if rounding makes it indefinite."""
+    falls back to a least-squares solve if rounding makes it indefinite. `cov` becomes
+    cov + λI in place."""
     scale = float(torch.diagonal(cov).mean()) if cov.numel() else 0.0
     lam = ridge * scale if scale > 0 else ridge
-    system = cov + lam * torch.eye(cov.shape[0], dtype=cov.dtype)
+    system = cov
+    system.diagonal().add_(lam)
     rhs = cross + lam * prior
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) == 0:

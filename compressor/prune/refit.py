@@ -18,6 +18,7 @@ from torch import fx
 from ..graph.capture import get_tensor, set_tensor
 from ..graph.groups import Slice
 from ..graph.ops import CONV
+from ..io.memory import give_back
 from .lsq import MAX_ROWS, Moments, patch_rows
 
 ACTIVATION_BYTES = 1 << 30  # the most the pass keeps alive (both graphs' activations)
@@ -57,6 +58,7 @@ def refit_in_order(gm: fx.GraphModule, reference: fx.GraphModule, refits: dict[s
             elif node.op in ("call_function", "call_method"):
                 ref[node.name] = _run(ref_nodes[node.name], reference, ref)
                 if node.name in refits:
+                    give_back()  # the last layer's sums, before this one's
                     if not _fit(gm, reference, node, refits[node.name], pruned, ref, ridge):
                         by_mean.append(node.name)
                     done += 1
@@ -118,8 +120,8 @@ def _fit(gm: fx.GraphModule, reference: fx.GraphModule, node: fx.Node, refit: Re
     own = Slice(param, 1, taps).entries(stays.nonzero().flatten())  # within a group's weight
     a_all = pruned[node.args[0].name]
     out_ref = ref[node.name]
-    w_ref = get_tensor(reference, param).detach().double().reshape(w.shape[0], -1)
     if own.numel() > MAX_COLUMNS:
+        w_ref = get_tensor(reference, param).detach().reshape(w.shape[0], -1)
         _mean_rule(gm, node, refit, a_all, w_ref, stays, taps, groups)
         return False
     rows = patch_rows(node, w.shape) if conv else _linear_rows(w.shape[1])
@@ -142,12 +144,13 @@ def _fit(gm: fx.GraphModule, reference: fx.GraphModule, node: fx.Node, refit: Re
         z = z_all[rows_here].cpu() if mask is None else z_all[rows_here].cpu()[mask]
         for k, part in enumerate(moments):  # a grouped convolution's groups alone
             part.add(a[:, columns[k]].double(), z[:, outs[k]].double())
-    new = torch.zeros_like(w.double().reshape(w.shape[0], -1))
+    new = w.to(torch.float64, copy=True).reshape(w.shape[0], -1)  # the priors, then the fit
+    priors = [new[outs[k]][:, own].T for k in range(groups)]
+    new.zero_()
     bias = torch.zeros(w.shape[0], dtype=torch.float64)
     for k, part in enumerate(moments):
-        prior = w.double().reshape(w.shape[0], -1)[outs[k]][:, own].T
-        fitted, bias[outs[k]] = part.solve(prior, ridge)
-        new[outs[k]] = new[outs[k]].index_copy(1, own, fitted.T)
+        fitted, bias[outs[k]] = part.solve(priors[k], ridge)
+        new[outs[k]].index_copy_(1, own, fitted.T)
     set_tensor(gm, param, new.reshape(w.shape).to(w.dtype))
     set_tensor(gm, refit.bias, bias.to(get_tensor(gm, refit.bias).dtype))
     return True
@@ -171,6 +174,6 @@ def _mean_rule(gm: fx.GraphModule, node: fx.Node, refit: Refit, a: torch.Tensor,
         outs = slice(k * per_out, (k + 1) * per_out)
         cols = Slice("", 1, taps).entries(dropped)
         inputs = (k * per_in + dropped).repeat_interleave(taps)
-        contribution[outs] = w_ref[outs][:, cols] @ mean[inputs.cpu()]
+        contribution[outs] = w_ref[outs][:, cols].double() @ mean[inputs.cpu()]
     bias = get_tensor(gm, refit.bias)
     set_tensor(gm, refit.bias, (bias.double() + contribution).to(bias.dtype))
