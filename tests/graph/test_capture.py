@@ -98,3 +98,41 @@ def test_an_enabled_autocast_region_is_refused_with_its_name():
     hop.args = (*hop.args[:2], True, *hop.args[3:])  # enabled: other maths inside
     with pytest.raises(ModelError, match="wrap_with_autocast at region"):
         _clean(gm)
+
+
+def test_a_graph_sharing_tensors_computes_what_the_original_did_after_replacements():
+    """The lsq reference: no second copy of the weights, and what `gm` computed before its
+    tensors were replaced (set_tensor never writes into a tensor)."""
+    from compressor.graph.capture import sharing_tensors
+
+    x = torch.randn(8, 20)
+    gm = graph_of(tiny(), x[:2])
+    with torch.no_grad():
+        before = gm(x)
+    view = sharing_tensors(gm)
+    name = next(n for n, p in gm.named_parameters() if p.ndim == 2)
+    assert get_tensor(view, name) is get_tensor(gm, name)
+    set_tensor(gm, name, torch.zeros_like(get_tensor(gm, name)))
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), before)
+        assert not torch.allclose(gm(x), before)
+
+
+def test_a_loaded_program_lets_its_weights_go_and_captures_stay_equal(tmp_path):
+    """A `.pt2` program's own weights are dropped once its clean graph is made (the graph
+    owns a copy); every later capture copies that graph and computes the model."""
+    from compressor.commands.compress import prepared
+    from compressor.graph.capture import capture, clean_graph
+    from compressor.io.load import load_model
+
+    net, x = SmallCNN().eval(), torch.randn(6, 1, 12, 12)
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(net, (x[:2],)), str(path))
+    model = prepared(load_model(path))
+    assert not model.program.state_dict
+    assert clean_graph(model) is model.run
+    copied = capture(model)
+    assert copied is not model.run
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), net(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.run(x), net(x), rtol=1e-5, atol=1e-5)
