@@ -42,6 +42,7 @@ test: setup
 # benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes),
 # benchmarks/vision.md (torchvision's ResNet-18 and MobileNetV3-small, trained, likewise)
 # and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes),
+# benchmarks/seeds.md (its fine-tuned rows over three seeds; about 80 minutes),
 # benchmarks/threads.md (torch threads alone and beside busy processes; about an hour),
 # benchmarks/scale.md (peak memory against samples streamed from a Dataset; fine-tuning in one
 # and two processes) and benchmarks/zoo.md (every torchvision classifier at 50% fewer FLOPs
@@ -57,6 +58,7 @@ bench: setup models/resnet18_fmnist.pt
 	$(PY) -m benchmarks.cnn --models resnet18_fmnist,mobilenet_v3_small_fmnist \
 		--out benchmarks/vision.md
 	$(PY) -m benchmarks.transformer
+	$(PY) -m benchmarks.seeds
 	$(PY) -m benchmarks.threads
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.zoo

@@ -116,14 +116,15 @@ def _model_section(name: str, targets: list[float], seconds: float, modes: list[
 
 
 def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, *,
-          variant: str) -> Result:
+          variant: str, seed: int = SEED) -> Result:
     out = tmp / f"{variant}.onnx"
     run = [str(Path(sys.executable).with_name("compress"))] if variant != "ffn" else \
         [sys.executable, "-m", "benchmarks.transformer", FFN_ONLY]
     cmd = [*run, str(path), "--arch", f"models.transformer:{name}", "--target", str(target),
            "--of", "flops", "--data", MODELS[name][1], "-o", str(out),
            *([] if tuned else ["--epochs", "0"]),
-           *(["--prune-stream", str(STREAM_SHARE)] if variant == "width" else [])]
+           *(["--prune-stream", str(STREAM_SHARE)] if variant == "width" else []),
+           *(["--seed", str(seed)] if seed != SEED else [])]
     who = OURS[variant]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -145,17 +146,19 @@ def _report_widths(layers: list[dict]) -> str:
                                                  for q, f in zip(qkv, ffn))
 
 
-def _tuned(module: nn.Module, splits, teacher: torch.Tensor) -> nn.Module:
+def _tuned(module: nn.Module, splits, teacher: torch.Tensor, seed: int = SEED) -> nn.Module:
     """`module` fine-tuned by our recipe: the epochs of one cycle for token models, Adam 1e-3
-    with cosine decay, distillation from the dense logits, best validation epoch kept."""
+    with cosine decay, distillation from the dense logits, best validation epoch kept; the
+    batch order seeded as `compress --seed` seeds its first cycle's."""
     model = copy.deepcopy(module)
     finetune(model, splits.train, splits.validation, FinetuneConfig(max_epochs=CNN_SCHEDULE[1]),
-             teacher=teacher, seed=SEED + 1)
+             teacher=teacher, seed=seed + 1)
     return model.eval()
 
 
 def _torch_pruning(dense: nn.Module, flops: int, target: float, tuned: bool, splits,
-                   sample: torch.Tensor, teacher: torch.Tensor, *, width: bool) -> Result:
+                   sample: torch.Tensor, teacher: torch.Tensor, *, width: bool,
+                   seed: int = SEED) -> Result:
     """Torch-Pruning as its ViT example configures it: `num_heads` per qkv layer,
     `prune_num_heads=True` (whole heads, head width kept), group L2 magnitude, one ratio for
     heads and feed-forward units alike (and, with `width`, the hidden width too: only the
@@ -175,7 +178,7 @@ def _torch_pruning(dense: nn.Module, flops: int, target: float, tuned: bool, spl
     if best is None:
         return Result(who, b"", 0, 0, 0.0, None, f"cannot reach {target:.0%} fewer FLOPs")
     if tuned:
-        best = _tuned(best, splits, teacher)
+        best = _tuned(best, splits, teacher, seed)
     return measured(who, best.eval(), splits.test, sample, _module_widths(best))
 
 

@@ -1,0 +1,123 @@
+"""`make bench` (seeds): the fine-tuned rows of benchmarks/transformer.md repeated with other
+seeds, so that a gap of a few tenths of a point between ours and Torch-Pruning can be told
+from the spread of fine-tuning itself. A seed is `compress --seed S` for ours (its batch
+order; Fashion-MNIST's splits are fixed) and the same batch order for Torch-Pruning's
+fine-tuning. Accuracy only (no latency). Writes benchmarks/seeds.md.
+
+    python -m benchmarks.seeds [--models vit,vit_swiglu] [--targets 0.3,0.5,0.7] [--seeds 0,1,2]
+
+Needs the benchmark extra: pip install -e '.[bench]' (make bench installs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+
+from benchmarks.common import flops_of, machine
+from benchmarks.transformer import MODELS, OURS, PEERS, REPO, _ours, _torch_pruning
+from compressor.graph.capture import capture, run_batched
+from compressor.io.inputs import fit_data
+from compressor.io.load import load_model
+from compressor.io.sources import load_data
+
+PAIRS = ((OURS["heads"], PEERS[False]), (OURS["width"], PEERS[True]))  # compared like for like
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vit,vit_swiglu")
+    parser.add_argument("--targets", default="0.3,0.5,0.7", help="fractions of FLOPs removed")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "seeds.md")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    targets = [float(t) for t in args.targets.split(",")]
+    found: dict[tuple[str, float, str], dict[int, float]] = defaultdict(dict)
+    models = {name: _loaded(name) for name in args.models.split(",")}
+    for seed in seeds:  # seeds outermost: a run stopped early has whole seeds
+        for name, (path, module, splits, sample, teacher, flops) in models.items():
+            for target in targets:
+                with tempfile.TemporaryDirectory() as tmp:
+                    results = [_ours(path, name, target, True, Path(tmp), variant=variant,
+                                     seed=seed) for variant in ("heads", "width")]
+                results += [_torch_pruning(module, flops, target, True, splits, sample, teacher,
+                                           width=width, seed=seed) for width in PEERS]
+                for r in results:
+                    found[name, target, r.who][seed] = r.accuracy if r.onnx else None
+                print(f"{name} {target} seed {seed}: " + ", ".join(
+                    f"{r.who} {100 * r.accuracy:.2f}%" for r in results), file=sys.stderr)
+                args.out.write_text(_report(found, seeds))
+    print(args.out.read_text())
+
+
+def _loaded(name: str) -> tuple:
+    """The model's path, module, data splits, sample, dense logits (the teacher) and FLOPs."""
+    path = REPO / "models" / f"{name}.pt"
+    loaded = load_model(path, arch=f"models.transformer:{name}")
+    splits, _ = fit_data(loaded, load_data(MODELS[name][1]))
+    sample = splits.validation.x[:256]
+    module = loaded.run.eval()
+    teacher = run_batched(capture(loaded, sample[:2]), splits.train.x)
+    return path, module, splits, sample, teacher, flops_of(module, sample)
+
+
+def _report(found: dict, seeds: list[int]) -> str:
+    lines = [
+        "# Benchmark: the fine-tuned transformer rows over seeds, ours against Torch-Pruning",
+        "",
+        (f"Produced by `make bench` (`python -m benchmarks.seeds`) on "
+         f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}, Torch-Pruning {tp.__version__}."),
+        "",
+        ("The fine-tuned rows of [transformer.md](transformer.md) (same models, commands, "
+         "Torch-Pruning configuration, FLOPs and recipe; see there), each repeated with the "
+         "seeds below: `compress --seed S` (the fine-tuning's batch order) and the same batch "
+         "order for Torch-Pruning. Test accuracy in onnxruntime; a blank cell: that seed has "
+         "not run yet. Below the table, ours against its like (with the width against with "
+         "the width): the mean gap, and on how many seeds ours is level or ahead."),
+        "",
+        "| model | FLOPs target | method | " + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean | spread |",
+        "|---|---|---|" + "---|" * (len(seeds) + 2),
+    ]
+    for (name, target, who), accs in found.items():
+        done = [a for a in accs.values() if a is not None]
+        mean = f"{100 * statistics.mean(done):.2f}%" if done else "–"
+        spread = f"{100 * (max(done) - min(done)):.2f} pt" if len(done) > 1 else "–"
+        cells = [("–" if accs[s] is None else f"{100 * accs[s]:.2f}%") if s in accs else ""
+                 for s in seeds]
+        lines.append(f"| {name} | {100 * target:.0f}% | {who} | " + " | ".join(cells)
+                     + f" | {mean} | {spread} |")
+    lines += ["", *_summary(found), ""]
+    return "\n".join(lines)
+
+
+def _summary(found: dict) -> list[str]:
+    """Per model and budget, ours against its like: the mean gap and on how many seeds ours
+    is level or ahead."""
+    lines = []
+    for name, target in dict.fromkeys((n, t) for n, t, _ in found):
+        for ours, peer in PAIRS:
+            a, b = found.get((name, target, ours), {}), found.get((name, target, peer), {})
+            both = [s for s in a if s in b and a[s] is not None and b[s] is not None]
+            if not both:
+                continue
+            gap = statistics.mean(a[s] - b[s] for s in both)
+            ahead = sum(round(a[s], 4) >= round(b[s], 4) for s in both)
+            lines.append(f"- {name} {100 * target:.0f}%, {ours.removeprefix('ours, ')}: ours "
+                         f"{100 * gap:+.2f} pt against {peer} on average; level or ahead on "
+                         f"{ahead} of {len(both)} seeds.")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
