@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(2)
     seeds = [int(s) for s in args.seeds.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
-    found: dict[tuple[str, float, str], dict[int, float]] = defaultdict(dict)
+    found = _previous(args.out, seeds)  # rows not run again stay as they were
     models = {name: _loaded(name) for name in args.models.split(",")}
     for seed in seeds:  # seeds outermost: a run stopped early has whole seeds
         for name, (path, module, splits, sample, teacher, flops) in models.items():
@@ -69,6 +69,24 @@ def _loaded(name: str) -> tuple:
     module = loaded.run.eval()
     teacher = run_batched(capture(loaded, sample[:2]), splits.train.x)
     return path, module, splits, sample, teacher, flops_of(module, sample)
+
+
+def _previous(out: Path, seeds: list[int]) -> defaultdict:
+    """The cells already in `out`'s table for these seeds, keyed like `found`."""
+    found: defaultdict = defaultdict(dict)
+    if not out.exists():
+        return found
+    header = None
+    for line in out.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:3] == ["model", "FLOPs target", "method"]:
+            header = [int(c.removeprefix("seed ")) for c in cells[3:-2]]
+        elif header and len(cells) == len(header) + 5 and cells[1].endswith("%"):
+            key = (cells[0], round(float(cells[1][:-1]) / 100, 4), cells[2])
+            for seed, cell in zip(header, cells[3:-2]):
+                if seed in seeds and cell:
+                    found[key][seed] = None if cell == "–" else float(cell[:-1]) / 100
+    return found
 
 
 def _report(found: dict, seeds: list[int]) -> str:
