@@ -4,7 +4,8 @@ benchmarks/vision.md`) at about 30, 50 and 70% fewer FLOPs, with fine-tuning and
 1.6 (magnitude importance, channels in multiples of 8) is pruned as near each target as its
 steps of channels allow, and ours to the FLOPs it reached; Torch-Pruning is fine-tuned with
 exactly our recipe (same splits, cycles, epochs, optimiser, distillation), exported and timed
-the same way. Writes benchmarks/cnn.md.
+the same way. Writes benchmarks/cnn.md; the sections of models not in `--models` that the file
+already has are kept as they were (each section says when it ran and which modes).
 
     python -m benchmarks.cnn [--models resnet,vgg_bn] [--targets 0.3,0.5,0.7] [--seconds 1.0]
 
@@ -68,9 +69,11 @@ def main() -> None:
     torch.set_num_threads(2)
     targets = [float(t) for t in args.targets.split(",")]
     modes = [m for m in MODES if m in args.modes.split(",")]
-    sections = [_model_section(name, targets, args.seconds, modes)
-                for name in args.models.split(",")]
-    args.out.write_text(_header(args.seconds, modes) + "\n".join(sections))
+    names = args.models.split(",")
+    kept = _sections(args.out)
+    for name in names:
+        kept[name] = _model_section(name, targets, args.seconds, modes)
+    args.out.write_text(_header(args.seconds) + "\n".join(kept[n] for n in MODELS if n in kept))
     print(args.out.read_text())
 
 
@@ -96,7 +99,22 @@ def _model_section(name: str, targets: list[float], seconds: float, modes: list[
             print(f"{name} {target} ({budget}) {'fine-tuned' if tuned else 'one-shot'}: ours "
                   f"{100 * ours.accuracy:.2f}% ({ours.wall:.0f} s), Torch-Pruning "
                   f"{100 * peer.accuracy:.2f}%", file=sys.stderr)
-    return _table(name, dense, rows)
+    return _table(name, dense, rows, modes)
+
+
+def _sections(out: Path) -> dict[str, str]:
+    """The model sections `out` already has, by model name."""
+    if not out.exists():
+        return {}
+    titles = {f"## {title}": name for name, (_, title) in MODELS.items()}
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in out.read_text().splitlines():
+        if line.startswith("## "):
+            current = titles.get(line)
+        if current is not None:
+            found.setdefault(current, []).append(line)
+    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}
 
 
 def _module(name: str) -> torch.nn.Module:
@@ -177,15 +195,13 @@ def _widths(model: bytes) -> str:
     return "-".join(str(shapes[n.input[1]][0]) for n in proto.graph.node if n.op_type == "Conv")
 
 
-def _header(seconds: float, modes: list[str]) -> str:
+def _header(seconds: float) -> str:
     cycles, epochs = CNN_SCHEDULE
-    run = "" if len(modes) == len(MODES) else \
-        f" Modes run: {', '.join(modes)} only (`--modes {','.join(modes)}`)."
     return "\n".join([
         "# Benchmark: CNNs on Fashion-MNIST, channels pruned to about 30/50/70% fewer FLOPs",
         "",
-        f"Produced by `make bench` (`python -m benchmarks.cnn`) on {time.strftime('%Y-%m-%d')}. "
-        f"Machine: {machine()}, Torch-Pruning {tp.__version__}.{run}",
+        "Produced by `make bench` (`python -m benchmarks.cnn`); each section says when it ran. "
+        f"Machine: {machine()}, Torch-Pruning {tp.__version__}.",
         "",
         "**Ours**: `compress models/M.pt --arch A --target T --of flops --data "
         "fashion-mnist` with every other option left to the plan (for conv channels: local "
@@ -224,10 +240,14 @@ def _header(seconds: float, modes: list[str]) -> str:
     ])
 
 
-def _table(name: str, dense: Result, rows: list) -> str:
+def _table(name: str, dense: Result, rows: list, modes: list[str]) -> str:
     lat = rows[0][2].latency
+    run = "" if len(modes) == len(MODES) else \
+        f" ({', '.join(modes)} only: `--modes {','.join(modes)}`)"
     lines = [
         f"## {MODELS[name][1]}",
+        "",
+        f"Run on {time.strftime('%Y-%m-%d')} at commit {_commit()}{run}.",
         "",
         f"Dense: {dense.weights:,} weights, {dense.flops:,} FLOPs/sample, "
         f"{len(dense.onnx):,} ONNX bytes, test accuracy {100 * dense.accuracy:.2f}%, conv "
@@ -253,6 +273,12 @@ def _table(name: str, dense: Result, rows: list) -> str:
                 + (f"{r.wall:.0f} s |" if r.wall is not None else "– |"))
     lines.append("")
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                          capture_output=True, check=False)
+    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
