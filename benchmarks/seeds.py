@@ -100,8 +100,11 @@ def _report(found: dict, seeds: list[int]) -> str:
          "Torch-Pruning configuration, FLOPs and recipe; see there), each repeated with the "
          "seeds below: `compress --seed S` (the fine-tuning's batch order) and the same batch "
          "order for Torch-Pruning. Test accuracy in onnxruntime; a blank cell: that seed has "
-         "not run yet. Below the table, ours against its like (with the width against with "
-         "the width): the mean gap, and on how many seeds ours is level or ahead."),
+         "not run yet. The FLOPs each method keeps are transformer.md's: one cycle selects "
+         "before it fine-tunes, so the seed does not change them (ours lands in its target "
+         "window, Torch-Pruning as near the target as its steps allow). Below the table, ours "
+         "against its like (with the width against with the width): the mean gap, and on how "
+         "many seeds ours is level or ahead."),
         "",
         "| model | FLOPs target | method | " + " | ".join(f"seed {s}" for s in seeds)
         + " | mean | spread |",
