@@ -4,8 +4,9 @@ benchmarks/vision.md`) at about 30, 50 and 70% fewer FLOPs, with fine-tuning and
 1.6 (magnitude importance, channels in multiples of 8) is pruned as near each target as its
 steps of channels allow, and ours to the FLOPs it reached; Torch-Pruning is fine-tuned with
 exactly our recipe (same splits, cycles, epochs, optimiser, distillation), exported and timed
-the same way. Writes benchmarks/cnn.md; the sections of models not in `--models` that the file
-already has are kept as they were (each section says when it ran and which modes).
+the same way. Writes benchmarks/cnn.md, keeping what it already holds and this run does not
+repeat: other models' sections, and rows of other modes or targets (each section says when
+each mode's rows ran).
 
     python -m benchmarks.cnn [--models resnet,vgg_bn] [--targets 0.3,0.5,0.7] [--seconds 1.0]
 
@@ -19,6 +20,7 @@ import copy
 import importlib
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,8 @@ MODELS = {  # name: (what builds it, title)
                                   "torchvision MobileNetV3-small (3 x 32 x 32)"),
 }
 MODES = {"fine-tuned": True, "one-shot": False}
+ROW = re.compile(r"^\| (\d+)% \([^|]*\) \| (fine-tuned|one-shot) \|")  # (target, mode)
+RUN = re.compile(r"(?i)(fine-tuned|one-shot) rows at ([\d/]+)%: (\d{4}-\d\d-\d\d at commit \w+)")
 SEED = 0
 MULTIPLE = preferred_multiple(Kernel.CONV).multiple  # what --align auto rounds conv channels to here
 PEER_ROUND = 8  # Torch-Pruning's round_to: with 16, its one ratio for every layer cannot reach
@@ -69,15 +73,17 @@ def main() -> None:
     torch.set_num_threads(2)
     targets = [float(t) for t in args.targets.split(",")]
     modes = [m for m in MODES if m in args.modes.split(",")]
-    names = args.models.split(",")
-    kept = _sections(args.out)
-    for name in names:
-        kept[name] = _model_section(name, targets, args.seconds, modes)
-    args.out.write_text(_header(args.seconds) + "\n".join(kept[n] for n in MODELS if n in kept))
+    sections = _sections(args.out)
+    for name in args.models.split(","):
+        dense, rows = _model_rows(name, targets, args.seconds, modes)
+        sections[name] = _table(name, dense, rows, modes, sections.get(name, ""))
+        args.out.write_text(_header(args.seconds)
+                            + "\n".join(sections[n] for n in MODELS if n in sections))
     print(args.out.read_text())
 
 
-def _model_section(name: str, targets: list[float], seconds: float, modes: list[str]) -> str:
+def _model_rows(name: str, targets: list[float], seconds: float,
+                modes: list[str]) -> tuple[Result, list]:
     path = REPO / "models" / f"{name}.pt"
     loaded = load_model(path, arch=MODELS[name][0])
     splits, _ = fit_data(loaded, load_data("fashion-mnist", seed=SEED))
@@ -99,7 +105,7 @@ def _model_section(name: str, targets: list[float], seconds: float, modes: list[
             print(f"{name} {target} ({budget}) {'fine-tuned' if tuned else 'one-shot'}: ours "
                   f"{100 * ours.accuracy:.2f}% ({ours.wall:.0f} s), Torch-Pruning "
                   f"{100 * peer.accuracy:.2f}%", file=sys.stderr)
-    return _table(name, dense, rows, modes)
+    return dense, rows
 
 
 def _sections(out: Path) -> dict[str, str]:
@@ -240,14 +246,28 @@ def _header(seconds: float) -> str:
     ])
 
 
-def _table(name: str, dense: Result, rows: list, modes: list[str]) -> str:
+def _table(name: str, dense: Result, rows: list, modes: list[str], kept: str) -> str:
+    """The model's section: this run's rows, and those of `kept` (the section as it was) for
+    modes or targets it did not run."""
+    done = {(f"{100 * target:.0f}", "fine-tuned" if tuned else "one-shot")
+            for target, tuned, *_ in rows}
+    runs = [(mode.lower(), [t for t in targets.split("/") if (t, mode.lower()) not in done], when)
+            for mode, targets, when in RUN.findall(kept)]
+    now = f"{time.strftime('%Y-%m-%d')} at commit {_commit()}"
+    runs += [(mode, [t for t, m in sorted(done, key=lambda d: int(d[0])) if m == mode], now)
+             for mode in modes]
+    merged: dict[tuple[str, str], set[str]] = {}
+    for mode, targets, when in runs:
+        merged.setdefault((mode, when), set()).update(targets)
+    said = "; ".join(f"{mode} rows at {'/'.join(sorted(targets, key=int))}%: {when}"
+                     for (mode, when), targets in sorted(
+                         merged.items(), key=lambda run: list(MODES).index(run[0][0]))
+                     if targets)
     lat = rows[0][2].latency
-    run = "" if len(modes) == len(MODES) else \
-        f" ({', '.join(modes)} only: `--modes {','.join(modes)}`)"
     lines = [
         f"## {MODELS[name][1]}",
         "",
-        f"Run on {time.strftime('%Y-%m-%d')} at commit {_commit()}{run}.",
+        f"{said[0].upper()}{said[1:]}. Dense: as timed in the latest run.",
         "",
         f"Dense: {dense.weights:,} weights, {dense.flops:,} FLOPs/sample, "
         f"{len(dense.onnx):,} ONNX bytes, test accuracy {100 * dense.accuracy:.2f}%, conv "
@@ -259,11 +279,13 @@ def _table(name: str, dense: Result, rows: list, modes: list[str]) -> str:
         "| test acc | Δ acc (pt) | b1 1t | b32 1t | b1 2t | b32 2t | efficiency b32 1t | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = [line for line in kept.splitlines()
+             if ROW.match(line) and ROW.match(line).groups() not in done]
     for target, tuned, base, *results in rows:
         for r in results:
             ratio = dense.flops / r.flops
             speed = {cell: base.latency[cell] / r.latency[cell] for cell in CELLS}
-            lines.append(
+            table.append(
                 f"| {100 * target:.0f}% ({100 * (1 - r.flops / dense.flops):.1f}%) | "
                 f"{'fine-tuned' if tuned else 'one-shot'} | {r.who} | "
                 f"{r.flops:,} ({ratio:.2f}x) | {r.widths} | {r.weights:,} | {len(r.onnx):,} | "
@@ -271,8 +293,9 @@ def _table(name: str, dense: Result, rows: list, modes: list[str]) -> str:
                 + " | ".join(f"{r.latency[c]:.3f} ms ({speed[c]:.2f}x)" for c in CELLS)
                 + f" | {speed[32, 1] / ratio:.2f} | "
                 + (f"{r.wall:.0f} s |" if r.wall is not None else "– |"))
-    lines.append("")
-    return "\n".join(lines)
+    modes_first = list(MODES)
+    table.sort(key=lambda line: (modes_first.index(ROW.match(line)[2]), int(ROW.match(line)[1])))
+    return "\n".join([*lines, *table, ""])
 
 
 def _commit() -> str:
