@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import sympy
 import torch
 from onnx import helper, numpy_helper
 
@@ -116,10 +117,11 @@ def flops_per_sample(proto: onnx.ModelProto, *,
         inferred = onnx.shape_inference.infer_shapes(densify(proto), data_prop=True)
     except Exception:  # inference gives up on some valid models: use the shapes they state
         inferred = proto
+    values = (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
-                       for d in v.type.tensor_type.shape.dim]
-              for v in (*inferred.graph.value_info, *inferred.graph.output,
-                        *inferred.graph.input)}
+                       for d in v.type.tensor_type.shape.dim] for v in values}
+    batch = _first_dim(inferred.graph.input[0]) if inferred.graph.input else None
+    per_sample = {v.name: _per_sample(_first_dim(v), batch) for v in values}
     weights = _constants(proto)
     total, uncounted = 0, []
     for node in proto.graph.node:
@@ -127,26 +129,48 @@ def flops_per_sample(proto: onnx.ModelProto, *,
         if weight is None:
             continue
         out = shapes.get(node.output[0])
+        lead = per_sample.get(node.output[0], 1)
         w = weights.get(weight)
         if w is None and node.op_type == "MatMul" and node.input[0] not in weights:
-            total, counted = _product(total, out, shapes.get(node.input[0]))
-            if counted:
+            flops = _product(out, shapes.get(node.input[0]))
+            if flops is not None:
+                total += lead * flops
                 continue
         positions = _positions(node, out)
         if w is None or positions is None:
             uncounted.append(node.op_type)
             continue
-        total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions
+        total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions * lead
     return total, tuple(sorted(set(uncounted)))
 
 
-def _product(total: int, out: list | None, a: list | None) -> tuple[int, bool]:
-    """`total` plus the FLOPs of a MatMul of two activations, a [.., M, K] times [.., K, N]:
-    2 x K per output entry of one sample; whether its shapes were known."""
+def _first_dim(value: onnx.ValueInfoProto) -> int | str | None:
+    dims = value.type.tensor_type.shape.dim
+    if not dims:
+        return None
+    return dims[0].dim_value if dims[0].HasField("dim_value") else dims[0].dim_param or None
+
+
+def _per_sample(first: int | str | None, batch: int | str | None) -> int:
+    """How many rows of a tensor whose first axis is `first` one sample makes, the input's
+    first axis being `batch`: windows per image where attention runs on
+    [9*batch, tokens, features] (Swin), tokens where they are flattened into the rows."""
+    if first is None or batch is None:
+        return 1
+    try:  # sympy comes with torch; onnx writes derived sizes as expressions ("9*batch")
+        ratio = sympy.sympify(first) / sympy.sympify(batch)
+    except (sympy.SympifyError, TypeError, ZeroDivisionError):
+        return 1
+    return int(ratio) if ratio.is_Integer and ratio > 0 else 1
+
+
+def _product(out: list | None, a: list | None) -> int | None:
+    """The FLOPs of a MatMul of two activations, a [.., M, K] times [.., K, N]: 2 x K per
+    output entry past the first axis; None if its shapes are not known."""
     if out is None or a is None or not a or a[-1] is None or len(out) < 2 or \
             any(d is None for d in out[1:]):
-        return total, False
-    return total + 2 * math.prod(out[1:]) * a[-1], True
+        return None
+    return 2 * math.prod(out[1:]) * a[-1]
 
 
 def _weight_input(node: onnx.NodeProto) -> str | None:
