@@ -30,6 +30,8 @@ MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
          aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
          aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
 SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
+SHIFTS = {aten.add.Tensor, aten.sub.Tensor}  # a bias or mask on the scores: likewise
+GATHERS = {aten.index.Tensor}  # a relative position bias read from its table
 CARRY = set(IDENTITY)  # the probabilities as they are
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
@@ -48,25 +50,27 @@ class Heads:
 def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
     """Every attention of `gm` whose heads can be pruned, run on `sample` (one input) to read
     the layout of its q, k, v and output."""
-    cores = [((n,), tuple(n.args[:3]), n) for n in gm.graph.nodes if n.target is SDPA] + \
+    cores = [((n,), tuple(n.args[:3]), n, ()) for n in gm.graph.nodes if n.target is SDPA] + \
         _explicit_cores(gm)
     if not cores:
         return []
     values = _values(gm, sample[:1])
     found = []
-    for products, (q, k, v), out in cores:
-        heads = _heads(gm, q, k, v, out, values)
+    for products, (q, k, v), out, path in cores:
+        heads = _heads(gm, q, k, v, out, path, values)
         if heads is not None:
             found.append(replace(heads, products=tuple(n.name for n in products)))
     return found
 
 
-def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node]]:
+def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node, tuple]]:
     """softmax(q @ kᵀ ...) @ v written out: ((q @ kᵀ, its product with v), (q, k, v),
-    output)."""
+    output, the ops from q @ kᵀ to the softmax: scales, biases, masks and the views between
+    them, as Swin's shifted windows add their mask per window)."""
     found = []
     for soft in (n for n in gm.graph.nodes if n.target in ATTENTION and n.target is not SDPA):
-        scores = _back_through(soft.args[0], {aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor})
+        path = _path_back(soft.args[0], SCALES | SHIFTS | RESHAPES)
+        scores = path[0] if path else None
         probs = soft  # through dropout at eval, copies and casts (BERT, GPT-2)
         while len(probs.users) == 1 and next(iter(probs.users)).target in CARRY:
             probs = next(iter(probs.users))
@@ -76,14 +80,18 @@ def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node]]:
         q, kt = scores.args[:2]
         k = kt.args[0] if isinstance(kt, fx.Node) and kt.target in (aten.transpose.int,) else None
         if k is not None:
-            found.append(((scores, outs[0]), (q, k, outs[0].args[1]), outs[0]))
+            found.append(((scores, outs[0]), (q, k, outs[0].args[1]), outs[0], tuple(path)))
     return found
 
 
-def _back_through(node: object, ops: set) -> fx.Node | None:
+def _path_back(node: object, ops: set) -> list[fx.Node]:
+    """The node `node` is computed from through `ops` (each followed by its first tensor
+    argument), then those ops in order; empty if that is not a node."""
+    path = []
     while isinstance(node, fx.Node) and node.target in ops:
+        path.append(node)
         node = next((a for a in node.args if isinstance(a, fx.Node)), None)
-    return node if isinstance(node, fx.Node) else None
+    return [node, *path[::-1]] if isinstance(node, fx.Node) else []
 
 
 def _values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, object]:
@@ -136,7 +144,8 @@ def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
 def _replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
               values: dict[str, object]) -> torch.Tensor:
     """`chain` run with `start`'s value replaced by `value` (the other arguments as they were
-    on the sample); scales by a number leave the entries as they are."""
+    on the sample); scales, biases and masks leave the entries as they are (broadcast to the
+    shape they give)."""
     current = {start.name: value}
 
     def arg(a):
@@ -147,9 +156,10 @@ def _replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
         return a
 
     for node in chain:
-        if node.target in SCALES:
-            source = next(a for a in node.args if isinstance(a, fx.Node))
-            current[node.name] = current[source.name]
+        if node.target in SCALES | SHIFTS:
+            source = next(a for a in node.args if isinstance(a, fx.Node) and a.name in current)
+            current[node.name] = torch.broadcast_to(current[source.name],
+                                                    values[node.name].shape)
             continue
         current[node.name] = node.target(*[arg(a) for a in node.args],
                                          **{k: arg(v) for k, v in node.kwargs.items()})
@@ -173,7 +183,8 @@ def _rows(node: fx.Node, values: dict) -> tuple[fx.Node, list, torch.Tensor] | N
     return linear, chain, heads[..., 0].long()
 
 
-def _heads(gm, q, k, v, out, values) -> Heads | None:
+def _heads(gm, q, k, v, out, path, values) -> Heads | None:
+    """The heads of one attention; `path` runs from q @ kᵀ to the softmax (empty for SDPA)."""
     found = [_rows(t, values) for t in (q, k, v)]
     if any(f is None for f in found):
         return None
@@ -207,8 +218,22 @@ def _heads(gm, q, k, v, out, values) -> Heads | None:
         return None
     if any(len(linear.args[1].users) != 1 for linear in (lq, lk, lv, proj)):
         return None  # a weight another layer shares
-    if not _read_only_by_attention((q, k, v), out, cq + ck + cv, values):
+    extras = _read_only_by_attention((q, k, v), out, cq + ck + cv)
+    if extras is None:
         return None
+    heads_at = _head_ids(path, h, values)
+    tables = []  # per-head parameters the scores read (a relative position bias table)
+    for extra, reader in extras:
+        value = values.get(extra.name)
+        if reader.name not in heads_at:  # SDPA's own mask: per head if [..., heads, T, T]
+            shape = getattr(value, "shape", ())
+            if len(shape) >= 4 and shape[-3] != 1:
+                return None
+        elif isinstance(value, torch.Tensor) and _varies_by_head(value, heads_at[reader.name]):
+            table = _table(extra, heads_at[reader.name], len(units), values)
+            if table is None:
+                return None  # a per-head mask or bias computed from the input
+            tables.append(table)
     pieces = []
     firsts = {c[0].name for c in (cq, ck, cv) if c}
     for linear, rows in ((lq, rq), (lk, rk[units]), (lv, rv[units])):
@@ -231,7 +256,10 @@ def _heads(gm, q, k, v, out, values) -> Heads | None:
         reshapes |= _written(chain, linear, index, values, unit_of[linear.name], len(units))
     reshapes |= _written(out_chain, out, ids, values,
                          torch.arange(h * d) // (g * d), len(units))
-    on_the_way = {n.name for n in cq + ck + cv + out_chain}
+    if path:  # views of the scores that write the head count (Swin's per-window mask)
+        reshapes |= _written(list(path[1:]), path[0], heads_at[path[0].name], values,
+                             torch.arange(h) // g, len(units))
+    on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path)}
     nodes = {n.name: n for n in gm.graph.nodes}
     if any(not {u.name for u in nodes[name].users} <= on_the_way
            for name, _, _ in reshapes if nodes[name].target is operator.mul):
@@ -245,16 +273,17 @@ def _heads(gm, q, k, v, out, values) -> Heads | None:
         size=len(units), weights=weights, biases=biases, activations=(reader.name,),
         consumers=(proj_piece,), consumer_biases=(), consumer_nodes=(proj.name,),
         exact_constants=False, kinds=("heads",), axes=(_ndim(reader) - 1,),
-        offsets=(proj_piece.offset,), blocks=(proj_piece.block,),
+        offsets=(proj_piece.offset,), blocks=(proj_piece.block,), carried=tuple(tables),
         reshapes=tuple(sorted(reshapes)))
     return Heads(group, tuple(dict.fromkeys([lq.name, lk.name, lv.name, proj.name])))
 
 
-def _read_only_by_attention(qkv: tuple[fx.Node, ...], out: fx.Node, chains: list[fx.Node],
-                            values: dict) -> bool:
-    """Whether nothing but the attention reads q, k, v, what is computed from them on the way
-    to `out` (scores, probabilities), and the ops that carry them from their Linears; and
-    nothing it reads besides has a size per head (a mask or position bias of each head's own)."""
+def _read_only_by_attention(qkv: tuple[fx.Node, ...], out: fx.Node, chains: list[fx.Node]
+                            ) -> list[tuple[fx.Node, fx.Node]] | None:
+    """If nothing but the attention reads q, k, v, what is computed from them on the way to
+    `out` (scores, probabilities), and the ops that carry them from their Linears: what else
+    the attention reads (masks, position biases), each with the node that reads it; else
+    None."""
     before = set()  # everything `out` is computed from, back to q, k and v
     todo = [out]
     while todo:
@@ -274,10 +303,63 @@ def _read_only_by_attention(qkv: tuple[fx.Node, ...], out: fx.Node, chains: list
         todo += list(node.users)
     allowed = inside | set(chains)
     if any(not set(node.users) <= allowed for node in (inside - {out}) | set(chains)):
-        return False
-    extra = {a for node in inside - set(qkv) for a in node.all_input_nodes if a not in inside}
-    shapes = [getattr(values.get(a.name), "shape", ()) for a in extra]
-    return all(len(shape) < 4 or shape[-3] == 1 for shape in shapes)
+        return None
+    return [(a, node) for node in inside - set(qkv) for a in node.all_input_nodes
+            if a not in inside]
+
+
+def _head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torch.Tensor]:
+    """Per node of `path` (q @ kᵀ, [batch, heads, queries, keys], then the ops to the
+    softmax), the head of each of its entries; empty if there is no such path."""
+    scores = values[path[0].name] if path else None
+    if scores is None or scores.ndim != 4 or scores.shape[1] != h:
+        return {}
+    ids = torch.arange(h, dtype=torch.float64).reshape(1, h, 1, 1).expand(scores.shape)
+    ids = ids.contiguous()
+    return {node.name: _replayed(list(path[1:i + 1]), path[0], ids, values)
+            for i, node in enumerate(path)}
+
+
+def _varies_by_head(extra: torch.Tensor, heads: torch.Tensor) -> bool:
+    """Whether `extra`, broadcast to the shape of `heads` (each entry's head), differs along
+    an axis the heads change along."""
+    if extra.ndim > heads.ndim:
+        return True
+    shape = (1,) * (heads.ndim - extra.ndim) + tuple(extra.shape)
+    return any(shape[a] > 1 and bool((heads.movedim(a, 0) != heads.movedim(a, 0)[:1]).any())
+               for a in range(heads.ndim))
+
+
+def _table(extra: fx.Node, heads: torch.Tensor, units: int, values: dict) -> Slice | None:
+    """The entries each unit owns of the parameter `extra` is read from through moves and
+    gathers (a relative position bias table [positions, heads], indexed by position pairs),
+    if every head reads its own entries along one axis of it; else None."""
+    chain = []
+    node = extra
+    while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS):
+        chain.append(node)
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return None
+    if node.op != "get_attr" or any(len(n.users) != 1 for n in [node, *chain]):
+        return None  # computed from the input, or read by something else too
+    chain.reverse()
+    table = values[node.name]
+    for axis in range(table.ndim):
+        shape = [-1 if i == axis else 1 for i in range(table.ndim)]
+        index = torch.arange(table.shape[axis], dtype=torch.float64).reshape(shape)
+        laid = _replayed(chain, node, index.expand(table.shape).contiguous(), values)
+        if laid.ndim > heads.ndim:
+            return None
+        laid = torch.broadcast_to(laid, heads.shape)
+        owned = [laid[heads == j] for j in range(int(heads.max()) + 1)]
+        if not all(bool((e == e[:1]).all()) for e in owned):
+            continue
+        rows = torch.stack([e[0] for e in owned]).long().reshape(units, -1)
+        found = _slice(node.target, rows, axis)
+        if found is not None:
+            return found
+    return None
 
 
 def _written(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: dict,

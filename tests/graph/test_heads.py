@@ -150,21 +150,48 @@ class ReadTwice(Net):
 
 
 class PerHeadBias(Net):
-    """A position bias of each head's own is added to the scores (ALiBi, T5)."""
+    """A position bias of each head's own is added to the scores: a parameter (T5, ALiBi, or
+    Swin's table read by position pairs), or computed from the input (`computed`)."""
 
-    def __init__(self, **attention) -> None:
+    def __init__(self, computed: bool = False, **attention) -> None:
         super().__init__(**attention)
-        self.bias = nn.Parameter(torch.randn(1, 4, 5, 5))
+        self.computed = computed
+        self.table = nn.Parameter(torch.randn(9, 4))  # relative offsets -4..4, per head
+        offsets = torch.arange(5)[None, :] - torch.arange(5)[:, None] + 4
+        self.register_buffer("index", offsets.reshape(-1))
+        self.gate = nn.Linear(24, 4)
 
     def forward(self, x):
         h = self.embed(x)
         b, t, _ = h.shape
         q, k, v = self.attn.qkv(h).reshape(b, t, 3, 4, 6).permute(2, 0, 3, 1, 4).unbind(0)
-        y = ((q @ k.transpose(-2, -1) + self.bias).softmax(-1) @ v).transpose(1, 2)
+        if self.computed:
+            bias = self.gate(h).transpose(1, 2)[..., None]  # [b, heads, t, 1]
+        else:
+            bias = self.table[self.index].view(t, t, -1).permute(2, 0, 1).unsqueeze(0)
+        y = ((q @ k.transpose(-2, -1) + bias).softmax(-1) @ v).transpose(1, 2)
         return self.head((h + self.attn.proj(y.reshape(b, t, 24))).mean(1))
 
 
-@pytest.mark.parametrize("make", [Shared, ReadTwice, PerHeadBias])
+def test_a_per_head_bias_table_loses_the_removed_heads_columns():
+    net = PerHeadBias(**LAYOUTS["fused"]).eval()
+    x = torch.randn(16, 5, 8)
+    gm = graph_of(net, x[:2])
+    group, _ = _heads_group(gm, x)
+    assert [(s.param, s.axis) for s in group.carried] == [("table", 1)]
+    shrink(gm, (group,), {group.name: torch.tensor([1])})
+    assert gm.table.shape == (9, 3)
+    with torch.no_grad():
+        net.attn.proj.weight[:, 6:12] = 0  # head 1's output, whatever its scores were
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def _computed_bias(**attention):
+    return PerHeadBias(computed=True, **attention)
+
+
+@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias])
 def test_heads_whose_rows_something_else_reads_stay(make):
     net = make(**LAYOUTS["fused"]).eval()
     x = torch.randn(4, 5, 8)

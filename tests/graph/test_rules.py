@@ -152,3 +152,29 @@ def test_a_select_of_one_token_and_a_cast_pass_the_units_on():
     remove_units(gm, {"fc1": torch.tensor([3, 7])})
     with torch.no_grad():
         torch.testing.assert_close(gm(x), expected - removed.T, rtol=1e-5, atol=1e-5)
+
+
+class Rolled(nn.Module):
+    """Tokens on a 4 x 4 grid [N, 4, 4, 12] -> Linear 12-16, ReLU, rolled by (1, 2) over the
+    grid (a shifted window), Linear 16-4, mean over the grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(12, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)).roll((1, 2), (1, 2))).mean((1, 2))
+
+
+def test_a_roll_of_the_positions_passes_the_units_on():
+    x = torch.randn(20, 4, 4, 12)
+    gm = graph_of(Rolled(), x[:2])
+    [group] = trace(gm).groups
+    assert group.name == "fc1" and [s.param for s in group.consumers] == ["fc2_weight"]
+    with torch.no_grad():
+        expected = gm(x)
+        gone = torch.relu(x @ gm.fc1_weight[[5]].T + gm.fc1_bias[[5]]) @ gm.fc2_weight[:, [5]].T
+    remove_units(gm, {"fc1": torch.tensor([5])})
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), expected - gone.mean((1, 2)), rtol=1e-5, atol=1e-5)

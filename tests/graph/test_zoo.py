@@ -3,16 +3,19 @@ to 40% fewer FLOPs in one shot and exported within parity; what stays dense is n
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 
 import compressor
 from compressor.graph.trace import trace
+from compressor.measure.onnx_file import flops_per_sample
 from models.vision import import_torchvision
 from tests.helpers import graph_of
 
 tv = import_torchvision()
-from torchvision.models import convnext, regnet, resnet, shufflenetv2  # noqa: E402
+from torchvision.models import (  # noqa: E402
+    convnext, regnet, resnet, shufflenetv2, swin_transformer)
 
 SMALL = {
     "mobilenet_v3_small": lambda: tv.models.mobilenet_v3_small(width_mult=0.25, num_classes=10),
@@ -24,6 +27,8 @@ SMALL = {
                                                        num_classes=10),
     "convnext": lambda: convnext.ConvNeXt([convnext.CNBlockConfig(16, 32, 1),
                                            convnext.CNBlockConfig(32, None, 1)], num_classes=10),
+    "swin": lambda: swin_transformer.SwinTransformer([4, 4], 32, [2, 2], [2, 4], [4, 4],
+                                                     num_classes=10),  # 2 x 2 windows, shifted
 }
 DENSE = {  # what may stay dense, by model
     "mobilenet_v3_small": {"output layer"},
@@ -31,6 +36,7 @@ DENSE = {  # what may stay dense, by model
     "resnext": {"output layer"},
     "shufflenet_v2": {"output layer", "reshaped by view", "depthwise convolution"},
     "convnext": {"output layer", "residual stream", "depthwise convolution", "filters the "},
+    "swin": {"output layer", "residual stream"},
 }
 
 
@@ -43,6 +49,8 @@ def test_a_small_torchvision_model_prunes_to_the_flop_target_within_parity(name)
     report = result.report
     assert 0.4 <= report.size.flop_reduction <= 0.42
     assert report.parity.max_abs_diff <= 1e-4
+    # `compress check` counts the file as the report counts the graph (Swin's windows too)
+    assert flops_per_sample(onnx.load_from_string(result.onnx)) == (report.size.flops_after, ())
     dense = {row.note for row in report.layers if not row.note.startswith("pruned")}
     assert all(any(known in note for known in DENSE[name]) for note in dense), dense
 
@@ -53,3 +61,16 @@ def test_squeeze_excitation_and_linear_bottlenecks_leave_nothing_dense_in_mobile
     assert [why for _, why in found.dense] == ["output layer (never pruned)"]
     gated = [g for g in found.groups if "gated" in g.kinds]
     assert gated and all(any("fc2" in s.param for s in g.weights) for g in gated)
+
+
+def test_swin_window_heads_take_their_relative_position_bias_and_shifted_window_mask():
+    net = SMALL["swin"]().eval()
+    x = torch.rand(2, 3, 32, 32)
+    gm = graph_of(net, x)
+    heads = [g for g in trace(gm, x[:1]).groups if "heads" in g.kinds]
+    assert [g.size for g in heads] == [2, 2, 4, 4]  # the shifted blocks' too
+    tables = [s.param for g in heads for s in g.carried]
+    assert len(tables) == 4 and all("relative_position_bias_table" in t for t in tables)
+    assert all(s.axis == 1 for g in heads for s in g.carried)  # [positions, heads]
+    shifted = heads[1]  # the per-window mask is added between two views that write the heads
+    assert sum(1 for name, _, per_unit in shifted.reshapes if name.startswith("view")) == 2

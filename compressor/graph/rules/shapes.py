@@ -1,6 +1,7 @@
 """Ops that move the units' axis or reshape around it: transpose and permute, a mean over other
-axes, a select or slice of other axes (a class token), reshapes that keep the units' axis
-whole, and a Flatten that gives each channel its H*W columns."""
+axes, a select or slice of other axes (a class token), a roll of other axes (Swin's shifted
+windows), reshapes that keep the units' axis whole, and a Flatten that gives each channel its
+H*W columns."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from torch import fx
 from ..ops import FLATTEN, MEAN, TRANSPOSE
 from .registry import UNKNOWN, At, dims, ndim, op_name, rule, shape_of, sources
 
+SELECT, SLICE = torch.ops.aten.select.int, torch.ops.aten.slice.Tensor
+ROLL = torch.ops.aten.roll.default
+
 
 def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
     """Where the channels on `axis` of `node` are in `user`'s output, if `user` moves axes
     without mixing channels: a transpose or permute, a mean over axes other than the batch and
     the channels, or a reshape that keeps every axis up to the channels (regrouping those
     after) or every axis from the channels on (regrouping those before), or a select or
-    slice of an axis other than the batch and the channels."""
+    slice of an axis other than the batch and the channels, or a roll of other axes."""
     if not user.args or user.args[0] is not node:
         return None
     n = ndim(node)
@@ -36,6 +40,9 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
             return None
         keep = len(user.args) > 2 and user.args[2]
         return axis if keep else axis - sum(d < axis for d in reduced)
+    if user.target is ROLL:  # positions shifted cyclically; no dims: the tensor flattened
+        rolled = {int(d) % n for d in user.args[2]} if len(user.args) > 2 else set()
+        return axis if rolled and axis not in rolled else None
     if user.target in (SELECT, SLICE):  # one token (a class token) or a range of them
         dim = int(user.args[1]) % n if len(user.args) > 1 else 0
         if dim == axis or (dim == 0 and not _whole(user)):
@@ -87,10 +94,7 @@ def _moved_backward(node: fx.Node, axis: int):
     return None
 
 
-SELECT, SLICE = torch.ops.aten.select.int, torch.ops.aten.slice.Tensor
-
-
-@rule(*TRANSPOSE, *FLATTEN, MEAN, SELECT, SLICE, backward=_moved_backward, behind_cat=True)
+@rule(*TRANSPOSE, *FLATTEN, MEAN, SELECT, SLICE, ROLL, backward=_moved_backward, behind_cat=True)
 def reshape(walk, at: At, user: fx.Node):
     if not user.args or user.args[0] is not at.node:
         return UNKNOWN
