@@ -14,8 +14,7 @@ from models.vision import import_torchvision
 from tests.helpers import graph_of
 
 tv = import_torchvision()
-from torchvision.models import (  # noqa: E402
-    convnext, regnet, resnet, shufflenetv2, swin_transformer)
+from torchvision.models import convnext, regnet, resnet, shufflenetv2, swin_transformer
 
 SMALL = {
     "mobilenet_v3_small": lambda: tv.models.mobilenet_v3_small(width_mult=0.25, num_classes=10),
