@@ -32,7 +32,7 @@ import onnx
 import torch
 import torch_pruning as tp
 
-from benchmarks.common import CELLS, Result, flat, flops_of, machine, measured, time_cells
+from benchmarks.common import CELLS, Result, commit, flat, flops_of, machine, measured, time_cells
 from compressor.graph.capture import capture, run_batched
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
@@ -253,7 +253,7 @@ def _table(name: str, dense: Result, rows: list, modes: list[str], kept: str) ->
             for target, tuned, *_ in rows}
     runs = [(mode.lower(), [t for t in targets.split("/") if (t, mode.lower()) not in done], when)
             for mode, targets, when in RUN.findall(kept)]
-    now = f"{time.strftime('%Y-%m-%d')} at commit {_commit()}"
+    now = f"{time.strftime('%Y-%m-%d')} at commit {commit()}"
     runs += [(mode, [t for t, m in sorted(done, key=lambda d: int(d[0])) if m == mode], now)
              for mode in modes]
     merged: dict[tuple[str, str], set[str]] = {}
@@ -296,12 +296,6 @@ def _table(name: str, dense: Result, rows: list, modes: list[str], kept: str) ->
     modes_first = list(MODES)
     table.sort(key=lambda line: (modes_first.index(ROW.match(line)[2]), int(ROW.match(line)[1])))
     return "\n".join([*lines, *table, ""])
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                          capture_output=True, check=False)
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

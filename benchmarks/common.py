@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,13 @@ def flat(report: dict) -> dict:
             "accuracy_after": accuracy.get("after"), "layers": report["layers"],
             "cycles": report["cycles"], "options": report["plan"]["config"],
             **{name: choice["value"] for name, choice in choices.items()}}
+
+
+def commit() -> str:
+    """The short hash of the checkout's HEAD, for a row's or a section's provenance."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parents[1],
+                          text=True, capture_output=True, check=False)
+    return done.stdout.strip() or "unknown"
 
 
 def machine() -> str:

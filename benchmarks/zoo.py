@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import child
-from benchmarks.common import machine
+from benchmarks.common import commit, machine
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnext101_32x8d "
@@ -94,7 +94,7 @@ def _images() -> np.ndarray:
 
 def _model(name: str, work: Path) -> dict:
     """Ours and the peer on one model: each in a child process."""
-    row = {"model": name}
+    row = {"model": name, "commit": commit()}
     try:
         program = _export(name, work)
     except Exception as e:  # a model that does not build or export here
@@ -231,7 +231,7 @@ def _markdown(rows: list[dict]) -> str:
         "# Benchmark: the torchvision zoo at 50% fewer FLOPs, one shot, against Torch-Pruning",
         "",
         f"Produced by `make bench` (`python -m benchmarks.zoo`) on {time.strftime('%Y-%m-%d')}. "
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}. {_provenance(rows)}",
         "",
         f"Every model randomly initialised (10 classes), {SIZE} x {SIZE} inputs, {SAMPLES} "
         "unlabelled Fashion-MNIST test images resized to 3 channels (a file split 90/10 into "
@@ -279,6 +279,19 @@ def _markdown(rows: list[dict]) -> str:
                 label = "ours" if who == "ours" else "Torch-Pruning"
                 lines.append(f"- {row['model']} ({label}): {run.get('error', '')}")
     return "\n".join(lines) + "\n"
+
+
+def _provenance(rows: list[dict]) -> str:
+    """Which commit each row ran at (a `--resume` run adds rows to those of earlier runs)."""
+    by_commit: dict[str, list[str]] = {}
+    for row in rows:
+        by_commit.setdefault(row.get("commit", "unknown"), []).append(row["model"])
+    if len(by_commit) == 1:
+        return f"Every row ran at commit {next(iter(by_commit))}."
+    most = max(by_commit, key=lambda c: len(by_commit[c]))
+    others = "; ".join(f"{', '.join(models)} at {c}" for c, models in by_commit.items()
+                       if c != most)
+    return f"Rows ran at commit {most}, except {others}."
 
 
 def _totals(rows: list[dict]) -> list[str]:
