@@ -261,9 +261,14 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
                              torch.arange(h) // g, len(units))
     on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path)}
     nodes = {n.name: n for n in gm.graph.nodes}
-    if any(not {u.name for u in nodes[name].users} <= on_the_way
-           for name, _, _ in reshapes if nodes[name].target is operator.mul):
-        return None  # a size with the head count in it is used elsewhere too
+    shared = {name for name, _, _ in reshapes if nodes[name].target is operator.mul
+              and not {u.name for u in nodes[name].users} <= on_the_way}
+    if any(u.name not in on_the_way and u.target not in RESHAPES
+           for name in shared for u in nodes[name].users):
+        return None  # a size with the head count in it is used by more than reshapes
+    owned = {name: _own_size(gm, nodes[name], on_the_way) for name in shared}
+    reshapes = {(owned.get(name, name), position, per_unit)
+                for name, position, per_unit in reshapes}
     weights = tuple(piece for _, piece in pieces)
     biases = tuple(Slice(linear.args[2].target, 0, piece.block, piece.offset)
                    for linear, piece in pieces if len(linear.args) > 2 and linear.args[2] is not None)
@@ -306,6 +311,19 @@ def _read_only_by_attention(qkv: tuple[fx.Node, ...], out: fx.Node, chains: list
         return None
     return [(a, node) for node in inside - set(qkv) for a in node.all_input_nodes
             if a not in inside]
+
+
+def _own_size(gm: fx.GraphModule, size: fx.Node, on_the_way: set[str]) -> str:
+    """A copy of the size `size` (batch x heads) for the reshapes on one attention's way, where
+    torch.export computes it once for every attention of the model: each attention's head
+    count then changes alone."""
+    with gm.graph.inserting_after(size):
+        own = gm.graph.call_function(size.target, size.args, size.kwargs)
+    own.meta = dict(size.meta)
+    for user in [u for u in size.users if u.name in on_the_way]:
+        user.replace_input_with(size, own)
+    gm.recompile()
+    return own.name
 
 
 def _head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torch.Tensor]:

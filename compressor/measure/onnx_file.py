@@ -118,10 +118,10 @@ def flops_per_sample(proto: onnx.ModelProto, *,
     except Exception:  # inference gives up on some valid models: use the shapes they state
         inferred = proto
     values = (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or None
                        for d in v.type.tensor_type.shape.dim] for v in values}
-    batch = _first_dim(inferred.graph.input[0]) if inferred.graph.input else None
-    per_sample = {v.name: _per_sample(_first_dim(v), batch) for v in values}
+    batch = shapes.get(inferred.graph.input[0].name, [None])[:1] if inferred.graph.input else []
+    batch = batch[0] if batch else None
     weights = _constants(proto)
     total, uncounted = 0, []
     for node in proto.graph.node:
@@ -129,48 +129,34 @@ def flops_per_sample(proto: onnx.ModelProto, *,
         if weight is None:
             continue
         out = shapes.get(node.output[0])
-        lead = per_sample.get(node.output[0], 1)
         w = weights.get(weight)
         if w is None and node.op_type == "MatMul" and node.input[0] not in weights:
-            flops = _product(out, shapes.get(node.input[0]))
-            if flops is not None:
-                total += lead * flops
+            a = shapes.get(node.input[0])
+            rows = _per_sample(out, batch)
+            rows = rows if rows is not None or not out else _past_first(out[1:])
+            if rows is not None and a and isinstance(a[-1], int):
+                total += 2 * rows * a[-1]  # of two activations: K multiply-adds per entry
                 continue
-        positions = _positions(node, out)
+        positions = _positions(node, out, batch)
         if w is None or positions is None:
             uncounted.append(node.op_type)
             continue
-        total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions * lead
+        total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions
     return total, tuple(sorted(set(uncounted)))
 
 
-def _first_dim(value: onnx.ValueInfoProto) -> int | str | None:
-    dims = value.type.tensor_type.shape.dim
-    if not dims:
+def _per_sample(dims: list | None, batch: int | str | None) -> int | None:
+    """How many entries of a tensor of shape `dims` one sample makes, the input's first axis
+    being `batch`: the batch may sit on any axis ([tokens, batch, F] after
+    nn.MultiheadAttention) and be multiplied into it (Swin's windows: [9*batch, tokens, F]);
+    None where a size is unknown or not a multiple of the batch."""
+    if dims is None or batch is None or any(d is None for d in dims):
         return None
-    return dims[0].dim_value if dims[0].HasField("dim_value") else dims[0].dim_param or None
-
-
-def _per_sample(first: int | str | None, batch: int | str | None) -> int:
-    """How many rows of a tensor whose first axis is `first` one sample makes, the input's
-    first axis being `batch`: windows per image where attention runs on
-    [9*batch, tokens, features] (Swin), tokens where they are flattened into the rows."""
-    if first is None or batch is None:
-        return 1
     try:  # sympy comes with torch; onnx writes derived sizes as expressions ("9*batch")
-        ratio = sympy.sympify(first) / sympy.sympify(batch)
+        ratio = sympy.sympify(math.prod(sympy.sympify(d) for d in dims)) / sympy.sympify(batch)
     except (sympy.SympifyError, TypeError, ZeroDivisionError):
-        return 1
-    return int(ratio) if ratio.is_Integer and ratio > 0 else 1
-
-
-def _product(out: list | None, a: list | None) -> int | None:
-    """The FLOPs of a MatMul of two activations, a [.., M, K] times [.., K, N]: 2 x K per
-    output entry past the first axis; None if its shapes are not known."""
-    if out is None or a is None or not a or a[-1] is None or len(out) < 2 or \
-            any(d is None for d in out[1:]):
         return None
-    return 2 * math.prod(out[1:]) * a[-1]
+    return int(ratio) if ratio.is_Integer and ratio > 0 else None
 
 
 def _weight_input(node: onnx.NodeProto) -> str | None:
@@ -183,16 +169,21 @@ def _weight_input(node: onnx.NodeProto) -> str | None:
     return None
 
 
-def _positions(node: onnx.NodeProto, out: list[int | None] | None) -> int | None:
-    """How often each weight is used for one sample: 1 for Gemm, the output's middle dims for
-    MatMul ([N, T, out] -> T), the output's spatial dims for Conv."""
-    if node.op_type == "Gemm":
-        return 1
-    if out is None or len(out) < 2 or any(d is None for d in out[1:]):
-        return None
-    if node.op_type in _CONV or node.op_type == "QLinearConv":
-        return math.prod(out[2:])
-    return math.prod(out[1:-1])
+def _positions(node: onnx.NodeProto, out: list | None, batch: int | str | None) -> int | None:
+    """How often each weight is used for one sample: the output's entries per sample over its
+    channels (the last axis of MatMul and Gemm, [N, T, out] -> T; axis 1 of Conv, the
+    spatial positions)."""
+    if out is None or len(out) < 2:
+        return 1 if node.op_type == "Gemm" else None
+    conv = node.op_type in _CONV or node.op_type == "QLinearConv"
+    found = _per_sample([out[0], *out[2:]] if conv else out[:-1], batch)
+    return found if found is not None else _past_first(out[2:] if conv else out[1:-1])
+
+
+def _past_first(dims: list) -> int | None:
+    """The product of `dims` (the axes after the first, which is taken for the batch) where
+    the batch could not be placed (its size written under another name)."""
+    return math.prod(dims) if all(isinstance(d, int) for d in dims) else None
 
 
 def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -15,6 +15,16 @@ from ..graph.trace import Trace
 TOP_REASONS = 3
 
 
+def reached_share(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
+                  costs: dict[str, int], total: int) -> float:
+    """The share of `total` (weights or FLOPs, as `costs` price them) in tensors the groups
+    prune: layers whose rows or columns they own, and the attention products of heads."""
+    cost = {name: math.prod(shape) * costs.get(name, 1)
+            for name, shape in count.shapes(gm, found).items()}
+    reached = {s.param for g in groups for s in g.weights + g.consumers + g.counted}
+    return sum(c for w, c in cost.items() if w in reached) / max(total, 1)
+
+
 def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
                     costs: dict[str, int], total: int, target: float, flops: bool) -> None:
     """Refuse a target no selection can reach: with one unit left in every group the model
@@ -28,7 +38,7 @@ def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGrou
     unit = "FLOPs" if flops else "weights"
     cost = {name: math.prod(shape) * costs.get(name, 1) for name, shape in shapes.items()}
     reached = {s.param for g in groups for s in g.weights + g.consumers + g.counted}
-    share = sum(c for w, c in cost.items() if w in reached) / max(total, 1)
+    share = reached_share(gm, found, groups, costs, total)
     by_reason: dict[str, list[str]] = {}
     weight_of = {layer.name: layer.weight for layer in found.layers}
     for layer, why in found.dense:

@@ -3,6 +3,8 @@ to 40% fewer FLOPs in one shot and exported within parity; what stays dense is n
 
 from __future__ import annotations
 
+import operator
+
 import onnx
 import pytest
 import torch
@@ -28,6 +30,8 @@ SMALL = {
                                            convnext.CNBlockConfig(32, None, 1)], num_classes=10),
     "swin": lambda: swin_transformer.SwinTransformer([4, 4], 32, [2, 2], [2, 4], [4, 4],
                                                      num_classes=10),  # 2 x 2 windows, shifted
+    "vit": lambda: tv.models.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=32,
+                                               mlp_dim=64, num_classes=10),
 }
 DENSE = {  # what may stay dense, by model
     "mobilenet_v3_small": {"output layer"},
@@ -36,6 +40,7 @@ DENSE = {  # what may stay dense, by model
     "shufflenet_v2": {"output layer", "reshaped by view", "depthwise convolution"},
     "convnext": {"output layer", "residual stream", "depthwise convolution", "filters the "},
     "swin": {"output layer", "residual stream"},
+    "vit": {"output layer", "residual stream"},
 }
 
 
@@ -73,3 +78,14 @@ def test_swin_window_heads_take_their_relative_position_bias_and_shifted_window_
     assert all(s.axis == 1 for g in heads for s in g.carried)  # [positions, heads]
     shifted = heads[1]  # the per-window mask is added between two views that write the heads
     assert sum(1 for name, _, per_unit in shifted.reshapes if name.startswith("view")) == 2
+
+
+def test_vit_heads_are_pruned_in_every_layer_though_export_shares_batch_times_heads():
+    net = SMALL["vit"]().eval()
+    x = torch.rand(2, 3, 32, 32)
+    gm = graph_of(net, x)
+    heads = [g for g in trace(gm, x[:1]).groups if "heads" in g.kinds]
+    assert [g.size for g in heads] == [4, 4]  # nn.MultiheadAttention, tokens first
+    sizes = [name for g in heads for name, _, _ in g.reshapes
+             if next(n for n in gm.graph.nodes if n.name == name).target is operator.mul]
+    assert len(sizes) == len(set(sizes)) == 2  # each layer's batch x heads its own
