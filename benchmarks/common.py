@@ -97,9 +97,13 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def cpu() -> str:
+    """This machine's CPU model."""
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                 .splitlines() if line.startswith("model name")), platform.processor())
+
+
 def machine() -> str:
     """'N cores (CPU model), no GPU; versions' for a benchmark's header."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
-    return (f"{os.cpu_count()} cores ({cpu}), no GPU; torch {torch.__version__} (2 threads), "
+    return (f"{os.cpu_count()} cores ({cpu()}), no GPU; torch {torch.__version__} (2 threads), "
             f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}")

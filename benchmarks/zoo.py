@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import child
-from benchmarks.common import commit, machine
+from benchmarks.common import commit, cpu, machine
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnext101_32x8d "
@@ -94,7 +94,7 @@ def _images() -> np.ndarray:
 
 def _model(name: str, work: Path) -> dict:
     """Ours and the peer on one model: each in a child process."""
-    row = {"model": name, "commit": commit()}
+    row = {"model": name, "commit": commit(), "cpu": cpu()}
     try:
         program = _export(name, work)
     except Exception as e:  # a model that does not build or export here
@@ -125,18 +125,17 @@ def _export(name: str, work: Path) -> dict:
     from compressor.graph.capture import capture, export_program
     from compressor.graph.trace import trace
     from compressor.io.load import LoadedModel, ModelFormat
+    from compressor.prune.reach import reached_share
 
     net = build(name)
     example = torch.rand(2, 3, SIZE, SIZE)
     torch.export.save(export_program(net, example), str(work / f"{name}.pt2"))
     gm = capture(LoadedModel(Path(name), ModelFormat.PICKLED_MODULE, net), example)
-    found = trace(gm)
-    owned = {s.param for g in found.groups for s in g.weights + g.consumers}
+    found = trace(gm, example[:1])  # with a sample: attention heads too
     total = count.flops(gm, found)
-    inside = sum(2 * layer.positions * getattr(gm, layer.weight).numel()
-                 for layer in found.layers if layer.weight in owned)
+    costs = {name: 2 * cost for name, cost in count.costs(found, of_flops=True).items()}
     torch.save(net, work / f"{name}.module.pt")
-    return {"flops": total, "share": inside / total}
+    return {"flops": total, "share": reached_share(gm, found, found.groups, costs, total)}
 
 
 def _child(cmd: list[str]) -> dict:
@@ -283,15 +282,16 @@ def _markdown(rows: list[dict]) -> str:
 
 def _provenance(rows: list[dict]) -> str:
     """Which commit each row ran at (a `--resume` run adds rows to those of earlier runs)."""
-    by_commit: dict[str, list[str]] = {}
+    where: dict[str, list[str]] = {}
     for row in rows:
-        by_commit.setdefault(row.get("commit", "unknown"), []).append(row["model"])
-    if len(by_commit) == 1:
-        return f"Every row ran at commit {next(iter(by_commit))}."
-    most = max(by_commit, key=lambda c: len(by_commit[c]))
-    others = "; ".join(f"{', '.join(models)} at {c}" for c, models in by_commit.items()
-                       if c != most)
-    return f"Rows ran at commit {most}, except {others}."
+        at = f"at commit {row.get('commit', 'unknown')} on {row.get('cpu', 'an unnamed CPU')}"
+        where.setdefault(at, []).append(row["model"])
+    if len(where) == 1:
+        return f"Every row ran {next(iter(where))}."
+    most = max(where, key=lambda at: len(where[at]))
+    others = "; ".join(f"{', '.join(models)} {at}" for at, models in where.items()
+                       if at != most)
+    return f"Rows ran {most}, except {others} (speedups are of the CPU each row ran on)."
 
 
 def _totals(rows: list[dict]) -> list[str]:
