@@ -276,7 +276,10 @@ def _markdown(rows: list[dict]) -> str:
             run = row.get(who, {})
             if run.get("code", 0) != 0:
                 label = "ours" if who == "ours" else "Torch-Pruning"
-                lines.append(f"- {row['model']} ({label}): {run.get('error', '')}")
+                why = run.get("error", "") if run["code"] >= -1 else \
+                    f"killed by signal {-run['code']} at a peak of {_gb(run.get('peak'))}"
+                #     (-1 is a timeout, whose error line says so)
+                lines.append(f"- {row['model']} ({label}): {why}")
     return "\n".join(lines) + "\n"
 
 
