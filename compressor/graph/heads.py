@@ -221,8 +221,9 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     extras = _read_only_by_attention((q, k, v), out, cq + ck + cv)
     if extras is None:
         return None
-    heads_at = _head_ids(path, h, values)
-    tables = []  # per-head parameters the scores read (a relative position bias table)
+    heads_at = _head_ids(path, h, values) if path else \
+        _sdpa_head_ids(out, values[q.name], values[k.name])
+    tables, table_sizes, table_chains = [], set(), []  # per-head parameters the scores read
     for extra, reader in extras:
         value = values.get(extra.name)
         if reader.name not in heads_at:  # SDPA's own mask: per head if [..., heads, T, T]
@@ -233,7 +234,9 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
             table = _table(extra, heads_at[reader.name], len(units), values)
             if table is None:
                 return None  # a per-head mask or bias computed from the input
-            tables.append(table)
+            tables.append(table[0])
+            table_sizes |= table[1]
+            table_chains += table[2]
     pieces = []
     firsts = {c[0].name for c in (cq, ck, cv) if c}
     for linear, rows in ((lq, rq), (lk, rk[units]), (lv, rv[units])):
@@ -259,7 +262,8 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if path:  # views of the scores that write the head count (Swin's per-window mask)
         reshapes |= _written(list(path[1:]), path[0], heads_at[path[0].name], values,
                              torch.arange(h) // g, len(units))
-    on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path)}
+    reshapes |= table_sizes
+    on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path) + table_chains}
     nodes = {n.name: n for n in gm.graph.nodes}
     shared = {name for name, _, _ in reshapes if nodes[name].target is operator.mul
               and not {u.name for u in nodes[name].users} <= on_the_way}
@@ -338,6 +342,16 @@ def _head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torc
             for i, node in enumerate(path)}
 
 
+def _sdpa_head_ids(sdpa: fx.Node, q: object, k: object) -> dict[str, torch.Tensor]:
+    """For `scaled_dot_product_attention`, the head of each entry of its scores [batch, heads,
+    queries, keys], where its `attn_mask` is added; empty for any other node."""
+    if sdpa.target is not SDPA or not isinstance(q, torch.Tensor) or q.ndim != 4:
+        return {}
+    h = q.shape[1]
+    ids = torch.arange(h, dtype=torch.float64).reshape(1, h, 1, 1)
+    return {sdpa.name: ids.expand(q.shape[0], h, q.shape[2], k.shape[-2]).contiguous()}
+
+
 def _varies_by_head(extra: torch.Tensor, heads: torch.Tensor) -> bool:
     """Whether `extra`, broadcast to the shape of `heads` (each entry's head), differs along
     an axis the heads change along."""
@@ -348,10 +362,12 @@ def _varies_by_head(extra: torch.Tensor, heads: torch.Tensor) -> bool:
                for a in range(heads.ndim))
 
 
-def _table(extra: fx.Node, heads: torch.Tensor, units: int, values: dict) -> Slice | None:
+def _table(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
+           ) -> tuple[Slice, set, list[fx.Node]] | None:
     """The entries each unit owns of the parameter `extra` is read from through moves and
     gathers (a relative position bias table [positions, heads], indexed by position pairs),
-    if every head reads its own entries along one axis of it; else None."""
+    if every head reads its own entries along one axis of it, with the sizes on the way that
+    write the head count and those ops; else None."""
     chain = []
     node = extra
     while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS):
@@ -375,8 +391,13 @@ def _table(extra: fx.Node, heads: torch.Tensor, units: int, values: dict) -> Sli
             continue
         rows = torch.stack([e[0] for e in owned]).long().reshape(units, -1)
         found = _slice(node.target, rows, axis)
-        if found is not None:
-            return found
+        if found is None:
+            continue
+        unit_of = torch.full((table.shape[axis],), -1)
+        unit_of[found.entries(torch.arange(units))] = \
+            torch.arange(units).repeat_interleave(found.block)
+        start = index.expand(table.shape).contiguous()
+        return found, _written(chain, node, start, values, unit_of, units), chain
     return None
 
 

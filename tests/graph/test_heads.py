@@ -153,9 +153,9 @@ class PerHeadBias(Net):
     """A position bias of each head's own is added to the scores: a parameter (T5, ALiBi, or
     Swin's table read by position pairs), or computed from the input (`computed`)."""
 
-    def __init__(self, computed: bool = False, **attention) -> None:
+    def __init__(self, computed: bool = False, sdpa: bool = False, **attention) -> None:
         super().__init__(**attention)
-        self.computed = computed
+        self.computed, self.sdpa = computed, sdpa
         self.table = nn.Parameter(torch.randn(9, 4))  # relative offsets -4..4, per head
         offsets = torch.arange(5)[None, :] - torch.arange(5)[:, None] + 4
         self.register_buffer("index", offsets.reshape(-1))
@@ -169,12 +169,16 @@ class PerHeadBias(Net):
             bias = self.gate(h).transpose(1, 2)[..., None]  # [b, heads, t, 1]
         else:
             bias = self.table[self.index].view(t, t, -1).permute(2, 0, 1).unsqueeze(0)
-        y = ((q @ k.transpose(-2, -1) + bias).softmax(-1) @ v).transpose(1, 2)
+        if self.sdpa:  # the scale differs from the explicit form's: not compared
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2)
+        else:
+            y = ((q @ k.transpose(-2, -1) + bias).softmax(-1) @ v).transpose(1, 2)
         return self.head((h + self.attn.proj(y.reshape(b, t, 24))).mean(1))
 
 
-def test_a_per_head_bias_table_loses_the_removed_heads_columns():
-    net = PerHeadBias(**LAYOUTS["fused"]).eval()
+@pytest.mark.parametrize("sdpa", [False, True], ids=["explicit softmax", "sdpa attn_mask"])
+def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa):
+    net = PerHeadBias(sdpa=sdpa, **LAYOUTS["fused"]).eval()
     x = torch.randn(16, 5, 8)
     gm = graph_of(net, x[:2])
     group, _ = _heads_group(gm, x)
@@ -196,3 +200,36 @@ def test_heads_whose_rows_something_else_reads_stay(make):
     net = make(**LAYOUTS["fused"]).eval()
     x = torch.randn(4, 5, 8)
     assert not [g for g in trace(graph_of(net, x[:2]), x[:1]).groups if "heads" in g.kinds]
+
+
+class ComputedQkvBias(Net):
+    """BEiT's qkv bias: `cat(q_bias, zeros, v_bias)` computed in the graph from parameters."""
+
+    def __init__(self) -> None:
+        super().__init__(**LAYOUTS["fused"])
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(24)), nn.Parameter(torch.randn(24))
+        self.register_buffer("k_bias", torch.zeros(24), persistent=False)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = F.linear(h, self.attn.qkv.weight, bias)
+        q, k, v = qkv.reshape(b, t, 3, 4, 6).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 24)
+        return self.head((h + self.attn.proj(y)).mean(1))
+
+
+def test_a_qkv_bias_computed_from_parameters_becomes_one_and_its_heads_prune():
+    net = ComputedQkvBias().eval()
+    x = torch.randn(16, 5, 8)
+    gm = graph_of(net, x[:2])
+    group, _ = _heads_group(gm, x)
+    [bias] = {s.param for s in group.biases}
+    assert get_tensor(gm, bias).shape == (72,)
+    assert all(n.target is not torch.ops.aten.cat.default for n in gm.graph.nodes)
+    shrink(gm, (group,), {group.name: torch.tensor([2])})
+    with torch.no_grad():
+        net.attn.proj.weight[:, 12:18] = 0
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
