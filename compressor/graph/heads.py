@@ -19,23 +19,13 @@ import torch
 from torch import fx
 
 from .groups import PrunableGroup, Slice
+from .head_tables import head_ids, per_head_tables, sdpa_head_ids
 from .ops import ATTENTION, IDENTITY, LINEAR, MATMUL
+from .replay import MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, values_on, written_sizes
 
 aten = torch.ops.aten
 SDPA = ATTENTION[0]
-MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
-         aten.permute.default, aten.transpose.int, aten.t.default, aten.unbind.int,
-         aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
-         aten.slice.Tensor, aten.contiguous.default, aten.clone.default, aten.alias.default,
-         aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
-         aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
-SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
-SHIFTS = {aten.add.Tensor, aten.sub.Tensor}  # a bias or mask on the scores: likewise
-GATHERS = {aten.index.Tensor}  # a relative position bias read from its table
 CARRY = set(IDENTITY)  # the probabilities as they are
-SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
-RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
-            aten.expand.default}  # a size list second, as unflatten's is third
 
 
 @dataclass(frozen=True)
@@ -54,7 +44,7 @@ def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
         _explicit_cores(gm)
     if not cores:
         return []
-    values = _values(gm, sample[:1])
+    values = values_on(gm, sample[:1])
     found = []
     for products, (q, k, v), out, path in cores:
         heads = _heads(gm, q, k, v, out, path, values)
@@ -94,21 +84,6 @@ def _path_back(node: object, ops: set) -> list[fx.Node]:
     return [node, *path[::-1]] if isinstance(node, fx.Node) else []
 
 
-def _values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, object]:
-    """Every node's value on `x`."""
-    values: dict[str, object] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            values[n.name] = out
-            return out
-
-    with torch.no_grad():
-        Recorder(gm).run(x)
-    return values
-
-
 def _chain_back(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     """The Linear `node` is made from through ops that only move entries, and those ops (in
     order from the Linear); None if anything else is on the way."""
@@ -141,31 +116,6 @@ def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
         node = user
 
 
-def _replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
-              values: dict[str, object]) -> torch.Tensor:
-    """`chain` run with `start`'s value replaced by `value` (the other arguments as they were
-    on the sample); scales, biases and masks leave the entries as they are (broadcast to the
-    shape they give)."""
-    current = {start.name: value}
-
-    def arg(a):
-        if isinstance(a, fx.Node):
-            return current.get(a.name, values.get(a.name))
-        if isinstance(a, (list, tuple)):
-            return type(a)(arg(b) for b in a)
-        return a
-
-    for node in chain:
-        if node.target in SCALES | SHIFTS:
-            source = next(a for a in node.args if isinstance(a, fx.Node) and a.name in current)
-            current[node.name] = torch.broadcast_to(current[source.name],
-                                                    values[node.name].shape)
-            continue
-        current[node.name] = node.target(*[arg(a) for a in node.args],
-                                         **{k: arg(v) for k, v in node.kwargs.items()})
-    return current[chain[-1].name] if chain else value
-
-
 def _rows(node: fx.Node, values: dict) -> tuple[fx.Node, list, torch.Tensor] | None:
     """(Linear, the ops after it, per head the Linear's output features it owns [H, d])."""
     found = _chain_back(node)
@@ -174,7 +124,7 @@ def _rows(node: fx.Node, values: dict) -> tuple[fx.Node, list, torch.Tensor] | N
     linear, chain = found
     out = values[linear.name]
     index = torch.arange(out.shape[-1], dtype=torch.float64).expand(out.shape).contiguous()
-    laid = _replayed(chain, linear, index, values)
+    laid = replayed(chain, linear, index, values)
     if laid.ndim != 4:
         return None
     heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]
@@ -208,7 +158,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     y = values[out.name]
     ids = torch.arange(h * d, dtype=torch.float64).reshape(1, h, 1, d).expand(y.shape)
     ids = ids.contiguous()
-    columns = _replayed(out_chain, out, ids, values)
+    columns = replayed(out_chain, out, ids, values)
     flat = columns.reshape(-1, columns.shape[-1]) if columns.ndim >= 2 else None
     if flat is None or not bool((flat == flat[:1]).all()):
         return None
@@ -221,30 +171,20 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     extras = _read_only_by_attention((q, k, v), out, cq + ck + cv)
     if extras is None:
         return None
-    heads_at = _head_ids(path, h, values) if path else \
-        _sdpa_head_ids(out, values[q.name], values[k.name])
-    tables, table_sizes, table_chains = [], set(), []  # per-head parameters the scores read
-    for extra, reader in extras:
-        value = values.get(extra.name)
-        if reader.name not in heads_at:  # SDPA's own mask: per head if [..., heads, T, T]
-            shape = getattr(value, "shape", ())
-            if len(shape) >= 4 and shape[-3] != 1:
-                return None
-        elif isinstance(value, torch.Tensor) and _varies_by_head(value, heads_at[reader.name]):
-            table = _table(extra, heads_at[reader.name], len(units), values)
-            if table is None:
-                return None  # a per-head mask or bias computed from the input
-            tables.append(table[0])
-            table_sizes |= table[1]
-            table_chains += table[2]
+    heads_at = head_ids(path, h, values) if path else \
+        sdpa_head_ids(out, values[q.name], values[k.name])
+    found_tables = per_head_tables(extras, heads_at, len(units), values)
+    if found_tables is None:
+        return None  # a per-head mask or bias computed from the input
+    tables, table_sizes, table_chains = found_tables
     pieces = []
     firsts = {c[0].name for c in (cq, ck, cv) if c}
     for linear, rows in ((lq, rq), (lk, rk[units]), (lv, rv[units])):
-        piece = _slice(linear.args[1].target, rows.reshape(len(units), -1))
+        piece = slice_of(linear.args[1].target, rows.reshape(len(units), -1))
         if piece is None or any(u.name not in firsts for u in linear.users):
             return None  # its rows are laid out otherwise, or read by something else too
         pieces.append((linear, piece))
-    proj_piece = _slice(proj.args[1].target, order.reshape(len(units), -1), axis=1)
+    proj_piece = slice_of(proj.args[1].target, order.reshape(len(units), -1), axis=1)
     if proj_piece is None or len(proj.args) < 2:
         return None
     unit_of = {}  # per Linear: the unit each output feature belongs to (-1: none)
@@ -256,11 +196,11 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     for linear, chain in ((lq, cq), (lk, ck), (lv, cv)):
         out_size = values[linear.name].shape
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
-        reshapes |= _written(chain, linear, index, values, unit_of[linear.name], len(units))
-    reshapes |= _written(out_chain, out, ids, values,
+        reshapes |= written_sizes(chain, linear, index, values, unit_of[linear.name], len(units))
+    reshapes |= written_sizes(out_chain, out, ids, values,
                          torch.arange(h * d) // (g * d), len(units))
     if path:  # views of the scores that write the head count (Swin's per-window mask)
-        reshapes |= _written(list(path[1:]), path[0], heads_at[path[0].name], values,
+        reshapes |= written_sizes(list(path[1:]), path[0], heads_at[path[0].name], values,
                              torch.arange(h) // g, len(units))
     reshapes |= table_sizes
     on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path) + table_chains}
@@ -330,137 +270,8 @@ def _own_size(gm: fx.GraphModule, size: fx.Node, on_the_way: set[str]) -> str:
     return own.name
 
 
-def _head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torch.Tensor]:
-    """Per node of `path` (q @ kᵀ, [batch, heads, queries, keys], then the ops to the
-    softmax), the head of each of its entries; empty if there is no such path."""
-    scores = values[path[0].name] if path else None
-    if scores is None or scores.ndim != 4 or scores.shape[1] != h:
-        return {}
-    ids = torch.arange(h, dtype=torch.float64).reshape(1, h, 1, 1).expand(scores.shape)
-    ids = ids.contiguous()
-    return {node.name: _replayed(list(path[1:i + 1]), path[0], ids, values)
-            for i, node in enumerate(path)}
-
-
-def _sdpa_head_ids(sdpa: fx.Node, q: object, k: object) -> dict[str, torch.Tensor]:
-    """For `scaled_dot_product_attention`, the head of each entry of its scores [batch, heads,
-    queries, keys], where its `attn_mask` is added; empty for any other node."""
-    if sdpa.target is not SDPA or not isinstance(q, torch.Tensor) or q.ndim != 4:
-        return {}
-    h = q.shape[1]
-    ids = torch.arange(h, dtype=torch.float64).reshape(1, h, 1, 1)
-    return {sdpa.name: ids.expand(q.shape[0], h, q.shape[2], k.shape[-2]).contiguous()}
-
-
-def _varies_by_head(extra: torch.Tensor, heads: torch.Tensor) -> bool:
-    """Whether `extra`, broadcast to the shape of `heads` (each entry's head), differs along
-    an axis the heads change along."""
-    if extra.ndim > heads.ndim:
-        return True
-    shape = (1,) * (heads.ndim - extra.ndim) + tuple(extra.shape)
-    return any(shape[a] > 1 and bool((heads.movedim(a, 0) != heads.movedim(a, 0)[:1]).any())
-               for a in range(heads.ndim))
-
-
-def _table(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
-           ) -> tuple[Slice, set, list[fx.Node]] | None:
-    """The entries each unit owns of the parameter `extra` is read from through moves and
-    gathers (a relative position bias table [positions, heads], indexed by position pairs),
-    if every head reads its own entries along one axis of it, with the sizes on the way that
-    write the head count and those ops; else None."""
-    chain = []
-    node = extra
-    while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS):
-        chain.append(node)
-        node = node.args[0]
-        if not isinstance(node, fx.Node):
-            return None
-    if node.op != "get_attr" or any(len(n.users) != 1 for n in [node, *chain]):
-        return None  # computed from the input, or read by something else too
-    chain.reverse()
-    table = values[node.name]
-    for axis in range(table.ndim):
-        shape = [-1 if i == axis else 1 for i in range(table.ndim)]
-        index = torch.arange(table.shape[axis], dtype=torch.float64).reshape(shape)
-        laid = _replayed(chain, node, index.expand(table.shape).contiguous(), values)
-        if laid.ndim > heads.ndim:
-            return None
-        laid = torch.broadcast_to(laid, heads.shape)
-        owned = [laid[heads == j] for j in range(int(heads.max()) + 1)]
-        if not all(bool((e == e[:1]).all()) for e in owned):
-            continue
-        rows = torch.stack([e[0] for e in owned]).long().reshape(units, -1)
-        found = _slice(node.target, rows, axis)
-        if found is None:
-            continue
-        unit_of = torch.full((table.shape[axis],), -1)
-        unit_of[found.entries(torch.arange(units))] = \
-            torch.arange(units).repeat_interleave(found.block)
-        start = index.expand(table.shape).contiguous()
-        return found, _written(chain, node, start, values, unit_of, units), chain
-    return None
-
-
-def _written(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: dict,
-             unit_of: torch.Tensor, units: int) -> set[tuple[str, int, int]]:
-    """(node, position, entries per unit) for every size on `chain` that writes an axis the
-    units lie along as a number (the head count, or heads x head dim): a view's or
-    unflatten's size list at `position`, or, where the count is multiplied into the batch size
-    (`batch * heads`), the number at `position` in that product's arguments."""
-    found = set()
-    for i, node in enumerate(chain):
-        sizes = _sizes(node)
-        if sizes is None:
-            continue
-        split = node.target in SPLITS  # sizes along one axis of its input, not a shape
-        laid = _replayed(chain[:i + (not split)], start, index, values)  # a split: its input
-        owner = unit_of[laid.long().clamp_min(0)]
-        first = 0
-        if node.target is aten.unflatten.int:  # its dim counts the axes before it
-            first = node.args[1] % (laid.ndim - len(sizes) + 1)
-        for position, size in enumerate(sizes):
-            written = (node.name, position, size)
-            if isinstance(size, fx.Node):
-                written = _product(size)
-            if written is None or written[2] % units or written[2] <= 1:
-                continue
-            axis = node.args[2] % laid.ndim if split else first + position
-            moved = owner.movedim(axis, 0)
-            if not bool((moved != moved[:1]).any()):
-                continue  # the units do not change along this axis
-            found.add((written[0], written[1], written[2] // units))
-    return found
-
-
-def _sizes(node: fx.Node) -> list | None:
-    """The size list a reshape, expand or unflatten writes, or the sizes a split cuts (GPT-2
-    splits its fused qkv by width), else None."""
-    if node.target is aten.split.Tensor and isinstance(node.args[1], int):
-        return [node.args[1]]
-    at = 2 if node.target is aten.unflatten.int else \
-        1 if node.target in RESHAPES or node.target in SPLITS else None
-    if at is None or not isinstance(node.args[at], (list, tuple)):
-        return None
-    return list(node.args[at])
-
-
-def _product(node: fx.Node) -> tuple[str, int, int] | None:
-    """(node, position, number) for a size computed as `batch * number`; None otherwise."""
-    if node.target is not operator.mul:
-        return None
-    numbers = [(i, a) for i, a in enumerate(node.args) if isinstance(a, int)]
-    if len(numbers) != 1 or len(node.args) != 2:
-        return None
-    return (node.name, *numbers[0])
-
-
 def _ndim(node: fx.Node) -> int:
     val = node.meta.get("val")
     return 2 if val is None else val.ndim
 
 
-def _slice(param: str, rows: torch.Tensor, axis: int = 0) -> Slice | None:
-    """The Slice whose unit u owns `rows[u]`, if they are consecutive blocks."""
-    block, offset = rows.shape[1], int(rows[0, 0])
-    expected = offset + torch.arange(rows.numel()).reshape(rows.shape)
-    return Slice(param, axis, block, offset) if torch.equal(rows, expected) else None

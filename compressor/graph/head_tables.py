@@ -1,0 +1,110 @@
+"""Per-head biases on attention scores: a parameter with a value per head (a relative position
+table [positions, heads] read by position pairs, T5's or ALiBi's biases) that is added to the
+scores or given to `scaled_dot_product_attention` as its `attn_mask`. Which of its entries
+each head reads is found by replaying the ops between it and the scores on its own indices
+(`graph.replay`), so that removing a head removes its entries."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from .groups import Slice
+from .ops import ATTENTION
+from .replay import GATHERS, MOVES, replayed, slice_of, written_sizes
+
+SDPA = ATTENTION[0]
+
+
+def per_head_tables(extras: list[tuple[fx.Node, fx.Node]], heads_at: dict[str, torch.Tensor],
+                    units: int, values: dict) -> tuple[list[Slice], set, list[fx.Node]] | None:
+    """Of what an attention reads besides q, k and v (`extras`, each with the node that reads
+    it; `heads_at`: each entry's head at the nodes that add to the scores), the slices of the
+    parameters with a value per head, the sizes on their way that write the head count and
+    those ops; None where something with a value per head is not such a parameter."""
+    tables, sizes, chains = [], set(), []
+    for extra, reader in extras:
+        value = values.get(extra.name)
+        if reader.name not in heads_at:  # read elsewhere: per head if [..., heads, T, T]
+            shape = getattr(value, "shape", ())
+            if len(shape) >= 4 and shape[-3] != 1:
+                return None
+        elif isinstance(value, torch.Tensor) and varies_by_head(value, heads_at[reader.name]):
+            found = table_slice(extra, heads_at[reader.name], units, values)
+            if found is None:
+                return None
+            tables.append(found[0])
+            sizes |= found[1]
+            chains += found[2]
+    return tables, sizes, chains
+
+
+def head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torch.Tensor]:
+    """Per node of `path` (q @ kᵀ, [batch, heads, queries, keys], then the ops to the
+    softmax), the head of each of its entries; empty if there is no such path."""
+    scores = values[path[0].name] if path else None
+    if scores is None or scores.ndim != 4 or scores.shape[1] != h:
+        return {}
+    ids = torch.arange(h, dtype=torch.float64).reshape(1, h, 1, 1).expand(scores.shape)
+    ids = ids.contiguous()
+    return {node.name: replayed(list(path[1:i + 1]), path[0], ids, values)
+            for i, node in enumerate(path)}
+
+
+def sdpa_head_ids(sdpa: fx.Node, q: object, k: object) -> dict[str, torch.Tensor]:
+    """For `scaled_dot_product_attention`, the head of each entry of its scores [batch, heads,
+    queries, keys], where its `attn_mask` is added; empty for any other node."""
+    if sdpa.target is not SDPA or not isinstance(q, torch.Tensor) or q.ndim != 4:
+        return {}
+    h = q.shape[1]
+    ids = torch.arange(h, dtype=torch.float64).reshape(1, h, 1, 1)
+    return {sdpa.name: ids.expand(q.shape[0], h, q.shape[2], k.shape[-2]).contiguous()}
+
+
+def varies_by_head(extra: torch.Tensor, heads: torch.Tensor) -> bool:
+    """Whether `extra`, broadcast to the shape of `heads` (each entry's head), differs along
+    an axis the heads change along."""
+    if extra.ndim > heads.ndim:
+        return True
+    shape = (1,) * (heads.ndim - extra.ndim) + tuple(extra.shape)
+    return any(shape[a] > 1 and bool((heads.movedim(a, 0) != heads.movedim(a, 0)[:1]).any())
+               for a in range(heads.ndim))
+
+
+def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
+           ) -> tuple[Slice, set, list[fx.Node]] | None:
+    """The entries each unit owns of the parameter `extra` is read from through moves and
+    gathers (a relative position bias table [positions, heads], indexed by position pairs),
+    if every head reads its own entries along one axis of it, with the sizes on the way that
+    write the head count and those ops; else None."""
+    chain = []
+    node = extra
+    while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS):
+        chain.append(node)
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return None
+    if node.op != "get_attr" or any(len(n.users) != 1 for n in [node, *chain]):
+        return None  # computed from the input, or read by something else too
+    chain.reverse()
+    table = values[node.name]
+    for axis in range(table.ndim):
+        shape = [-1 if i == axis else 1 for i in range(table.ndim)]
+        index = torch.arange(table.shape[axis], dtype=torch.float64).reshape(shape)
+        laid = replayed(chain, node, index.expand(table.shape).contiguous(), values)
+        if laid.ndim > heads.ndim:
+            return None
+        laid = torch.broadcast_to(laid, heads.shape)
+        owned = [laid[heads == j] for j in range(int(heads.max()) + 1)]
+        if not all(bool((e == e[:1]).all()) for e in owned):
+            continue
+        rows = torch.stack([e[0] for e in owned]).long().reshape(units, -1)
+        found = slice_of(node.target, rows, axis)
+        if found is None:
+            continue
+        unit_of = torch.full((table.shape[axis],), -1)
+        unit_of[found.entries(torch.arange(units))] = \
+            torch.arange(units).repeat_interleave(found.block)
+        start = index.expand(table.shape).contiguous()
+        return found, written_sizes(chain, node, start, values, unit_of, units), chain
+    return None

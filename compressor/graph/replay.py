@@ -1,0 +1,127 @@
+"""Following entries through ops that only move them: run the ops on the entries' own indices
+(as float64 tensors) to read where each entry lands, which units a reshape's sizes count, and
+which consecutive block of a tensor each unit owns. Attention heads (`graph.heads`) and the
+per-head tables their scores read (`graph.head_tables`) are found this way."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx
+
+from .groups import Slice
+
+aten = torch.ops.aten
+MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+         aten.permute.default, aten.transpose.int, aten.t.default, aten.unbind.int,
+         aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
+         aten.slice.Tensor, aten.contiguous.default, aten.clone.default, aten.alias.default,
+         aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
+         aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
+SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
+SHIFTS = {aten.add.Tensor, aten.sub.Tensor}  # a bias or mask on the scores: likewise
+GATHERS = {aten.index.Tensor}  # a relative position bias read from its table
+SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
+RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+            aten.expand.default}  # a size list second, as unflatten's is third
+
+
+def values_on(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, object]:
+    """Every node's value on `x`."""
+    values: dict[str, object] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            values[n.name] = out
+            return out
+
+    with torch.no_grad():
+        Recorder(gm).run(x)
+    return values
+
+
+def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
+              values: dict[str, object]) -> torch.Tensor:
+    """`chain` run with `start`'s value replaced by `value` (the other arguments as they were
+    on the sample); scales, biases and masks leave the entries as they are (broadcast to the
+    shape they give)."""
+    current = {start.name: value}
+
+    def arg(a):
+        if isinstance(a, fx.Node):
+            return current.get(a.name, values.get(a.name))
+        if isinstance(a, (list, tuple)):
+            return type(a)(arg(b) for b in a)
+        return a
+
+    for node in chain:
+        if node.target in SCALES | SHIFTS:
+            source = next(a for a in node.args if isinstance(a, fx.Node) and a.name in current)
+            current[node.name] = torch.broadcast_to(current[source.name],
+                                                    values[node.name].shape)
+            continue
+        current[node.name] = node.target(*[arg(a) for a in node.args],
+                                         **{k: arg(v) for k, v in node.kwargs.items()})
+    return current[chain[-1].name] if chain else value
+
+
+def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: dict,
+             unit_of: torch.Tensor, units: int) -> set[tuple[str, int, int]]:
+    """(node, position, entries per unit) for every size on `chain` that writes an axis the
+    units lie along as a number (the head count, or heads x head dim): a view's or
+    unflatten's size list at `position`, or, where the count is multiplied into the batch size
+    (`batch * heads`), the number at `position` in that product's arguments."""
+    found = set()
+    for i, node in enumerate(chain):
+        sizes = _sizes(node)
+        if sizes is None:
+            continue
+        split = node.target in SPLITS  # sizes along one axis of its input, not a shape
+        laid = replayed(chain[:i + (not split)], start, index, values)  # a split: its input
+        owner = unit_of[laid.long().clamp_min(0)]
+        first = 0
+        if node.target is aten.unflatten.int:  # its dim counts the axes before it
+            first = node.args[1] % (laid.ndim - len(sizes) + 1)
+        for position, size in enumerate(sizes):
+            written = (node.name, position, size)
+            if isinstance(size, fx.Node):
+                written = _product(size)
+            if written is None or written[2] % units or written[2] <= 1:
+                continue
+            axis = node.args[2] % laid.ndim if split else first + position
+            moved = owner.movedim(axis, 0)
+            if not bool((moved != moved[:1]).any()):
+                continue  # the units do not change along this axis
+            found.add((written[0], written[1], written[2] // units))
+    return found
+
+
+def _sizes(node: fx.Node) -> list | None:
+    """The size list a reshape, expand or unflatten writes, or the sizes a split cuts (GPT-2
+    splits its fused qkv by width), else None."""
+    if node.target is aten.split.Tensor and isinstance(node.args[1], int):
+        return [node.args[1]]
+    at = 2 if node.target is aten.unflatten.int else \
+        1 if node.target in RESHAPES or node.target in SPLITS else None
+    if at is None or not isinstance(node.args[at], (list, tuple)):
+        return None
+    return list(node.args[at])
+
+
+def _product(node: fx.Node) -> tuple[str, int, int] | None:
+    """(node, position, number) for a size computed as `batch * number`; None otherwise."""
+    if node.target is not operator.mul:
+        return None
+    numbers = [(i, a) for i, a in enumerate(node.args) if isinstance(a, int)]
+    if len(numbers) != 1 or len(node.args) != 2:
+        return None
+    return (node.name, *numbers[0])
+
+
+def slice_of(param: str, rows: torch.Tensor, axis: int = 0) -> Slice | None:
+    """The Slice whose unit u owns `rows[u]`, if they are consecutive blocks."""
+    block, offset = rows.shape[1], int(rows[0, 0])
+    expected = offset + torch.arange(rows.numel()).reshape(rows.shape)
+    return Slice(param, axis, block, offset) if torch.equal(rows, expected) else None
