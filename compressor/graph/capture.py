@@ -19,6 +19,7 @@ from ..io.cores import batch_starts
 from ..io.load import LoadedModel, ModelFormat, output_tensor
 from ..io.quiet import quiet
 from .batchnorm import fold_batchnorm
+from .constants import fold_constant_operands
 from .linears import as_linear
 from .ops import CONV, LINEAR
 
@@ -81,7 +82,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean.graph.lint()
     clean.meta["original_names"] = original_names
     as_linear(clean)
-    _fold_constant_operands(clean)
+    fold_constant_operands(clean, _flat_name)
     fold_batchnorm(clean)
     for name, tensor in [*clean.named_parameters(), *clean.named_buffers()]:
         if tensor.ndim == 4:
@@ -257,60 +258,6 @@ def set_tensor(gm: fx.GraphModule, name: str, value: torch.Tensor) -> None:
         gm._parameters[name] = nn.Parameter(value)
     else:
         gm._buffers[name] = value
-
-
-def _fold_constant_operands(gm: fx.GraphModule) -> None:
-    """Make a layer's weight or bias that the graph computes from tensors alone (BEiT's and
-    EVA's qkv bias, `cat(q_bias, zeros, v_bias)`; a weight-normalised weight) a parameter of
-    its own: it is a constant at inference, and the layer can then be pruned and trained."""
-    changed = False
-    for node in [n for n in gm.graph.nodes if n.target in (LINEAR, *CONV)]:
-        for position in (1, 2):
-            operand = node.args[position] if len(node.args) > position else None
-            if not isinstance(operand, fx.Node) or operand.op == "get_attr":
-                continue
-            inside: set[fx.Node] = set()
-            with torch.no_grad():
-                value = _constant(gm, operand, inside)
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or \
-                    any(not set(n.users) <= inside | {node} for n in inside):
-                continue  # computed from the input, or from tensors read elsewhere too (tied)
-            name = _flat_name(f"{node.name}_{'weight' if position == 1 else 'bias'}", gm)
-            gm.register_parameter(name, nn.Parameter(value.detach().clone()))
-            with gm.graph.inserting_before(node):
-                node.replace_input_with(operand, gm.graph.get_attr(name))
-            changed = True
-    if changed:
-        gm.graph.eliminate_dead_code()
-        used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-        for name in [n for n, _ in [*gm.named_parameters(), *gm.named_buffers()]
-                     if n not in used and "." not in n]:
-            delattr(gm, name)  # what only the folded operands read
-        gm.recompile()
-
-
-def _constant(gm: fx.GraphModule, node: fx.Node, inside: set[fx.Node]) -> object:
-    """`node`'s value if it is computed from the module's tensors alone (no input, nothing
-    random), else None; the nodes it is computed from are added to `inside`."""
-    inside.add(node)
-    if node.op == "get_attr":
-        return get_tensor(gm, node.target)
-    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload) or \
-            node.target._schema.is_mutable or "rand" in node.target.__name__:
-        return None
-    missing = []
-
-    def value(a):
-        if not isinstance(a, fx.Node):
-            return a
-        found = _constant(gm, a, inside)
-        if found is None:
-            missing.append(a)
-        return found
-
-    args = fx.node.map_aggregate(node.args, value)
-    kwargs = fx.node.map_aggregate(node.kwargs, value)
-    return None if missing else node.target(*args, **kwargs)
 
 
 def add_zero_bias(gm: fx.GraphModule, layer: fx.Node) -> str:
