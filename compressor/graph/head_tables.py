@@ -72,7 +72,7 @@ def varies_by_head(extra: torch.Tensor, heads: torch.Tensor) -> bool:
 
 
 def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
-           ) -> tuple[Slice, set, list[fx.Node]] | None:
+                ) -> tuple[Slice, set, list[fx.Node]] | None:
     """The entries each unit owns of the parameter `extra` is read from through moves and
     gathers (a relative position bias table [positions, heads], indexed by position pairs),
     if every head reads its own entries along one axis of it, with the sizes on the way that
@@ -91,7 +91,8 @@ def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
     for axis in range(table.ndim):
         shape = [-1 if i == axis else 1 for i in range(table.ndim)]
         index = torch.arange(table.shape[axis], dtype=torch.float64).reshape(shape)
-        laid = replayed(chain, node, index.expand(table.shape).contiguous(), values)
+        start = index.expand(table.shape).contiguous()
+        laid = replayed(chain, node, start, values)
         if laid.ndim > heads.ndim:
             return None
         laid = torch.broadcast_to(laid, heads.shape)
@@ -105,6 +106,5 @@ def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
         unit_of = torch.full((table.shape[axis],), -1)
         unit_of[found.entries(torch.arange(units))] = \
             torch.arange(units).repeat_interleave(found.block)
-        start = index.expand(table.shape).contiguous()
         return found, written_sizes(chain, node, start, values, unit_of, units), chain
     return None
