@@ -43,7 +43,7 @@ def values_on(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, object]:
 
 
 def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
-              values: dict[str, object]) -> torch.Tensor:
+             values: dict[str, object]) -> torch.Tensor:
     """`chain` run with `start`'s value replaced by `value` (the other arguments as they were
     on the sample); scales, biases and masks leave the entries as they are (broadcast to the
     shape they give)."""
@@ -68,7 +68,7 @@ def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
 
 
 def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: dict,
-             unit_of: torch.Tensor, units: int) -> set[tuple[str, int, int]]:
+                  unit_of: torch.Tensor, units: int) -> set[tuple[str, int, int]]:
     """(node, position, entries per unit) for every size on `chain` that writes an axis the
     units lie along as a number (the head count, or heads x head dim): a view's or
     unflatten's size list at `position`, or, where the count is multiplied into the batch size
