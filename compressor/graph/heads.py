@@ -198,10 +198,10 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
         reshapes |= written_sizes(chain, linear, index, values, unit_of[linear.name], len(units))
     reshapes |= written_sizes(out_chain, out, ids, values,
-                         torch.arange(h * d) // (g * d), len(units))
+                              torch.arange(h * d) // (g * d), len(units))
     if path:  # views of the scores that write the head count (Swin's per-window mask)
         reshapes |= written_sizes(list(path[1:]), path[0], heads_at[path[0].name], values,
-                             torch.arange(h) // g, len(units))
+                                  torch.arange(h) // g, len(units))
     reshapes |= table_sizes
     on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path) + table_chains}
     nodes = {n.name: n for n in gm.graph.nodes}
