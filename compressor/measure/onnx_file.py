@@ -4,6 +4,7 @@ data. `compress check` and the budgets of `compress` read them from here."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,19 @@ def _per_sample(dims: list | None, batch: int | str | None) -> int | None:
     if dims is None or batch is None or any(d is None for d in dims):
         return None
     try:  # sympy comes with torch; onnx writes derived sizes as expressions ("9*batch")
-        ratio = sympy.sympify(math.prod(sympy.sympify(d) for d in dims)) / sympy.sympify(batch)
+        ratio = math.prod(_expr(d) for d in dims) / _expr(batch)
     except (sympy.SympifyError, TypeError, ZeroDivisionError):
         return None
     return int(ratio) if ratio.is_Integer and ratio > 0 else None
+
+
+def _expr(size: int | str) -> sympy.Expr:
+    """An ONNX size as a sympy expression, its names as symbols ("N" too, which sympy would
+    otherwise read as its own function)."""
+    if isinstance(size, int):
+        return sympy.Integer(size)
+    names = {name: sympy.Symbol(name) for name in re.findall(r"[A-Za-z_]\w*", size)}
+    return sympy.sympify(size, locals=names)
 
 
 def _weight_input(node: onnx.NodeProto) -> str | None:

@@ -62,6 +62,22 @@ def test_a_matmul_of_two_computed_tensors_counts_its_multiply_adds_where_shapes_
     assert parameter_count(proto) == 9
 
 
+@pytest.mark.parametrize("rows", [["T", "N"], ["4*N"]], ids=["tokens first", "windows"])
+def test_weights_count_once_per_row_a_sample_makes_wherever_the_batch_sits(rows):
+    """[T, N, F] after nn.MultiheadAttention (T = 5 here) and [4*N, F] for four windows
+    per sample (Swin): a weight is applied 5 and 4 times per sample."""
+    shape = [5, "N"] if rows[0] == "T" else rows
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [*shape, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape, 2])
+    w = numpy_helper.from_array(np.ones((3, 2), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    batch = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 1])  # the input
+    graph = helper.make_graph([helper.make_node("Identity", ["b"], ["unused"]), *nodes], "g",
+                              [batch, x], [y], [w])
+    per_sample = 5 if rows[0] == "T" else 4
+    assert flops_per_sample(helper.make_model(graph)) == (2 * 3 * 2 * per_sample, ())
+
+
 def test_sparse_initializers_count_their_stored_values_and_their_dense_flops():
     proto = export(tiny(), (20,))
     weight = next(t for t in proto.graph.initializer if t.name == "0.weight")
