@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.measure.onnx_file import flops_per_sample
 from models.vision import import_torchvision
 
 import_torchvision()  # transformers imports torchvision's image transforms when present
@@ -85,6 +86,7 @@ def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, ar
     per_layer = 16 * (3 if arch == "gpt2" else 1)  # q rows (q, k, v rows for GPT-2) per head
     assert exported == sorted(2 * [r["out_after"] // per_layer for r in heads])
     assert exported[0] < 4
+    assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())  # = check
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
