@@ -121,8 +121,8 @@ def flops_per_sample(proto: onnx.ModelProto, *,
     values = (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or None
                        for d in v.type.tensor_type.shape.dim] for v in values}
-    batch = shapes.get(inferred.graph.input[0].name, [None])[:1] if inferred.graph.input else []
-    batch = batch[0] if batch else None
+    first = shapes.get(inferred.graph.input[0].name) if inferred.graph.input else None
+    batch = first[0] if first else None  # the input's batch size, as a number or a name
     weights = _constants(proto)
     total, uncounted = 0, []
     for node in proto.graph.node:

@@ -19,10 +19,16 @@ def reached_share(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup,
                   costs: dict[str, int], total: int) -> float:
     """The share of `total` (weights or FLOPs, as `costs` price them) in tensors the groups
     prune: layers whose rows or columns they own, and the attention products of heads."""
+    cost, reached = _reached(gm, found, groups, costs)
+    return sum(c for w, c in cost.items() if w in reached) / max(total, 1)
+
+
+def _reached(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
+             costs: dict[str, int]) -> tuple[dict[str, int], set[str]]:
+    """What each counted tensor costs now, and the tensors the groups prune."""
     cost = {name: math.prod(shape) * costs.get(name, 1)
             for name, shape in count.shapes(gm, found).items()}
-    reached = {s.param for g in groups for s in g.weights + g.consumers + g.counted}
-    return sum(c for w, c in cost.items() if w in reached) / max(total, 1)
+    return cost, {s.param for g in groups for s in g.weights + g.consumers + g.counted}
 
 
 def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
@@ -36,9 +42,8 @@ def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGrou
     if floor <= (1 - target) * total:
         return
     unit = "FLOPs" if flops else "weights"
-    cost = {name: math.prod(shape) * costs.get(name, 1) for name, shape in shapes.items()}
-    reached = {s.param for g in groups for s in g.weights + g.consumers + g.counted}
-    share = reached_share(gm, found, groups, costs, total)
+    cost, reached = _reached(gm, found, groups, costs)
+    share = sum(c for w, c in cost.items() if w in reached) / max(total, 1)
     by_reason: dict[str, list[str]] = {}
     weight_of = {layer.name: layer.weight for layer in found.layers}
     for layer, why in found.dense:
