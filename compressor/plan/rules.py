@@ -93,9 +93,11 @@ def criterion(options: Options, model: ModelFacts, data: DataFacts, tuned: bool)
         return Criterion.ERROR, (f"one shot ({one_shot_why(options, data)}), every pruned layer "
                                  "read by one Linear: dead units first, then the least output "
                                  "error after a least-squares refit")
-    if model.linear and (model.relu or model.tokens):  # measured there (docs/method.md)
-        return Criterion.L2, (f"fine-tuned, every pruned layer {_read_by_one(model)}: dead "
-                              "units first, then each unit's weight norm over its layer's mean")
+    if tuned and (model.relu or (model.linear and model.tokens)):  # measured (docs/method.md)
+        where = f"every pruned layer {_read_by_one(model)}" if model.linear else \
+            "every pruned unit behind a ReLU"
+        return Criterion.L2, (f"fine-tuned, {where}: dead units first, then each unit's "
+                              "weight norm over its layer's mean")
     why = "fine-tuned" if tuned else f"one shot ({one_shot_why(options, data)}), not every " \
         "pruned layer read by one Linear alone (conv, Flatten or a join)"
     if model.relu:

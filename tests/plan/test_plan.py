@@ -76,12 +76,18 @@ def test_one_shot_ranks_by_error_and_refits_and_says_why_it_is_one_shot():
         assert result.prune.cycles == 1 and result.finetune.max_epochs == 0
 
 
-def test_conv_channels_prune_locally_in_one_cycle_by_firing_rate_with_refits():
+def test_conv_channels_prune_locally_in_one_cycle_by_weight_norm_with_refits():
+    """Fine-tuned conv channels behind ReLUs: the weight norm, refitted (a conv is not read by
+    one Linear); one shot: the firing rate, refitted."""
     result = _plan(model=CNN)
     assert result.prune.select.scope is Scope.LOCAL
     assert (result.prune.cycles, result.finetune.max_epochs) == CNN_SCHEDULE
-    assert _chosen(result, "criterion") is Criterion.ACTIVATION
+    assert _chosen(result, "criterion") is Criterion.L2
+    assert "behind a ReLU" in result.decision("criterion").reason
     assert _chosen(result, "compensate") is Compensation.LSQ
+    one_shot = _plan(model=CNN, epochs=0)
+    assert (_chosen(one_shot, "criterion"), _chosen(one_shot, "compensate")) == \
+        (Criterion.ACTIVATION, Compensation.LSQ)
     assert result.finetune.average == 0
     tokens = ModelFacts((_group("fc1", 64, tokens=True),), linear=True, weights=9_000)
     assert (_plan(model=tokens).prune.cycles, _plan(model=tokens).finetune.max_epochs) == \
