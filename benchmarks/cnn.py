@@ -32,7 +32,17 @@ import onnx
 import torch
 import torch_pruning as tp
 
-from benchmarks.common import CELLS, Result, commit, flat, flops_of, machine, measured, time_cells
+from benchmarks.common import (
+    CELLS,
+    Result,
+    commit,
+    cpu,
+    flat,
+    flops_of,
+    machine,
+    measured,
+    time_cells,
+)
 from compressor.graph.capture import capture, run_batched
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
@@ -53,7 +63,8 @@ MODELS = {  # name: (what builds it, title)
 }
 MODES = {"fine-tuned": True, "one-shot": False}
 ROW = re.compile(r"^\| (\d+)% \([^|]*\) \| (fine-tuned|one-shot) \|")  # (target, mode)
-RUN = re.compile(r"(?i)(fine-tuned|one-shot) rows at ([\d/]+)%: (\d{4}-\d\d-\d\d at commit \w+)")
+RUN = re.compile(r"(?i)(fine-tuned|one-shot) rows at ([\d/]+)%: "
+                 r"(\d{4}-\d\d-\d\d at commit \w+(?: on [^;]+?)?)(?:;|\. Dense)")
 SEED = 0
 MULTIPLE = preferred_multiple(Kernel.CONV).multiple  # what --align auto rounds conv channels to here
 PEER_ROUND = 8  # Torch-Pruning's round_to: with 16, its one ratio for every layer cannot reach
@@ -206,13 +217,14 @@ def _header(seconds: float) -> str:
     return "\n".join([
         "# Benchmark: CNNs on Fashion-MNIST, channels pruned to about 30/50/70% fewer FLOPs",
         "",
-        "Produced by `make bench` (`python -m benchmarks.cnn`); each section says when it ran. "
-        f"Machine: {machine()}, Torch-Pruning {tp.__version__}.",
+        "Produced by `make bench` (`python -m benchmarks.cnn`); each section says when and on "
+        "which CPU its rows ran (speedups are per CPU). Machine of the latest run: "
+        f"{machine()}, Torch-Pruning {tp.__version__}.",
         "",
         "**Ours**: `compress models/M.pt --arch A --target T --of flops --data "
         "fashion-mnist` with every other option left to the plan (for conv channels: local "
-        "scope, the firing rate behind ReLUs and energy behind other activations, lsq "
-        f"compensation, `--align auto`: channels in steps of "
+        "scope; behind ReLUs the weight norm (`l2`) fine-tuned and the firing rate one shot, "
+        "energy behind other activations; lsq compensation; `--align auto`: channels in steps of "
         f"{MULTIPLE} (what it measured for this CPU's convolutions) in layers of at least "
         f"{4 * MULTIPLE} channels, in multiples of 8 in narrower ones), "
         f"{cycles} cycle(s) of {epochs} fine-tuning epochs with distillation); one-shot adds "
@@ -253,7 +265,7 @@ def _table(name: str, dense: Result, rows: list, modes: list[str], kept: str) ->
             for target, tuned, *_ in rows}
     runs = [(mode.lower(), [t for t in targets.split("/") if (t, mode.lower()) not in done], when)
             for mode, targets, when in RUN.findall(kept)]
-    now = f"{time.strftime('%Y-%m-%d')} at commit {commit()}"
+    now = f"{time.strftime('%Y-%m-%d')} at commit {commit()} on {cpu()}"
     runs += [(mode, [t for t, m in sorted(done, key=lambda d: int(d[0])) if m == mode], now)
              for mode in modes]
     merged: dict[tuple[str, str], set[str]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import onnx
@@ -21,7 +22,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
     """ONNX bytes (opset 18, dynamic batch axis, weights inside), checked by onnx.checker."""
     batch = torch.export.Dim("batch")
-    gm = _fusable_norms(gm)
+    gm = _fusable(gm)
     try:
         with quiet(), _registry_built_once():
             program = torch.onnx.export(gm, (example,), dynamo=True, external_data=False,
@@ -43,32 +44,59 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
     return data
 
 
-def _fusable_norms(gm: fx.GraphModule) -> fx.GraphModule:
-    """`gm` with every RMSNorm written as x / sqrt(mean(x²) + eps) · w (a view sharing its
-    parameters; `gm` itself if it has none): onnxruntime fuses that pattern into one
-    SimplifiedLayerNormalization, but not torch's own export of rms_norm (a reciprocal and
-    two products), which runs several kernels."""
-    if not any(n.target is RMS_NORM for n in gm.graph.nodes):
+def _fusable(gm: fx.GraphModule) -> fx.GraphModule:
+    """`gm` with the ops that onnxruntime fuses only when written its way rewritten so (a view
+    sharing its parameters; `gm` itself if it has none):
+    - RMSNorm as x / sqrt(mean(x²) + eps) · w, fused into one SimplifiedLayerNormalization
+      (torch's own export, a reciprocal and two products, runs several kernels);
+    - GELU as (x · 0.5) · (1 + erf(x / √2)), fused into one Gelu, and its tanh form as
+      0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³))), fused into one FastGelu (the
+      exporter's own orders of the products match neither fusion)."""
+    if not any(n.target in REWRITES for n in gm.graph.nodes):
         return gm
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
-    for node in [n for n in graph.nodes if n.target is RMS_NORM]:
-        x, shape = node.args[0], node.args[1]
-        weight = node.args[2] if len(node.args) > 2 else None
-        eps = node.args[3] if len(node.args) > 3 and node.args[3] is not None else \
-            torch.finfo(torch.float32).eps
-        dims = [-1 - i for i in range(len(shape))]
+    for node in [n for n in graph.nodes if n.target in REWRITES]:
         with graph.inserting_before(node):
-            square = graph.call_function(aten.pow.Tensor_Scalar, (x, 2))
-            mean = graph.call_function(aten.mean.dim, (square, dims, True))
-            root = graph.call_function(aten.sqrt.default,
-                                       (graph.call_function(aten.add.Tensor, (mean, eps)),))
-            out = graph.call_function(aten.div.Tensor, (x, root))
-            if weight is not None:
-                out = graph.call_function(aten.mul.Tensor, (out, weight))
+            out = REWRITES[node.target](graph, node)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
     return fx.GraphModule(gm, graph)
+
+
+def _rms_norm(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    x, shape = node.args[0], node.args[1]
+    weight = node.args[2] if len(node.args) > 2 else None
+    eps = node.args[3] if len(node.args) > 3 and node.args[3] is not None else \
+        torch.finfo(torch.float32).eps
+    dims = [-1 - i for i in range(len(shape))]
+    square = graph.call_function(aten.pow.Tensor_Scalar, (x, 2))
+    mean = graph.call_function(aten.mean.dim, (square, dims, True))
+    root = graph.call_function(aten.sqrt.default,
+                               (graph.call_function(aten.add.Tensor, (mean, eps)),))
+    out = graph.call_function(aten.div.Tensor, (x, root))
+    return out if weight is None else graph.call_function(aten.mul.Tensor, (out, weight))
+
+
+def _gelu(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    x = node.args[0]
+    approximate = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+    mul, add = aten.mul.Tensor, aten.add.Tensor
+    half_x = _call(graph, mul, x, 0.5)
+    if approximate == "tanh":
+        cube = _call(graph, aten.pow.Tensor_Scalar, x, 3.0)
+        inner = _call(graph, add, x, _call(graph, mul, cube, 0.044715))
+        core = _call(graph, aten.tanh.default, _call(graph, mul, inner, math.sqrt(2 / math.pi)))
+    else:
+        core = _call(graph, aten.erf.default, _call(graph, aten.div.Tensor, x, math.sqrt(2)))
+    return _call(graph, mul, half_x, _call(graph, add, core, 1.0))
+
+
+def _call(graph: fx.Graph, op, *args) -> fx.Node:
+    return graph.call_function(op, args)
+
+
+REWRITES = {RMS_NORM: _rms_norm, aten.gelu.default: _gelu}
 
 
 @contextlib.contextmanager

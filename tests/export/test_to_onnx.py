@@ -110,3 +110,30 @@ def test_an_rmsnorm_is_written_as_onnxruntime_fuses_it(tmp_path):
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
     assert "SimplifiedLayerNormalization" in ops and "Reciprocal" not in ops
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_a_gelu_is_written_as_onnxruntime_fuses_it(tmp_path, approximate):
+    """The exporter's GELU (its products in an order onnxruntime's fusions do not match) is
+    written so that onnxruntime runs it as one kernel (Gelu, FastGelu, or either with the
+    Linear's bias taken in), with the same outputs."""
+    import onnxruntime as ort
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.down(torch.nn.functional.gelu(self.up(x), approximate=approximate))
+
+    net = Mlp().eval()
+    x = torch.randn(8, 6, 16)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(to_onnx(graph_of(net, x[:2]), x[:2]), options,
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert any(op.endswith("Gelu") for op in ops) and not ops & {"Erf", "Tanh", "Pow"}
