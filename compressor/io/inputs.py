@@ -50,6 +50,7 @@ def find_input_layout(model: LoadedModel, x: torch.Tensor, *,
             candidates.append(("flattened", lambda t: t.flatten(1)))
         if x.ndim == 4 and x.shape[1] == 1:
             candidates.append(("without the channel axis", lambda t: t.squeeze(1)))
+    _refuse_fixed_batch(model, x, candidates)
     taken, first_error = _try_layouts(model, x, candidates)
     if taken:
         (layout, chosen, classes), *others = taken
@@ -81,6 +82,37 @@ def _try_layouts(model: LoadedModel, x: torch.Tensor, candidates: list) -> tuple
             first_error = first_error or \
                 f"it returned shape {list(out.shape)}, not [batch, classes]"
     return taken, first_error
+
+
+def _refuse_fixed_batch(model: LoadedModel, x: torch.Tensor, candidates: list) -> None:
+    """Say so in one line when a `.pt2` program exported for a fixed batch size B kept B in
+    its ops (a reshape to [B, ...]) and so runs on batches of B alone: compressor runs other
+    batch sizes (calibration, validation, parity). A program that runs them is let through."""
+    fixed = program_batch(model)
+    if fixed is None:
+        return
+    other = 1 if fixed != 1 else 2
+    for _, layout in candidates:
+        if _runs(model, layout(_batch(x, fixed)), fixed) and \
+                not _runs(model, layout(_batch(x, other)), other):
+            raise ModelError(f"the .pt2 program runs on batches of {fixed} only (it was "
+                             f"exported with a fixed batch size, which its ops keep): export "
+                             "it again with dynamic_shapes=({0: torch.export.Dim('batch')},)")
+
+
+def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`n` samples of `x` (repeated where it holds fewer)."""
+    return x[:n] if x.shape[0] >= n else x[:1].repeat(n, *[1] * (x.ndim - 1))
+
+
+def _runs(model: LoadedModel, x: torch.Tensor, n: int) -> bool:
+    """Whether the model maps the batch `x` of `n` samples to [n, classes]."""
+    try:
+        with torch.no_grad():
+            out = model.run(x)
+    except Exception:  # noqa: BLE001 - the user's model may raise anything; it did not run
+        return False
+    return isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == n
 
 
 def _refuse_dtype(model: LoadedModel, x: torch.Tensor, candidates: list) -> None:
@@ -173,12 +205,24 @@ def random_inputs(model: LoadedModel, *, seed: int,
 
 def program_shape(model: LoadedModel) -> tuple[int, ...] | None:
     """One sample's shape as a `.pt2` program declares it (None for other formats)."""
+    shape = _program_input_shape(model)
+    return None if shape is None else tuple(int(d) for d in shape[1:])
+
+
+def program_batch(model: LoadedModel) -> int | None:
+    """The batch size a `.pt2` program was exported for, where it is fixed (None where the
+    batch axis is dynamic, and for other formats)."""
+    shape = _program_input_shape(model)
+    return shape[0] if shape is not None and isinstance(shape[0], int) else None
+
+
+def _program_input_shape(model: LoadedModel) -> tuple | None:
     if model.program is None:
         return None
     names = set(model.program.graph_signature.user_inputs)
     for node in model.program.graph.nodes:
         if node.op == "placeholder" and node.name in names and "val" in node.meta:
-            return tuple(int(d) for d in node.meta["val"].shape[1:])
+            return tuple(node.meta["val"].shape)
     return None
 
 

@@ -135,6 +135,29 @@ def test_self_describing_formats_compress(run_cli, tiny_files, kind):
     assert report_of(path.with_name("m.compressed.onnx"))["source"]["model_format"] == expected
 
 
+class _BatchInReshape(torch.nn.Module):
+    """tiny() whose output goes through a reshape by its batch size: exported for a fixed batch,
+    the program keeps that number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x):
+        return self.net(x).reshape(x.shape[0], 2, 2).flatten(1)
+
+
+def test_a_program_that_runs_on_its_export_batch_alone_is_refused_in_one_line(run_cli,
+                                                                              tiny_files):
+    path = tiny_files["dir"] / "fixed.pt2"
+    torch.export.save(torch.export.export(_BatchInReshape().eval(), (torch.randn(4, 20),)),
+                      str(path))
+    assert_refused(run_cli, [path, "--target", "0.5", "--data", tiny_files["data"], *FAST],
+                   tiny_files["dir"])
+    assert "runs on batches of 4 only" in run_cli(path, "--target", "0.5", "--data",
+                                                  tiny_files["data"], *FAST).err
+
+
 def test_factor_splits_the_first_layer_and_counts_the_target_from_the_input_model(run_cli,
                                                                                   tiny_files):
     out = tiny_files["dir"] / "f.onnx"
