@@ -77,6 +77,22 @@ class Grouped(nn.Module):
         return self.head(torch.relu(self.c(x)).mean((2, 3)))
 
 
+class StarReLU(nn.Module):
+    """MetaFormer's activation s * relu(x)² + b, with s and b learned parameters of one value
+    each, between two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(6, 12), nn.Linear(12, 3)
+        self.act = nn.Module()
+        self.act.scale = nn.Parameter(torch.tensor([0.8]))
+        self.act.bias = nn.Parameter(torch.tensor([0.3]))
+
+    def forward(self, x):
+        return self.b(self.act.scale * torch.relu(self.a(x)) ** 2 + self.act.bias)
+
+
 def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 
@@ -104,6 +120,12 @@ def test_a_per_channel_scale_goes_with_the_units_and_dropout_in_place_passes():
     assert [s.param for s in group.carried] == ["gamma"] and group.consumers[0].param == "b_weight"
 
 
+def test_a_one_value_parameter_added_is_part_of_the_activation():
+    found = trace(graph_of(StarReLU(), torch.rand(2, 6)))
+    (group,) = found.groups
+    assert group.name == "a" and group.consumers[0].param == "b_weight" and not group.carried
+
+
 def test_a_grouped_convolution_keeps_equal_groups():
     gm = graph_of(Grouped(), _x(2))
     found = trace(gm)
@@ -120,7 +142,7 @@ def test_a_grouped_convolution_keeps_equal_groups():
 
 def test_every_rule_prunes_and_exports_within_parity():
     cases = ((Bottleneck(), _x()), (Excite(nn.Hardsigmoid), _x()),
-             (Scaled(), torch.rand(64, 6)), (Grouped(), _x()))
+             (Scaled(), torch.rand(64, 6)), (Grouped(), _x()), (StarReLU(), torch.rand(64, 6)))
     for net, x in cases:
         result = compressor.compress(net, 0.3, data=x, latency=False)
         assert result.report.size.reduction >= 0.3

@@ -53,15 +53,26 @@ def _join_all(walk, at: At, node: fx.Node, operands, what: str) -> At | None:
     return At(node, 1, (), at.axis, at.axis, source=node)
 
 
-@rule(*ADD, backward=_joined_backward(lambda node: node.args[:2]),
-      behind_cat=lambda user, at: all(not isinstance(a, fx.Node) for a in user.args
-                                      if a is not at.node))
+def _shifted(user: fx.Node, at: At) -> bool:
+    """Whether `user` adds to the walk's tensor only numbers or one-value parameters."""
+    return all(not isinstance(a, fx.Node) or _one_value(a) for a in user.args[:2]
+               if a is not at.node)
+
+
+@rule(*ADD, backward=_joined_backward(lambda node: node.args[:2]), behind_cat=_shifted)
 def add(walk, at: At, user: fx.Node):
     """A residual add: every operand's space joins this one; the add carries it on. A number
-    added (or subtracted) shifts each unit alike: a function of each unit."""
-    if not any(isinstance(a, fx.Node) for a in user.args[:2] if a is not at.node):
+    added (or subtracted), or a parameter of one value (StarReLU's learned bias), shifts each
+    unit alike: a function of each unit."""
+    if _shifted(user, at):
         return replace(at, node=user, acts=(*at.acts, user))
     return _join_all(walk, at, user, user.args[:2], "added to")
+
+
+def _one_value(node: fx.Node) -> bool:
+    parameter = _parameter(node)
+    val = parameter.meta.get("val") if parameter is not None else None
+    return val is not None and val.numel() == 1
 
 
 def _carry(walk, at: At, node: fx.Node, operand: object) -> bool:
