@@ -21,11 +21,11 @@ from ..io.data import DataSplits
 from ..io.ranks import from_lead
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import FinetuneConfig, Of, PruneConfig, Score
+from .config import FinetuneConfig, Of, PruneConfig, Scope, Score
 from .finetune import FinetuneResult, evaluate, finetune
 from .align import StepTime, align_widths
 from .reach import check_reachable
-from .select import Budget, select, unit_scores
+from .select import Budget, select, shares, unit_scores
 from .stream import principal_directions, stream_cuts
 from .shrink import shrink
 from .sparsify import harvest, masks, remove_weights, weight_scores
@@ -263,7 +263,9 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
                      original_sizes=original, dead=dead, costs=costs, fixed=fixed)
     multiples = align if not fixed or not isinstance(align, dict) else \
         {**align, **{name: 1 for name in fixed}}
-    return align_widths(groups, removed, scores, shapes, budget, multiples, dead, costs,
+    ranking = shares(groups, scores, dead, original) \
+        if prune.select.scope is Scope.LOCAL else scores
+    return align_widths(groups, removed, ranking, shapes, budget, multiples, dead, costs,
                         original, step_time=step_time)
 
 

@@ -62,6 +62,26 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: S
             for g in groups}
 
 
+def shares(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
+           dead: dict[str, torch.Tensor] | None,
+           original_sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Per group, each unit's score replaced by the share of the group's original width that
+    is gone once it goes (units go dead first, then the lowest scores; dead units score 0):
+    what a local selection makes equal across groups. Widths chosen after it (`align`)
+    then trade one group's units for another's by the share each loses, as the selection
+    did, not by scores that do not compare across layers (firing rates at different depths)."""
+    out = {}
+    for g in groups:
+        s, gone = scores[g.name], dead[g.name] if dead is not None else scores[g.name] == 0
+        order = sorted(range(g.size), key=lambda u: (not bool(gone[u]), float(s[u]), u))
+        before = original_sizes.get(g.name, g.size) - g.size  # removed in earlier cycles
+        share = torch.empty(g.size, dtype=torch.float64)
+        for k, u in enumerate(order):
+            share[u] = 0.0 if gone[u] else (before + k + 1) / (before + g.size)
+        out[g.name] = share
+    return out
+
+
 def _relative(scores: torch.Tensor) -> torch.Tensor:
     """Scores divided by their mean, so that groups of different widths and scales rank
     together."""

@@ -309,3 +309,32 @@ def test_greedy_alignment_lowers_the_highest_removed_score_within_the_window(mon
             assert cut.worst(aware) <= cut.worst(blind)
             lowered += cut.worst(aware) < cut.worst(blind)
     assert lowered
+
+
+def test_local_widths_are_aligned_by_the_share_each_layer_loses_not_by_raw_scores():
+    """Two layers whose scores do not compare (one scores 100x lower, as firing rates at
+    different depths can): a local selection removes the same share of each, and aligning by
+    raw scores would round the low-scored layer down and the other up; by shares (what
+    `prune.cycles` gives a local selection's widths) both stay near that share."""
+    from compressor.prune.align import align_widths
+    from compressor.prune.select import shares
+
+    groups, shapes = chain([40, 40, 40, 40])  # a unit of either layer costs the same
+    scores = {"h0": torch.rand(40, generator=torch.Generator().manual_seed(0)) / 100 + 1e-4,
+              "h1": torch.rand(40, generator=torch.Generator().manual_seed(1)) + 1e-4}
+    original = {g.name: g.size for g in groups}
+    total = weight_count(shapes, list(groups), original)
+    b = budget(total, 0.55)
+    removed = select(groups, scores, shapes, b, scope=Scope.LOCAL, original_sizes=original)
+    assert abs(len(removed["h0"]) - len(removed["h1"])) <= 2
+    by_scores = align_widths(groups, removed, scores, shapes, b, 8)
+    by_shares = align_widths(groups, removed, shares(groups, scores, None, original), shapes,
+                             b, 8)
+    kept = {name: {g.name: g.size - len(r[g.name]) for g in groups}
+            for name, r in (("scores", by_scores), ("shares", by_shares))}
+    assert kept["scores"]["h0"] < kept["scores"]["h1"]  # the low-scored layer loses more
+    assert abs(kept["shares"]["h0"] - kept["shares"]["h1"]) <= 8
+    assert remaining(groups, shapes, by_shares) <= b.max_weights
+    share = shares(groups, scores, None, original)["h1"]
+    assert sorted(share.tolist()) == [(k + 1) / 40 for k in range(40)]
+    assert torch.equal(share.argsort(), scores["h1"].argsort())  # the group's order is kept
