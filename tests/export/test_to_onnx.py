@@ -84,11 +84,24 @@ def test_verify_allows_rounding_in_proportion_to_large_outputs():
         verify(model, gm, x, tolerance=1e-4)
 
 
+def _ops_as_run(net: torch.nn.Module, x: torch.Tensor, tmp_path) -> set[str]:
+    """The ops onnxruntime runs `net`'s export as (after its graph optimizations), once its
+    outputs are checked against `net`'s."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(to_onnx(graph_of(net, x[:2]), x[:2]), options,
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+
 def test_an_rmsnorm_is_written_as_onnxruntime_fuses_it(tmp_path):
     """torch's own export of rms_norm (a reciprocal and two products) stays several kernels in
     onnxruntime; written as x / sqrt(mean(x²) + eps) · w it becomes one
     SimplifiedLayerNormalization, with the same outputs."""
-    import onnxruntime as ort
 
     class Normed(torch.nn.Module):
         def __init__(self) -> None:
@@ -102,13 +115,7 @@ def test_an_rmsnorm_is_written_as_onnxruntime_fuses_it(tmp_path):
     with torch.no_grad():
         net.norm.weight.uniform_(0.5, 1.5)
     x = torch.randn(8, 6, 16)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = ort.InferenceSession(to_onnx(graph_of(net, x[:2]), x[:2]), options,
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
-    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    ops = _ops_as_run(net, x, tmp_path)
     assert "SimplifiedLayerNormalization" in ops and "Reciprocal" not in ops
 
 
@@ -117,7 +124,6 @@ def test_a_gelu_is_written_as_onnxruntime_fuses_it(tmp_path, approximate):
     """The exporter's GELU (its products in an order onnxruntime's fusions do not match) is
     written so that onnxruntime runs it as one kernel (Gelu, FastGelu, or either with the
     Linear's bias taken in), with the same outputs."""
-    import onnxruntime as ort
 
     class Mlp(torch.nn.Module):
         def __init__(self) -> None:
@@ -129,11 +135,5 @@ def test_a_gelu_is_written_as_onnxruntime_fuses_it(tmp_path, approximate):
 
     net = Mlp().eval()
     x = torch.randn(8, 6, 16)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = ort.InferenceSession(to_onnx(graph_of(net, x[:2]), x[:2]), options,
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
-    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    ops = _ops_as_run(net, x, tmp_path)
     assert any(op.endswith("Gelu") for op in ops) and not ops & {"Erf", "Tanh", "Pow"}
