@@ -5,6 +5,7 @@ neighbouring groups, so the weight count is recomputed after every removal."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,8 +67,9 @@ def shares(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
            dead: dict[str, torch.Tensor] | None,
            original_sizes: dict[str, int]) -> dict[str, torch.Tensor]:
     """Per group, each unit's score replaced by the share of the group's original width that
-    is gone once it goes (units go dead first, then the lowest scores; dead units score 0):
-    what a local selection makes equal across groups. Widths chosen after it (`align`)
+    is gone once it goes (units go dead first, then the lowest scores; dead units score 0, and
+    units cut before any ranking, scored -inf, stay so): what a local selection makes equal
+    across groups. Widths chosen after it (`align`)
     then trade one group's units for another's by the share each loses, as the selection
     did, not by scores that do not compare across layers (firing rates at different depths)."""
     out = {}
@@ -77,7 +79,8 @@ def shares(groups: tuple[PrunableGroup, ...], scores: dict[str, torch.Tensor],
         before = original_sizes.get(g.name, g.size) - g.size  # removed in earlier cycles
         share = torch.empty(g.size, dtype=torch.float64)
         for k, u in enumerate(order):
-            share[u] = 0.0 if gone[u] else (before + k + 1) / (before + g.size)
+            share[u] = 0.0 if gone[u] else float(s[u]) if float(s[u]) == -math.inf else \
+                (before + k + 1) / (before + g.size)
         out[g.name] = share
     return out
 

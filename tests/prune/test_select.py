@@ -338,3 +338,5 @@ def test_local_widths_are_aligned_by_the_share_each_layer_loses_not_by_raw_score
     share = shares(groups, scores, None, original)["h1"]
     assert sorted(share.tolist()) == [(k + 1) / 40 for k in range(40)]
     assert torch.equal(share.argsort(), scores["h1"].argsort())  # the group's order is kept
+    cut = {**scores, "h0": torch.full((40,), -math.inf)}  # a stream's cut, chosen beforehand
+    assert torch.equal(shares(groups, cut, None, original)["h0"], cut["h0"].double())
