@@ -137,3 +137,82 @@ def test_a_gelu_is_written_as_onnxruntime_fuses_it(tmp_path, approximate):
     x = torch.randn(8, 6, 16)
     ops = _ops_as_run(net, x, tmp_path)
     assert any(op.endswith("Gelu") for op in ops) and not ops & {"Erf", "Tanh", "Pow"}
+
+
+class _Attention(torch.nn.Module):
+    """timm's form: one qkv Linear split into heads, scaled_dot_product_attention, proj."""
+
+    def __init__(self, mask: str) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.mask = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16), mask
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, 4, 4).permute(2, 0, 3, 1, 4)
+        options = {}
+        if self.mask == "bool":
+            options["attn_mask"] = torch.ones(t, t, dtype=torch.bool).tril()
+        elif self.mask == "float":
+            options["attn_mask"] = torch.arange(t * t, dtype=torch.float32).reshape(t, t) / 50
+        elif self.mask == "scale":
+            options["scale"] = 0.3
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, **options)
+        return self.proj(y.transpose(1, 2).reshape(b, t, 16))
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "scale"])
+def test_attention_is_written_as_onnxruntime_fuses_it(tmp_path, mask, monkeypatch):
+    """The exporter swaps the key's last axes through a reshape it computes from the key's
+    shape at run time; written as softmax(q·kᵀ·scale)·v, onnxruntime folds the transpose and
+    the scale into one FusedMatMul, and runs fewer kernels, with the same outputs at another
+    batch size than the export's."""
+    from compressor.export import to_onnx as module
+
+    net, x = _Attention(mask).eval(), torch.randn(8, 6, 16)
+    ops = _ops_as_run(net, x, tmp_path)
+    assert "FusedMatMul" in ops and not ops & {"Shape", "Concat"}
+    written = _nodes_as_run(net, x, tmp_path)
+    monkeypatch.delitem(module.REWRITES, torch.ops.aten.scaled_dot_product_attention.default)
+    assert written < _nodes_as_run(net, x, tmp_path)
+
+
+def test_a_linear_over_tokens_adds_its_bias_in_its_gemm(tmp_path):
+    """A Linear over [batch, tokens, features] is written over the rows flattened: one Gemm
+    that adds the bias (onnxruntime leaves a MatMul and an Add wherever the batch size is
+    free), with the same outputs at another batch size than the export's."""
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    net, x = Mlp().eval(), torch.randn(8, 6, 16)
+    ops = _ops_as_run(net, x, tmp_path)
+    assert "Gemm" in ops and not ops & {"MatMul", "Add"}
+    proto = onnx.load_from_string(to_onnx(graph_of(net, x[:2]), x[:2]))  # names kept
+    assert {i.name for i in proto.graph.initializer} >= {"up.weight", "up.bias", "down.weight"}
+
+
+def test_a_linear_whose_batch_axis_is_not_first_is_exported_as_it_is(tmp_path):
+    """[tokens, batch, features] (nn.MultiheadAttention's default layout): flattening the rows
+    needs the sizes after the first to be fixed; here the batch is one of them, so the Linear
+    stays as the exporter writes it and still runs at any batch size."""
+
+    class TokensFirst(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.up(x.transpose(0, 1)).transpose(0, 1)
+
+    ops = _ops_as_run(TokensFirst().eval(), torch.randn(8, 6, 16), tmp_path)
+    assert "Gemm" not in ops
+
+
+def _nodes_as_run(net: torch.nn.Module, x: torch.Tensor, tmp_path) -> int:
+    _ops_as_run(net, x, tmp_path)
+    return len(onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
