@@ -99,8 +99,9 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     has (in the last of several cycles a group that shrank below a multiple cannot grow back
     to the next one). Where even the smallest options exceed the budget, the multiples are
     halved until they fit (or reach 1: exact widths). With `step_time`, widths that waste
-    time (beyond `StepTime.limit`) may each move to the step below or above them, if that
-    lands within the budget's window. Rounding down removes the lowest-scored kept units;
+    time (beyond `StepTime.limit`) move to steps: each width to the step below or above it,
+    or one step either way if it is on one, the widths within the budget's window that
+    remove the lowest scores. Rounding down removes the lowest-scored kept units;
     rounding up restores the best-scored removed live units."""
     multiples = multiple if isinstance(multiple, dict) else {g.name: multiple for g in groups}
     if all(multiples.get(g.name, 1) <= 1 for g in groups):
@@ -108,10 +109,10 @@ def align_widths(groups: tuple[PrunableGroup, ...], removed: dict[str, torch.Ten
     dead = dead or {g.name: scores[g.name] == 0 for g in groups}
     counter = Counter(groups, shapes, costs)
     kept = {g.name: g.size - int(removed[g.name].numel()) for g in groups}
-    sizes = _aligned(groups, kept, multiples, original_sizes or {}, counter, budget,
-                     _Cut(groups, scores, dead))
+    cut = _Cut(groups, scores, dead)
+    sizes = _aligned(groups, kept, multiples, original_sizes or {}, counter, budget, cut)
     if step_time is not None and step_time.waste(counter, sizes) > step_time.limit(counter):
-        fast = _on_steps(groups, sizes, step_time, counter, budget)
+        fast = _on_steps(groups, sizes, step_time, counter, budget, cut)
         sizes = fast or sizes
     return _applied(groups, removed, scores, dead, sizes)
 
@@ -162,6 +163,7 @@ def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: 
             most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True,
             start: dict[str, int] | None = None,
             window: tuple[int, Callable[[dict[str, int]], float]] | None = None,
+            tie: Callable[[dict[str, int]], float] = lambda sizes: 0.0,
             ) -> dict[str, int] | None:
     """The widths (one option per group) that keep the most within `most` among those `keep`
     accepts: every combination where there are at most EXHAUSTIVE (the first best in order),
@@ -169,7 +171,9 @@ def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: 
     nothing fits. With `window` (the least count, and the score a combination removes at
     most), combinations that keep at least that count are preferred, and among them the
     one whose highest removed score is lowest: counting alone is blind to the ranking, and
-    would as soon round the best units of one group down to round another's worst up."""
+    would as soon round the best units of one group down to round another's worst up.
+    Between combinations equal in that, the higher `tie` wins, then the larger count (where
+    all are tried)."""
     if math.prod(len(o) for o in options.values()) <= EXHAUSTIVE:
         best = None
         names = list(options)
@@ -179,7 +183,8 @@ def _choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: 
             count = counter.count(sizes)
             if count > most or not keep(sizes):
                 continue
-            key = (True, -worst(sizes), count) if count >= least else (False, 0.0, count)
+            key = (True, -worst(sizes), tie(sizes), count) if count >= least else \
+                (False, 0.0, 0.0, count)
             if best is None or key > best[0]:
                 best = (key, sizes)
         return None if best is None else best[1]
@@ -307,18 +312,24 @@ def _lowered(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter
 
 
 def _on_steps(groups, sizes: dict[str, int], step_time: StepTime, counter: Counter,
-              budget: Budget) -> dict[str, int] | None:
-    """Widths on the kernels' steps either side of `sizes` that waste no more time than the
-    limit and land within the budget's window, as many weights as fit; None if none do."""
+              budget: Budget, cut: _Cut) -> dict[str, int] | None:
+    """Widths on the kernels' steps near `sizes` that waste no more time than the limit and
+    land within the budget's window: a width between two steps may take either, one on a
+    step the steps either side of it (so that another can round down or up and the count
+    stay in the window); among them the one whose highest removed score is lowest, as
+    `_aligned` chooses, then the one that wastes the least time. None if none do."""
     limit = step_time.limit(counter)
     options = {}
     for g in groups:
         n, step = sizes[g.name], step_time.steps.get(g.name, 1)
-        options[g.name] = tuple(sorted({n, *(m for m in (n // step * step, -(-n // step) * step)
-                                             if 0 < m <= g.size)}))
+        near = (n - step, n, n + step) if step > 1 and n % step == 0 else \
+            (n // step * step, -(-n // step) * step)
+        options[g.name] = tuple(sorted({n, *(m for m in near if 0 < m <= g.size)}))
     start = {name: opts[0] for name, opts in options.items()}
     fast = _choose(options, start, counter, budget.max_weights,
-                   keep=lambda widths: step_time.waste(counter, widths) <= limit, start=start)
+                   keep=lambda widths: step_time.waste(counter, widths) <= limit, start=start,
+                   window=(budget.min_weights, cut.worst),
+                   tie=lambda widths: -step_time.waste(counter, widths))
     return fast if fast is not None and counter.count(fast) >= budget.min_weights else None
 
 

@@ -241,6 +241,31 @@ def test_with_a_time_model_widths_between_steps_give_way_to_widths_on_them():
     assert kept(Budget(2400, 2300), time) == {"h0": 24, "h1": 24}
 
 
+def test_with_a_time_model_widths_on_steps_move_a_step_to_let_others_onto_theirs():
+    """24-24-32 (of 32-32-48) wastes time on steps of 16; no widths with the first two on the
+    steps either side of them and the third where it is land in the window, but with the
+    third a step down they do: 32-16-16, which runs as fast as its FLOPs say."""
+    from compressor.prune.align import Counter, StepTime, align_widths
+
+    groups, shapes = chain([64, 32, 32, 48, 10])
+    scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
+    original = {g.name: g.size for g in groups}
+    removed = {"h0": torch.arange(8), "h1": torch.arange(8), "h2": torch.arange(16)}
+    time = StepTime({g.name: 16 for g in groups}, {name: 1 for name in shapes}, original)
+    counter = Counter(groups, shapes, None)
+    assert counter.count({"h0": 24, "h1": 24, "h2": 32}) == 3200
+    multiples = {"h0": 8, "h1": 8, "h2": 16}
+    aligned = align_widths(groups, removed, scores, shapes, Budget(3250, 2950), multiples,
+                           original_sizes=original)
+    assert {g.name: g.size - len(aligned[g.name]) for g in groups} == \
+        {"h0": 24, "h1": 24, "h2": 32}  # in the window, chosen for the scores it removes
+    aligned = align_widths(groups, removed, scores, shapes, Budget(3250, 2950), multiples,
+                           original_sizes=original, step_time=time)
+    kept = {g.name: g.size - len(aligned[g.name]) for g in groups}
+    assert kept == {"h0": 32, "h1": 16, "h2": 16}
+    assert time.waste(counter, kept) == 1.0 and 2950 <= counter.count(kept) <= 3250
+
+
 def test_alignment_of_many_groups_off_the_step_stays_valid():
     """Forty layers whose widths are no multiple of the step (as RegNet's 8, 12, 26, 52, ...):
     the choice goes group by group, not through their combinations."""
