@@ -27,7 +27,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.common import CELLS, Result, flat, flops_of, machine, measured, time_cells
+from benchmarks.common import (CELLS, Result, commit, cpu, flat, flops_of, machine, measured,
+                               time_cells)
 from compressor.graph.capture import capture, run_batched
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
@@ -70,11 +71,27 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     modes = [tuned for mode, tuned in (("fine-tuned", True), ("one-shot", False))
              if mode in args.modes.split(",")]
-    sections = []
+    sections = _sections(args.out)  # models not re-run keep theirs, with their provenance
     for name in args.models.split(","):  # written after each model: a long run shows progress
-        sections.append(_model_section(name, targets, args.seconds, modes))
-        args.out.write_text(_header(args.seconds) + "\n".join(sections))
+        sections[name] = _model_section(name, targets, args.seconds, modes)
+        args.out.write_text(_header(args.seconds)
+                            + "\n".join(sections[n] for n in MODELS if n in sections))
     print(args.out.read_text())
+
+
+def _sections(out: Path) -> dict[str, str]:
+    """The model sections `out` already has, by model name."""
+    if not out.exists():
+        return {}
+    titles = {f"## {title}": name for name, (title, *_) in MODELS.items()}
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in out.read_text().splitlines():
+        if line.startswith("## "):
+            current = titles.get(line)
+        if current is not None:
+            found.setdefault(current, []).append(line)
+    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}
 
 
 def _ffn_only_cli(argv: list[str]) -> None:
@@ -213,8 +230,10 @@ def _header(seconds: float) -> str:
         "# Benchmark: transformers on Fashion-MNIST at 30%, 50% and 70% fewer FLOPs: "
         "feed-forward units, attention heads and the residual width",
         "",
-        f"Produced by `make bench` (`python -m benchmarks.transformer`) on "
-        f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}, Torch-Pruning {tp.__version__}.",
+        "Produced by `make bench` (`python -m benchmarks.transformer`); each section says when, "
+        "at which commit and on which CPU its rows ran (latencies are per CPU; a run of some "
+        f"models keeps the others' sections). Machine of the latest run: {machine()}, "
+        f"Torch-Pruning {tp.__version__}.",
         "",
         "The models (`models/transformer.py`, trained by `make train`): the ViTs take 7x7 "
         "patches -> 16 tokens of width 64; the text classifier takes 196 token ids through an "
@@ -260,6 +279,8 @@ def _table(name: str, dense: Result, control: Result | None, rows: list) -> str:
     lat = rows[0][2].latency
     lines = [
         f"## {MODELS[name][0]}",
+        "",
+        f"Rows: {time.strftime('%Y-%m-%d')} at commit {commit()} on {cpu()}.",
         "",
         f"Dense: {dense.weights:,} weights, {dense.flops:,} FLOPs/sample, test accuracy "
         f"{100 * dense.accuracy:.2f}%, widths {dense.widths}; latency {lat[1, 1]:.3f} ms at "
