@@ -266,6 +266,27 @@ def test_with_a_time_model_widths_on_steps_move_a_step_to_let_others_onto_theirs
     assert time.waste(counter, kept) == 1.0 and 2950 <= counter.count(kept) <= 3250
 
 
+def test_on_steps_widths_that_remove_as_high_a_score_give_way_to_ones_that_waste_less():
+    """32-56-32 and 16-56-64 each lose half a layer at worst (scores are each unit's share of
+    its layer) and both land in the window; 32-56-32 wastes less of the time its FLOPs
+    promise, so it is the one kept."""
+    from compressor.prune.align import Counter, StepTime, align_widths
+
+    groups, shapes = chain([64, 32, 64, 64, 10])
+    scores = {g.name: (torch.arange(g.size, dtype=torch.float64) + 1) / g.size for g in groups}
+    original = {g.name: g.size for g in groups}
+    removed = {"h0": torch.arange(5), "h1": torch.arange(13), "h2": torch.arange(16)}
+    time = StepTime({g.name: 16 for g in groups}, {name: 1 for name in shapes}, original)
+    aligned = align_widths(groups, removed, scores, shapes, Budget(6153, 5912), 8,
+                           original_sizes=original, step_time=time)
+    kept = {g.name: g.size - len(aligned[g.name]) for g in groups}
+    assert kept == {"h0": 32, "h1": 56, "h2": 32}
+    counter = Counter(groups, shapes, None)
+    other = {"h0": 16, "h1": 56, "h2": 64}
+    assert 5912 <= counter.count(other) <= 6153
+    assert time.waste(counter, kept) < time.waste(counter, other) <= time.limit(counter)
+
+
 def test_alignment_of_many_groups_off_the_step_stays_valid():
     """Forty layers whose widths are no multiple of the step (as RegNet's 8, 12, 26, 52, ...):
     the choice goes group by group, not through their combinations."""
