@@ -41,6 +41,7 @@ from benchmarks.common import (
     flops_of,
     machine,
     measured,
+    model_sections,
     time_cells,
 )
 from compressor.graph.capture import capture, run_batched
@@ -84,7 +85,8 @@ def main() -> None:
     torch.set_num_threads(2)
     targets = [float(t) for t in args.targets.split(",")]
     modes = [m for m in MODES if m in args.modes.split(",")]
-    sections = _sections(args.out)
+    titles = {f"## {title}": name for name, (_, title) in MODELS.items()}
+    sections = model_sections(args.out, titles)
     for name in args.models.split(","):
         dense, rows = _model_rows(name, targets, args.seconds, modes)
         sections[name] = _table(name, dense, rows, modes, sections.get(name, ""))
@@ -117,21 +119,6 @@ def _model_rows(name: str, targets: list[float], seconds: float,
                   f"{100 * ours.accuracy:.2f}% ({ours.wall:.0f} s), Torch-Pruning "
                   f"{100 * peer.accuracy:.2f}%", file=sys.stderr)
     return dense, rows
-
-
-def _sections(out: Path) -> dict[str, str]:
-    """The model sections `out` already has, by model name."""
-    if not out.exists():
-        return {}
-    titles = {f"## {title}": name for name, (_, title) in MODELS.items()}
-    found: dict[str, list[str]] = {}
-    current = None
-    for line in out.read_text().splitlines():
-        if line.startswith("## "):
-            current = titles.get(line)
-        if current is not None:
-            found.setdefault(current, []).append(line)
-    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}
 
 
 def _module(name: str) -> torch.nn.Module:

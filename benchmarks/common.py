@@ -107,3 +107,19 @@ def machine() -> str:
     """'N cores (CPU model), no GPU; versions' for a benchmark's header."""
     return (f"{os.cpu_count()} cores ({cpu()}), no GPU; torch {torch.__version__} (2 threads), "
             f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}")
+
+
+def model_sections(out: Path, titles: dict[str, str]) -> dict[str, str]:
+    """The sections `out` already has, by model name (`titles`: heading line -> name); a
+    section runs to the next heading, and headings not in `titles` (a hand-written reading)
+    end the one before them and are dropped."""
+    if not out.exists():
+        return {}
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in out.read_text().splitlines():
+        if line.startswith("## "):
+            current = titles.get(line)
+        if current is not None:
+            found.setdefault(current, []).append(line)
+    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}

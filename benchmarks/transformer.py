@@ -28,7 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from benchmarks.common import (CELLS, Result, commit, cpu, flat, flops_of, machine, measured,
-                               time_cells)
+                               model_sections, time_cells)
 from compressor.graph.capture import capture, run_batched
 from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
@@ -71,27 +71,13 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     modes = [tuned for mode, tuned in (("fine-tuned", True), ("one-shot", False))
              if mode in args.modes.split(",")]
-    sections = _sections(args.out)  # models not re-run keep theirs, with their provenance
+    titles = {f"## {title}": name for name, (title, *_) in MODELS.items()}
+    sections = model_sections(args.out, titles)  # models not re-run keep theirs
     for name in args.models.split(","):  # written after each model: a long run shows progress
         sections[name] = _model_section(name, targets, args.seconds, modes)
         args.out.write_text(_header(args.seconds)
                             + "\n".join(sections[n] for n in MODELS if n in sections))
     print(args.out.read_text())
-
-
-def _sections(out: Path) -> dict[str, str]:
-    """The model sections `out` already has, by model name."""
-    if not out.exists():
-        return {}
-    titles = {f"## {title}": name for name, (title, *_) in MODELS.items()}
-    found: dict[str, list[str]] = {}
-    current = None
-    for line in out.read_text().splitlines():
-        if line.startswith("## "):
-            current = titles.get(line)
-        if current is not None:
-            found.setdefault(current, []).append(line)
-    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}
 
 
 def _ffn_only_cli(argv: list[str]) -> None:
