@@ -55,8 +55,8 @@ def _fusable(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     - scaled_dot_product_attention as softmax(q·kᵀ·scale (+ mask))·v, whose key transpose and
       scale onnxruntime folds into one FusedMatMul (the exporter's own form swaps the key's
       last axes through a reshape to rank 3 computed from its shape at run time: seven more
-      kernels per attention); only the forms an exported model runs: no dropout, not causal,
-      as many k/v heads as q heads;
+      kernels per attention); only the forms an exported model runs: no dropout, as many k/v
+      heads as q heads, a causal flag as the lower triangle of a fixed number of tokens;
     - a Linear with a bias over [batch, ..., features] as a Linear over the rows flattened,
       one Gemm that adds its bias as it multiplies (onnxruntime fuses a MatMul and the Add
       of its bias only where every size is fixed, never with a batch axis of any size)."""
@@ -148,21 +148,34 @@ def _attention(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:
     q, k, v = node.args[:3]
     options = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:]), **node.kwargs)
     mask, scale = options.get("attn_mask"), options.get("scale")
-    if options.get("dropout_p") or options.get("is_causal") or options.get("enable_gqa"):
+    causal = options.get("is_causal")
+    if options.get("dropout_p") or options.get("enable_gqa") or (causal and mask is not None):
+        return None
+    sizes = [_size(q, -2), _size(k, -2)]
+    if causal and not all(isinstance(n, int) for n in sizes):
         return None
     if scale is None:  # the default, 1/√d, from q's head size (pruning keeps it)
-        depth = q.meta["val"].shape[-1] if isinstance(q.meta.get("val"), torch.Tensor) else None
+        depth = _size(q, -1)
         if not isinstance(depth, int):
             return None
         scale = 1 / math.sqrt(depth)
     keys = _call(graph, aten.transpose.int, k, -2, -1)
     scores = _call(graph, aten.mul.Tensor, _call(graph, aten.matmul.default, q, keys), scale)
-    if mask is not None and mask.meta["val"].dtype == torch.bool:  # True: attend
+    if causal:  # the lower triangle of [queries, keys], both sizes fixed at export
+        above = _call(graph, aten.eq.Scalar, _call(graph, aten.tril.default, _call(
+            graph, aten.ones.default, sizes)), 0)
+        scores = _call(graph, aten.masked_fill.Scalar, scores, above, -math.inf)
+    elif mask is not None and mask.meta["val"].dtype == torch.bool:  # True: attend
         scores = _call(graph, aten.masked_fill.Scalar, scores,
                        _call(graph, aten.logical_not.default, mask), -math.inf)
     elif mask is not None:
         scores = _call(graph, aten.add.Tensor, scores, mask)
     return _call(graph, aten.matmul.default, _call(graph, aten.softmax.int, scores, -1), v)
+
+
+def _size(node: fx.Node, axis: int):
+    val = node.meta.get("val")
+    return val.shape[axis] if isinstance(val, torch.Tensor) else None
 
 
 def _linear(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:

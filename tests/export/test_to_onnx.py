@@ -156,11 +156,13 @@ class _Attention(torch.nn.Module):
             options["attn_mask"] = torch.arange(t * t, dtype=torch.float32).reshape(t, t) / 50
         elif self.mask == "scale":
             options["scale"] = 0.3
+        elif self.mask == "causal":
+            options["is_causal"] = True
         y = torch.nn.functional.scaled_dot_product_attention(q, k, v, **options)
         return self.proj(y.transpose(1, 2).reshape(b, t, 16))
 
 
-@pytest.mark.parametrize("mask", ["none", "bool", "float", "scale"])
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "scale", "causal"])
 def test_attention_is_written_as_onnxruntime_fuses_it(tmp_path, mask, monkeypatch):
     """The exporter swaps the key's last axes through a reshape it computes from the key's
     shape at run time; written as softmax(q·kᵀ·scale)·v, onnxruntime folds the transpose and
