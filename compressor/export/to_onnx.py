@@ -149,7 +149,8 @@ def _attention(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:
     options = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:]), **node.kwargs)
     mask, scale = options.get("attn_mask"), options.get("scale")
     causal = options.get("is_causal")
-    if options.get("dropout_p") or options.get("enable_gqa") or (causal and mask is not None):
+    if options.get("dropout_p") or options.get("enable_gqa") or (causal and mask is not None) \
+            or (mask is not None and not isinstance(mask.meta.get("val"), torch.Tensor)):
         return None
     sizes = [_size(q, -2), _size(k, -2)]
     if causal and not all(isinstance(n, int) for n in sizes):

@@ -219,7 +219,8 @@ def test_with_a_time_model_widths_between_steps_give_way_to_widths_on_them():
     kernels run in steps of 16: 24-24 keeps the most weights but takes as long as 32-32; 16-32
     is in the budget's window and runs as fast as its FLOPs say. Where no combination on the
     steps is in the window, the widths chosen for weights stay."""
-    from compressor.prune.align import Counter, StepTime, align_widths
+    from compressor.prune.align import StepTime, align_widths
+    from compressor.prune.choose import Counter
 
     groups, shapes = chain([64, 32, 32, 10])
     scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
@@ -245,7 +246,8 @@ def test_with_a_time_model_widths_on_steps_move_a_step_to_let_others_onto_theirs
     """24-24-32 (of 32-32-48) wastes time on steps of 16; no widths with the first two on the
     steps either side of them and the third where it is land in the window, but with the
     third a step down they do: 32-16-16, which runs as fast as its FLOPs say."""
-    from compressor.prune.align import Counter, StepTime, align_widths
+    from compressor.prune.align import StepTime, align_widths
+    from compressor.prune.choose import Counter
 
     groups, shapes = chain([64, 32, 32, 48, 10])
     scores = {g.name: torch.arange(g.size, dtype=torch.float64) + 1 for g in groups}
@@ -270,7 +272,8 @@ def test_on_steps_widths_that_remove_as_high_a_score_give_way_to_ones_that_waste
     """32-56-32 and 16-56-64 each lose half a layer at worst (scores are each unit's share of
     its layer) and both land in the window; 32-56-32 wastes less of the time its FLOPs
     promise, so it is the one kept."""
-    from compressor.prune.align import Counter, StepTime, align_widths
+    from compressor.prune.align import StepTime, align_widths
+    from compressor.prune.choose import Counter
 
     groups, shapes = chain([64, 32, 64, 64, 10])
     scores = {g.name: (torch.arange(g.size, dtype=torch.float64) + 1) / g.size for g in groups}
@@ -329,9 +332,9 @@ def test_greedy_alignment_lowers_the_highest_removed_score_within_the_window(mon
     fill the budget are followed by exchanges between groups that lower the highest score
     removed while the count stays in the window: never higher than filling alone, and lower
     on some of these random cases."""
-    from compressor.prune import align
+    from compressor.prune import align, choose
 
-    monkeypatch.setattr(align, "EXHAUSTIVE", 1)
+    monkeypatch.setattr(choose, "EXHAUSTIVE", 1)
     lowered = 0
     for seed in range(12):
         rng = random.Random(seed)
@@ -343,11 +346,11 @@ def test_greedy_alignment_lowers_the_highest_removed_score_within_the_window(mon
         removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
                          original_sizes={g.name: g.size for g in groups})
         kept = {g.name: g.size - len(removed[g.name]) for g in groups}
-        counter = align.Counter(groups, shapes, None)
+        counter = choose.Counter(groups, shapes, None)
         cut = align._Cut(groups, scores, {g.name: scores[g.name] == 0 for g in groups})
         options = {g.name: align._options(g, kept[g.name], 16, False) for g in groups}
-        blind = align._choose(options, kept, counter, b.max_weights)
-        aware = align._choose(options, kept, counter, b.max_weights,
+        blind = choose.choose(options, kept, counter, b.max_weights)
+        aware = choose.choose(options, kept, counter, b.max_weights,
                               window=(b.min_weights, cut.worst))
         assert counter.count(aware) <= b.max_weights
         if counter.count(blind) >= b.min_weights:
