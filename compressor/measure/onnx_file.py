@@ -109,7 +109,8 @@ def flops_per_sample(proto: onnx.ModelProto, *,
     and Conv nodes (and their int8 forms): what a dense kernel computes, zeros included (the
     count of `compress` reports); with `nonzero`, of the non-zero weights only (what a sparse
     kernel computes: the activation-based pruning paper's count). A MatMul of two
-    activations (attention's q·kᵀ and probabilities times v) counts 2 x its multiply-adds.
+    activations (attention's q·kᵀ and probabilities times v) counts 2 x its multiply-adds, as
+    does an Attention op.
 
     Returns:
         The FLOPs and the op types of nodes that could not be counted (output shapes unknown).
@@ -126,6 +127,11 @@ def flops_per_sample(proto: onnx.ModelProto, *,
     weights = _constants(proto)
     total, uncounted = 0, []
     for node in proto.graph.node:
+        if node.op_type == "Attention":
+            found = _attention(node, shapes, batch)
+            total += found or 0
+            uncounted += [] if found is not None else [node.op_type]
+            continue
         weight = _weight_input(node)
         if weight is None:
             continue
@@ -144,6 +150,19 @@ def flops_per_sample(proto: onnx.ModelProto, *,
             continue
         total += 2 * (int(np.count_nonzero(w)) if nonzero else int(w.size)) * positions
     return total, tuple(sorted(set(uncounted)))
+
+
+def _attention(node: onnx.NodeProto, shapes: dict[str, list],
+               batch: int | str | None) -> int | None:
+    """FLOPs of one sample of an Attention op: q·kᵀ and the probabilities times v, each key
+    read by every query entry and every output entry, [batch, tokens, heads x size] or
+    [batch, heads, tokens, size] alike."""
+    q, k, out = (shapes.get(name) for name in (node.input[0], node.input[1], node.output[0]))
+    if not k or len(k) not in (3, 4) or not isinstance(k[-2 if len(k) == 4 else 1], int):
+        return None
+    keys = k[-2 if len(k) == 4 else 1]
+    reads = [_per_sample(q, batch), _per_sample(out, batch)]
+    return None if None in reads else 2 * keys * sum(reads)
 
 
 def _per_sample(dims: list | None, batch: int | str | None) -> int | None:
