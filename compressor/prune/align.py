@@ -95,10 +95,14 @@ class _Cut:
                                                    float(scores[g.name][u]), u))), max)]
             for g in groups}
 
+    def level(self, name: str, width: int) -> float:
+        """The highest score group `name` loses at `width`."""
+        most = self.most[name]
+        return most[len(most) - 1 - width]
+
     def worst(self, sizes: dict[str, int]) -> float:
         """The highest score any group loses at `sizes` (dead units count as nothing)."""
-        return max((most[len(most) - 1 - sizes[name]] for name, most in self.most.items()),
-                   default=-math.inf)
+        return max((self.level(name, sizes[name]) for name in self.most), default=-math.inf)
 
 
 def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
@@ -110,7 +114,8 @@ def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
     while True:
         options = {g.name: _options(g, kept[g.name], multiples.get(g.name, 1),
                                     original.get(g.name) == g.size) for g in groups}
-        sizes = choose(options, kept, counter, budget.max_weights, window=least)
+        sizes = choose(options, kept, counter, budget.max_weights, window=least,
+                       level=cut.level)
         if sizes is not None:
             break
         multiples = {name: m // 2 for name, m in multiples.items()}  # too coarse: halve
@@ -118,7 +123,8 @@ def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
         options = {g.name: tuple(sorted({*options[g.name], g.size}))
                    if 1 < (m := multiples.get(g.name, 1)) <= g.size and g.size % m
                    else options[g.name] for g in groups}
-        sizes = choose(options, kept, counter, budget.max_weights, window=least) or sizes
+        sizes = choose(options, kept, counter, budget.max_weights, window=least,
+                       level=cut.level) or sizes
     return sizes
 
 
@@ -155,7 +161,7 @@ def _on_steps(groups, sizes: dict[str, int], step_time: StepTime, counter: Count
     start = {name: opts[0] for name, opts in options.items()}
     fast = choose(options, start, counter, budget.max_weights,
                    keep=lambda widths: step_time.waste(counter, widths) <= limit, start=start,
-                   window=(budget.min_weights, cut.worst),
+                   window=(budget.min_weights, cut.worst), level=cut.level,
                    tie=lambda widths: -step_time.waste(counter, widths))
     return fast if fast is not None and counter.count(fast) >= budget.min_weights else None
 

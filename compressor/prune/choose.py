@@ -52,7 +52,7 @@ def choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: C
             start: dict[str, int] | None = None,
             window: tuple[int, Callable[[dict[str, int]], float]] | None = None,
             tie: Callable[[dict[str, int]], float] = lambda sizes: 0.0,
-            ) -> dict[str, int] | None:
+            level: Callable[[str, int], float] | None = None) -> dict[str, int] | None:
     """The widths (one option per group) that keep the most within `most` among those `keep`
     accepts: every combination where there are at most EXHAUSTIVE (the first best in order),
     else greedily from `start` (default: the largest option within what each keeps); None if
@@ -61,7 +61,11 @@ def choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: C
     one whose highest removed score is lowest: counting alone is blind to the ranking, and
     would as soon round the best units of one group down to round another's worst up.
     Between combinations equal in that, the higher `tie` wins, then the larger count (where
-    all are tried)."""
+    all are tried). The greedy path raises the groups in two orders, the move that adds the
+    most first, and, with `level` (a group's highest removed score at a width), the group cut
+    deepest first, and keeps the better (`_preferred`): adding the most fills the budget
+    with the layers of the largest counts whatever they lose, cutting the deepest first can
+    leave the budget less full."""
     if math.prod(len(o) for o in options.values()) <= EXHAUSTIVE:
         best = None
         names = list(options)
@@ -76,13 +80,31 @@ def choose(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: C
             if best is None or key > best[0]:
                 best = (key, sizes)
         return None if best is None else best[1]
-    sizes = start or _start(options, kept, counter, most)
-    if sizes is None or counter.count(sizes) > most or not keep(sizes):
+    start = start or _start(options, kept, counter, most)
+    if start is None or counter.count(start) > most or not keep(start):
         return None
-    sizes = _raise(options, sizes, counter, most, keep)
-    if window is None or counter.count(sizes) < window[0]:
-        return sizes
-    return _lowered(options, sizes, counter, most, keep, window)
+    found = []
+    for deepest in (None, level) if level is not None else (None,):
+        sizes = _raise(options, start, counter, most, keep, deepest)
+        if window is not None and counter.count(sizes) >= window[0]:
+            sizes = _lowered(options, sizes, counter, most, keep, window)
+        found.append(sizes)
+    return max(found, key=lambda sizes: _preferred(sizes, counter, window, tie, level))
+
+
+def _preferred(sizes: dict[str, int], counter: Counter,
+               window: tuple[int, Callable[[dict[str, int]], float]] | None,
+               tie: Callable[[dict[str, int]], float],
+               level: Callable[[str, int], float] | None) -> tuple:
+    """How the greedy path ranks what its two orders of raising found: as every combination
+    is ranked where all are tried, the sum of the groups' highest removed scores (lower is
+    better) before the count."""
+    count = counter.count(sizes)
+    if window is None or count < window[0]:
+        return False, 0.0, 0.0, 0.0, count
+    removed = sum(x for name, n in sizes.items() if level is not None and
+                  (x := level(name, n)) > -math.inf)
+    return True, -window[1](sizes), tie(sizes), -removed, count
 
 
 def _start(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: Counter,
@@ -108,22 +130,24 @@ def _start(options: dict[str, tuple[int, ...]], kept: dict[str, int], counter: C
 
 def _raise(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: Counter,
            most: int, keep: Callable[[dict[str, int]], bool] = lambda sizes: True,
-           ) -> dict[str, int]:
+           level: Callable[[str, int], float] | None = None) -> dict[str, int]:
     """Move groups up to a larger option, the move that adds the most while the count stays
-    within `most` (and `keep` accepts the widths) first, until no move fits."""
+    within `most` (and `keep` accepts the widths) first, until no move fits; with `level` (a
+    group's highest removed score at a width), the group cut deepest first."""
     sizes, count = dict(sizes), counter.count(sizes)
     while True:
         best = None
         for name, opts in options.items():
             for higher in (o for o in opts if o > sizes[name]):
                 gain = counter.change(sizes, name, higher)
-                if count + gain <= most and (best is None or gain > best[0]) and \
+                key = (level(name, sizes[name]) if level else 0.0, gain)
+                if count + gain <= most and (best is None or key > best[0]) and \
                         keep({**sizes, name: higher}):
-                    best = (gain, name, higher)
+                    best = (key, name, higher)
         if best is None:
             return _exchanged(options, sizes, counter, most, keep)
         sizes[best[1]] = best[2]
-        count += best[0]
+        count += best[0][1]
 
 
 def _exchanged(options: dict[str, tuple[int, ...]], sizes: dict[str, int], counter: Counter,

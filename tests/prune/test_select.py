@@ -360,6 +360,43 @@ def test_greedy_alignment_lowers_the_highest_removed_score_within_the_window(mon
     assert lowered
 
 
+def test_greedy_alignment_also_raises_the_deepest_cut_groups_first(monkeypatch):
+    """Raising the groups that add the most first fills the budget with the widest layers
+    whatever they lose; the greedy path also raises the group cut deepest first and keeps the
+    better of the two: on random local selections (shares), never a higher highest removed
+    share than adding the most alone, and on some a lower sum of what the groups lose."""
+    from compressor.prune import align, choose
+    from compressor.prune.select import shares
+
+    monkeypatch.setattr(choose, "EXHAUSTIVE", 1)
+    lower = 0
+    for seed in range(30):
+        rng = random.Random(seed)
+        groups, shapes = chain([64] + [rng.choice([24, 40, 56, 72]) for _ in range(6)] + [10])
+        gen = torch.Generator().manual_seed(seed)
+        scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
+        total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+        b = Budget(math.floor(0.5 * total), math.floor(0.47 * total))
+        original = {g.name: g.size for g in groups}
+        removed = select(groups, scores, shapes, b, scope=Scope.LOCAL, original_sizes=original)
+        share = shares(groups, scores, None, original)
+        kept = {g.name: g.size - len(removed[g.name]) for g in groups}
+        counter = choose.Counter(groups, shapes, None)
+        cut = align._Cut(groups, share, {g.name: share[g.name] == 0 for g in groups})
+        options = {g.name: align._options(g, kept[g.name], 8, False) for g in groups}
+        window = (b.min_weights, cut.worst)
+        widest = choose.choose(options, kept, counter, b.max_weights, window=window)
+        both = choose.choose(options, kept, counter, b.max_weights, window=window,
+                             level=cut.level)
+        assert counter.count(both) <= b.max_weights
+        if counter.count(widest) >= b.min_weights:
+            assert counter.count(both) >= b.min_weights
+            assert cut.worst(both) <= cut.worst(widest)
+            lost = [sum(max(cut.level(n, w), 0.0) for n, w in c.items()) for c in (both, widest)]
+            lower += cut.worst(both) == cut.worst(widest) and lost[0] < lost[1]
+    assert lower
+
+
 def test_local_widths_are_aligned_by_the_share_each_layer_loses_not_by_raw_scores():
     """Two layers whose scores do not compare (one scores 100x lower, as firing rates at
     different depths can): a local selection removes the same share of each, and aligning by
