@@ -327,28 +327,39 @@ def test_a_group_of_exact_widths_keeps_what_the_selection_chose():
     assert remaining(groups, shapes, aligned) <= b.max_weights
 
 
+def _alignment_case(seed: int, scope: Scope, multiple: int):
+    """A random chain of layers, a selection at half its weights (window 47-50%), and what
+    `choose` needs for its widths: options (multiples near what each keeps), the counter
+    and the cut (by shares where the selection is local, as `prune.cycles` gives them)."""
+    from compressor.prune import align, choose
+    from compressor.prune.select import shares
+
+    rng = random.Random(seed)
+    groups, shapes = chain([64] + [rng.choice([24, 40, 56, 72]) for _ in range(6)] + [10])
+    gen = torch.Generator().manual_seed(seed)
+    scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
+    total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
+    b = Budget(math.floor(0.5 * total), math.floor(0.47 * total))
+    original = {g.name: g.size for g in groups}
+    removed = select(groups, scores, shapes, b, scope=scope, original_sizes=original)
+    ranking = shares(groups, scores, None, original) if scope is Scope.LOCAL else scores
+    kept = {g.name: g.size - len(removed[g.name]) for g in groups}
+    cut = align._Cut(groups, ranking, {g.name: ranking[g.name] == 0 for g in groups})
+    options = {g.name: align._options(g, kept[g.name], multiple, False) for g in groups}
+    return options, kept, choose.Counter(groups, shapes, None), cut, b
+
+
 def test_greedy_alignment_lowers_the_highest_removed_score_within_the_window(monkeypatch):
     """Where the widths' combinations are too many to try (the greedy path), the moves that
     fill the budget are followed by exchanges between groups that lower the highest score
     removed while the count stays in the window: never higher than filling alone, and lower
     on some of these random cases."""
-    from compressor.prune import align, choose
+    from compressor.prune import choose
 
     monkeypatch.setattr(choose, "EXHAUSTIVE", 1)
     lowered = 0
     for seed in range(12):
-        rng = random.Random(seed)
-        groups, shapes = chain([64] + [rng.choice([24, 40, 56, 72]) for _ in range(6)] + [10])
-        gen = torch.Generator().manual_seed(seed)
-        scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
-        total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
-        b = Budget(math.floor(0.5 * total), math.floor(0.47 * total))
-        removed = select(groups, scores, shapes, b, scope=Scope.GLOBAL,
-                         original_sizes={g.name: g.size for g in groups})
-        kept = {g.name: g.size - len(removed[g.name]) for g in groups}
-        counter = choose.Counter(groups, shapes, None)
-        cut = align._Cut(groups, scores, {g.name: scores[g.name] == 0 for g in groups})
-        options = {g.name: align._options(g, kept[g.name], 16, False) for g in groups}
+        options, kept, counter, cut, b = _alignment_case(seed, Scope.GLOBAL, 16)
         blind = choose.choose(options, kept, counter, b.max_weights)
         aware = choose.choose(options, kept, counter, b.max_weights,
                               window=(b.min_weights, cut.worst))
@@ -365,25 +376,12 @@ def test_greedy_alignment_also_raises_the_deepest_cut_groups_first(monkeypatch):
     whatever they lose; the greedy path also raises the group cut deepest first and keeps the
     better of the two: on random local selections (shares), never a higher highest removed
     share than adding the most alone, and on some a lower sum of what the groups lose."""
-    from compressor.prune import align, choose
-    from compressor.prune.select import shares
+    from compressor.prune import choose
 
     monkeypatch.setattr(choose, "EXHAUSTIVE", 1)
     lower = 0
     for seed in range(30):
-        rng = random.Random(seed)
-        groups, shapes = chain([64] + [rng.choice([24, 40, 56, 72]) for _ in range(6)] + [10])
-        gen = torch.Generator().manual_seed(seed)
-        scores = {g.name: torch.rand(g.size, generator=gen) + 0.01 for g in groups}
-        total = weight_count(shapes, list(groups), {g.name: g.size for g in groups})
-        b = Budget(math.floor(0.5 * total), math.floor(0.47 * total))
-        original = {g.name: g.size for g in groups}
-        removed = select(groups, scores, shapes, b, scope=Scope.LOCAL, original_sizes=original)
-        share = shares(groups, scores, None, original)
-        kept = {g.name: g.size - len(removed[g.name]) for g in groups}
-        counter = choose.Counter(groups, shapes, None)
-        cut = align._Cut(groups, share, {g.name: share[g.name] == 0 for g in groups})
-        options = {g.name: align._options(g, kept[g.name], 8, False) for g in groups}
+        options, kept, counter, cut, b = _alignment_case(seed, Scope.LOCAL, 8)
         window = (b.min_weights, cut.worst)
         widest = choose.choose(options, kept, counter, b.max_weights, window=window)
         both = choose.choose(options, kept, counter, b.max_weights, window=window,
