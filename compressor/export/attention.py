@@ -20,13 +20,12 @@ ONE_OP_KEYS = 128
 _PAST = 4  # Attention's inputs from here on (past keys and values) are a cache: left alone
 
 
-def flatten_heads(graph: onnx.GraphProto) -> int:
+def flatten_heads(graph: onnx.GraphProto) -> None:
     """Rewrite each Attention over [batch, heads, tokens, size] whose head counts and sizes
-    are fixed as Attention over [batch, tokens, heads x size], with only its output used;
-    returns how many were rewritten."""
+    are fixed as Attention over [batch, tokens, heads x size], with only its output used."""
     shapes = _shapes(graph)
     used = {name for n in graph.node for name in n.input} | {v.name for v in graph.output}
-    nodes, done = [], 0
+    nodes = []
     for node in graph.node:
         found = [shapes.get(name) for name in node.input[:3]]
         if node.op_type != "Attention" or node.domain not in ("", "ai.onnx") or \
@@ -53,10 +52,8 @@ def flatten_heads(graph: onnx.GraphProto) -> int:
                              q_num_heads=q[1], kv_num_heads=k[1], **attributes),
             helper.make_node("Reshape", [f"{prefix}_out", split], [f"{prefix}_4d"]),
             helper.make_node("Transpose", [f"{prefix}_4d"], [node.output[0]], perm=[0, 2, 1, 3])]
-        done += 1
     del graph.node[:]
     graph.node.extend(nodes)
-    return done
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, list]:

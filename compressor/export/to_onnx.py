@@ -20,9 +20,9 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
-    """ONNX bytes (opset 18, or 23 where the model has scaled_dot_product_attention: one
-    Attention op each, `attention.flatten_heads`; a dynamic batch axis, weights inside),
-    checked by onnx.checker."""
+    """ONNX bytes (opset 18, or 23 where an attention is left to be one Attention op,
+    `fusable` and `attention.flatten_heads`; a dynamic batch axis, weights inside), checked by
+    onnx.checker."""
     batch = torch.export.Dim("batch")
     gm = fusable(gm, example)
     attends = any(n.target == SDPA for n in gm.graph.nodes)

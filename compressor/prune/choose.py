@@ -102,8 +102,8 @@ def _preferred(sizes: dict[str, int], counter: Counter,
     count = counter.count(sizes)
     if window is None or count < window[0]:
         return False, 0.0, 0.0, 0.0, count
-    removed = sum(x for name, n in sizes.items() if level is not None and
-                  (x := level(name, n)) > -math.inf)
+    levels = [level(name, n) for name, n in sizes.items()] if level is not None else []
+    removed = sum(x for x in levels if x > -math.inf)  # a group cut nowhere loses nothing
     return True, -window[1](sizes), tie(sizes), -removed, count
 
 
