@@ -14,6 +14,7 @@ from ..io.quiet import quiet
 from .attention import OPSET as ATTENTION_OPSET
 from .attention import flatten_heads
 from .fusable import SDPA, fusable
+from .layout import fold_layout
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -21,8 +22,8 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
     """ONNX bytes (opset 18, or 23 where an attention is left to be one Attention op,
-    `fusable` and `attention.flatten_heads`; a dynamic batch axis, weights inside), checked by
-    onnx.checker."""
+    `fusable` and `attention.flatten_heads`; a dynamic batch axis, weights inside; layout ops
+    that only reshape folded, `layout`), checked by onnx.checker."""
     batch = torch.export.Dim("batch")
     gm = fusable(gm, example)
     attends = any(n.target == SDPA for n in gm.graph.nodes)
@@ -34,6 +35,7 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
         proto = program.model_proto
         del program
         flatten_heads(proto.graph)
+        fold_layout(proto)
         _rename(proto.graph, proto.graph.input[0].name, INPUT_NAME)
         _rename(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
         for flat, original in gm.meta.get("original_names", {}).items():
