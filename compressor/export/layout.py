@@ -1,14 +1,17 @@
 """Layout ops the exported file need not run. onnxruntime runs every Reshape, Transpose, Slice
 and Squeeze as a kernel of its own and cancels only adjacent transposes; the exporter writes
 chains of them where, taken together, they only reshape (timm's qkv split into heads and back,
-a Linear's rows flattened for its Gemm and unflattened for the next). Two rewrites, each
+a Linear's rows flattened for its Gemm and unflattened for the next). Three rewrites, each
 checked on the file's own shapes at two batch sizes:
 - a chain of layout ops between two computing ops that reads, at every batch size, what one
   Reshape (of one block of the last axis, for q, k or v out of a fused qkv Gemm) reads becomes
   that Reshape (after that Slice);
 - a Reshape undone by another after elementwise ops alone (fc1's output unflattened for its
   GELU and flattened again for fc2) is not run: the elementwise ops read the first one's
-  input."""
+  input;
+- row-wise ops between Gemms (a transformer's residual sums and LayerNorms) run on the Gemms'
+  [rows, width] instead of [batch, tokens, width] where that leaves fewer ops to run.
+Most of what this saves is per-kernel overhead: it shows at small batches (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -36,14 +39,12 @@ def fold_layout(model: onnx.ModelProto) -> None:
             a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
             for n in graph.node for a in n.attribute):
         return  # nothing to fold, or subgraphs whose reads the rewrites do not follow
-    changed = False
-    for rewrite in (_skip_reshape_pairs, _fold_chains):
+    for rewrite in (_skip_reshape_pairs, _fold_chains, _rows_kept):
         shapes = [_shapes(model, batch) for batch in _BATCHES]
         if any(s is None for s in shapes):
             return
-        changed |= rewrite(graph, _constants(graph), shapes)
-    if changed:
-        _drop_unused(graph)
+        if rewrite(graph, _constants(graph), shapes):
+            _drop_unused(graph)
 
 
 def _worth_looking(graph: onnx.GraphProto) -> bool:
@@ -59,7 +60,7 @@ def _skip_reshape_pairs(graph: onnx.GraphProto, constants: dict, shapes: list[di
     """Reshape -> elementwise ops (their other inputs scalar constants) -> Reshapes back to the
     first one's input shape: the elementwise ops read that input, the second Reshapes' readers
     their result."""
-    readers = _readers(graph)
+    readers = _readers(graph.node)
     outputs = {v.name for v in graph.output}
     renamed: dict[str, str] = {}
     reshaped: set[str] = set()  # values whose shapes an earlier pair's rewrite changed
@@ -82,7 +83,7 @@ def _skip_reshape_pairs(graph: onnx.GraphProto, constants: dict, shapes: list[di
         for name in (o for n in nodes for o in n.output):
             _record(graph, name, [x[first.input[0]] for x in shapes], (name, first.input[0]))
             reshaped.add(name)
-    _rename_reads(graph, renamed)
+    _rename_reads(graph.node, renamed)
     return bool(renamed)
 
 
@@ -119,7 +120,7 @@ def _fold_chains(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) ->
     chain only reshapes (a block of the last axis of) its first input, read from one Reshape
     (after one Slice) instead."""
     producer = {o: n for n in graph.node for o in n.output}
-    readers = _readers(graph)
+    readers = _readers(graph.node)
     outputs = {v.name for v in graph.output}
     plans = {}
     for node in graph.node:
@@ -142,7 +143,8 @@ def _fold_chains(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) ->
         return False
     renamed = {}
     for value, (source, _, start, width, shape) in plans.items():
-        names = _unique(graph, value)
+        names = [_fresh(graph, f"{value}_folded_{part}")
+                 for part in ("start", "end", "axis", "block", "shape", "reshaped")]
         if width is not None:
             graph.initializer.extend(numpy_helper.from_array(np.array(a, np.int64), n) for a, n in
                                      zip(([start], [start + width], [-1]), names[:3]))
@@ -157,9 +159,124 @@ def _fold_chains(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) ->
             _record(graph, names[5], [x[value] for x in shapes], (value, source))
             source = names[5]
         renamed[value] = source
-    _rename_reads(graph, renamed)
+    _rename_reads(graph.node, renamed)
     _sort(graph)
     return True
+
+
+def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> bool:
+    """Row-wise ops (LayerNormalization over the last axis, elementwise ops with constants over
+    the last axis alone) that read a Gemm's rows unflattened to [batch, tokens, width] run on
+    the rows themselves, and a Reshape that flattens their result again for the next Gemm is
+    not run: a pre-norm transformer's residual stream stays [batch x tokens, width] from its
+    first residual sum to its last LayerNorm. Kept only where the file ends up with fewer
+    nodes; every other reader of a value reads it unflattened once."""
+    outputs = {v.name for v in graph.output}
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    weights.update({name: value.shape for name, value in constants.items()})
+    nodes = [_copy(n) for n in graph.node]
+    readers = _readers(nodes)
+    rows: dict[str, str] = {}  # a value -> the name of the same entries as [rows, last size]
+    added, initializers, records = [], [], []
+
+    def reshaped(value: str, target: list[int], sizes: list[tuple], name: str) -> str:
+        initializers.append(numpy_helper.from_array(np.array(target, np.int64), f"{name}_shape"))
+        added.append(helper.make_node("Reshape", [value, f"{name}_shape"], [name]))
+        records.append((name, sizes, (value,)))
+        return name
+
+    def flat(value: str) -> str:
+        if value not in rows:
+            rows[value] = reshaped(value, [-1, shapes[0][value][-1]],
+                                   [(_rows(s[value]), s[value][-1]) for s in shapes],
+                                   _fresh(graph, f"{value}_rows"))
+        return rows[value]
+
+    converted = []
+    for node in nodes:
+        out = node.output[0] if node.output else ""
+        if _unflattens(node, shapes):
+            rows[out] = node.input[0]
+        elif out not in outputs and any(i in rows for i in node.input) and \
+                _row_wise(node, shapes, weights):
+            inputs = [i if not i or i in weights else flat(i) for i in node.input]
+            twin = helper.make_node(node.op_type, inputs, [_fresh(graph, f"{out}_rows")],
+                                    domain=node.domain)
+            twin.attribute.extend(node.attribute)
+            added.append(twin)
+            records.append((twin.output[0], [(_rows(s[out]), s[out][-1]) for s in shapes],
+                            (out,)))
+            rows[out] = twin.output[0]
+            converted.append(node)
+    if not converted:
+        return False
+    renamed, unflattened = {}, {}
+    for node in converted:
+        value = node.output[0]
+        for reader in readers[value]:
+            if any(reader is c for c in converted):
+                continue
+            if _flattens(reader, shapes):
+                renamed[reader.output[0]] = rows[value]
+                continue
+            if value not in unflattened:
+                unflattened[value] = reshaped(rows[value], _target(shapes, value),
+                                              [s[value] for s in shapes],
+                                              _fresh(graph, f"{value}_unflattened"))
+            reader.input[:] = [unflattened[value] if i == value else i for i in reader.input]
+    _rename_reads(nodes, renamed)
+    ready = {v.name for v in (*graph.input, *graph.initializer, *initializers)}
+    nodes = _live(_sorted(nodes + added, ready), outputs)
+    if len(nodes) >= len(_live(list(graph.node), outputs)):
+        return False
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    for name, sizes, typed_like in records:
+        _record(graph, name, sizes, typed_like)
+    return True
+
+
+def _unflattens(node: onnx.NodeProto, shapes: list[dict]) -> bool:
+    """A Reshape of [rows, size] to [batch, ..., size]."""
+    if node.op_type != "Reshape":
+        return False
+    found = [(s.get(node.input[0]), s.get(node.output[0])) for s in shapes]
+    return all(a and b and len(a) == 2 and len(b) > 2 and a[-1] == b[-1] for a, b in found)
+
+
+def _flattens(node: onnx.NodeProto, shapes: list[dict]) -> bool:
+    """A Reshape of [batch, ..., size] to [rows, size]."""
+    if node.op_type != "Reshape":
+        return False
+    found = [(s.get(node.input[0]), s.get(node.output[0])) for s in shapes]
+    return all(a and b and len(a) > 2 and len(b) == 2 and a[-1] == b[-1] for a, b in found)
+
+
+def _row_wise(node: onnx.NodeProto, shapes: list[dict], weights: dict) -> bool:
+    """Whether `node` computes each row of its output over the last axis from the same row of
+    its inputs alone (its inputs of its output's shape, its constants of one size or one per
+    entry of the last axis)."""
+    out = node.output[0]
+    if any(out not in s or len(s[out]) < 3 for s in shapes):
+        return False
+    if node.op_type == "LayerNormalization":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        if axis not in (-1, len(shapes[0][out]) - 1) or any(node.output[1:]):
+            return False
+    elif node.op_type not in ELEMENTWISE:
+        return False
+    for name in node.input:
+        if name in weights:
+            if len(weights[name]) > 1 or np.prod(weights[name]) not in (1, shapes[0][out][-1]):
+                return False
+        elif name and any(s.get(name) != s[out] for s in shapes):
+            return False
+    return True
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape[:-1]))
 
 
 def _unread(value: str, plans: dict, folded: set[str], readers: dict, outputs: set[str]) -> bool:
@@ -276,33 +393,38 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return found
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, list]:
+def _readers(nodes) -> dict[str, list]:
     found = defaultdict(list)
-    for node in graph.node:
+    for node in nodes:
         for name in node.input:
             found[name].append(node)
     return found
 
 
-def _rename_reads(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
+def _rename_reads(nodes, renamed: dict[str, str]) -> None:
     def final(name: str) -> str:
         while name in renamed:
             name = renamed[name]
         return name
 
-    for node in graph.node:
+    for node in nodes:
         node.input[:] = [final(i) for i in node.input]
 
 
-def _unique(graph: onnx.GraphProto, value: str) -> list[str]:
-    taken = {v for n in graph.node for v in n.output} | {t.name for t in graph.initializer}
-    names, base = [], f"{value}_folded"
-    for part in ("start", "end", "axis", "block", "shape", "reshaped"):
-        name, k = f"{base}_{part}", 1
-        while name in taken:
-            name, k = f"{base}_{part}{k}", k + 1
-        names.append(name)
-    return names
+def _fresh(graph: onnx.GraphProto, base: str) -> str:
+    """`base`, or `base` numbered, whichever no value or weight of `graph` is named."""
+    taken = {v for n in graph.node for v in (*n.input, *n.output)} | \
+        {v.name for v in (*graph.input, *graph.initializer)}
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}{k}", k + 1
+    return name
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def _record(graph: onnx.GraphProto, name: str, sizes: list[tuple[int, ...]],
@@ -334,8 +456,15 @@ def _forget_shapes(graph: onnx.GraphProto, names: set[str]) -> None:
 
 def _sort(graph: onnx.GraphProto) -> None:
     """The graph's nodes in an order where every value is written before it is read."""
-    ready = {v.name for v in (*graph.input, *graph.initializer)} | {""}
-    pending, ordered = list(graph.node), []
+    ordered = _sorted(list(graph.node), {v.name for v in (*graph.input, *graph.initializer)})
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _sorted(nodes: list, ready: set[str]) -> list:
+    """`nodes` in an order where every value is written before it is read, `ready` (the
+    graph's inputs and weights) read from the start."""
+    ready, pending, ordered = {*ready, ""}, nodes, []
     while pending:
         waiting = []
         for node in pending:
@@ -347,20 +476,26 @@ def _sort(graph: onnx.GraphProto) -> None:
         if len(waiting) == len(pending):
             raise ValueError("the graph has a cycle")
         pending = waiting
-    del graph.node[:]
-    graph.node.extend(ordered)
+    return ordered
+
+
+def _live(nodes: list, outputs: set[str]) -> list:
+    """The nodes of `nodes` (in order: each value written before it is read) whose outputs the
+    graph's `outputs` need."""
+    live, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    return kept[::-1]
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
     """Drop the nodes, initializers and shape records nothing reads any more."""
-    live = {v.name for v in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(o in live for o in node.output):
-            kept.append(node)
-            live.update(node.input)
+    kept = _live(list(graph.node), {v.name for v in graph.output})
+    live = {v.name for v in graph.output} | {i for n in kept for i in n.input}
     del graph.node[:]
-    graph.node.extend(reversed(kept))
+    graph.node.extend(kept)
     for tensor in [t for t in graph.initializer if t.name not in live]:
         graph.initializer.remove(tensor)
     _forget_shapes(graph, {v.name for v in graph.value_info} - live)

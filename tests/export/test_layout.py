@@ -53,6 +53,42 @@ def test_an_exported_block_runs_no_layout_op_that_only_reshapes():
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
+class _Encoder(torch.nn.Module):
+    """Two pre-norm blocks, a final LayerNorm, the mean over tokens and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.Sequential(_Block(), _Block())
+        self.norm, self.head = torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
+def test_the_residual_stream_stays_in_the_rows_the_gemms_read_and_write():
+    """Between the first residual sum and the last LayerNorm, the sums and LayerNorms run on
+    the Gemms' rows: no Reshape between a Gemm and the sum it feeds, or between a LayerNorm and
+    the Gemm it feeds (but the first block's), with the model's outputs at another batch size."""
+    import onnxruntime as ort
+
+    net, x = _Encoder().eval(), torch.randn(5, 6, 16)
+    proto = onnx.load_from_string(to_onnx(graph_of(net, x[:2]), x[:2]))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+
+    def through_reshape(node: onnx.NodeProto, op: str) -> list[str]:
+        return [i for i in node.input if i in producer and producer[i].op_type == "Reshape"
+                and producer.get(producer[i].input[0], node).op_type == op]
+
+    sums = [n for n in proto.graph.node if n.op_type == "Add" and not through_reshape(n, "Gemm")
+            and sum(i in producer and producer[i].op_type == "Gemm" for i in n.input) == 1]
+    assert len(sums) == 4  # two residual sums per block read their Gemm directly
+    gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
+    assert sum(bool(through_reshape(n, "LayerNormalization")) for n in gemms) == 1
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
 def _model(nodes: list, shape: list, out: str = "y", **constants) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shape])],
