@@ -29,6 +29,7 @@ ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt", "Exp"
                          "Gelu", "Softplus"})
 _BATCHES = (2, 3)  # two batch sizes: a size that differs between them follows the batch
 _SMALL = 64  # constants up to this many entries (shapes, axes, scalars) are read as values
+_MOST_ENTRIES = 1 << 24  # a chain over a larger tensor is not traced (its index copy's memory)
 
 
 def fold_layout(model: onnx.ModelProto) -> None:
@@ -180,8 +181,9 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
     added, initializers, records = [], [], []
 
     def reshaped(value: str, target: list[int], sizes: list[tuple], name: str) -> str:
-        initializers.append(numpy_helper.from_array(np.array(target, np.int64), f"{name}_shape"))
-        added.append(helper.make_node("Reshape", [value, f"{name}_shape"], [name]))
+        shape = _fresh(graph, f"{name}_shape")
+        initializers.append(numpy_helper.from_array(np.array(target, np.int64), shape))
+        added.append(helper.make_node("Reshape", [value, shape], [name]))
         records.append((name, sizes, (value,)))
         return name
 
@@ -219,6 +221,8 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
             if _flattens(reader, shapes):
                 renamed[reader.output[0]] = rows[value]
                 continue
+            if _target(shapes, value) is None:
+                return False  # more than one size follows the batch: no one Reshape back
             if value not in unflattened:
                 unflattened[value] = reshaped(rows[value], _target(shapes, value),
                                               [s[value] for s in shapes],
@@ -295,7 +299,8 @@ def _plan(value: str, producer: dict, constants: dict, shapes: list[dict]):
             i in constants for i in producer[source].input[1:] if i):
         chain.append(producer[source])
         source = producer[source].input[0]
-    if len(chain) < 2 or any(source not in s or value not in s for s in shapes):
+    if len(chain) < 2 or any(source not in s or value not in s or
+                             np.prod(s[source]) > _MOST_ENTRIES for s in shapes):
         return None
     found = []
     for s in shapes:

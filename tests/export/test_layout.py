@@ -11,6 +11,9 @@ from onnx.reference import ReferenceEvaluator
 
 from compressor.export.layout import fold_layout
 from compressor.export.to_onnx import to_onnx
+from compressor.graph import count
+from compressor.graph.trace import trace
+from compressor.measure.onnx_file import flops_per_sample
 from tests.export.test_to_onnx import _Attention
 from tests.helpers import graph_of
 
@@ -68,11 +71,14 @@ class _Encoder(torch.nn.Module):
 def test_the_residual_stream_stays_in_the_rows_the_gemms_read_and_write():
     """Between the first residual sum and the last LayerNorm, the sums and LayerNorms run on
     the Gemms' rows: no Reshape between a Gemm and the sum it feeds, or between a LayerNorm and
-    the Gemm it feeds (but the first block's), with the model's outputs at another batch size."""
+    the Gemm it feeds (but the first block's), with the model's outputs at another batch size
+    and the file's FLOPs counted as the working graph's."""
     import onnxruntime as ort
 
     net, x = _Encoder().eval(), torch.randn(5, 6, 16)
-    proto = onnx.load_from_string(to_onnx(graph_of(net, x[:2]), x[:2]))
+    gm = graph_of(net, x[:2])
+    proto = onnx.load_from_string(to_onnx(gm, x[:2]))
+    assert flops_per_sample(proto) == (count.flops(gm, trace(gm)), ())  # counted as before
     producer = {o: n for n in proto.graph.node for o in n.output}
 
     def through_reshape(node: onnx.NodeProto, op: str) -> list[str]:
