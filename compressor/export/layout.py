@@ -15,20 +15,18 @@ Most of what this saves is per-kernel overhead: it shows at small batches (docs/
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+
+from . import graph_edit as edit
 
 LAYOUT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split",
                     "Flatten"})
 ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt", "Exp", "Erf",
                          "Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Relu", "LeakyRelu",
                          "Gelu", "Softplus"})
-_BATCHES = (2, 3)  # two batch sizes: a size that differs between them follows the batch
-_SMALL = 64  # constants up to this many entries (shapes, axes, scalars) are read as values
 _MOST_ENTRIES = 1 << 24  # a chain over a larger tensor is not traced (its index copy's memory)
 
 
@@ -41,11 +39,11 @@ def fold_layout(model: onnx.ModelProto) -> None:
             for n in graph.node for a in n.attribute):
         return  # nothing to fold, or subgraphs whose reads the rewrites do not follow
     for rewrite in (_skip_reshape_pairs, _fold_chains, _rows_kept):
-        shapes = [_shapes(model, batch) for batch in _BATCHES]
+        shapes = [edit.shapes(model, batch) for batch in edit.BATCHES]
         if any(s is None for s in shapes):
             return
-        if rewrite(graph, _constants(graph), shapes):
-            _drop_unused(graph)
+        if rewrite(graph, edit.constants(graph), shapes):
+            edit.drop_unused(graph)
 
 
 def _worth_looking(graph: onnx.GraphProto) -> bool:
@@ -61,7 +59,7 @@ def _skip_reshape_pairs(graph: onnx.GraphProto, constants: dict, shapes: list[di
     """Reshape -> elementwise ops (their other inputs scalar constants) -> Reshapes back to the
     first one's input shape: the elementwise ops read that input, the second Reshapes' readers
     their result."""
-    readers = _readers(graph.node)
+    readers = edit.readers(graph.node)
     outputs = {v.name for v in graph.output}
     renamed: dict[str, str] = {}
     reshaped: set[str] = set()  # values whose shapes an earlier pair's rewrite changed
@@ -82,9 +80,9 @@ def _skip_reshape_pairs(graph: onnx.GraphProto, constants: dict, shapes: list[di
             node.input[:] = [first.input[0] if i == first.output[0] else i for i in node.input]
         renamed.update({b.output[0]: exit_value for b in backs})
         for name in (o for n in nodes for o in n.output):
-            _record(graph, name, [x[first.input[0]] for x in shapes], (name, first.input[0]))
+            edit.record(graph, name, [x[first.input[0]] for x in shapes], (name, first.input[0]))
             reshaped.add(name)
-    _rename_reads(graph.node, renamed)
+    edit.rename_reads(graph.node, renamed)
     return bool(renamed)
 
 
@@ -121,7 +119,7 @@ def _fold_chains(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) ->
     chain only reshapes (a block of the last axis of) its first input, read from one Reshape
     (after one Slice) instead."""
     producer = {o: n for n in graph.node for o in n.output}
-    readers = _readers(graph.node)
+    readers = edit.readers(graph.node)
     outputs = {v.name for v in graph.output}
     plans = {}
     for node in graph.node:
@@ -144,24 +142,24 @@ def _fold_chains(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) ->
         return False
     renamed = {}
     for value, (source, _, start, width, shape) in plans.items():
-        names = [_fresh(graph, f"{value}_folded_{part}")
+        names = [edit.fresh(graph, f"{value}_folded_{part}")
                  for part in ("start", "end", "axis", "block", "shape", "reshaped")]
         if width is not None:
             graph.initializer.extend(numpy_helper.from_array(np.array(a, np.int64), n) for a, n in
                                      zip(([start], [start + width], [-1]), names[:3]))
             graph.node.append(helper.make_node("Slice", [source, *names[:3]], [names[3]]))
-            _record(graph, names[3], [(*x[source][:-1], width) for x in shapes],
+            edit.record(graph, names[3], [(*x[source][:-1], width) for x in shapes],
                     (value, source))
             source = names[3]
         if shape is not None:
             graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64),
                                                              names[4]))
             graph.node.append(helper.make_node("Reshape", [source, names[4]], [names[5]]))
-            _record(graph, names[5], [x[value] for x in shapes], (value, source))
+            edit.record(graph, names[5], [x[value] for x in shapes], (value, source))
             source = names[5]
         renamed[value] = source
-    _rename_reads(graph.node, renamed)
-    _sort(graph)
+    edit.rename_reads(graph.node, renamed)
+    edit.sort(graph)
     return True
 
 
@@ -175,13 +173,13 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
     outputs = {v.name for v in graph.output}
     weights = {t.name: tuple(t.dims) for t in graph.initializer}
     weights.update({name: value.shape for name, value in constants.items()})
-    nodes = [_copy(n) for n in graph.node]
-    readers = _readers(nodes)
+    nodes = [edit.copy(n) for n in graph.node]
+    readers = edit.readers(nodes)
     rows: dict[str, str] = {}  # a value -> the name of the same entries as [rows, last size]
     added, initializers, records = [], [], []
 
     def reshaped(value: str, target: list[int], sizes: list[tuple], name: str) -> str:
-        shape = _fresh(graph, f"{name}_shape")
+        shape = edit.fresh(graph, f"{name}_shape")
         initializers.append(numpy_helper.from_array(np.array(target, np.int64), shape))
         added.append(helper.make_node("Reshape", [value, shape], [name]))
         records.append((name, sizes, (value,)))
@@ -191,7 +189,7 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
         if value not in rows:
             rows[value] = reshaped(value, [-1, shapes[0][value][-1]],
                                    [(_rows(s[value]), s[value][-1]) for s in shapes],
-                                   _fresh(graph, f"{value}_rows"))
+                                   edit.fresh(graph, f"{value}_rows"))
         return rows[value]
 
     converted = []
@@ -202,7 +200,7 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
         elif out not in outputs and any(i in rows for i in node.input) and \
                 _row_wise(node, shapes, weights):
             inputs = [i if not i or i in weights else flat(i) for i in node.input]
-            twin = helper.make_node(node.op_type, inputs, [_fresh(graph, f"{out}_rows")],
+            twin = helper.make_node(node.op_type, inputs, [edit.fresh(graph, f"{out}_rows")],
                                     domain=node.domain)
             twin.attribute.extend(node.attribute)
             added.append(twin)
@@ -221,23 +219,23 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
             if _flattens(reader, shapes):
                 renamed[reader.output[0]] = rows[value]
                 continue
-            if _target(shapes, value) is None:
+            if edit.target(shapes, value) is None:
                 return False  # more than one size follows the batch: no one Reshape back
             if value not in unflattened:
-                unflattened[value] = reshaped(rows[value], _target(shapes, value),
+                unflattened[value] = reshaped(rows[value], edit.target(shapes, value),
                                               [s[value] for s in shapes],
-                                              _fresh(graph, f"{value}_unflattened"))
+                                              edit.fresh(graph, f"{value}_unflattened"))
             reader.input[:] = [unflattened[value] if i == value else i for i in reader.input]
-    _rename_reads(nodes, renamed)
+    edit.rename_reads(nodes, renamed)
     ready = {v.name for v in (*graph.input, *graph.initializer, *initializers)}
-    nodes = _live(_sorted(nodes + added, ready), outputs)
-    if len(nodes) >= len(_live(list(graph.node), outputs)):
+    nodes = edit.live(edit.sorted_nodes(nodes + added, ready), outputs)
+    if len(nodes) >= len(edit.live(list(graph.node), outputs)):
         return False
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(initializers)
     for name, sizes, typed_like in records:
-        _record(graph, name, sizes, typed_like)
+        edit.record(graph, name, sizes, typed_like)
     return True
 
 
@@ -312,7 +310,7 @@ def _plan(value: str, producer: dict, constants: dict, shapes: list[dict]):
     if found[0] is None or found[0] != found[1]:
         return None
     start, width = found[0]
-    target = _target(shapes, value)
+    target = edit.target(shapes, value)
     if target is None:
         return None
     block = None if width == shapes[0][source][-1] else width
@@ -335,15 +333,6 @@ def _block(x: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
     return (start, width) if np.array_equal(expected.reshape(-1), y.reshape(-1)) else None
 
 
-def _target(shapes: list[dict], value: str) -> list[int] | None:
-    """`value`'s shape as a Reshape target: -1 for the one size that follows the batch."""
-    first, second = (s[value] for s in shapes)
-    free = [i for i, (a, b) in enumerate(zip(first, second)) if a != b]
-    if len(free) > 1 or 0 in first:
-        return None
-    return [-1 if i in free else d for i, d in enumerate(first)]
-
-
 def _run(chain: list, source: str, value: str, x: np.ndarray, constants: dict):
     used = {i for n in chain for i in n.input[1:] if i}
     graph = helper.make_graph(
@@ -355,152 +344,3 @@ def _run(chain: list, source: str, value: str, x: np.ndarray, constants: dict):
     except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError):
         # an op form the reference evaluator does not run: left as it is
         return None
-
-
-def _shapes(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, ...]] | None:
-    """Every value's shape where all its sizes are known, with the first input's first axis
-    set to `batch`; the weights stand in by their shapes (inference never reads them)."""
-    graph = model.graph
-    small = [t for t in graph.initializer if int(np.prod(t.dims)) <= _SMALL]
-    skeleton = helper.make_graph(
-        graph.node, graph.name,
-        [*graph.input, *(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                         for t in graph.initializer if int(np.prod(t.dims)) > _SMALL)],
-        graph.output, small)
-    first = skeleton.input[0].type.tensor_type.shape.dim
-    if not first:
-        return None
-    first[0].Clear()
-    first[0].dim_value = batch
-    copy = helper.make_model(skeleton, opset_imports=model.opset_import,
-                             ir_version=model.ir_version)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
-        # a graph onnx cannot infer: nothing is rewritten
-        return None
-    shapes = {}
-    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            shapes[v.name] = tuple(d.dim_value for d in dims)
-    return shapes
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer
-             if int(np.prod(t.dims)) <= _SMALL}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            tensor = node.attribute[0].t
-            if int(np.prod(tensor.dims)) <= _SMALL:
-                found[node.output[0]] = numpy_helper.to_array(tensor)
-    return found
-
-
-def _readers(nodes) -> dict[str, list]:
-    found = defaultdict(list)
-    for node in nodes:
-        for name in node.input:
-            found[name].append(node)
-    return found
-
-
-def _rename_reads(nodes, renamed: dict[str, str]) -> None:
-    def final(name: str) -> str:
-        while name in renamed:
-            name = renamed[name]
-        return name
-
-    for node in nodes:
-        node.input[:] = [final(i) for i in node.input]
-
-
-def _fresh(graph: onnx.GraphProto, base: str) -> str:
-    """`base`, or `base` numbered, whichever no value or weight of `graph` is named."""
-    taken = {v for n in graph.node for v in (*n.input, *n.output)} | \
-        {v.name for v in (*graph.input, *graph.initializer)}
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}{k}", k + 1
-    return name
-
-
-def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    return copy
-
-
-def _record(graph: onnx.GraphProto, name: str, sizes: list[tuple[int, ...]],
-            typed_like: tuple[str, ...]) -> None:
-    """Record `name`'s shape from its sizes at the two batch sizes, a size that follows the
-    batch written as the input's batch symbol times a constant (the counters of FLOPs read
-    it), and its element type as the first of `typed_like` recorded."""
-    records = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
-    typed = [records[n] for n in typed_like if n in records]
-    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch"
-    if not typed:
-        return
-    dims = []
-    for a, b in zip(*sizes):
-        per = (b - a) // (_BATCHES[1] - _BATCHES[0])
-        if a == b or a != per * _BATCHES[0]:  # fixed, or not a multiple of the batch: unknown
-            dims.append(a if a == b else None)
-        else:
-            dims.append(batch if per == 1 else f"{per}*{batch}")
-    _forget_shapes(graph, {name})
-    graph.value_info.append(helper.make_tensor_value_info(
-        name, typed[0].type.tensor_type.elem_type, dims))
-
-
-def _forget_shapes(graph: onnx.GraphProto, names: set[str]) -> None:
-    for info in [v for v in graph.value_info if v.name in names]:
-        graph.value_info.remove(info)
-
-
-def _sort(graph: onnx.GraphProto) -> None:
-    """The graph's nodes in an order where every value is written before it is read."""
-    ordered = _sorted(list(graph.node), {v.name for v in (*graph.input, *graph.initializer)})
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def _sorted(nodes: list, ready: set[str]) -> list:
-    """`nodes` in an order where every value is written before it is read, `ready` (the
-    graph's inputs and weights) read from the start."""
-    ready, pending, ordered = {*ready, ""}, nodes, []
-    while pending:
-        waiting = []
-        for node in pending:
-            if all(i in ready for i in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                waiting.append(node)
-        if len(waiting) == len(pending):
-            raise ValueError("the graph has a cycle")
-        pending = waiting
-    return ordered
-
-
-def _live(nodes: list, outputs: set[str]) -> list:
-    """The nodes of `nodes` (in order: each value written before it is read) whose outputs the
-    graph's `outputs` need."""
-    live, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in live for o in node.output):
-            kept.append(node)
-            live.update(node.input)
-    return kept[::-1]
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    """Drop the nodes, initializers and shape records nothing reads any more."""
-    kept = _live(list(graph.node), {v.name for v in graph.output})
-    live = {v.name for v in graph.output} | {i for n in kept for i in n.input}
-    del graph.node[:]
-    graph.node.extend(kept)
-    for tensor in [t for t in graph.initializer if t.name not in live]:
-        graph.initializer.remove(tensor)
-    _forget_shapes(graph, {v.name for v in graph.value_info} - live)
