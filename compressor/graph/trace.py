@@ -195,13 +195,19 @@ def _with_heads(gm: fx.GraphModule, sample: torch.Tensor, layers: list[Layer], g
 
 def _positions(out: torch.Tensor | None, batch: object, conv: bool) -> int:
     """Output positions per sample (pixels of a conv, tokens of a Linear): the output's size
-    over the batch and the channels, wherever reshapes moved the batch ([T, B, F], [T*B, F])."""
+    over the batch and the channels, wherever reshapes moved the batch ([T, B, F], [T*B, F]);
+    none where the output does not follow the batch at all."""
     if out is None:
         return 1
     channels = out.shape[1] if conv else out.shape[-1]
-    total = math.prod(out.shape) // channels
-    ratio = sympy.simplify(as_expr(total) / as_expr(batch))  # sympy comes with torch
-    return int(ratio) if ratio.is_Integer else 1  # else the batch is not a factor of it
+    total, per = as_expr(math.prod(out.shape) // channels), as_expr(batch)
+    ratio = sympy.simplify(total / per)  # sympy comes with torch
+    if ratio.is_Integer:
+        return int(ratio)
+    if per.free_symbols and not total.free_symbols & per.free_symbols:
+        return 0  # the same output at every batch size: computed from constants (a position
+        #           encoding), which the export folds into one: nothing per sample
+    return 1  # the batch is not a factor of it
 
 
 def _attention_inputs(gm: fx.GraphModule) -> set[str]:

@@ -149,3 +149,28 @@ def test_flops_and_parameters_do_not_depend_on_storage(sparse_model):
         assert stored.graph.sparse_initializer
         assert flops_per_sample(stored) == flops_per_sample(proto)
         assert flops_per_sample(proto)[1] == ()
+
+
+def test_a_layer_over_constants_alone_costs_no_flops_per_sample_in_the_graph_or_the_file():
+    """A position encoding computed from a fixed grid by a 1x1 convolution (XCiT's) is the same
+    at every batch size: the export folds it into a constant, and the working graph's count
+    (what `--target` and the report count) leaves it out as the file's count does."""
+    from compressor.graph import count
+    from compressor.graph.trace import trace
+
+    class Encoded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.encode = nn.Conv2d(1, 8, 4, stride=4), nn.Conv2d(2, 8, 1)
+            self.register_buffer("grid", torch.rand(1, 2, 4, 4))
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            tokens = self.embed(x) + self.encode(self.grid)
+            return self.head(tokens.flatten(2).mean(2))
+
+    x = torch.randn(4, 1, 16, 16)
+    gm = graph_of(Encoded().eval(), x[:2])
+    expected = 2 * (8 * 16) * 16 + 2 * 8 * 3  # the patch convolution at 16 positions, the head
+    assert count.flops(gm, trace(gm)) == expected
+    assert flops_per_sample(onnx.load_from_string(to_onnx(gm, x[:2]))) == (expected, ())
