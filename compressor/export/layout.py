@@ -72,7 +72,7 @@ def _skip_reshape_pairs(graph: onnx.GraphProto, constants: dict, shapes: list[di
             continue
         nodes, exit_value = region
         backs = readers[exit_value]
-        if exit_value in outputs or not backs or any(
+        if outputs & {o for n in nodes for o in n.output} or not backs or any(
                 b.op_type != "Reshape" or any(s.get(b.output[0]) != s[first.input[0]]
                                               for s in shapes) for b in backs):
             continue
