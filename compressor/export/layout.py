@@ -164,9 +164,9 @@ def _fold_chains(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) ->
 
 
 def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> bool:
-    """Row-wise ops (LayerNormalization over the last axis, elementwise ops with constants over
-    the last axis alone) that read a Gemm's rows unflattened to [batch, tokens, width] run on
-    the rows themselves, and a Reshape that flattens their result again for the next Gemm is
+    """Row-wise ops (LayerNormalization or an RMSNorm's ops over the last axis, elementwise ops
+    with constants over the last axis alone) that read a Gemm's rows unflattened to [batch,
+    tokens, width] run on the rows themselves, and a Reshape that flattens their result again for the next Gemm is
     not run: a pre-norm transformer's residual stream stays [batch x tokens, width] from its
     first residual sum to its last LayerNorm. Kept only where the file ends up with fewer
     nodes; every other reader of a value reads it unflattened once."""
@@ -198,11 +198,12 @@ def _rows_kept(graph: onnx.GraphProto, constants: dict, shapes: list[dict]) -> b
         if _unflattens(node, shapes):
             rows[out] = node.input[0]
         elif out not in outputs and any(i in rows for i in node.input) and \
-                _row_wise(node, shapes, weights):
+                _row_wise(node, shapes, weights, constants):
             inputs = [i if not i or i in weights else flat(i) for i in node.input]
             twin = helper.make_node(node.op_type, inputs, [edit.fresh(graph, f"{out}_rows")],
                                     domain=node.domain)
-            twin.attribute.extend(node.attribute)
+            twin.attribute.extend(a if a.name != "axis" else helper.make_attribute("axis", -1)
+                                  for a in node.attribute)
             added.append(twin)
             records.append((twin.output[0], [(_rows(s[out]), s[out][-1]) for s in shapes],
                             (out,)))
@@ -255,24 +256,35 @@ def _flattens(node: onnx.NodeProto, shapes: list[dict]) -> bool:
     return all(a and b and len(a) > 2 and len(b) == 2 and a[-1] == b[-1] for a, b in found)
 
 
-def _row_wise(node: onnx.NodeProto, shapes: list[dict], weights: dict) -> bool:
+def _row_wise(node: onnx.NodeProto, shapes: list[dict], weights: dict,
+              constants: dict) -> bool:
     """Whether `node` computes each row of its output over the last axis from the same row of
-    its inputs alone (its inputs of its output's shape, its constants of one size or one per
-    entry of the last axis)."""
+    its inputs alone: LayerNormalization or a ReduceMean (an RMSNorm's mean of squares) over
+    the last axis, or an elementwise op whose inputs have its output's leading sizes (a last
+    size of 1 broadcast along the row) and whose constants are one value or one per entry of
+    the last axis."""
     out = node.output[0]
     if any(out not in s or len(s[out]) < 3 for s in shapes):
         return False
+    last = len(shapes[0][out]) - 1
     if node.op_type == "LayerNormalization":
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-        if axis not in (-1, len(shapes[0][out]) - 1) or any(node.output[1:]):
+        if axis not in (-1, last) or any(node.output[1:]):
             return False
+    elif node.op_type == "ReduceMean":
+        keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        axes = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if not keep or axes is None or [int(a) for a in axes.ravel()] != [-1]:
+            return False  # (an axis counted from the front would name another on the rows)
+        return all(s.get(node.input[0], ())[:-1] == s[out][:-1] for s in shapes)
     elif node.op_type not in ELEMENTWISE:
         return False
     for name in node.input:
         if name in weights:
             if len(weights[name]) > 1 or np.prod(weights[name]) not in (1, shapes[0][out][-1]):
                 return False
-        elif name and any(s.get(name) != s[out] for s in shapes):
+        elif name and any(name not in s or s[name][:-1] != s[out][:-1] or
+                          s[name][-1] not in (1, s[out][-1]) for s in shapes):
             return False
     return True
 

@@ -22,9 +22,9 @@ class _Block(torch.nn.Module):
     """A pre-norm transformer block as timm writes it: a fused qkv Linear split into heads,
     attention, a GELU feed-forward, residual sums."""
 
-    def __init__(self) -> None:
+    def __init__(self, norm=torch.nn.LayerNorm) -> None:
         super().__init__()
-        self.norm1, self.norm2 = torch.nn.LayerNorm(16), torch.nn.LayerNorm(16)
+        self.norm1, self.norm2 = norm(16), norm(16)
         self.attn = _Attention("none")
         self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
 
@@ -57,25 +57,28 @@ def test_an_exported_block_runs_no_layout_op_that_only_reshapes():
 
 
 class _Encoder(torch.nn.Module):
-    """Two pre-norm blocks, a final LayerNorm, the mean over tokens and a head."""
+    """Two pre-norm blocks, a final norm, the mean over tokens and a head."""
 
-    def __init__(self) -> None:
+    def __init__(self, norm=torch.nn.LayerNorm) -> None:
         super().__init__()
-        self.blocks = torch.nn.Sequential(_Block(), _Block())
-        self.norm, self.head = torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)
+        self.blocks = torch.nn.Sequential(_Block(norm), _Block(norm))
+        self.norm, self.head = norm(16), torch.nn.Linear(16, 3)
 
     def forward(self, x):
         return self.head(self.norm(self.blocks(x)).mean(1))
 
 
-def test_the_residual_stream_stays_in_the_rows_the_gemms_read_and_write():
-    """Between the first residual sum and the last LayerNorm, the sums and LayerNorms run on
-    the Gemms' rows: no Reshape between a Gemm and the sum it feeds, or between a LayerNorm and
-    the Gemm it feeds (but the first block's), with the model's outputs at another batch size
-    and the file's FLOPs counted as the working graph's."""
+@pytest.mark.parametrize(("norm", "last_op"), [(torch.nn.LayerNorm, "LayerNormalization"),
+                                               (torch.nn.RMSNorm, "Mul")])
+def test_the_residual_stream_stays_in_the_rows_the_gemms_read_and_write(norm, last_op):
+    """Between the first residual sum and the last norm, the sums and norms (a LayerNorm's one
+    op, an RMSNorm's mean of squares, root, quotient and product) run on the Gemms' rows: no
+    Reshape between a Gemm and the sum it feeds, or between a norm and the Gemm it feeds (but
+    the first block's), with the model's outputs at another batch size and the file's FLOPs
+    counted as the working graph's."""
     import onnxruntime as ort
 
-    net, x = _Encoder().eval(), torch.randn(5, 6, 16)
+    net, x = _Encoder(norm).eval(), torch.randn(5, 6, 16)
     gm = graph_of(net, x[:2])
     proto = onnx.load_from_string(to_onnx(gm, x[:2]))
     assert flops_per_sample(proto) == (count.flops(gm, trace(gm)), ())  # counted as before
@@ -89,7 +92,7 @@ def test_the_residual_stream_stays_in_the_rows_the_gemms_read_and_write():
             and sum(i in producer and producer[i].op_type == "Gemm" for i in n.input) == 1]
     assert len(sums) == 4  # two residual sums per block read their Gemm directly
     gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
-    assert sum(bool(through_reshape(n, "LayerNormalization")) for n in gemms) == 1
+    assert sum(bool(through_reshape(n, last_op)) for n in gemms) == 1
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
