@@ -128,11 +128,13 @@ def _module(name: str) -> torch.nn.Module:
     return module.eval()
 
 
-def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, splits) -> Result:
+def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, splits, *,
+          seed: int = SEED) -> Result:
     out = tmp / "out.onnx"
     cmd = [str(Path(sys.executable).with_name("compress")), str(path), "--arch",
            MODELS[name][0], "--target", str(target), "--of", "flops", "--data",
-           "fashion-mnist", "-o", str(out), *([] if tuned else ["--epochs", "0"])]
+           "fashion-mnist", "-o", str(out), *([] if tuned else ["--epochs", "0"]),
+           *(["--seed", str(seed)] if seed != SEED else [])]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -143,7 +145,7 @@ def _ours(path: Path, name: str, target: float, tuned: bool, tmp: Path, splits) 
 
 
 def _torch_pruning(dense: torch.nn.Module, flops: int, target: float, tuned: bool, splits,
-                   sample: torch.Tensor, teacher: torch.Tensor) -> Result:
+                   sample: torch.Tensor, teacher: torch.Tensor, *, seed: int = SEED) -> Result:
     """Torch-Pruning's magnitude importance (its default, L2 over each coupled group, one
     pruning ratio for every layer, channels rounded to multiples of PEER_ROUND), in the same
     cycles as ours when fine-tuned, the last one landing as near `flops` as its steps of
@@ -158,7 +160,7 @@ def _torch_pruning(dense: torch.nn.Module, flops: int, target: float, tuned: boo
         if tuned:  # channels-last kernels as ours have: the same math, 1.5x faster on CPU
             model = model.to(memory_format=torch.channels_last)
             finetune(model, splits.train, splits.validation, FinetuneConfig(max_epochs=epochs),
-                     teacher=teacher, seed=SEED + n)
+                     teacher=teacher, seed=seed + n)
     return _measured("Torch-Pruning", model, splits, sample)
 
 

@@ -1,10 +1,12 @@
-"""`make bench` (seeds): the fine-tuned rows of benchmarks/transformer.md repeated with other
-seeds, so that a gap of a few tenths of a point between ours and Torch-Pruning can be told
-from the spread of fine-tuning itself. A seed is `compress --seed S` for ours (its batch
-order; Fashion-MNIST's splits are fixed) and the same batch order for Torch-Pruning's
-fine-tuning. Accuracy only (no latency). Writes benchmarks/seeds.md.
+"""`make bench` (seeds): the fine-tuned rows of benchmarks/transformer.md and
+benchmarks/vision.md repeated with other seeds, so that a gap of a few tenths of a point between
+ours and Torch-Pruning can be told from the spread of fine-tuning itself. A seed is
+`compress --seed S` for ours (its batch order; Fashion-MNIST's splits are fixed) and the same
+batch order for Torch-Pruning's fine-tuning. Accuracy only (no latency). Writes
+benchmarks/seeds.md; rows of models or seeds not run again stay as they were.
 
-    python -m benchmarks.seeds [--models vit,vit_swiglu] [--targets 0.3,0.5,0.7] [--seeds 0,1,2]
+    python -m benchmarks.seeds [--models vit,vit_swiglu,resnet18_fmnist]
+                               [--targets 0.3,0.5,0.7] [--seeds 0,1,2]
 
 Needs the benchmark extra: pip install -e '.[bench]' (make bench installs it).
 """
@@ -12,6 +14,7 @@ Needs the benchmark extra: pip install -e '.[bench]' (make bench installs it).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
+from benchmarks import cnn
 from benchmarks.common import flops_of, machine
 from benchmarks.transformer import MODELS, OURS, PEERS, REPO, _ours, _torch_pruning
 from compressor.graph.capture import capture, run_batched
@@ -29,12 +33,14 @@ from compressor.io.inputs import fit_data
 from compressor.io.load import load_model
 from compressor.io.sources import load_data
 
-PAIRS = ((OURS["heads"], PEERS[False]), (OURS["width"], PEERS[True]))  # compared like for like
+CNN_PEER = "Torch-Pruning"
+PAIRS = ((OURS["heads"], PEERS[False]), (OURS["width"], PEERS[True]),  # like for like
+         ("ours", CNN_PEER))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vit,vit_swiglu")
+    parser.add_argument("--models", default="vit,vit_swiglu,resnet18_fmnist")
     parser.add_argument("--targets", default="0.3,0.5,0.7", help="fractions of FLOPs removed")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "seeds.md")
@@ -45,13 +51,11 @@ def main() -> None:
     found = _previous(args.out, seeds)  # rows not run again stay as they were
     models = {name: _loaded(name) for name in args.models.split(",")}
     for seed in seeds:  # seeds outermost: a run stopped early has whole seeds
-        for name, (path, module, splits, sample, teacher, flops) in models.items():
+        for name, loaded in models.items():
             for target in targets:
                 with tempfile.TemporaryDirectory() as tmp:
-                    results = [_ours(path, name, target, True, Path(tmp), variant=variant,
-                                     seed=seed) for variant in ("heads", "width")]
-                results += [_torch_pruning(module, flops, target, True, splits, sample, teacher,
-                                           width=width, seed=seed) for width in PEERS]
+                    run = _cnn_rows if name in cnn.MODELS else _transformer_rows
+                    results = run(name, loaded, target, seed, Path(tmp))
                 for r in results:
                     found[name, target, r.who][seed] = r.accuracy if r.onnx else None
                 print(f"{name} {target} seed {seed}: " + ", ".join(
@@ -60,13 +64,32 @@ def main() -> None:
     print(args.out.read_text())
 
 
+def _transformer_rows(name: str, loaded: tuple, target: float, seed: int, tmp: Path) -> list:
+    path, module, splits, sample, teacher, flops = loaded
+    results = [_ours(path, name, target, True, tmp, variant=variant, seed=seed)
+               for variant in ("heads", "width")]
+    return results + [_torch_pruning(module, flops, target, True, splits, sample, teacher,
+                                     width=width, seed=seed) for width in PEERS]
+
+
+def _cnn_rows(name: str, loaded: tuple, target: float, seed: int, tmp: Path) -> list:
+    """As vision.md's rows: Torch-Pruning first, then ours at the FLOPs it reached."""
+    path, module, splits, sample, teacher, flops = loaded
+    peer = cnn._torch_pruning(module, round((1 - target) * flops), target, True, splits,
+                              sample, teacher, seed=seed)
+    budget = math.ceil(1e4 * (1 - peer.flops / flops)) / 1e4  # ours keeps no more
+    return [cnn._ours(path, name, budget, True, tmp, splits, seed=seed), peer]
+
+
 def _loaded(name: str) -> tuple:
     """The model's path, module, data splits, sample, dense logits (the teacher) and FLOPs."""
     path = REPO / "models" / f"{name}.pt"
-    loaded = load_model(path, arch=f"models.transformer:{name}")
-    splits, _ = fit_data(loaded, load_data(MODELS[name][1]))
+    arch = cnn.MODELS[name][0] if name in cnn.MODELS else f"models.transformer:{name}"
+    loaded = load_model(path, arch=arch)
+    data = "fashion-mnist" if name in cnn.MODELS else MODELS[name][1]
+    splits, _ = fit_data(loaded, load_data(data))
     sample = splits.validation.x[:256]
-    module = loaded.run.eval()
+    module = cnn._module(name) if name in cnn.MODELS else loaded.run.eval()
     teacher = run_batched(capture(loaded, sample[:2]), splits.train.x)
     return path, module, splits, sample, teacher, flops_of(module, sample)
 
@@ -91,20 +114,22 @@ def _previous(out: Path, seeds: list[int]) -> defaultdict:
 
 def _report(found: dict, seeds: list[int]) -> str:
     lines = [
-        "# Benchmark: the fine-tuned transformer rows over seeds, ours against Torch-Pruning",
+        "# Benchmark: fine-tuned rows over seeds, ours against Torch-Pruning",
         "",
         (f"Produced by `make bench` (`python -m benchmarks.seeds`) on "
          f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}, Torch-Pruning {tp.__version__}."),
         "",
-        ("The fine-tuned rows of [transformer.md](transformer.md) (same models, commands, "
-         "Torch-Pruning configuration, FLOPs and recipe; see there), each repeated with the "
+        ("The fine-tuned rows of [transformer.md](transformer.md) and [vision.md](vision.md) "
+         "(same models, commands, Torch-Pruning configuration, FLOPs and recipe; see there), "
+         "each repeated with the "
          "seeds below: `compress --seed S` (the fine-tuning's batch order) and the same batch "
          "order for Torch-Pruning. Test accuracy in onnxruntime; a blank cell: that seed has "
-         "not run yet. The FLOPs each method keeps are transformer.md's: one cycle selects "
+         "not run yet. The FLOPs each method keeps are those files': one cycle selects "
          "before it fine-tunes, so the seed does not change them (ours lands in its target "
-         "window, Torch-Pruning as near the target as its steps allow). Below the table, ours "
-         "against its like (with the width against with the width): the mean gap, and on how "
-         "many seeds ours is level or ahead."),
+         "window, Torch-Pruning as near the target as its steps allow; on the CNNs ours is "
+         "pruned to the FLOPs Torch-Pruning reached). Below the table, ours against its like "
+         "(with the width against with the width): the mean gap, and on how many seeds ours "
+         "is level or ahead."),
         "",
         "| model | FLOPs target | method | " + " | ".join(f"seed {s}" for s in seeds)
         + " | mean | spread |",
