@@ -93,7 +93,8 @@ def summarize(run: Outcome, *, model: str, data: str | None, output: str, report
         versions=versions(), seconds=round(time.perf_counter() - started, 2))
     budgets = _budgets(run, report, seen)
     return dataclasses.replace(report, budgets=budgets,
-                               warnings=chosen.warnings + _warnings(report, run.layout))
+                               warnings=chosen.warnings + _warnings(report, run.layout)
+                               + _off_multiples(report, chosen.prune.align))
 
 
 def _sizes(run: Outcome) -> Sizes:
@@ -139,6 +140,22 @@ def _warnings(report: Report, layout: InputLayout) -> tuple[str, ...]:
             f"{report.accuracy.data}, under twice chance ({100 * chance:.1f}% for "
             f"{layout.classes} classes): is the data preprocessed as in training (--normalize "
             "MEAN,STD, --input-shape)? Calibration and fine-tuning used the same data.",)
+
+
+def _off_multiples(report: Report, align: Mapping[str, int]) -> tuple[str, ...]:
+    """Pruned layers whose width the plan's multiple does not divide: where no combination of
+    multiples lands within the target's window, the alignment takes finer steps."""
+    off = [f"{row.name} ({row.out_after})" for row in report.layers
+           if row.note == "pruned" and align.get(row.name, 1) > 1
+           and row.out_after % align[row.name] and row.out_after != row.out_before]
+    if not off:
+        return ()
+    steps = sorted({align[name.rsplit(" (", 1)[0]] for name in off})
+    return (f"{', '.join(off)} kept widths off the planned multiples "
+            f"({' or '.join(map(str, steps))}): no combination of those lands within the "
+            "target's window, so finer steps were taken; a width between two steps runs as "
+            "long as the step above. --align 1 chooses exact widths; a target nearer a step "
+            "keeps the multiples.",)
 
 
 def _plain(value: object) -> object:

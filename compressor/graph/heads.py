@@ -84,20 +84,114 @@ def _path_back(node: object, ops: set) -> list[fx.Node]:
     return [node, *path[::-1]] if isinstance(node, fx.Node) else []
 
 
-def _chain_back(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
-    """The Linear `node` is made from through ops that only move entries, and those ops (in
-    order from the Linear); None if anything else is on the way."""
-    chain = []
+@dataclass(frozen=True)
+class _Path:
+    """How a Linear's output becomes an attention's q, k or v: runs of ops that only move
+    entries, joined by head-local regions (a rotary position embedding) whose output keeps
+    each entry in its input's place as far as heads go."""
+
+    linear: fx.Node
+    runs: tuple[tuple[fx.Node, tuple[fx.Node, ...]], ...]  # (what a run reads, its ops)
+    nodes: tuple[fx.Node, ...]  # every op on the way, the regions' own included
+
+    def replayed(self, index: torch.Tensor, values: dict) -> torch.Tensor:
+        for start, ops in self.runs:  # a region passes its input's layout on
+            index = replayed(list(ops), start, index, values)
+        return index
+
+    def written_sizes(self, index: torch.Tensor, values: dict, unit_of: torch.Tensor,
+                      units: int) -> set[tuple[str, int, int]]:
+        found = set()
+        for start, ops in self.runs:
+            found |= written_sizes(list(ops), start, index, values, unit_of, units)
+            index = replayed(list(ops), start, index, values)
+        return found
+
+
+def _path_to_linear(node: fx.Node, values: dict) -> _Path | None:
+    """The Linear `node` is made from through ops that only move entries and head-local
+    regions (`_head_local`); None if anything else is on the way."""
+    runs, ops, nodes = [], [], []
     while node.op == "call_function" and node.target is not LINEAR:
         moves = node.target in MOVES or getattr(node.target, "__name__", "") == "getitem"
         scales = node.target in SCALES and sum(isinstance(a, fx.Node) for a in node.args) == 1
-        if not (moves or scales):
-            return None
-        chain.append(node)
-        node = node.args[0]
+        if moves or scales:
+            ops.append(node)
+            nodes.append(node)
+            node = node.args[0]
+        else:
+            region = _head_local(node, values)
+            if region is None:
+                return None
+            runs.append((node, tuple(ops[::-1])))
+            nodes += region[1]
+            node, ops = region[0], []
         if not isinstance(node, fx.Node):
             return None
-    return (node, chain[::-1]) if node.target is LINEAR else None
+    if node.target is not LINEAR or not ops:
+        return None
+    runs.append((node, tuple(ops[::-1])))
+    return _Path(node, tuple(runs[::-1]), tuple(nodes))
+
+
+ROTARY = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default,
+          aten.slice.Tensor, aten.cat.default}
+
+
+def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | None:
+    """(the one input, the ops) of a region that computes `end` [batch, heads, tokens, d] from
+    one tensor of its shape and tables the same for every head (an axis of 1 or none where
+    the heads lie), through products, sums, negations, and slices and concatenations along
+    the last axis, read by nothing outside it: a rotary position embedding, x · cos +
+    rotate_half(x) · sin, rotates pairs of features within a head. None if `end` is not so."""
+    shape = getattr(values.get(end.name), "shape", ())
+    if len(shape) != 4:
+        return None
+    region, sources, tables, todo = [], set(), set(), [end]
+    while todo:
+        node = todo.pop()
+        if node in region or node in sources:
+            continue
+        value = values.get(node.name)
+        if not isinstance(value, torch.Tensor):
+            return None
+        if value.ndim < 3 or value.shape[-3] == 1:
+            tables.add(node)
+        elif value.ndim != 4 or value.shape[1] != shape[1]:
+            return None
+        elif node.target in ROTARY and _along_last(node, value.ndim):
+            region.append(node)
+            todo += node.all_input_nodes
+        else:
+            sources.add(node)
+    if len(sources) != 1 or not region:
+        return None
+    (source,) = sources
+    if values[source.name].shape != shape or \
+            any(not set(n.users) <= set(region) for n in [source, *region] if n is not end):
+        return None
+    if any(source in _ancestors(t) for t in tables):
+        return None  # a "table" computed from the input itself
+    return source, region
+
+
+def _along_last(node: fx.Node, ndim: int) -> bool:
+    """A slice or concatenation along the last axis; any other op of ROTARY."""
+    if node.target is aten.slice.Tensor:
+        return len(node.args) > 1 and node.args[1] in (-1, ndim - 1)
+    if node.target is aten.cat.default:
+        return len(node.args) > 1 and node.args[1] in (-1, ndim - 1)
+    return True
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += n.all_input_nodes
+    return seen
 
 
 def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
@@ -116,21 +210,21 @@ def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
         node = user
 
 
-def _rows(node: fx.Node, values: dict) -> tuple[fx.Node, list, torch.Tensor] | None:
-    """(Linear, the ops after it, per head the Linear's output features it owns [H, d])."""
-    found = _chain_back(node)
-    if found is None:
+def _rows(node: fx.Node, values: dict) -> tuple[_Path, torch.Tensor] | None:
+    """(how the Linear's output reaches `node`, per head the Linear's output features it owns
+    [H, d])."""
+    path = _path_to_linear(node, values)
+    if path is None:
         return None
-    linear, chain = found
-    out = values[linear.name]
+    out = values[path.linear.name]
     index = torch.arange(out.shape[-1], dtype=torch.float64).expand(out.shape).contiguous()
-    laid = replayed(chain, linear, index, values)
+    laid = path.replayed(index, values)
     if laid.ndim != 4:
         return None
     heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]
     if not bool((heads == heads[..., :1]).all()):  # every token: the same features
         return None
-    return linear, chain, heads[..., 0].long()
+    return path, heads[..., 0].long()
 
 
 def _heads(gm, q, k, v, out, path, values) -> Heads | None:
@@ -142,7 +236,9 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if after is None:
         return None
     proj, out_chain = after
-    (lq, cq, rq), (lk, ck, rk), (lv, cv, rv) = found
+    (pq, rq), (pk, rk), (pv, rv) = found
+    lq, lk, lv = pq.linear, pk.linear, pv.linear
+    on_paths = [*pq.nodes, *pk.nodes, *pv.nodes]
     h, d = rq.shape
     if rk.shape[0] < h:  # SDPA's enable_gqa repeats each k/v head for its query heads
         if h % rk.shape[0] or rv.shape != rk.shape:
@@ -168,7 +264,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         return None
     if any(len(linear.args[1].users) != 1 for linear in (lq, lk, lv, proj)):
         return None  # a weight another layer shares
-    extras = _read_only_by_attention((q, k, v), out, cq + ck + cv)
+    extras = _read_only_by_attention((q, k, v), out, on_paths)
     if extras is None:
         return None
     heads_at = head_ids(path, h, values) if path else \
@@ -178,7 +274,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         return None  # a per-head mask or bias computed from the input
     tables, table_sizes, table_chains = found_tables
     pieces = []
-    firsts = {c[0].name for c in (cq, ck, cv) if c}
+    firsts = {p.runs[0][1][0].name for p in (pq, pk, pv)}
     for linear, rows in ((lq, rq), (lk, rk[units]), (lv, rv[units])):
         piece = slice_of(linear.args[1].target, rows.reshape(len(units), -1))
         if piece is None or any(u.name not in firsts for u in linear.users):
@@ -193,17 +289,17 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         owner[piece.entries(torch.arange(len(units)))] = \
             torch.arange(len(units)).repeat_interleave(piece.block)
     reshapes = set()
-    for linear, chain in ((lq, cq), (lk, ck), (lv, cv)):
-        out_size = values[linear.name].shape
+    for p in (pq, pk, pv):
+        out_size = values[p.linear.name].shape
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
-        reshapes |= written_sizes(chain, linear, index, values, unit_of[linear.name], len(units))
+        reshapes |= p.written_sizes(index, values, unit_of[p.linear.name], len(units))
     reshapes |= written_sizes(out_chain, out, ids, values,
                               torch.arange(h * d) // (g * d), len(units))
     if path:  # views of the scores that write the head count (Swin's per-window mask)
         reshapes |= written_sizes(list(path[1:]), path[0], heads_at[path[0].name], values,
                                   torch.arange(h) // g, len(units))
     reshapes |= table_sizes
-    on_the_way = {n.name for n in cq + ck + cv + out_chain + list(path) + table_chains}
+    on_the_way = {n.name for n in on_paths + out_chain + list(path) + table_chains}
     nodes = {n.name: n for n in gm.graph.nodes}
     shared = {name for name, _, _ in reshapes if nodes[name].target is operator.mul
               and not {u.name for u in nodes[name].users} <= on_the_way}

@@ -109,23 +109,27 @@ def _aligned(groups, kept: dict[str, int], multiples: dict[str, int],
              original: dict[str, int], counter: Counter, budget: Budget,
              cut: _Cut) -> dict[str, int]:
     """The widths: multiples near what each group keeps; among those in the budget's window,
-    the ones that remove the lowest scores, else as many weights as fit."""
+    the ones that remove the lowest scores, else as many weights as fit. Multiples too coarse
+    for any combination to fit, or to come within a window's width below the window (two
+    groups of 128 in steps of 16 where a step is several windows wide), are halved until one
+    does or they reach 1."""
     least = (budget.min_weights, cut.worst)
+    floor = 2 * budget.min_weights - budget.max_weights  # a window's width below the window
     while True:
         options = {g.name: _options(g, kept[g.name], multiples.get(g.name, 1),
                                     original.get(g.name) == g.size) for g in groups}
         sizes = choose(options, kept, counter, budget.max_weights, window=least,
                        level=cut.level)
-        if sizes is not None:
-            break
+        if sizes is not None and counter.count(sizes) < budget.min_weights:
+            options = {g.name: tuple(sorted({*options[g.name], g.size}))  # may keep its width
+                       if 1 < (m := multiples.get(g.name, 1)) <= g.size and g.size % m
+                       else options[g.name] for g in groups}
+            sizes = choose(options, kept, counter, budget.max_weights, window=least,
+                           level=cut.level) or sizes
+        if sizes is not None and (counter.count(sizes) >= floor or
+                                  all(m <= 1 for m in multiples.values())):
+            return sizes
         multiples = {name: m // 2 for name, m in multiples.items()}  # too coarse: halve
-    if counter.count(sizes) < budget.min_weights:  # any aligned group may keep what it has
-        options = {g.name: tuple(sorted({*options[g.name], g.size}))
-                   if 1 < (m := multiples.get(g.name, 1)) <= g.size and g.size % m
-                   else options[g.name] for g in groups}
-        sizes = choose(options, kept, counter, budget.max_weights, window=least,
-                       level=cut.level) or sizes
-    return sizes
 
 
 def _options(group: PrunableGroup, kept: int, multiple: int, whole: bool) -> tuple[int, ...]:

@@ -24,13 +24,17 @@ from tests.nets import torch_encoder
 class Attention(nn.Module):
     """Self-attention of `heads` query heads over `kv_heads` key/value heads, written as
     models write it: a fused qkv or separate q, k, v; grouped-query k/v repeated by expand
-    or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls."""
+    or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls; rotary position
+    embeddings on q and k as Llama writes them."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool,
-                 explicit: bool = False, sdpa_gqa: bool = False) -> None:
+                 explicit: bool = False, sdpa_gqa: bool = False, rotary: bool | str = False
+                 ) -> None:
         super().__init__()
         self.h, self.kv, self.d = heads, kv_heads, dim // heads
         self.fused, self.explicit, self.sdpa_gqa = fused, explicit, sdpa_gqa
+        self.rotary = rotary
+        self.register_buffer("inv_freq", 1 / 100 ** (torch.arange(0, self.d, 2) / self.d))
         if fused:
             self.qkv = nn.Linear(dim, 3 * dim)
         else:
@@ -47,6 +51,8 @@ class Attention(nn.Module):
             q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)
             k = self.k(x).view(b, t, self.kv, self.d).transpose(1, 2)
             v = self.v(x).view(b, t, self.kv, self.d).transpose(1, 2)
+            if self.rotary:
+                q, k = self._rotated(q, t), self._rotated(k, t)
             if self.kv < self.h and not self.sdpa_gqa:  # LLaMA's repeat_kv
                 g = self.h // self.kv
                 k = k[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
@@ -56,6 +62,16 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.sdpa_gqa)
         return self.proj(y.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+    def _rotated(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """x · cos + rotate_half(x) · sin, the tables computed from the positions."""
+        freqs = torch.arange(t, dtype=torch.float32)[:, None] * self.inv_freq[None]
+        angles = torch.cat((freqs, freqs), -1)
+        cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+        if self.rotary == "across heads":  # not a rotary embedding: it mixes heads
+            return x * cos + torch.cat((-x[:, 1:], x[:, :1]), 1) * sin
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
 class Net(nn.Module):
@@ -79,6 +95,9 @@ LAYOUTS = {
     "explicit softmax": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": True},
     "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
     "grouped-query, sdpa": {"heads": 4, "kv_heads": 2, "fused": False, "sdpa_gqa": True},
+    "rotary": {"heads": 4, "kv_heads": 4, "fused": False, "rotary": True},
+    "grouped-query, rotary, explicit": {"heads": 4, "kv_heads": 2, "fused": False,
+                                        "rotary": True, "explicit": True},
 }
 
 
@@ -195,7 +214,11 @@ def _computed_bias(**attention):
     return PerHeadBias(computed=True, **attention)
 
 
-@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias])
+def _mixed(**attention):
+    return Net(**{**attention, "fused": False, "rotary": "across heads"})
+
+
+@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias, _mixed])
 def test_heads_whose_rows_something_else_reads_stay(make):
     net = make(**LAYOUTS["fused"]).eval()
     x = torch.randn(4, 5, 8)
