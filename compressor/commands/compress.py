@@ -190,9 +190,11 @@ def _invariant(gm: fx.GraphModule, found: Trace, sample: torch.Tensor, log: Log)
         log(f"warning: the residual stream keeps its own features (not rotated: {why}); "
             "cutting features loses more accuracy than cutting directions (docs/method.md)")
         return found
+    layer_norms = any(n.target is rotate.LAYER_NORM for n in rotate.norms_of(gm, stream))
     rotate.make_invariant(gm, stream)
-    log("residual stream: LayerNorms folded into the layers that read them and made RMSNorms, "
-        "so that each cycle rotates it to its principal directions and cuts the least used")
+    log(f"residual stream: {'LayerNorms' if layer_norms else 'RMSNorms'} folded into the "
+        f"layers that read them{' and made RMSNorms' if layer_norms else ''}, so that each "
+        "cycle rotates it to its principal directions and cuts the least used")
     return trace(gm, sample, stream=True)
 
 

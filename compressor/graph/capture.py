@@ -21,6 +21,7 @@ from ..io.quiet import quiet
 from .batchnorm import fold_batchnorm
 from .constants import fold_constant_operands
 from .linears import as_linear
+from .norms import as_rms_norm
 from .ops import CONV, LINEAR
 
 
@@ -83,6 +84,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean.meta["original_names"] = original_names
     as_linear(clean)
     fold_constant_operands(clean, _flat_name)
+    as_rms_norm(clean)
     fold_batchnorm(clean)
     for name, tensor in [*clean.named_parameters(), *clean.named_buffers()]:
         if tensor.ndim == 4:

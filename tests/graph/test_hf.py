@@ -59,6 +59,16 @@ def vit() -> Logits:
     return Logits(transformers.ViTForImageClassification(config))
 
 
+def llama() -> Logits:
+    """Rotary position embeddings on q and k, 4 query heads over 2 key/value heads, RMSNorms
+    written out op by op, a gated (SiLU) feed-forward."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=64, num_key_value_heads=2,
+                                      max_position_embeddings=32, pad_token_id=0,
+                                      attn_implementation="eager", **SMALL)
+    return Logits(transformers.LlamaForSequenceClassification(config))
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
 def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
     g = np.random.default_rng(0)
@@ -114,3 +124,32 @@ def test_the_residual_width_of_a_pre_norm_model_is_rotated_and_cut(run_cli, tmp_
         assert "LayerNormalization" not in ops
     else:
         assert "not rotated: the output of layer_norm goes back into the stream" in result.err
+
+
+def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_width(
+        run_cli, tmp_path: Path):
+    """Llama: a unit is a key/value head with its two query heads, found through the rotary
+    embedding on q and k; with `--prune-stream`, its written-out RMSNorms read as norms, so
+    the stream is rotated and cut."""
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
+    model = tmp_path / "llama.pt"
+    torch.save(llama().eval().state_dict(), model)
+    for target, extra in (("0.7", ()), ("0.5", ("--prune-stream", "0.25"))):
+        out = tmp_path / f"llama{target}.onnx"
+        result = run_cli(model, "--arch", "tests.graph.test_hf:llama", "--data",
+                         tmp_path / "data.npz", "--target", target, "--of", "flops", "-o", out,
+                         "--no-latency", *extra)
+        assert result.code == 0, result.err
+        report = json.loads(out.with_suffix(".json").read_text())
+        assert float(target) <= report["size"]["flop_reduction"] <= float(target) + 0.02
+        assert report["parity"]["max_abs_diff"] <= 1e-4
+        heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
+        assert len(heads) == 2
+        if not extra:
+            assert any(r["out_after"] < r["out_before"] for r in heads)
+            k = [r for r in report["layers"] if r["name"].endswith("k_proj")]
+            assert [r["out_after"] for r in k] == [32 * r["out_after"] // 64 for r in heads]
+        else:
+            assert "RMSNorms folded into the layers that read them, so" in result.err
+            stream = [r for r in report["layers"] if "residual stream" in r["note"]]
+            assert stream and all(r["out_after"] == 48 for r in stream)
