@@ -20,7 +20,7 @@ from ..io.load import LoadedModel, ModelFormat, output_tensor
 from ..io.quiet import quiet
 from .batchnorm import fold_batchnorm
 from .constants import fold_constant_operands
-from .linears import as_linear
+from .linears import as_linear, split_gated
 from .norms import as_rms_norm
 from .ops import CONV, LINEAR
 
@@ -83,6 +83,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean.graph.lint()
     clean.meta["original_names"] = original_names
     as_linear(clean)
+    split_gated(clean)
     fold_constant_operands(clean, _flat_name)
     as_rms_norm(clean)
     fold_batchnorm(clean)

@@ -199,7 +199,7 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
     """Move the sizes reshapes write for the group's axis by `change` units: the entry at
     `position` of a view's or unflatten's size list, a normalization's `normalized_shape` or
     a split's sizes, or of the arguments of a product that computes a size
-    (`batch * heads`). An RMSNorm averages its squares over its features: its weight is
+    (`batch * heads`) or of a slice (its start or end). An RMSNorm averages its squares over its features: its weight is
     scaled by sqrt(old / new features), so that a stream whose removed features held little
     of its energy (its least principal directions, `compressor.prune.rotate`) is normalized
     as by the full width."""
@@ -214,8 +214,8 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
             weight = get_tensor(gm, node.args[2].target)
             set_tensor(gm, node.args[2].target,
                        weight * math.sqrt(old / (old + change * per_unit)))
-        if node.target is operator.mul:
-            args = list(node.args)
+        if node.target is operator.mul or node.target is torch.ops.aten.slice.Tensor:
+            args = list(node.args)  # a product's number, or a slice's start or end
             args[position] += change * per_unit
             node.args = tuple(args)
             continue

@@ -135,15 +135,17 @@ def _path_to_linear(node: fx.Node, values: dict) -> _Path | None:
 
 
 ROTARY = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default,
-          aten.slice.Tensor, aten.cat.default}
+          aten.slice.Tensor, aten.cat.default, aten.alias.default, aten.clone.default,
+          aten.contiguous.default, aten.detach.default}
 
 
 def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | None:
     """(the one input, the ops) of a region that computes `end` [batch, heads, tokens, d] from
     one tensor of its shape and tables the same for every head (an axis of 1 or none where
-    the heads lie), through products, sums, negations, and slices and concatenations along
-    the last axis, read by nothing outside it: a rotary position embedding, x · cos +
-    rotate_half(x) · sin, rotates pairs of features within a head. None if `end` is not so."""
+    the heads lie), through products, sums, negations, copies, and slices and concatenations
+    along the last axis, read by nothing outside it: a rotary position embedding, x · cos +
+    rotate_half(x) · sin, rotates pairs of features within a head (Phi-3's of a part of them,
+    the rest concatenated back). None if `end` is not so."""
     shape = getattr(values.get(end.name), "shape", ())
     if len(shape) != 4:
         return None

@@ -1,7 +1,8 @@
 """Layers written otherwise, rewritten as `linear`: GPT-2's `Conv1D` (`addmm(bias, x, W)` with W
 stored [in, out]) and a `matmul`/`mm` of activations by a constant weight. The weight is
 transposed once into Linear's [out, in] layout, so the tracer, the pruning stages and the
-export see one kind of layer."""
+export see one kind of layer. A gated feed-forward whose two Linears are fused into one
+(`split_gated`) is written as two."""
 
 from __future__ import annotations
 
@@ -76,3 +77,119 @@ def trainable(gm: fx.GraphModule, name: str, value: torch.Tensor) -> None:
     if name in gm._buffers:
         del gm._buffers[name]
     gm._parameters[name] = nn.Parameter(value)
+
+
+CHUNKS = {aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default}
+GATE_STEPS = 8  # the most elementwise ops between a half and the product (its activation)
+
+
+def split_gated(gm: fx.GraphModule) -> list[str]:
+    """Rewrite, in place, every Linear whose output is cut into two halves along its features
+    that meet again in one product, one of them or both through elementwise ops (a fused
+    gated feed-forward: Phi-3's `gate_up_proj`, timm's GluMlp: `a, b = fc1(x).chunk(2, -1);
+    a * act(b)`), as two Linears, one per half (named `<layer>[0:n]` and `<layer>[n:2n]`):
+    unit j of the gate is then rows j of both, as where the model has two Linears. Returns the
+    names of the new nodes."""
+    done = []
+    names = gm.meta.setdefault("original_names", {})
+    for node in list(gm.graph.nodes):
+        halves = _gated_halves(gm, node)
+        if halves is None:
+            continue
+        x, weight = node.args[:2]
+        bias = node.args[2] if len(node.args) > 2 else None
+        w = getattr(gm, weight.target).detach()
+        b = getattr(gm, bias.target).detach() if bias is not None else None
+        n = w.shape[0] // 2
+        base = names.get(weight.target, weight.target).removesuffix(".weight")
+        for k, half in enumerate(halves):
+            part = f"{base}[{k * n}:{(k + 1) * n}]"
+            with gm.graph.inserting_before(half):
+                args = [x, _parameter(gm, f"{weight.target}_{k}", w[k * n:(k + 1) * n],
+                                      f"{part}.weight", names)]
+                if b is not None:
+                    args.append(_parameter(gm, f"{bias.target}_{k}", b[k * n:(k + 1) * n],
+                                           f"{part}.bias", names))
+                linear = gm.graph.call_function(LINEAR, tuple(args))
+            linear.meta = dict(half.meta)
+            half.replace_all_uses_with(linear)
+            done.append(linear.name)
+        for old in [*halves, *{h.args[0] for h in halves} - {node}, node]:
+            if old in gm.graph.nodes and not old.users:
+                gm.graph.erase_node(old)
+        for old in (weight, bias):
+            if old is not None and not old.users:
+                gm.graph.erase_node(old)
+                delattr(gm, old.target)
+                names.pop(old.target, None)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def _gated_halves(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The two halves of `node`'s output, if it is a Linear of a weight used once, read only
+    by one chunk or split in two equal halves along its last axis (or by two slices that
+    make those halves), and the halves meet in one product."""
+    if node.op != "call_function" or node.target is not LINEAR or len(node.args) < 2 or \
+            not _constant(node.args[1], ndim=2) or len(node.args[1].users) != 1:
+        return None
+    out = node.meta.get("val")
+    rows = _shape(node.args[1])[0]
+    if out is None or rows % 2 or (len(node.args) > 2 and node.args[2] is not None and
+                                   len(node.args[2].users) != 1):
+        return None
+    last = out.ndim - 1
+    users = list(node.users)
+    if len(users) == 1 and users[0].target in CHUNKS:
+        cut = users[0]
+        dim = cut.args[2] if len(cut.args) > 2 else cut.kwargs.get("dim", 0)
+        pieces = sorted(cut.users, key=lambda u: u.args[1] if len(u.args) > 1 else -1)
+        equal = cut.args[1] == 2 if cut.target is aten.chunk.default else \
+            cut.args[1] in (rows // 2, [rows // 2, rows // 2])
+        if dim not in (-1, last) or not equal or len(pieces) != 2 or \
+                any(getattr(p.target, "__name__", "") != "getitem" for p in pieces) or \
+                [p.args[1] for p in pieces] != [0, 1]:
+            return None
+    elif len(users) == 2 and all(u.target is aten.slice.Tensor for u in users):
+        bounds = sorted((u.args[2] if len(u.args) > 2 else 0,
+                         min(u.args[3] if len(u.args) > 3 else rows, rows), u) for u in users)
+        if any(u.args[1] not in (-1, last) or (len(u.args) > 4 and u.args[4] != 1)
+               for u in users) or [b[:2] for b in bounds] != [(0, rows // 2),
+                                                              (rows // 2, rows)]:
+            return None
+        pieces = [b[2] for b in bounds]
+    else:
+        return None
+    return tuple(pieces) if _meet_in_a_product(*pieces) else None
+
+
+def _meet_in_a_product(a: fx.Node, b: fx.Node) -> bool:
+    """Whether `a` and `b` reach one product, each through at most GATE_STEPS ops of one
+    input that alone read it (its activation)."""
+    def reach(node: fx.Node) -> list[fx.Node]:
+        found = [node]
+        for _ in range(GATE_STEPS):
+            if len(node.users) != 1:
+                break
+            node = next(iter(node.users))
+            found.append(node)
+            if sum(isinstance(x, fx.Node) for x in node.args) != 1:
+                break  # where another tensor joins: the product, or something else
+        return found
+
+    ends = set(reach(a)) & set(reach(b))
+    return len(ends) == 1 and next(iter(ends)).target is aten.mul.Tensor
+
+
+def _parameter(gm: fx.GraphModule, base: str, value: torch.Tensor, original: str,
+               names: dict[str, str]) -> fx.Node:
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    gm.register_parameter(name, nn.Parameter(value.clone()))
+    names[name] = original
+    node = gm.graph.get_attr(name)
+    node.meta["val"] = value.new_empty(value.shape)
+    return node

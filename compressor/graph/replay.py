@@ -75,6 +75,10 @@ def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, val
     (`batch * heads`), the number at `position` in that product's arguments."""
     found = set()
     for i, node in enumerate(chain):
+        if node.target is aten.slice.Tensor:
+            found |= _slice_bounds(node, replayed(chain[:i], start, index, values), unit_of,
+                                   units)
+            continue
         sizes = _sizes(node)
         if sizes is None:
             continue
@@ -95,6 +99,26 @@ def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, val
             if not bool((moved != moved[:1]).any()):
                 continue  # the units do not change along this axis
             found.add((written[0], written[1], written[2] // units))
+    return found
+
+
+def _slice_bounds(node: fx.Node, laid: torch.Tensor, unit_of: torch.Tensor,
+                  units: int) -> set[tuple[str, int, int]]:
+    """(node, argument, entries per unit) for a slice's start and end along the axis the units
+    lie along, where the entries before the bound are the same number of every unit's (Phi-3
+    cuts q, k and v out of its fused qkv at heads x head dim and after)."""
+    axis = (node.args[1] if len(node.args) > 1 else 0) % laid.ndim
+    line = unit_of[laid.long().clamp_min(0)].movedim(axis, -1).reshape(-1, laid.shape[axis])[0]
+    if bool((line < 0).any()) or int(line.min()) == int(line.max()):
+        return set()  # entries of no unit, or of one alone along this axis
+    found = set()
+    for position in (2, 3):
+        bound = node.args[position] if len(node.args) > position else None
+        if not isinstance(bound, int) or not 0 < bound < line.numel() or bound % units:
+            continue
+        if torch.equal(torch.bincount(line[:bound], minlength=units),
+                       torch.full((units,), bound // units)):
+            found.add((node.name, position, bound // units))
     return found
 
 

@@ -27,7 +27,7 @@ class Attention(nn.Module):
     or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls; rotary position
     embeddings on q and k as Llama writes them."""
 
-    def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool,
+    def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool | str,
                  explicit: bool = False, sdpa_gqa: bool = False, rotary: bool | str = False
                  ) -> None:
         super().__init__()
@@ -35,7 +35,9 @@ class Attention(nn.Module):
         self.fused, self.explicit, self.sdpa_gqa = fused, explicit, sdpa_gqa
         self.rotary = rotary
         self.register_buffer("inv_freq", 1 / 100 ** (torch.arange(0, self.d, 2) / self.d))
-        if fused:
+        if fused == "sliced":  # Phi-3: q, k, v cut out of one Linear by width
+            self.qkv = nn.Linear(dim, dim + 2 * kv_heads * self.d)
+        elif fused:
             self.qkv = nn.Linear(dim, 3 * dim)
         else:
             self.q = nn.Linear(dim, dim)
@@ -45,12 +47,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        if self.fused:
+        if self.fused is True:
             q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.d).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)
-            k = self.k(x).view(b, t, self.kv, self.d).transpose(1, 2)
-            v = self.v(x).view(b, t, self.kv, self.d).transpose(1, 2)
+            if self.fused == "sliced":
+                qkv, at = self.qkv(x), self.h * self.d
+                q, k, v = (qkv[..., :at], qkv[..., at:at + self.kv * self.d],
+                           qkv[..., at + self.kv * self.d:])
+            else:
+                q, k, v = self.q(x), self.k(x), self.v(x)
+            q = q.view(b, t, self.h, self.d).transpose(1, 2)
+            k = k.view(b, t, self.kv, self.d).transpose(1, 2)
+            v = v.view(b, t, self.kv, self.d).transpose(1, 2)
             if self.rotary:
                 q, k = self._rotated(q, t), self._rotated(k, t)
             if self.kv < self.h and not self.sdpa_gqa:  # LLaMA's repeat_kv
@@ -70,6 +78,11 @@ class Attention(nn.Module):
         cos, sin = angles.cos()[None, None], angles.sin()[None, None]
         if self.rotary == "across heads":  # not a rotary embedding: it mixes heads
             return x * cos + torch.cat((-x[:, 1:], x[:, :1]), 1) * sin
+        if self.rotary == "partial":  # Phi-3's: the first features rotated, the rest passed
+            cut = 2 * (x.shape[-1] // 4)
+            rotated = x[..., :cut] * cos[..., :cut] + torch.cat(
+                (-x[..., cut // 2:cut], x[..., :cut // 2]), -1) * sin[..., :cut]
+            return torch.cat((rotated, x[..., cut:]), -1)
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
@@ -98,6 +111,8 @@ LAYOUTS = {
     "rotary": {"heads": 4, "kv_heads": 4, "fused": False, "rotary": True},
     "grouped-query, rotary, explicit": {"heads": 4, "kv_heads": 2, "fused": False,
                                         "rotary": True, "explicit": True},
+    "sliced, grouped-query, partial rotary": {"heads": 4, "kv_heads": 2, "fused": "sliced",
+                                              "rotary": "partial", "explicit": True},
 }
 
 

@@ -69,6 +69,17 @@ def llama() -> Logits:
     return Logits(transformers.LlamaForSequenceClassification(config))
 
 
+def phi3() -> Logits:
+    """Llama's blocks with q, k, v cut out of one Linear by width and the gate and up
+    projections fused into one, cut by chunk."""
+    torch.manual_seed(0)
+    config = transformers.Phi3Config(vocab_size=100, hidden_size=64, num_key_value_heads=2,
+                                     max_position_embeddings=32, pad_token_id=0,
+                                     eos_token_id=2, bos_token_id=1,
+                                     attn_implementation="eager", **SMALL)
+    return Logits(transformers.Phi3ForSequenceClassification(config))
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
 def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
     g = np.random.default_rng(0)
@@ -126,17 +137,19 @@ def test_the_residual_width_of_a_pre_norm_model_is_rotated_and_cut(run_cli, tmp_
         assert "not rotated: the output of layer_norm goes back into the stream" in result.err
 
 
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
 def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_width(
-        run_cli, tmp_path: Path):
-    """Llama: a unit is a key/value head with its two query heads, found through the rotary
-    embedding on q and k; with `--prune-stream`, its written-out RMSNorms read as norms, so
-    the stream is rotated and cut."""
+        run_cli, tmp_path: Path, arch):
+    """Llama and Phi-3: a unit is a key/value head with its two query heads, found through
+    the rotary embedding on q and k (Phi-3's q, k and v cut out of one Linear, those cuts
+    moved as heads go; its fused gate and up projections made two); with `--prune-stream`,
+    their written-out RMSNorms read as norms, so the stream is rotated and cut."""
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
-    model = tmp_path / "llama.pt"
-    torch.save(llama().eval().state_dict(), model)
+    model = tmp_path / f"{arch}.pt"
+    torch.save(globals()[arch]().eval().state_dict(), model)
     for target, extra in (("0.7", ()), ("0.5", ("--prune-stream", "0.25"))):
-        out = tmp_path / f"llama{target}.onnx"
-        result = run_cli(model, "--arch", "tests.graph.test_hf:llama", "--data",
+        out = tmp_path / f"{arch}{target}.onnx"
+        result = run_cli(model, "--arch", f"tests.graph.test_hf:{arch}", "--data",
                          tmp_path / "data.npz", "--target", target, "--of", "flops", "-o", out,
                          "--no-latency", *extra)
         assert result.code == 0, result.err
@@ -148,7 +161,11 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
         if not extra:
             assert any(r["out_after"] < r["out_before"] for r in heads)
             k = [r for r in report["layers"] if r["name"].endswith("k_proj")]
-            assert [r["out_after"] for r in k] == [32 * r["out_after"] // 64 for r in heads]
+            if arch == "llama":
+                assert [r["out_after"] for r in k] == [r["out_after"] // 2 for r in heads]
+            else:
+                gated = [r for r in report["layers"] if "gate_up_proj[" in r["name"]]
+                assert len(gated) == 4 and gated[0]["note"] == "pruned"
         else:
             assert "RMSNorms folded into the layers that read them, so" in result.err
             stream = [r for r in report["layers"] if "residual stream" in r["note"]]

@@ -97,6 +97,42 @@ def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 
 
+class FusedGate(nn.Module):
+    """A gated feed-forward whose gate and up Linears are one (Phi-3's `gate_up_proj`, timm's
+    GluMlp), cut by chunk or by two slices; or a Linear whose halves do not meet in a product
+    (`kept`: left one Linear)."""
+
+    def __init__(self, cut: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.cut = cut
+        self.gate_up, self.down = nn.Linear(6, 16), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.gate_up(x)
+        gate, up = h.chunk(2, -1) if self.cut == "chunk" else (h[..., :8], h[..., 8:])
+        if self.cut == "kept":
+            return self.down(torch.relu(gate)) + self.down(up)
+        return self.down(up * nn.functional.silu(gate))
+
+
+def test_a_fused_gate_is_two_linears_whose_rows_are_one_group():
+    for cut in ("chunk", "slices"):
+        net, x = FusedGate(cut).eval(), torch.rand(64, 6)
+        gm = graph_of(net, x[:2])
+        found = trace(gm)
+        (group,) = found.groups
+        assert [layer.name for layer in found.layers] == ["gate_up[0:8]", "gate_up[8:16]",
+                                                          "down"]
+        assert group.size == 8 and len(group.weights) == 2 and "gated" in group.kinds
+        torch.testing.assert_close(gm(x), net(x))
+        result = compressor.compress(net, 0.3, data=x, latency=False)
+        assert result.report.size.reduction >= 0.3
+        assert result.report.parity.max_abs_diff <= 1e-4
+    found = trace(graph_of(FusedGate("kept").eval(), torch.rand(2, 6)))
+    assert [layer.name for layer in found.layers] == ["gate_up", "down"]
+
+
 def test_a_projection_read_without_an_activation_is_a_group_of_its_add():
     found = trace(graph_of(Bottleneck(), _x(2)))
     stream = next(g for g in found.groups if g.name == "stem")
