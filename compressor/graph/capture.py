@@ -76,6 +76,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     _inline_regions(gm)
     _strip_plumbing(gm.graph)
     _drop_empty_cats(gm.graph)
+    _drop_same_type_casts(gm.graph)
     root, original_names = _own_tensors(gm)
     if any(n.op == "call_module" for n in gm.graph.nodes):
         raise ModelError("the traced model still calls submodules; compressor needs a flat graph")
@@ -85,7 +86,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     as_linear(clean)
     split_gated(clean)
     fold_constant_operands(clean, _flat_name)
-    as_rms_norm(clean)
+    as_rms_norm(clean, _flat_name)
     fold_batchnorm(clean)
     for name, tensor in [*clean.named_parameters(), *clean.named_buffers()]:
         if tensor.ndim == 4:
@@ -159,6 +160,20 @@ def _drop_empty_cats(graph: fx.Graph) -> None:
             if isinstance(e, fx.Node) and not e.users and e.op == "call_function":
                 empties += [a for a in e.args if isinstance(a, fx.Node)]
                 graph.erase_node(e)
+
+
+def _drop_same_type_casts(graph: fx.Graph) -> None:
+    """`a.type_as(b)` where a has b's dtype already is `a` (Gemma's norms end so): only `a`
+    flows on, which the tracer would otherwise have to tell from `b`."""
+    for node in list(graph.nodes):
+        if node.target is not torch.ops.aten.type_as.default:
+            continue
+        source, val = node.args[0], node.meta.get("val")
+        before = source.meta.get("val") if isinstance(source, fx.Node) else None
+        if isinstance(val, torch.Tensor) and isinstance(before, torch.Tensor) and \
+                before.dtype == val.dtype:
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
 
 
 def _empty(node: object) -> bool:

@@ -20,26 +20,41 @@ def fold_constant_operands(gm: fx.GraphModule, free_name: Callable[[str, nn.Modu
     for node in [n for n in gm.graph.nodes if n.target in (LINEAR, *CONV)]:
         for position in (1, 2):
             operand = node.args[position] if len(node.args) > position else None
-            if not isinstance(operand, fx.Node) or operand.op == "get_attr":
-                continue
-            inside: set[fx.Node] = set()
-            with torch.no_grad():
-                value = _constant(gm, operand, inside)
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or \
-                    any(not set(n.users) <= inside | {node} for n in inside):
-                continue  # computed from the input, or from tensors read elsewhere too (tied)
-            name = free_name(f"{node.name}_{'weight' if position == 1 else 'bias'}", gm)
-            gm.register_parameter(name, nn.Parameter(value.detach().clone()))
-            with gm.graph.inserting_before(node):
-                node.replace_input_with(operand, gm.graph.get_attr(name))
-            changed = True
+            name = f"{node.name}_{'weight' if position == 1 else 'bias'}"
+            changed |= fold_operand(gm, node, operand, lambda n=name: free_name(n, gm))
     if changed:
-        gm.graph.eliminate_dead_code()
-        used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-        for name in [n for n, _ in [*gm.named_parameters(), *gm.named_buffers()]
-                     if n not in used and "." not in n]:
-            delattr(gm, name)  # what only the folded operands read
-        gm.recompile()
+        drop_unread(gm)
+
+
+def fold_operand(gm: fx.GraphModule, node: fx.Node, operand: object,
+                 name: Callable[[], str]) -> bool:
+    """Make `operand` of `node` a parameter (named `name()`) if the graph computes it from
+    tensors alone that nothing else reads; whether it did (`drop_unread` afterwards)."""
+    if not isinstance(operand, fx.Node) or operand.op == "get_attr":
+        return False
+    inside: set[fx.Node] = set()
+    with torch.no_grad():
+        value = _constant(gm, operand, inside)
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or \
+            any(not set(n.users) <= inside | {node} for n in inside):
+        return False  # computed from the input, or from tensors read elsewhere too (tied)
+    parameter = name()
+    gm.register_parameter(parameter, nn.Parameter(value.detach().clone()))
+    with gm.graph.inserting_before(node):
+        attr = gm.graph.get_attr(parameter)
+    attr.meta["val"] = value.detach().new_empty(value.shape)
+    node.replace_input_with(operand, attr)
+    return True
+
+
+def drop_unread(gm: fx.GraphModule) -> None:
+    """Drop the nodes nothing reads and the tensors only they read."""
+    gm.graph.eliminate_dead_code()
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in [n for n, _ in [*gm.named_parameters(), *gm.named_buffers()]
+                 if n not in used and "." not in n]:
+        delattr(gm, name)  # what only the folded operands read
+    gm.recompile()
 
 
 def _constant(gm: fx.GraphModule, node: fx.Node, inside: set[fx.Node]) -> object:

@@ -6,21 +6,30 @@ own RMSNorm (`--prune-stream`), and the export writes the form onnxruntime fuses
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import fx
+from torch import fx, nn
+
+from .constants import drop_unread, fold_operand
 
 aten = torch.ops.aten
 CASTS = {aten.to.dtype, aten._to_copy.default}
 
 
-def as_rms_norm(gm: fx.GraphModule) -> list[str]:
+def as_rms_norm(gm: fx.GraphModule, free_name: Callable[[str, nn.Module], str]) -> list[str]:
     """Rewrite, in place, every written-out RMSNorm over the last axis of float32 values
-    (its weight, if any, a 1-D parameter or buffer) as one `rms_norm` node. Returns the names
+    (its weight, if any, a 1-D parameter or buffer, or computed from one alone: Gemma's
+    `1 + w`, made a parameter named by `free_name`) as one `rms_norm` node. Returns the names
     of the new nodes."""
     done = []
     for node in list(gm.graph.nodes):
         if node.target is not aten.rsqrt.default:
             continue
+        scaled = _scaled_by(node)
+        if scaled is not None:
+            product, other = scaled
+            fold_operand(gm, product, other, lambda p=product: free_name(f"{p.name}_weight", gm))
         found = _parts(gm, node)
         if found is None:
             continue
@@ -32,9 +41,22 @@ def as_rms_norm(gm: fx.GraphModule) -> list[str]:
         last.replace_all_uses_with(norm)
         done.append(norm.name)
     if done:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
+        drop_unread(gm)
     return done
+
+
+def _scaled_by(rsqrt: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """(the product, its other operand) where the normalized values `x * rsqrt(...)` (past
+    casts) are multiplied by something that is not a parameter (a weight the graph computes)."""
+    product = _single_user(rsqrt)
+    if not _op(product, aten.mul.Tensor):
+        return None
+    last = _past_casts(product)
+    scaled = _single_user(last) if len(last.users) == 1 else None
+    if not _op(scaled, aten.mul.Tensor) or list(scaled.args).count(last) != 1:
+        return None
+    other = next(a for a in scaled.args if a is not last)
+    return (scaled, other) if isinstance(other, fx.Node) and other.op != "get_attr" else None
 
 
 def _parts(gm: fx.GraphModule, rsqrt: fx.Node) -> tuple | None:

@@ -1,6 +1,7 @@
 """Hugging Face transformers built from small configs (no weights can be downloaded): BERT and
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
-its heads pruned, and the exported file equal to the pruned model. GPT-2's attention splits
+its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3 and Gemma
+(rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width. GPT-2's attention splits
 one fused projection by width and concatenates keys and values with an empty cache; BERT's
 passes the probabilities through dropout; both must still be found."""
 
@@ -80,6 +81,16 @@ def phi3() -> Logits:
     return Logits(transformers.Phi3ForSequenceClassification(config))
 
 
+def gemma() -> Logits:
+    """Llama's blocks with RMSNorms that scale by 1 + w and cast back with `type_as`, and its
+    embeddings scaled by the square root of the width."""
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(vocab_size=100, hidden_size=64, num_key_value_heads=2,
+                                      head_dim=16, max_position_embeddings=32, pad_token_id=0,
+                                      attn_implementation="eager", **SMALL)
+    return Logits(transformers.GemmaForSequenceClassification(config))
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
 def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
     g = np.random.default_rng(0)
@@ -137,11 +148,11 @@ def test_the_residual_width_of_a_pre_norm_model_is_rotated_and_cut(run_cli, tmp_
         assert "not rotated: the output of layer_norm goes back into the stream" in result.err
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma"])
 def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_width(
         run_cli, tmp_path: Path, arch):
-    """Llama and Phi-3: a unit is a key/value head with its two query heads, found through
-    the rotary embedding on q and k (Phi-3's q, k and v cut out of one Linear, those cuts
+    """Llama, Phi-3 and Gemma: a unit is a key/value head with its two query heads, found
+    through the rotary embedding on q and k (Phi-3's q, k and v cut out of one Linear, those cuts
     moved as heads go; its fused gate and up projections made two); with `--prune-stream`,
     their written-out RMSNorms read as norms, so the stream is rotated and cut."""
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
@@ -161,7 +172,7 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
         if not extra:
             assert any(r["out_after"] < r["out_before"] for r in heads)
             k = [r for r in report["layers"] if r["name"].endswith("k_proj")]
-            if arch == "llama":
+            if arch != "phi3":
                 assert [r["out_after"] for r in k] == [r["out_after"] // 2 for r in heads]
             else:
                 gated = [r for r in report["layers"] if "gate_up_proj[" in r["name"]]

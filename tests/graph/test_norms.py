@@ -13,8 +13,8 @@ aten = torch.ops.aten
 
 
 class WrittenOut(nn.Module):
-    """Linear -> an RMSNorm as Hugging Face writes it (Llama's, with its casts; T5's, with no
-    casts; or a near miss) -> Linear."""
+    """Linear -> an RMSNorm as Hugging Face writes it (Llama's, with its casts; Gemma's, with
+    a computed weight; T5's, with no casts; or a near miss) -> Linear."""
 
     def __init__(self, form: str) -> None:
         super().__init__()
@@ -29,6 +29,9 @@ class WrittenOut(nn.Module):
             h = h.to(torch.float32)
             variance = h.pow(2).mean(-1, keepdim=True)
             h = self.weight * (h * torch.rsqrt(variance + 1e-6)).to(torch.float32)
+        elif self.form == "gemma":  # its weight computed, its result cast back
+            normed = h.float() * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + 1e-6)
+            h = (normed * (1.0 + self.weight.float())).type_as(h)
         elif self.form == "t5":
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
         elif self.form == "over tokens":  # the mean over another axis: not a norm of features
@@ -38,8 +41,8 @@ class WrittenOut(nn.Module):
         return self.fc2(h)
 
 
-@pytest.mark.parametrize(("form", "norms"), [("llama", 1), ("t5", 1), ("over tokens", 0),
-                                             ("cube", 0)])
+@pytest.mark.parametrize(("form", "norms"), [("llama", 1), ("gemma", 1), ("t5", 1),
+                                             ("over tokens", 0), ("cube", 0)])
 def test_an_rms_norm_written_out_becomes_one_node_with_the_same_outputs(form, norms):
     net, x = WrittenOut(form).eval(), torch.randn(7, 5, 6)
     gm = graph_of(net, x[:2])

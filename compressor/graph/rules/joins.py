@@ -13,7 +13,7 @@ from ..groups import Slice
 from ..ops import ADD, CAT, MUL
 from .registry import At, describe, ndim, rule, sources, width
 
-COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy")
+COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy", "to.dtype")
 PASSED = (torch.ops.aten.expand.default, torch.ops.aten.slice.Tensor)
 
 
