@@ -167,6 +167,7 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
         report = json.loads(out.with_suffix(".json").read_text())
         assert float(target) <= report["size"]["flop_reduction"] <= float(target) + 0.02
         assert report["parity"]["max_abs_diff"] <= 1e-4
+        assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())
         heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
         assert len(heads) == 2
         if not extra:
