@@ -192,7 +192,8 @@ def plan(options: Options, model: ModelFacts, data: DataFacts, machine: Machine,
     scope = made("scope", *rules.scope(options, model))
     prune = PruneConfig(
         options.target, SelectConfig(criterion, scope, seed=seed, **common),
-        CompensateConfig(compensation, options.value("merge_threshold"), **common),
+        CompensateConfig(compensation, options.value("merge_threshold"),
+                         **{**common, "ridge": rules.compensation_ridge(options, tuned)}),
         of=options.value("of"), score=score, method=method, cycles=cycles,
         calibration_samples=options.value("calibration_samples"),
         batch_size=CALIBRATION_BATCH, device=device, align=multiples, steps=steps, seed=seed,

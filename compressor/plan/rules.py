@@ -105,6 +105,19 @@ def criterion(options: Options, model: ModelFacts, data: DataFacts, tuned: bool)
     return Criterion.ENERGY, f"{why}: RMS output x consumer norm (units not behind ReLUs)"
 
 
+TUNED_RIDGE = 0.1  # a refit before fine-tuning: pulled harder towards the trained weights
+
+
+def compensation_ridge(options: Options, tuned: bool) -> float:
+    """The least-squares refit's ridge: `ridge` where given; before fine-tuning, TUNED_RIDGE
+    (a refit that moves the weights far from where training left them gives fine-tuning a
+    worse start: measured on ResNet-18 and MobileNetV3, see benchmarks/vision.md); else the
+    default, close to the plain least squares that one shot needs."""
+    if options.given("ridge") or not tuned:
+        return options.value("ridge")
+    return TUNED_RIDGE
+
+
 def _read_by_one(model: ModelFacts) -> str:
     """Where fine-tuning was measured to do better from plain weights: layers behind ReLUs
     (MLPs) or over tokens (transformers' feed-forward units and heads), each read by one
@@ -129,6 +142,10 @@ def compensate(options: Options, model: ModelFacts, data: DataFacts, tuned: bool
         if tuned and model.linear and (model.relu or model.tokens):
             return Compensation.NONE, (f"fine-tuned, every pruned layer {_read_by_one(model)}: "
                                        "fine-tuning does better from the weights as they are")
+        if tuned and not options.given("ridge"):
+            return Compensation.LSQ, ("calibration data: the next layer refitted by least "
+                                      "squares, held near its trained weights (ridge "
+                                      f"{TUNED_RIDGE:g}): fine-tuning starts from them")
         return Compensation.LSQ, "calibration data: the next layer refitted by least squares"
     inexact = [g for g in model.groups if not g.mergeable]
     if len(inexact) == len(model.groups):

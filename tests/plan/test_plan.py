@@ -13,7 +13,8 @@ from compressor.measure.budgets import Budgets
 from compressor.measure.widths import Kernel, WidthMultiple
 from compressor.plan import DataFacts, ModelFacts, Options, model_facts, plan
 from compressor.plan.facts import GroupFacts, LayerFacts, ThreadFacts
-from compressor.plan.rules import AVERAGE_EPOCHS, CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE, auto_rank
+from compressor.plan.rules import (AVERAGE_EPOCHS, CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE,
+                                   TUNED_RIDGE, auto_rank)
 from compressor.prune.config import Compensation, Criterion, Method, Scope
 from tests.helpers import graph_of
 
@@ -88,6 +89,10 @@ def test_conv_channels_prune_locally_in_one_cycle_by_weight_norm_with_refits():
     one_shot = _plan(model=CNN, epochs=0)
     assert (_chosen(one_shot, "criterion"), _chosen(one_shot, "compensate")) == \
         (Criterion.ACTIVATION, Compensation.LSQ)
+    # a refit that fine-tuning follows is held nearer the trained weights; one given is kept
+    assert result.prune.compensate.ridge == TUNED_RIDGE > one_shot.prune.compensate.ridge
+    assert "held near its trained weights" in result.decision("compensate").reason
+    assert _plan(model=CNN, ridge=1e-4).prune.compensate.ridge == 1e-4
     assert result.finetune.average == 0
     tokens = ModelFacts((_group("fc1", 64, tokens=True),), linear=True, weights=9_000)
     assert (_plan(model=tokens).prune.cycles, _plan(model=tokens).finetune.max_epochs) == \
