@@ -19,6 +19,7 @@ import torch
 from torch import fx
 
 from .groups import PrunableGroup, Slice
+from .head_paths import Path, path_to_linear
 from .head_tables import head_ids, per_head_tables, sdpa_head_ids
 from .ops import ATTENTION, IDENTITY, LINEAR, MATMUL
 from .replay import MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, values_on, written_sizes
@@ -84,118 +85,6 @@ def _path_back(node: object, ops: set) -> list[fx.Node]:
     return [node, *path[::-1]] if isinstance(node, fx.Node) else []
 
 
-@dataclass(frozen=True)
-class _Path:
-    """How a Linear's output becomes an attention's q, k or v: runs of ops that only move
-    entries, joined by head-local regions (a rotary position embedding) whose output keeps
-    each entry in its input's place as far as heads go."""
-
-    linear: fx.Node
-    runs: tuple[tuple[fx.Node, tuple[fx.Node, ...]], ...]  # (what a run reads, its ops)
-    nodes: tuple[fx.Node, ...]  # every op on the way, the regions' own included
-
-    def replayed(self, index: torch.Tensor, values: dict) -> torch.Tensor:
-        for start, ops in self.runs:  # a region passes its input's layout on
-            index = replayed(list(ops), start, index, values)
-        return index
-
-    def written_sizes(self, index: torch.Tensor, values: dict, unit_of: torch.Tensor,
-                      units: int) -> set[tuple[str, int, int]]:
-        found = set()
-        for start, ops in self.runs:
-            found |= written_sizes(list(ops), start, index, values, unit_of, units)
-            index = replayed(list(ops), start, index, values)
-        return found
-
-
-def _path_to_linear(node: fx.Node, values: dict) -> _Path | None:
-    """The Linear `node` is made from through ops that only move entries and head-local
-    regions (`_head_local`); None if anything else is on the way."""
-    runs, ops, nodes = [], [], []
-    while node.op == "call_function" and node.target is not LINEAR:
-        moves = node.target in MOVES or getattr(node.target, "__name__", "") == "getitem"
-        scales = node.target in SCALES and sum(isinstance(a, fx.Node) for a in node.args) == 1
-        if moves or scales:
-            ops.append(node)
-            nodes.append(node)
-            node = node.args[0]
-        else:
-            region = _head_local(node, values)
-            if region is None:
-                return None
-            runs.append((node, tuple(ops[::-1])))
-            nodes += region[1]
-            node, ops = region[0], []
-        if not isinstance(node, fx.Node):
-            return None
-    if node.target is not LINEAR or not ops:
-        return None
-    runs.append((node, tuple(ops[::-1])))
-    return _Path(node, tuple(runs[::-1]), tuple(nodes))
-
-
-ROTARY = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default,
-          aten.slice.Tensor, aten.cat.default, aten.alias.default, aten.clone.default,
-          aten.contiguous.default, aten.detach.default}
-
-
-def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | None:
-    """(the one input, the ops) of a region that computes `end` [batch, heads, tokens, d] from
-    one tensor of its shape and tables the same for every head (an axis of 1 or none where
-    the heads lie), through products, sums, negations, copies, and slices and concatenations
-    along the last axis, read by nothing outside it: a rotary position embedding, x · cos +
-    rotate_half(x) · sin, rotates pairs of features within a head (Phi-3's of a part of them,
-    the rest concatenated back). None if `end` is not so."""
-    shape = getattr(values.get(end.name), "shape", ())
-    if len(shape) != 4:
-        return None
-    region, sources, tables, todo = [], set(), set(), [end]
-    while todo:
-        node = todo.pop()
-        if node in region or node in sources:
-            continue
-        value = values.get(node.name)
-        if not isinstance(value, torch.Tensor):
-            return None
-        if value.ndim < 3 or value.shape[-3] == 1:
-            tables.add(node)
-        elif value.ndim != 4 or value.shape[1] != shape[1]:
-            return None
-        elif node.target in ROTARY and _along_last(node, value.ndim):
-            region.append(node)
-            todo += node.all_input_nodes
-        else:
-            sources.add(node)
-    if len(sources) != 1 or not region:
-        return None
-    (source,) = sources
-    if values[source.name].shape != shape or \
-            any(not set(n.users) <= set(region) for n in [source, *region] if n is not end):
-        return None
-    if any(source in _ancestors(t) for t in tables):
-        return None  # a "table" computed from the input itself
-    return source, region
-
-
-def _along_last(node: fx.Node, ndim: int) -> bool:
-    """A slice or concatenation along the last axis; any other op of ROTARY."""
-    if node.target is aten.slice.Tensor:
-        return len(node.args) > 1 and node.args[1] in (-1, ndim - 1)
-    if node.target is aten.cat.default:
-        return len(node.args) > 1 and node.args[1] in (-1, ndim - 1)
-    return True
-
-
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen, todo = set(), [node]
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo += n.all_input_nodes
-    return seen
-
-
 def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     """The Linear that reads `node` through ops that only move entries, and those ops."""
     chain = []
@@ -212,10 +101,10 @@ def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
         node = user
 
 
-def _rows(node: fx.Node, values: dict) -> tuple[_Path, torch.Tensor] | None:
+def _rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
     """(how the Linear's output reaches `node`, per head the Linear's output features it owns
     [H, d])."""
-    path = _path_to_linear(node, values)
+    path = path_to_linear(node, values)
     if path is None:
         return None
     out = values[path.linear.name]
