@@ -171,12 +171,12 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
         log("exporting ONNX and verifying it in onnxruntime")
         onnx_pruned = to_onnx(gm, sample)
         parity_x = probe[:PARITY_SAMPLES]
-        diff = verify(onnx_pruned, gm, parity_x, tolerance=PARITY_TOLERANCE)
+        diff, largest = verify(onnx_pruned, gm, parity_x, tolerance=PARITY_TOLERANCE)
         calibration = (splits.train.x if splits else probe)[:INT8_CALIBRATION]
         packed, packed_diff = _pack(onnx_pruned, gm, parity_x, chosen, log, calibration)
     return Outcome(model.format.value, splits, probe, layout, chosen, dense, dense_found,
                    onnx_dense, gm, found, pruned, onnx_pruned, packed,
-                   (diff, int(parity_x.shape[0])), packed_diff, tuple(factored), threads,
+                   (diff, int(parity_x.shape[0]), largest), packed_diff, tuple(factored), threads,
                    ranks.size(), dense_size)
 
 

@@ -27,9 +27,11 @@ def limit(tolerance: float, reference: torch.Tensor) -> float:
     return tolerance * max(1.0, float(reference.abs().max()))
 
 
-def verify(model: bytes, gm: fx.GraphModule, x: torch.Tensor, *, tolerance: float) -> float:
-    """Max |onnxruntime - PyTorch| on `x`; raises ExportError above `tolerance` (relative to
-    the outputs' size where they exceed 1)."""
+def verify(model: bytes, gm: fx.GraphModule, x: torch.Tensor, *,
+           tolerance: float) -> tuple[float, float]:
+    """Max |onnxruntime - PyTorch| on `x` and max |PyTorch output| (what the tolerance scales
+    with); raises ExportError above `tolerance` (relative to the outputs' size where they
+    exceed 1)."""
     reference = run_batched(gm, x)
     diff = float((run_onnx(session(model), x) - reference).abs().max())
     allowed = limit(tolerance, reference)
@@ -37,7 +39,7 @@ def verify(model: bytes, gm: fx.GraphModule, x: torch.Tensor, *, tolerance: floa
         raise ExportError(f"the ONNX model differs from the pruned PyTorch model by {diff:.3g} "
                           f"(limit {allowed:.3g}) on {x.shape[0]} inputs; nothing was written. "
                           "Please report this with the model")
-    return diff
+    return diff, float(reference.abs().max())
 
 
 def verify_packed(packed: Packed, gm: fx.GraphModule, x: torch.Tensor, *,

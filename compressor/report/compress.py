@@ -99,6 +99,7 @@ class Parity:
     inputs: str  # "held-back" (data) or "random" (no data)
     int8_max_abs_diff: float | None = None  # int8 file vs the float32 export
     lowrank_max_abs_diff: float | None = None  # low-rank file vs the float32 export
+    max_abs_output: float | None = None  # the PyTorch outputs' largest size (tolerance scale)
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,10 @@ def format_table(r: Report) -> str:
         lines += [f"input {r.source.input}"]
     lines += [""] + align([("", "before", "after", "")] + _totals(r))
     p = r.parity
+    scale = "" if p.max_abs_output is None or p.max_abs_output <= 1 else \
+        f"; outputs up to {p.max_abs_output:.2g}, {p.max_abs_diff / p.max_abs_output:.1g} of that"
     lines += ["", f"parity: max |onnxruntime - pytorch| = {p.max_abs_diff:.2g} on "
-                  f"{p.samples:,} {p.inputs} inputs (float32 export)"]
+                  f"{p.samples:,} {p.inputs} inputs (float32 export{scale})"]
     if p.int8_max_abs_diff is not None:
         lines += [f"int8: max |int8 - float32| = {p.int8_max_abs_diff:.2g} on the same inputs"]
     if p.lowrank_max_abs_diff is not None:

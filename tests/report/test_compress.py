@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from compressor.prune.cycles import CycleRow
@@ -54,3 +55,12 @@ def test_table_lists_the_plan_with_reasons_and_says_what_compensation_did():
                                        "behind", "ReLUs"]
     assert table[plan + 2].split() == ["compensate", "merge", "given"]
     assert "30 of 41 removed units merged, compensation took 0.25 s" in table[plan + 3]
+
+
+def test_parity_is_read_against_the_outputs_size_where_they_exceed_one():
+    small, large = (dataclasses.replace(report(0.9), parity=Parity(d, 10, "held-back",
+                                                                   max_abs_output=out))
+                    for d, out in ((1e-6, 0.5), (4.0, 3e7)))
+    assert "(float32 export)" in format_table(small)  # within 1: the difference is absolute
+    assert "(float32 export; outputs up to 3e+07, 1e-07 of that)" in format_table(large)
+    assert json.loads(large.to_json())["parity"]["max_abs_output"] == 3e7
