@@ -331,7 +331,7 @@ def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
                  f"({_versus(peer.accuracy, ours.accuracy)} ours)")
             efficiency = (base.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
             lines.append(f"- {what}: ours {100 * ours.accuracy:.2f}% ({-drop:+.2f} pt); "
-                         f"{verdict}{versus}; efficiency {efficiency:.2f} "
+                         f"{verdict}{versus}; efficiency {efficiency:.3f} "
                          f"(goal ≥ 0.8: {'met' if efficiency >= 0.8 else 'not met'}).")
     return lines
 
