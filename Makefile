@@ -42,7 +42,7 @@ test: setup
 # benchmarks/cnn.md (VGG-BN and ResNet against Torch-Pruning, the bench extra; about 70 minutes),
 # benchmarks/vision.md (torchvision's ResNet-18 and MobileNetV3-small, trained, likewise)
 # and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes),
-# benchmarks/widths.md (ViTs 192, 384 and 768 wide: runtime against FLOPs; about 25 minutes),
+# benchmarks/widths.md (ViTs 192, 384 and 768 wide: runtime against FLOPs; about 15 minutes),
 # benchmarks/seeds.md (the fine-tuned ViT, ViT-SwiGLU and ResNet-18 rows over three seeds;
 # about 160 minutes),
 # benchmarks/threads.md (torch threads alone and beside busy processes; about an hour),
