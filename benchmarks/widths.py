@@ -118,7 +118,9 @@ def _markdown(sections: list[list[str]], seconds: float) -> str:
               "counts them. Latency: onnxruntime CPU, 1 thread, best of 5 interleaved rounds' "
               f"median `run()` time, {seconds:g} s per model and cell, dense and every row of a "
               "width interleaved; speedup = dense latency / latency; **efficiency** = speedup / "
-              "FLOP ratio (1.0: every FLOP removed saved its share of time).")
+              "FLOP ratio (1.0: every FLOP removed saved its share of time). Parity: max "
+              "\\|onnxruntime - PyTorch\\| of the written file on the held-back images, as the "
+              "report gives it.")
     peer = ("Torch-Pruning is not run here: configured as its ViT example it needs attention "
             "modules it can name (its rows are in transformer.md), and its pruned torchvision "
             "ViT does not export (zoo.md).")
