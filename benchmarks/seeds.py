@@ -6,7 +6,7 @@ batch order for Torch-Pruning's fine-tuning. Accuracy only (no latency). Writes
 benchmarks/seeds.md; rows of models or seeds not run again stay as they were.
 
     python -m benchmarks.seeds [--models vit,vit_swiglu,resnet18_fmnist]
-                               [--targets 0.3,0.5,0.7] [--seeds 0,1,2]
+                               [--targets 0.3,0.5,0.7] [--seeds 0,1,2] [--missing]
 
 Needs the benchmark extra: pip install -e '.[bench]' (make bench installs it).
 """
@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--models", default="vit,vit_swiglu,resnet18_fmnist")
     parser.add_argument("--targets", default="0.3,0.5,0.7", help="fractions of FLOPs removed")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--missing", action="store_true",
+                        help="run only the models, budgets and seeds the table has no cells for")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "seeds.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -53,6 +55,9 @@ def main() -> None:
     for seed in seeds:  # seeds outermost: a run stopped early has whole seeds
         for name, loaded in models.items():
             for target in targets:
+                if args.missing and any(n == name and t == target and seed in cells
+                                        for (n, t, _), cells in found.items()):
+                    continue
                 with tempfile.TemporaryDirectory() as tmp:
                     run = _cnn_rows if name in cnn.MODELS else _transformer_rows
                     results = run(name, loaded, target, seed, Path(tmp))
