@@ -217,12 +217,19 @@ def _attention_inputs(gm: fx.GraphModule) -> set[str]:
     found: set[str] = set()
     todo = [n for n in gm.graph.nodes if n.target is SDPA]
     for softmax in [n for n in gm.graph.nodes if n.target in ATTENTION and n.target is not SDPA]:
-        products, later = [], list(softmax.users)  # attention is softmax(q kᵀ) times v
+        # attention is softmax(q kᵀ) times v: the product is found before any layer (a
+        # softmax that weighs elementwise, as MobileViTv2's, reaches none); each node once,
+        # or the residual sums after it make the paths exponential
+        products, later, seen = [], list(softmax.users), set()
         while later:
             node = later.pop()
+            if node in seen:
+                continue
+            seen.add(node)
             if node.target in MATMUL:
                 products.append(node)
-            elif node.op == "call_function" and node.target is not LINEAR:
+            elif node.op == "call_function" and node.target is not LINEAR and \
+                    node.target not in CONV:
                 later += list(node.users)
         todo += [softmax, *products] if products else []
     found.update(n.name for n in todo)

@@ -271,3 +271,49 @@ def test_a_qkv_bias_computed_from_parameters_becomes_one_and_its_heads_prune():
         net.attn.proj.weight[:, 12:18] = 0
         expected = net(x)
     torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class SeparableAttention(nn.Module):
+    """MobileViTv2's linear attention: a softmax over positions weighs the keys elementwise
+    (no product with v), then `sums` residual sums, each reached from the softmax two ways."""
+
+    def __init__(self, sums: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.sums = sums
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.qkv = nn.Conv2d(8, 1 + 2 * 8, 1)
+        self.out = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        q, k, v = self.qkv(x).split([1, 8, 8], dim=1)
+        scores = F.softmax(q.flatten(2), dim=-1).view_as(q)
+        y = F.relu(v) * (k * scores).sum((2, 3), keepdim=True)
+        for _ in range(self.sums):
+            y = y + y * 0.5
+        return self.head(F.relu(self.out(y)).mean((2, 3)))
+
+
+class _Counted(tuple):
+    """A tuple of ops that counts how often it is asked whether it holds one."""
+
+    asked = 0
+
+    def __contains__(self, op) -> bool:
+        type(self).asked += 1
+        return super().__contains__(op)
+
+
+def test_the_search_for_attention_after_a_softmax_visits_each_node_once(monkeypatch):
+    import compressor.graph.trace as trace_module
+
+    net = SeparableAttention(sums=16).eval()  # 2**16 paths from the softmax to `out`
+    x = torch.rand(4, 3, 8, 8)
+    gm = graph_of(net, x[:2])
+    monkeypatch.setattr(trace_module, "MATMUL", _Counted(trace_module.MATMUL))
+    assert trace_module._attention_inputs(gm) == set()  # no product: no heads
+    assert _Counted.asked <= len(gm.graph.nodes)
+    found = trace(gm, x[:1])
+    assert {g.name for g in found.groups} >= {"stem", "out"}
