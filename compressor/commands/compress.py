@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import fx
 
-from ..errors import NothingToPruneError, OptionError, OutputError
+from ..errors import OptionError, OutputError
 from ..export.pack import Format, Packed, pack_onnx
 from ..export.to_onnx import to_onnx
 from ..export.variants import VARIANTS, variants
@@ -33,6 +33,7 @@ from ..prune import rotate
 from ..prune.cycles import Log, Progress, measure, prune
 from ..prune.factor import Factored, factor
 from ..prune.finetune import finetune
+from ..prune.reach import check_prunable
 from ..prune.shrink import expand
 from ..report.compress import Report
 from ..report.plots import compress_plots, require_matplotlib
@@ -133,12 +134,7 @@ def run(model: LoadedModel, splits: DataSplits | None, probe: torch.Tensor,
     if stream and not any(g.stream for g in found.groups):
         raise OptionError(f"`prune_stream`: {name} has no residual stream that can be pruned "
                           f"({_stream_reason(found)}); drop `prune_stream`")
-    if not found.groups:
-        reasons = "; ".join(f"{layer}: {why}" for layer, why in found.dense) or \
-            "no Linear or Conv layers"
-        raise NothingToPruneError(f"nothing to prune in {name} ({reasons}): compressor "
-                                  "removes neurons and channels of Linear and Conv layers whose "
-                                  "next layers read them through a ReLU")
+    check_prunable(gm, found, name)
     labelled = bool(splits and splits.labelled)
     chosen = plan(options, model_facts(gm, found), DataFacts(splits is not None, labelled),
                   machine or ThisMachine(), variants=variants)

@@ -31,6 +31,19 @@ def _reached(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...]
     return cost, {s.param for g in groups for s in g.weights + g.consumers + g.counted}
 
 
+def check_prunable(gm: fx.GraphModule, found: Trace, name: str) -> None:
+    """Refuse a model with no prunable group, with the reasons that keep the most of its
+    weights dense."""
+    if found.groups:
+        return
+    total = sum(math.prod(shape) for shape in count.shapes(gm, found).values())
+    reasons = dense_reasons(gm, found, {}, total) or "no Linear or Conv layers"
+    raise NothingToPruneError(
+        f"nothing to prune in {name}: no layer has neurons or channels that can be removed "
+        f"(by share of the weights: {reasons}); the README's Limits say which ops the tracer "
+        "follows")
+
+
 def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
                     costs: dict[str, int], total: int, target: float, flops: bool) -> None:
     """Refuse a target no selection can reach: with one unit left in every group the model
@@ -44,17 +57,7 @@ def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGrou
     unit = "FLOPs" if flops else "weights"
     cost, reached = _reached(gm, found, groups, costs)
     share = sum(c for w, c in cost.items() if w in reached) / max(total, 1)
-    by_reason: dict[str, list[str]] = {}
-    weight_of = {layer.name: layer.weight for layer in found.layers}
-    for layer, why in found.dense:
-        if weight_of.get(layer) not in reached:
-            by_reason.setdefault(why, []).append(layer)
-    ranked = sorted(by_reason.items(),
-                    key=lambda item: -sum(cost.get(weight_of.get(n), 0) for n in item[1]))
-    reasons = "; ".join(
-        f"{100 * sum(cost.get(weight_of.get(n), 0) for n in names) / total:.0f}% in "
-        f"{', '.join(names[:2])}{' and more' if len(names) > 2 else ''}: {why}"
-        for why, names in ranked[:TOP_REASONS])
+    reasons = dense_reasons(gm, found, costs, total, reached)
     most = 1 - floor / total
     raise NothingToPruneError(
         f"cannot remove {100 * target:.1f}% of the {unit}: with one unit left in every "
@@ -62,3 +65,23 @@ def check_reachable(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGrou
         f"{100 * share:.0f}% of the {unit}" + (f", and the rest stay dense ({reasons})"
                                               if reasons else "") +
         f": choose a target below {most:.3g}")
+
+
+def dense_reasons(gm: fx.GraphModule, found: Trace, costs: dict[str, int], total: int,
+                  reached: set[str] = frozenset()) -> str:
+    """The TOP_REASONS reasons that keep the most of `total` dense (layers whose weights are
+    not in `reached`), largest first: the share their layers hold, two of the layers, the
+    reason."""
+    cost = {name: math.prod(shape) * costs.get(name, 1)
+            for name, shape in count.shapes(gm, found).items()}
+    by_reason: dict[str, list[str]] = {}
+    weight_of = {layer.name: layer.weight for layer in found.layers}
+    for layer, why in found.dense:
+        if weight_of.get(layer) not in reached:
+            by_reason.setdefault(why, []).append(layer)
+    ranked = sorted(by_reason.items(),
+                    key=lambda item: -sum(cost.get(weight_of.get(n), 0) for n in item[1]))
+    return "; ".join(
+        f"{100 * sum(cost.get(weight_of.get(n), 0) for n in names) / max(total, 1):.0f}% in "
+        f"{', '.join(names[:2])}{' and more' if len(names) > 2 else ''}: {why}"
+        for why, names in ranked[:TOP_REASONS])

@@ -73,3 +73,30 @@ def test_an_unreachable_flop_target_says_the_most_in_flops_and_what_keeps_the_re
     message = str(refused.value)
     assert "cannot remove 90.0% of the FLOPs" in message and "is the most" in message
     assert "in stem: " in message and "softmax" in message
+
+
+def test_a_model_with_nothing_to_prune_names_the_reasons_by_their_share_of_the_weights():
+    """Every layer dense: the refusal ranks the reasons by the weights they keep, two layers
+    each, instead of listing every layer."""
+    from torch import nn
+
+    import compressor
+    from compressor.errors import NothingToPruneError
+
+    class Coupled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = torch.softmax(self.a(x), dim=1)
+            h = torch.softmax(self.b(h), dim=1)
+            return self.head(torch.softmax(self.c(h), dim=1))
+
+    with pytest.raises(NothingToPruneError) as refused:
+        compressor.compress(Coupled(), 0.5, data=torch.rand(32, 8), latency=False)
+    message = str(refused.value)
+    assert message.startswith("nothing to prune in ")
+    assert ("(by share of the weights: 91% in a, b and more: not followed by an elementwise "
+            "activation (found softmax); 9% in head: output layer (never pruned))") in message
