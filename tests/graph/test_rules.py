@@ -236,3 +236,36 @@ def test_a_roll_of_the_positions_passes_the_units_on():
     remove_units(gm, {"fc1": torch.tensor([5])})
     with torch.no_grad():
         torch.testing.assert_close(gm(x), expected - gone.mean((1, 2)), rtol=1e-5, atol=1e-5)
+
+
+class RepBranches(nn.Module):
+    """MobileOne's depthwise blocks as trained, `depth` of them: each block's output the sum of
+    a depthwise 3x3, a depthwise 1x1 and a BatchNorm of its input, every branch carrying the
+    input's channels (so each sum reaches the previous one three ways)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "kxk": nn.Conv2d(8, 8, 3, padding=1, groups=8), "scale": nn.Conv2d(8, 8, 1, groups=8),
+            "identity": nn.BatchNorm2d(8)}) for _ in range(depth))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for b in self.blocks:
+            x = torch.relu(b["kxk"](x) + b["scale"](x) + b["identity"](x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_branches_that_rejoin_their_input_are_asked_for_their_producers_once(monkeypatch):
+    from compressor.graph.rules import registry
+
+    real, asked = registry.rule_for, []
+    monkeypatch.setattr(registry, "rule_for", lambda node: asked.append(node) or real(node))
+    gm = graph_of(RepBranches(depth=8).eval(), torch.rand(2, 3, 8, 8))
+    found = trace(gm, torch.rand(1, 3, 8, 8))
+    assert len(asked) < 20 * len(gm.graph.nodes)  # 3 ** 8 ways back from the last sum
+    [group] = found.groups
+    assert group.name == "stem" and len(group.grouped_nodes) == 16

@@ -79,13 +79,31 @@ def rule_for(node: fx.Node) -> Rule | None:
     return RULES.get(node.target) if node.op == "call_function" else None
 
 
+_answered: dict[tuple[fx.Node, int], tuple[fx.Node, ...] | None] | None = None
+
+
 def sources(node: object, axis: int) -> list[fx.Node] | None:
-    """The producers whose channels `node` carries on `axis` of its output, or None if it
-    carries anything else."""
+    """The producers whose channels `node` carries on `axis` of its output (each once), or
+    None if it carries anything else. Within one question each node is answered once: a
+    branch that rejoins its own input (the identity beside the convolutions of a RepVGG or
+    MobileOne block) would otherwise be asked again at every join behind it."""
+    global _answered
     if not isinstance(node, fx.Node):
         return None
-    found = rule_for(node)
-    return None if found is None or found.backward is None else found.backward(node, axis)
+    outermost = _answered is None
+    if outermost:
+        _answered = {}
+    try:
+        if (node, axis) not in _answered:
+            found = rule_for(node)
+            answer = None if found is None or found.backward is None else \
+                found.backward(node, axis)
+            _answered[node, axis] = None if answer is None else tuple(dict.fromkeys(answer))
+        answer = _answered[node, axis]
+        return None if answer is None else list(answer)
+    finally:
+        if outermost:
+            _answered = None
 
 
 def through_first(node: fx.Node, axis: int) -> list[fx.Node] | None:
