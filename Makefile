@@ -43,8 +43,8 @@ test: setup
 # benchmarks/vision.md (torchvision's ResNet-18 and MobileNetV3-small, trained, likewise)
 # and benchmarks/transformer.md (ViT and ViT-SwiGLU FFNs against Torch-Pruning; about 50 minutes),
 # benchmarks/widths.md (ViTs 192, 384 and 768 wide: runtime against FLOPs; about 15 minutes),
-# benchmarks/seeds.md (the fine-tuned ViT, ViT-SwiGLU and ResNet-18 rows over three seeds;
-# about 160 minutes),
+# benchmarks/seeds.md (the fine-tuned ViT, ViT-SwiGLU and ResNet-18 rows over three seeds; cells
+# of other seeds already in the table are kept; about 160 minutes),
 # benchmarks/threads.md (torch threads alone and beside busy processes; about an hour),
 # benchmarks/scale.md (peak memory against samples streamed from a Dataset; fine-tuning in one
 # and two processes) and benchmarks/zoo.md (every torchvision classifier at 50% fewer FLOPs

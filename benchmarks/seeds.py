@@ -3,7 +3,7 @@ benchmarks/vision.md repeated with other seeds, so that a gap of a few tenths of
 ours and Torch-Pruning can be told from the spread of fine-tuning itself. A seed is
 `compress --seed S` for ours (its batch order; Fashion-MNIST's splits are fixed) and the same
 batch order for Torch-Pruning's fine-tuning. Accuracy only (no latency). Writes
-benchmarks/seeds.md; rows of models or seeds not run again stay as they were.
+benchmarks/seeds.md; cells of models, budgets or seeds not run again stay as they were.
 
     python -m benchmarks.seeds [--models vit,vit_swiglu,resnet18_fmnist]
                                [--targets 0.3,0.5,0.7] [--seeds 0,1,2] [--missing]
@@ -50,7 +50,8 @@ def main() -> None:
     torch.set_num_threads(2)
     seeds = [int(s) for s in args.seeds.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
-    found = _previous(args.out, seeds)  # rows not run again stay as they were
+    found = _previous(args.out)  # cells not run again stay as they were
+    columns = sorted({*seeds, *(seed for cells in found.values() for seed in cells)})
     models = {name: _loaded(name) for name in args.models.split(",")}
     for seed in seeds:  # seeds outermost: a run stopped early has whole seeds
         for name, loaded in models.items():
@@ -65,7 +66,7 @@ def main() -> None:
                     found[name, target, r.who][seed] = r.accuracy if r.onnx else None
                 print(f"{name} {target} seed {seed}: " + ", ".join(
                     f"{r.who} {100 * r.accuracy:.2f}%" for r in results), file=sys.stderr)
-                args.out.write_text(_report(found, seeds))
+                args.out.write_text(_report(found, columns))
     print(args.out.read_text())
 
 
@@ -100,8 +101,8 @@ def _loaded(name: str) -> tuple:
     return path, module, splits, sample, teacher, flops_of(module, sample)
 
 
-def _previous(out: Path, seeds: list[int]) -> defaultdict:
-    """The cells already in `out`'s table for these seeds, keyed like `found`."""
+def _previous(out: Path) -> defaultdict:
+    """The cells already in `out`'s table, keyed like `found`."""
     found: defaultdict = defaultdict(dict)
     if not out.exists():
         return found
@@ -113,7 +114,7 @@ def _previous(out: Path, seeds: list[int]) -> defaultdict:
         elif header and len(cells) == len(header) + 5 and cells[1].endswith("%"):
             key = (cells[0], round(float(cells[1][:-1]) / 100, 4), cells[2])
             for seed, cell in zip(header, cells[3:-2]):
-                if seed in seeds and cell:
+                if cell:
                     found[key][seed] = None if cell == "–" else float(cell[:-1]) / 100
     return found
 
