@@ -36,7 +36,7 @@ def check_prunable(gm: fx.GraphModule, found: Trace, name: str) -> None:
     weights dense."""
     if found.groups:
         return
-    total = sum(math.prod(shape) for shape in count.shapes(gm, found).values())
+    total = sum(_reached(gm, found, (), {})[0].values())
     reasons = dense_reasons(gm, found, {}, total) or "no Linear or Conv layers"
     raise NothingToPruneError(
         f"nothing to prune in {name}: no layer has neurons or channels that can be removed "
@@ -72,8 +72,7 @@ def dense_reasons(gm: fx.GraphModule, found: Trace, costs: dict[str, int], total
     """The TOP_REASONS reasons that keep the most of `total` dense (layers whose weights are
     not in `reached`), largest first: the share their layers hold, two of the layers, the
     reason."""
-    cost = {name: math.prod(shape) * costs.get(name, 1)
-            for name, shape in count.shapes(gm, found).items()}
+    cost, _ = _reached(gm, found, (), costs)
     by_reason: dict[str, list[str]] = {}
     weight_of = {layer.name: layer.weight for layer in found.layers}
     for layer, why in found.dense:
