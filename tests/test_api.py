@@ -113,9 +113,15 @@ def test_an_exported_program_is_taken_in_its_own_input_shape():
 
     x, y = _labelled()
     program = export_program(tiny().eval(), x[:2])
+    before = {k: v.clone() for k, v in program.state_dict.items()}
     result = compressor.compress(program, 0.5, data=(x, y), epochs=0, latency=False)
     assert result.report.source.input.shape == ("batch", 20)
     assert result.report.accuracy.after is not None
+    # the caller's program is not changed: it compresses again, to the same file
+    assert program.state_dict.keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in program.state_dict.items())
+    again = compressor.compress(program, 0.5, data=(x, y), epochs=0, latency=False)
+    assert again.onnx == result.onnx
 
 
 def test_a_bad_option_names_the_keyword_and_the_command_names_the_flag(run_cli, tiny_files):

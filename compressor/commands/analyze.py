@@ -131,7 +131,8 @@ def _accuracy(classes: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _torch(path: Path, inputs: AnalyzeInputs, log: Log) -> _Loaded:
-    model = prepared(load_model(path, arch=inputs.arch, trust_pickle=inputs.trust_pickle))
+    model = prepared(load_model(path, arch=inputs.arch, trust_pickle=inputs.trust_pickle),
+                     owned=True)
     calib = splits = None
     if inputs.data is None:
         probe, _ = random_inputs(model, seed=0, shape=inputs.input_shape)

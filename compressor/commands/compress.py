@@ -229,7 +229,7 @@ def _load(paths: Paths, data: str | None, options: Options,
     export is checked on (held-back data, or random inputs in the model's shape), and the
     input layout chosen."""
     model = prepared(load_model(paths.model, arch=paths.arch, trust_pickle=paths.trust_pickle),
-                     logits=paths.logits)
+                     logits=paths.logits, owned=True)
     seed = options.value("seed")
     if data is None:
         probe, layout = random_inputs(model, seed=seed, shape=options.input_shape)
@@ -250,18 +250,21 @@ def _load(paths: Paths, data: str | None, options: Options,
     return model, splits, probe, layout
 
 
-def prepared(model: LoadedModel, *, logits: str | None = None) -> LoadedModel:
+def prepared(model: LoadedModel, *, logits: str | None = None,
+             owned: bool = False) -> LoadedModel:
     """A loaded model made ready to run: float32 checked, the logits picked from several
-    outputs, and a `.pt2` program's shape guards dropped (any batch size)."""
+    outputs, and a `.pt2` program's shape guards dropped (any batch size). `owned`: the
+    program was loaded from a file here, so nobody else holds it."""
     check_float32(model)
     if logits is not None:
         model = select_logits(model, logits)
     if model.program is not None:
         model = dataclasses.replace(model, run=capture(model))
-        # the clean graph owns a copy of the weights, and `capture` copies it from here on:
-        # the program is read only for its inputs' shapes, so its own weights are let go
-        model.program.state_dict.clear()
-        model.program.constants.clear()
+        if owned:
+            # the clean graph owns a copy of the weights, and `capture` copies it from here
+            # on: the program is read only for its inputs' shapes, so its weights are let go
+            model.program.state_dict.clear()
+            model.program.constants.clear()
     return model
 
 

@@ -128,7 +128,7 @@ def test_a_loaded_program_lets_its_weights_go_and_captures_stay_equal(tmp_path):
     net, x = SmallCNN().eval(), torch.randn(6, 1, 12, 12)
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(net, (x[:2],)), str(path))
-    model = prepared(load_model(path))
+    model = prepared(load_model(path), owned=True)
     assert not model.program.state_dict
     assert clean_graph(model) is model.run
     copied = capture(model)
