@@ -35,8 +35,9 @@ class Outcome:
     pruned: Pruned
     onnx_pruned: bytes | None  # float32, zeros kept (None on ranks but 0)
     packed: Packed | None  # what is written (None on ranks but 0)
-    parity: tuple[float, int, float] | None  # max |onnxruntime - pytorch| of the float32
-    # export, samples, max |pytorch output| (None on ranks but 0)
+    parity: tuple[float, int, float, float | None] | None  # max |onnxruntime - pytorch| of
+    # the float32 export, samples, max |pytorch output|, max |pytorch float32 - float64| where
+    # the first exceeded the tolerance as rounding (None on ranks but 0)
     packed_diff: float | None = None  # max |packed - float32| (int8 and low-rank files)
     factored: tuple[Factored, ...] = ()  # layers factored before pruning
     threads: ThreadUse | None = None  # torch's threads during the run

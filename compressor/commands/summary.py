@@ -73,10 +73,10 @@ def summarize(run: Outcome, *, model: str, data: str | None, output: str, report
     accuracy_ = Accuracy(accuracy(seen.dense, seen.labels), accuracy(seen.written, seen.labels),
                          seen.about) if labelled else None
     lowrank = chosen.format is Format.LOWRANK
-    diff, samples, largest = run.parity
+    diff, samples, largest, rounding = run.parity
     parity = Parity(diff, samples, "held-back" if run.splits else "random",
                     None if lowrank else run.packed_diff, run.packed_diff if lowrank else None,
-                    largest)
+                    largest, rounding)
     storage = Storage(chosen.format.value, run.packed.note,
                       run.packed.layers if chosen.format is not Format.DENSE else (),
                       run.packed.runtime)

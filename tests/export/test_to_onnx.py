@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -82,10 +84,45 @@ def test_verify_allows_rounding_in_proportion_to_large_outputs():
     x = torch.randn(16, 20) * 1e5  # outputs near 1e4 and more: float32 rounding is ~1e-3
     reference = gm(x).detach()
     assert float(reference.abs().max()) > 1e3
-    diff, largest = verify(model, gm, x, tolerance=1e-4)
+    diff, largest, rounding = verify(model, gm, x, tolerance=1e-4)
     assert diff <= 1e-4 * largest and largest == float(reference.abs().max())
+    assert rounding is None  # within the tolerance: float64 is not consulted
     set_tensor(gm, "p_6_bias", get_tensor(gm, "p_6_bias") + 1e-2 * float(reference.abs().max()))
     with pytest.raises(ExportError, match="differs from the pruned PyTorch model"):
+        verify(model, gm, x, tolerance=1e-4)
+
+
+class Cancelling(torch.nn.Module):
+    """Two large, nearly equal products subtracted: float32 rounding decides most of the
+    result's last digits, in any runtime."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a, self.b = torch.nn.Linear(256, 10), torch.nn.Linear(256, 10)
+        big = torch.randn(10, 256, generator=g) * 1e3
+        with torch.no_grad():
+            self.a.weight.copy_(big + torch.randn(10, 256, generator=g) * 1e-2)
+            self.b.weight.copy_(big)
+            self.a.bias.copy_(torch.randn(10, generator=g))
+            self.b.bias.zero_()
+
+    def forward(self, x):
+        return self.a(x) - self.b(x)
+
+
+def test_verify_accepts_a_model_whose_own_float32_rounding_exceeds_the_tolerance():
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    net = Cancelling()
+    exact = copy.deepcopy(net).double()(x.double()).detach()
+    gm = graph_of(net, x[:2])
+    model = to_onnx(gm, x[:2])
+    assert float((gm(x).detach().double() - exact).abs().max()) > 1e-3  # PyTorch's own miss
+    diff, largest, rounding = verify(model, gm, x, tolerance=1e-4)
+    assert diff > 1e-4 * max(1.0, largest)  # above the tolerance, accepted as rounding
+    assert rounding == pytest.approx(float((gm(x).detach().double() - exact).abs().max()))
+    set_tensor(gm, "a_bias", get_tensor(gm, "a_bias") + 0.5)  # now a wrong export
+    with pytest.raises(ExportError, match="against float64, PyTorch float32 is .* off"):
         verify(model, gm, x, tolerance=1e-4)
 
 

@@ -64,3 +64,13 @@ def test_parity_is_read_against_the_outputs_size_where_they_exceed_one():
     assert "(float32 export)" in format_table(small)  # within 1: the difference is absolute
     assert "(float32 export; outputs up to 3e+07, 1e-07 of that)" in format_table(large)
     assert json.loads(large.to_json())["parity"]["max_abs_output"] == 3e7
+
+
+def test_parity_above_the_tolerance_says_the_model_is_sensitive_to_rounding():
+    plain = dataclasses.replace(report(0.9), parity=Parity(1e-6, 10, "held-back"))
+    sensitive = dataclasses.replace(report(0.9), parity=Parity(
+        0.03, 10, "held-back", max_abs_output=0.6, float32_rounding=0.013))
+    assert "sensitive to rounding" not in format_table(plain)
+    assert "sensitive to rounding (max |pytorch float32 - float64| = 0.013)" in \
+        format_table(sensitive)
+    assert json.loads(sensitive.to_json())["parity"]["float32_rounding"] == 0.013
