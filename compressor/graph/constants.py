@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-from .ops import CONV, LINEAR
+from .ops import ADDCMUL, CONV, LINEAR
 
 
 def fold_constant_operands(gm: fx.GraphModule, free_name: Callable[[str, nn.Module], str]
@@ -15,13 +15,15 @@ def fold_constant_operands(gm: fx.GraphModule, free_name: Callable[[str, nn.Modu
     """Make a layer's weight or bias that the graph computes from tensors alone (BEiT's and
     EVA's qkv bias, `cat(q_bias, zeros, v_bias)`; a weight-normalised weight) a parameter of
     its own (named by `free_name(name, gm)`): it is a constant at inference, and the layer can
-    then be pruned and trained."""
+    then be pruned and trained. So are the per-channel β and γ of an `addcmul` (ConvNeXt-V2's
+    response norm reads them through views), whose entries then go with the channels."""
     changed = False
-    for node in [n for n in gm.graph.nodes if n.target in (LINEAR, *CONV)]:
-        for position in (1, 2):
+    for node in [n for n in gm.graph.nodes if n.target in (LINEAR, *CONV, ADDCMUL)]:
+        names = {0: "bias", 1: "scale"} if node.target is ADDCMUL else {1: "weight", 2: "bias"}
+        for position, role in names.items():
             operand = node.args[position] if len(node.args) > position else None
-            name = f"{node.name}_{'weight' if position == 1 else 'bias'}"
-            changed |= fold_operand(gm, node, operand, lambda n=name: free_name(n, gm))
+            name = f"{node.name}_{role}"
+            changed |=  fold_operand(gm, node, operand, lambda n=name: free_name(n, gm))
     if changed:
         drop_unread(gm)
 

@@ -15,7 +15,7 @@ import torch
 from torch import fx
 
 from .capture import get_tensor, set_tensor
-from .ops import HOMOGENEOUS
+from .ops import HOMOGENEOUS, MEAN, SUM
 
 
 @dataclass(frozen=True)
@@ -202,12 +202,17 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
     (`batch * heads`) or of a slice (its start or end). An RMSNorm averages its squares over its features: its weight is
     scaled by sqrt(old / new features), so that a stream whose removed features held little
     of its energy (its least principal directions, `compressor.prune.rotate`) is normalized
-    as by the full width."""
+    as by the full width. A mean over the units becomes their sum divided by their number
+    now, before any goes: what is left of the same mean (`rules.shapes._over_units`)."""
     if not change or not group.reshapes:
         return
     nodes = {n.name: n for n in gm.graph.nodes}
     for name, position, per_unit in group.reshapes:
         node = nodes[name]
+        if node.target in (MEAN, SUM):
+            if node.target is MEAN:
+                _as_sum(gm, node, group.size * per_unit)
+            continue
         if node.target is torch.ops.aten.rms_norm.default and len(node.args) > 2 and \
                 isinstance(node.args[2], fx.Node):
             old = int(node.args[1][position])
@@ -226,6 +231,16 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
         shape = list(node.args[at])
         shape[position] += change * per_unit
         node.args = (*node.args[:at], shape, *node.args[at + 1:])
+
+
+def _as_sum(gm: fx.GraphModule, mean: fx.Node, units: int) -> None:
+    """`mean` over `units` entries made `sum(...) / units` (the same value, a fixed divisor)."""
+    mean.target = SUM  # the same arguments: (x, dims, keepdim)
+    with gm.graph.inserting_after(mean):
+        divided = gm.graph.call_function(torch.ops.aten.div.Tensor, (mean, float(units)))
+    mean.replace_all_uses_with(divided, delete_user_cb=lambda user: user is not divided)
+    if "val" in mean.meta:
+        divided.meta["val"] = mean.meta["val"]
 
 
 def constant_outputs(gm: fx.GraphModule, group: PrunableGroup) -> torch.Tensor:

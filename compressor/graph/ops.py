@@ -58,3 +58,6 @@ ATTENTION = (aten.scaled_dot_product_attention.default, aten.softmax.int, aten._
 MATMUL = (aten.matmul.default, aten.bmm.default, aten.einsum.default)
 CAT = (aten.cat.default,)
 MEAN = aten.mean.dim  # a global average pool when it averages every spatial axis
+VECTOR_NORM = aten.linalg_vector_norm.default  # over positions: a per-channel reduction
+SUM = aten.sum.dim_IntList
+ADDCMUL = aten.addcmul.default  # input + t1 · t2 (ConvNeXt-V2's response norm: β + γ · x)

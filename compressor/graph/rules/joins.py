@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 from ..groups import Slice
-from ..ops import ADD, CAT, MUL
+from ..ops import ADD, ADDCMUL, CAT, MUL
 from .registry import At, describe, ndim, rule, sources, width
 
 COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy", "to.dtype")
@@ -141,15 +141,25 @@ def _concat(walk, at: At, cat_node: fx.Node) -> At | None:
 
 
 def _mul_backward(node: fx.Node, axis: int):
-    constant = [a for a in node.args[:2] if not _carries_units(a)]
-    if len(constant) == 1:  # by a number or a per-unit constant: the units pass on
-        unit = next(a for a in node.args[:2] if a is not constant[0])
-        return sources(unit, axis)
-    return None
+    """A product by a number, a per-unit constant or a per-sample value carries its other
+    factor's channels; a gate's product carries both factors' (its rule joins them)."""
+    factors = [a for a in node.args[:2]
+               if _carries_units(a) and not _per_sample(a, axis, ndim(node))]
+    found = [sources(a, axis) for a in factors]
+    return None if not found or any(f is None for f in found) else \
+        [s for f in found for s in f]
 
 
 def _carries_units(arg: object) -> bool:
     return isinstance(arg, fx.Node) and _constant(arg) is None
+
+
+def _per_sample(node: object, axis: int, dims: int) -> bool:
+    """Whether `node` (of a product with `dims` axes) holds one value per sample and
+    position that the units' axis broadcasts (1 there): a normaliser computed from the
+    units (ConvNeXt-V2's g / mean_c(g))."""
+    return isinstance(node, fx.Node) and ndim(node) == dims and width(node, axis) == 1 and \
+        _constant(node) is None
 
 
 @rule(*MUL, backward=_mul_backward,
@@ -167,6 +177,8 @@ def mul(walk, at: At, user: fx.Node):
     constant = _constant(other)
     if constant is not None:
         return _scaled(walk, at, user, constant)
+    if _per_sample(other, at.axis, ndim(user)) and width(at.node, at.axis) != 1:
+        return replace(at, node=user, acts=(*at.acts, user))  # each unit scaled alike
     found = [] if other is at.node else sources(other, at.axis)
     if found is None or at.block != 1 or not _broadcasts(other, at.node, at.axis):
         walk.fail(f"its output is multiplied by {describe(other)}, which is not the output of "
@@ -217,3 +229,23 @@ def _broadcasts(other: fx.Node, node: fx.Node, axis: int) -> bool:
         return False
     return all(str(x) == str(y) or str(x) == "1" or str(y) == "1"
                for i, (x, y) in enumerate(zip(a.shape, b.shape)) if i not in (0, axis))
+
+
+def _addcmul_backward(node: fx.Node, axis: int):
+    factors = [a for a in node.args[:3] if _carries_units(a)]
+    return sources(factors[0], axis) if len(factors) == 1 else None
+
+
+@rule(ADDCMUL, backward=_addcmul_backward)
+def addcmul(walk, at: At, user: fx.Node):
+    """`input + t1 · t2` with the units in one operand and per-unit constants in the others
+    (ConvNeXt-V2's response norm, β + γ · x): their entries go with the units."""
+    others = [a for a in user.args[:3] if a is not at.node]
+    if len(others) != 2 or any(isinstance(a, fx.Node) and _constant(a) is None for a in others):
+        walk.fail(f"its output meets {', '.join(describe(a) for a in others)} in addcmul, "
+                  "which the tracer follows only with per-unit constants")
+        return None
+    for other in others:
+        if isinstance(other, fx.Node) and _scaled(walk, at, user, _constant(other)) is None:
+            return None
+    return replace(at, node=user)

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 from torch import fx
 
-from ..ops import FLATTEN, MEAN, TRANSPOSE
+from ..ops import FLATTEN, MEAN, SUM, TRANSPOSE, VECTOR_NORM
 from .registry import UNKNOWN, At, dims, ndim, op_name, rule, shape_of, sources
 
 SELECT, SLICE = torch.ops.aten.select.int, torch.ops.aten.slice.Tensor
@@ -34,11 +34,10 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
         return b if axis == a else a if axis == b else axis
     if user.target is torch.ops.aten.permute.default:
         return [int(d) % n for d in user.args[1]].index(axis)
-    if user.target is MEAN:
-        reduced = {int(d) % n for d in user.args[1]} if len(user.args) > 1 else set()
+    if user.target in (MEAN, SUM, VECTOR_NORM):  # a reduction over positions
+        reduced, keep = _reduced(user)
         if not reduced or 0 in reduced or axis in reduced:
             return None
-        keep = len(user.args) > 2 and user.args[2]
         return axis if keep else axis - sum(d < axis for d in reduced)
     if user.target is ROLL:  # positions shifted cyclically; no dims: the tensor flattened
         rolled = {int(d) % n for d in user.args[2]} if len(user.args) > 2 else set()
@@ -58,6 +57,17 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
         if len(after) >= len(tail) and after[len(after) - len(tail):] == tail:
             return len(after) - len(tail)
     return None
+
+
+def _reduced(node: fx.Node) -> tuple[set[int], bool]:
+    """The axes a mean, sum or vector norm reduces (every axis where none are given), and
+    whether it keeps them."""
+    at = 2 if node.target is VECTOR_NORM else 1  # linalg_vector_norm(x, ord, dim, keepdim)
+    dims = node.args[at] if len(node.args) > at else None
+    n = ndim(node.args[0])
+    reduced = set(range(n)) if dims is None else \
+        {int(d) % n for d in ([dims] if isinstance(dims, int) else dims)}
+    return reduced, bool(node.args[at + 1]) if len(node.args) > at + 1 else False
 
 
 def _whole(node: fx.Node) -> bool:
@@ -94,10 +104,13 @@ def _moved_backward(node: fx.Node, axis: int):
     return None
 
 
-@rule(*TRANSPOSE, *FLATTEN, MEAN, SELECT, SLICE, ROLL, backward=_moved_backward, behind_cat=True)
+@rule(*TRANSPOSE, *FLATTEN, MEAN, VECTOR_NORM, SUM, SELECT, SLICE, ROLL,
+      backward=_moved_backward, behind_cat=True)
 def reshape(walk, at: At, user: fx.Node):
     if not user.args or user.args[0] is not at.node:
         return UNKNOWN
+    if user.target in (MEAN, SUM) and _reduced(user)[0] == {at.axis}:
+        return _over_units(walk, at, user)
     moved = moved_axis(at.node, user, at.axis) if at.block == 1 else None
     if moved is not None:
         _written(walk, user, moved, at.block)
@@ -107,11 +120,24 @@ def reshape(walk, at: At, user: fx.Node):
         if flat is not None:
             _written(walk, user, 1, at.block * flat)
             return replace(at, node=user, block=at.block * flat, offset=at.offset * flat)
-    if user.target is MEAN or user.name in walk.attention:
+    if user.target in (MEAN, SUM, VECTOR_NORM) or user.name in walk.attention:
         return UNKNOWN
     walk.fail(f"its output is reshaped by {op_name(user)} to {shape_of(user)}, which the "
               "tracer does not follow")
     return None
+
+
+def _over_units(walk, at: At, user: fx.Node) -> None:
+    """A mean or sum over the units themselves (the normaliser of ConvNeXt-V2's global
+    response norm, x · g / mean_c(g)): each unit's share of it is a fixed weight, as a
+    consumer's column is, so a removed unit's share is dropped and the rest kept. A mean is
+    made a sum over the units left divided by their original number when they are first
+    removed (`groups.resize_reshapes`); the walk ends here (one value per sample, no units)."""
+    if at.block != 1 or at.behind:
+        walk.fail(f"its output is reduced over its channels by {op_name(user)} beside other "
+                  "channels")
+    else:
+        walk.space.reshapes[user.name, at.axis] = 1
 
 
 def _written(walk, node: fx.Node, axis: int, per_unit: int) -> None:
