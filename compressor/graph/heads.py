@@ -164,13 +164,10 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if found_tables is None:
         return None  # a per-head mask or bias computed from the input
     tables, table_sizes, table_chains = found_tables
-    pieces = []
     firsts = {p.runs[0][1][0].name for p in (pq, pk, pv)}
-    for linear, rows in ((lq, rq), (lk, rk[units]), (lv, rv[units])):
-        piece = slice_of(linear.args[1].target, rows.reshape(len(units), -1))
-        if piece is None or any(u.name not in firsts for u in linear.users):
-            return None  # its rows are laid out otherwise, or read by something else too
-        pieces.append((linear, piece))
+    pieces = _pieces(((lq, rq), (lk, rk[units]), (lv, rv[units])), len(units))
+    if pieces is None or any(u.name not in firsts for linear, _ in pieces for u in linear.users):
+        return None  # its rows are laid out otherwise, or read by something else too
     proj_piece = slice_of(proj.args[1].target, order.reshape(len(units), -1), axis=1)
     if proj_piece is None or len(proj.args) < 2:
         return None
@@ -212,6 +209,23 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         offsets=(proj_piece.offset,), blocks=(proj_piece.block,), carried=tuple(tables),
         reshapes=tuple(sorted(reshapes)))
     return Heads(group, tuple(dict.fromkeys([lq.name, lk.name, lv.name, proj.name])))
+
+
+def _pieces(rows: tuple[tuple[fx.Node, torch.Tensor], ...],
+            units: int) -> list[tuple[fx.Node, Slice]] | None:
+    """Per Linear, the rows each head owns as a Slice: q's, k's and v's apart (a fused qkv
+    laid out [q | k | v], each by head), or one block per head where one Linear makes all
+    three with each head's q, k and v rows side by side (TinyViT's and LeViT's qkv, viewed
+    as [heads, q k v] and split); None if they are laid out otherwise."""
+    pieces = [(linear, slice_of(linear.args[1].target, r.reshape(units, -1))) for linear, r in rows]
+    if all(piece is not None for _, piece in pieces):
+        return pieces
+    if len({linear for linear, _ in rows}) != 1:
+        return None
+    linear = rows[0][0]
+    side_by_side = torch.cat([r.reshape(units, -1) for _, r in rows], dim=1).sort(dim=1).values
+    piece = slice_of(linear.args[1].target, side_by_side)
+    return None if piece is None else [(linear, piece)]
 
 
 def _read_only_by_attention(qkv: tuple[fx.Node, ...], out: fx.Node, chains: list[fx.Node]

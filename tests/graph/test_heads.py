@@ -23,7 +23,8 @@ from tests.nets import torch_encoder
 
 class Attention(nn.Module):
     """Self-attention of `heads` query heads over `kv_heads` key/value heads, written as
-    models write it: a fused qkv or separate q, k, v; grouped-query k/v repeated by expand
+    models write it: a fused qkv (laid out [q | k | v], or by head: each head's q, k and v
+    side by side) or separate q, k, v; grouped-query k/v repeated by expand
     or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls; rotary position
     embeddings on q and k as Llama writes them."""
 
@@ -49,6 +50,9 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         if self.fused is True:
             q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.d).permute(2, 0, 3, 1, 4).unbind(0)
+        elif self.fused == "per head":  # TinyViT, LeViT: each head's q, k, v rows side by side
+            q, k, v = (part.transpose(1, 2) for part in self.qkv(x).view(b, t, self.h, -1).split(
+                [self.d] * 3, dim=3))
         else:
             if self.fused == "sliced":
                 qkv, at = self.qkv(x), self.h * self.d
@@ -105,6 +109,7 @@ class Net(nn.Module):
 LAYOUTS = {
     "fused": {"heads": 4, "kv_heads": 4, "fused": True},
     "separate": {"heads": 4, "kv_heads": 4, "fused": False},
+    "fused, by head": {"heads": 4, "kv_heads": 4, "fused": "per head"},
     "explicit softmax": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": True},
     "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
     "grouped-query, sdpa": {"heads": 4, "kv_heads": 2, "fused": False, "sdpa_gqa": True},
