@@ -75,12 +75,15 @@ def dense_reasons(gm: fx.GraphModule, found: Trace, costs: dict[str, int], total
     cost, _ = _reached(gm, found, (), costs)
     by_reason: dict[str, list[str]] = {}
     weight_of = {layer.name: layer.weight for layer in found.layers}
-    for layer, why in found.dense:
+    for layer, why in dict.fromkeys(found.dense):  # a layer used twice (shared) is one layer
         if weight_of.get(layer) not in reached:
             by_reason.setdefault(why, []).append(layer)
-    ranked = sorted(by_reason.items(),
-                    key=lambda item: -sum(cost.get(weight_of.get(n), 0) for n in item[1]))
+
+    def held(names: list[str]) -> int:  # a weight's cost already counts every use of it
+        return sum(cost.get(w, 0) for w in {weight_of.get(n) for n in names})
+
+    ranked = sorted(by_reason.items(), key=lambda item: -held(item[1]))
     return "; ".join(
-        f"{100 * sum(cost.get(weight_of.get(n), 0) for n in names) / max(total, 1):.0f}% in "
+        f"{100 * held(names) / max(total, 1):.0f}% in "
         f"{', '.join(names[:2])}{' and more' if len(names) > 2 else ''}: {why}"
         for why, names in ranked[:TOP_REASONS])

@@ -100,3 +100,16 @@ def test_a_model_with_nothing_to_prune_names_the_reasons_by_their_share_of_the_w
     assert message.startswith("nothing to prune in ")
     assert ("(by share of the weights: 91% in a, b and more: not followed by an elementwise "
             "activation (found softmax); 9% in head: output layer (never pruned))") in message
+
+
+def test_a_shared_layer_is_priced_once_in_the_reasons_it_stays_dense():
+    """A Linear applied twice holds its weights once: its share is of them, its name given
+    once (ALBERT's shared blocks read 167% before)."""
+    import compressor
+    from compressor.errors import NothingToPruneError
+    from tests.nets import Tied
+
+    with pytest.raises(NothingToPruneError) as refused:
+        compressor.compress(Tied(), 0.5, data=torch.rand(32, 20), latency=False)
+    assert ("(by share of the weights: 83% in a: its weights are shared with another layer; "
+            "17% in b: output layer (never pruned))") in str(refused.value)
