@@ -31,7 +31,7 @@ class Compensated:
 
     exact: int  # constant outputs, folded exactly into the next layer's bias
     merged: int  # folded into a similar kept unit (merge)
-    mean_rule: tuple[str, ...] = ()  # its consumers too wide for lsq: given the mean rule
+    mean_rule: tuple[str, ...] = ()  # consumers given the mean rule, not lsq (`refit`)
 
 
 def compensate(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],

@@ -142,6 +142,12 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         done = compensate(gm, groups, removed, prune.compensate, stats=stats, x=calib,
                           progress=progress and (lambda d, t: progress(stage, d, t)))
         seconds = time.perf_counter() - begun
+        by_mean = sorted({name for d in done.values() for name in d.mean_rule})
+        if by_mean:
+            log(f"cycle {n}/{len(targets)}: {', '.join(by_mean[:3])}"
+                f"{' and more' if len(by_mean) > 3 else ''} given the mean rule, not a "
+                "least-squares refit (more kept inputs than calibration rows, or than the "
+                "refit's memory allows)")
         for g in groups:
             mask = torch.ones(g.size, dtype=torch.bool)
             mask[removed[g.name]] = False

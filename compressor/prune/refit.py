@@ -40,8 +40,9 @@ def refit_in_order(gm: fx.GraphModule, reference: fx.GraphModule, refits: dict[s
     """Refit the layers `refits` names (Linear or 2-D convolution nodes) in graph order, each
     on what it reads in `gm` with every earlier refit made, towards its output in `reference`
     (the graph before this round of pruning: same names and shapes). The dropped columns
-    become zero. A layer reading more than MAX_COLUMNS kept inputs (per group) is given the
-    mean rule instead: its bias takes up the dropped inputs' mean contribution.
+    become zero. A layer reading more than MAX_COLUMNS kept inputs (per group), or no fewer
+    than the regression has rows, is given the mean rule instead: its bias takes up the
+    dropped inputs' mean contribution.
 
     Returns:
         The layers the mean rule compensated.
@@ -120,12 +121,15 @@ def _fit(gm: fx.GraphModule, reference: fx.GraphModule, node: fx.Node, refit: Re
     own = Slice(param, 1, taps).entries(stays.nonzero().flatten())  # within a group's weight
     a_all = pruned[node.args[0].name]
     out_ref = ref[node.name]
-    if own.numel() > MAX_COLUMNS:
+    outputs = out_ref.shape[1] if conv else out_ref.shape[-1]
+    fit_rows = min(MAX_ROWS, out_ref.numel() // max(1, outputs))
+    # too wide for the sums' memory, or fewer rows than unknowns (a classifier after global
+    # pooling reads one row per sample): least squares would fit the calibration set's noise
+    if own.numel() > MAX_COLUMNS or fit_rows <= own.numel():
         w_ref = get_tensor(reference, param).detach().reshape(w.shape[0], -1)
         _mean_rule(gm, node, refit, a_all, w_ref, stays, taps, groups)
         return False
     rows = patch_rows(node, w.shape) if conv else _linear_rows(w.shape[1])
-    outputs = out_ref.shape[1] if conv else out_ref.shape[-1]
     z_all = (out_ref.movedim(1, -1) if conv else out_ref).reshape(-1, outputs)
     per_sample = z_all.shape[0] // out_ref.shape[0]  # output pixels or tokens
     share = min(1.0, MAX_ROWS / max(1, z_all.shape[0]))

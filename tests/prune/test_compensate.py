@@ -209,3 +209,21 @@ def test_blocked_ranking_leaves_the_error_of_the_exact_greedy(seed):
     for k in (64, 128, 160, 192, 224, 240):  # the rank is 128: the error grows from there
         fast, reference = (_set_error(cov, w, order[:k].tolist()) for order in (blocked, exact))
         assert fast <= 1.05 * reference + 1e-3 * total, (k, fast / total, reference / total)
+
+
+def test_lsq_gives_the_mean_rule_to_a_layer_with_fewer_calibration_rows_than_inputs():
+    """Fitted on fewer rows than unknowns, least squares reproduces the calibration set's noise
+    (weights thousands of times larger, outputs at the mercy of float32 rounding): such a
+    layer takes the dropped inputs' mean into its bias, and says so; with rows enough, lsq."""
+    torch.manual_seed(1)
+    removed = {"0": torch.arange(0, 32, 3), "2": NOTHING, "4": NOTHING}  # layer "2" keeps 21
+    for samples, by_mean in ((12, ("linear_1",)), (2000, ())):
+        x = torch.randn(samples, 20)
+        gm = graph_of(tiny(), x[:2])
+        kept = torch.ones(32, dtype=torch.bool)
+        kept[removed["0"]] = False
+        columns = get_tensor(gm, "p_2_weight")[:, kept].clone()
+        _, done = remove_units(gm, removed, Compensation.LSQ, x=x)
+        assert done["0"].mean_rule == by_mean
+        unchanged = torch.equal(get_tensor(gm, "p_2_weight"), columns)
+        assert unchanged == bool(by_mean)  # the mean rule moves the bias alone
