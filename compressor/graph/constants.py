@@ -23,7 +23,7 @@ def fold_constant_operands(gm: fx.GraphModule, free_name: Callable[[str, nn.Modu
         for position, role in names.items():
             operand = node.args[position] if len(node.args) > position else None
             name = f"{node.name}_{role}"
-            changed |=  fold_operand(gm, node, operand, lambda n=name: free_name(n, gm))
+            changed |= fold_operand(gm, node, operand, lambda n=name: free_name(n, gm))
     if changed:
         drop_unread(gm)
 
