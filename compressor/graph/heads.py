@@ -62,13 +62,15 @@ def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node, tup
     for soft in (n for n in gm.graph.nodes if n.target in ATTENTION and n.target is not SDPA):
         path = _path_back(soft.args[0], SCALES | SHIFTS | RESHAPES)
         scores = path[0] if path else None
-        probs = soft  # through dropout at eval, copies and casts (BERT, GPT-2)
-        while len(probs.users) == 1 and next(iter(probs.users)).target in CARRY:
-            probs = next(iter(probs.users))
+        probs = soft  # through dropout at eval, copies, casts (BERT, GPT-2) and views
+        while len(probs.users) == 1 and next(iter(probs.users)).target in CARRY | RESHAPES:
+            probs = next(iter(probs.users))  # (DeBERTa's [batch x heads, queries, keys])
         outs = [u for u in probs.users if u.target in MATMUL and u.args[0] is probs]
         if scores is None or scores.target not in MATMUL or len(outs) != 1:
             continue
         q, kt = scores.args[:2]
+        while isinstance(kt, fx.Node) and kt.target in SCALES:  # kᵀ / √d (DeBERTa)
+            kt = kt.args[0]
         k = kt.args[0] if isinstance(kt, fx.Node) and kt.target in (aten.transpose.int,) else None
         if k is not None:
             found.append(((scores, outs[0]), (q, k, outs[0].args[1]), outs[0], tuple(path)))
@@ -110,6 +112,8 @@ def _rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
     out = values[path.linear.name]
     index = torch.arange(out.shape[-1], dtype=torch.float64).expand(out.shape).contiguous()
     laid = path.replayed(index, values)
+    if laid.ndim == 3 and laid.shape[0] > 1:  # heads in the batch axis: [batch x H, T, d]
+        laid = laid[None]  # (the sample is one input)
     if laid.ndim != 4:
         return None
     heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]
@@ -142,8 +146,9 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if any(kv_of[j] != units[j // g] for j in range(h)) or not torch.equal(rk, rk[kv_of]) or \
             not torch.equal(rv, rv[kv_of]):
         return None
-    y = values[out.name]
-    ids = torch.arange(h * d, dtype=torch.float64).reshape(1, h, 1, d).expand(y.shape)
+    y = values[out.name]  # [batch, H, T, d], or [batch x H, T, d] for one input
+    ids = torch.arange(h * d, dtype=torch.float64).reshape(*(1,) * (y.ndim - 3), h, 1, d)
+    ids = ids.expand(y.shape)
     ids = ids.contiguous()
     columns = replayed(out_chain, out, ids, values)
     flat = columns.reshape(-1, columns.shape[-1]) if columns.ndim >= 2 else None

@@ -20,7 +20,8 @@ MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
          aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
          aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
 SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
-SHIFTS = {aten.add.Tensor, aten.sub.Tensor}  # a bias or mask on the scores: likewise
+SHIFTS = {aten.add.Tensor, aten.sub.Tensor,  # a bias or mask on the scores: likewise
+          aten.masked_fill.Scalar}
 GATHERS = {aten.index.Tensor}  # a relative position bias read from its table
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,

@@ -25,11 +25,12 @@ class Attention(nn.Module):
     """Self-attention of `heads` query heads over `kv_heads` key/value heads, written as
     models write it: a fused qkv (laid out [q | k | v], or by head: each head's q, k and v
     side by side) or separate q, k, v; grouped-query k/v repeated by expand
-    or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls; rotary position
+    or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls (DeBERTa's: bmm over
+    [batch x heads, T, d], kᵀ scaled, the scores masked); rotary position
     embeddings on q and k as Llama writes them."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool | str,
-                 explicit: bool = False, sdpa_gqa: bool = False, rotary: bool | str = False
+                 explicit: bool | str = False, sdpa_gqa: bool = False, rotary: bool | str = False
                  ) -> None:
         super().__init__()
         self.h, self.kv, self.d = heads, kv_heads, dim // heads
@@ -69,7 +70,13 @@ class Attention(nn.Module):
                 g = self.h // self.kv
                 k = k[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
                 v = v[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
-        if self.explicit:
+        if self.explicit == "batch x heads":  # DeBERTa: bmm over [batch x heads, T, d]
+            q, k, v = (z.reshape(b * self.h, t, self.d) for z in (q, k, v))
+            scores = torch.bmm(q, k.transpose(-1, -2) / torch.tensor(self.d).sqrt())
+            keep = torch.ones(t, t, dtype=torch.bool).tril()[None, None]
+            probs = scores.view(-1, self.h, t, t).masked_fill(~keep, -1e9).softmax(-1)
+            y = torch.bmm(probs.view(-1, t, t), v).view(-1, self.h, t, self.d)
+        elif self.explicit:
             y = (q @ k.transpose(-2, -1) * self.d ** -0.5).softmax(-1) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.sdpa_gqa)
@@ -111,6 +118,8 @@ LAYOUTS = {
     "separate": {"heads": 4, "kv_heads": 4, "fused": False},
     "fused, by head": {"heads": 4, "kv_heads": 4, "fused": "per head"},
     "explicit softmax": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": True},
+    "heads in the batch axis, masked": {"heads": 4, "kv_heads": 4, "fused": False,
+                                        "explicit": "batch x heads"},
     "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
     "grouped-query, sdpa": {"heads": 4, "kv_heads": 2, "fused": False, "sdpa_gqa": True},
     "rotary": {"heads": 4, "kv_heads": 4, "fused": False, "rotary": True},
