@@ -41,7 +41,8 @@ def per_head_tables(extras: list[tuple[fx.Node, fx.Node]], heads_at: dict[str, t
 
 def head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torch.Tensor]:
     """Per node of `path` (q @ kᵀ, [batch, heads, queries, keys] or, for the one input it is
-    run on, [heads, queries, keys], then the ops to the softmax), the head of each of its entries; empty if there is no such path."""
+    run on, [heads, queries, keys], then the ops to the softmax), the head of each of its
+    entries; empty if there is no such path."""
     scores = values[path[0].name] if path else None
     if scores is None or scores.ndim not in (3, 4) or scores.shape[-3] != h:
         return {}  # 3 axes: heads in the batch axis, [batch x heads, queries, keys]
