@@ -23,11 +23,13 @@ def per_head_tables(extras: list[tuple[fx.Node, fx.Node]], heads_at: dict[str, t
     parameters with a value per head, the sizes on their way that write the head count and
     those ops; None where something with a value per head is not such a parameter."""
     tables, sizes, chains = [], set(), []
+    merged = any(ids.ndim == 3 for ids in heads_at.values())  # [batch x heads, T, T]
     for extra, reader in extras:
         value = values.get(extra.name)
         if reader.name not in heads_at:  # read elsewhere: per head if [..., heads, T, T]
-            shape = getattr(value, "shape", ())
-            if len(shape) >= 4 and shape[-3] != 1:
+            shape = getattr(value, "shape", ())  # (or, heads in the batch axis of the one
+            if len(shape) >= 4 and shape[-3] != 1 or \
+                    merged and len(shape) == 3 and shape[0] != 1:  # input, [heads, ., .])
                 return None
         elif isinstance(value, torch.Tensor) and varies_by_head(value, heads_at[reader.name]):
             found = table_slice(extra, heads_at[reader.name], units, values)

@@ -239,6 +239,25 @@ def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa):
     torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
 
 
+class MergedTemperature(Net):
+    """DeBERTa's layout, heads in the batch axis, kᵀ divided by a temperature per head
+    computed from the input, [batch x heads, 1, 1]."""
+
+    def __init__(self, **attention) -> None:
+        super().__init__(**attention)
+        self.gate = nn.Linear(24, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        q, k, v = (z.transpose(1, 2).reshape(b * 4, t, 6) for z in
+                   self.attn.qkv(h).reshape(b, t, 3, 4, 6).permute(2, 0, 1, 3, 4))
+        temperature = F.softplus(self.gate(h).mean(1)).reshape(b * 4, 1, 1) + 1
+        probs = torch.bmm(q, k.transpose(1, 2) / temperature).softmax(-1)
+        y = torch.bmm(probs, v).view(b, 4, t, 6).transpose(1, 2).reshape(b, t, 24)
+        return self.head((h + self.attn.proj(y)).mean(1))
+
+
 def _computed_bias(**attention):
     return PerHeadBias(computed=True, **attention)
 
@@ -247,7 +266,7 @@ def _mixed(**attention):
     return Net(**{**attention, "fused": False, "rotary": "across heads"})
 
 
-@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias, _mixed])
+@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias, MergedTemperature, _mixed])
 def test_heads_whose_rows_something_else_reads_stay(make):
     net = make(**LAYOUTS["fused"]).eval()
     x = torch.randn(4, 5, 8)
