@@ -22,7 +22,17 @@ from .groups import PrunableGroup, Slice
 from .head_paths import Path, path_to_linear
 from .head_tables import head_ids, per_head_tables, sdpa_head_ids
 from .ops import ATTENTION, IDENTITY, LINEAR, MATMUL
-from .replay import MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, values_on, written_sizes
+from .replay import (
+    MOVES,
+    RESHAPES,
+    SCALES,
+    SHIFTS,
+    replayed,
+    size_product,
+    slice_of,
+    values_on,
+    written_sizes,
+)
 
 aten = torch.ops.aten
 SDPA = ATTENTION[0]
@@ -50,7 +60,8 @@ def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
     for products, (q, k, v), out, path in cores:
         heads = _heads(gm, q, k, v, out, path, values)
         if heads is not None:
-            found.append(replace(heads, products=tuple(n.name for n in products)))
+            found.append(replace(heads, products=tuple(n.name for n in products) +
+                                 heads.products))
     return found
 
 
@@ -158,11 +169,24 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     order = torch.argsort(by_head)
     if not torch.equal(by_head[order], torch.arange(h * d)):
         return None
-    if any(len(linear.args[1].users) != 1 for linear in (lq, lk, lv, proj)):
+    reuses = [r for linear, rows in ((lq, rq), (lk, rk)) for r in _reuses(linear, rows, values)]
+    if any(r is None for r in reuses):
+        return None
+    if any(len(linear.args[1].users) != 1 + sum(r.owner is linear for r in reuses)
+           for linear in (lq, lk, lv, proj)):
         return None  # a weight another layer shares
     extras = _read_only_by_attention((q, k, v), out, on_paths)
     if extras is None:
         return None
+    read = {(r.end, r.product) for r in reuses}
+    if any(r.product.args[0] not in (q, k) or (r.end, r.product) not in extras for r in reuses):
+        return None  # a position term multiplies something other than this attention's q, k
+    extras = [(a, node) for a, node in extras if (a, node) not in read]
+    same = [(a, node) for a, node in extras if _same_for_every_head(a, h, values)]
+    index_sizes = {_head_count(a, h, len(units)) for a, _ in same}
+    if None in index_sizes:
+        return None  # its size is the head count, written where it cannot be followed
+    extras = [e for e in extras if e not in same]
     heads_at = head_ids(path, h, values) if path else \
         sdpa_head_ids(out, values[q.name], values[k.name])
     found_tables = per_head_tables(extras, heads_at, len(units), values)
@@ -191,8 +215,14 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if path:  # views of the scores that write the head count (Swin's per-window mask)
         reshapes |= written_sizes(list(path[1:]), path[0], heads_at[path[0].name], values,
                                   torch.arange(h) // g, len(units))
-    reshapes |= table_sizes
-    on_the_way = {n.name for n in on_paths + out_chain + list(path) + table_chains}
+    for r in reuses:  # the same rows run on positions: their views write the head count too
+        out_size = values[r.linear.name].shape
+        index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
+        reshapes |= written_sizes(r.chain, r.linear, index, values, unit_of[r.owner.name],
+                                  len(units))
+    reshapes |= table_sizes | {found for found in index_sizes if found}
+    on_the_way = {n.name for n in on_paths + out_chain + list(path) + table_chains +
+                  [n for r in reuses for n in (r.linear, *r.chain)] + [a for a, _ in same]}
     nodes = {n.name: n for n in gm.graph.nodes}
     shared = {name for name, _, _ in reshapes if nodes[name].target is operator.mul
               and not {u.name for u in nodes[name].users} <= on_the_way}
@@ -213,7 +243,97 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         exact_constants=False, kinds=("heads",), axes=(_ndim(reader) - 1,),
         offsets=(proj_piece.offset,), blocks=(proj_piece.block,), carried=tuple(tables),
         reshapes=tuple(sorted(reshapes)))
-    return Heads(group, tuple(dict.fromkeys([lq.name, lk.name, lv.name, proj.name])))
+    return Heads(group, tuple(dict.fromkeys([lq.name, lk.name, lv.name,
+                                             *(r.linear.name for r in reuses), proj.name])),
+                 tuple(r.product.name for r in reuses))
+
+
+@dataclass(frozen=True)
+class _Reuse:
+    """q's or k's Linear run again, on a tensor computed from parameters alone (DeBERTa's
+    relative position embeddings), its output laid out by the same heads and multiplied with
+    this attention's k or q (content-to-position and position-to-content scores)."""
+
+    owner: fx.Node  # the Linear whose weight it runs
+    linear: fx.Node
+    chain: list[fx.Node]  # the ops that lay its output out by head, transposed last
+    end: fx.Node
+    product: fx.Node
+
+
+def _reuses(linear: fx.Node, rows: torch.Tensor, values: dict) -> list[_Reuse | None]:
+    """Every other Linear node that runs `linear`'s weight and bias: a `_Reuse` where it reads
+    parameters alone and its output reaches a product through moves with the rows of each
+    head that `linear`'s own output has (`rows`, [H, d]); None for any other."""
+    found = []
+    for other in linear.args[1].users:
+        if other is linear:
+            continue
+        found.append(_reuse(linear, other, rows, values))
+    return found
+
+
+def _reuse(linear: fx.Node, other: fx.Node, rows: torch.Tensor, values: dict) -> _Reuse | None:
+    bias = linear.args[2] if len(linear.args) > 2 else None
+    if other.target is not LINEAR or other.args[1] is not linear.args[1] or \
+            (other.args[2] if len(other.args) > 2 else None) is not bias or \
+            _reads_input(other.args[0]):
+        return None
+    chain, node = [], other
+    while len(node.users) == 1 and next(iter(node.users)).target in MOVES | {aten.repeat.default}:
+        node = next(iter(node.users))
+        chain.append(node)
+    users = list(node.users)
+    if len(users) != 1 or users[0].target not in MATMUL[:2] or users[0].args[1] is not node or \
+            not chain or chain[-1].target is not aten.transpose.int:
+        return None
+    out_size = values[other.name].shape
+    index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
+    laid = replayed(chain[:-1], other, index, values)  # [H, positions, d] for one input
+    if laid.ndim == 4 and laid.shape[0] == 1:
+        laid = laid[0]
+    if laid.ndim != 3 or laid.shape[0] != rows.shape[0]:
+        return None
+    heads = laid.permute(0, 2, 1)  # [H, d, positions]
+    if not bool((heads == heads[..., :1]).all()) or not torch.equal(heads[..., 0].long(), rows):
+        return None
+    return _Reuse(linear, other, chain, node, users[0])
+
+
+def _same_for_every_head(extra: fx.Node, h: int, values: dict) -> bool:
+    """Whether `extra`, read by the attention with heads in the batch axis of the one input
+    ([heads, ...]), is the same for every head and computed from parameters alone (the
+    indices DeBERTa gathers its position scores with)."""
+    value = values.get(extra.name)
+    return isinstance(value, torch.Tensor) and value.ndim == 3 and value.shape[0] == h > 1 and \
+        bool((value == value[:1]).all()) and not _reads_input(extra)
+
+
+def _reads_input(node: fx.Node) -> bool:
+    """Whether `node`'s value is computed from the input's values (its sizes aside: the
+    relative positions of DeBERTa's tokens follow their number)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen or isinstance(n.meta.get("val"), (int, torch.SymInt)):
+            continue  # a size: read from a shape, not from values
+        seen.add(n)
+        if n.op == "placeholder":
+            return True
+        todo += n.all_input_nodes
+    return False
+
+
+def _head_count(extra: fx.Node, h: int, units: int) -> tuple[str, int, int] | None:
+    """(node, position, per unit) of the size that writes `extra`'s first axis, [batch x
+    heads]: an expand's or view's size computed as batch x heads; None if none does."""
+    sizes = list(extra.args[1]) if extra.target in RESHAPES and \
+        isinstance(extra.args[1], (list, tuple)) else []
+    first = sizes[0] if sizes else None
+    written = size_product(first) if isinstance(first, fx.Node) else None
+    if written is None or written[2] != h or written[2] % units:
+        return None
+    return written[0], written[1], written[2] // units
 
 
 def _pieces(rows: tuple[tuple[fx.Node, torch.Tensor], ...],

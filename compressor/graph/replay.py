@@ -92,7 +92,7 @@ def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, val
         for position, size in enumerate(sizes):
             written = (node.name, position, size)
             if isinstance(size, fx.Node):
-                written = _product(size)
+                written = size_product(size)
             if written is None or written[2] % units or written[2] <= 1:
                 continue
             axis = node.args[2] % laid.ndim if split else first + position
@@ -135,7 +135,7 @@ def _sizes(node: fx.Node) -> list | None:
     return list(node.args[at])
 
 
-def _product(node: fx.Node) -> tuple[str, int, int] | None:
+def size_product(node: fx.Node) -> tuple[str, int, int] | None:
     """(node, position, number) for a size computed as `batch * number`; None otherwise."""
     if node.target is not operator.mul:
         return None

@@ -125,8 +125,11 @@ def flops_per_sample(proto: onnx.ModelProto, *,
     first = shapes.get(inferred.graph.input[0].name) if inferred.graph.input else None
     batch = first[0] if first else None  # the input's batch size, as a number or a name
     weights = _constants(proto)
+    fixed = _input_free(proto.graph)
     total, uncounted = 0, []
     for node in proto.graph.node:
+        if all(name in fixed for name in node.input if name):
+            continue  # computed from the weights alone: once, when onnxruntime loads the file
         if node.op_type == "Attention":
             found = _attention(node, shapes, batch)
             total += found or 0
@@ -163,6 +166,17 @@ def _attention(node: onnx.NodeProto, shapes: dict[str, list],
     keys = k[-2 if len(k) == 4 else 1]
     reads = [_per_sample(q, batch), _per_sample(out, batch)]
     return None if None in reads else 2 * keys * sum(reads)
+
+
+def _input_free(graph: onnx.GraphProto) -> set[str]:
+    """The values computed without the graph's inputs: initializers, constants and what
+    nodes compute from them alone (a position table projected by a layer, as DeBERTa's)."""
+    fixed = {t.name for t in graph.initializer} | \
+        {s.values.name for s in graph.sparse_initializer}
+    for node in graph.node:  # in topological order, as onnx requires
+        if all(name in fixed for name in node.input if name):
+            fixed.update(name for name in node.output if name)
+    return fixed
 
 
 def _per_sample(dims: list | None, batch: int | str | None) -> int | None:

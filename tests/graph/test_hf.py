@@ -1,7 +1,8 @@
 """Hugging Face transformers built from small configs (no weights can be downloaded): BERT and
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
 its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3 and Gemma
-(rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width. GPT-2's attention splits
+(rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width; DeBERTa-v3
+(relative position scores). GPT-2's attention splits
 one fused projection by width and concatenates keys and values with an empty cache; BERT's
 passes the probabilities through dropout; both must still be found."""
 
@@ -89,6 +90,19 @@ def gemma() -> Logits:
                                       head_dim=16, max_position_embeddings=32, pad_token_id=0,
                                       attn_implementation="eager", **SMALL)
     return Logits(transformers.GemmaForSequenceClassification(config))
+
+
+def deberta() -> Logits:
+    """DeBERTa-v3's disentangled attention: heads in the batch axis, its query and key Linears
+    run again on the relative position embeddings, content-to-position and
+    position-to-content scores gathered by relative position and added to the scores."""
+    torch.manual_seed(0)
+    config = transformers.DebertaV2Config(
+        vocab_size=100, hidden_size=64, max_position_embeddings=32, pad_token_id=0,
+        relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True,
+        position_buckets=8, norm_rel_ebd="layer_norm", max_relative_positions=-1,
+        position_biased_input=False, **SMALL)
+    return Logits(transformers.DebertaV2ForSequenceClassification(config))
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
@@ -182,3 +196,24 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
             assert "RMSNorms folded into the layers that read them, so" in result.err
             stream = [r for r in report["layers"] if "residual stream" in r["note"]]
             assert stream and all(r["out_after"] == 48 for r in stream)
+
+
+def test_deberta_v3_loses_heads_through_its_relative_position_scores(run_cli, tmp_path: Path):
+    """The rows of a head in the query and key Linears go from both of their uses (the tokens
+    and the position embeddings), the head count from every view and index on the way, and
+    the position scores' products from the FLOPs as the file counts them."""
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
+    model, out = tmp_path / "deberta.pt", tmp_path / "deberta.onnx"
+    torch.save(deberta().eval().state_dict(), model)
+    result = run_cli(model, "--arch", "tests.graph.test_hf:deberta", "--data",
+                     tmp_path / "data.npz", "--target", "0.5", "--of", "flops", "-o", out,
+                     "--no-latency", "--quiet")
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
+    keys = [r for r in report["layers"] if r["name"].endswith("key_proj")]
+    assert len(heads) == 2 and any(r["out_after"] < r["out_before"] for r in heads)
+    assert [r["out_after"] for r in keys] == [r["out_after"] for r in heads]
+    assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())

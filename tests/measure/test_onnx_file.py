@@ -174,3 +174,30 @@ def test_a_layer_over_constants_alone_costs_no_flops_per_sample_in_the_graph_or_
     expected = 2 * (8 * 16) * 16 + 2 * 8 * 3  # the patch convolution at 16 positions, the head
     assert count.flops(gm, trace(gm)) == expected
     assert flops_per_sample(onnx.load_from_string(to_onnx(gm, x[:2]))) == (expected, ())
+
+
+def test_a_layer_over_a_normalized_table_counts_nothing_per_sample_in_the_file():
+    """DeBERTa-v3 runs its key and query Linears on its LayerNorm'ed relative position
+    embeddings: the export keeps the product, which onnxruntime computes once when it loads
+    the file; neither count charges it per sample."""
+    from compressor.graph import count
+    from compressor.graph.trace import trace
+
+    class Table(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.norm = nn.Linear(4, 8), nn.LayerNorm(8)
+            self.table = nn.Parameter(torch.randn(5, 8))
+            self.project, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            tokens = self.embed(x) + self.project(self.norm(self.table))
+            return self.head(tokens.mean(1))
+
+    x = torch.randn(4, 5, 4)
+    gm = graph_of(Table().eval(), x[:2])
+    proto = onnx.load_from_string(to_onnx(gm, x[:2]))
+    assert len([n for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")]) == 3  # kept
+    expected = 2 * (4 * 8) * 5 + 2 * 8 * 3  # the embedding at 5 tokens, the head
+    assert count.flops(gm, trace(gm)) == expected
+    assert flops_per_sample(proto) == (expected, ())
