@@ -1,5 +1,6 @@
 """Layers written otherwise, rewritten as `linear`: GPT-2's `Conv1D` (`addmm(bias, x, W)` with W
-stored [in, out]) and a `matmul`/`mm` of activations by a constant weight. The weight is
+stored [in, out]), a `matmul`/`mm` of activations by a constant weight, and by one stored
+[out, in] and transposed in the graph (Falcon's `x @ W.T`). The weight is
 transposed once into Linear's [out, in] layout, so the tracer, the pruning stages and the
 export see one kind of layer. A gated feed-forward whose two Linears are fused into one
 (`split_gated`) is written as two."""
@@ -18,25 +19,30 @@ ADDMM, MM, MATMUL = aten.addmm.default, aten.mm.default, aten.matmul.default
 def as_linear(gm: fx.GraphModule) -> list[str]:
     """Rewrite, in place, every `addmm(bias, x, W)`, `mm(x, W)` and `matmul(x, W)` whose W is
     a 2-D parameter or buffer used by nothing else (and whose bias, if any, is one with a
-    value per output) as `linear(x, Wᵀ, bias)`. Returns the names of the new nodes."""
+    value per output) as `linear(x, Wᵀ, bias)`, and `matmul(x, Wᵀ)` as `linear(x, W)`.
+    Returns the names of the new nodes."""
     done = []
     for node in list(gm.graph.nodes):
         found = _parts(gm, node)
         if found is None:
             continue
         x, weight, bias = found
-        transposed = getattr(gm, weight.target).detach().t().contiguous()
-        trainable(gm, weight.target, transposed)
+        flipped = weight if weight.op == "call_function" else None  # `W.T`: [out, in] already
+        weight = flipped.args[0] if flipped is not None else weight
+        value = getattr(gm, weight.target).detach()
+        trainable(gm, weight.target, value if flipped is not None else value.t().contiguous())
         if bias is not None:
             trainable(gm, bias.target, getattr(gm, bias.target).detach())
         meta = weight.meta.get("val")
-        if meta is not None:
+        if meta is not None and flipped is None:
             weight.meta["val"] = meta.new_empty(tuple(reversed(meta.shape)))
         with gm.graph.inserting_before(node):
             linear = gm.graph.call_function(LINEAR, (x, weight) + ((bias,) if bias else ()))
         linear.meta = dict(node.meta)
         node.replace_all_uses_with(linear)
         gm.graph.erase_node(node)
+        if flipped is not None:
+            gm.graph.erase_node(flipped)
         done.append(linear.name)
     if done:
         gm.graph.lint()
@@ -54,6 +60,11 @@ def _parts(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node
         bias, x, weight = node.args
     else:
         (x, weight), bias = node.args[:2], None
+    if _flipped(weight):  # x @ W.T with W stored [out, in] (Falcon's `FalconLinear`)
+        if len(weight.users) != 1 or len(weight.args[0].users) != 1 or \
+                not isinstance(x, fx.Node) or x.op == "get_attr" or bias is not None:
+            return None
+        return x, weight, None
     if not _constant(weight, ndim=2) or len(weight.users) != 1 or \
             not isinstance(x, fx.Node) or x.op == "get_attr":
         return None
@@ -61,6 +72,18 @@ def _parts(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node
                                  _shape(bias)[0] == _shape(weight)[1]):
         return None
     return x, weight, bias
+
+
+def _flipped(node: object) -> bool:
+    """Whether `node` is a 2-D parameter or buffer with its axes swapped."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or not node.args or \
+            not _constant(node.args[0], ndim=2):
+        return False
+    if node.target in (aten.t.default, aten.numpy_T.default):
+        return True
+    if node.target is aten.transpose.int:
+        return sorted(a % 2 for a in node.args[1:3]) == [0, 1]
+    return node.target is aten.permute.default and [a % 2 for a in node.args[1]] == [1, 0]
 
 
 def _constant(node: object, *, ndim: int) -> bool:
