@@ -11,7 +11,7 @@ from torch import fx
 
 from .groups import Slice
 from .ops import ATTENTION
-from .replay import GATHERS, MOVES, replayed, slice_of, written_sizes
+from .replay import GATHERS, MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, written_sizes
 
 SDPA = ATTENTION[0]
 
@@ -39,6 +39,61 @@ def per_head_tables(extras: list[tuple[fx.Node, fx.Node]], heads_at: dict[str, t
             sizes |= found[1]
             chains += found[2]
     return tables, sizes, chains
+
+
+def own_tables(gm: fx.GraphModule) -> list[str]:
+    """Give each attention its own copy of a table it shares with others (MPNet computes its
+    relative position bias [heads, T, T] once from one table and adds it to every layer's
+    scores), so that each attention's heads can go alone: the table and the moves and
+    gathers from it to the scores are copied for every reader but the first (the copies are
+    trained apart by fine-tuning). Returns the new tables' names."""
+    names = gm.meta.setdefault("original_names", {})
+    made = []
+    for table in [n for n in gm.graph.nodes if n.op == "get_attr"]:
+        chain, node = [], table
+        while len(node.users) == 1:
+            user = next(iter(node.users))
+            if user.target not in MOVES and user.target not in GATHERS or user.args[0] is not node:
+                break
+            chain.append(user)
+            node = user
+        readers = list(node.users)
+        if not chain or len(readers) < 2 or not all(_adds_to_scores(r, node) for r in readers):
+            continue
+        value = getattr(gm, table.target)
+        for k, reader in enumerate(readers[1:], start=1):
+            name = f"{table.target}_{k}"
+            while hasattr(gm, name):
+                name += "_"
+            copy = value.detach().clone()
+            if table.target in gm._parameters:
+                gm.register_parameter(name, torch.nn.Parameter(copy))
+            else:
+                gm.register_buffer(name, copy)
+            names[name] = f"{names.get(table.target, table.target)}.{k}"
+            with gm.graph.inserting_before(reader):
+                mapping = {table: gm.graph.get_attr(name)}
+                mapping[table].meta = dict(table.meta)
+                for op in chain:
+                    mapping[op] = gm.graph.node_copy(op, lambda n: mapping.get(n, n))
+            reader.replace_input_with(node, mapping[node])
+            made.append(name)
+    if made:
+        gm.graph.lint()
+        gm.recompile()
+    return made
+
+
+def _adds_to_scores(reader: fx.Node, value: fx.Node) -> bool:
+    """Whether `reader` adds `value` to attention scores on their way to the softmax (or is
+    the attention, reading it as its mask)."""
+    if reader.target is SDPA:
+        return len(reader.args) > 3 and reader.args[3] is value or \
+            reader.kwargs.get("attn_mask") is value
+    node = reader
+    while node.target in SHIFTS | SCALES | RESHAPES and len(node.users) == 1:
+        node = next(iter(node.users))
+    return node.target in ATTENTION and node is not reader
 
 
 def head_ids(path: tuple[fx.Node, ...], h: int, values: dict) -> dict[str, torch.Tensor]:

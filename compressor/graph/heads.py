@@ -20,7 +20,7 @@ from torch import fx
 
 from .groups import PrunableGroup, Slice
 from .head_paths import Path, path_to_linear
-from .head_tables import head_ids, per_head_tables, sdpa_head_ids
+from .head_tables import head_ids, own_tables, per_head_tables, sdpa_head_ids
 from .ops import ATTENTION, IDENTITY, LINEAR, MATMUL
 from .replay import (
     MOVES,
@@ -51,6 +51,7 @@ class Heads:
 def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
     """Every attention of `gm` whose heads can be pruned, run on `sample` (one input) to read
     the layout of its q, k, v and output."""
+    own_tables(gm)
     cores = [((n,), tuple(n.args[:3]), n, ()) for n in gm.graph.nodes if n.target is SDPA] + \
         _explicit_cores(gm)
     if not cores:

@@ -21,8 +21,9 @@ MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
          aten.unflatten.int, aten.flatten.using_ints, aten.detach.default}
 SCALES = {aten.mul.Tensor, aten.div.Tensor}  # by a number: the entries stay where they are
 SHIFTS = {aten.add.Tensor, aten.sub.Tensor,  # a bias or mask on the scores: likewise
-          aten.masked_fill.Scalar}
-GATHERS = {aten.index.Tensor}  # a relative position bias read from its table
+          aten.add_.Tensor, aten.sub_.Tensor, aten.masked_fill.Scalar}
+GATHERS = {aten.index.Tensor,  # a relative position bias read from its table
+           aten.embedding.default}
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
             aten.expand.default}  # a size list second, as unflatten's is third

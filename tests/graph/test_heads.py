@@ -258,6 +258,48 @@ class MergedTemperature(Net):
         return self.head((h + self.attn.proj(y)).mean(1))
 
 
+class SharedTable(nn.Module):
+    """Two attentions whose scores both get one position bias per head, gathered once from
+    one table (MPNet's relative attention bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 24)
+        self.attns = nn.ModuleList(Attention(24, 4, 4, fused=True) for _ in range(2))
+        self.table = nn.Embedding(9, 4)  # relative offsets -4..4, per head
+        offsets = torch.arange(5)[None, :] - torch.arange(5)[:, None] + 4
+        self.register_buffer("offsets", offsets)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        bias = self.table(self.offsets).permute(2, 0, 1).unsqueeze(0)
+        for attn in self.attns:
+            q, k, v = attn.qkv(h).reshape(b, t, 3, 4, 6).permute(2, 0, 3, 1, 4).unbind(0)
+            y = ((q @ k.transpose(-2, -1) + bias).softmax(-1) @ v).transpose(1, 2)
+            h = h + attn.proj(y.reshape(b, t, 24))
+        return self.head(h.mean(1))
+
+
+def test_a_bias_table_two_attentions_share_is_copied_so_each_loses_its_own_heads():
+    net = SharedTable().eval()
+    x = torch.randn(16, 5, 8)
+    gm = graph_of(net, x[:2])
+    groups = [g for g in trace(gm, x[:1]).groups if "heads" in g.kinds]
+    assert len(groups) == 2
+    tables = [s.param for g in groups for s in g.carried]
+    assert len(set(tables)) == 2  # one copy each
+    first = groups[0]
+    shrink(gm, (first,), {first.name: torch.tensor([1])})
+    assert sorted(getattr(gm, t).shape[1] for t in tables) == [3, 4]
+    with torch.no_grad():
+        net.attns[0].proj.weight[:, 6:12] = 0  # head 1 of the first attention
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def _computed_bias(**attention):
     return PerHeadBias(computed=True, **attention)
 

@@ -2,7 +2,7 @@
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
 its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3 and Gemma
 (rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width; DeBERTa-v3
-(relative position scores). GPT-2's attention splits
+and MPNet (relative position scores). GPT-2's attention splits
 one fused projection by width and concatenates keys and values with an empty cache; BERT's
 passes the probabilities through dropout; both must still be found."""
 
@@ -105,6 +105,15 @@ def deberta() -> Logits:
     return Logits(transformers.DebertaV2ForSequenceClassification(config))
 
 
+def mpnet() -> Logits:
+    """MPNet (sentence-transformers' all-mpnet-base-v2): one relative position bias per head,
+    computed once from one table and added in place to every layer's scores."""
+    torch.manual_seed(0)
+    config = transformers.MPNetConfig(vocab_size=100, hidden_size=64, max_position_embeddings=40,
+                                      pad_token_id=0, **SMALL)
+    return Logits(transformers.MPNetForSequenceClassification(config))
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
 def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
     g = np.random.default_rng(0)
@@ -198,14 +207,16 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
             assert stream and all(r["out_after"] == 48 for r in stream)
 
 
-def test_deberta_v3_loses_heads_through_its_relative_position_scores(run_cli, tmp_path: Path):
-    """The rows of a head in the query and key Linears go from both of their uses (the tokens
-    and the position embeddings), the head count from every view and index on the way, and
-    the position scores' products from the FLOPs as the file counts them."""
+@pytest.mark.parametrize("arch, key", [("deberta", "key_proj"), ("mpnet", "attn.k")])
+def test_relative_position_scores_lose_the_removed_heads(run_cli, tmp_path: Path, arch, key):
+    """DeBERTa-v3: the rows of a head in the query and key Linears go from both of their uses
+    (the tokens and the position embeddings), the head count from every view and index on the
+    way, and the position scores' products from the FLOPs as the file counts them. MPNet: each
+    layer gets its own copy of the shared bias table and loses its own heads' columns."""
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
-    model, out = tmp_path / "deberta.pt", tmp_path / "deberta.onnx"
-    torch.save(deberta().eval().state_dict(), model)
-    result = run_cli(model, "--arch", "tests.graph.test_hf:deberta", "--data",
+    model, out = tmp_path / f"{arch}.pt", tmp_path / f"{arch}.onnx"
+    torch.save(globals()[arch]().eval().state_dict(), model)
+    result = run_cli(model, "--arch", f"tests.graph.test_hf:{arch}", "--data",
                      tmp_path / "data.npz", "--target", "0.5", "--of", "flops", "-o", out,
                      "--no-latency", "--quiet")
     assert result.code == 0, result.err
@@ -213,7 +224,7 @@ def test_deberta_v3_loses_heads_through_its_relative_position_scores(run_cli, tm
     assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
     assert report["parity"]["max_abs_diff"] <= 1e-4
     heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
-    keys = [r for r in report["layers"] if r["name"].endswith("key_proj")]
+    keys = [r for r in report["layers"] if r["name"].endswith(key)]
     assert len(heads) == 2 and any(r["out_after"] < r["out_before"] for r in heads)
     assert [r["out_after"] for r in keys] == [r["out_after"] for r in heads]
     assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())
