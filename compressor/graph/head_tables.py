@@ -11,7 +11,8 @@ from torch import fx
 
 from .groups import Slice
 from .ops import ATTENTION
-from .replay import GATHERS, MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, written_sizes
+from .replay import (GATHERS, MASKED, MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of,
+                     written_sizes)
 
 SDPA = ATTENTION[0]
 
@@ -53,10 +54,12 @@ def own_tables(gm: fx.GraphModule) -> list[str]:
         chain, node = [], table
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if user.target not in MOVES and user.target not in GATHERS or user.args[0] is not node:
-                break
-            chain.append(user)
-            node = user
+            if (user.target in MOVES or user.target in GATHERS) and user.args[0] is node or \
+                    user.target is MASKED and user.args[1] is node:
+                chain.append(user)
+                node = user
+                continue
+            break
         readers = list(node.users)
         if not chain or len(readers) < 2 or not all(_adds_to_scores(r, node) for r in readers):
             continue
@@ -87,12 +90,14 @@ def own_tables(gm: fx.GraphModule) -> list[str]:
 def _adds_to_scores(reader: fx.Node, value: fx.Node) -> bool:
     """Whether `reader` adds `value` to attention scores on their way to the softmax (or is
     the attention, reading it as its mask)."""
-    if reader.target is SDPA:
-        return len(reader.args) > 3 and reader.args[3] is value or \
-            reader.kwargs.get("attn_mask") is value
     node = reader
-    while node.target in SHIFTS | SCALES | RESHAPES and len(node.users) == 1:
-        node = next(iter(node.users))
+    while node.target is not SDPA and len(node.users) == 1 and (
+            node.target in SHIFTS | SCALES | RESHAPES or node.target in MOVES or
+            node.target is MASKED):
+        value, node = node, next(iter(node.users))
+    if node.target is SDPA:  # as its mask
+        return len(node.args) > 3 and node.args[3] is value or \
+            node.kwargs.get("attn_mask") is value
     return node.target in ATTENTION and node is not reader
 
 
@@ -137,9 +142,10 @@ def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
     write the head count and those ops; else None."""
     chain = []
     node = extra
-    while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS):
+    while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS or
+                                          node.target is MASKED):
         chain.append(node)
-        node = node.args[0]
+        node = node.args[1] if node.target is MASKED else node.args[0]
         if not isinstance(node, fx.Node):
             return None
     if node.op != "get_attr" or any(len(n.users) != 1 for n in [node, *chain]):

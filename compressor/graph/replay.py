@@ -24,6 +24,8 @@ SHIFTS = {aten.add.Tensor, aten.sub.Tensor,  # a bias or mask on the scores: lik
           aten.add_.Tensor, aten.sub_.Tensor, aten.masked_fill.Scalar}
 GATHERS = {aten.index.Tensor,  # a relative position bias read from its table
            aten.embedding.default}
+MASKED = aten.where.ScalarOther  # where(mask, x, number): x's entries where they were (T5's
+#     position bias masked by padding)
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
             aten.expand.default}  # a size list second, as unflatten's is third
@@ -59,7 +61,7 @@ def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
         return a
 
     for node in chain:
-        if node.target in SCALES | SHIFTS:
+        if node.target in SCALES | SHIFTS or node.target is MASKED:
             source = next(a for a in node.args if isinstance(a, fx.Node) and a.name in current)
             current[node.name] = torch.broadcast_to(current[source.name],
                                                     values[node.name].shape)

@@ -84,8 +84,8 @@ def _samples(nodes: list[fx.Node], available: int) -> int:
             with_batch = [d for d in val.shape[1:]]
             try:
                 largest = max(largest, math.prod(int(d) for d in with_batch))
-            except (TypeError, ValueError):
-                continue
+            except (TypeError, ValueError, RuntimeError):  # a size read from the data (T5
+                continue  # picks its end-of-sequence tokens): torch cannot guess it
     per_sample = 2 * 4 * largest * 4  # two graphs, four tensors, float32
     return max(1, min(available, ACTIVATION_BYTES // per_sample))
 

@@ -1,8 +1,8 @@
 """Hugging Face transformers built from small configs (no weights can be downloaded): BERT and
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
 its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3 and Gemma
-(rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width; DeBERTa-v3
-and MPNet (relative position scores). GPT-2's attention splits
+(rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width; DeBERTa-v3,
+MPNet and T5 (relative position scores and biases). GPT-2's attention splits
 one fused projection by width and concatenates keys and values with an empty cache; BERT's
 passes the probabilities through dropout; both must still be found."""
 
@@ -112,6 +112,17 @@ def mpnet() -> Logits:
     config = transformers.MPNetConfig(vocab_size=100, hidden_size=64, max_position_embeddings=40,
                                       pad_token_id=0, **SMALL)
     return Logits(transformers.MPNetForSequenceClassification(config))
+
+
+def t5() -> Logits:
+    """T5 (encoder and decoder): one relative position bias per head in each stack, gathered
+    once, masked by `where` and given to every layer's attention as its mask; a size read from
+    the data (the end-of-sequence tokens the classifier reads)."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                   num_decoder_layers=2, num_heads=4, num_labels=3,
+                                   pad_token_id=0, decoder_start_token_id=0)
+    return Logits(transformers.T5ForSequenceClassification(config))
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
@@ -227,4 +238,23 @@ def test_relative_position_scores_lose_the_removed_heads(run_cli, tmp_path: Path
     keys = [r for r in report["layers"] if r["name"].endswith(key)]
     assert len(heads) == 2 and any(r["out_after"] < r["out_before"] for r in heads)
     assert [r["out_after"] for r in keys] == [r["out_after"] for r in heads]
+    assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())
+
+
+def test_t5_loses_heads_in_every_attention_through_its_shared_masked_position_bias(
+        run_cli, tmp_path: Path):
+    x = np.random.default_rng(0).integers(3, 100, (300, 16))
+    x[:, -1] = 1  # T5's classifier reads the end-of-sequence token
+    np.savez(tmp_path / "data.npz", x=x)
+    model, out = tmp_path / "t5.pt", tmp_path / "t5.onnx"
+    torch.save(t5().eval().state_dict(), model)
+    result = run_cli(model, "--arch", "tests.graph.test_hf:t5", "--data", tmp_path / "data.npz",
+                     "--target", "0.5", "--of", "flops", "-o", out, "--no-latency", "--quiet")
+    assert result.code == 0, result.err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
+    assert {r["name"].split(".")[2] for r in heads} == {"encoder", "decoder"}
+    assert any(r["out_after"] < r["out_before"] for r in heads)
     assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())
