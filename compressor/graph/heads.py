@@ -303,11 +303,13 @@ def _reuse(linear: fx.Node, other: fx.Node, rows: torch.Tensor, values: dict) ->
 
 def _same_for_every_head(extra: fx.Node, h: int, values: dict) -> bool:
     """Whether `extra`, read by the attention with heads in the batch axis of the one input
-    ([heads, ...]), is the same for every head and computed from parameters alone (the
-    indices DeBERTa gathers its position scores with)."""
+    ([heads, ...]), is an index the same for every head, computed without the input's values
+    (the relative positions DeBERTa gathers its position scores at). A table of values (a
+    bias) is one per head even where its values are equal (zeros at initialisation)."""
     value = values.get(extra.name)
-    return isinstance(value, torch.Tensor) and value.ndim == 3 and value.shape[0] == h > 1 and \
-        bool((value == value[:1]).all()) and not _reads_input(extra)
+    return isinstance(value, torch.Tensor) and not value.is_floating_point() and \
+        value.ndim == 3 and value.shape[0] == h > 1 and bool((value == value[:1]).all()) and \
+        not _reads_input(extra)
 
 
 def _reads_input(node: fx.Node) -> bool:

@@ -201,10 +201,13 @@ class PerHeadBias(Net):
     """A position bias of each head's own is added to the scores: a parameter (T5, ALiBi, or
     Swin's table read by position pairs), or computed from the input (`computed`)."""
 
-    def __init__(self, computed: bool = False, sdpa: bool = False, **attention) -> None:
+    def __init__(self, computed: bool = False, sdpa: bool = False, zeros: bool = False,
+                 **attention) -> None:
         super().__init__(**attention)
-        self.computed, self.sdpa = computed, sdpa
+        self.computed, self.sdpa, self.zeros = computed, sdpa, zeros
         self.table = nn.Parameter(torch.randn(9, 4))  # relative offsets -4..4, per head
+        if zeros:  # timm's TinyViT starts its table at zero, read as [heads, T, T]
+            self.table.data.zero_()
         offsets = torch.arange(5)[None, :] - torch.arange(5)[:, None] + 4
         self.register_buffer("index", offsets.reshape(-1))
         self.gate = nn.Linear(24, 4)
@@ -216,7 +219,8 @@ class PerHeadBias(Net):
         if self.computed:
             bias = self.gate(h).transpose(1, 2)[..., None]  # [b, heads, t, 1]
         else:
-            bias = self.table[self.index].view(t, t, -1).permute(2, 0, 1).unsqueeze(0)
+            bias = self.table[self.index].view(t, t, -1).permute(2, 0, 1)
+            bias = bias if self.zeros else bias.unsqueeze(0)
         if self.sdpa:  # the scale differs from the explicit form's: not compared
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2)
         else:
@@ -224,9 +228,10 @@ class PerHeadBias(Net):
         return self.head((h + self.attn.proj(y.reshape(b, t, 24))).mean(1))
 
 
-@pytest.mark.parametrize("sdpa", [False, True], ids=["explicit softmax", "sdpa attn_mask"])
-def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa):
-    net = PerHeadBias(sdpa=sdpa, **LAYOUTS["fused"]).eval()
+@pytest.mark.parametrize("sdpa, zeros", [(False, False), (True, False), (True, True)],
+                         ids=["explicit softmax", "sdpa attn_mask", "zeros, [heads, T, T]"])
+def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa, zeros):
+    net = PerHeadBias(sdpa=sdpa, zeros=zeros, **LAYOUTS["fused"]).eval()
     x = torch.randn(16, 5, 8)
     gm = graph_of(net, x[:2])
     group, _ = _heads_group(gm, x)
