@@ -125,11 +125,9 @@ def t5() -> Logits:
     return Logits(transformers.T5ForSequenceClassification(config))
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
-def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
-    g = np.random.default_rng(0)
-    x = g.random((300, 3, 16, 16), dtype=np.float32) if arch == "vit" else \
-        g.integers(3, 100, (300, 16))
+def _half_the_flops(run_cli, tmp_path: Path, arch: str, x: np.ndarray) -> tuple[dict, Path]:
+    """`compress` of `arch` (saved as a state_dict) to 50% fewer FLOPs on `x`, one shot: its
+    report, checked for the target's window and parity, and the file."""
     np.savez(tmp_path / "data.npz", x=x)
     model, out = tmp_path / f"{arch}.pt", tmp_path / f"{arch}.onnx"
     torch.save(globals()[arch]().eval().state_dict(), model)
@@ -140,6 +138,15 @@ def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, ar
     report = json.loads(out.with_suffix(".json").read_text())
     assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
     assert report["parity"]["max_abs_diff"] <= 1e-4
+    return report, out
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
+def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
+    g = np.random.default_rng(0)
+    x = g.random((300, 3, 16, 16), dtype=np.float32) if arch == "vit" else \
+        g.integers(3, 100, (300, 16))
+    report, out = _half_the_flops(run_cli, tmp_path, arch, x)
     assert report["source"]["input"]["dtype"] == ("float32" if arch == "vit" else "int64")
     heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
     assert len(heads) == 2 and any(r["out_after"] < r["out_before"] for r in heads)
@@ -224,16 +231,8 @@ def test_relative_position_scores_lose_the_removed_heads(run_cli, tmp_path: Path
     (the tokens and the position embeddings), the head count from every view and index on the
     way, and the position scores' products from the FLOPs as the file counts them. MPNet: each
     layer gets its own copy of the shared bias table and loses its own heads' columns."""
-    np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
-    model, out = tmp_path / f"{arch}.pt", tmp_path / f"{arch}.onnx"
-    torch.save(globals()[arch]().eval().state_dict(), model)
-    result = run_cli(model, "--arch", f"tests.graph.test_hf:{arch}", "--data",
-                     tmp_path / "data.npz", "--target", "0.5", "--of", "flops", "-o", out,
-                     "--no-latency", "--quiet")
-    assert result.code == 0, result.err
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
-    assert report["parity"]["max_abs_diff"] <= 1e-4
+    x = np.random.default_rng(0).integers(3, 100, (300, 16))
+    report, out = _half_the_flops(run_cli, tmp_path, arch, x)
     heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
     keys = [r for r in report["layers"] if r["name"].endswith(key)]
     assert len(heads) == 2 and any(r["out_after"] < r["out_before"] for r in heads)
@@ -245,15 +244,7 @@ def test_t5_loses_heads_in_every_attention_through_its_shared_masked_position_bi
         run_cli, tmp_path: Path):
     x = np.random.default_rng(0).integers(3, 100, (300, 16))
     x[:, -1] = 1  # T5's classifier reads the end-of-sequence token
-    np.savez(tmp_path / "data.npz", x=x)
-    model, out = tmp_path / "t5.pt", tmp_path / "t5.onnx"
-    torch.save(t5().eval().state_dict(), model)
-    result = run_cli(model, "--arch", "tests.graph.test_hf:t5", "--data", tmp_path / "data.npz",
-                     "--target", "0.5", "--of", "flops", "-o", out, "--no-latency", "--quiet")
-    assert result.code == 0, result.err
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert 0.50 <= report["size"]["flop_reduction"] <= 0.52
-    assert report["parity"]["max_abs_diff"] <= 1e-4
+    report, out = _half_the_flops(run_cli, tmp_path, "t5", x)
     heads = [r for r in report["layers"] if r["note"] == "pruned heads"]
     assert {r["name"].split(".")[2] for r in heads} == {"encoder", "decoder"}
     assert any(r["out_after"] < r["out_before"] for r in heads)
