@@ -1,4 +1,5 @@
-"""Fold eval-mode BatchNorm into the conv or linear layer before it, so that no prunable group
+"""Fold eval-mode BatchNorm into the conv or linear layer before it (also over a Linear's
+output flattened to rows and reshaped back, LeViT's LinearNorm), so that no prunable group
 carries BatchNorm statistics and the exported graph has no BatchNorm:
 
     w' = w * g / s,  b' = (b - mean) * g / s + beta,  s = sqrt(var + eps)
@@ -13,6 +14,8 @@ from torch import fx, nn
 
 from .ops import BATCH_NORM, CONV, LINEAR
 
+aten = torch.ops.aten
+
 
 def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
     """Fold every eval-mode BatchNorm whose input is a conv or linear layer read by nothing
@@ -20,9 +23,10 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
     others stay in the graph (the tracer names them)."""
     folded = []
     for node in list(gm.graph.nodes):
-        if node.target not in BATCH_NORM or not _foldable(node):
+        flattened = _flattened(node) if node.target is BATCH_NORM[0] else None
+        if node.target not in BATCH_NORM or not _foldable(node) and flattened is None:
             continue
-        layer = node.args[0]
+        layer = node.args[0] if flattened is None else flattened[0]
         weight, bias, mean, var = (get_tensor(gm, a.target).detach().double()
                                    if isinstance(a, fx.Node) else None for a in node.args[1:5])
         eps = float(node.args[7] if node.target is BATCH_NORM[0] else node.args[6])
@@ -43,6 +47,15 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
             args[2] = getter
             layer.args = tuple(args)
         output = node if node.target is BATCH_NORM[0] else None
+        if flattened is not None:  # the Linear's output, as the reshape back gave it
+            layer_out, back = flattened
+            back.replace_all_uses_with(layer_out)
+            gm.graph.erase_node(back)
+            flat = node.args[0]
+            gm.graph.erase_node(node)
+            gm.graph.erase_node(flat)
+            folded.append(node.name)
+            continue
         if output is None:  # returns (out, mean, invstd): its users take item 0
             for user in list(node.users):
                 user.replace_all_uses_with(layer)
@@ -58,12 +71,37 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
     return folded
 
 
+def _flattened(bn: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """(the Linear, the reshape back) where `bn` normalizes a Linear's output with its leading
+    axes flattened into rows and is reshaped back to it, as LeViT writes its LinearNorm:
+    `reshape_as(batch_norm(flatten(linear(x), 0, -2)), linear(x))`; None otherwise."""
+    flat = bn.args[0]
+    if not isinstance(flat, fx.Node) or flat.target is not aten.flatten.using_ints or \
+            len(flat.users) != 1 or len(flat.args) < 3:
+        return None
+    layer, val = flat.args[0], getattr(flat.args[0], "meta", {}).get("val")
+    if not isinstance(layer, fx.Node) or layer.target is not LINEAR or val is None or \
+            flat.args[1] != 0 or flat.args[2] % val.ndim != val.ndim - 2:
+        return None
+    users = list(bn.users)
+    if len(users) != 1 or users[0].target is not aten.reshape_as.default or \
+            users[0].args[1] is not layer or set(layer.users) != {flat, users[0]}:
+        return None
+    return (layer, users[0]) if _stats_foldable(bn, layer) else None
+
+
 def _foldable(bn: fx.Node) -> bool:
     layer = bn.args[0]
     if not isinstance(layer, fx.Node) or layer.target not in (*CONV, LINEAR):
         return False
-    if len(layer.users) != 1 or not all(isinstance(a, fx.Node) and a.op == "get_attr"
-                                        for a in bn.args[1:5] if a is not None):
+    return len(layer.users) == 1 and _stats_foldable(bn, layer)
+
+
+def _stats_foldable(bn: fx.Node, layer: fx.Node) -> bool:
+    """Whether `bn`'s statistics and affine are tensors of the graph, in eval mode, and the
+    layer's weight and bias are its own."""
+    if not all(isinstance(a, fx.Node) and a.op == "get_attr"
+               for a in bn.args[1:5] if a is not None):
         return False
     if bn.target is BATCH_NORM[0] and bn.args[5]:  # training=True: batch statistics
         return False
