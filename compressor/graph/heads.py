@@ -22,7 +22,7 @@ from .groups import PrunableGroup, Slice
 from .head_paths import Path, path_to_linear
 from .head_reuses import head_count_size, reuses_of, same_for_every_head
 from .head_tables import head_ids, own_tables, per_head_tables, sdpa_head_ids
-from .ops import ATTENTION, IDENTITY, LINEAR, MATMUL
+from .ops import ACTIVATIONS, ATTENTION, IDENTITY, LINEAR, MATMUL
 from .replay import MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, values_on, written_sizes
 
 aten = torch.ops.aten
@@ -74,10 +74,33 @@ def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node, tup
         q, kt = scores.args[:2]
         while isinstance(kt, fx.Node) and kt.target in SCALES:  # kᵀ / √d (DeBERTa)
             kt = kt.args[0]
+        if isinstance(kt, fx.Node) and kt.target is aten.permute.default:
+            kt = _as_transpose(gm, kt)  # LeViT's k.permute(0, 2, 3, 1): heads moved, then ᵀ
         k = kt.args[0] if isinstance(kt, fx.Node) and kt.target in (aten.transpose.int,) else None
         if k is not None:
             found.append(((scores, outs[0]), (q, k, outs[0].args[1]), outs[0], tuple(path)))
     return found
+
+
+def _as_transpose(gm: fx.GraphModule, permute: fx.Node) -> fx.Node:
+    """A permute whose last two axes come out swapped, rewritten as the permute that keeps
+    them in order followed by a transpose of the last two (the same values), so that the
+    tensor before the transpose is k laid out [batch, heads, tokens, d]; `permute` itself
+    where it is not so."""
+    dims = list(permute.args[1])
+    if len(dims) < 2 or len(permute.users) != 1 or dims[-1] % len(dims) > dims[-2] % len(dims):
+        return permute
+    dims[-2], dims[-1] = dims[-1], dims[-2]
+    with gm.graph.inserting_before(permute):
+        kept = gm.graph.call_function(aten.permute.default, (permute.args[0], dims))
+        swapped = gm.graph.call_function(aten.transpose.int, (kept, -2, -1))
+    for node, val in ((kept, permute.meta.get("val")), (swapped, permute.meta.get("val"))):
+        if val is not None:
+            node.meta["val"] = val.transpose(-2, -1) if node is kept else val
+    permute.replace_all_uses_with(swapped)
+    gm.graph.erase_node(permute)
+    gm.recompile()
+    return swapped
 
 
 def _path_back(node: object, ops: set) -> list[fx.Node]:
@@ -91,7 +114,8 @@ def _path_back(node: object, ops: set) -> list[fx.Node]:
 
 
 def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
-    """The Linear that reads `node` through ops that only move entries, and those ops."""
+    """The Linear that reads `node` through ops that only move entries or act on each entry
+    alone (an activation), and those ops."""
     chain = []
     while True:
         users = list(node.users)
@@ -100,7 +124,8 @@ def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
         user = users[0]
         if user.target is LINEAR and user.args[0] is node:
             return user, chain
-        if user.target not in MOVES or user.args[0] is not node:
+        if user.target not in MOVES and user.target not in ACTIVATIONS or \
+                user.args[0] is not node:  # (LeViT's hardswish before its projection)
             return None
         chain.append(user)
         node = user
@@ -137,7 +162,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     (pq, rq), (pk, rk), (pv, rv) = found
     lq, lk, lv = pq.linear, pk.linear, pv.linear
     on_paths = [*pq.nodes, *pk.nodes, *pv.nodes]
-    h, d = rq.shape
+    h = rq.shape[0]
     if rk.shape[0] < h:  # SDPA's enable_gqa repeats each k/v head for its query heads
         if h % rk.shape[0] or rv.shape != rk.shape:
             return None
@@ -149,6 +174,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if any(kv_of[j] != units[j // g] for j in range(h)) or not torch.equal(rk, rk[kv_of]) or \
             not torch.equal(rv, rv[kv_of]):
         return None
+    d = rv.shape[1]  # v's head size, which may differ from q's and k's (LeViT's)
     y = values[out.name]  # [batch, H, T, d], or [batch x H, T, d] for one input
     ids = torch.arange(h * d, dtype=torch.float64).reshape(*(1,) * (y.ndim - 3), h, 1, d)
     ids = ids.expand(y.shape)

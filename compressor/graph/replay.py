@@ -11,6 +11,7 @@ import torch
 from torch import fx
 
 from .groups import Slice
+from .ops import ACTIVATIONS
 
 aten = torch.ops.aten
 MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
@@ -61,6 +62,9 @@ def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
         return a
 
     for node in chain:
+        if node.target in ACTIVATIONS and node.args[0].name in current:  # entry by entry
+            current[node.name] = current[node.args[0].name]
+            continue
         if node.target in SCALES | SHIFTS or node.target is MASKED:
             source = next(a for a in node.args if isinstance(a, fx.Node) and a.name in current)
             current[node.name] = torch.broadcast_to(current[source.name],

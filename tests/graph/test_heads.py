@@ -397,3 +397,51 @@ def test_the_search_for_attention_after_a_softmax_visits_each_node_once(monkeypa
     assert _Counted.asked <= len(gm.graph.nodes)
     found = trace(gm, x[:1])
     assert {g.name for g in found.groups} >= {"stem", "out"}
+
+
+class LeViTAttention(nn.Module):
+    """LeViT's attention: one qkv Linear laid out by head with values twice as wide as keys,
+    kᵀ written as one permute, a per-head bias, hardswish before the projection, and each
+    Linear followed by a BatchNorm over its output flattened to rows (LinearNorm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 24)
+        self.qkv, self.qkv_bn = nn.Linear(24, 4 * (6 + 6 + 12), bias=False), nn.BatchNorm1d(96)
+        self.proj, self.proj_bn = nn.Linear(48, 24, bias=False), nn.BatchNorm1d(24)
+        self.biases = nn.Parameter(torch.randn(4, 5))
+        self.register_buffer("index", (torch.arange(5)[None] - torch.arange(5)[:, None]).abs())
+        for bn in (self.qkv_bn, self.proj_bn):  # statistics as a trained model has them
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+        self.head = nn.Linear(24, 3)
+
+    @staticmethod
+    def _normed(linear: nn.Linear, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+        y = linear(x)
+        return bn(y.flatten(0, 1)).reshape_as(y)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        q, k, v = self._normed(self.qkv, self.qkv_bn, h).view(b, t, 4, -1).split([6, 6, 12], 3)
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3)
+        attn = (q @ k * 6 ** -0.5 + self.biases[:, self.index]).softmax(-1)
+        y = F.hardswish((attn @ v).transpose(1, 2).reshape(b, t, 48))
+        return self.head((h + self._normed(self.proj, self.proj_bn, y)).mean(1))
+
+
+def test_levit_attention_folds_its_batchnorms_and_prunes_its_heads():
+    net = LeViTAttention().eval()
+    x = torch.randn(16, 5, 8)
+    gm = graph_of(net, x[:2])
+    assert not [n for n in gm.graph.nodes if "batch_norm" in str(n.target)]  # folded
+    group, _ = _heads_group(gm, x)
+    assert group.size == 4
+    shrink(gm, (group,), {group.name: torch.tensor([1])})
+    assert gm.biases.shape == (3, 5)
+    with torch.no_grad():
+        net.proj.weight[:, 12:24] = 0  # head 1's values, through hardswish(0) = 0
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
