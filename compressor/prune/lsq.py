@@ -22,16 +22,19 @@ MAX_ROWS = 100_000  # regression rows per refit (a row per sample and output pix
 def patch_rows(layer: fx.Node, shape: torch.Size):
     """How a layer's input becomes regression rows: one per sample (and token) for a Linear,
     one per sample and output pixel (its kh x kw patch of every input channel, channel-major
-    like F.unfold) for a 2-D convolution, of which only the `chosen` ones (a mask over samples
-    x pixels) are built."""
+    like F.unfold) for a convolution (a 1-D one as a 2-D one of height 1), of which only the
+    `chosen` ones (a mask over samples x pixels) are built."""
     if layer.target is LINEAR:
         return lambda a, chosen: a.reshape(-1, shape[1]) if a.ndim > 2 else \
             a.reshape(a.shape[0], -1)
-    stride, padding, dilation = (_pair(layer.args[i] if len(layer.args) > i else d)
+    one_d = len(shape) == 3
+    stride, padding, dilation = (_pair(layer.args[i] if len(layer.args) > i else d, one_d, d)
                                  for i, d in ((3, 1), (4, 0), (5, 1)))
-    kh, kw = int(shape[2]), int(shape[3])
+    kh, kw = (1, int(shape[2])) if one_d else (int(shape[2]), int(shape[3]))
 
     def patches(a: torch.Tensor, chosen: torch.Tensor | None) -> torch.Tensor:
+        if one_d:
+            a = a.unsqueeze(2)
         n, c, h, w = a.shape
         ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -46,10 +49,12 @@ def patch_rows(layer: fx.Node, shape: torch.Size):
     return patches
 
 
-def _pair(value) -> tuple[int, int]:
+def _pair(value, one_d: bool, flat: int) -> tuple[int, int]:
+    """A convolution's stride, padding or dilation over (height, width); a 1-D one's height
+    takes `flat` (stride and dilation 1, no padding)."""
     if isinstance(value, (list, tuple)):
-        return (int(value[0]), int(value[-1]))
-    return (int(value), int(value))
+        return (flat, int(value[0])) if one_d else (int(value[0]), int(value[-1]))
+    return (flat, int(value)) if one_d else (int(value), int(value))
 
 
 def _positions(layer: fx.Node) -> int:

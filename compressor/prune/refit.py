@@ -112,8 +112,6 @@ def _fit(gm: fx.GraphModule, reference: fx.GraphModule, node: fx.Node, refit: Re
     param = node.args[1].target
     w = get_tensor(gm, param).detach()
     conv = node.target in CONV
-    if conv and w.ndim != 4:
-        raise ValueError(f"lsq refits 2-D convolutions and Linear layers, not {node.name}")
     groups = int(node.args[6]) if conv and len(node.args) > 6 else 1
     taps = math.prod(w.shape[2:]) if conv else 1
     stays = torch.ones(w.shape[1], dtype=torch.bool)

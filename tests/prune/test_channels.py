@@ -96,6 +96,45 @@ def test_lsq_refits_conv_and_flattened_linear_consumers_better_than_plain_remova
     assert refit_error < 0.5 * plain_error, (refit_error, plain_error)
 
 
+class Audio(nn.Module):
+    """Whisper's front: 1-D convolutions over time (strided, padded, dilated), then a mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv1d(4, 12, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(12, 8, 3, padding=2, dilation=2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(-1))
+
+
+def test_lsq_refits_a_1d_convolution_like_a_2d_one():
+    x = torch.randn(128, 4, 20, generator=torch.Generator().manual_seed(1))
+    errors = {}
+    for mode in (Compensation.NONE, Compensation.LSQ):
+        gm = graph_of(Audio(), x[:2])
+        with torch.no_grad():
+            before = gm(x)
+        remove_units(gm, {"conv1": torch.tensor([0, 3, 5, 9]), "conv2": NONE}, mode, x=x)
+        with torch.no_grad():
+            errors[mode] = float(((gm(x) - before) ** 2).mean())
+    assert errors[Compensation.LSQ] < 0.5 * errors[Compensation.NONE], errors
+
+
+def test_lsq_on_a_1d_convolution_is_exact_for_channels_that_never_fire():
+    net, x = Audio(), torch.randn(128, 4, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        net.conv1.bias[[2, 7]] = -100.0
+    gm = graph_of(net, x[:2])
+    with torch.no_grad():
+        before = gm(x)
+    remove_units(gm, {"conv1": torch.tensor([2, 7]), "conv2": NONE}, Compensation.LSQ, x=x)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), before, rtol=0, atol=1e-4)
+
+
 def test_lsq_is_exact_for_channels_that_never_fire():
     net = SmallCNN(padding=1)
     _silence(net.features[0], net.features[1], 2, -5.0)
