@@ -5,6 +5,7 @@ in-place Dropout and hardsigmoid; each checked on a small module, where a plausi
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -194,17 +195,34 @@ class ResponseNorm(nn.Module):
         return x + torch.addcmul(self.bias.view(shape), self.weight.view(shape), x * n)
 
 
+class WrittenOutResponseNorm(ResponseNorm):
+    """The same norm as Hugging Face writes it: `γ · (x · n) + β + x`, γ and β stored in the
+    broadcast shape."""
+
+    def __init__(self, dim: int, last: bool) -> None:
+        super().__init__(dim, last)
+        shape = (1, 1, 1, dim) if last else (1, dim, 1, 1)
+        self.weight = nn.Parameter(self.weight.detach().reshape(shape))
+        self.bias = nn.Parameter(self.bias.detach().reshape(shape))
+
+    def forward(self, x):
+        spatial, channel = ((1, 2), -1) if self.last else ((2, 3), 1)
+        g = torch.linalg.vector_norm(x, ord=2, dim=spatial, keepdim=True)
+        n = g / (g.mean(dim=channel, keepdim=True) + 1e-6)
+        return self.weight * (x * n) + self.bias + x
+
+
 class ConvNeXtV2(nn.Module):
     """A ConvNeXt-V2 feed-forward block: fc1, GELU, response norm, fc2, as 1x1 convolutions
     (channels first) or Linear layers (channels last)."""
 
-    def __init__(self, last: bool) -> None:
+    def __init__(self, last: bool, written_out: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.last = last
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.fc1 = nn.Linear(8, 32) if last else nn.Conv2d(8, 32, 1)
-        self.grn = ResponseNorm(32, last)
+        self.grn = (WrittenOutResponseNorm if written_out else ResponseNorm)(32, last)
         self.fc2 = nn.Linear(32, 8) if last else nn.Conv2d(32, 8, 1)
         self.head = nn.Linear(8, 4)
 
@@ -215,28 +233,33 @@ class ConvNeXtV2(nn.Module):
         return self.head((x + (h.permute(0, 3, 1, 2) if self.last else h)).mean((2, 3)))
 
 
-def test_a_response_norm_carries_its_units_and_its_mean_keeps_the_original_divisor():
-    for last in (False, True):
-        net = ConvNeXtV2(last).eval()
-        with torch.no_grad():  # unit 5 outputs 0 everywhere: gelu(0) = 0, its norm 0, no β
-            net.fc1.weight[5] = 0
-            net.fc1.bias[5] = 0
-            net.grn.bias[5] = 0
-        gm, x = graph_of(net, _x(2)), _x()
-        group = next(g for g in trace(gm).groups if g.name == "fc1")
-        assert [s.param for s in group.consumers] == ["fc2_weight"]
-        assert sorted(s.param for s in group.carried) == ["addcmul_bias", "addcmul_scale"]
-        before = gm(x)
-        remove_units(gm, {"fc1": torch.tensor([5]), "stem": torch.tensor([]).long()})
-        # the mean over 32 channels, one of them 0, is the sum over the 31 left / 32
-        torch.testing.assert_close(gm(x), before, rtol=1e-5, atol=1e-6)
-        assert gm.get_parameter("addcmul_scale").numel() == 31
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("written_out", [False, True], ids=["addcmul", "mul-add"])
+def test_a_response_norm_carries_its_units_and_its_mean_keeps_the_original_divisor(
+        last, written_out):
+    net = ConvNeXtV2(last, written_out).eval()
+    with torch.no_grad():  # unit 5 outputs 0 everywhere: gelu(0) = 0, its norm 0, no β
+        net.fc1.weight[5] = 0
+        net.fc1.bias[5] = 0
+        net.grn.bias.view(-1)[5] = 0
+    gm, x = graph_of(net, _x(2)), _x()
+    group = next(g for g in trace(gm).groups if g.name == "fc1")
+    assert [s.param for s in group.consumers] == ["fc2_weight"]
+    scale, shift = ("grn_weight", "grn_bias") if written_out else \
+        ("addcmul_scale", "addcmul_bias")
+    assert sorted(s.param for s in group.carried) == sorted([scale, shift])
+    before = gm(x)
+    remove_units(gm, {"fc1": torch.tensor([5]), "stem": torch.tensor([]).long()})
+    # the mean over 32 channels, one of them 0, is the sum over the 31 left / 32
+    torch.testing.assert_close(gm(x), before, rtol=1e-5, atol=1e-6)
+    assert getattr(gm, scale).numel() == getattr(gm, shift).numel() == 31
 
 
 def test_every_rule_prunes_and_exports_within_parity():
     cases = ((Bottleneck(), _x()), (Excite(nn.Hardsigmoid), _x()),
              (Scaled(), torch.rand(64, 6)), (Grouped(), _x()), (StarReLU(), torch.rand(64, 6)),
-             (ConvNeXtV2(last=False), _x()), (ConvNeXtV2(last=True), _x()))
+             (ConvNeXtV2(last=False), _x()), (ConvNeXtV2(last=True), _x()),
+             (ConvNeXtV2(last=True, written_out=True), _x()))
     for net, x in cases:
         result = compressor.compress(net, 0.3, data=x, latency=False)
         assert result.report.size.reduction >= 0.3

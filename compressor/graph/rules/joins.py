@@ -63,9 +63,16 @@ def _shifted(user: fx.Node, at: At) -> bool:
 def add(walk, at: At, user: fx.Node):
     """A residual add: every operand's space joins this one; the add carries it on. A number
     added (or subtracted), or a parameter of one value (StarReLU's learned bias), shifts each
-    unit alike: a function of each unit."""
+    unit alike: a function of each unit. A parameter of one value per unit (ConvNeXt-V2's
+    response-norm bias, `γ · x + β` written out) shifts each unit by its own: its entries go
+    with the units (on the residual stream, where a position table also spans the tokens,
+    `_carry` takes them)."""
     if _shifted(user, at):
         return replace(at, node=user, acts=(*at.acts, user))
+    other = user.args[1] if user.args[0] is at.node else user.args[0]
+    constant = _constant(other) if isinstance(other, fx.Node) else None
+    if constant is not None and not walk.spaces.stream:
+        return _scaled(walk, at, user, constant, "added to")
     return _join_all(walk, at, user, user.args[:2], "added to")
 
 
@@ -199,12 +206,13 @@ def _constant(node: fx.Node) -> fx.Node | None:
     return node if node.op == "get_attr" else None
 
 
-def _scaled(walk, at: At, user: fx.Node, constant: fx.Node) -> At | None:
-    """A product with a constant tensor: one value per unit along the units' axis (the rest
-    broadcast) makes its entries go with the units; one value for all is a scale."""
+def _scaled(walk, at: At, user: fx.Node, constant: fx.Node,
+            what: str = "multiplied by") -> At | None:
+    """A product (or sum) with a constant tensor: one value per unit along the units' axis
+    (the rest broadcast) makes its entries go with the units; one value for all is a scale."""
     val = constant.meta.get("val")
     if val is None:
-        walk.fail(f"its output is multiplied by {constant.name}, of unknown shape")
+        walk.fail(f"its output is {what} {constant.name}, of unknown shape")
         return None
     shape = [1] * (ndim(user) - val.ndim) + list(val.shape)  # as broadcast against the units
     if all(int(d) == 1 for d in shape):
@@ -212,8 +220,8 @@ def _scaled(walk, at: At, user: fx.Node, constant: fx.Node) -> At | None:
     axis_size = int(shape[at.axis])
     if at.block != 1 or any(int(d) != 1 for i, d in enumerate(shape) if i != at.axis) or \
             axis_size != width(at.node, at.axis) or len(constant.users) != 1:
-        walk.fail(f"its output is multiplied by {constant.name}, a constant that mixes or "
-                  "does not follow its units")
+        walk.fail(f"its output is {what} {constant.name}, a constant that mixes or does "
+                  "not follow its units")
         return None
     own_axis = at.axis - (ndim(user) - val.ndim)
     walk.space.carried[constant.target, at.offset] = Slice(constant.target, own_axis, 1,
