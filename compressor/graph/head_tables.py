@@ -10,9 +10,9 @@ import torch
 from torch import fx
 
 from .groups import Slice
-from .ops import ATTENTION
-from .replay import (GATHERS, MASKED, MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of,
-                     written_sizes)
+from .ops import ATTENTION, CAT
+from .replay import (GATHERS, MASKED, MOVES, RESAMPLES, RESHAPES, SCALES, SHIFTS, replayed,
+                     slice_of, written_sizes)
 
 SDPA = ATTENTION[0]
 
@@ -140,17 +140,10 @@ def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
     gathers (a relative position bias table [positions, heads], indexed by position pairs),
     if every head reads its own entries along one axis of it, with the sizes on the way that
     write the head count and those ops; else None."""
-    chain = []
-    node = extra
-    while node.op == "call_function" and (node.target in MOVES or node.target in GATHERS or
-                                          node.target is MASKED):
-        chain.append(node)
-        node = node.args[1] if node.target is MASKED else node.args[0]
-        if not isinstance(node, fx.Node):
-            return None
-    if node.op != "get_attr" or any(len(n.users) != 1 for n in [node, *chain]):
-        return None  # computed from the input, or read by something else too
-    chain.reverse()
+    found = _from_table(extra, heads, values)
+    if found is None:
+        return None
+    node, chain = found
     table = values[node.name]
     for axis in range(table.ndim):
         shape = [-1 if i == axis else 1 for i in range(table.ndim)]
@@ -159,7 +152,7 @@ def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
         laid = replayed(chain, node, start, values)
         if laid.ndim > heads.ndim:
             return None
-        laid = torch.broadcast_to(laid, heads.shape)
+        laid = torch.broadcast_to(laid, heads.shape).round()  # a resize's weights sum to 1
         owned = [laid[heads == j] for j in range(int(heads.max()) + 1)]
         if not all(bool((e == e[:1]).all()) for e in owned):
             continue
@@ -172,3 +165,46 @@ def table_slice(extra: fx.Node, heads: torch.Tensor, units: int, values: dict
             torch.arange(units).repeat_interleave(found.block)
         return found, written_sizes(chain, node, start, values, unit_of, units), chain
     return None
+
+
+def _from_table(extra: fx.Node, heads: torch.Tensor, values: dict
+                ) -> tuple[fx.Node, list[fx.Node]] | None:
+    """The parameter `extra` is read from and the ops between them, in graph order: moves,
+    gathers, resizes over positions and masks, a `cat` of pieces of the table (HF's BEiT
+    resizes the positions of its table and joins back the class token's rows), a sum with
+    something the same for every head (a padding mask). None if `extra` reads no parameter
+    or another value that varies by head, or if anything else reads the table or the ops."""
+    ops, tables, seen = [], [], set()
+    todo = [extra]
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op == "get_attr":
+            tables.append(node)
+            continue
+        if node.op != "call_function":
+            return None
+        if node.target in MOVES or node.target in GATHERS or node.target in RESAMPLES:
+            carried = [node.args[0]]
+        elif node.target is MASKED:
+            carried = [node.args[1]]
+        elif node.target in CAT:
+            carried = list(node.args[0])
+        elif node.target in SHIFTS:  # the table's side; the other the same for every head
+            operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+            carried = [a for a in operands if varies_by_head(values[a.name], heads)]
+            if len(carried) != 1:
+                return None
+        else:
+            return None
+        if not all(isinstance(a, fx.Node) for a in carried):
+            return None
+        ops.append(node)
+        todo += carried
+    if len(tables) != 1 or len(extra.users) != 1 or any(
+            u.name not in seen for n in [*tables, *ops] if n is not extra for u in n.users):
+        return None  # computed from the input, or read by something else too
+    order = {n.name: i for i, n in enumerate(extra.graph.nodes)}
+    return tables[0], sorted(ops, key=lambda n: order[n.name])

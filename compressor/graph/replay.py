@@ -25,6 +25,8 @@ SHIFTS = {aten.add.Tensor, aten.sub.Tensor,  # a bias or mask on the scores: lik
           aten.add_.Tensor, aten.sub_.Tensor, aten.masked_fill.Scalar}
 GATHERS = {aten.index.Tensor,  # a relative position bias read from its table
            aten.embedding.default}
+RESAMPLES = {aten.upsample_bilinear2d.vec, aten.upsample_bicubic2d.vec,  # a table resized
+             aten.upsample_nearest2d.vec}  # over its positions, each channel alone (BEiT's)
 MASKED = aten.where.ScalarOther  # where(mask, x, number): x's entries where they were (T5's
 #     position bias masked by padding)
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis
@@ -51,7 +53,14 @@ def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
              values: dict[str, object]) -> torch.Tensor:
     """`chain` run with `start`'s value replaced by `value` (the other arguments as they were
     on the sample); scales, biases and masks leave the entries as they are (broadcast to the
-    shape they give)."""
+    shape they give). The value of the chain's last node."""
+    return replayed_all(chain, start, value, values)[chain[-1].name if chain else start.name]
+
+
+def replayed_all(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
+                 values: dict[str, object]) -> dict[str, torch.Tensor]:
+    """`replayed` for every node of `chain` (any nodes in graph order that read `start` or
+    each other: a table read twice and joined by a `cat`), and `start`, by name."""
     current = {start.name: value}
 
     def arg(a):
@@ -72,7 +81,7 @@ def replayed(chain: list[fx.Node], start: fx.Node, value: torch.Tensor,
             continue
         current[node.name] = node.target(*[arg(a) for a in node.args],
                                          **{k: arg(v) for k, v in node.kwargs.items()})
-    return current[chain[-1].name] if chain else value
+    return current
 
 
 def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, values: dict,
@@ -82,16 +91,19 @@ def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, val
     unflatten's size list at `position`, or, where the count is multiplied into the batch size
     (`batch * heads`), the number at `position` in that product's arguments."""
     found = set()
+    every = replayed_all(chain, start, index, values)
     for i, node in enumerate(chain):
+        first = node.args[0]  # its input: its first argument if replayed, else the one before
+        before = first.name if isinstance(first, fx.Node) and first.name in every else \
+            chain[i - 1].name if i else start.name
         if node.target is aten.slice.Tensor:
-            found |= _slice_bounds(node, replayed(chain[:i], start, index, values), unit_of,
-                                   units)
+            found |= _slice_bounds(node, every[before], unit_of, units)
             continue
         sizes = _sizes(node)
         if sizes is None:
             continue
         split = node.target in SPLITS  # sizes along one axis of its input, not a shape
-        laid = replayed(chain[:i + (not split)], start, index, values)  # a split: its input
+        laid = every[before if split else node.name]
         owner = unit_of[laid.long().clamp_min(0)]
         first = 0
         if node.target is aten.unflatten.int:  # its dim counts the axes before it

@@ -202,10 +202,10 @@ class PerHeadBias(Net):
     Swin's table read by position pairs), or computed from the input (`computed`)."""
 
     def __init__(self, computed: bool = False, sdpa: bool = False, zeros: bool = False,
-                 **attention) -> None:
+                 resized: bool = False, **attention) -> None:
         super().__init__(**attention)
-        self.computed, self.sdpa, self.zeros = computed, sdpa, zeros
-        self.table = nn.Parameter(torch.randn(9, 4))  # relative offsets -4..4, per head
+        self.computed, self.sdpa, self.zeros, self.resized = computed, sdpa, zeros, resized
+        self.table = nn.Parameter(torch.randn(11 if resized else 9, 4))  # offsets -4..4
         if zeros:  # timm's TinyViT starts its table at zero, read as [heads, T, T]
             self.table.data.zero_()
         offsets = torch.arange(5)[None, :] - torch.arange(5)[:, None] + 4
@@ -218,6 +218,12 @@ class PerHeadBias(Net):
         q, k, v = self.attn.qkv(h).reshape(b, t, 3, 4, 6).permute(2, 0, 3, 1, 4).unbind(0)
         if self.computed:
             bias = self.gate(h).transpose(1, 2)[..., None]  # [b, heads, t, 1]
+        elif self.resized:  # HF's BEiT: offsets as a 3 x 3 grid per head, resized, then
+            grid = self.table[:9].reshape(1, 3, 3, -1).permute(0, 3, 1, 2)  # 2 more rows
+            grid = F.interpolate(grid, size=(3, 3), mode="bilinear").permute(0, 2, 3, 1)
+            table = torch.cat([grid.reshape(9, -1), self.table[9:]])
+            bias = table[self.index].view(t, t, -1).permute(2, 0, 1).unsqueeze(0)
+            bias = bias + h.new_zeros(b, 1, t, t)  # a padding mask, the same for every head
         else:
             bias = self.table[self.index].view(t, t, -1).permute(2, 0, 1)
             bias = bias if self.zeros else bias.unsqueeze(0)
@@ -228,16 +234,18 @@ class PerHeadBias(Net):
         return self.head((h + self.attn.proj(y.reshape(b, t, 24))).mean(1))
 
 
-@pytest.mark.parametrize("sdpa, zeros", [(False, False), (True, False), (True, True)],
-                         ids=["explicit softmax", "sdpa attn_mask", "zeros, [heads, T, T]"])
-def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa, zeros):
-    net = PerHeadBias(sdpa=sdpa, zeros=zeros, **LAYOUTS["fused"]).eval()
+@pytest.mark.parametrize("sdpa, zeros, resized", [(False, False, False), (True, False, False),
+                                                 (True, True, False), (False, False, True)],
+                         ids=["explicit softmax", "sdpa attn_mask", "zeros, [heads, T, T]",
+                              "resized, joined, masked"])
+def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa, zeros, resized):
+    net = PerHeadBias(sdpa=sdpa, zeros=zeros, resized=resized, **LAYOUTS["fused"]).eval()
     x = torch.randn(16, 5, 8)
     gm = graph_of(net, x[:2])
     group, _ = _heads_group(gm, x)
     assert [(s.param, s.axis) for s in group.carried] == [("table", 1)]
     shrink(gm, (group,), {group.name: torch.tensor([1])})
-    assert gm.table.shape == (9, 3)
+    assert gm.table.shape == (11 if resized else 9, 3)
     with torch.no_grad():
         net.attn.proj.weight[:, 6:12] = 0  # head 1's output, whatever its scores were
         expected = net(x)
