@@ -219,8 +219,10 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
             weight = get_tensor(gm, node.args[2].target)
             set_tensor(gm, node.args[2].target,
                        weight * math.sqrt(old / (old + change * per_unit)))
-        if node.target is operator.mul or node.target is torch.ops.aten.slice.Tensor:
-            args = list(node.args)  # a product's number, or a slice's start or end
+        if node.target in (operator.mul, torch.ops.aten.slice.Tensor,
+                           torch.ops.aten.group_norm.default):
+            args = list(node.args)  # a product's number, a slice's start or end, or the
+            # group count of a GroupNorm of a group per channel
             args[position] += change * per_unit
             node.args = tuple(args)
             continue

@@ -350,3 +350,39 @@ def test_branches_that_rejoin_their_input_are_asked_for_their_producers_once(mon
     assert len(asked) < 20 * len(gm.graph.nodes)  # 3 ** 8 ways back from the last sum
     [group] = found.groups
     assert group.name == "stem" and len(group.grouped_nodes) == 16
+
+
+class WaveFront(nn.Module):
+    """Wav2Vec2's first feature convolution: Conv1d, a GroupNorm of one group per channel,
+    GELU, then the next Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv0 = nn.Conv1d(1, 8, 5, stride=2)
+        self.norm = nn.GroupNorm(8, 8)
+        self.conv1 = nn.Conv1d(8, 6, 3)
+        self.head = nn.Linear(6, 3)
+        with torch.no_grad():  # not the identity: its entries must go with the units
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        h = nn.functional.gelu(self.norm(self.conv0(x.unsqueeze(1))))
+        return self.head(nn.functional.gelu(self.conv1(h)).mean(-1))
+
+
+def test_a_groupnorm_of_a_group_per_channel_passes_its_units():
+    net, x = WaveFront().eval(), torch.randn(32, 40)
+    gm = graph_of(net, x[:2])
+    group = next(g for g in trace(gm).groups if g.name == "conv0")
+    assert sorted(s.param for s in group.carried) == ["norm_bias", "norm_weight"]
+    remove_units(gm, {"conv0": torch.tensor([1, 4]), "conv1": torch.tensor([]).long()})
+    norm = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.group_norm.default)
+    assert norm.args[1] == 6 and getattr(gm, "norm_weight").numel() == 6
+    with torch.no_grad():  # each channel normalized alone: the others are unchanged
+        net.conv1.weight[:, [1, 4]] = 0
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-6)
+    result = compressor.compress(WaveFront().eval(), 0.3, data=x, latency=False)
+    assert result.report.parity.max_abs_diff <= 1e-4
+    assert next(r for r in result.report.layers if r.name == "conv0").out_after < 8

@@ -10,7 +10,7 @@ from torch import fx
 
 from ..groups import Slice
 from ..ops import BATCH_NORM, CONV, LINEAR, NORMS
-from .registry import UNKNOWN, At, ndim, rule, shape_of, sources, through_first
+from .registry import UNKNOWN, At, ndim, rule, shape_of, sources, through_first, width
 
 BATCH_NORM_OP = BATCH_NORM[0]  # what capture leaves of an unfolded BatchNorm
 NORMS_BY_NAME = {name: op for op, name in NORMS.items()}
@@ -139,8 +139,10 @@ def norm(walk, at: At, user: fx.Node):
     (each unit a token) they pass the units on."""
     if user.args[0] is not at.node:
         return UNKNOWN
-    over_units = user.target is NORMS_BY_NAME["GroupNorm"] or \
-        at.axis >= ndim(user) - len(user.args[1])
+    group_norm = user.target is NORMS_BY_NAME["GroupNorm"]
+    if group_norm and user.args[1] == width(at.node, at.axis) and at.axis == 1:
+        return _per_channel(walk, at, user)
+    over_units = group_norm or at.axis >= ndim(user) - len(user.args[1])
     if not over_units:
         return replace(at, node=user)
     if walk.spaces.stream and user.target is not NORMS_BY_NAME["GroupNorm"]:
@@ -148,6 +150,23 @@ def norm(walk, at: At, user: fx.Node):
     walk.fail(f"residual stream: {NORMS[user.target]} couples all its features (not "
               "pruned)", final=True)
     return None
+
+
+def _per_channel(walk, at: At, norm_node: fx.Node) -> At | None:
+    """A GroupNorm of one group per channel (Wav2Vec2's and HuBERT's first convolution):
+    each channel is normalized alone, so the units pass; its weight and bias entries go with
+    them and its group count follows their number."""
+    params = [p for p in norm_node.args[2:4] if p is not None]
+    if at.block != 1 or at.behind or not all(
+            isinstance(p, fx.Node) and p.op == "get_attr" and len(p.users) == 1 for p in params):
+        walk.fail(f"its output feeds {norm_node.name}, a GroupNorm of a group per channel "
+                  "that reads it flattened, beside other channels or with shared parameters")
+        return None
+    space = walk.space
+    for p in params:
+        space.carried[p.target, at.offset] = Slice(p.target, 0, 1, at.offset)
+    space.reshapes[norm_node.name, 1] = 1
+    return replace(at, node=norm_node, acts=(*at.acts, norm_node))
 
 
 def _normalized(walk, at: At, norm_node: fx.Node) -> At | None:
