@@ -77,6 +77,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     _strip_plumbing(gm.graph)
     _drop_empty_cats(gm.graph)
     _drop_same_type_casts(gm.graph)
+    _numeric_padding(gm.graph)
     root, original_names = _own_tensors(gm)
     if any(n.op == "call_module" for n in gm.graph.nodes):
         raise ModelError("the traced model still calls submodules; compressor needs a flat graph")
@@ -176,6 +177,33 @@ def _drop_same_type_casts(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
+PADDED_BY_NAME = {torch.ops.aten.conv2d.padding: torch.ops.aten.conv2d.default,
+                  torch.ops.aten.conv1d.padding: torch.ops.aten.conv1d.default}
+
+
+def _numeric_padding(graph: fx.Graph) -> None:
+    """A convolution padded by name (`padding="same"` or `"valid"`, as Keras ports such as
+    Hugging Face's EfficientNet write it) as the same convolution padded by numbers, the one
+    form the tracer and the refit read; "same" over an even span (padded more on one side)
+    stays as it is."""
+    for node in graph.nodes:
+        if node.target not in PADDED_BY_NAME:
+            continue
+        x, weight, bias, stride, padding, dilation, groups = \
+            (*node.args, *[None, [1], "valid", [1], 1][len(node.args) - 2:])
+        val = weight.meta.get("val") if isinstance(weight, fx.Node) else None
+        if val is None:
+            continue
+        kernel = [int(k) for k in val.shape[2:]]
+        dilation = list(dilation) * len(kernel) if len(dilation) == 1 else list(dilation)
+        spans = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if padding == "same" and any(span % 2 for span in spans):
+            continue
+        numbers = [span // 2 for span in spans] if padding == "same" else [0] * len(kernel)
+        node.target = PADDED_BY_NAME[node.target]
+        node.args = (x, weight, bias, list(stride), numbers, dilation, groups)
+
+
 def _empty(node: object) -> bool:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
     return isinstance(val, torch.Tensor) and val.ndim == 1 and isinstance(val.shape[0], int) \
@@ -184,7 +212,8 @@ def _empty(node: object) -> bool:
 
 def _strip_plumbing(graph: fx.Graph) -> None:
     for node in list(graph.nodes):
-        if node.op == "call_module" or (node.op == "call_function" and "_assert" in str(node.target)):
+        if node.op == "call_module" or \
+                (node.op == "call_function" and "_assert" in str(node.target)):
             if not node.users:
                 graph.erase_node(node)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]

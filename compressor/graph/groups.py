@@ -199,8 +199,9 @@ def resize_reshapes(gm: fx.GraphModule, group: PrunableGroup, change: int) -> No
     """Move the sizes reshapes write for the group's axis by `change` units: the entry at
     `position` of a view's or unflatten's size list, a normalization's `normalized_shape` or
     a split's sizes, or of the arguments of a product that computes a size
-    (`batch * heads`) or of a slice (its start or end). An RMSNorm averages its squares over its features: its weight is
-    scaled by sqrt(old / new features), so that a stream whose removed features held little
+    (`batch * heads`), of a slice (its start or end) or of a GroupNorm (its group count). An
+    RMSNorm averages its squares over its features: its weight is scaled by
+    sqrt(old / new features), so that a stream whose removed features held little
     of its energy (its least principal directions, `compressor.prune.rotate`) is normalized
     as by the full width. A mean over the units becomes their sum divided by their number
     now, before any goes: what is left of the same mean (`rules.shapes._over_units`)."""

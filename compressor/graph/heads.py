@@ -252,7 +252,8 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
                 for name, position, per_unit in reshapes}
     weights = tuple(piece for _, piece in pieces)
     biases = tuple(Slice(linear.args[2].target, 0, piece.block, piece.offset)
-                   for linear, piece in pieces if len(linear.args) > 2 and linear.args[2] is not None)
+                   for linear, piece in pieces
+                   if len(linear.args) > 2 and linear.args[2] is not None)
     reader = proj.args[0]
     group = PrunableGroup(
         name=lq.name,  # the node; `trace` names it after the layer

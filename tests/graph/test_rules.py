@@ -386,3 +386,31 @@ def test_a_groupnorm_of_a_group_per_channel_passes_its_units():
     result = compressor.compress(WaveFront().eval(), 0.3, data=x, latency=False)
     assert result.report.parity.max_abs_diff <= 1e-4
     assert next(r for r in result.report.layers if r.name == "conv0").out_after < 8
+
+
+class KerasPadded(nn.Module):
+    """Hugging Face's EfficientNet, as Keras writes it: convolutions padded by name ("same",
+    "valid"), and a strided depthwise convolution after an explicit pad of the positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding="same")
+        self.depthwise = nn.Conv2d(8, 8, 3, stride=2, groups=8, padding="valid")
+        self.conv2 = nn.Conv2d(8, 6, 1, padding="same")
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = nn.functional.silu(self.conv1(x))
+        h = nn.functional.silu(self.depthwise(nn.functional.pad(h, (0, 1, 0, 1))))
+        return self.head(nn.functional.silu(self.conv2(h)).mean((2, 3)))
+
+
+def test_convolutions_padded_by_name_and_explicit_pads_pass_units():
+    net, x = KerasPadded().eval(), _x()
+    groups = {g.name: g for g in trace(graph_of(net, x[:2])).groups}
+    assert [s.param for s in groups["conv1"].consumers] == ["conv2_weight"]
+    result = compressor.compress(net, 0.3, data=x, latency=False)
+    assert result.report.parity.max_abs_diff <= 1e-4
+    widths = {r.name: r.out_after for r in result.report.layers}
+    assert widths["conv1"] < 8 and widths["depthwise"] == widths["conv1"]

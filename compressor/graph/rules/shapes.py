@@ -1,7 +1,7 @@
 """Ops that move the units' axis or reshape around it: transpose and permute, a mean over other
 axes, a select or slice of other axes (a class token), a roll of other axes (Swin's shifted
-windows), reshapes that keep the units' axis whole, and a Flatten that gives each channel its
-H*W columns."""
+windows), padding of other axes, reshapes that keep the units' axis whole, and a Flatten that
+gives each channel its H*W columns."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from .registry import UNKNOWN, At, dims, ndim, op_name, rule, shape_of, sources
 
 SELECT, SLICE = torch.ops.aten.select.int, torch.ops.aten.slice.Tensor
 ROLL = torch.ops.aten.roll.default
+PAD = (torch.ops.aten.constant_pad_nd.default,  # any mode pads each channel alone
+       torch.ops.aten.pad.default)
 
 
 def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
@@ -42,6 +44,10 @@ def moved_axis(node: fx.Node, user: fx.Node, axis: int) -> int | None:
     if user.target is ROLL:  # positions shifted cyclically; no dims: the tensor flattened
         rolled = {int(d) % n for d in user.args[2]} if len(user.args) > 2 else set()
         return axis if rolled and axis not in rolled else None
+    if user.target in PAD:  # positions padded (a strided convolution's "same" padding
+        padded = len(user.args[1]) // 2  # written out): the last axes
+        return axis if axis < n - padded or not any(
+            user.args[1][2 * (n - 1 - axis):2 * (n - axis)]) else None
     if user.target in (SELECT, SLICE):  # one token (a class token) or a range of them
         dim = int(user.args[1]) % n if len(user.args) > 1 else 0
         if dim == axis or (dim == 0 and not _whole(user)):
@@ -104,7 +110,7 @@ def _moved_backward(node: fx.Node, axis: int):
     return None
 
 
-@rule(*TRANSPOSE, *FLATTEN, MEAN, VECTOR_NORM, SUM, SELECT, SLICE, ROLL,
+@rule(*TRANSPOSE, *FLATTEN, MEAN, VECTOR_NORM, SUM, SELECT, SLICE, ROLL, *PAD,
       backward=_moved_backward, behind_cat=True)
 def reshape(walk, at: At, user: fx.Node):
     if not user.args or user.args[0] is not at.node:
