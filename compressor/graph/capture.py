@@ -195,13 +195,14 @@ def _numeric_padding(graph: fx.Graph) -> None:
         if val is None:
             continue
         kernel = [int(k) for k in val.shape[2:]]
-        dilation = list(dilation) * len(kernel) if len(dilation) == 1 else list(dilation)
+        stride, dilation = ([int(v) for v in values] * (len(kernel) if len(values) == 1 else 1)
+                            for values in (stride, dilation))
         spans = [d * (k - 1) for k, d in zip(kernel, dilation)]
         if padding == "same" and any(span % 2 for span in spans):
             continue
         numbers = [span // 2 for span in spans] if padding == "same" else [0] * len(kernel)
         node.target = PADDED_BY_NAME[node.target]
-        node.args = (x, weight, bias, list(stride), numbers, dilation, groups)
+        node.args = (x, weight, bias, stride, numbers, dilation, groups)
 
 
 def _empty(node: object) -> bool:
