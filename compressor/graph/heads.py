@@ -270,18 +270,25 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
 def _pieces(rows: tuple[tuple[fx.Node, torch.Tensor], ...],
             units: int) -> list[tuple[fx.Node, Slice]] | None:
     """Per Linear, the rows each head owns as a Slice: q's, k's and v's apart (a fused qkv
-    laid out [q | k | v], each by head), or one block per head where one Linear makes all
-    three with each head's q, k and v rows side by side (TinyViT's and LeViT's qkv, viewed
-    as [heads, q k v] and split); None if they are laid out otherwise."""
-    pieces = [(linear, slice_of(linear.args[1].target, r.reshape(units, -1))) for linear, r in rows]
-    if all(piece is not None for _, piece in pieces):
-        return pieces
-    if len({linear for linear, _ in rows}) != 1:
-        return None
-    linear = rows[0][0]
-    side_by_side = torch.cat([r.reshape(units, -1) for _, r in rows], dim=1).sort(dim=1).values
-    piece = slice_of(linear.args[1].target, side_by_side)
-    return None if piece is None else [(linear, piece)]
+    laid out [q | k | v], each by head), or one block per head where one Linear makes several
+    of them with each head's rows side by side (TinyViT's and LeViT's qkv, viewed as
+    [heads, q k v] and split; LeViT's downsampling kv beside its own q Linear); None if they
+    are laid out otherwise."""
+    by_linear: dict[fx.Node, list[torch.Tensor]] = {}
+    for linear, r in rows:
+        by_linear.setdefault(linear, []).append(r.reshape(units, -1))
+    pieces = []
+    for linear, owned in by_linear.items():
+        apart = [slice_of(linear.args[1].target, r) for r in owned]
+        if all(piece is not None for piece in apart):
+            pieces += [(linear, piece) for piece in apart]
+            continue
+        side_by_side = torch.cat(owned, dim=1).sort(dim=1).values
+        piece = slice_of(linear.args[1].target, side_by_side)
+        if piece is None:
+            return None
+        pieces.append((linear, piece))
+    return pieces
 
 
 def _read_only_by_attention(qkv: tuple[fx.Node, ...], out: fx.Node, chains: list[fx.Node]

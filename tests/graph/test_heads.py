@@ -453,3 +453,44 @@ def test_levit_attention_folds_its_batchnorms_and_prunes_its_heads():
         net.proj.weight[:, 12:24] = 0  # head 1's values, through hardswish(0) = 0
         expected = net(x)
     torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class LeViTDownsample(nn.Module):
+    """LeViT's downsampling attention: queries from every other token through a Linear of
+    their own, keys and values from one kv Linear laid out by head with values wider than
+    keys ([heads, k v] split), kᵀ as one permute, hardswish before the projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 24)
+        self.q = nn.Linear(24, 4 * 6)
+        self.kv = nn.Linear(24, 4 * (6 + 12))
+        self.proj = nn.Linear(48, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        k, v = self.kv(h).view(b, t, 4, -1).split([6, 12], 3)
+        k, v = k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3)
+        q = self.q(h[:, ::2]).view(b, -1, 4, 6).permute(0, 2, 1, 3)
+        attn = (q @ k * 6 ** -0.5).softmax(-1)
+        y = F.hardswish((attn @ v).transpose(1, 2).reshape(b, -1, 48))
+        return self.head(self.proj(y).mean(1))
+
+
+def test_levit_downsampling_attention_prunes_its_heads_from_its_q_and_kv_linears():
+    net = LeViTDownsample().eval()
+    x = torch.randn(16, 6, 8)
+    gm = graph_of(net, x[:2])
+    group, _ = _heads_group(gm, x)
+    assert group.size == 4
+    assert sorted((s.param, s.block) for s in group.weights) == [("kv_weight", 18),
+                                                                 ("q_weight", 6)]
+    shrink(gm, (group,), {group.name: torch.tensor([1])})
+    assert gm.kv_weight.shape == (54, 24) and gm.q_weight.shape == (18, 24)
+    with torch.no_grad():
+        net.proj.weight[:, 12:24] = 0  # head 1's values, through hardswish(0) = 0
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
