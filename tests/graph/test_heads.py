@@ -136,6 +136,15 @@ def _heads_group(gm, x):
     return group, found
 
 
+def _without_head(net: nn.Module, x: torch.Tensor, head: int, heads: int):
+    """`net`'s graph with attention head `head` removed, and its heads group (of `heads`)."""
+    gm = graph_of(net, x[:2])
+    group, _ = _heads_group(gm, x)
+    assert group.size == heads
+    shrink(gm, (group,), {group.name: torch.tensor([head])})
+    return gm, group
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_removing_a_head_is_zeroing_its_output_columns(layout):
     net = Net(**LAYOUTS[layout]).eval()
@@ -166,10 +175,7 @@ def test_removing_a_head_is_zeroing_its_output_columns(layout):
 def test_heads_of_torch_multihead_attention_are_found_through_its_batch_times_heads_views():
     net = torch_encoder().eval()
     x = torch.randn(8, 6, 12)
-    gm = graph_of(net, x[:2])
-    group, _ = _heads_group(gm, x)
-    assert group.size == 2
-    shrink(gm, (group,), {group.name: torch.tensor([0])})
+    gm, _ = _without_head(net, x, 0, heads=2)
     attn = net[1].self_attn
     with torch.no_grad():
         attn.out_proj.weight[:, :8] = 0
@@ -241,10 +247,8 @@ class PerHeadBias(Net):
 def test_a_per_head_bias_table_loses_the_removed_heads_columns(sdpa, zeros, resized):
     net = PerHeadBias(sdpa=sdpa, zeros=zeros, resized=resized, **LAYOUTS["fused"]).eval()
     x = torch.randn(16, 5, 8)
-    gm = graph_of(net, x[:2])
-    group, _ = _heads_group(gm, x)
+    gm, group = _without_head(net, x, 1, heads=4)
     assert [(s.param, s.axis) for s in group.carried] == [("table", 1)]
-    shrink(gm, (group,), {group.name: torch.tensor([1])})
     assert gm.table.shape == (11 if resized else 9, 3)
     with torch.no_grad():
         net.attn.proj.weight[:, 6:12] = 0  # head 1's output, whatever its scores were
@@ -443,11 +447,8 @@ class LeViTAttention(nn.Module):
 def test_levit_attention_folds_its_batchnorms_and_prunes_its_heads():
     net = LeViTAttention().eval()
     x = torch.randn(16, 5, 8)
-    gm = graph_of(net, x[:2])
+    gm, _ = _without_head(net, x, 1, heads=4)
     assert not [n for n in gm.graph.nodes if "batch_norm" in str(n.target)]  # folded
-    group, _ = _heads_group(gm, x)
-    assert group.size == 4
-    shrink(gm, (group,), {group.name: torch.tensor([1])})
     assert gm.biases.shape == (3, 5)
     with torch.no_grad():
         net.proj.weight[:, 12:24] = 0  # head 1's values, through hardswish(0) = 0
@@ -483,12 +484,9 @@ class LeViTDownsample(nn.Module):
 def test_levit_downsampling_attention_prunes_its_heads_from_its_q_and_kv_linears():
     net = LeViTDownsample().eval()
     x = torch.randn(16, 6, 8)
-    gm = graph_of(net, x[:2])
-    group, _ = _heads_group(gm, x)
-    assert group.size == 4
+    gm, group = _without_head(net, x, 1, heads=4)
     assert sorted((s.param, s.block) for s in group.weights) == [("kv_weight", 18),
                                                                  ("q_weight", 6)]
-    shrink(gm, (group,), {group.name: torch.tensor([1])})
     assert gm.kv_weight.shape == (54, 24) and gm.q_weight.shape == (18, 24)
     with torch.no_grad():
         net.proj.weight[:, 12:24] = 0  # head 1's values, through hardswish(0) = 0
