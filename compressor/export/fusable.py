@@ -27,7 +27,9 @@ def fusable(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
       FusedMatMul (the exporter's opset 18 form swaps the key's last axes through a reshape
       computed at run time: seven more kernels); only the forms an exported model runs: no
       dropout, as many k/v heads as q heads, a causal flag as the lower triangle of a fixed
-      number of tokens. Fewer keys are left to the exporter: one Attention op each;
+      number of tokens. Fewer keys are left to the exporter: one Attention op each, but for
+      one k/v head broadcast to every q head (multi-query attention), which the exporter's
+      Attention refuses: the softmax form at any number of keys;
     - a Linear with a bias over [batch, ..., features] as a Linear over the rows flattened,
       one Gemm that adds its bias as it multiplies (onnxruntime fuses a MatMul and the Add
       of its bias only where every size is fixed, never with a batch axis of any size)."""
@@ -126,8 +128,8 @@ def _attention(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:
             or (mask is not None and not isinstance(mask.meta.get("val"), torch.Tensor)):
         return None
     sizes = [_size(q, -2), _size(k, -2)]
-    if not isinstance(sizes[1], int) or sizes[1] <= ONE_OP_KEYS:  # one Attention op
-        return None
+    if not _shared_kv(q, k, v) and (not isinstance(sizes[1], int) or sizes[1] <= ONE_OP_KEYS):
+        return None  # one Attention op
     if causal and not all(isinstance(n, int) for n in sizes):
         return None
     if scale is None:  # the default, 1/√d, from q's head size (pruning keeps it)
@@ -147,6 +149,16 @@ def _attention(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:
     elif mask is not None:
         scores = _call(graph, aten.add.Tensor, scores, mask)
     return _call(graph, aten.matmul.default, _call(graph, aten.softmax.int, scores, -1), v)
+
+
+def _shared_kv(q: fx.Node, k: fx.Node, v: fx.Node) -> bool:
+    """Whether one k/v head serves every q head by broadcasting ([batch, 1, keys, size]:
+    timm's MobileNetV4 multi-query attention), which the exporter's Attention cannot take."""
+    vals = [n.meta.get("val") for n in (q, k, v)]
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 4 for t in vals):
+        return False
+    heads = [t.shape[1] for t in vals]
+    return all(isinstance(h, int) for h in heads) and heads[1] == heads[2] == 1 < heads[0]
 
 
 def _size(node: fx.Node, axis: int):

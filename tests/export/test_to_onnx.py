@@ -256,6 +256,35 @@ def test_attention_over_many_keys_is_written_as_onnxruntime_fuses_it(tmp_path, m
     assert proto.opset_import[0].version == 18
 
 
+class _MultiQuery(torch.nn.Module):
+    """timm's MobileNetV4 form: one k and one v head, [batch, 1, tokens, size], broadcast by
+    scaled_dot_product_attention to every q head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.kv, self.o = (torch.nn.Linear(16, 16), torch.nn.Linear(16, 8),
+                                   torch.nn.Linear(16, 16))
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 4, 4).transpose(1, 2)
+        k, v = self.kv(x).unsqueeze(1).split(4, dim=-1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, t, 16))
+
+
+def test_multi_query_attention_is_written_in_the_softmax_form(tmp_path):
+    """One k/v head for every q head, which the exporter's Attention refuses, is written as
+    softmax(q·kᵀ·scale)·v even over few keys, with the same outputs at another batch size
+    and the same FLOPs in the file as in the working graph."""
+    net, x = _MultiQuery().eval(), torch.randn(8, 6, 16)
+    ops = _ops_as_run(net, x, tmp_path)
+    assert "Attention" not in ops and "Softmax" in ops
+    gm = graph_of(net, x[:2])
+    assert flops_per_sample(onnx.load_from_string(to_onnx(gm, x[:2]))) == \
+        (count.flops(gm, trace(gm)), ())
+
+
 def test_a_linear_over_tokens_adds_its_bias_in_its_gemm(tmp_path):
     """A Linear over [batch, tokens, features] is written over the rows flattened: one Gemm
     that adds the bias (onnxruntime leaves a MatMul and an Add wherever the batch size is
