@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Iterator
 
 import onnx
@@ -46,16 +47,30 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
         del proto  # checked as bytes: a large model's weights are not copied again
         onnx.checker.check_model(data, full_check=True)
     except Exception as e:  # the exporter raises many types
-        raise ExportError(f"ONNX export failed ({first_line(e)}); nothing was written") from e
+        raise ExportError(f"ONNX export failed ({_cause(e)}); nothing was written") from e
     return data
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost exception torch.onnx chained (its own first line only says which of its
+    steps failed), with the node it was translating if it says so."""
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    root = first_line(chain[-1])
+    text = root if len(chain) == 1 else f"{type(chain[-1]).__name__}: {root}"
+    node = next((m.group(1) for c in chain
+                 for m in [re.match(r"Error when translating node %(\S+)", str(c))] if m), None)
+    return re.sub(r"\x1b\[[0-9;]*m", "", text + (f", writing {node}" if node else ""))
 
 
 @contextlib.contextmanager
 def _registry_built_once() -> Iterator[None]:
     """Build torch.onnx's operator registry once per process instead of on every export (where
     most of a small model's export time goes). An export only reads the registry unless a
-    custom translation table is given, which compressor never does. This patches a private torch API for the
-    duration of the export; where that API is missing, exports run as they always do."""
+    custom translation table is given, which compressor never does. This patches a private
+    torch API for the duration of the export; where that API is missing, exports run as they
+    always do."""
     try:
         from torch.onnx._internal.exporter._registration import ONNXRegistry
         build = ONNXRegistry.__dict__["from_torchlib"].__func__

@@ -285,6 +285,20 @@ def test_multi_query_attention_is_written_in_the_softmax_form(tmp_path):
         (count.flops(gm, trace(gm)), ())
 
 
+def test_an_export_torch_onnx_cannot_write_names_its_cause_and_node(monkeypatch):
+    """torch.onnx's own first line says only which of its steps failed: the error names the
+    innermost cause and the node (here multi-query attention left to the exporter)."""
+    from compressor.export import fusable
+
+    monkeypatch.setattr(fusable, "_shared_kv", lambda *nodes: False)
+    net, x = _MultiQuery().eval(), torch.randn(8, 6, 16)
+    with pytest.raises(ExportError) as error:
+        to_onnx(graph_of(net, x[:2]), x[:2])
+    message = str(error.value)
+    assert "AssertionError" in message and "writing scaled_dot_product_attention" in message
+    assert "step 3/3" not in message and "\x1b" not in message
+
+
 def test_a_linear_over_tokens_adds_its_bias_in_its_gemm(tmp_path):
     """A Linear over [batch, tokens, features] is written over the rows flattened: one Gemm
     that adds the bias (onnxruntime leaves a MatMul and an Add wherever the batch size is
