@@ -72,8 +72,8 @@ def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node, tup
         if scores is None or scores.target not in MATMUL or len(outs) != 1:
             continue
         q, kt = scores.args[:2]
-        while isinstance(kt, fx.Node) and kt.target in SCALES:  # kᵀ / √d (DeBERTa)
-            kt = kt.args[0]
+        while isinstance(kt, fx.Node) and (kt.target in SCALES or kt.target in CARRY):
+            kt = kt.args[0]  # kᵀ / √d (DeBERTa), kᵀ made contiguous (GCViT)
         if isinstance(kt, fx.Node) and kt.target is aten.permute.default:
             kt = _as_transpose(gm, kt)  # LeViT's k.permute(0, 2, 3, 1): heads moved, then ᵀ
         k = kt.args[0] if isinstance(kt, fx.Node) and kt.target in (aten.transpose.int,) else None

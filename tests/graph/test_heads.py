@@ -26,7 +26,7 @@ class Attention(nn.Module):
     models write it: a fused qkv (laid out [q | k | v], or by head: each head's q, k and v
     side by side) or separate q, k, v; grouped-query k/v repeated by expand
     or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls (DeBERTa's: bmm over
-    [batch x heads, T, d], kᵀ scaled, the scores masked); rotary position
+    [batch x heads, T, d], kᵀ scaled, the scores masked; GCViT's kᵀ contiguous); rotary position
     embeddings on q and k as Llama writes them."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool | str,
@@ -76,6 +76,8 @@ class Attention(nn.Module):
             keep = torch.ones(t, t, dtype=torch.bool).tril()[None, None]
             probs = scores.view(-1, self.h, t, t).masked_fill(~keep, -1e9).softmax(-1)
             y = torch.bmm(probs.view(-1, t, t), v).view(-1, self.h, t, self.d)
+        elif self.explicit == "contiguous kᵀ":  # GCViT: q scaled first, kᵀ made contiguous
+            y = ((q * self.d ** -0.5) @ k.transpose(-2, -1).contiguous()).softmax(-1) @ v
         elif self.explicit:
             y = (q @ k.transpose(-2, -1) * self.d ** -0.5).softmax(-1) @ v
         else:
@@ -118,6 +120,8 @@ LAYOUTS = {
     "separate": {"heads": 4, "kv_heads": 4, "fused": False},
     "fused, by head": {"heads": 4, "kv_heads": 4, "fused": "per head"},
     "explicit softmax": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": True},
+    "explicit, contiguous kᵀ": {"heads": 4, "kv_heads": 4, "fused": True,
+                                "explicit": "contiguous kᵀ"},
     "heads in the batch axis, masked": {"heads": 4, "kv_heads": 4, "fused": False,
                                         "explicit": "batch x heads"},
     "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
