@@ -28,8 +28,8 @@ def fusable(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
       computed at run time: seven more kernels); only the forms an exported model runs: no
       dropout, as many k/v heads as q heads, a causal flag as the lower triangle of a fixed
       number of tokens. Fewer keys are left to the exporter: one Attention op each, but for
-      one k/v head broadcast to every q head (multi-query attention), which the exporter's
-      Attention refuses: the softmax form at any number of keys;
+      what the exporter's Attention refuses (q, k, v other than 4-D; one k/v head broadcast
+      to every q head): the softmax form at any number of keys;
     - a Linear with a bias over [batch, ..., features] as a Linear over the rows flattened,
       one Gemm that adds its bias as it multiplies (onnxruntime fuses a MatMul and the Add
       of its bias only where every size is fixed, never with a batch axis of any size)."""
@@ -128,7 +128,7 @@ def _attention(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:
             or (mask is not None and not isinstance(mask.meta.get("val"), torch.Tensor)):
         return None
     sizes = [_size(q, -2), _size(k, -2)]
-    if not _shared_kv(q, k, v) and (not isinstance(sizes[1], int) or sizes[1] <= ONE_OP_KEYS):
+    if not _not_one_op(q, k, v) and (not isinstance(sizes[1], int) or sizes[1] <= ONE_OP_KEYS):
         return None  # one Attention op
     if causal and not all(isinstance(n, int) for n in sizes):
         return None
@@ -151,12 +151,16 @@ def _attention(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node | None:
     return _call(graph, aten.matmul.default, _call(graph, aten.softmax.int, scores, -1), v)
 
 
-def _shared_kv(q: fx.Node, k: fx.Node, v: fx.Node) -> bool:
-    """Whether one k/v head serves every q head by broadcasting ([batch, 1, keys, size]:
-    timm's MobileNetV4 multi-query attention), which the exporter's Attention cannot take."""
+def _not_one_op(q: fx.Node, k: fx.Node, v: fx.Node) -> bool:
+    """Whether the exporter's Attention cannot take q, k and v: other than 4-D (timm's NesT,
+    Twins and Hiera attend over [batch, heads, windows, tokens, size]), or one k/v head
+    serving every q head by broadcasting ([batch, 1, keys, size]: MobileNetV4's multi-query
+    attention)."""
     vals = [n.meta.get("val") for n in (q, k, v)]
-    if not all(isinstance(t, torch.Tensor) and t.ndim == 4 for t in vals):
+    if not all(isinstance(t, torch.Tensor) for t in vals):
         return False
+    if any(t.ndim != 4 for t in vals):
+        return True
     heads = [t.shape[1] for t in vals]
     return all(isinstance(h, int) for h in heads) and heads[1] == heads[2] == 1 < heads[0]
 

@@ -273,11 +273,26 @@ class _MultiQuery(torch.nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, t, 16))
 
 
-def test_multi_query_attention_is_written_in_the_softmax_form(tmp_path):
-    """One k/v head for every q head, which the exporter's Attention refuses, is written as
-    softmax(q·kᵀ·scale)·v even over few keys, with the same outputs at another batch size
-    and the same FLOPs in the file as in the working graph."""
-    net, x = _MultiQuery().eval(), torch.randn(8, 6, 16)
+class _Windowed(torch.nn.Module):
+    """timm's NesT and Twins form: q, k, v as [batch, heads, windows, tokens, size]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.o = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, 2, t // 2, 3, 4, 4).permute(3, 0, 4, 1, 2, 5).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.permute(0, 2, 3, 1, 4).reshape(b, t, 16))
+
+
+@pytest.mark.parametrize("net", [_MultiQuery(), _Windowed()], ids=["multi-query", "windowed"])
+def test_attention_the_exporters_op_refuses_is_written_in_the_softmax_form(tmp_path, net):
+    """One k/v head for every q head, or q, k and v over windows (5-D), which the exporter's
+    Attention refuses, are written as softmax(q·kᵀ·scale)·v even over few keys, with the same
+    outputs at another batch size and the same FLOPs in the file as in the working graph."""
+    net, x = net.eval(), torch.randn(8, 6, 16)
     ops = _ops_as_run(net, x, tmp_path)
     assert "Attention" not in ops and "Softmax" in ops
     gm = graph_of(net, x[:2])
@@ -290,7 +305,7 @@ def test_an_export_torch_onnx_cannot_write_names_its_cause_and_node(monkeypatch)
     innermost cause and the node (here multi-query attention left to the exporter)."""
     from compressor.export import fusable
 
-    monkeypatch.setattr(fusable, "_shared_kv", lambda *nodes: False)
+    monkeypatch.setattr(fusable, "_not_one_op", lambda *nodes: False)
     net, x = _MultiQuery().eval(), torch.randn(8, 6, 16)
     with pytest.raises(ExportError) as error:
         to_onnx(graph_of(net, x[:2]), x[:2])
