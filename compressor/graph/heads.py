@@ -142,6 +142,10 @@ def _rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
     laid = path.replayed(index, values)
     if laid.ndim == 3 and laid.shape[0] > 1:  # heads in the batch axis: [batch x H, T, d]
         laid = laid[None]  # (the sample is one input)
+    if laid.ndim == 5:  # over windows before the heads (Twins): [batch, windows, H, T, d],
+        if not bool((laid == laid[:, :1]).all()):  # each window's tokens alike
+            return None
+        laid = laid.movedim(1, 2).flatten(2, 3)  # the windows' tokens as tokens
     if laid.ndim != 4:
         return None
     heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]

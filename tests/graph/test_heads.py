@@ -496,3 +496,29 @@ def test_levit_downsampling_attention_prunes_its_heads_from_its_q_and_kv_linears
         net.proj.weight[:, 12:24] = 0  # head 1's values, through hardswish(0) = 0
         expected = net(x)
     torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class WindowedHeads(nn.Module):
+    """Twins' locally grouped attention: q, k, v as [batch, windows, heads, tokens, size]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.qkv = nn.Linear(8, 24), nn.Linear(24, 72)
+        self.proj, self.head = nn.Linear(24, 24), nn.Linear(24, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        q, k, v = self.qkv(h).reshape(b, 2, t // 2, 3, 4, 6).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).permute(0, 1, 3, 2, 4).reshape(b, t, 24)
+        return self.head((h + self.proj(y)).mean(1))
+
+
+def test_heads_over_windows_before_the_heads_axis_are_found():
+    net, x = WindowedHeads().eval(), torch.randn(16, 6, 8)
+    gm, _ = _without_head(net, x, 2, heads=4)
+    with torch.no_grad():
+        net.proj.weight[:, 12:18] = 0  # head 2's output
+        expected = net(x)
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
