@@ -77,9 +77,13 @@ def trace(gm: fx.GraphModule, sample: torch.Tensor | None = None, *,
             spaces.walk(node, conv_groups(node) if node.target in CONV else 1)
     groups, dense = [], []
     layer_of = {layer.node: layer for layer in layers}
-    for space in spaces.all():
-        members = [by_node[p] for p in space.producers if p in by_node]
-        reason = space.reason or _layer_reason(gm, space, by_node)
+    found = [(space, [by_node[p] for p in space.producers if p in by_node],
+              space.reason or _layer_reason(gm, space, by_node)) for space in spaces.all()]
+    for space, _, reason in found:  # a layer may read one group and make another: its bias
+        for c in [] if reason else space.consumers.values():  # exists before either lists it
+            if len(c.node.args) < 3 or c.node.args[2] is None:
+                add_zero_bias(gm, c.node)
+    for space, members, reason in found:
         if reason:
             dense += [(layer.name, reason) for layer in members]
             dense += [(layer_of[d].name, f"it filters the channels of {members[0].name}, "

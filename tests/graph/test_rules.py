@@ -414,3 +414,32 @@ def test_convolutions_padded_by_name_and_explicit_pads_pass_units():
     assert result.report.parity.max_abs_diff <= 1e-4
     widths = {r.name: r.out_after for r in result.report.layers}
     assert widths["conv1"] < 8 and widths["depthwise"] == widths["conv1"]
+
+
+class BiasFreeBranchEnd(nn.Module):
+    """A residual branch that ends in a convolution without bias or BatchNorm (timm's CoAtNet
+    MBConv): it reads one group's units (its input channels) and makes another's (the
+    stream's), and the zero bias the first gives it must go with the second's units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 16, 1)
+        self.conv3 = nn.Conv2d(16, 8, 1, bias=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.conv3(torch.relu(self.conv1(h)))
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_bias_free_layer_between_two_groups_gets_one_bias_that_both_follow():
+    net, x = BiasFreeBranchEnd().eval(), _x()
+    groups = {g.name: g for g in trace(graph_of(net, x[:2])).groups}
+    assert "conv3_weight_bias" in [s.param for s in groups["stem"].biases]
+    result = compressor.compress(net, 0.4, data=x, latency=False)
+    assert result.report.parity.max_abs_diff <= 1e-4
+    widths = {r.name: r.out_after for r in result.report.layers}
+    assert widths["stem"] < 8 and widths["conv1"] < 16
