@@ -87,7 +87,10 @@ class PrunableGroup:
             (a BatchNorm that could not be folded: after a `cat` or a residual add; a layer
             scale); they are removed with the units, and merging is not exact through them.
         parts: the number of groups of grouped convolutions the units are read by: unit j is
-            channel j of every group, so the groups stay equal.
+            channel j of every group, so the groups stay equal; or 2 behind a cat that holds
+            each unit twice (`rules.joins.doubled`: channel j of each half).
+        once: behind such a cat, the depthwise convolutions and counted activations before
+            it, which hold each unit once.
     """
 
     name: str
@@ -106,6 +109,7 @@ class PrunableGroup:
     offsets: tuple[int, ...] = ()
     carried: tuple[Slice, ...] = ()
     parts: int = 1  # grouped convolutions: each unit is one channel of each of `parts` groups
+    once: tuple[str, ...] = ()  # nodes holding each unit once in a group of 2 parts
     reshapes: tuple[tuple[str, int, int], ...] = ()  # (node, axis, entries per unit) of the
     #     reshapes that write the units' axis as a number
     blocks: tuple[int, ...] = ()  # entries each unit has in each node of `activations` (heads)
@@ -142,8 +146,9 @@ class PrunableGroup:
         axis = self.axes[k] if self.axes else 1
         offset = self.offsets[k] if self.offsets else 0
         block = self.blocks[k] if self.blocks else 1
-        units = output.movedim(axis, 1).narrow(1, offset, self.parts * self.size * block)
-        units = units.reshape(output.shape[0], self.parts, self.size, -1).movedim(1, 2)
+        parts = 1 if self.activations[k] in self.once else self.parts
+        units = output.movedim(axis, 1).narrow(1, offset, parts * self.size * block)
+        units = units.reshape(output.shape[0], parts, self.size, -1).movedim(1, 2)
         return units.reshape(output.shape[0], self.size, -1)
 
 
@@ -170,9 +175,9 @@ def take(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...],
         resize_reshapes(gm, g, sizes[g.name] - g.size)
     for node in gm.graph.nodes:
         for g in groups:
-            if node.name in g.grouped_nodes:
+            if node.name in g.grouped_nodes:  # one group per channel left
                 args = list(node.args) + [1] * max(0, 7 - len(node.args))
-                args[6] = sizes[g.name] * g.parts
+                args[6] = int(get_tensor(gm, node.args[1].target).shape[0])
                 node.args = tuple(args)
 
     def moved(s: Slice, size: int) -> Slice:

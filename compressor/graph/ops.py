@@ -38,6 +38,11 @@ HOMOGENEOUS = ("relu", "leaky_relu", "identity")  # identity: a unit read as it 
 IDENTITY = (aten.clone.default, aten.alias.default, aten.detach.default,
             aten.contiguous.default, aten.dropout.default, aten.dropout_.default,
             aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default)  # and dtype casts
+# Resizes over the positions, each channel alone (GhostNetV2's gate brought back to the
+# feature map's size; BEiT's position bias table resized to the patches).
+RESIZE = (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default,
+          aten.upsample_bilinear2d.vec, aten.upsample_bilinear2d.default,
+          aten.upsample_bicubic2d.vec, aten.upsample_bicubic2d.default)
 POOL = (aten.max_pool2d.default, aten.max_pool1d.default, aten.avg_pool2d.default,
         aten.avg_pool1d.default, aten.adaptive_avg_pool2d.default,
         aten.adaptive_avg_pool1d.default, aten.adaptive_max_pool2d.default)

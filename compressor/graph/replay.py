@@ -11,7 +11,7 @@ import torch
 from torch import fx
 
 from .groups import Slice
-from .ops import ACTIVATIONS
+from .ops import ACTIVATIONS, RESIZE
 
 aten = torch.ops.aten
 MOVES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
@@ -25,8 +25,7 @@ SHIFTS = {aten.add.Tensor, aten.sub.Tensor,  # a bias or mask on the scores: lik
           aten.add_.Tensor, aten.sub_.Tensor, aten.masked_fill.Scalar}
 GATHERS = {aten.index.Tensor,  # a relative position bias read from its table
            aten.embedding.default}
-RESAMPLES = {aten.upsample_bilinear2d.vec, aten.upsample_bicubic2d.vec,  # a table resized
-             aten.upsample_nearest2d.vec}  # over its positions, each channel alone (BEiT's)
+RESAMPLES = set(RESIZE)  # a table resized over its positions (BEiT's)
 MASKED = aten.where.ScalarOther  # where(mask, x, number): x's entries where they were (T5's
 #     position bias masked by padding)
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default}  # sizes, then the axis

@@ -37,6 +37,8 @@ class Space:
     reshapes: dict[tuple[str, int], int] = field(default_factory=dict)  # (node, axis): entries
     #                                     each unit adds to a reshape's written size
     parts: int = 1  # the producers' outputs hold the units in this many parts (grouped)
+    once: int = 0  # behind a cat that doubles the units (`joins.doubled`): their number,
+    #                which the layers before it hold once (a tensor of twice as many: twice)
     reason: str = ""
     final: bool = False  # the reason explains the whole space (LayerNorm, attention heads)
     normalized: bool = False  # read through a normalization over the units (the stream)
@@ -76,7 +78,11 @@ class Spaces:
             if 1 < first.parts != second.parts > 1:
                 first.reason = first.reason or "its channels are grouped differently where " \
                                                 "they meet another layer's"
+            if 0 < first.once != second.once > 0:
+                first.reason = first.reason or "its channels are doubled by cats of " \
+                                                "different widths"
             first.parts = max(first.parts, second.parts)
+            first.once = max(first.once, second.once)
             first.normalized = first.normalized or second.normalized
             if second.final and not first.final:
                 first.reason, first.final = second.reason, True

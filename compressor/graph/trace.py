@@ -27,7 +27,7 @@ from .heads import find_heads
 from .ops import ATTENTION, CONV, LINEAR, MATMUL, MUL
 from .products import Product, as_expr, find_products
 from .rules.layers import conv_groups, depthwise
-from .rules.registry import kind, scaling
+from .rules.registry import kind, scaling, width
 from .spaces import OUTPUT_LAYER, Space, Spaces
 
 __all__ = ["OUTPUT_LAYER", "Layer", "Trace", "trace"]
@@ -269,15 +269,20 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
     filters = producers + [nodes[d] for d in space.depthwise]
     parts = space.parts
     first, axis = _weight(producers[0])
-    size = int(get_tensor(gm, first).shape[axis]) // parts
+    size = space.once or int(get_tensor(gm, first).shape[axis]) // parts
 
     def owned(param: str, axis: int, block: int = 1, offset: int = 0,
-              in_parts: int = parts) -> Slice:
+              in_parts: int | None = None) -> Slice:
+        if in_parts is None:  # behind a doubling cat, a tensor holds the units once or twice
+            in_parts = get_tensor(gm, param).shape[axis] // (size * block) if space.once \
+                else parts
         return Slice(param, axis, block, offset, in_parts, size * block if in_parts > 1 else 0)
 
     weights = tuple(owned(*_weight(p)) for p in filters)
     biases = tuple(owned(p.args[2].target, 0) for p in filters
                    if p.target is not EMBEDDING and len(p.args) > 2 and p.args[2] is not None)
+    once = tuple(d for d in space.depthwise if get_tensor(gm, _weight(nodes[d])[0]).shape[0]
+                 == size) if space.once else ()  # before the doubling cat
     consumers = sorted(space.consumers.values(), key=lambda c: order[c.node.name])
     consumer_biases = []
     for c in consumers:
@@ -286,6 +291,8 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
         else:
             consumer_biases.append(c.node.args[2].target)
     counted = {c.activation: (c.axis, c.count_offset) for c in consumers}
+    once += tuple(a for a, (ax, _) in counted.items()
+                  if space.once and width(nodes[a], ax) == size)
     chains = {tuple(_signature(nodes[a]) for a in c.functions) for c in consumers}
     gated = any(nodes[a].target in MUL and not scaling(nodes[a])
                 for c in consumers for a in c.functions)  # its value needs the other factor
@@ -303,7 +310,8 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
         offsets=tuple(offset for _, offset in counted.values()),
         carried=tuple(owned(s.param, s.axis, s.block, s.offset) for s in space.carried.values()),
         consumers=tuple(owned(c.node.args[1].target, 1, c.block, c.offset,
-                              parts if c.parts is None else c.parts) for c in consumers),
+                              c.parts if c.parts is not None or space.once else parts)
+                        for c in consumers),
         consumer_biases=tuple(consumer_biases),
         consumer_nodes=tuple(c.node.name for c in consumers),
         exact_constants=exact,
@@ -311,6 +319,7 @@ def _group(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
         functions=consumers[0].functions if len(chains) == 1 else (),
         kinds=tuple(kind(nodes[a]) for a in counted),
         parts=parts,
+        once=once,
         reshapes=tuple((name, axis, per_unit * parts)
                        for (name, axis), per_unit in space.reshapes.items()),
         stream=space.normalized,

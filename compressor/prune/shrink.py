@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import fx
 
-from ..graph.capture import set_tensor
+from ..graph.capture import get_tensor, set_tensor
 from ..graph.groups import PrunableGroup, Slice, resize_reshapes, take
 
 
@@ -59,6 +59,7 @@ def expand(groups: tuple[PrunableGroup, ...], pruned: fx.GraphModule,
     for node in out.graph.nodes:  # depthwise convolutions: a group per channel again
         for g in groups:
             if node.name in g.grouped_nodes:
-                node.args = (*node.args[:6], g.size * g.parts, *node.args[7:])
+                channels = int(get_tensor(out, node.args[1].target).shape[0])
+                node.args = (*node.args[:6], channels, *node.args[7:])
     out.recompile()
     return out

@@ -1,5 +1,5 @@
 """Ops that act on each unit alone: activations, copies, Dropout in eval mode, pooling over
-positions."""
+positions and resizing them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from torch import fx
 
-from ..ops import ACTIVATIONS, IDENTITY, POOL
+from ..ops import ACTIVATIONS, IDENTITY, POOL, RESIZE
 from .registry import UNKNOWN, rule, through_first
 
 
@@ -31,7 +31,8 @@ def _pool_backward(node: fx.Node, axis: int):
     return through_first(node, axis) if axis == 1 else None
 
 
-@rule(*POOL, backward=_pool_backward, behind_cat=True)
+@rule(*POOL, *RESIZE, backward=_pool_backward, behind_cat=True)
 def pool(walk, at, user: fx.Node):
-    """Pooling over the positions of each channel (the channels are on axis 1)."""
+    """Pooling over the positions of each channel, or resizing them (the channels are on
+    axis 1)."""
     return replace(at, node=user) if at.axis == 1 else UNKNOWN

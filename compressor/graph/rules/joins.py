@@ -10,7 +10,8 @@ import torch
 from torch import fx
 
 from ..groups import Slice
-from ..ops import ADD, ADDCMUL, CAT, MUL
+from ..ops import ACTIVATIONS, ADD, ADDCMUL, BATCH_NORM, CAT, IDENTITY, MUL
+from .layers import depthwise
 from .registry import At, describe, ndim, rule, sources, width
 
 COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy", "to.dtype")
@@ -112,7 +113,8 @@ def _parameter(node: object) -> fx.Node | None:
 
 def _cat_backward(node: fx.Node, axis: int):
     if cat_dim(node) == axis:
-        return None
+        first = doubled(node)
+        return None if first is None else sources(first, axis)
     return _joined_backward(lambda n: n.args[0])(node, axis)
 
 
@@ -123,7 +125,44 @@ def cat(walk, at: At, user: fx.Node):
         # along another axis (a class token before the patch tokens): unit j of every operand
         # is unit j of the result, so the operands' spaces join as at an add
         return _join_all(walk, at, user, user.args[0], "concatenated with")
+    if doubled(user) is not None:
+        return _doubled(walk, at, user)
     return _concat(walk, at, user)
+
+
+def doubled(cat_node: fx.Node) -> fx.Node | None:
+    """The first operand of a channel `cat` whose second is made from it channel by channel
+    (GhostNet's `cat([x, cheap(x)])`, cheap a depthwise convolution and elementwise
+    functions): the cat holds each of x's units twice, once in each half. None for any
+    other cat."""
+    operands = cat_node.args[0]
+    if len(operands) != 2 or ndim(cat_node) != 4 or cat_dim(cat_node) != 1:
+        return None
+    first, node = operands
+    if width(first, 1) is None or width(first, 1) != width(node, 1):
+        return None
+    while node is not first:
+        if not isinstance(node, fx.Node) or node.op != "call_function" or not node.args or \
+                len(node.users) != 1 or not (
+                    node.target in ACTIVATIONS or node.target in IDENTITY or
+                    node.target in BATCH_NORM or depthwise(node)):
+            return None
+        node = node.args[0]
+    return first
+
+
+def _doubled(walk, at: At, cat_node: fx.Node) -> At | None:
+    """A cat that holds the units twice: unit j is channel j of each half, as in a grouped
+    convolution of two groups; the layers before it hold the units once. Reached from both
+    halves, it carries them on once (the walk passes a node once)."""
+    space, once = walk.space, width(cat_node.args[0][0], 1)
+    if at.block != 1 or at.offset or at.behind or space.parts not in (1, 2) or \
+            space.once not in (0, once):
+        walk.fail(f"its channels are doubled by {cat_node.name} beside other channels or "
+                  "grouped otherwise")
+        return None
+    space.parts, space.once = 2, once
+    return At(cat_node, 1, (), at.axis, at.axis, source=cat_node)
 
 
 def _concat(walk, at: At, cat_node: fx.Node) -> At | None:

@@ -75,7 +75,8 @@ def conv(walk, at: At, user: fx.Node):
     if user.args[0] is not at.node:
         return UNKNOWN
     groups = conv_groups(user)
-    if depthwise(user) and at.block == 1 and at.axis == 1 and walk.space.parts == 1:
+    if depthwise(user) and at.block == 1 and at.axis == 1 and \
+            (walk.space.parts == 1 or walk.space.once):
         space = walk.space  # it filters each unit alone: carries them on
         if user.name not in space.depthwise:
             space.depthwise.append(user.name)
