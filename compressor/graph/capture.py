@@ -23,6 +23,7 @@ from .constants import fold_constant_operands
 from .linears import as_linear, split_gated
 from .norms import as_rms_norm
 from .ops import CONV, LINEAR
+from .pieces import split_gate_over_cat
 from .plain_forms import drop_empty_cats, drop_same_type_casts, numeric_padding
 
 
@@ -87,6 +88,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     clean.meta["original_names"] = original_names
     as_linear(clean)
     split_gated(clean)
+    split_gate_over_cat(clean)
     fold_constant_operands(clean, _flat_name)
     as_rms_norm(clean, _flat_name)
     fold_batchnorm(clean)

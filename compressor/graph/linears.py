@@ -65,10 +65,10 @@ def _parts(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node
                 not isinstance(x, fx.Node) or x.op == "get_attr" or bias is not None:
             return None
         return x, weight, None
-    if not _constant(weight, ndim=2) or len(weight.users) != 1 or \
+    if not is_constant(weight, ndim=2) or len(weight.users) != 1 or \
             not isinstance(x, fx.Node) or x.op == "get_attr":
         return None
-    if bias is not None and not (_constant(bias, ndim=1) and len(bias.users) == 1 and
+    if bias is not None and not (is_constant(bias, ndim=1) and len(bias.users) == 1 and
                                  _shape(bias)[0] == _shape(weight)[1]):
         return None
     return x, weight, bias
@@ -77,7 +77,7 @@ def _parts(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node
 def _flipped(node: object) -> bool:
     """Whether `node` is a 2-D parameter or buffer with its axes swapped."""
     if not isinstance(node, fx.Node) or node.op != "call_function" or not node.args or \
-            not _constant(node.args[0], ndim=2):
+            not is_constant(node.args[0], ndim=2):
         return False
     if node.target in (aten.t.default, aten.numpy_T.default):
         return True
@@ -86,7 +86,7 @@ def _flipped(node: object) -> bool:
     return node.target is aten.permute.default and [a % 2 for a in node.args[1]] == [1, 0]
 
 
-def _constant(node: object, *, ndim: int) -> bool:
+def is_constant(node: object, *, ndim: int) -> bool:
     return isinstance(node, fx.Node) and node.op == "get_attr" and len(_shape(node)) == ndim
 
 
@@ -128,10 +128,10 @@ def split_gated(gm: fx.GraphModule) -> list[str]:
         for k, half in enumerate(halves):
             part = f"{base}[{k * n}:{(k + 1) * n}]"
             with gm.graph.inserting_before(half):
-                args = [x, _parameter(gm, f"{weight.target}_{k}", w[k * n:(k + 1) * n],
+                args = [x, new_parameter(gm, f"{weight.target}_{k}", w[k * n:(k + 1) * n],
                                       f"{part}.weight", names)]
                 if b is not None:
-                    args.append(_parameter(gm, f"{bias.target}_{k}", b[k * n:(k + 1) * n],
+                    args.append(new_parameter(gm, f"{bias.target}_{k}", b[k * n:(k + 1) * n],
                                            f"{part}.bias", names))
                 linear = gm.graph.call_function(LINEAR, tuple(args))
             linear.meta = dict(half.meta)
@@ -156,7 +156,7 @@ def _gated_halves(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, fx.Node] 
     by one chunk or split in two equal halves along its last axis (or by two slices that
     make those halves), and the halves meet in one product."""
     if node.op != "call_function" or node.target is not LINEAR or len(node.args) < 2 or \
-            not _constant(node.args[1], ndim=2) or len(node.args[1].users) != 1:
+            not is_constant(node.args[1], ndim=2) or len(node.args[1].users) != 1:
         return None
     out = node.meta.get("val")
     rows = _shape(node.args[1])[0]
@@ -206,7 +206,7 @@ def _meet_in_a_product(a: fx.Node, b: fx.Node) -> bool:
     return len(ends) == 1 and next(iter(ends)).target is aten.mul.Tensor
 
 
-def _parameter(gm: fx.GraphModule, base: str, value: torch.Tensor, original: str,
+def new_parameter(gm: fx.GraphModule, base: str, value: torch.Tensor, original: str,
                names: dict[str, str]) -> fx.Node:
     name, i = base, 1
     while hasattr(gm, name):
