@@ -1,6 +1,7 @@
 """How an attention's q, k or v is made from a Linear's output: ops that only move entries,
 and head-local regions between them (a rotary position embedding) that keep every entry in its
-head. `graph.heads` reads each head's rows of the Linear through such a path."""
+head; each head's rows of the Linear read through such a path (`head_rows`), and its columns of
+the output projection read forward from the attention's output (`head_columns`)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,53 @@ def path_to_linear(node: fx.Node, values: dict) -> Path | None:
 ROTARY = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default,
           aten.slice.Tensor, aten.cat.default, aten.alias.default, aten.clone.default,
           aten.contiguous.default, aten.detach.default}
+
+
+def head_rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
+    """(how the Linear's output reaches `node`, per head the Linear's output features it owns
+    [H, d])."""
+    path = path_to_linear(node, values)
+    if path is None:
+        return None
+    out = values[path.linear.name]
+    index = torch.arange(out.shape[-1], dtype=torch.float64).expand(out.shape).contiguous()
+    laid = path.replayed(index, values)
+    if laid.ndim == 3 and laid.shape[0] > 1:  # heads in the batch axis: [batch x H, T, d]
+        laid = laid[None]  # (the sample is one input)
+    if laid.ndim == 5:  # over windows before the heads (Twins): [batch, windows, H, T, d],
+        # or after them (NesT): [batch, H, windows, T, d]; each window's tokens alike
+        if bool((laid == laid[:, :1]).all()):
+            laid = laid.movedim(1, 2)
+        elif not bool((laid == laid[:, :, :1]).all()):
+            return None
+        laid = laid.flatten(2, 3)  # the windows' tokens as tokens
+    if laid.ndim != 4:
+        return None
+    heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]
+    if not bool((heads == heads[..., :1]).all()):  # every token: the same features
+        return None
+    return path, heads[..., 0].long()
+
+
+def head_columns(out: fx.Node, chain: list, h: int, d: int,
+             values: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per input column of the output projection, the entry h*d + e of the attention's output
+    it reads (head h, feature e), and those entries laid out as the output, or None. The
+    output is [batch, H, T, d] ([batch x H, T, d] for one input), or over windows:
+    [batch, windows, H, T, d] or [batch, H, windows, T, d]."""
+    y = values[out.name]
+    for axis in dict.fromkeys((y.ndim - 3, 1)):  # the heads' axis
+        if axis < 0 or y.shape[axis] != h or (axis != y.ndim - 3 and y.ndim != 5):
+            continue
+        shape = [1] * y.ndim
+        shape[axis], shape[-1] = h, d
+        ids = torch.arange(h * d, dtype=torch.float64).reshape(shape).expand(y.shape)
+        ids = ids.contiguous()
+        columns = replayed(chain, out, ids, values)
+        flat = columns.reshape(-1, columns.shape[-1]) if columns.ndim >= 2 else None
+        if flat is not None and bool((flat == flat[:1]).all()):
+            return flat[0].long(), ids
+    return None
 
 
 def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | None:

@@ -19,11 +19,11 @@ import torch
 from torch import fx
 
 from .groups import PrunableGroup, Slice
-from .head_paths import Path, path_to_linear
+from .head_paths import head_columns, head_rows
 from .head_reuses import head_count_size, reuses_of, same_for_every_head
 from .head_tables import head_ids, own_tables, per_head_tables, sdpa_head_ids
 from .ops import ACTIVATIONS, ATTENTION, IDENTITY, LINEAR, MATMUL
-from .replay import MOVES, RESHAPES, SCALES, SHIFTS, replayed, slice_of, values_on, written_sizes
+from .replay import MOVES, RESHAPES, SCALES, SHIFTS, slice_of, values_on, written_sizes
 
 aten = torch.ops.aten
 SDPA = ATTENTION[0]
@@ -131,32 +131,9 @@ def _chain_forward(node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
         node = user
 
 
-def _rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
-    """(how the Linear's output reaches `node`, per head the Linear's output features it owns
-    [H, d])."""
-    path = path_to_linear(node, values)
-    if path is None:
-        return None
-    out = values[path.linear.name]
-    index = torch.arange(out.shape[-1], dtype=torch.float64).expand(out.shape).contiguous()
-    laid = path.replayed(index, values)
-    if laid.ndim == 3 and laid.shape[0] > 1:  # heads in the batch axis: [batch x H, T, d]
-        laid = laid[None]  # (the sample is one input)
-    if laid.ndim == 5:  # over windows before the heads (Twins): [batch, windows, H, T, d],
-        if not bool((laid == laid[:, :1]).all()):  # each window's tokens alike
-            return None
-        laid = laid.movedim(1, 2).flatten(2, 3)  # the windows' tokens as tokens
-    if laid.ndim != 4:
-        return None
-    heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]
-    if not bool((heads == heads[..., :1]).all()):  # every token: the same features
-        return None
-    return path, heads[..., 0].long()
-
-
 def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     """The heads of one attention; `path` runs from q @ kᵀ to the softmax (empty for SDPA)."""
-    found = [_rows(t, values) for t in (q, k, v)]
+    found = [head_rows(t, values) for t in (q, k, v)]
     if any(f is None for f in found):
         return None
     after = _chain_forward(out)
@@ -179,15 +156,10 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
             not torch.equal(rv, rv[kv_of]):
         return None
     d = rv.shape[1]  # v's head size, which may differ from q's and k's (LeViT's)
-    y = values[out.name]  # [batch, H, T, d], or [batch x H, T, d] for one input
-    ids = torch.arange(h * d, dtype=torch.float64).reshape(*(1,) * (y.ndim - 3), h, 1, d)
-    ids = ids.expand(y.shape)
-    ids = ids.contiguous()
-    columns = replayed(out_chain, out, ids, values)
-    flat = columns.reshape(-1, columns.shape[-1]) if columns.ndim >= 2 else None
-    if flat is None or not bool((flat == flat[:1]).all()):
+    found_columns = head_columns(out, out_chain, h, d, values)
+    if found_columns is None:
         return None
-    by_head = flat[0].long()  # proj input column -> h*d + e
+    by_head, ids = found_columns  # proj input column -> h*d + e; the ids that show it
     order = torch.argsort(by_head)
     if not torch.equal(by_head[order], torch.arange(h * d)):
         return None

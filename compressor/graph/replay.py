@@ -164,7 +164,12 @@ def size_product(node: fx.Node) -> tuple[str, int, int] | None:
 
 
 def slice_of(param: str, rows: torch.Tensor, axis: int = 0) -> Slice | None:
-    """The Slice whose unit u owns `rows[u]`, if they are consecutive blocks."""
-    block, offset = rows.shape[1], int(rows[0, 0])
+    """The Slice whose unit u owns `rows[u]`, if they are consecutive blocks, or one entry in
+    each of `rows.shape[1]` parts of a unit per entry (NesT's output projection reads its
+    heads' features laid out [features, heads])."""
+    (units, block), offset = rows.shape, int(rows[0, 0])
     expected = offset + torch.arange(rows.numel()).reshape(rows.shape)
-    return Slice(param, axis, block, offset) if torch.equal(rows, expected) else None
+    if torch.equal(rows, expected):
+        return Slice(param, axis, block, offset)
+    parts = offset + torch.arange(units)[:, None] + units * torch.arange(block)
+    return Slice(param, axis, 1, offset, block, units) if torch.equal(rows, parts) else None

@@ -499,26 +499,39 @@ def test_levit_downsampling_attention_prunes_its_heads_from_its_q_and_kv_linears
 
 
 class WindowedHeads(nn.Module):
-    """Twins' locally grouped attention: q, k, v as [batch, windows, heads, tokens, size]."""
+    """Locally grouped attention over 2 windows: q, k, v as [batch, windows, heads, tokens,
+    size] (Twins), or [batch, heads, windows, tokens, size] with the output's features laid
+    out [size, heads] (NesT)."""
 
-    def __init__(self) -> None:
+    def __init__(self, heads_first: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.heads_first = heads_first
         self.embed, self.qkv = nn.Linear(8, 24), nn.Linear(24, 72)
         self.proj, self.head = nn.Linear(24, 24), nn.Linear(24, 3)
 
     def forward(self, x):
         h = self.embed(x)
         b, t, _ = h.shape
-        q, k, v = self.qkv(h).reshape(b, 2, t // 2, 3, 4, 6).permute(3, 0, 1, 4, 2, 5).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v).permute(0, 1, 3, 2, 4).reshape(b, t, 24)
-        return self.head((h + self.proj(y)).mean(1))
+        qkv = self.qkv(h).reshape(b, 2, t // 2, 3, 4, 6)
+        if self.heads_first:
+            q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+            y = F.scaled_dot_product_attention(q, k, v).permute(0, 2, 3, 4, 1)
+        else:
+            q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+            y = F.scaled_dot_product_attention(q, k, v).permute(0, 1, 3, 2, 4)
+        return self.head((h + self.proj(y.reshape(b, t, 24))).mean(1))
 
 
-def test_heads_over_windows_before_the_heads_axis_are_found():
-    net, x = WindowedHeads().eval(), torch.randn(16, 6, 8)
+@pytest.mark.parametrize("heads_first", [False, True], ids=["Twins", "NesT"])
+def test_heads_over_windows_are_found(heads_first):
+    net, x = WindowedHeads(heads_first).eval(), torch.randn(16, 6, 8)
     gm, _ = _without_head(net, x, 2, heads=4)
-    with torch.no_grad():
-        net.proj.weight[:, 12:18] = 0  # head 2's output
+    with torch.no_grad():  # head 2's output: its 6 features side by side, or every 4th
+        net.proj.weight[:, list(range(2, 24, 4)) if heads_first else list(range(12, 18))] = 0
         expected = net(x)
     torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+    proto = to_onnx(gm, x[:2])
+    model = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    [out] = model.run(None, {model.get_inputs()[0].name: x.numpy()})  # another batch size
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=1e-5)
