@@ -137,14 +137,7 @@ def split_gated(gm: fx.GraphModule) -> list[str]:
             linear.meta = dict(half.meta)
             half.replace_all_uses_with(linear)
             done.append(linear.name)
-        for old in [*halves, *{h.args[0] for h in halves} - {node}, node]:
-            if old in gm.graph.nodes and not old.users:
-                gm.graph.erase_node(old)
-        for old in (weight, bias):
-            if old is not None and not old.users:
-                gm.graph.erase_node(old)
-                delattr(gm, old.target)
-                names.pop(old.target, None)
+        drop_unused(gm, [*halves, *{h.args[0] for h in halves} - {node}, node], (weight, bias))
     if done:
         gm.graph.lint()
         gm.recompile()
@@ -204,6 +197,20 @@ def _meet_in_a_product(a: fx.Node, b: fx.Node) -> bool:
 
     ends = set(reach(a)) & set(reach(b))
     return len(ends) == 1 and next(iter(ends)).target is aten.mul.Tensor
+
+
+def drop_unused(gm: fx.GraphModule, nodes: list[fx.Node], parameters: tuple) -> None:
+    """Erase `nodes` that nothing reads any more (in order), then the parameters among
+    `parameters` (a Linear's weight and bias, None where absent) with them."""
+    names = gm.meta.get("original_names", {})
+    for old in nodes:
+        if old in gm.graph.nodes and not old.users:
+            gm.graph.erase_node(old)
+    for old in parameters:
+        if old is not None and not old.users:
+            gm.graph.erase_node(old)
+            delattr(gm, old.target)
+            names.pop(old.target, None)
 
 
 def new_parameter(gm: fx.GraphModule, base: str, value: torch.Tensor, original: str,

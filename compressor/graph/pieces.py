@@ -12,7 +12,7 @@ import operator
 import torch
 from torch import fx
 
-from .linears import CHUNKS, is_constant, new_parameter
+from .linears import CHUNKS, drop_unused, is_constant, new_parameter
 from .ops import ACTIVATIONS, CAT, LINEAR
 
 aten = torch.ops.aten
@@ -154,12 +154,5 @@ def _rewrite(gm: fx.GraphModule, mul: fx.Node, chain: list[fx.Node], cat: fx.Nod
         joined = gm.graph.call_function(aten.cat.default, (products, -1))
     joined.meta = dict(mul.meta)
     mul.replace_all_uses_with(joined)
-    for old in [mul, cat, *reversed(chain), *pieces, split, linear]:
-        if not old.users:
-            gm.graph.erase_node(old)
-    for old in (weight, bias):
-        if old is not None and not old.users:
-            gm.graph.erase_node(old)
-            delattr(gm, old.target)
-            names.pop(old.target, None)
+    drop_unused(gm, [mul, cat, *reversed(chain), *pieces, split, linear], (weight, bias))
     return made
