@@ -47,8 +47,9 @@ test: setup
 # of other seeds already in the table are kept; about 160 minutes),
 # benchmarks/threads.md (torch threads alone and beside busy processes; about an hour),
 # benchmarks/scale.md (peak memory against samples streamed from a Dataset; fine-tuning in one
-# and two processes) and benchmarks/zoo.md (every torchvision classifier at 50% fewer FLOPs
-# against Torch-Pruning; about three hours).
+# and two processes), benchmarks/zoo.md (every torchvision classifier at 50% fewer FLOPs
+# against Torch-Pruning; about three hours) and benchmarks/zoo_timm.md (timm's mobile and hybrid
+# classifiers likewise; about 20 minutes).
 bench: setup models/resnet18_fmnist.pt
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.run
@@ -65,6 +66,7 @@ bench: setup models/resnet18_fmnist.pt
 	$(PY) -m benchmarks.threads
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.zoo
+	$(PY) -m benchmarks.zoo --zoo timm
 
 # benchmarks/paper.md and benchmarks/paper/*.png: the activation-based pruning paper's tables and
 # figures on the shipped paper MLP, with a verdict on each claim (about 15 minutes on 2 cores).

@@ -1,11 +1,12 @@
-"""`make bench`: every torchvision classifier pruned to 50% fewer FLOPs in one shot, ours against
-Torch-Pruning, as a new user would: random initialisation (no weights can be downloaded here),
+"""`make bench`: every torchvision classifier (and, with `--zoo timm`, timm's mobile and hybrid
+classifiers) pruned to 50% fewer FLOPs in one shot, ours against Torch-Pruning, as a new user
+would: random initialisation (no weights can be downloaded here),
 64 x 64 inputs, 128 unlabelled calibration images (Fashion-MNIST, resized, three channels),
 `compress M.pt2 --target 0.5 --of flops --data calib.npy --input-shape 3,64,64`, one thread
 for the latency. Each run is a child process, timed and measured for peak memory. Writes
-benchmarks/zoo.md.
+benchmarks/zoo.md (benchmarks/zoo_timm.md).
 
-    python -m benchmarks.zoo [--models resnet18,...] [--out benchmarks/zoo.md] [--resume]
+    python -m benchmarks.zoo [--zoo torchvision|timm] [--models resnet18,...] [--out F] [--resume]
 
 Each finished model's row is also kept in the table's .json sidecar; `--resume` keeps the rows
 there (of every model) and runs only the models of `--models` it lacks, so a run that was
@@ -37,6 +38,12 @@ MODELS = ("resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnex
           "shufflenet_v2_x0_5 shufflenet_v2_x1_0 shufflenet_v2_x1_5 shufflenet_v2_x2_0 "
           "regnet_x_400mf regnet_y_400mf densenet121 googlenet squeezenet1_0 squeezenet1_1 "
           "alexnet convnext_tiny swin_t vit_b_16 maxvit_t").split()
+# timm's classifiers for phones and their hybrids with attention, by timm's names
+TIMM = tuple(f"timm.{name}" for name in (
+    "ghostnet_100 ghostnetv2_100 mobilenetv4_conv_small lcnet_100 repvit_m1 fbnetv3_b "
+    "mobileone_s0 hgnetv2_b0 efficientnet_lite0 efficientvit_b0 fastvit_t8 "
+    "mambaout_femto").split())
+ZOOS = {"torchvision": (MODELS, "zoo.md"), "timm": (TIMM, "zoo_timm.md")}
 SIZE, SAMPLES, TARGET, WINDOW = 64, 144, 0.5, 0.52
 TIMEOUT = 1800  # seconds per run
 SMALL_VIT = dict(image_size=SIZE, patch_size=8, num_layers=6, num_heads=6, hidden_dim=384,
@@ -51,6 +58,13 @@ SMALL_MAXVIT = dict(input_size=(SIZE, SIZE), stem_channels=64, partition_size=2,
 def build(name: str) -> torch.nn.Module:
     from models.vision import classifier, import_torchvision
 
+    if name.startswith("timm."):
+        import_torchvision()  # timm imports it
+        import timm
+
+        torch.manual_seed(0)
+        return timm.create_model(name.removeprefix("timm."), pretrained=False,
+                                 num_classes=10).eval()
     if name == "vit_b_16":
         return vit(**SMALL_VIT)
     if name == "maxvit_t":
@@ -74,8 +88,9 @@ def vit(**config) -> torch.nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "zoo.md")
+    parser.add_argument("--zoo", choices=list(ZOOS), default="torchvision")
+    parser.add_argument("--models", help="comma-separated (default: every model of the zoo)")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/zoo.md (zoo_timm.md)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished rows of the .json sidecar, run the rest")
     parser.add_argument("--peer", help=argparse.SUPPRESS)  # run Torch-Pruning on one model
@@ -84,12 +99,14 @@ def main() -> None:
     if args.peer:
         _peer(args.peer, args.work)
         return
-    names = args.models.split(",")
+    zoo, table = ZOOS[args.zoo]
+    names = args.models.split(",") if args.models else list(zoo)
+    args.out = args.out or REPO / "benchmarks" / table
     raw = args.out.with_suffix(".json")
     done = {r["model"]: r for r in json.loads(raw.read_text())} if args.resume and raw.exists() \
         else {}
     rows = list(done.values())  # every finished row, whichever models this run names
-    order = {n: i for i, n in enumerate(dict.fromkeys([*MODELS, *names]))}
+    order = {n: i for i, n in enumerate(dict.fromkeys([*zoo, *names]))}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         np.save(work / "calib.npy", images())
@@ -268,15 +285,20 @@ def _gb(value: float | None) -> str:
 
 
 def _markdown(rows: list[dict]) -> str:
+    timm = all(row["model"].startswith("timm.") for row in rows)
+    title = "timm's mobile and hybrid classifiers" if timm else "the torchvision zoo"
+    command = "python -m benchmarks.zoo --zoo timm" if timm else "python -m benchmarks.zoo"
+    sizes = " (timm's definitions as `timm.create_model(name, num_classes=10)` builds them)" \
+        if timm else (" (vit_b_16 at a reduced size: 6 layers of 6 heads, 384 wide, 8 x 8 "
+                      "patches; maxvit_t with its widths and depths but 2 x 2 windows and grids, "
+                      "its 7 x 7 ones needing 224 x 224 inputs)")
     lines = [
-        "# Benchmark: the torchvision zoo at 50% fewer FLOPs, one shot, against Torch-Pruning",
+        f"# Benchmark: {title} at 50% fewer FLOPs, one shot, against Torch-Pruning",
         "",
-        f"Produced by `make bench` (`python -m benchmarks.zoo`) on {time.strftime('%Y-%m-%d')}. "
+        f"Produced by `make bench` (`{command}`) on {time.strftime('%Y-%m-%d')}. "
         f"Machine: {machine()}. {_provenance(rows)}",
         "",
-        f"Every model randomly initialised (10 classes), {SIZE} x {SIZE} inputs (vit_b_16 at a "
-        "reduced size: 6 layers of 6 heads, 384 wide, 8 x 8 patches; maxvit_t with its widths "
-        "and depths but 2 x 2 windows and grids, its 7 x 7 ones needing 224 x 224 inputs), "
+        f"Every model randomly initialised (10 classes), {SIZE} x {SIZE} inputs{sizes}, "
         f"{SAMPLES} "
         "unlabelled Fashion-MNIST test images resized to 3 channels (a file split 90/10 into "
         "calibration and parity). **Ours**: `compress M.pt2 --target 0.5 --of flops --data "
@@ -288,11 +310,12 @@ def _markdown(rows: list[dict]) -> str:
         "PyTorch\\| of the written file over max(1, max \\|logit\\|), as the command checks "
         "its own (at most 1e-4; randomly initialised deep ResNets without zero-initialised last "
         "BatchNorms give logits in the thousands, resnet152 millions; rows marked (abs) ran "
-        "before the logits' size was kept and show the absolute difference; the trained models "
-        "of vision.md are where accuracy is measured). Speedup: dense / pruned onnxruntime latency at batch 8, "
-        "1 thread, interleaved. Wall: the whole command (ours) or prune + bisection + export "
-        "(Torch-Pruning), each in its own process; peak: its peak resident memory. Share: the "
-        "FLOPs of layers our groups reach (their rows or columns prunable).",
+        "before the logits' size was kept and show the absolute difference; the trained "
+        "models of vision.md are where accuracy is measured). Speedup: dense / pruned "
+        "onnxruntime latency at batch 8, 1 thread, interleaved. Wall: the whole command "
+        "(ours) or prune + bisection + export (Torch-Pruning), each in its own process; "
+        "peak: its peak resident memory. Share: the FLOPs of layers our groups reach (their "
+        "rows or columns prunable).",
         "",
         "| model | dense FLOPs | share | ours | FLOPs removed | parity | speedup | wall | peak "
         "| Torch-Pruning | FLOPs removed | parity | speedup | wall | peak |",
