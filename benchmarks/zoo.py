@@ -16,7 +16,6 @@ stopped goes on where it ended, and one model can be re-run by deleting its row.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -93,12 +92,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: benchmarks/zoo.md (zoo_timm.md)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished rows of the .json sidecar, run the rest")
-    parser.add_argument("--peer", help=argparse.SUPPRESS)  # run Torch-Pruning on one model
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.peer:
-        _peer(args.peer, args.work)
-        return
     zoo, table = ZOOS[args.zoo]
     names = args.models.split(",") if args.models else list(zoo)
     args.out = args.out or REPO / "benchmarks" / table
@@ -149,7 +143,7 @@ def _model(name: str, work: Path) -> dict:
         ours.update(flops=report["size"]["flops_after"], parity=report["parity"]["max_abs_diff"],
                     scale=report["parity"]["max_abs_output"],
                     share=program["share"])
-    peer = _child([sys.executable, "-m", "benchmarks.zoo", "--peer", name, "--work", str(work)])
+    peer = _child([sys.executable, "-m", "benchmarks.zoo_peer", name, str(work)])
     row["peer"] = peer
     if peer["code"] == 0:
         peer.update(json.loads((work / f"{name}.peer.json").read_text()))
@@ -181,54 +175,6 @@ def _child(cmd: list[str]) -> dict:
     """Run `cmd`; its exit code, wall seconds, peak memory (GB) and last error line."""
     done = child.run(cmd, cwd=REPO, timeout=TIMEOUT)
     return {"code": done.code, "wall": done.wall, "peak": done.peak, "error": done.error}
-
-
-def _peer(name: str, work: Path) -> None:
-    """Torch-Pruning 1.6 with its standard recipe: MetaPruner, group L2 magnitude, one ratio
-    for every layer, the classifier ignored; the ratio bisected so that the model keeps 50% of
-    its FLOPs (counted as ours are); exported as ours are."""
-    from models.vision import import_torchvision
-
-    import_torchvision()  # before torch-pruning and the unpickled model import it
-    import torch_pruning as tp
-
-    from benchmarks.common import flops_of
-    from compressor.export.to_onnx import to_onnx
-    from compressor.export.verify import run_onnx
-    from compressor.graph.capture import capture
-    from compressor.io.load import LoadedModel, ModelFormat
-    from compressor.runtime import session
-
-    net = torch.load(work / f"{name}.module.pt", weights_only=False)
-    x = torch.from_numpy(np.load(work / "calib.npy"))
-    example = x[:2]
-    base = flops_of(net, example)
-    lo, hi, best = 0.0, 0.95, None
-    for _ in range(10):
-        ratio = (lo + hi) / 2
-        candidate = copy.deepcopy(net)
-        head = [m for m in candidate.modules() if isinstance(m, torch.nn.Linear)][-1:]  # its own
-        tp.pruner.MetaPruner(candidate, example, importance=tp.importance.MagnitudeImportance(p=2),
-                             pruning_ratio=ratio, ignored_layers=head).step()
-        if head[0].out_features != 10:
-            raise SystemExit("Torch-Pruning pruned the classifier's classes")
-        reduction = 1 - flops_of(candidate, example) / base
-        if reduction >= TARGET:
-            best, hi = (candidate, reduction), ratio
-        else:
-            lo = ratio
-    if best is None:
-        raise SystemExit(f"Torch-Pruning cannot reach {TARGET:.0%} fewer FLOPs")
-    model, reduction = best
-    onnx_bytes = to_onnx(capture(LoadedModel(Path(name), ModelFormat.PICKLED_MODULE,
-                                             model.eval()), example), example)
-    (work / f"{name}.peer.onnx").write_bytes(onnx_bytes)
-    with torch.no_grad():
-        reference = model(x)
-    parity = float((run_onnx(session(onnx_bytes), x) - reference).abs().max())
-    (work / f"{name}.peer.json").write_text(json.dumps(
-        {"flops": round((1 - reduction) * base), "parity": parity,
-         "scale": float(reference.abs().max()), "classifier_kept": True}))
 
 
 def _latencies(row: dict, work: Path, name: str) -> None:

@@ -7,6 +7,7 @@ import torch
 aten = torch.ops.aten
 
 LINEAR = aten.linear.default
+EMBEDDING = aten.embedding.default  # a token table: its columns are the stream's units
 CONV = (aten.conv2d.default, aten.conv1d.default)
 BATCH_NORM = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
 RELU = (aten.relu.default, aten.relu_.default)

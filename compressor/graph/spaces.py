@@ -1,7 +1,7 @@
 """Channel spaces: the units of a producer followed to every layer that reads them, joined where
 they meet another producer's (a residual add, a gate, a cat along another axis). Each op on
 the way is decided by its rule (`compressor.graph.rules`); what no rule covers ends the space
-with the reason."""
+with the reason. A space that can be pruned becomes a group (`group_of`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from torch import fx
 
-from .groups import Slice
-from .ops import CONV, LINEAR
-from .rules.registry import UNKNOWN, At, kind, ndim, op_name, rule_for, scaling
+from .capture import add_zero_bias, get_tensor
+from .groups import PrunableGroup, Slice
+from .ops import CONV, EMBEDDING, LINEAR, MUL
+from .rules.registry import UNKNOWN, At, kind, ndim, op_name, rule_for, scaling, width
 
 OUTPUT_LAYER = "output layer (never pruned)"
 
@@ -185,3 +186,88 @@ class Walk:
 
 def _activations(at: At) -> list[fx.Node]:
     return [a for a in at.acts if not scaling(a)]
+
+
+def group_of(gm: fx.GraphModule, space: Space, members: list) -> PrunableGroup:
+    """The prunable group of `space`, whose producers are the layers `members`: the entries
+    its units own in every tensor the space reaches (a bias-free consumer given a zero bias)."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    order = {name: i for i, name in enumerate(nodes)}
+    producers = sorted((nodes[p] for p in space.producers), key=lambda n: order[n.name])
+    filters = producers + [nodes[d] for d in space.depthwise]
+    parts = space.parts
+    first, axis = _weight(producers[0])
+    size = space.once or int(get_tensor(gm, first).shape[axis]) // parts
+
+    def owned(param: str, axis: int, block: int = 1, offset: int = 0,
+              in_parts: int | None = None) -> Slice:
+        if in_parts is None:  # behind a doubling cat, a tensor holds the units once or twice
+            in_parts = get_tensor(gm, param).shape[axis] // (size * block) if space.once \
+                else parts
+        return Slice(param, axis, block, offset, in_parts, size * block if in_parts > 1 else 0)
+
+    weights = tuple(owned(*_weight(p)) for p in filters)
+    biases = tuple(owned(p.args[2].target, 0) for p in filters
+                   if p.target is not EMBEDDING and len(p.args) > 2 and p.args[2] is not None)
+    once = tuple(d for d in space.depthwise if get_tensor(gm, _weight(nodes[d])[0]).shape[0]
+                 == size) if space.once else ()  # before the doubling cat
+    consumers = sorted(space.consumers.values(), key=lambda c: order[c.node.name])
+    consumer_biases = []
+    for c in consumers:
+        if len(c.node.args) < 3 or c.node.args[2] is None:
+            consumer_biases.append(add_zero_bias(gm, c.node))
+        else:
+            consumer_biases.append(c.node.args[2].target)
+    counted = {c.activation: (c.axis, c.count_offset) for c in consumers}
+    once += tuple(a for a, (ax, _) in counted.items()
+                  if space.once and width(nodes[a], ax) == size)
+    chains = {tuple(_signature(nodes[a]) for a in c.functions) for c in consumers}
+    gated = any(nodes[a].target in MUL and not scaling(nodes[a])
+                for c in consumers for a in c.functions)  # its value needs the other factor
+    exact = len(filters) == 1 and len(chains) == 1 and not gated and not space.carried and \
+        parts == 1 and all(
+        c.node.target is LINEAR or not any(_padding(c.node)) for c in consumers)
+    members.sort(key=lambda layer: order[layer.node])
+    return PrunableGroup(
+        name=members[0].name,
+        size=size,
+        weights=weights,
+        biases=biases,
+        activations=tuple(counted),
+        axes=tuple(axis for axis, _ in counted.values()),
+        offsets=tuple(offset for _, offset in counted.values()),
+        carried=tuple(owned(s.param, s.axis, s.block, s.offset) for s in space.carried.values()),
+        consumers=tuple(owned(c.node.args[1].target, 1, c.block, c.offset,
+                              c.parts if c.parts is not None or space.once else parts)
+                        for c in consumers),
+        consumer_biases=tuple(consumer_biases),
+        consumer_nodes=tuple(c.node.name for c in consumers),
+        exact_constants=exact,
+        grouped_nodes=tuple(space.depthwise),
+        functions=consumers[0].functions if len(chains) == 1 else (),
+        kinds=tuple(kind(nodes[a]) for a in counted),
+        parts=parts,
+        once=once,
+        reshapes=tuple((name, axis, per_unit * parts)
+                       for (name, axis), per_unit in space.reshapes.items()),
+        stream=space.normalized,
+    )
+
+
+def _weight(producer: fx.Node) -> tuple[str, int]:
+    """A producer's weight tensor and the axis its units are on (an embedding's columns)."""
+    if producer.target is EMBEDDING:
+        return producer.args[0].target, 1
+    return producer.args[1].target, 0
+
+
+def _signature(node: fx.Node) -> tuple:
+    """What an activation node computes: its op and constant arguments."""
+    return node.target, tuple(node.args[1:]), tuple(sorted(node.kwargs.items()))
+
+
+def _padding(conv: fx.Node) -> list[int]:
+    padding = conv.args[4] if len(conv.args) > 4 else 0
+    if isinstance(padding, str):  # "same" / "valid"
+        return [1] if padding == "same" else [0]
+    return [int(p) for p in padding] if isinstance(padding, (list, tuple)) else [int(padding)]
