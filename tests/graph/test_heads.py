@@ -149,6 +149,17 @@ def _without_head(net: nn.Module, x: torch.Tensor, head: int, heads: int):
     return gm, group
 
 
+def _same_in_onnx(gm, x: torch.Tensor, expected: torch.Tensor) -> bytes:
+    """`gm` computes `expected` on `x`, and so does its ONNX file (exported at another batch
+    size) in onnxruntime; returns the file."""
+    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
+    proto = to_onnx(gm, x[:2])
+    model = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    [out] = model.run(None, {model.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=1e-5)
+    return proto
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_removing_a_head_is_zeroing_its_output_columns(layout):
     net = Net(**LAYOUTS[layout]).eval()
@@ -162,11 +173,7 @@ def test_removing_a_head_is_zeroing_its_output_columns(layout):
     with torch.no_grad():
         net.attn.proj.weight[:, per_unit:2 * per_unit] = 0
         expected = net(x)
-    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
-    proto = to_onnx(gm, x[:2])
-    model = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
-    [out] = model.run(None, {model.get_inputs()[0].name: x.numpy()})  # another batch size
-    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=1e-5)
+    proto = _same_in_onnx(gm, x, expected)
     # the attention products of the heads left count, in the graph as in the file
     products = 2 * (2 * 5 * 5 * 6) * 4 * (kv - 1) // kv  # q·kᵀ and AV: 2·T²·d multiply-adds
     #     per query head left
@@ -530,8 +537,4 @@ def test_heads_over_windows_are_found(heads_first):
     with torch.no_grad():  # head 2's output: its 6 features side by side, or every 4th
         net.proj.weight[:, list(range(2, 24, 4)) if heads_first else list(range(12, 18))] = 0
         expected = net(x)
-    torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-5)
-    proto = to_onnx(gm, x[:2])
-    model = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
-    [out] = model.run(None, {model.get_inputs()[0].name: x.numpy()})  # another batch size
-    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=1e-5)
+    _same_in_onnx(gm, x, expected)
