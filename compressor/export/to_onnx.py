@@ -16,6 +16,7 @@ from .attention import OPSET as ATTENTION_OPSET
 from .attention import flatten_heads
 from .fusable import SDPA, fusable
 from .layout import fold_layout
+from .prenorm import rms_streams
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -26,7 +27,7 @@ def to_onnx(gm: fx.GraphModule, example: torch.Tensor) -> bytes:
     `fusable` and `attention.flatten_heads`; a dynamic batch axis, weights inside; layout ops
     that only reshape folded, `layout`), checked by onnx.checker."""
     batch = torch.export.Dim("batch")
-    gm = fusable(gm, example)
+    gm = fusable(rms_streams(gm), example)
     attends = any(n.target == SDPA for n in gm.graph.nodes)
     try:
         with quiet(), _registry_built_once():

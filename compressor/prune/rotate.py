@@ -20,7 +20,19 @@ from torch import fx
 
 from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup, Slice
-from ..graph.ops import FLATTEN, IDENTITY, LINEAR, MEAN, NORMS, TRANSPOSE
+from ..graph.ops import (
+    ADD,
+    CAT,
+    CONV,
+    EMBEDDING,
+    FLATTEN,
+    IDENTITY,
+    LINEAR,
+    MEAN,
+    NORMS,
+    RESIZE,
+    TRANSPOSE,
+)
 from ..io.cores import batch_starts
 
 LAYER_NORM, RMS_NORM = (op for op, name in NORMS.items() if name in ("LayerNorm", "RMSNorm"))
@@ -29,6 +41,13 @@ aten = torch.ops.aten
 # checked that the features reach the layer as its input features).
 READ_THROUGH = {*IDENTITY, *TRANSPOSE, *FLATTEN, MEAN, aten.select.int, aten.slice.Tensor,
                 aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default}
+# Ops between the stream's writers and a norm that are linear and treat every feature alike, so
+# that centring or rotating what the writers write commutes with them (a max pool, an
+# activation or a per-feature scale on the way does not).
+WRITE_THROUGH = {*READ_THROUGH, *ADD, *CAT, *RESIZE, aten.avg_pool1d.default,
+                 aten.avg_pool2d.default, aten.adaptive_avg_pool1d.default,
+                 aten.adaptive_avg_pool2d.default}
+WRITERS = (LINEAR, *CONV, EMBEDDING)
 
 
 def norms_of(gm: fx.GraphModule, group: PrunableGroup) -> list[fx.Node]:
@@ -65,6 +84,12 @@ def why_not(gm: fx.GraphModule, group: PrunableGroup) -> str | None:
     for s in group.carried:
         if s.param not in owned and not _added(gm, s.param):
             return f"{s.param} scales it per unit (a layer scale)"
+    written = {s.param for s in group.weights + group.carried}
+    seen: set[str] = set()
+    for norm in norms:
+        op = _written_through(norm.args[0], written, seen)
+        if op is not None:
+            return f"what its layers write reaches {norm.name} through {op}"
     return None
 
 
@@ -204,6 +229,30 @@ def _reaches_only(norm: fx.Node, readers: set[str]) -> bool:
             return False
         todo += list(node.users)
     return True
+
+
+def _written_through(node: fx.Node, written: set[str], seen: set[str]) -> str | None:
+    """The first node on the way back from `node` to the stream's writers (layers whose weights
+    are in `written`, and the constants added to it) that is not in WRITE_THROUGH: where
+    centring or rotating the writers would change the function (None: there is none)."""
+    todo = [node]
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op == "get_attr" and node.target in written:
+            continue
+        if node.target in WRITERS and any(isinstance(a, fx.Node) and a.target in written
+                                          for a in node.args[:2]):  # embedding: weight first
+            continue
+        if node.target not in WRITE_THROUGH or \
+                (node.target in ADD and not all(isinstance(a, fx.Node) for a in node.args[:2])):
+            return node.name
+        data = node.args[0] if node.target in CAT else \
+            node.args[:2] if node.target in ADD else node.args[:1]  # not the shapes read
+        todo += [a for a in data if isinstance(a, fx.Node)]
+    return None
 
 
 def _added(gm: fx.GraphModule, param: str) -> bool:

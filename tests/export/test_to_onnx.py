@@ -18,7 +18,7 @@ from compressor.measure.onnx_file import flops_per_sample
 from compressor.prune.shrink import shrink
 from compressor.runtime import session
 from tests.helpers import graph_of
-from tests.nets import ImageNet, tiny
+from tests.nets import ImageNet, tiny, torch_encoder
 
 
 @pytest.mark.parametrize("net, shape", [(tiny(), (20,)), (ImageNet(), (1, 28, 28))])
@@ -159,6 +159,37 @@ def test_an_rmsnorm_is_written_as_onnxruntime_fuses_it(tmp_path):
     x = torch.randn(8, 6, 16)
     ops = _ops_as_run(net, x, tmp_path)
     assert "SimplifiedLayerNormalization" in ops and "Reciprocal" not in ops
+
+
+def test_a_pre_norm_transformers_layernorms_run_as_rmsnorms(tmp_path):
+    """The LayerNorms over a pre-norm stream are written as RMSNorms (their scales and shifts
+    in the layers that read them, every write into the stream centred), which onnxruntime
+    runs as one SimplifiedLayerNormalization each, with the same outputs; the working graph
+    itself keeps its LayerNorms and weights."""
+    from models.transformer import FeedForward, ViT
+
+    torch.manual_seed(0)
+    net = ViT(FeedForward, 32, width=16, depth=2, heads=2).eval()
+    with torch.no_grad():  # norms that scale and shift, as trained ones do
+        for m in net.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    x = torch.rand(8, 1, 28, 28)
+    ops = _ops_as_run(net, x, tmp_path)
+    assert "SimplifiedLayerNormalization" in ops and "LayerNormalization" not in ops
+    gm = graph_of(net, x[:2])
+    before = {k: v.clone() for k, v in gm.state_dict().items()}
+    to_onnx(gm, x[:2])
+    assert sum(n.target is torch.ops.aten.layer_norm.default for n in gm.graph.nodes) == 5
+    assert all(torch.equal(v, before[k]) for k, v in gm.state_dict().items())
+
+
+def test_a_post_norm_transformer_keeps_its_layernorms():
+    """A post-norm block adds a norm's output back into the stream: its mean is not zero,
+    and the LayerNorms stay."""
+    x = torch.randn(2, 6, 12)
+    written = onnx.load_from_string(to_onnx(graph_of(torch_encoder().eval(), x), x))
+    assert [n.op_type for n in written.graph.node].count("LayerNormalization") == 2
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])

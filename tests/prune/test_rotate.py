@@ -57,6 +57,46 @@ def test_a_stream_read_without_a_norm_is_not_rotated_and_says_why():
     assert rotate.why_not(gm, stream) == f"{head.name} reads it without a LayerNorm or RMSNorm"
 
 
+class _WrittenThrough(torch.nn.Module):
+    """Tokens [N, 6, 12] embedded by a Linear 12-16, then `op`, a LayerNorm, mean over tokens,
+    Linear 16-4 (MambaOut's head: a GELU between the layer and the norm; MViTv2: a max pool
+    over tokens on the shortcut)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.op = op
+        self.embed, self.norm = torch.nn.Linear(12, 16), torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        if self.op == "gelu":
+            h = torch.nn.functional.gelu(h)
+        elif self.op in ("max_pool1d", "avg_pool1d"):
+            h = getattr(torch.nn.functional, self.op)(h.transpose(1, 2), 2).transpose(1, 2)
+        elif self.op == "add":
+            h = h + 1.0
+        return self.head(self.norm(h).mean(1))
+
+
+@pytest.mark.parametrize("op", ["gelu", "max_pool1d", "add"])
+def test_a_stream_written_through_what_centring_changes_is_not_made_invariant(op):
+    gm = graph_of(_WrittenThrough(op).eval(), torch.randn(2, 6, 12))
+    reason = rotate.why_not(gm, _stream(trace(gm, stream=True)))
+    assert reason == f"what its layers write reaches layer_norm through {op}"
+
+
+def test_a_stream_averaged_over_tokens_on_its_way_is_made_invariant():
+    net, x = _WrittenThrough("avg_pool1d").eval(), torch.randn(20, 6, 12)
+    gm = graph_of(net, x[:2])
+    stream = _stream(trace(gm, stream=True))
+    assert rotate.why_not(gm, stream) is None
+    rotate.make_invariant(gm, stream)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 def test_made_invariant_and_rotated_the_model_computes_the_same():
     x = _images()
     net = _vit()
