@@ -99,8 +99,11 @@ def _rms_norm(graph: fx.Graph, node: fx.Node, fixed: dict) -> fx.Node:
     dims = [-1 - i for i in range(len(shape))]
     square = graph.call_function(aten.pow.Tensor_Scalar, (x, 2))
     mean = graph.call_function(aten.mean.dim, (square, dims, True))
+    # eps as a one-entry tensor: the exporter's optimizer drops the sum with a scalar it finds
+    # close to zero (within 1e-8), and a LayerNorm's 1e-12 would leave 0 / 0 on a zero token
+    epsilon = graph.call_function(aten.full.default, ([1], eps), {"dtype": torch.float32})
     root = graph.call_function(aten.sqrt.default,
-                               (graph.call_function(aten.add.Tensor, (mean, eps)),))
+                               (graph.call_function(aten.add.Tensor, (mean, epsilon)),))
     out = graph.call_function(aten.div.Tensor, (x, root))
     return out if weight is None else graph.call_function(aten.mul.Tensor, (out, weight))
 

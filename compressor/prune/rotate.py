@@ -29,6 +29,7 @@ from ..graph.ops import (
     IDENTITY,
     LINEAR,
     MEAN,
+    MUL,
     NORMS,
     RESIZE,
     TRANSPOSE,
@@ -233,8 +234,9 @@ def _reaches_only(norm: fx.Node, readers: set[str]) -> bool:
 
 def _written_through(node: fx.Node, written: set[str], seen: set[str]) -> str | None:
     """The first node on the way back from `node` to the stream's writers (layers whose weights
-    are in `written`, and the constants added to it) that is not in WRITE_THROUGH: where
-    centring or rotating the writers would change the function (None: there is none)."""
+    are in `written`, and the constants added to it) that is not in WRITE_THROUGH nor a scale
+    by one number: where centring or rotating the writers would change the function (None:
+    there is none)."""
     todo = [node]
     while todo:
         node = todo.pop()
@@ -246,6 +248,10 @@ def _written_through(node: fx.Node, written: set[str], seen: set[str]) -> str | 
         if node.target in WRITERS and any(isinstance(a, fx.Node) and a.target in written
                                           for a in node.args[:2]):  # embedding: weight first
             continue
+        scaled = _scaled(node)
+        if scaled is not None:  # one scale for every feature (Gemma's embeddings' sqrt(width))
+            todo.append(scaled)
+            continue
         if node.target not in WRITE_THROUGH or \
                 (node.target in ADD and not all(isinstance(a, fx.Node) for a in node.args[:2])):
             return node.name
@@ -253,6 +259,24 @@ def _written_through(node: fx.Node, written: set[str], seen: set[str]) -> str | 
             node.args[:2] if node.target in ADD else node.args[:1]  # not the shapes read
         todo += [a for a in data if isinstance(a, fx.Node)]
     return None
+
+
+def _scaled(node: fx.Node) -> fx.Node | None:
+    """What `node` multiplies or divides by one number, if it does."""
+    if node.target not in MUL or len(node.args) != 2:
+        return None
+    x, factor = node.args
+    if node.target in (aten.mul.Tensor, aten.mul_.Tensor) and _scalar(x):
+        x, factor = factor, x
+    return x if isinstance(x, fx.Node) and _scalar(factor) and not _scalar(x) else None
+
+
+def _scalar(arg) -> bool:
+    """Whether `arg` is one number: a Python one, or a node whose value has one entry."""
+    if isinstance(arg, (int, float)):
+        return True
+    value = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    return isinstance(value, torch.Tensor) and type(value.numel()) is int and value.numel() == 1
 
 
 def _added(gm: fx.GraphModule, param: str) -> bool:

@@ -60,7 +60,7 @@ def test_a_stream_read_without_a_norm_is_not_rotated_and_says_why():
 class _WrittenThrough(torch.nn.Module):
     """Tokens [N, 6, 12] embedded by a Linear 12-16, then `op`, a LayerNorm, mean over tokens,
     Linear 16-4 (MambaOut's head: a GELU between the layer and the norm; MViTv2: a max pool
-    over tokens on the shortcut)."""
+    over tokens on the shortcut; Gemma: its embeddings times a number)."""
 
     def __init__(self, op: str) -> None:
         super().__init__()
@@ -77,6 +77,8 @@ class _WrittenThrough(torch.nn.Module):
             h = getattr(torch.nn.functional, self.op)(h.transpose(1, 2), 2).transpose(1, 2)
         elif self.op == "add":
             h = h + 1.0
+        elif self.op == "scale":
+            h = h * 8.0 ** 0.5
         return self.head(self.norm(h).mean(1))
 
 
@@ -87,8 +89,9 @@ def test_a_stream_written_through_what_centring_changes_is_not_made_invariant(op
     assert reason == f"what its layers write reaches layer_norm through {op}"
 
 
-def test_a_stream_averaged_over_tokens_on_its_way_is_made_invariant():
-    net, x = _WrittenThrough("avg_pool1d").eval(), torch.randn(20, 6, 12)
+@pytest.mark.parametrize("op", ["avg_pool1d", "scale"])
+def test_a_stream_averaged_or_scaled_on_its_way_is_made_invariant(op):
+    net, x = _WrittenThrough(op).eval(), torch.randn(20, 6, 12)
     gm = graph_of(net, x[:2])
     stream = _stream(trace(gm, stream=True))
     assert rotate.why_not(gm, stream) is None
