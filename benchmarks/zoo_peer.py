@@ -41,10 +41,10 @@ def prune(name: str, work: Path) -> None:
     for _ in range(10):
         ratio = (lo + hi) / 2
         candidate = copy.deepcopy(net)
-        head = [m for m in candidate.modules() if isinstance(m, torch.nn.Linear)][-1:]  # its own
+        head = _classifier(candidate)  # its own
         tp.pruner.MetaPruner(candidate, example, importance=tp.importance.MagnitudeImportance(p=2),
-                             pruning_ratio=ratio, ignored_layers=head).step()
-        if head[0].out_features != 10:
+                             pruning_ratio=ratio, ignored_layers=[head]).step()
+        if head.weight.shape[0] != 10:
             raise SystemExit("Torch-Pruning pruned the classifier's classes")
         reduction = 1 - flops_of(candidate, example) / base
         if reduction >= TARGET:
@@ -63,6 +63,14 @@ def prune(name: str, work: Path) -> None:
     (work / f"{name}.peer.json").write_text(json.dumps(
         {"flops": round((1 - reduction) * base), "parity": parity,
          "scale": float(reference.abs().max()), "classifier_kept": True}))
+
+
+def _classifier(net: torch.nn.Module) -> torch.nn.Module:
+    """The layer that writes the 10 classes: the last Linear, or the last convolution where there
+    is none (SqueezeNet's)."""
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.Linear)] or \
+        [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    return layers[-1]
 
 
 if __name__ == "__main__":
