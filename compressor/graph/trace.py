@@ -183,6 +183,7 @@ def _with_heads(gm: fx.GraphModule, sample: torch.Tensor, layers: list[Layer], g
         proj = next(n for n in gm.graph.nodes if n.name == group.consumer_nodes[0])
         bias = proj.args[2].target if len(proj.args) > 2 and proj.args[2] is not None else \
             add_zero_bias(gm, proj)
+        groups = [_with_bias(g, proj.args[1].target, bias) for g in groups]
         q = group.weights[0].param
         rows = sum(s.block for s in group.weights if s.param == q)
         total = int(get_tensor(gm, q).shape[0])
@@ -194,6 +195,15 @@ def _with_heads(gm: fx.GraphModule, sample: torch.Tensor, layers: list[Layer], g
         pruned = {by_node[n].name for n in heads.layers[:-1] if n in by_node}
         dense = [(layer, why) for layer, why in dense if layer not in pruned]
     return groups, dense, products
+
+
+def _with_bias(group, weight: str, bias: str):
+    """`group` with `bias` among its producers' biases where `weight`'s rows are its units and it
+    does not list it yet (a bias added for the heads after the stream's group was made)."""
+    rows = [s for s in group.weights if s.param == weight and s.axis == 0]
+    if not rows or any(s.param == bias for s in group.biases):
+        return group
+    return replace(group, biases=group.biases + tuple(replace(s, param=bias) for s in rows))
 
 
 def _positions(out: torch.Tensor | None, batch: object, conv: bool) -> int:

@@ -181,6 +181,36 @@ def test_compress_cuts_the_stream_by_its_share_and_the_export_verifies():
     assert notes["blocks.0.attn.proj"] == "pruned with patch (residual stream)"
 
 
+class _ReadWithoutANorm(torch.nn.Module):
+    """Tokens [N, 6, 12]: Linear 12-16, one pre-LayerNorm attention of 2 heads with bias-free
+    q, k, v and output projections (as Llama's), the first token's features straight into
+    Linear 16-4: the stream is cut in its own features, the output projection among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.norm = torch.nn.Linear(12, 16), torch.nn.LayerNorm(16)
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(16, 16, bias=False) for _ in range(4))
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        h = self.norm(x)
+        q, k, v = (f(h).unflatten(-1, (2, 8)).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.o(y.transpose(1, 2).flatten(2))
+        return self.head(x[:, 0])
+
+
+def test_a_stream_cut_in_its_features_cuts_the_bias_its_output_projection_was_given():
+    x = torch.randn(300, 6, 12, generator=torch.Generator().manual_seed(1))
+    result = compressor.compress(_ReadWithoutANorm().eval(), 0.5, of="flops", data=x,
+                                 latency=False, prune_stream=0.25)
+    widths = {layer.name: (layer.in_after, layer.out_after) for layer in result.report.layers}
+    assert widths["o"][1] == 12 and widths["head"][0] == 12
+    assert result.report.parity.max_abs_diff <= 1e-4
+
+
 def test_the_stream_needs_data_and_a_model_that_has_one():
     with pytest.raises(OptionError, match="needs calibration data"):
         compressor.compress(_vit(), 0.5, prune_stream=0.25, latency=False)
