@@ -93,8 +93,12 @@ def criterion(options: Options, model: ModelFacts, data: DataFacts, tuned: bool)
         return Criterion.ERROR, (f"one shot ({one_shot_why(options, data)}), every pruned layer "
                                  "read by one Linear: dead units first, then the least output "
                                  "error after a least-squares refit")
-    if tuned and (model.relu or (model.linear and model.tokens)):  # measured (docs/method.md)
-        where = f"every pruned layer {_read_by_one(model)}" if model.linear else \
+    if tuned and model.linear and model.tokens:  # measured (docs/method.md)
+        return Criterion.ERROR, ("fine-tuned, every pruned layer over tokens and read by one "
+                                 "Linear: dead units first, then the least output error after "
+                                 "a least-squares refit")
+    if tuned and model.relu:  # measured (docs/method.md)
+        where = "every pruned layer behind ReLUs and read by one Linear" if model.linear else \
             "every pruned unit behind a ReLU"
         return Criterion.L2, (f"fine-tuned, {where}: dead units first, then each unit's "
                               "weight norm over its layer's mean")
@@ -118,14 +122,6 @@ def compensation_ridge(options: Options, tuned: bool) -> float:
     return TUNED_RIDGE
 
 
-def _read_by_one(model: ModelFacts) -> str:
-    """Where fine-tuning was measured to do better from plain weights: layers behind ReLUs
-    (MLPs) or over tokens (transformers' feed-forward units and heads), each read by one
-    Linear."""
-    return "behind ReLUs and read by one Linear" if model.relu else \
-        "over tokens and read by one Linear"
-
-
 def method(options: Options, data: DataFacts) -> Reasoned:
     """How single weights are scored (score WEIGHTS)."""
     if options.given("method"):
@@ -139,9 +135,10 @@ def compensate(options: Options, model: ModelFacts, data: DataFacts, tuned: bool
     if options.given("compensate"):
         return options.compensate, "given"
     if data.present:
-        if tuned and model.linear and (model.relu or model.tokens):
-            return Compensation.NONE, (f"fine-tuned, every pruned layer {_read_by_one(model)}: "
-                                       "fine-tuning does better from the weights as they are")
+        if tuned and model.linear and model.relu and not model.tokens:
+            return Compensation.NONE, ("fine-tuned, every pruned layer behind ReLUs and read "
+                                       "by one Linear: fine-tuning does better from the "
+                                       "weights as they are")
         if tuned and not options.given("ridge"):
             return Compensation.LSQ, ("calibration data: the next layer refitted by least "
                                       "squares, held near its trained weights (ridge "

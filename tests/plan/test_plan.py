@@ -104,18 +104,23 @@ def test_units_behind_other_activations_are_ranked_by_energy_when_fine_tuned():
     assert _chosen(_plan(model=GELU_MLP), "compensate") is Compensation.LSQ
 
 
-def test_units_over_tokens_are_ranked_by_norm_and_not_refitted_when_fine_tuned():
-    """A transformer's feed-forward units and heads (GELU, over tokens), fine-tuned: the weight
-    norm and no refit; one shot: the error ranking with its refit."""
-    ffn = ModelFacts((_group("fc1", 64, tokens=True, relu=False),), linear=True,
-                     weights=9_000)
-    result = _plan(model=ffn)
-    assert (_chosen(result, "criterion"), _chosen(result, "compensate")) == \
-        (Criterion.L2, Compensation.NONE)
-    assert "over tokens" in result.decision("criterion").reason
-    one_shot = _plan(model=ffn, epochs=0)
-    assert (_chosen(one_shot, "criterion"), _chosen(one_shot, "compensate")) == \
-        (Criterion.ERROR, Compensation.LSQ)
+def test_units_over_tokens_are_ranked_by_error_and_refitted_fine_tuned_or_not():
+    """A transformer's feed-forward units and heads (over tokens, each read by one Linear):
+    the error ranking with its refit, held near the trained weights before fine-tuning, and
+    so where its feed-forward units sit behind ReLUs."""
+    for relu in (False, True):
+        ffn = ModelFacts((_group("fc1", 64, tokens=True, relu=relu),), linear=True,
+                         weights=9_000)
+        result = _plan(model=ffn)
+        assert (_chosen(result, "criterion"), _chosen(result, "compensate")) == \
+            (Criterion.ERROR, Compensation.LSQ)
+        assert "fine-tuned, every pruned layer over tokens" in \
+            result.decision("criterion").reason
+        assert result.prune.compensate.ridge == TUNED_RIDGE
+        one_shot = _plan(model=ffn, epochs=0)
+        assert (_chosen(one_shot, "criterion"), _chosen(one_shot, "compensate")) == \
+            (Criterion.ERROR, Compensation.LSQ)
+        assert one_shot.prune.compensate.ridge < TUNED_RIDGE
 
 
 def test_without_data_units_are_ranked_by_norm_and_merged_where_exact():
