@@ -238,9 +238,10 @@ def _header(seconds: float) -> str:
         "feed-forward block, mean over tokens, LayerNorm, Linear.",
         "",
         "**Ours**: `compress models/M.pt --arch models.transformer:M --target T --of flops "
-        "--data D`, every other option at its default (fine-tuned: one global ranking by "
-        f"weight norm, no refit, {cycles} cycle of at most {epochs} epochs with distillation; "
-        "one shot, `--epochs 0`: ranked by the error criterion, refitted by least squares). "
+        "--data D`, every other option at its default (one global ranking by the error "
+        "criterion, refitted by least squares; fine-tuned: the refit held near the trained "
+        f"weights, then {cycles} cycle of at most {epochs} epochs with distillation; one shot: "
+        "`--epochs 0`). "
         "*FFN + heads* is the command as it is (heads ranked with the FFN "
         "units, a head costing its q, k, v rows, output columns and attention products); *FFN "
         "only* is the same command with the tracer's head finder switched off (a benchmark "
