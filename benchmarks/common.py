@@ -62,12 +62,13 @@ def measured(who: str, module: torch.nn.Module, test, sample: torch.Tensor,
                   accuracy(predicted, test.y), widths=widths)
 
 
-def time_cells(results: list[Result], sample: torch.Tensor, seconds: float) -> None:
+def time_cells(results: list[Result], sample: torch.Tensor, seconds: float,
+               rounds: int = 5) -> None:
     """Every (batch, threads) cell timed with the models interleaved, so that a busy moment
-    slows all alike; `seconds` per model and cell."""
+    slows all alike; `seconds` per model and cell, split into `rounds`."""
     for batch, threads in CELLS:
         found = latencies_ms([r.onnx for r in results], [sample] * len(results), batch=batch,
-                             threads=threads, seconds=seconds * len(results))
+                             threads=threads, seconds=seconds * len(results), rounds=rounds)
         for r, ms in zip(results, found):
             r.latency[batch, threads] = ms
 

@@ -48,6 +48,7 @@ MODELS = {  # name: (title, data, FLOP targets: None for --targets)
 }
 FIRST = ("ffn.fc1", "ffn.w1", "ffn.w3")  # the layers whose outputs are the FFN hidden units
 SEED = 0
+TIMING_ROUNDS = 10  # a section's thirty-odd files interleaved: more rounds, each one shorter
 FFN_ONLY = "--ffn-only"  # the control: `compress` with attention heads kept whole
 STREAM_SHARE = 0.25  # SliceGPT's headline share of the width, at every budget
 OURS = {"ffn": "ours, FFN only", "heads": "ours, FFN + heads (default)",
@@ -62,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--targets", default="0.3,0.5,0.7", help="fractions of FLOPs removed")
-    parser.add_argument("--seconds", type=float, default=0.5, help="timing per latency cell")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="timing per file and latency cell")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "transformer.md")
     parser.add_argument("--modes", default="fine-tuned,one-shot",
                         help="fine-tuned, one-shot or both (one shot alone skips the control)")
@@ -110,13 +112,15 @@ def _model_section(name: str, targets: list[float], seconds: float, modes: list[
                                                                      dense.flops),
                                        tuned, splits, sample, teacher, width=width)
                         for width in PEERS]
-            done = [r for r in results if r.onnx]
-            base = replace(dense, latency={})  # dense timed with each row group
-            time_cells([base, *done], sample, seconds)
-            rows.append((target, tuned, base, results))
+            rows.append((target, tuned, results))
             print(f"{name} {target} {'fine-tuned' if tuned else 'one-shot'}: "
                   + ", ".join(f"{r.who} {100 * r.accuracy:.2f}%" for r in results),
                   file=sys.stderr)
+    # every file of the section in the same rounds as one dense run: a speedup never divides
+    # by a dense latency timed in other minutes than the file's own
+    dense = replace(dense, latency={})
+    time_cells([dense, *(r for *_, results in rows for r in results if r.onnx)], sample,
+               seconds, rounds=TIMING_ROUNDS)
     return _table(name, dense, control, rows)
 
 
@@ -258,24 +262,25 @@ def _header(seconds: float) -> str:
         "ignored, so the same ratio also cuts the hidden width (the example's default; the "
         "position table given as an unwrapped parameter); the ratio bisected to the least that "
         "removes the target's FLOPs, or what our like row removed where our width steps went "
-        "past the target (FLOPs counted as ours are; the same FLOPs or fewer); each `Attention.heads` set from "
-        "`pruner.num_heads` after. Fine-tuned by the very function ours uses (Adam 1e-3 with "
-        "cosine decay, batch 128, distillation 0.5 at temperature 4 from the dense logits, "
-        "best validation epoch kept), exported by the same capture and exporter. **Control**: "
-        "the dense model fine-tuned by the same recipe without pruning.",
+        "past the target (FLOPs counted as ours are; the same FLOPs or fewer); each "
+        "`Attention.heads` set from `pruner.num_heads` after. Fine-tuned by the very function "
+        "ours uses (Adam 1e-3 with cosine decay, batch 128, distillation 0.5 at temperature 4 "
+        "from the dense logits, best validation epoch kept), exported by the same capture and "
+        "exporter. **Control**: the dense model fine-tuned by the same recipe without pruning.",
         "",
-        "Widths: the residual width, then heads/FFN units per block. Accuracy: the 10,000-sample test set in "
-        "onnxruntime. FLOPs: every Conv and Linear and the attention products QKᵀ and AV, as "
-        "`compress check` counts them. Latency: onnxruntime CPU, best of 5 interleaved "
-        f"rounds' median `run()` time, {seconds:g} s per model and cell, the models of a row "
-        "group interleaved; speedup = dense latency / latency; **efficiency** = speedup at "
-        "batch 32, 1 thread / FLOP ratio. Wall: the whole `compress` command.",
-        "",
+        "Widths: the residual width, then heads/FFN units per block. Accuracy: the "
+        "10,000-sample test set in onnxruntime. FLOPs: every Conv and Linear and the "
+        "attention products QKᵀ and AV, as `compress check` counts them. Latency: onnxruntime "
+        f"CPU, best of {TIMING_ROUNDS} rounds' median `run()` time, {seconds:g} s per file and "
+        "cell, every file of a section interleaved with the dense file in each round (one "
+        "dense latency per section); speedup = dense latency / latency; **efficiency** = "
+        "speedup at batch 32, 1 thread / FLOP ratio. Wall: the whole `compress` command.",
+        "", "",
     ])
 
 
 def _table(name: str, dense: Result, control: Result | None, rows: list) -> str:
-    lat = rows[0][2].latency
+    lat = dense.latency
     lines = [
         f"## {MODELS[name][0]}",
         "",
@@ -290,7 +295,7 @@ def _table(name: str, dense: Result, control: Result | None, rows: list) -> str:
         "| b32 1t | b1 2t | b32 2t | efficiency b32 1t | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for target, tuned, base, results in rows:
+    for target, tuned, results in rows:
         mode = "fine-tuned" if tuned else "one-shot"
         for r in results:
             if not r.onnx:
@@ -298,7 +303,7 @@ def _table(name: str, dense: Result, control: Result | None, rows: list) -> str:
                              "|" + " |" * 9)
                 continue
             ratio = dense.flops / r.flops
-            speed = {cell: base.latency[cell] / r.latency[cell] for cell in CELLS}
+            speed = {cell: dense.latency[cell] / r.latency[cell] for cell in CELLS}
             lines.append(
                 f"| {100 * target:.0f}% | {mode} | {r.who} | {r.widths} | "
                 f"{r.flops:,} ({ratio:.2f}x) | {100 * r.accuracy:.2f}% | "
@@ -325,7 +330,7 @@ def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
     with the width against its like, with the issue's accuracy goals (set for the ViT) and
     efficiency goal, met or not."""
     lines = []
-    for target, tuned, base, results in rows:
+    for target, tuned, results in rows:
         by_who = {r.who: r for r in results}
         mode = "fine-tuned" if tuned else "one shot"
         for kind, peer in ((OURS["heads"], PEERS[False]), (OURS["width"], PEERS[True])):
@@ -342,7 +347,7 @@ def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
             versus = f"{peer.who} refused" if not peer.onnx else \
                 (f"{peer.who} {100 * peer.accuracy:.2f}% "
                  f"({_versus(peer.accuracy, ours.accuracy)} ours)")
-            efficiency = (base.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
+            efficiency = (dense.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
             lines.append(f"- {what}: ours {100 * ours.accuracy:.2f}% ({-drop:+.2f} pt); "
                          f"{verdict}{versus}; efficiency {efficiency:.3f} "
                          f"(goal ≥ 0.8: {'met' if efficiency >= 0.8 else 'not met'}).")
