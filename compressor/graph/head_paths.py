@@ -37,6 +37,12 @@ class Path:
         for start, ops in self.runs:
             found |= written_sizes(list(ops), start, index, values, unit_of, units)
             index = replayed(list(ops), start, index, values)
+        moved = {n for _, ops in self.runs for n in ops}
+        for node in self.nodes:  # a region's views write the head count second, if at all
+            size = node.args[1][1] if node not in moved and node.target in REGION_VIEWS \
+                else None
+            if isinstance(size, int) and size > 0:
+                found.add((node.name, 1, size // units))
         return found
 
 
@@ -66,9 +72,11 @@ def path_to_linear(node: fx.Node, values: dict) -> Path | None:
     return Path(node, tuple(runs[::-1]), tuple(nodes))
 
 
-ROTARY = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default,
-          aten.slice.Tensor, aten.cat.default, aten.alias.default, aten.clone.default,
-          aten.contiguous.default, aten.detach.default}
+ELEMENTWISE = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default,
+               aten.alias.default, aten.clone.default, aten.contiguous.default,
+               aten.detach.default, aten.to.dtype, aten._to_copy.default}
+ALONG = {aten.slice.Tensor, aten.cat.default, aten.stack.default}  # an axis second
+REGION_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 
 
 def head_rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
@@ -121,28 +129,34 @@ def head_columns(out: fx.Node, chain: list, h: int, d: int,
 def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | None:
     """(the one input, the ops) of a region that computes `end` [batch, heads, tokens, d] from
     one tensor of its shape and tables the same for every head (an axis of 1 or none where
-    the heads lie), through products, sums, negations, copies, and slices and concatenations
-    along the last axis, read by nothing outside it: a rotary position embedding, x · cos +
-    rotate_half(x) · sin, rotates pairs of features within a head (Phi-3's of a part of them,
-    the rest concatenated back). None if `end` is not so."""
+    the heads lie), through products, sums, negations and copies, and slices, stacks,
+    concatenations and views within each head (along the axes after the heads, every
+    tensor of the region [batch, heads, ...]), read by nothing outside it: a rotary position
+    embedding, x · cos + rotate_half(x) · sin, rotates pairs of features within a head
+    (Phi-3's of a part of them, the rest concatenated back; EVA-02's interleaved pairs, of
+    the tokens after the class token). None if `end` is not so."""
     shape = getattr(values.get(end.name), "shape", ())
     if len(shape) != 4:
         return None
-    region, sources, tables, todo = [], set(), set(), [end]
+    region, sources, tables, sizes, todo = [], set(), set(), set(), [end]
     while todo:
         node = todo.pop()
         if node in region or node in sources:
             continue
         value = values.get(node.name)
+        if node in sizes:
+            continue  # a view's batch size, read from the model's input
         if not isinstance(value, torch.Tensor):
             return None
-        if value.ndim < 3 or value.shape[-3] == 1:
+        if value.ndim < 3 or value.ndim <= 4 and value.shape[-3] == 1:
             tables.add(node)
-        elif value.ndim != 4 or value.shape[1] != shape[1]:
+        elif value.ndim < 4 or value.shape[:2] != shape[:2]:
             return None
-        elif node.target in ROTARY and _along_last(node, value.ndim):
+        elif _within_heads(node, value, values, shape[1]):
             region.append(node)
             todo += node.all_input_nodes
+            if node.target in REGION_VIEWS:
+                sizes |= {a for a in node.args[1] if isinstance(a, fx.Node)}
         else:
             sources.add(node)
     if len(sources) != 1 or not region:
@@ -156,13 +170,24 @@ def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | N
     return source, region
 
 
-def _along_last(node: fx.Node, ndim: int) -> bool:
-    """A slice or concatenation along the last axis; any other op of ROTARY."""
-    if node.target is aten.slice.Tensor:
-        return len(node.args) > 1 and node.args[1] in (-1, ndim - 1)
-    if node.target is aten.cat.default:
-        return len(node.args) > 1 and node.args[1] in (-1, ndim - 1)
-    return True
+def _within_heads(node: fx.Node, value: torch.Tensor, values: dict, heads: int) -> bool:
+    """Whether `node` (its value [batch, heads, ...]) keeps each head's entries in that head:
+    an elementwise op; a slice, stack or concatenation along an axis after the heads (a
+    slice of the whole batch too); a view that keeps [batch, heads] in front and writes the
+    head count, if at all, as the number `heads`."""
+    if node.target in ELEMENTWISE:
+        return True
+    if node.target in ALONG:
+        axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if axis % value.ndim >= 2:
+            return True
+        source = node.args[0]
+        return node.target is aten.slice.Tensor and isinstance(source, fx.Node) and \
+            getattr(values.get(source.name), "shape", None) == value.shape
+    if node.target in REGION_VIEWS:
+        size = node.args[1][1] if len(node.args[1]) > 1 else None
+        return isinstance(size, fx.Node) or size in (heads, -1)
+    return False
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:

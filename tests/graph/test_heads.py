@@ -27,7 +27,7 @@ class Attention(nn.Module):
     side by side) or separate q, k, v; grouped-query k/v repeated by expand
     or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls (DeBERTa's: bmm over
     [batch x heads, T, d], kᵀ scaled, the scores masked; GCViT's kᵀ contiguous); rotary position
-    embeddings on q and k as Llama writes them."""
+    embeddings on q and k as Llama, Phi-3 and EVA-02 write them."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool | str,
                  explicit: bool | str = False, sdpa_gqa: bool = False, rotary: bool | str = False
@@ -96,6 +96,10 @@ class Attention(nn.Module):
             rotated = x[..., :cut] * cos[..., :cut] + torch.cat(
                 (-x[..., cut // 2:cut], x[..., :cut // 2]), -1) * sin[..., :cut]
             return torch.cat((rotated, x[..., cut:]), -1)
+        if self.rotary == "interleaved, after a class token":  # EVA-02's: pairs (2i, 2i + 1)
+            first, rest = x[:, :, :1], x[:, :, 1:]
+            turned = torch.stack((-rest[..., 1::2], rest[..., ::2]), -1).reshape(rest.shape)
+            return torch.cat((first, rest * cos[:, :, 1:] + turned * sin[:, :, 1:]), 2)
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
@@ -131,6 +135,8 @@ LAYOUTS = {
                                         "rotary": True, "explicit": True},
     "sliced, grouped-query, partial rotary": {"heads": 4, "kv_heads": 2, "fused": "sliced",
                                               "rotary": "partial", "explicit": True},
+    "rotary, interleaved, after a class token": {"heads": 4, "kv_heads": 4, "fused": False,
+                                                 "rotary": "interleaved, after a class token"},
 }
 
 
