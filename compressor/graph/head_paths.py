@@ -31,6 +31,14 @@ class Path:
             index = replayed(list(ops), start, index, values)
         return index
 
+    def region_inputs(self, index: torch.Tensor, values: dict) -> list[torch.Tensor]:
+        """The layout each head-local region reads, in order."""
+        found = []
+        for start, ops in self.runs[:-1]:
+            index = replayed(list(ops), start, index, values)
+            found.append(index)
+        return found
+
     def written_sizes(self, index: torch.Tensor, values: dict, unit_of: torch.Tensor,
                       units: int) -> set[tuple[str, int, int]]:
         found = set()
@@ -76,6 +84,7 @@ ELEMENTWISE = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.defau
                aten.alias.default, aten.clone.default, aten.contiguous.default,
                aten.detach.default, aten.to.dtype, aten._to_copy.default}
 ALONG = {aten.slice.Tensor, aten.cat.default, aten.stack.default}  # an axis second
+NORMS = {aten.rms_norm.default, aten.layer_norm.default}  # over the sizes second
 REGION_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 
 
@@ -102,7 +111,14 @@ def head_rows(node: fx.Node, values: dict) -> tuple[Path, torch.Tensor] | None:
     heads = laid[0].permute(0, 2, 1)  # [H, d, tokens]
     if not bool((heads == heads[..., :1]).all()):  # every token: the same features
         return None
-    return path, heads[..., 0].long()
+    heads = heads[..., 0].long()
+    owner = torch.full((out.shape[-1],), -1)
+    owner[heads.flatten()] = torch.arange(heads.shape[0]).repeat_interleave(heads.shape[1])
+    for read in path.region_inputs(index, values):  # a region acts along its last axis:
+        lines = owner[read.long()]  # normalizes or rotates features of one head there
+        if not bool((lines == lines[..., :1]).all()):
+            return None
+    return path, heads
 
 
 def head_columns(out: fx.Node, chain: list, h: int, d: int,
@@ -174,7 +190,8 @@ def _within_heads(node: fx.Node, value: torch.Tensor, values: dict, heads: int) 
     """Whether `node` (its value [batch, heads, ...]) keeps each head's entries in that head:
     an elementwise op; a slice, stack or concatenation along an axis after the heads (a
     slice of the whole batch too); a view that keeps [batch, heads] in front and writes the
-    head count, if at all, as the number `heads`."""
+    head count, if at all, as the number `heads`; a norm over the last axis (Qwen3's q and k
+    norms, over each head's features: `head_rows` checks that the last axis is one head's)."""
     if node.target in ELEMENTWISE:
         return True
     if node.target in ALONG:
@@ -184,10 +201,12 @@ def _within_heads(node: fx.Node, value: torch.Tensor, values: dict, heads: int) 
         source = node.args[0]
         return node.target is aten.slice.Tensor and isinstance(source, fx.Node) and \
             getattr(values.get(source.name), "shape", None) == value.shape
-    if node.target in REGION_VIEWS:
+    if node.target in REGION_VIEWS:  # of a tensor of the region's (EVA-02's stacked pairs)
         size = node.args[1][1] if len(node.args[1]) > 1 else None
-        return isinstance(size, fx.Node) or size in (heads, -1)
-    return False
+        read = getattr(values.get(node.args[0].name), "shape", ())
+        return len(read) >= 4 and read[:2] == value.shape[:2] and (
+            isinstance(size, fx.Node) or size in (heads, -1))
+    return node.target in NORMS and len(node.args[1]) == 1  # over the last axis
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:

@@ -27,15 +27,18 @@ class Attention(nn.Module):
     side by side) or separate q, k, v; grouped-query k/v repeated by expand
     or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls (DeBERTa's: bmm over
     [batch x heads, T, d], kᵀ scaled, the scores masked; GCViT's kᵀ contiguous); rotary position
-    embeddings on q and k as Llama, Phi-3 and EVA-02 write them."""
+    embeddings on q and k as Llama, Phi-3 and EVA-02 write them; Qwen3's norms of q and k."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool | str,
-                 explicit: bool | str = False, sdpa_gqa: bool = False, rotary: bool | str = False
-                 ) -> None:
+                 explicit: bool | str = False, sdpa_gqa: bool = False, rotary: bool | str = False,
+                 normed: str | None = None) -> None:
         super().__init__()
         self.h, self.kv, self.d = heads, kv_heads, dim // heads
         self.fused, self.explicit, self.sdpa_gqa = fused, explicit, sdpa_gqa
-        self.rotary = rotary
+        self.rotary, self.normed = rotary, normed
+        if normed:  # Qwen3's q and k norms, over each head's features (or, wrongly, its heads)
+            self.q_norm, self.k_norm = (nn.RMSNorm(heads if normed == "across heads" else
+                                                   self.d) for _ in "qk")
         self.register_buffer("inv_freq", 1 / 100 ** (torch.arange(0, self.d, 2) / self.d))
         if fused == "sliced":  # Phi-3: q, k, v cut out of one Linear by width
             self.qkv = nn.Linear(dim, dim + 2 * kv_heads * self.d)
@@ -61,8 +64,14 @@ class Attention(nn.Module):
                            qkv[..., at + self.kv * self.d:])
             else:
                 q, k, v = self.q(x), self.k(x), self.v(x)
-            q = q.view(b, t, self.h, self.d).transpose(1, 2)
-            k = k.view(b, t, self.kv, self.d).transpose(1, 2)
+            if self.normed == "across heads":  # [d, heads] per position, normed over heads
+                q = self.q_norm(q.view(b, t, self.d, self.h)).permute(0, 3, 1, 2)
+                k = self.k_norm(k.view(b, t, self.d, self.kv)).permute(0, 3, 1, 2)
+            else:
+                q, k = q.view(b, t, self.h, self.d), k.view(b, t, self.kv, self.d)
+                if self.normed:
+                    q, k = self.q_norm(q), self.k_norm(k)
+                q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.view(b, t, self.kv, self.d).transpose(1, 2)
             if self.rotary:
                 q, k = self._rotated(q, t), self._rotated(k, t)
@@ -137,6 +146,8 @@ LAYOUTS = {
                                               "rotary": "partial", "explicit": True},
     "rotary, interleaved, after a class token": {"heads": 4, "kv_heads": 4, "fused": False,
                                                  "rotary": "interleaved, after a class token"},
+    "grouped-query, normed per head, rotary": {"heads": 4, "kv_heads": 2, "fused": False,
+                                               "normed": "per head", "rotary": True},
 }
 
 
@@ -342,7 +353,12 @@ def _mixed(**attention):
     return Net(**{**attention, "fused": False, "rotary": "across heads"})
 
 
-@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias, MergedTemperature, _mixed])
+def _normed_across_heads(**attention):
+    return Net(**{**attention, "fused": False, "normed": "across heads"})
+
+
+@pytest.mark.parametrize("make", [Shared, ReadTwice, _computed_bias, MergedTemperature, _mixed,
+                                  _normed_across_heads])
 def test_heads_whose_rows_something_else_reads_stay(make):
     net = make(**LAYOUTS["fused"]).eval()
     x = torch.randn(4, 5, 8)

@@ -1,10 +1,10 @@
 """Hugging Face transformers built from small configs (no weights can be downloaded): BERT and
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
-its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3 and Gemma
-(rotary embeddings, grouped-query heads, written-out RMSNorms) with heads and width; DeBERTa-v3,
-MPNet and T5 (relative position scores and biases). GPT-2's attention splits
-one fused projection by width and concatenates keys and values with an empty cache; BERT's
-passes the probabilities through dropout; both must still be found."""
+its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3, Gemma and
+Qwen3 (rotary embeddings, grouped-query heads, written-out RMSNorms, per-head q and k norms)
+with heads and width; DeBERTa-v3, MPNet and T5 (relative position scores and biases).
+GPT-2's attention splits one fused projection by width and concatenates keys and values with
+an empty cache; BERT's passes the probabilities through dropout; both must still be found."""
 
 from __future__ import annotations
 
@@ -90,6 +90,16 @@ def gemma() -> Logits:
                                       head_dim=16, max_position_embeddings=32, pad_token_id=0,
                                       attn_implementation="eager", **SMALL)
     return Logits(transformers.GemmaForSequenceClassification(config))
+
+
+def qwen3() -> Logits:
+    """Llama's blocks with each head's q and k normalized (RMSNorms over the head's features,
+    written out) before the rotary embedding."""
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=100, hidden_size=64, num_key_value_heads=2,
+                                      head_dim=16, max_position_embeddings=32, pad_token_id=0,
+                                      attn_implementation="eager", **SMALL)
+    return Logits(transformers.Qwen3ForSequenceClassification(config))
 
 
 def deberta() -> Logits:
@@ -189,12 +199,13 @@ def test_the_residual_width_of_a_pre_norm_model_is_rotated_and_cut(run_cli, tmp_
         assert "not rotated: the output of layer_norm goes back into the stream" in result.err
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma"])
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma", "qwen3"])
 def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_width(
         run_cli, tmp_path: Path, arch):
-    """Llama, Phi-3 and Gemma: a unit is a key/value head with its two query heads, found
-    through the rotary embedding on q and k (Phi-3's q, k and v cut out of one Linear, those cuts
-    moved as heads go; its fused gate and up projections made two); with `--prune-stream`,
+    """Llama, Phi-3, Gemma and Qwen3: a unit is a key/value head with its two query heads,
+    found through the rotary embedding on q and k (Phi-3's q, k and v cut out of one Linear,
+    those cuts moved as heads go; its fused gate and up projections made two; Qwen3's norms
+    of each head's q and k before it); with `--prune-stream`,
     their written-out RMSNorms read as norms, so the stream is rotated and cut."""
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).integers(3, 100, (300, 16)))
     model = tmp_path / f"{arch}.pt"
