@@ -60,10 +60,11 @@ def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
 def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node, tuple]]:
     """softmax(q @ kᵀ ...) @ v written out: ((q @ kᵀ, its product with v), (q, k, v),
     output, the ops from q @ kᵀ to the softmax: scales, biases, masks and the views between
-    them, as Swin's shifted windows add their mask per window)."""
+    them, as Swin's shifted windows add their mask per window, and functions of each score,
+    as Gemma-2 caps its scores by c · tanh(s / c))."""
     found = []
     for soft in (n for n in gm.graph.nodes if n.target in ATTENTION and n.target is not SDPA):
-        path = _path_back(soft.args[0], SCALES | SHIFTS | RESHAPES)
+        path = _path_back(soft.args[0], SCALES | SHIFTS | RESHAPES | set(ACTIVATIONS))
         scores = path[0] if path else None
         probs = soft  # through dropout at eval, copies, casts (BERT, GPT-2) and views
         while len(probs.users) == 1 and next(iter(probs.users)).target in CARRY | RESHAPES:

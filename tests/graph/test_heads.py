@@ -24,10 +24,11 @@ from tests.nets import torch_encoder
 class Attention(nn.Module):
     """Self-attention of `heads` query heads over `kv_heads` key/value heads, written as
     models write it: a fused qkv (laid out [q | k | v], or by head: each head's q, k and v
-    side by side) or separate q, k, v; grouped-query k/v repeated by expand
-    or by SDPA's `enable_gqa`; SDPA or softmax between two matmuls (DeBERTa's: bmm over
-    [batch x heads, T, d], kᵀ scaled, the scores masked; GCViT's kᵀ contiguous); rotary position
-    embeddings on q and k as Llama, Phi-3 and EVA-02 write them; Qwen3's norms of q and k."""
+    side by side) or separate q, k, v; grouped-query k/v repeated by expand or by SDPA's
+    `enable_gqa`; SDPA or softmax between two matmuls (DeBERTa's: bmm over [batch x heads, T,
+    d], kᵀ scaled, the scores masked; GCViT's kᵀ contiguous; Gemma-2's scores capped by tanh);
+    rotary position embeddings on q and k as Llama, Phi-3 and EVA-02 write them; Qwen3's
+    norms of q and k."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, *, fused: bool | str,
                  explicit: bool | str = False, sdpa_gqa: bool = False, rotary: bool | str = False,
@@ -87,6 +88,9 @@ class Attention(nn.Module):
             y = torch.bmm(probs.view(-1, t, t), v).view(-1, self.h, t, self.d)
         elif self.explicit == "contiguous kᵀ":  # GCViT: q scaled first, kᵀ made contiguous
             y = ((q * self.d ** -0.5) @ k.transpose(-2, -1).contiguous()).softmax(-1) @ v
+        elif self.explicit == "capped":  # Gemma-2's scores: c · tanh(s / c)
+            scores = q @ k.transpose(-2, -1) * self.d ** -0.5
+            y = (torch.tanh(scores / 2.0) * 2.0).softmax(-1) @ v
         elif self.explicit:
             y = (q @ k.transpose(-2, -1) * self.d ** -0.5).softmax(-1) @ v
         else:
@@ -135,6 +139,7 @@ LAYOUTS = {
     "explicit softmax": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": True},
     "explicit, contiguous kᵀ": {"heads": 4, "kv_heads": 4, "fused": True,
                                 "explicit": "contiguous kᵀ"},
+    "explicit, scores capped": {"heads": 4, "kv_heads": 4, "fused": True, "explicit": "capped"},
     "heads in the batch axis, masked": {"heads": 4, "kv_heads": 4, "fused": False,
                                         "explicit": "batch x heads"},
     "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
