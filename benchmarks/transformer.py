@@ -348,8 +348,9 @@ def _goals(dense: Result, rows: list, accuracy_goals: bool) -> list[str]:
                 (f"{peer.who} {100 * peer.accuracy:.2f}% "
                  f"({_versus(peer.accuracy, ours.accuracy)} ours)")
             efficiency = (dense.latency[32, 1] / ours.latency[32, 1]) / (dense.flops / ours.flops)
+            shown = f"{efficiency:.3f}" if round(efficiency, 3) != 0.8 else f"{efficiency:.4f}"
             lines.append(f"- {what}: ours {100 * ours.accuracy:.2f}% ({-drop:+.2f} pt); "
-                         f"{verdict}{versus}; efficiency {efficiency:.3f} "
+                         f"{verdict}{versus}; efficiency {shown} "
                          f"(goal ≥ 0.8: {'met' if efficiency >= 0.8 else 'not met'}).")
     return lines
 
