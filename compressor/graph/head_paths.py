@@ -164,8 +164,9 @@ def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | N
             continue  # a view's batch size, read from the model's input
         if not isinstance(value, torch.Tensor):
             return None
-        if value.ndim < 3 or value.ndim <= 4 and value.shape[-3] == 1:
-            tables.add(node)
+        if value.ndim < 3 or value.ndim <= 4 and value.shape[-3] == 1 and not (
+                shape[1] == 1 and any(a.target is LINEAR for a in _ancestors(node))):
+            tables.add(node)  # (with one head, what a Linear makes is the region's own)
         elif value.ndim < 4 or value.shape[:2] != shape[:2]:
             return None
         elif _within_heads(node, value, values, shape[1]):

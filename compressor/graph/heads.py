@@ -156,6 +156,10 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     if any(kv_of[j] != units[j // g] for j in range(h)) or not torch.equal(rk, rk[kv_of]) or \
             not torch.equal(rv, rv[kv_of]):
         return None
+    pruned_rows = ((lq, rq), (lk, rk[units]), (lv, rv[units]))
+    repeats = _multi_query(len(units), h, lq, (lk, lv), (k, v), values)
+    if repeats is not None:
+        units, g, pruned_rows = list(range(h)), 1, ((lq, rq),)  # a unit is a q head; k, v stay
     d = rv.shape[1]  # v's head size, which may differ from q's and k's (LeViT's)
     found_columns = head_columns(out, out_chain, h, d, values)
     if found_columns is None:
@@ -189,7 +193,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         return None  # a per-head mask or bias computed from the input
     tables, table_sizes, table_chains = found_tables
     firsts = {p.runs[0][1][0].name for p in (pq, pk, pv)}
-    pieces = _pieces(((lq, rq), (lk, rk[units]), (lv, rv[units])), len(units))
+    pieces = _pieces(pruned_rows, len(units))
     if pieces is None or any(u.name not in firsts for linear, _ in pieces for u in linear.users):
         return None  # its rows are laid out otherwise, or read by something else too
     proj_piece = slice_of(proj.args[1].target, order.reshape(len(units), -1), axis=1)
@@ -201,7 +205,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         owner[piece.entries(torch.arange(len(units)))] = \
             torch.arange(len(units)).repeat_interleave(piece.block)
     reshapes = set()
-    for p in (pq, pk, pv):
+    for p in (p for p in (pq, pk, pv) if p.linear.name in unit_of):
         out_size = values[p.linear.name].shape
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
         reshapes |= p.written_sizes(index, values, unit_of[p.linear.name], len(units))
@@ -215,7 +219,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
         reshapes |= written_sizes(r.chain, r.linear, index, values, unit_of[r.owner.name],
                                   len(units))
-    reshapes |= table_sizes | {found for found in index_sizes if found}
+    reshapes |= table_sizes | {found for found in index_sizes if found} | (repeats or set())
     on_the_way = {n.name for n in on_paths + out_chain + list(path) + table_chains +
                   [n for r in reuses for n in (r.linear, *r.chain)] + [a for a, _ in same]}
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -239,9 +243,49 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         exact_constants=False, kinds=("heads",), axes=(_ndim(reader) - 1,),
         offsets=(proj_piece.offset,), blocks=(proj_piece.block,), carried=tuple(tables),
         reshapes=tuple(sorted(reshapes)))
-    return Heads(group, tuple(dict.fromkeys([lq.name, lk.name, lv.name,
+    return Heads(group, tuple(dict.fromkeys([*(linear.name for linear, _ in pruned_rows),
                                              *(r.linear.name for r in reuses), proj.name])),
                  tuple(r.product.name for r in reuses))
+
+
+def _multi_query(kv_heads: int, h: int, lq: fx.Node, kv_linears: tuple[fx.Node, ...],
+                 kv: tuple[fx.Node, ...], values: dict) -> set[tuple[str, int, int]] | None:
+    """Where one k/v head is read by every q head, q made by a Linear of its own (Gemma-2B's
+    multi-query attention; not Falcon-7B's, whose q, k and v come out of one Linear), each q
+    head can go alone: the sizes that write the q head count on k's and v's way (LLaMA's
+    `repeat_kv`; none where they reach the attention with one head, broadcast or by SDPA's
+    `enable_gqa`). None where that is not so."""
+    if kv_heads != 1 or h == 1 or lq in kv_linears:
+        return None
+    found = set()
+    for t in kv:
+        value = values.get(t.name)
+        if getattr(value, "ndim", 0) == 4 and value.shape[1] == 1:
+            continue
+        repeat = _repeat_of_one(t, h, values)
+        if repeat is None:
+            return None
+        found |= repeat
+    return found
+
+
+def _repeat_of_one(node: fx.Node, h: int, values: dict) -> set[tuple[str, int, int]] | None:
+    """LLaMA's `repeat_kv` of one k/v head for h q heads, x[:, :, None] expanded to [batch, 1,
+    h, T, d] and viewed as [batch, h, T, d]: its two sizes h, one per q head; else None."""
+    expand = node.args[0] if node.target in RESHAPES - {aten.expand.default} else None
+    if not isinstance(expand, fx.Node) or expand.target is not aten.expand.default or \
+            len(expand.users) != 1:
+        return None
+    unsqueezed = expand.args[0]
+    if not isinstance(unsqueezed, fx.Node) or unsqueezed.target is not aten.unsqueeze.default \
+            or unsqueezed.args[1] != 2 or len(unsqueezed.users) != 1:
+        return None
+    one = values.get(unsqueezed.args[0].name)
+    sizes, into = expand.args[1], node.args[1]
+    if getattr(one, "ndim", 0) != 4 or one.shape[1] != 1 or len(sizes) != 5 or \
+            sizes[2] != h or len(into) != 4 or into[1] != h:
+        return None
+    return {(expand.name, 2, 1), (node.name, 1, 1)}
 
 
 def _pieces(rows: tuple[tuple[fx.Node, torch.Tensor], ...],

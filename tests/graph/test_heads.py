@@ -76,7 +76,8 @@ class Attention(nn.Module):
             v = v.view(b, t, self.kv, self.d).transpose(1, 2)
             if self.rotary:
                 q, k = self._rotated(q, t), self._rotated(k, t)
-            if self.kv < self.h and not self.sdpa_gqa:  # LLaMA's repeat_kv
+            if self.kv < self.h and not self.sdpa_gqa and self.explicit != "broadcast":
+                # LLaMA's repeat_kv
                 g = self.h // self.kv
                 k = k[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
                 v = v[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
@@ -144,6 +145,9 @@ LAYOUTS = {
                                         "explicit": "batch x heads"},
     "grouped-query, repeated": {"heads": 4, "kv_heads": 2, "fused": False},
     "grouped-query, sdpa": {"heads": 4, "kv_heads": 2, "fused": False, "sdpa_gqa": True},
+    "multi-query, sdpa": {"heads": 4, "kv_heads": 1, "fused": False, "sdpa_gqa": True},
+    "multi-query, broadcast": {"heads": 4, "kv_heads": 1, "fused": False,
+                               "explicit": "broadcast"},
     "rotary": {"heads": 4, "kv_heads": 4, "fused": False, "rotary": True},
     "grouped-query, rotary, explicit": {"heads": 4, "kv_heads": 2, "fused": False,
                                         "rotary": True, "explicit": True},
@@ -189,16 +193,17 @@ def test_removing_a_head_is_zeroing_its_output_columns(layout):
     gm = graph_of(net, x[:2])
     group, found = _heads_group(gm, x)
     kv = LAYOUTS[layout]["kv_heads"]
-    assert group.size == kv  # a unit is a k/v head with the query heads that read it
+    units = kv if kv > 1 else 4  # a k/v head with the query heads that read it; one k/v
+    assert group.size == units  # head read by all: each query head alone (k, v stay)
     shrink(gm, (group,), {group.name: torch.tensor([1])})
-    per_unit = 24 // kv  # its query heads' columns of the output projection
+    per_unit = 24 // units  # its query heads' columns of the output projection
     with torch.no_grad():
         net.attn.proj.weight[:, per_unit:2 * per_unit] = 0
         expected = net(x)
     proto = _same_in_onnx(gm, x, expected)
     # the attention products of the heads left count, in the graph as in the file
-    products = 2 * (2 * 5 * 5 * 6) * 4 * (kv - 1) // kv  # q·kᵀ and AV: 2·T²·d multiply-adds
-    #     per query head left
+    products = 2 * (2 * 5 * 5 * 6) * 4 * (units - 1) // units  # q·kᵀ and AV: 2·T²·d
+    #     multiply-adds per query head left
     flops, uncounted = flops_per_sample(onnx.load_from_string(proto))
     assert uncounted == () and flops == count.flops(gm, found)
     assert count.flops(gm, found) - products == sum(

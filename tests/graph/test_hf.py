@@ -236,6 +236,28 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
             assert stream and all(r["out_after"] == 48 for r in stream)
 
 
+def gemma_multi_query() -> Logits:
+    """Gemma-2B's attention: one key/value head for every query head, repeated by
+    `repeat_kv`."""
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(vocab_size=100, hidden_size=64, num_key_value_heads=1,
+                                      head_dim=16, max_position_embeddings=32, pad_token_id=0,
+                                      attn_implementation="eager", **SMALL)
+    return Logits(transformers.GemmaForSequenceClassification(config))
+
+
+def test_multi_query_attention_loses_query_heads_alone(run_cli, tmp_path: Path):
+    """One key/value head read by every query head: each query head is a unit (its q rows,
+    output columns and the head count `repeat_kv` writes); k and v stay whole."""
+    x = np.random.default_rng(0).integers(3, 100, (300, 16))
+    report, _ = _half_the_flops(run_cli, tmp_path, "gemma_multi_query", x)
+    layers = {r["name"].removeprefix("inner.model."): r for r in report["layers"]}
+    for block in (0, 1):
+        q, k, v = (layers[f"layers.{block}.self_attn.{n}_proj"] for n in "qkv")
+        assert q["note"] == "pruned heads" and k["out_after"] == v["out_after"] == 16
+    assert any(layers[f"layers.{b}.self_attn.q_proj"]["out_after"] < 64 for b in (0, 1))
+
+
 @pytest.mark.parametrize("arch, key", [("deberta", "key_proj"), ("mpnet", "attn.k")])
 def test_relative_position_scores_lose_the_removed_heads(run_cli, tmp_path: Path, arch, key):
     """DeBERTa-v3: the rows of a head in the query and key Linears go from both of their uses
