@@ -21,6 +21,7 @@ from torch import fx
 from .groups import PrunableGroup, Slice
 from .head_paths import head_columns, head_rows
 from .head_reuses import head_count_size, reuses_of, same_for_every_head
+from .head_sharing import units_of
 from .head_tables import head_ids, own_tables, per_head_tables, sdpa_head_ids
 from .ops import ACTIVATIONS, ATTENTION, IDENTITY, LINEAR, MATMUL
 from .replay import MOVES, RESHAPES, SCALES, SHIFTS, slice_of, values_on, written_sizes
@@ -149,17 +150,10 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         if h % rk.shape[0] or rv.shape != rk.shape:
             return None
         rk, rv = (r.repeat_interleave(h // r.shape[0], 0) for r in (rk, rv))
-    # grouped-query attention: q head j*g + r reads k/v head j (k/v rows repeated)
-    kv_of = [next(i for i in range(h) if torch.equal(rk[i], rk[j])) for j in range(h)]
-    units = sorted(set(kv_of))
-    g = h // len(units)
-    if any(kv_of[j] != units[j // g] for j in range(h)) or not torch.equal(rk, rk[kv_of]) or \
-            not torch.equal(rv, rv[kv_of]):
+    shared = units_of(h, (pq, rq), (pk, rk), (pv, rv), (k, v), values)
+    if shared is None:
         return None
-    pruned_rows = ((lq, rq), (lk, rk[units]), (lv, rv[units]))
-    repeats = _multi_query(len(units), h, lq, (lk, lv), (k, v), values)
-    if repeats is not None:
-        units, g, pruned_rows = list(range(h)), 1, ((lq, rq),)  # a unit is a q head; k, v stay
+    units, g, pruned_rows, repeats = shared
     d = rv.shape[1]  # v's head size, which may differ from q's and k's (LeViT's)
     found_columns = head_columns(out, out_chain, h, d, values)
     if found_columns is None:
@@ -219,7 +213,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()
         reshapes |= written_sizes(r.chain, r.linear, index, values, unit_of[r.owner.name],
                                   len(units))
-    reshapes |= table_sizes | {found for found in index_sizes if found} | (repeats or set())
+    reshapes |= table_sizes | {found for found in index_sizes if found} | repeats
     on_the_way = {n.name for n in on_paths + out_chain + list(path) + table_chains +
                   [n for r in reuses for n in (r.linear, *r.chain)] + [a for a, _ in same]}
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -246,46 +240,6 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
     return Heads(group, tuple(dict.fromkeys([*(linear.name for linear, _ in pruned_rows),
                                              *(r.linear.name for r in reuses), proj.name])),
                  tuple(r.product.name for r in reuses))
-
-
-def _multi_query(kv_heads: int, h: int, lq: fx.Node, kv_linears: tuple[fx.Node, ...],
-                 kv: tuple[fx.Node, ...], values: dict) -> set[tuple[str, int, int]] | None:
-    """Where one k/v head is read by every q head, q made by a Linear of its own (Gemma-2B's
-    multi-query attention; not Falcon-7B's, whose q, k and v come out of one Linear), each q
-    head can go alone: the sizes that write the q head count on k's and v's way (LLaMA's
-    `repeat_kv`; none where they reach the attention with one head, broadcast or by SDPA's
-    `enable_gqa`). None where that is not so."""
-    if kv_heads != 1 or h == 1 or lq in kv_linears:
-        return None
-    found = set()
-    for t in kv:
-        value = values.get(t.name)
-        if getattr(value, "ndim", 0) == 4 and value.shape[1] == 1:
-            continue
-        repeat = _repeat_of_one(t, h, values)
-        if repeat is None:
-            return None
-        found |= repeat
-    return found
-
-
-def _repeat_of_one(node: fx.Node, h: int, values: dict) -> set[tuple[str, int, int]] | None:
-    """LLaMA's `repeat_kv` of one k/v head for h q heads, x[:, :, None] expanded to [batch, 1,
-    h, T, d] and viewed as [batch, h, T, d]: its two sizes h, one per q head; else None."""
-    expand = node.args[0] if node.target in RESHAPES - {aten.expand.default} else None
-    if not isinstance(expand, fx.Node) or expand.target is not aten.expand.default or \
-            len(expand.users) != 1:
-        return None
-    unsqueezed = expand.args[0]
-    if not isinstance(unsqueezed, fx.Node) or unsqueezed.target is not aten.unsqueeze.default \
-            or unsqueezed.args[1] != 2 or len(unsqueezed.users) != 1:
-        return None
-    one = values.get(unsqueezed.args[0].name)
-    sizes, into = expand.args[1], node.args[1]
-    if getattr(one, "ndim", 0) != 4 or one.shape[1] != 1 or len(sizes) != 5 or \
-            sizes[2] != h or len(into) != 4 or into[1] != h:
-        return None
-    return {(expand.name, 2, 1), (node.name, 1, 1)}
 
 
 def _pieces(rows: tuple[tuple[fx.Node, torch.Tensor], ...],
