@@ -24,7 +24,7 @@ from .linears import as_linear, split_gated
 from .norms import as_rms_norm
 from .ops import CONV, LINEAR
 from .pieces import split_gate_over_cat
-from .plain_forms import drop_empty_cats, drop_same_type_casts, numeric_padding
+from .plain_forms import drop_empty_cats, drop_same_type_casts, numeric_padding, plain_baddbmm
 
 
 def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -79,6 +79,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     _strip_plumbing(gm.graph)
     drop_empty_cats(gm.graph)
     drop_same_type_casts(gm.graph)
+    plain_baddbmm(gm.graph)
     numeric_padding(gm.graph)
     root, original_names = _own_tensors(gm)
     if any(n.op == "call_module" for n in gm.graph.nodes):

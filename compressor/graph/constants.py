@@ -29,9 +29,10 @@ def fold_constant_operands(gm: fx.GraphModule, free_name: Callable[[str, nn.Modu
 
 
 def fold_operand(gm: fx.GraphModule, node: fx.Node, operand: object,
-                 name: Callable[[], str]) -> bool:
-    """Make `operand` of `node` a parameter (named `name()`) if the graph computes it from
-    tensors alone that nothing else reads; whether it did (`drop_unread` afterwards)."""
+                 name: Callable[[], str], *, buffer: bool = False) -> bool:
+    """Make `operand` of `node` a parameter (named `name()`; a buffer with `buffer`: a
+    constant fine-tuning leaves alone) if the graph computes it from tensors alone that
+    nothing else reads; whether it did (`drop_unread` afterwards)."""
     if not isinstance(operand, fx.Node) or operand.op == "get_attr":
         return False
     inside: set[fx.Node] = set()
@@ -41,7 +42,10 @@ def fold_operand(gm: fx.GraphModule, node: fx.Node, operand: object,
             any(not set(n.users) <= inside | {node} for n in inside):
         return False  # computed from the input, or from tensors read elsewhere too (tied)
     parameter = name()
-    gm.register_parameter(parameter, nn.Parameter(value.detach().clone()))
+    if buffer:
+        gm.register_buffer(parameter, value.detach().clone())
+    else:
+        gm.register_parameter(parameter, nn.Parameter(value.detach().clone()))
     with gm.graph.inserting_before(node):
         attr = gm.graph.get_attr(parameter)
     attr.meta["val"] = value.detach().new_empty(value.shape)

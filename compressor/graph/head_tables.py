@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from .constants import drop_unread, fold_operand
 from .groups import Slice
 from .ops import ATTENTION, CAT
 from .replay import (GATHERS, MASKED, MOVES, RESAMPLES, RESHAPES, SCALES, SHIFTS, replayed,
                      slice_of, written_sizes)
 
 SDPA = ATTENTION[0]
+TABLE_MOVES = MOVES | {torch.ops.aten.repeat.default}  # a table repeated over the batch
 
 
 def per_head_tables(extras: list[tuple[fx.Node, fx.Node]], heads_at: dict[str, torch.Tensor],
@@ -42,6 +44,45 @@ def per_head_tables(extras: list[tuple[fx.Node, fx.Node]], heads_at: dict[str, t
     return tables, sizes, chains
 
 
+def constant_tables(gm: fx.GraphModule) -> list[str]:
+    """Make a bias on the attention scores that the graph computes from numbers alone (BLOOM's
+    ALiBi: a slope per head times each key's position, then repeated over the batch) a buffer,
+    so that it reads as a table with a value per head. Returns the new buffers' names."""
+    made = []
+    for reader in [n for n in gm.graph.nodes if n.target in SHIFTS]:
+        for operand in [a for a in reader.args[:2] if isinstance(a, fx.Node)]:
+            node = operand
+            while node.target in TABLE_MOVES and isinstance(node.args[0], fx.Node) and \
+                    not _from_numbers(node):
+                node = node.args[0]
+            if not _from_numbers(node) or not _adds_to_scores(reader, operand):
+                continue
+            name = f"{node.name}_table"
+            while hasattr(gm, name):
+                name += "_"
+            for user in list(node.users):
+                if fold_operand(gm, user, node, lambda: name, buffer=True):
+                    made.append(name)
+                    break
+    if made:
+        drop_unread(gm)
+    return made
+
+
+def _from_numbers(node: fx.Node) -> bool:
+    """Whether `node` is computed from numbers alone: no input, no tensor of the model."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+            return False
+        todo += n.all_input_nodes
+    return True
+
+
 def own_tables(gm: fx.GraphModule) -> list[str]:
     """Give each attention its own copy of a table it shares with others (MPNet computes its
     relative position bias [heads, T, T] once from one table and adds it to every layer's
@@ -54,7 +95,7 @@ def own_tables(gm: fx.GraphModule) -> list[str]:
         chain, node = [], table
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if (user.target in MOVES or user.target in GATHERS) and user.args[0] is node or \
+            if (user.target in TABLE_MOVES or user.target in GATHERS) and user.args[0] is node or \
                     user.target is MASKED and user.args[1] is node:
                 chain.append(user)
                 node = user
@@ -186,7 +227,7 @@ def _from_table(extra: fx.Node, heads: torch.Tensor, values: dict
             continue
         if node.op != "call_function":
             return None
-        if node.target in MOVES or node.target in GATHERS or node.target in RESAMPLES:
+        if node.target in TABLE_MOVES or node.target in GATHERS or node.target in RESAMPLES:
             carried = [node.args[0]]
         elif node.target is MASKED:
             carried = [node.args[1]]

@@ -22,7 +22,7 @@ from .groups import PrunableGroup, Slice
 from .head_paths import head_columns, head_rows
 from .head_reuses import head_count_size, reuses_of, same_for_every_head
 from .head_sharing import units_of
-from .head_tables import head_ids, own_tables, per_head_tables, sdpa_head_ids
+from .head_tables import constant_tables, head_ids, own_tables, per_head_tables, sdpa_head_ids
 from .ops import ACTIVATIONS, ATTENTION, IDENTITY, LINEAR, MATMUL
 from .replay import MOVES, RESHAPES, SCALES, SHIFTS, slice_of, values_on, written_sizes
 
@@ -43,6 +43,7 @@ class Heads:
 def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
     """Every attention of `gm` whose heads can be pruned, run on `sample` (one input) to read
     the layout of its q, k, v and output."""
+    constant_tables(gm)
     own_tables(gm)
     cores = [((n,), tuple(n.args[:3]), n, ()) for n in gm.graph.nodes if n.target is SDPA] + \
         _explicit_cores(gm)
@@ -82,6 +83,16 @@ def _explicit_cores(gm: fx.GraphModule) -> list[tuple[tuple, tuple, fx.Node, tup
         if k is not None:
             found.append(((scores, outs[0]), (q, k, outs[0].args[1]), outs[0], tuple(path)))
     return found
+
+
+def _probabilities(out: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """The softmax whose probabilities AV (`out`) reads, and the ops between them (dropout,
+    casts, views)."""
+    chain, node = [], out.args[0]
+    while node.target in CARRY | RESHAPES:
+        chain.insert(0, node)
+        node = node.args[0]
+    return node, chain
 
 
 def _as_transpose(gm: fx.GraphModule, permute: fx.Node) -> fx.Node:
@@ -205,9 +216,14 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         reshapes |= p.written_sizes(index, values, unit_of[p.linear.name], len(units))
     reshapes |= written_sizes(out_chain, out, ids, values,
                               torch.arange(h * d) // (g * d), len(units))
-    if path:  # views of the scores that write the head count (Swin's per-window mask)
+    if path:  # views of the scores that write the head count (Swin's per-window mask), and
+        # of the probabilities (BLOOM's [batch x heads, queries, keys] before AV)
         reshapes |= written_sizes(list(path[1:]), path[0], heads_at[path[0].name], values,
                                   torch.arange(h) // g, len(units))
+        soft, probs = _probabilities(out)
+        reshapes |= written_sizes(probs, soft, heads_at[path[-1].name], values,
+                                  torch.arange(h) // g, len(units))
+        path = (*path, *probs)
     for r in reuses:  # the same rows run on positions: their views write the head count too
         out_size = values[r.linear.name].shape
         index = torch.arange(out_size[-1], dtype=torch.float64).expand(out_size).contiguous()

@@ -1,6 +1,7 @@
 """Ops torch.export writes in a form the tracer and the refit do not read, rewritten at capture
 into the plain form of the same computation: a `cat` with empty tensors (an empty cache), a
-cast to the dtype a tensor already has, a convolution padded by name."""
+cast to the dtype a tensor already has, a convolution padded by name, a batched product added
+to a bias in one op."""
 
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ def drop_empty_cats(graph: fx.Graph) -> None:
 
 
 def drop_same_type_casts(graph: fx.Graph) -> None:
-    """`a.type_as(b)` where a has b's dtype already is `a` (Gemma's norms end so): only `a`
-    flows on, which the tracer would otherwise have to tell from `b`."""
+    """`a.type_as(b)` or `a.to(dtype)` where a has that dtype already is `a` (Gemma's norms
+    end so; BLOOM casts its position biases): only `a` flows on, which the tracer would
+    otherwise have to tell from `b`, or follow through the cast."""
     for node in list(graph.nodes):
-        if node.target is not torch.ops.aten.type_as.default:
+        if node.target is not torch.ops.aten.type_as.default and not (
+                node.target is torch.ops.aten.to.dtype and len(node.args) == 2 and
+                not node.kwargs.get("copy", False)):
             continue
         source, val = node.args[0], node.meta.get("val")
         before = source.meta.get("val") if isinstance(source, fx.Node) else None
@@ -74,3 +78,28 @@ def _empty(node: object) -> bool:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
     return isinstance(val, torch.Tensor) and val.ndim == 1 and isinstance(val.shape[0], int) \
         and val.shape[0] == 0
+
+
+def plain_baddbmm(graph: fx.Graph) -> None:
+    """`baddbmm(b, x, y, beta=β, alpha=α)` as `α · bmm(x, y) + β · b` (BLOOM adds its ALiBi
+    position biases to the attention scores so): the product of q and kᵀ is then one the
+    attention finder and the FLOP count read, and the bias one added to the scores."""
+    aten = torch.ops.aten
+    for node in list(graph.nodes):
+        if node.target is not aten.baddbmm.default:
+            continue
+        bias, x, y = node.args[:3]
+        beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+        with graph.inserting_before(node):
+            made = [graph.call_function(aten.bmm.default, (x, y))]
+            if alpha != 1:
+                made.append(graph.call_function(aten.mul.Tensor, (made[-1], alpha)))
+            if beta != 1 and beta != 0:
+                bias = graph.call_function(aten.mul.Tensor, (bias, beta))
+                bias.meta["val"] = bias.args[0].meta.get("val")
+            if beta != 0:  # (with β = 0 the bias is not read, as baddbmm ignores it)
+                made.append(graph.call_function(aten.add.Tensor, (made[-1], bias)))
+        for new in made:  # each of the output's shape and dtype
+            new.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(made[-1])
+        graph.erase_node(node)

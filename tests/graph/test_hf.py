@@ -2,7 +2,8 @@
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
 its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3, Gemma and
 Qwen3 (rotary embeddings, grouped-query heads, written-out RMSNorms, per-head q and k norms)
-with heads and width; DeBERTa-v3, MPNet and T5 (relative position scores and biases).
+with heads and width; DeBERTa-v3, MPNet and T5 (relative position scores and biases); BLOOM
+(ALiBi biases computed from numbers, added by `baddbmm`).
 GPT-2's attention splits one fused projection by width and concatenates keys and values with
 an empty cache; BERT's passes the probabilities through dropout; both must still be found."""
 
@@ -282,3 +283,31 @@ def test_t5_loses_heads_in_every_attention_through_its_shared_masked_position_bi
     assert {r["name"].split(".")[2] for r in heads} == {"encoder", "decoder"}
     assert any(r["out_after"] < r["out_before"] for r in heads)
     assert flops_per_sample(onnx.load(out)) == (report["size"]["flops_after"], ())
+
+
+def bloom() -> Logits:
+    """BLOOM: ALiBi, a slope per head times each key's position, computed from numbers once,
+    repeated over the batch and added to every layer's scores by `baddbmm`, whose heads are
+    in the batch axis."""
+    torch.manual_seed(0)
+    config = transformers.BloomConfig(vocab_size=100, hidden_size=64, n_layer=2, n_head=4,
+                                      num_labels=3, pad_token_id=0,
+                                      attn_implementation="eager")
+    return Logits(transformers.BloomForSequenceClassification(config))
+
+
+def test_bloom_loses_heads_with_their_alibi_slopes(run_cli, tmp_path: Path):
+    """Each layer gets its own copy of the ALiBi table, [heads, 1, keys], and keeps the rows
+    of the heads it keeps: slopes of the dense model's."""
+    x = np.random.default_rng(0).integers(3, 100, (300, 16))
+    report, out = _half_the_flops(run_cli, tmp_path, "bloom", x)
+    heads = [r["out_after"] // 48 for r in report["layers"] if r["note"] == "pruned heads"]
+    assert len(heads) == 2 and min(heads) < 4
+    proto = onnx.load(out)
+    tables = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer
+              if list(t.dims[1:]) == [1, 16]]
+    assert sorted(len(t) for t in tables) == sorted(heads)
+    dense_slopes = {0.25 ** k for k in range(1, 5)}  # 2^(-8/4 · k) for 4 heads
+    for table in tables:  # position 1 holds each kept head's slope
+        assert all(min(abs(s - d) for d in dense_slopes) < 1e-7 for s in table[:, 0, 1])
+    assert flops_per_sample(proto) == (report["size"]["flops_after"], ())
