@@ -38,6 +38,7 @@ class Heads:
     group: PrunableGroup
     layers: tuple[str, ...]  # the Linear nodes whose rows or columns it prunes
     products: tuple[str, ...] = ()  # the nodes that multiply activations per head
+    whole: tuple[str, ...] = ()  # the Linears of the one k/v head every q head reads
 
 
 def find_heads(gm: fx.GraphModule, sample: torch.Tensor) -> list[Heads]:
@@ -253,9 +254,11 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         exact_constants=False, kinds=("heads",), axes=(_ndim(reader) - 1,),
         offsets=(proj_piece.offset,), blocks=(proj_piece.block,), carried=tuple(tables),
         reshapes=tuple(sorted(reshapes)))
-    return Heads(group, tuple(dict.fromkeys([*(linear.name for linear, _ in pruned_rows),
+    pruned = {linear for linear, _ in pruned_rows}
+    return Heads(group, tuple(dict.fromkeys([*(linear.name for linear in pruned),
                                              *(r.linear.name for r in reuses), proj.name])),
-                 tuple(r.product.name for r in reuses))
+                 tuple(r.product.name for r in reuses),
+                 tuple(dict.fromkeys(n.name for n in (lk, lv) if n not in pruned)))
 
 
 def _pieces(rows: tuple[tuple[fx.Node, torch.Tensor], ...],

@@ -29,6 +29,8 @@ from .products import Product, as_expr, find_products
 from .rules.layers import conv_groups, depthwise
 from .spaces import OUTPUT_LAYER, Space, Spaces, group_of
 
+SHARED_KV = "attention: one key/value head, read by every query head (not pruned)"
+
 __all__ = ["OUTPUT_LAYER", "Layer", "Trace", "trace"]
 
 
@@ -193,7 +195,9 @@ def _with_heads(gm: fx.GraphModule, sample: torch.Tensor, layers: list[Layer], g
         name = by_node[heads.layers[0]].name  # the layer that makes q
         groups.append(replace(group, name=name, consumer_biases=(bias,), counted=counted))
         pruned = {by_node[n].name for n in heads.layers[:-1] if n in by_node}
-        dense = [(layer, why) for layer, why in dense if layer not in pruned]
+        whole = {by_node[n].name for n in heads.whole if n in by_node}
+        dense = [(layer, SHARED_KV if layer in whole else why) for layer, why in dense
+                 if layer not in pruned]
     return groups, dense, products
 
 

@@ -256,6 +256,8 @@ def test_multi_query_attention_loses_query_heads_alone(run_cli, tmp_path: Path):
     for block in (0, 1):
         q, k, v = (layers[f"layers.{block}.self_attn.{n}_proj"] for n in "qkv")
         assert q["note"] == "pruned heads" and k["out_after"] == v["out_after"] == 16
+        assert k["note"] == v["note"] == "attention: one key/value head, read by every " \
+                                         "query head (not pruned)"
     assert any(layers[f"layers.{b}.self_attn.q_proj"]["out_after"] < 64 for b in (0, 1))
 
 
