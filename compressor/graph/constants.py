@@ -30,16 +30,17 @@ def fold_constant_operands(gm: fx.GraphModule, free_name: Callable[[str, nn.Modu
 
 def fold_operand(gm: fx.GraphModule, node: fx.Node, operand: object,
                  name: Callable[[], str], *, buffer: bool = False) -> bool:
-    """Make `operand` of `node` a parameter (named `name()`; a buffer with `buffer`: a
-    constant fine-tuning leaves alone) if the graph computes it from tensors alone that
-    nothing else reads; whether it did (`drop_unread` afterwards)."""
+    """Make `operand` of `node` a parameter (named `name()`) if the graph computes it from
+    tensors alone that nothing else reads; with `buffer`, a buffer (a constant fine-tuning
+    leaves alone, so what it is computed from may be read elsewhere too). Whether it did
+    (`drop_unread` afterwards)."""
     if not isinstance(operand, fx.Node) or operand.op == "get_attr":
         return False
     inside: set[fx.Node] = set()
     with torch.no_grad():
         value = _constant(gm, operand, inside)
     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or \
-            any(not set(n.users) <= inside | {node} for n in inside):
+            not buffer and any(not set(n.users) <= inside | {node} for n in inside):
         return False  # computed from the input, or from tensors read elsewhere too (tied)
     parameter = name()
     if buffer:
@@ -61,6 +62,12 @@ def drop_unread(gm: fx.GraphModule) -> None:
                  if n not in used and "." not in n]:
         delattr(gm, name)  # what only the folded operands read
     gm.recompile()
+
+
+def value_of(gm: fx.GraphModule, node: fx.Node) -> object:
+    """`node`'s value if the graph computes it from the module's tensors alone, else None."""
+    with torch.no_grad():
+        return _constant(gm, node, set())
 
 
 def _constant(gm: fx.GraphModule, node: fx.Node, inside: set[fx.Node]) -> object:

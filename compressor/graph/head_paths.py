@@ -143,17 +143,28 @@ def head_columns(out: fx.Node, chain: list, h: int, d: int,
 
 
 def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | None:
-    """(the one input, the ops) of a region that computes `end` [batch, heads, tokens, d] from
-    one tensor of its shape and tables the same for every head (an axis of 1 or none where
-    the heads lie), through products, sums, negations and copies, and slices, stacks,
-    concatenations and views within each head (along the axes after the heads, every
-    tensor of the region [batch, heads, ...]), read by nothing outside it: a rotary position
-    embedding, x · cos + rotate_half(x) · sin, rotates pairs of features within a head
-    (Phi-3's of a part of them, the rest concatenated back; EVA-02's interleaved pairs, of
-    the tokens after the class token). None if `end` is not so."""
+    """(the one input, the ops) of a region that computes `end` [batch, heads, tokens, d] (or
+    [batch, tokens, heads, d], as GPT-J rotates q and k before moving the heads forward)
+    from one tensor of its shape and tables the same for every head (an axis of 1 or none
+    where the heads lie), through products, sums, negations and copies, and slices, stacks,
+    concatenations and views within each head (along the axes other than the batch and the
+    heads), read by nothing outside it: a rotary position embedding, x · cos +
+    rotate_half(x) · sin, rotates pairs of features within a head (Phi-3's of a part of
+    them, the rest concatenated back; EVA-02's interleaved pairs, of the tokens after the
+    class token). None if `end` is not so."""
     shape = getattr(values.get(end.name), "shape", ())
     if len(shape) != 4:
         return None
+    for axis in (1, 2):  # where the heads are
+        found = _region(end, values, shape, axis)
+        if found is not None:
+            return found
+    return None
+
+
+def _region(end: fx.Node, values: dict, shape: torch.Size, axis: int
+            ) -> tuple[fx.Node, list[fx.Node]] | None:
+    """`_head_local` with the heads on `axis` of `end`."""
     region, sources, tables, sizes, todo = [], set(), set(), set(), [end]
     while todo:
         node = todo.pop()
@@ -164,12 +175,12 @@ def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | N
             continue  # a view's batch size, read from the model's input
         if not isinstance(value, torch.Tensor):
             return None
-        if value.ndim < 3 or value.ndim <= 4 and value.shape[-3] == 1 and not (
-                shape[1] == 1 and any(a.target is LINEAR for a in _ancestors(node))):
+        if value.ndim < 3 or value.ndim <= 4 and value.shape[axis - 4] == 1 and not (
+                shape[axis] == 1 and any(a.target is LINEAR for a in _ancestors(node))):
             tables.add(node)  # (with one head, what a Linear makes is the region's own)
-        elif value.ndim < 4 or value.shape[:2] != shape[:2]:
+        elif value.ndim < 4 or value.shape[0] != shape[0] or value.shape[axis] != shape[axis]:
             return None
-        elif _within_heads(node, value, values, shape[1]):
+        elif _within_heads(node, value, values, shape[axis], axis):
             region.append(node)
             todo += node.all_input_nodes
             if node.target in REGION_VIEWS:
@@ -187,24 +198,27 @@ def _head_local(end: fx.Node, values: dict) -> tuple[fx.Node, list[fx.Node]] | N
     return source, region
 
 
-def _within_heads(node: fx.Node, value: torch.Tensor, values: dict, heads: int) -> bool:
-    """Whether `node` (its value [batch, heads, ...]) keeps each head's entries in that head:
-    an elementwise op; a slice, stack or concatenation along an axis after the heads (a
-    slice of the whole batch too); a view that keeps [batch, heads] in front and writes the
-    head count, if at all, as the number `heads`; a norm over the last axis (Qwen3's q and k
-    norms, over each head's features: `head_rows` checks that the last axis is one head's)."""
+def _within_heads(node: fx.Node, value: torch.Tensor, values: dict, heads: int,
+                  axis: int) -> bool:
+    """Whether `node` (its value [batch, heads, ...], or with the heads on `axis`) keeps each
+    head's entries in that head: an elementwise op; a slice, stack or concatenation along
+    an axis other than the batch and the heads (a slice of the whole batch too); a flatten
+    of axes after the heads; with the heads second, a view that keeps [batch, heads] in
+    front and writes the head count, if at all, as the number `heads`; a norm over the last
+    axis (Qwen3's q and k norms, over each head's features: `head_rows` checks that the
+    last axis is one head's)."""
     if node.target in ELEMENTWISE:
         return True
+    read = getattr(values.get(getattr(node.args[0], "name", "")), "shape", ())
     if node.target in ALONG:
-        axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if axis % value.ndim >= 2:
+        along = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if along % value.ndim not in (0, axis):
             return True
-        source = node.args[0]
-        return node.target is aten.slice.Tensor and isinstance(source, fx.Node) and \
-            getattr(values.get(source.name), "shape", None) == value.shape
-    if node.target in REGION_VIEWS:  # of a tensor of the region's (EVA-02's stacked pairs)
-        size = node.args[1][1] if len(node.args[1]) > 1 else None
-        read = getattr(values.get(node.args[0].name), "shape", ())
+        return node.target is aten.slice.Tensor and read == value.shape
+    if node.target is aten.flatten.using_ints:  # GPT-J's interleaved pairs, flattened back
+        return len(read) > axis + 1 and node.args[1] % len(read) > axis
+    if node.target in REGION_VIEWS and axis == 1:  # of a tensor of the region's (EVA-02's
+        size = node.args[1][1] if len(node.args[1]) > 1 else None  # stacked pairs)
         return len(read) >= 4 and read[:2] == value.shape[:2] and (
             isinstance(size, fx.Node) or size in (heads, -1))
     return node.target in NORMS and len(node.args[1]) == 1  # over the last axis

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .constants import drop_unread, fold_operand
+from .constants import drop_unread, fold_operand, value_of
 from .groups import Slice
 from .ops import ATTENTION, CAT
 from .replay import (GATHERS, MASKED, MOVES, RESAMPLES, RESHAPES, SCALES, SHIFTS, replayed,
@@ -55,7 +55,8 @@ def constant_tables(gm: fx.GraphModule) -> list[str]:
             while node.target in TABLE_MOVES and isinstance(node.args[0], fx.Node) and \
                     not _from_numbers(node):
                 node = node.args[0]
-            if not _from_numbers(node) or not _adds_to_scores(reader, operand):
+            if not _from_numbers(node) or not _adds_to_scores(reader, operand) or \
+                    not _by_head(value_of(gm, node)):
                 continue
             name = f"{node.name}_table"
             while hasattr(gm, name):
@@ -67,6 +68,14 @@ def constant_tables(gm: fx.GraphModule) -> list[str]:
     if made:
         drop_unread(gm)
     return made
+
+
+def _by_head(value: object) -> bool:
+    """Whether a bias on the scores may hold a value per head: it has an axis before the
+    queries and keys longer than 1 (a causal mask [1, 1, T, T] has none, and stays as the
+    graph computes it rather than a table of T² numbers in the file)."""
+    return isinstance(value, torch.Tensor) and value.ndim >= 3 and \
+        any(n > 1 for n in value.shape[:-2])
 
 
 def _from_numbers(node: fx.Node) -> bool:

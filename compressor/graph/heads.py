@@ -254,7 +254,7 @@ def _heads(gm, q, k, v, out, path, values) -> Heads | None:
         exact_constants=False, kinds=("heads",), axes=(_ndim(reader) - 1,),
         offsets=(proj_piece.offset,), blocks=(proj_piece.block,), carried=tuple(tables),
         reshapes=tuple(sorted(reshapes)))
-    pruned = {linear for linear, _ in pruned_rows}
+    pruned = [linear for linear, _ in pruned_rows]  # q's first: the group is named after it
     return Heads(group, tuple(dict.fromkeys([*(linear.name for linear in pruned),
                                              *(r.linear.name for r in reuses), proj.name])),
                  tuple(r.product.name for r in reuses),

@@ -32,6 +32,11 @@ ACTIVATIONS = {
     aten.pow.Tensor_Scalar: "pow", aten.exp.default: "exp", aten.erf.default: "erf",
     aten.neg.default: "neg", aten.abs.default: "abs", aten.sqrt.default: "sqrt",
     aten.rsqrt.default: "rsqrt", aten.reciprocal.default: "reciprocal",
+    aten.square.default: "square",  # (Persimmon's and Primer's squared ReLU)
+    aten.log.default: "log", aten.log1p.default: "log1p", aten.expm1.default: "expm1",
+    aten.sin.default: "sin", aten.cos.default: "cos",
+    aten.clamp.default: "clamp", aten.clamp_min.default: "clamp",  # bounds that are numbers
+    aten.clamp_max.default: "clamp",
 }
 HOMOGENEOUS = ("relu", "leaky_relu", "identity")  # identity: a unit read as it is made
 # Ops that carry every channel through unchanged in number and order (elementwise per channel

@@ -2,8 +2,9 @@
 GPT-2 reading token ids, ViT reading images, each pruned to half its FLOPs in one shot with
 its heads pruned, and the exported file equal to the pruned model; Llama, Phi-3, Gemma and
 Qwen3 (rotary embeddings, grouped-query heads, written-out RMSNorms, per-head q and k norms)
-with heads and width; DeBERTa-v3, MPNet and T5 (relative position scores and biases); BLOOM
-(ALiBi biases computed from numbers, added by `baddbmm`).
+with heads and width; GPT-J (rotary embedding before the heads move forward); DeBERTa-v3,
+MPNet and T5 (relative position scores and biases); BLOOM and MPT (ALiBi biases computed
+from numbers).
 GPT-2's attention splits one fused projection by width and concatenates keys and values with
 an empty cache; BERT's passes the probabilities through dropout; both must still be found."""
 
@@ -53,6 +54,17 @@ def gpt2() -> Logits:
                                      bos_token_id=1, eos_token_id=2,
                                      attn_implementation="eager")
     return Logits(transformers.GPT2ForSequenceClassification(config))
+
+
+def gptj() -> Logits:
+    """GPT-J: q and k rotated in interleaved pairs (stacked, then flattened back) on part of
+    each head's features while the heads are still third, [batch, tokens, heads, d]."""
+    torch.manual_seed(0)
+    config = transformers.GPTJConfig(vocab_size=100, n_embd=64, n_layer=2, n_head=4,
+                                     n_positions=32, rotary_dim=8, num_labels=3,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                     attn_implementation="eager")
+    return Logits(transformers.GPTJForSequenceClassification(config))
 
 
 def vit() -> Logits:
@@ -152,7 +164,7 @@ def _half_the_flops(run_cli, tmp_path: Path, arch: str, x: np.ndarray) -> tuple[
     return report, out
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "gptj", "vit"])
 def test_half_the_flops_with_heads_pruned_and_parity(run_cli, tmp_path: Path, arch):
     g = np.random.default_rng(0)
     x = g.random((300, 3, 16, 16), dtype=np.float32) if arch == "vit" else \
@@ -298,18 +310,30 @@ def bloom() -> Logits:
     return Logits(transformers.BloomForSequenceClassification(config))
 
 
-def test_bloom_loses_heads_with_their_alibi_slopes(run_cli, tmp_path: Path):
-    """Each layer gets its own copy of the ALiBi table, [heads, 1, keys], and keeps the rows
-    of the heads it keeps: slopes of the dense model's."""
+def mpt() -> Logits:
+    """MPT: ALiBi computed from numbers over the longest sequence, and each layer's slice of
+    it for the sequence's length added to the scores; q, k, v chunked out of one Linear."""
+    torch.manual_seed(0)
+    config = transformers.MptConfig(vocab_size=100, d_model=64, n_heads=4, n_layers=2,
+                                    expansion_ratio=2, max_seq_len=32, num_labels=3,
+                                    pad_token_id=0)
+    return Logits(transformers.MptForSequenceClassification(config))
+
+
+@pytest.mark.parametrize("arch", ["bloom", "mpt"])
+def test_alibi_loses_the_removed_heads_slopes(run_cli, tmp_path: Path, arch):
+    """Each layer's ALiBi bias, [heads, 1, keys] in the file, keeps the rows of the heads it
+    keeps: slopes of the dense model's."""
     x = np.random.default_rng(0).integers(3, 100, (300, 16))
-    report, out = _half_the_flops(run_cli, tmp_path, "bloom", x)
+    report, out = _half_the_flops(run_cli, tmp_path, arch, x)
     heads = [r["out_after"] // 48 for r in report["layers"] if r["note"] == "pruned heads"]
     assert len(heads) == 2 and min(heads) < 4
     proto = onnx.load(out)
     tables = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer
               if list(t.dims[1:]) == [1, 16]]
-    assert sorted(len(t) for t in tables) == sorted(heads)
+    assert {len(t) for t in tables} == set(heads)  # (the file holds equal tables once)
     dense_slopes = {0.25 ** k for k in range(1, 5)}  # 2^(-8/4 · k) for 4 heads
-    for table in tables:  # position 1 holds each kept head's slope
-        assert all(min(abs(s - d) for d in dense_slopes) < 1e-7 for s in table[:, 0, 1])
+    for table in tables:  # a head's bias grows by its slope from one key to the next
+        slopes = table[:, 0, -1] - table[:, 0, -2]
+        assert all(min(abs(s - d) for d in dense_slopes) < 1e-6 for s in slopes)
     assert flops_per_sample(proto) == (report["size"]["flops_after"], ())

@@ -94,6 +94,26 @@ class StarReLU(nn.Module):
         return self.b(self.act.scale * torch.relu(self.a(x)) ** 2 + self.act.bias)
 
 
+class OneOpActivations(nn.Module):
+    """Activations written as single elementwise ops: Persimmon's squared ReLU
+    (`torch.square`), then a clamp, log1p and sin between two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.square(torch.relu(self.a(x)))
+        return self.c(torch.sin(torch.log1p(self.b(h).clamp(min=-0.5, max=4.0))))
+
+
+def test_single_elementwise_ops_are_activations():
+    found = trace(graph_of(OneOpActivations(), torch.rand(2, 6)))
+    assert sorted(g.name for g in found.groups) == ["a", "b"]
+    assert {k for g in found.groups for k in g.kinds} == {"square", "sin"}
+
+
 def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 
@@ -258,6 +278,7 @@ def test_a_response_norm_carries_its_units_and_its_mean_keeps_the_original_divis
 def test_every_rule_prunes_and_exports_within_parity():
     cases = ((Bottleneck(), _x()), (Excite(nn.Hardsigmoid), _x()),
              (Scaled(), torch.rand(64, 6)), (Grouped(), _x()), (StarReLU(), torch.rand(64, 6)),
+             (OneOpActivations(), torch.rand(64, 6)),
              (ConvNeXtV2(last=False), _x()), (ConvNeXtV2(last=True), _x()),
              (ConvNeXtV2(last=True, written_out=True), _x()))
     for net, x in cases:
