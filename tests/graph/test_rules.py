@@ -114,6 +114,39 @@ def test_single_elementwise_ops_are_activations():
     assert {k for g in found.groups for k in g.kinds} == {"square", "sin"}
 
 
+class ViewedScale(nn.Module):
+    """A residual block whose branch is scaled per channel by a parameter laid out to
+    broadcast: timm's LayerScale2d (`gamma.view(1, -1, 1, 1)`), Hugging Face's PoolFormer
+    (two unsqueezes), or a view that writes the channel count."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 1)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.layout = layout
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        gamma = {"view": lambda g: g.view(1, -1, 1, 1),
+                 "unsqueeze": lambda g: g.unsqueeze(-1).unsqueeze(-1),
+                 "written": lambda g: g.view(1, 8, 1, 1)}[self.layout](self.gamma)
+        return self.c(h + gamma * self.b(h)).mean((2, 3))
+
+
+@pytest.mark.parametrize("layout", ["view", "unsqueeze", "written"])
+def test_a_per_channel_scale_laid_out_by_views_goes_with_the_units(layout):
+    found = trace(graph_of(ViewedScale(layout), _x(2)))
+    (group,) = found.groups
+    assert [s.param for s in group.carried] == ["gamma"]
+    assert {s.param for s in group.consumers} == {"b_weight", "c_weight"}
+    result = compressor.compress(ViewedScale(layout), 0.3, data=_x(), latency=False)
+    assert result.report.size.reduction >= 0.3
+    assert result.report.parity.max_abs_diff <= 1e-4
+
+
 def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 

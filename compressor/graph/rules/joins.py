@@ -15,6 +15,9 @@ from .layers import depthwise
 from .registry import At, describe, ndim, rule, sources, width
 
 COPIES_OF_CONSTANTS = ("clone", "alias", "detach", "contiguous", "_to_copy", "to.dtype")
+aten = torch.ops.aten
+SHAPINGS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+            aten.unsqueeze.default)  # a per-channel parameter laid out to broadcast
 PASSED = (torch.ops.aten.expand.default, torch.ops.aten.slice.Tensor)
 
 
@@ -73,7 +76,7 @@ def add(walk, at: At, user: fx.Node):
     other = user.args[1] if user.args[0] is at.node else user.args[0]
     constant = _constant(other) if isinstance(other, fx.Node) else None
     if constant is not None and not walk.spaces.stream:
-        return _scaled(walk, at, user, constant, "added to")
+        return _scaled(walk, at, user, other, "added to")
     return _join_all(walk, at, user, user.args[:2], "added to")
 
 
@@ -220,9 +223,8 @@ def mul(walk, at: At, user: fx.Node):
     other = user.args[1] if user.args[0] is at.node else user.args[0]
     if not isinstance(other, fx.Node):
         return replace(at, node=user, acts=(*at.acts, user))
-    constant = _constant(other)
-    if constant is not None:
-        return _scaled(walk, at, user, constant)
+    if _constant(other) is not None:
+        return _scaled(walk, at, user, other)
     if _per_sample(other, at.axis, ndim(user)) and width(at.node, at.axis) != 1:
         return replace(at, node=user, acts=(*at.acts, user))  # each unit scaled alike
     found = [] if other is at.node else sources(other, at.axis)
@@ -237,35 +239,59 @@ def mul(walk, at: At, user: fx.Node):
 
 
 def _constant(node: fx.Node) -> fx.Node | None:
-    """The parameter or buffer `node` is (through copies), or None."""
-    while node.op == "call_function" and any(c in str(node.target) for c in COPIES_OF_CONSTANTS):
+    """The parameter or buffer `node` is (through copies and views that lay it out to
+    broadcast: timm's `gamma.view(1, -1, 1, 1)`), or None."""
+    while node.op == "call_function" and (
+            node.target in SHAPINGS or any(c in str(node.target) for c in COPIES_OF_CONSTANTS)):
         if not node.args or not isinstance(node.args[0], fx.Node):
             return None
         node = node.args[0]
     return node if node.op == "get_attr" else None
 
 
-def _scaled(walk, at: At, user: fx.Node, constant: fx.Node,
+def _scaled(walk, at: At, user: fx.Node, read: fx.Node,
             what: str = "multiplied by") -> At | None:
-    """A product (or sum) with a constant tensor: one value per unit along the units' axis
-    (the rest broadcast) makes its entries go with the units; one value for all is a scale."""
-    val = constant.meta.get("val")
-    if val is None:
+    """A product (or sum) with a constant tensor (`read`, a parameter or a copy or view of
+    one): one value per unit along the units' axis (the rest broadcast) makes its entries
+    go with the units; one value for all is a scale."""
+    constant = _constant(read)
+    val, own = read.meta.get("val"), constant.meta.get("val")
+    if val is None or own is None:
         walk.fail(f"its output is {what} {constant.name}, of unknown shape")
         return None
     shape = [1] * (ndim(user) - val.ndim) + list(val.shape)  # as broadcast against the units
     if all(int(d) == 1 for d in shape):
         return replace(at, node=user, acts=(*at.acts, user))
     axis_size = int(shape[at.axis])
+    long_axes = [i for i, d in enumerate(own.shape) if int(d) != 1]  # the parameter's own
+    chain = _chain(read, constant)
     if at.block != 1 or any(int(d) != 1 for i, d in enumerate(shape) if i != at.axis) or \
-            axis_size != width(at.node, at.axis) or len(constant.users) != 1:
+            axis_size != width(at.node, at.axis) or len(long_axes) != 1 or \
+            any(len(n.users) != 1 for n in [constant, *chain]):
         walk.fail(f"its output is {what} {constant.name}, a constant that mixes or does "
                   "not follow its units")
         return None
-    own_axis = at.axis - (ndim(user) - val.ndim)
-    walk.space.carried[constant.target, at.offset] = Slice(constant.target, own_axis, 1,
+    for view in (n for n in chain if n.target is not aten.unsqueeze.default):
+        for position, size in enumerate(_sizes(view)):  # a size written as the number
+            if size == axis_size:
+                walk.space.reshapes[view.name, position] = 1
+    walk.space.carried[constant.target, at.offset] = Slice(constant.target, long_axes[0], 1,
                                                            at.offset)
     return replace(at, node=user)
+
+
+def _chain(read: fx.Node, constant: fx.Node) -> list[fx.Node]:
+    """The copies and views from `constant` to `read`."""
+    chain = []
+    while read is not constant:
+        chain.append(read)
+        read = read.args[0]
+    return chain
+
+
+def _sizes(view: fx.Node) -> list:
+    sizes = view.args[1] if len(view.args) > 1 else ()
+    return list(sizes) if view.target in SHAPINGS and isinstance(sizes, (list, tuple)) else []
 
 
 def _broadcasts(other: fx.Node, node: fx.Node, axis: int) -> bool:
@@ -293,6 +319,6 @@ def addcmul(walk, at: At, user: fx.Node):
                   "which the tracer follows only with per-unit constants")
         return None
     for other in others:
-        if isinstance(other, fx.Node) and _scaled(walk, at, user, _constant(other)) is None:
+        if isinstance(other, fx.Node) and _scaled(walk, at, user, other) is None:
             return None
     return replace(at, node=user)
