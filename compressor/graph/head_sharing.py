@@ -29,20 +29,21 @@ def units_of(h: int, q: tuple, k: tuple, v: tuple, kv: tuple[fx.Node, ...], valu
             not torch.equal(rv, rv[kv_of]):
         return None
     pruned_rows = ((lq, rq), (lk, rk[units]), (lv, rv[units]))
-    repeats = _multi_query(len(units), h, lq, (lk, lv), kv, values)
+    repeats = _multi_query(len(units), h, kv, values)
     if repeats is not None:  # a unit is a q head; k and v stay
         return list(range(h)), 1, ((lq, rq),), repeats
     return units, g, pruned_rows, set()
 
 
-def _multi_query(kv_heads: int, h: int, lq: fx.Node, kv_linears: tuple[fx.Node, ...],
-                 kv: tuple[fx.Node, ...], values: dict) -> set[tuple[str, int, int]] | None:
-    """Where one k/v head is read by every q head, q made by a Linear of its own (Gemma-2B's
-    multi-query attention; not Falcon-7B's, whose q, k and v come out of one Linear), each q
-    head can go alone: the sizes that write the q head count on k's and v's way (LLaMA's
+def _multi_query(kv_heads: int, h: int, kv: tuple[fx.Node, ...], values: dict
+                 ) -> set[tuple[str, int, int]] | None:
+    """Where one k/v head is read by every q head (Gemma-2B's multi-query attention, q made
+    by a Linear of its own; Falcon-7B's, q, k and v out of one Linear, viewed [batch, tokens,
+    heads + 2, d] and split by head), each q head can go alone: the sizes that write the q
+    head count on k's and v's way (LLaMA's
     `repeat_kv`; none where they reach the attention with one head, broadcast or by SDPA's
     `enable_gqa`). None where that is not so."""
-    if kv_heads != 1 or h == 1 or lq in kv_linears:
+    if kv_heads != 1 or h == 1:
         return None
     found = set()
     for t in kv:

@@ -111,14 +111,33 @@ def written_sizes(chain: list[fx.Node], start: fx.Node, index: torch.Tensor, val
             written = (node.name, position, size)
             if isinstance(size, fx.Node):
                 written = size_product(size)
-            if written is None or written[2] % units or written[2] <= 1:
+            if written is None or written[2] <= 1:
                 continue
             axis = node.args[2] % laid.ndim if split else first + position
             moved = owner.movedim(axis, 0)
             if not bool((moved != moved[:1]).any()):
                 continue  # the units do not change along this axis
-            found.add((written[0], written[1], written[2] // units))
+            per_unit = _beside_others(moved, written[2], units) if not split else None
+            if per_unit is None and written[2] % units == 0:
+                per_unit = written[2] // units
+            if per_unit is not None:
+                found.add((written[0], written[1], per_unit))
     return found
+
+
+def _beside_others(moved: torch.Tensor, size: int, units: int) -> int | None:
+    """Entries per unit along an axis (first in `moved`, each entry's unit or -1) of `size`
+    that holds every unit's entries alike beside entries of no unit (Falcon-7B's q heads
+    beside its one k and one v head, viewed [batch, tokens, heads + 2, d]); None
+    otherwise."""
+    line = moved.reshape(moved.shape[0], -1)[:, 0]
+    if line.numel() != size or not bool((line < 0).any()):
+        return None
+    counts = torch.bincount(line[line >= 0], minlength=units)
+    if counts.numel() != units or int(counts.min()) != int(counts.max()) or \
+            int(counts[0]) == 0:
+        return None
+    return int(counts[0])
 
 
 def _slice_bounds(node: fx.Node, laid: torch.Tensor, unit_of: torch.Tensor,

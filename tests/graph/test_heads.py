@@ -41,8 +41,8 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = (nn.RMSNorm(heads if normed == "across heads" else
                                                    self.d) for _ in "qk")
         self.register_buffer("inv_freq", 1 / 100 ** (torch.arange(0, self.d, 2) / self.d))
-        if fused == "sliced":  # Phi-3: q, k, v cut out of one Linear by width
-            self.qkv = nn.Linear(dim, dim + 2 * kv_heads * self.d)
+        if fused in ("sliced", "split by head"):  # Phi-3: q, k, v cut out of one Linear by
+            self.qkv = nn.Linear(dim, dim + 2 * kv_heads * self.d)  # width; Falcon-7B's by head
         elif fused:
             self.qkv = nn.Linear(dim, 3 * dim)
         else:
@@ -58,6 +58,9 @@ class Attention(nn.Module):
         elif self.fused == "per head":  # TinyViT, LeViT: each head's q, k, v rows side by side
             q, k, v = (part.transpose(1, 2) for part in self.qkv(x).view(b, t, self.h, -1).split(
                 [self.d] * 3, dim=3))
+        elif self.fused == "split by head":  # Falcon-7B: [q heads | k heads | v heads] by head
+            q, k, v = (part.transpose(1, 2) for part in self.qkv(x).view(
+                b, t, self.h + 2 * self.kv, self.d).split([self.h, self.kv, self.kv], dim=2))
         else:
             if self.fused == "sliced":
                 qkv, at = self.qkv(x), self.h * self.d
@@ -148,6 +151,8 @@ LAYOUTS = {
     "multi-query, sdpa": {"heads": 4, "kv_heads": 1, "fused": False, "sdpa_gqa": True},
     "multi-query, broadcast": {"heads": 4, "kv_heads": 1, "fused": False,
                                "explicit": "broadcast"},
+    "multi-query, fused, split by head": {"heads": 4, "kv_heads": 1, "fused": "split by head",
+                                          "explicit": "broadcast"},
     "rotary": {"heads": 4, "kv_heads": 4, "fused": False, "rotary": True},
     "grouped-query, rotary, explicit": {"heads": 4, "kv_heads": 2, "fused": False,
                                         "rotary": True, "explicit": True},
