@@ -123,4 +123,4 @@ def model_sections(out: Path, titles: dict[str, str]) -> dict[str, str]:
             current = titles.get(line)
         if current is not None:
             found.setdefault(current, []).append(line)
-    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}
+    return {name: "\n".join(lines).rstrip("\n") + "\n" for name, lines in found.items()}
