@@ -259,10 +259,27 @@ def gemma_multi_query() -> Logits:
     return Logits(transformers.GemmaForSequenceClassification(config))
 
 
+def falcon_multi_query() -> Logits:
+    """Falcon-7B's attention: q heads, one k head and one v head out of one Linear, viewed
+    [batch, tokens, heads + 2, d] and split by head."""
+    torch.manual_seed(0)
+    config = transformers.FalconConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_labels=3, pad_token_id=0,
+                                       new_decoder_architecture=False, multi_query=True,
+                                       attn_implementation="eager")
+    return Logits(transformers.FalconForSequenceClassification(config))
+
+
 def test_multi_query_attention_loses_query_heads_alone(run_cli, tmp_path: Path):
     """One key/value head read by every query head: each query head is a unit (its q rows,
-    output columns and the head count `repeat_kv` writes); k and v stay whole."""
+    output columns and the head count `repeat_kv` writes); k and v stay whole. Falcon-7B's
+    fused qkv keeps its k and v rows: 16 each beside the q heads left."""
     x = np.random.default_rng(0).integers(3, 100, (300, 16))
+    report, _ = _half_the_flops(run_cli, tmp_path, "falcon_multi_query", x)
+    fused = [r for r in report["layers"] if r["name"].endswith("query_key_value")]
+    assert [r["note"] for r in fused] == ["pruned heads"] * 2
+    assert all(r["out_after"] % 16 == 0 and r["out_after"] >= 48 for r in fused)
+    assert any(r["out_after"] < 96 for r in fused)
     report, _ = _half_the_flops(run_cli, tmp_path, "gemma_multi_query", x)
     layers = {r["name"].removeprefix("inner.model."): r for r in report["layers"]}
     for block in (0, 1):
