@@ -147,6 +147,46 @@ def test_a_per_channel_scale_laid_out_by_views_goes_with_the_units(layout):
     assert result.report.parity.max_abs_diff <= 1e-4
 
 
+class MixedKernels(nn.Module):
+    """MixNet's mixed depthwise convolution: a pointwise convolution's output (BatchNorm,
+    SiLU) split by size among depthwise convolutions of 3, 5 and 7, concatenated, normed
+    and projected back into the residual stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.pw, self.bn1 = nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.dws = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False)
+                                 for c, k in ((8, 3), (8, 5), (8, 7)))
+        self.bn2 = nn.BatchNorm2d(24)
+        self.pwl, self.bn3 = nn.Conv2d(24, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+        for bn in (self.bn1, self.bn2, self.bn3):  # not the identity
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        h = nn.functional.silu(self.bn1(self.pw(x)))
+        h = torch.cat([dw(p) for dw, p in zip(self.dws, torch.split(h, [8, 8, 8], 1))], 1)
+        x = x + self.bn3(self.pwl(nn.functional.silu(self.bn2(h))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_convolution_split_among_depthwise_convolutions_is_one_producer_per_piece():
+    net, x = MixedKernels().eval(), _x()
+    gm = graph_of(net, x[:2])
+    with torch.no_grad():  # the pieces compute what the one convolution did
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
+    found = trace(gm)
+    assert sorted((g.name, g.size) for g in found.groups) == [
+        ("pw[0:8]", 8), ("pw[16:24]", 8), ("pw[8:16]", 8), ("stem", 16)]
+    result = compressor.compress(net, 0.3, data=x, latency=False)
+    assert result.report.size.reduction >= 0.3
+    assert result.report.parity.max_abs_diff <= 1e-4
+
+
 def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 
