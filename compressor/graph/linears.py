@@ -213,6 +213,20 @@ def drop_unused(gm: fx.GraphModule, nodes: list[fx.Node], parameters: tuple) -> 
             names.pop(old.target, None)
 
 
+def rewrite_all(gm: fx.GraphModule, find, rewrite) -> list[str]:
+    """Run `rewrite(gm, node, *found)` on every node where `find(node)` finds something, then
+    check and recompile the graph; the names of the nodes the rewrites made."""
+    done = []
+    for node in list(gm.graph.nodes):
+        found = find(node)
+        if found is not None:
+            done += rewrite(gm, node, *found)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
 def new_parameter(gm: fx.GraphModule, base: str, value: torch.Tensor, original: str,
                names: dict[str, str]) -> fx.Node:
     name, i = base, 1

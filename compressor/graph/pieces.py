@@ -12,7 +12,7 @@ import operator
 import torch
 from torch import fx
 
-from .linears import CHUNKS, drop_unused, is_constant, new_parameter
+from .linears import CHUNKS, drop_unused, is_constant, new_parameter, rewrite_all
 from .ops import ACTIVATIONS, CAT, LINEAR
 
 aten = torch.ops.aten
@@ -23,15 +23,7 @@ def split_gate_over_cat(gm: fx.GraphModule) -> list[str]:
     functions) and a channel cat of its other pieces (each through ops of one input that keep
     its width, as a depthwise convolution between permutes does): one Linear per piece, the
     gate cut at the cat's boundaries. Returns the names of the new Linears."""
-    done = []
-    for node in list(gm.graph.nodes):
-        found = _gate_over_cat(node)
-        if found is not None:
-            done += _rewrite(gm, node, *found)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return rewrite_all(gm, _gate_over_cat, _rewrite)
 
 
 def _gate_over_cat(mul: fx.Node):

@@ -12,7 +12,7 @@ import operator
 import torch
 from torch import fx
 
-from .linears import drop_unused, new_parameter
+from .linears import drop_unused, new_parameter, rewrite_all
 from .ops import ACTIVATIONS, CONV
 
 aten = torch.ops.aten
@@ -25,20 +25,14 @@ def split_at_pieces(gm: fx.GraphModule) -> list[str]:
     only piece by piece: one convolution per piece, each through its own copy of the
     activations. (A Linear's output split by width is q, k and v, which `graph.heads` reads
     as they are.) Returns the names of the new layers."""
-    done = []
-    for split in [n for n in gm.graph.nodes if n.target in SPLITS]:
-        found = _split_layer(split)
-        if found is not None:
-            done += _rewrite(gm, split, *found)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return rewrite_all(gm, _split_layer, _rewrite)
 
 
 def _split_layer(split: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     """(the layer, the activations between it and `split`) where `split` cuts the layer's
     output channels into pieces read one by one; None otherwise."""
+    if split.target not in SPLITS:
+        return None
     chain, node = [], split.args[0]
     while isinstance(node, fx.Node) and node.target in ACTIVATIONS and len(node.users) == 1 \
             and len(node.all_input_nodes) == 1:
