@@ -209,7 +209,8 @@ def _within_heads(node: fx.Node, value: torch.Tensor, values: dict, heads: int,
     last axis is one head's)."""
     if node.target in ELEMENTWISE:
         return True
-    read = getattr(values.get(getattr(node.args[0], "name", "")), "shape", ())
+    first = node.args[0] if node.args else None
+    read = getattr(values.get(getattr(first, "name", "")), "shape", ())
     if node.target in ALONG:
         along = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if along % value.ndim not in (0, axis):

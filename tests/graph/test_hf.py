@@ -95,12 +95,13 @@ def phi3() -> Logits:
     return Logits(transformers.Phi3ForSequenceClassification(config))
 
 
-def gemma() -> Logits:
+def gemma(kv_heads: int = 2) -> Logits:
     """Llama's blocks with RMSNorms that scale by 1 + w and cast back with `type_as`, and its
     embeddings scaled by the square root of the width."""
     torch.manual_seed(0)
-    config = transformers.GemmaConfig(vocab_size=100, hidden_size=64, num_key_value_heads=2,
-                                      head_dim=16, max_position_embeddings=32, pad_token_id=0,
+    config = transformers.GemmaConfig(vocab_size=100, hidden_size=64,
+                                      num_key_value_heads=kv_heads, head_dim=16,
+                                      max_position_embeddings=32, pad_token_id=0,
                                       attn_implementation="eager", **SMALL)
     return Logits(transformers.GemmaForSequenceClassification(config))
 
@@ -252,11 +253,7 @@ def test_llama_loses_grouped_query_heads_through_its_rotary_embedding_and_its_wi
 def gemma_multi_query() -> Logits:
     """Gemma-2B's attention: one key/value head for every query head, repeated by
     `repeat_kv`."""
-    torch.manual_seed(0)
-    config = transformers.GemmaConfig(vocab_size=100, hidden_size=64, num_key_value_heads=1,
-                                      head_dim=16, max_position_embeddings=32, pad_token_id=0,
-                                      attn_implementation="eager", **SMALL)
-    return Logits(transformers.GemmaForSequenceClassification(config))
+    return gemma(kv_heads=1)
 
 
 def falcon_multi_query() -> Logits:
