@@ -41,7 +41,7 @@ MODELS = ("resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnex
 TIMM = tuple(f"timm.{name}" for name in (
     "ghostnet_100 ghostnetv2_100 mobilenetv4_conv_small lcnet_100 repvit_m1 fbnetv3_b "
     "mobileone_s0 hgnetv2_b0 efficientnet_lite0 efficientvit_b0 fastvit_t8 "
-    "mambaout_femto").split())
+    "mambaout_femto mixnet_s mixnet_m").split())
 ZOOS = {"torchvision": (MODELS, "zoo.md"), "timm": (TIMM, "zoo_timm.md")}
 SIZE, SAMPLES, TARGET, WINDOW = 64, 144, 0.5, 0.52
 TIMEOUT = 1800  # seconds per run

@@ -26,6 +26,7 @@ from .ops import CONV, LINEAR
 from .pieces import split_gate_over_cat
 from .plain_forms import drop_empty_cats, drop_same_type_casts, numeric_padding, plain_baddbmm
 from .split_layers import split_at_pieces
+from .through_cats import through_cats
 
 
 def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -93,6 +94,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     split_gate_over_cat(clean)
     fold_constant_operands(clean, _flat_name)
     as_rms_norm(clean, _flat_name)
+    through_cats(clean)
     fold_batchnorm(clean)
     split_at_pieces(clean)
     for name, tensor in [*clean.named_parameters(), *clean.named_buffers()]:

@@ -187,6 +187,60 @@ def test_a_convolution_split_among_depthwise_convolutions_is_one_producer_per_pi
     assert result.report.parity.max_abs_diff <= 1e-4
 
 
+class MixedBlock(nn.Module):
+    """MixNet's block with mixed convolutions throughout: the residual stream in two pieces
+    (two stem convolutions concatenated), pointwise convolutions over pieces of their input,
+    BatchNorm and SiLU over the cat, depthwise kernels over other pieces than the pointwise
+    ones made (two of 12 read as three of 8), squeeze-excitation over the cat, a projection in
+    two pieces (of one kernel's channels and two kernels') and the residual add of two cats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stems = nn.ModuleList(nn.Conv2d(3, 8, 3, padding=1) for _ in range(2))
+        self.pws = nn.ModuleList(nn.Conv2d(8, 12, 1, bias=False) for _ in range(2))
+        self.bn1 = nn.BatchNorm2d(24)
+        self.dws = nn.ModuleList(nn.Conv2d(8, 8, k, padding=k // 2, groups=8, bias=False)
+                                 for k in (3, 5, 7))
+        self.bn2 = nn.BatchNorm2d(24)
+        self.se1, self.se2 = nn.Conv2d(24, 6, 1), nn.Conv2d(6, 24, 1)
+        self.pwls = nn.ModuleList(nn.Conv2d(c, 8, 1, bias=False) for c in (8, 16))
+        self.bn3 = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+        for bn in (self.bn1, self.bn2, self.bn3):  # not the identity
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    @staticmethod
+    def mixed(convs, x, sizes):
+        return torch.cat([c(p) for c, p in zip(convs, torch.split(x, sizes, 1))], 1)
+
+    def forward(self, x):
+        x = torch.cat([torch.relu(stem(x)) for stem in self.stems], 1)
+        h = nn.functional.silu(self.bn1(self.mixed(self.pws, x, [8, 8])))
+        h = nn.functional.silu(self.bn2(self.mixed(self.dws, h, [8, 8, 8])))
+        h = h * torch.sigmoid(self.se2(nn.functional.silu(self.se1(h.mean((2, 3), True)))))
+        x = x + self.bn3(self.mixed(self.pwls, h, [8, 16]))
+        return self.head(x.mean((2, 3)))
+
+
+def test_ops_after_a_cat_of_pieces_go_piece_by_piece_to_its_gate_add_and_split():
+    net, x = MixedBlock().eval(), _x()
+    gm = graph_of(net, x[:2])
+    with torch.no_grad():  # written piece by piece, the graph computes what the module did
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
+    assert not [n for n in gm.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    found = trace(gm)
+    # the stream's two pieces, each with its projection; the first pointwise piece cut where
+    # the depthwise kernels' pieces begin (8 of its 12 channels to one kernel, 4 to the next)
+    assert sorted((g.name, g.size) for g in found.groups) == [
+        ("pws.0[0:8]", 8), ("pws.0[8:12]", 4), ("pws.1[0:4]", 4), ("pws.1[4:12]", 8),
+        ("se1", 6), ("stems.0", 8), ("stems.1", 8)]
+    result = compressor.compress(net, 0.4, of="flops", data=x, latency=False)
+    assert result.report.size.flop_reduction >= 0.4
+    assert result.report.parity.max_abs_diff <= 1e-4
+
+
 def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 

@@ -1,0 +1,369 @@
+"""A channel cat whose pieces go on, through ops of one channel at a time, into a residual add
+with a cat of the same pieces, a gate, or a split at the cat's own boundaries: those ops
+written piece by piece, the cat moved after them. MixNet's mixed convolutions are pieces
+concatenated (pointwise convolutions over split inputs, depthwise ones of several kernels),
+then a BatchNorm and an activation over the whole, then squeeze-excitation's gate, the block's
+residual add or the next block's split of its input. Piece by piece, each BatchNorm follows
+its convolution (and folds into it), each piece is a producer whose units the tracer follows
+to its own gate, add and split, and the cat stays only where one layer reads every piece."""
+
+from __future__ import annotations
+
+import itertools
+import operator
+
+import torch
+from torch import fx
+
+from .linears import rewrite_all
+from .split_layers import split_at_pieces
+from .ops import ACTIVATIONS, BATCH_NORM, CAT, CONV, IDENTITY
+
+aten = torch.ops.aten
+SPLITS = (aten.split.Tensor, aten.split_with_sizes.default)
+BINARY = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor)
+
+
+def through_cats(gm: fx.GraphModule) -> list[str]:
+    """Rewrite, in place, the ops after every channel cat of 4-D pieces that lead to a join
+    the tracer can only follow piece by piece (module docstring), until none is left. Returns
+    the names of the new cats."""
+    made = []
+    while True:
+        found = rewrite_all(gm, _refinable, _refine) + rewrite_all(gm, _pushable, _push) + \
+            rewrite_all(gm, _nested, _flatten)
+        if not found:
+            break
+        made += found
+    split_at_pieces(gm)  # the layers `_refine` split, before their BatchNorms fold
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return [name for name in made if any(n.name == name for n in gm.graph.nodes)]
+
+
+def _widths(node: object) -> list[int] | None:
+    """The channel widths of the pieces of `node`, if it is a cat of 4-D tensors along the
+    channels; else None."""
+    if not isinstance(node, fx.Node) or node.target not in CAT or _doubled(node):
+        return None
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    vals = [p.meta.get("val") if isinstance(p, fx.Node) else None for p in node.args[0]]
+    if len(vals) < 2 or any(v is None or v.ndim != 4 for v in vals) or dim % 4 != 1:
+        return None
+    return [int(v.shape[1]) for v in vals]
+
+
+def _doubled(cat: fx.Node) -> bool:
+    """Whether a piece of `cat` is made from another of its pieces by ops of one input
+    (GhostNet's `cat([x, cheap(x)])`, which the tracer reads as each unit held twice)."""
+    pieces = [p for p in cat.args[0] if isinstance(p, fx.Node)]
+    for piece in pieces:
+        node = piece
+        for _ in range(8):
+            if node.op != "call_function" or not node.args or \
+                    not isinstance(node.args[0], fx.Node):
+                break
+            node = node.args[0]
+            if node in pieces:
+                return True
+    return False
+
+
+def _after(node: fx.Node, widths: list[int]) -> list[int] | None:
+    """The widths `node` keeps piece by piece, where it is a cat or one of its channel-wise
+    ops read from one (the tensor a pushed op will make a cat of)."""
+    found = _widths(node)
+    if found is not None:
+        return found
+    if _unary(node) is not None:
+        return _after(node.args[0], widths)
+    return None
+
+
+def _unary(node: fx.Node) -> fx.Node | None:
+    """The input of `node` if `node` acts on each channel alone with nothing but numbers and
+    its own per-channel tensors (an activation, a copy, an eval BatchNorm, a depthwise
+    convolution, a product or sum by a number); else None."""
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    x = node.args[0]
+    if node.target in ACTIVATIONS or node.target in IDENTITY:
+        return x if not any(isinstance(a, fx.Node) for a in node.args[1:]) else None
+    if node.target is BATCH_NORM[0]:
+        params = node.args[1:5]
+        training = len(node.args) > 5 and node.args[5]
+        return x if not training and all(p is None or _own(p) for p in params) else None
+    if node.target in CONV:
+        return x if _depthwise(node) and (len(node.args) < 3 or node.args[2] is None or
+                                         _own(node.args[2])) else None
+    if node.target in BINARY:
+        other = node.args[1]
+        return x if isinstance(other, (int, float)) else None
+    return None
+
+
+def _depthwise(conv: fx.Node) -> bool:
+    """A convolution of one filter (or several) per channel, each reading its channel alone."""
+    weight, val = conv.args[1], conv.meta.get("val")
+    w = weight.meta.get("val") if isinstance(weight, fx.Node) else None
+    groups = conv.args[6] if len(conv.args) > 6 else 1
+    x = conv.args[0].meta.get("val")
+    return _own(weight) and w is not None and val is not None and x is not None and \
+        groups > 1 and w.shape[1] == 1 and int(x.shape[1]) == groups and \
+        int(val.shape[1]) % groups == 0
+
+
+def _own(node: object) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == 1
+
+
+def _needs(node: fx.Node, widths: list[int], depth: int = 0) -> bool:
+    """Whether `node`, reading a tensor of pieces of `widths`, leads (through ops of one
+    channel) to a join that only pieces make followable."""
+    if depth > 16 or node.op != "call_function":
+        return False
+    if node.target in SPLITS:
+        return _coarser(_split_sizes(node), widths)
+    if _widths(node) is not None:  # a cat of this one's pieces and others
+        return any(_needs(u, _widths(node), depth + 1) for u in node.users)
+    if node.target in CONV and depth == 0 and _unary(node) is not None:
+        return True  # a depthwise convolution over a cat filters each piece's units alone
+    if node.target in BINARY and _binary(node, widths) is not None:
+        return True
+    if _unary(node) is not None:
+        return any(_needs(u, widths, depth + 1) for u in node.users)
+    return False
+
+
+def _binary(node: fx.Node, widths: list[int]) -> str | None:
+    """"cat" where `node` (an add or product) joins two tensors of the same pieces, "gate"
+    where it multiplies one by a per-channel gate a layer makes; else None."""
+    a, b = node.args[:2] if len(node.args) >= 2 else (None, None)
+    if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+        return None
+    if _after(a, widths) == widths and _after(b, widths) == widths:
+        return "cat"
+    if node.target is aten.mul.Tensor:
+        for x, g in ((a, b), (b, a)):
+            val, gval = x.meta.get("val"), g.meta.get("val")
+            if _after(x, widths) == widths and gval is not None and val is not None and \
+                    gval.ndim == 4 and tuple(gval.shape[1:]) == (val.shape[1], 1, 1) and \
+                    _layer_behind(g):
+                return "gate"
+    return None
+
+
+def _layer_behind(node: fx.Node) -> bool:
+    """Whether `node` is an ungrouped convolution's output, through activations that alone
+    read it (what `split_layers` cuts into pieces), or a piece of one."""
+    if node.target is operator.getitem and node.args[0].target in SPLITS:
+        node = node.args[0].args[0]
+    while node.target in ACTIVATIONS and len(node.users) == 1:
+        node = node.args[0]
+    return node.target in CONV and len(node.users) == 1 and \
+        (len(node.args) < 7 or node.args[6] == 1)
+
+
+def _coarser(sizes: list[int] | None, widths: list[int]) -> bool:
+    """Whether a split into `sizes` cuts only where the pieces of `widths` meet."""
+    return sizes is not None and sum(sizes) == sum(widths) and \
+        set(itertools.accumulate(sizes)) <= set(itertools.accumulate(widths))
+
+
+def _split_sizes(split: fx.Node) -> list[int] | None:
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    outs = split.meta.get("val")
+    if outs is None or dim % 4 != 1 or \
+            any(u.target is not operator.getitem for u in split.users):
+        return None
+    return [int(v.shape[1]) for v in outs]
+
+
+def _pushable(node: fx.Node):
+    """(the cat, its widths) where `node` is an op the cat's pieces should go through (it
+    reads a cat and leads to a join only pieces make followable), else None."""
+    if node.op != "call_function" or not node.args or getattr(node, "_erased", False):
+        return None
+    for arg in node.args[:2]:
+        widths = _widths(arg)
+        if widths is None:
+            continue
+        if node.target in SPLITS and _coarser(_split_sizes(node), widths):
+            return arg, widths
+        if node.target in BINARY and _binary(node, widths) == "gate" or \
+                node.target in BINARY and all(_widths(a) == widths for a in node.args[:2]):
+            return arg, widths
+        if _unary(node) is arg and _needs(node, widths):
+            return arg, widths
+    return None
+
+
+def _nested(cat: fx.Node):
+    """(the pieces of `cat` with every piece that is a cat read by it alone put in its own
+    pieces' place,) if there is one; else None."""
+    if getattr(cat, "_erased", False) or _widths(cat) is None:
+        return None
+    inner = [p for p in cat.args[0] if _widths(p) is not None and len(p.users) == 1]
+    if not inner:
+        return None
+    return ([q for p in cat.args[0] for q in (p.args[0] if p in inner else [p])],)
+
+
+def _flatten(gm: fx.GraphModule, cat: fx.Node, pieces: list[fx.Node]) -> list[str]:
+    inner = [p for p in cat.args[0] if p not in pieces]
+    cat.args = (pieces, *cat.args[1:])
+    for p in inner:
+        gm.graph.erase_node(p)
+    return [cat.name]
+
+
+def _refinable(split: fx.Node):
+    """(the cat, the finer widths) where `split` cuts, through ops of one channel, a cat at
+    other boundaries than its pieces', and every piece a boundary falls inside is a layer's
+    output that the cat alone reads (MixNet-M's two pointwise pieces read by three depthwise
+    kernels): those pieces can be cut there (`split_layers`); else None."""
+    if split.op != "call_function" or split.target not in SPLITS or \
+            getattr(split, "_erased", False):
+        return None
+    sizes, node = _split_sizes(split), split.args[0]
+    while isinstance(node, fx.Node) and _widths(node) is None and _unary(node) is not None:
+        node = node.args[0]
+    widths = _widths(node)
+    if sizes is None or widths is None or _coarser(sizes, widths) or sum(sizes) != sum(widths):
+        return None
+    cuts = sorted(set(itertools.accumulate(sizes)) | set(itertools.accumulate(widths)))
+    starts = list(itertools.accumulate([0, *widths]))
+    for piece, start, end in zip(node.args[0], starts, starts[1:]):
+        inner = [c for c in cuts if start < c < end]
+        if inner and not (piece.target in CONV and len(piece.users) == 1 and
+                          (len(piece.args) < 7 or piece.args[6] == 1)):
+            return None
+    return node, [b - a for a, b in zip([0, *cuts], cuts)]
+
+
+def _refine(gm: fx.GraphModule, split: fx.Node, cat: fx.Node, finer: list[int]) -> list[str]:
+    """The cat written over the pieces of its pieces, cut at `finer`'s boundaries."""
+    graph, pieces = gm.graph, []
+    bounds = list(itertools.accumulate([0, *finer]))
+    with graph.inserting_before(cat):
+        start = 0
+        for piece in cat.args[0]:
+            end = start + int(piece.meta["val"].shape[1])
+            parts = [b - a for a, b in zip(bounds, bounds[1:]) if start <= a and b <= end]
+            if len(parts) == 1:
+                pieces.append(piece)
+            else:
+                cut = graph.call_function(aten.split_with_sizes.default, (piece, parts, 1))
+                cut.meta = {"val": list(piece.meta["val"].split(parts, 1))}
+                for k in range(len(parts)):
+                    pieces.append(graph.call_function(operator.getitem, (cut, k)))
+                    pieces[-1].meta = {"val": cut.meta["val"][k]}
+            start = end
+        joined = graph.call_function(aten.cat.default, (pieces, 1))
+        joined.meta = dict(cat.meta)
+    cat.replace_all_uses_with(joined)
+    graph.erase_node(cat)
+    return [joined.name]
+
+
+def _push(gm: fx.GraphModule, node: fx.Node, cat: fx.Node, widths: list[int]) -> list[str]:
+    graph = gm.graph
+    pieces = list(cat.args[0])
+    bounds = list(itertools.accumulate([0, *widths]))
+    if node.target in SPLITS:  # at the cat's boundaries: its pieces, or cats of them
+        cuts = list(itertools.accumulate([0, *_split_sizes(node)]))
+        for user in list(node.users):
+            start, end = cuts[user.args[1]], cuts[user.args[1] + 1]
+            within = [p for p, a, b in zip(pieces, bounds, bounds[1:]) if start <= a and b <= end]
+            if len(within) > 1:
+                with graph.inserting_before(user):
+                    joined = graph.call_function(aten.cat.default, (within, 1))
+                joined.meta = dict(user.meta)
+                within = [joined]
+            user.replace_all_uses_with(within[0])
+            graph.erase_node(user)
+        graph.erase_node(node)
+        return [cat.name]
+    val = node.meta["val"]
+    with graph.inserting_before(node):
+        if node.target in BINARY and _binary(node, widths) == "gate":
+            x, g = (node.args[0], node.args[1]) if node.args[0] is cat else \
+                (node.args[1], node.args[0])
+            split = graph.call_function(aten.split_with_sizes.default, (g, widths, 1))
+            split.meta = {"val": list(g.meta["val"].split(widths, 1))}
+            gates = []
+            for k in range(len(widths)):
+                gates.append(graph.call_function(operator.getitem, (split, k)))
+                gates[-1].meta = {"val": split.meta["val"][k]}
+            others = gates
+        elif node.target in BINARY:
+            other = node.args[1] if node.args[0] is cat else node.args[0]
+            others = list(other.args[0])
+        new = []
+        for k, (piece, start, end) in enumerate(zip(pieces, bounds, bounds[1:])):
+            if node.target in BINARY and not isinstance(node.args[1], (int, float)):
+                args = (piece, others[k]) if node.args[0] is cat else (others[k], piece)
+                new.append(graph.call_function(_functional(node.target), args))
+            else:
+                new.append(graph.call_function(_functional(node.target),
+                                               _piece_args(gm, node, piece, start, end),
+                                               dict(node.kwargs)))
+            new[-1].meta = {"val": val[:, start:end]}
+        joined = graph.call_function(aten.cat.default, (new, 1))
+        joined.meta = {"val": val}
+    node.replace_all_uses_with(joined)
+    graph.erase_node(node)
+    for old in node.args[1:]:  # the per-channel tensors cut above
+        if isinstance(old, fx.Node) and old.op == "get_attr" and not old.users:
+            graph.erase_node(old)
+            delattr(gm, old.target)
+    return [joined.name]
+
+
+def _piece_args(gm: fx.GraphModule, node: fx.Node, piece: fx.Node, start: int,
+                end: int) -> tuple:
+    """`node`'s arguments for the channels [start, end) alone: its per-channel tensors cut,
+    a depthwise convolution's groups made the piece's width."""
+    args = list(node.args)
+    args[0] = piece
+    if node.target is BATCH_NORM[0]:
+        for i in range(1, 5):
+            if args[i] is not None:
+                args[i] = _cut(gm, args[i], start, end)
+    elif node.target in CONV:
+        per = int(node.args[1].meta["val"].shape[0]) // int(node.args[6])  # filters per channel
+        args[1] = _cut(gm, args[1], start * per, end * per)
+        if len(args) > 2 and args[2] is not None:
+            args[2] = _cut(gm, args[2], start * per, end * per)
+        args[6] = end - start
+    return tuple(args)
+
+
+def _cut(gm: fx.GraphModule, tensor: fx.Node, start: int, end: int) -> fx.Node:
+    """A new tensor of the model: rows [start, end) of `tensor` (a parameter stays one, a
+    buffer a buffer), named after the original's rows in the report."""
+    names = gm.meta.setdefault("original_names", {})
+    value = getattr(gm, tensor.target).detach()[start:end].clone()
+    base = f"{tensor.target}_{start}"
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    if tensor.target in dict(gm.named_buffers()):
+        gm.register_buffer(name, value)
+    else:
+        gm.register_parameter(name, torch.nn.Parameter(value))
+    original = names.get(tensor.target, tensor.target)
+    names[name] = f"{original}[{start}:{end}]"
+    node = gm.graph.get_attr(name)
+    node.meta["val"] = tensor.meta["val"][start:end]
+    return node
+
+
+def _functional(target):
+    """The out-of-place form of an in-place op (`relu_` -> `relu`): a piece may be read by
+    other ops too."""
+    packet = getattr(target, "overloadpacket", None)
+    name = getattr(packet, "__name__", "")
+    if name.endswith("_") and not name.startswith("_") and hasattr(aten, name[:-1]):
+        return getattr(getattr(aten, name[:-1]), target._overloadname)
+    return target
