@@ -21,7 +21,8 @@ from .ops import ACTIVATIONS, BATCH_NORM, CAT, CONV, IDENTITY
 
 aten = torch.ops.aten
 SPLITS = (aten.split.Tensor, aten.split_with_sizes.default)
-BINARY = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor)
+PRODUCTS = (aten.mul.Tensor, aten.mul_.Tensor)
+BINARY = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, *PRODUCTS)
 
 
 def through_cats(gm: fx.GraphModule) -> list[str]:
@@ -143,7 +144,7 @@ def _binary(node: fx.Node, widths: list[int]) -> str | None:
         return None
     if _after(a, widths) == widths and _after(b, widths) == widths:
         return "cat"
-    if node.target is aten.mul.Tensor:
+    if node.target in PRODUCTS:
         for x, g in ((a, b), (b, a)):
             val, gval = x.meta.get("val"), g.meta.get("val")
             if _after(x, widths) == widths and gval is not None and val is not None and \

@@ -192,11 +192,13 @@ class MixedBlock(nn.Module):
     (two stem convolutions concatenated), pointwise convolutions over pieces of their input,
     BatchNorm and SiLU over the cat, depthwise kernels over other pieces than the pointwise
     ones made (two of 12 read as three of 8), squeeze-excitation over the cat, a projection in
-    two pieces (of one kernel's channels and two kernels') and the residual add of two cats."""
+    two pieces (of one kernel's channels and two kernels') and the residual add of two cats
+    (`inplace`: written `x.add_(...)`, as timm's ResNets write theirs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.inplace = inplace
         self.stems = nn.ModuleList(nn.Conv2d(3, 8, 3, padding=1) for _ in range(2))
         self.pws = nn.ModuleList(nn.Conv2d(8, 12, 1, bias=False) for _ in range(2))
         self.bn1 = nn.BatchNorm2d(24)
@@ -220,12 +222,14 @@ class MixedBlock(nn.Module):
         h = nn.functional.silu(self.bn1(self.mixed(self.pws, x, [8, 8])))
         h = nn.functional.silu(self.bn2(self.mixed(self.dws, h, [8, 8, 8])))
         h = h * torch.sigmoid(self.se2(nn.functional.silu(self.se1(h.mean((2, 3), True)))))
-        x = x + self.bn3(self.mixed(self.pwls, h, [8, 16]))
+        h = self.bn3(self.mixed(self.pwls, h, [8, 16]))
+        x = x.add_(h) if self.inplace else x + h
         return self.head(x.mean((2, 3)))
 
 
-def test_ops_after_a_cat_of_pieces_go_piece_by_piece_to_its_gate_add_and_split():
-    net, x = MixedBlock().eval(), _x()
+@pytest.mark.parametrize("inplace", [False, True])
+def test_ops_after_a_cat_of_pieces_go_piece_by_piece_to_its_gate_add_and_split(inplace):
+    net, x = MixedBlock(inplace).eval(), _x()
     gm = graph_of(net, x[:2])
     with torch.no_grad():  # written piece by piece, the graph computes what the module did
         torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
