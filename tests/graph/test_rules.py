@@ -245,6 +245,31 @@ def test_ops_after_a_cat_of_pieces_go_piece_by_piece_to_its_gate_add_and_split(i
     assert result.report.parity.max_abs_diff <= 1e-4
 
 
+class DenseLayers(nn.Module):
+    """DenseNet's layers: each reads BatchNorm and ReLU over the cat of every output before it,
+    which leads to no gate, add or split: nothing to write piece by piece."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in (8, 12, 16))
+        self.convs = nn.ModuleList(nn.Conv2d(c, 4, 3, padding=1) for c in (8, 12))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for bn, conv in zip(self.bns, self.convs):
+            features.append(conv(torch.relu(bn(torch.cat(features, 1)))))
+        return self.head(torch.relu(self.bns[2](torch.cat(features, 1))).mean((2, 3)))
+
+
+def test_ops_after_a_cat_that_no_join_needs_stay_one_op():
+    gm = graph_of(DenseLayers().eval(), _x(2))
+    norms = [n for n in gm.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert len(norms) == 3  # one BatchNorm per cat, none cut into pieces
+
+
 def _x(n: int = 64) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8)
 
