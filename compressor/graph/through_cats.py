@@ -39,7 +39,8 @@ def through_cats(gm: fx.GraphModule) -> list[str]:
     split_at_pieces(gm)  # the layers `_refine` split, before their BatchNorms fold
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    return [name for name in made if any(n.name == name for n in gm.graph.nodes)]
+    kept = {n.name for n in gm.graph.nodes}
+    return [name for name in made if name in kept]
 
 
 def _widths(node: object) -> list[int] | None:
@@ -70,14 +71,14 @@ def _doubled(cat: fx.Node) -> bool:
     return False
 
 
-def _after(node: fx.Node, widths: list[int]) -> list[int] | None:
+def _after(node: fx.Node) -> list[int] | None:
     """The widths `node` keeps piece by piece, where it is a cat or one of its channel-wise
     ops read from one (the tensor a pushed op will make a cat of)."""
     found = _widths(node)
     if found is not None:
         return found
     if _unary(node) is not None:
-        return _after(node.args[0], widths)
+        return _after(node.args[0])
     return None
 
 
@@ -142,12 +143,12 @@ def _binary(node: fx.Node, widths: list[int]) -> str | None:
     a, b = node.args[:2] if len(node.args) >= 2 else (None, None)
     if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
         return None
-    if _after(a, widths) == widths and _after(b, widths) == widths:
+    if _after(a) == widths and _after(b) == widths:
         return "cat"
     if node.target in PRODUCTS:
         for x, g in ((a, b), (b, a)):
             val, gval = x.meta.get("val"), g.meta.get("val")
-            if _after(x, widths) == widths and gval is not None and val is not None and \
+            if _after(x) == widths and gval is not None and val is not None and \
                     gval.ndim == 4 and tuple(gval.shape[1:]) == (val.shape[1], 1, 1) and \
                     _layer_behind(g):
                 return "gate"
@@ -174,7 +175,7 @@ def _coarser(sizes: list[int] | None, widths: list[int]) -> bool:
 def _split_sizes(split: fx.Node) -> list[int] | None:
     dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
     outs = split.meta.get("val")
-    if outs is None or dim % 4 != 1 or \
+    if outs is None or any(v.ndim != 4 for v in outs) or dim % 4 != 1 or \
             any(u.target is not operator.getitem for u in split.users):
         return None
     return [int(v.shape[1]) for v in outs]
