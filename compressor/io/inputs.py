@@ -51,21 +51,30 @@ def find_input_layout(model: LoadedModel, x: torch.Tensor, *,
         if x.ndim == 4 and x.shape[1] == 1:
             candidates.append(("without the channel axis", lambda t: t.squeeze(1)))
     _refuse_fixed_batch(model, x, candidates)
-    taken, first_error = _try_layouts(model, x, candidates)
+    taken, first_error, returned = _try_layouts(model, x, candidates)
     if taken:
         (layout, chosen, classes), *others = taken
         return InputLayout(layout, chosen, classes, tuple(s for _, s, _ in others))
     _refuse_dtype(model, x, candidates)
+    if len(returned) == len(candidates):  # it ran on the data: its output is what is wrong
+        raise ModelError(f"the model returns {returned[0]} for a batch of "
+                         f"{min(2, x.shape[0])}, not one row of logits per sample "
+                         "[batch, classes]: outputs per token or per pixel (a language model's "
+                         "or a segmentation head) are not supported; give a model that ends "
+                         "in a classifier (`...ForSequenceClassification`, or pool over its "
+                         "tokens), or name the logits among several outputs with --logits")
     tried = ", ".join(name for name, _ in candidates)
     raise DataError(f"the model cannot take the data (inputs of shape "
                     f"{_batch_shape(x.shape[1:])}, tried {tried}): {first_error}; give data in "
                     "the shape the model expects")
 
 
-def _try_layouts(model: LoadedModel, x: torch.Tensor, candidates: list) -> tuple[list, str | None]:
+def _try_layouts(model: LoadedModel, x: torch.Tensor,
+                 candidates: list) -> tuple[list, str | None, list[list[int]]]:
     """The layouts of `candidates` the model takes `x` in (with the sample shape and classes
-    each gives), and the first error of those it does not."""
-    taken, first_error = [], None
+    each gives), the first error of those it does not, and the output shapes of those it ran
+    on but whose outputs are not [batch, classes]."""
+    taken, first_error, returned = [], None, []
     for _, layout in candidates:
         try:
             with torch.no_grad():
@@ -81,7 +90,8 @@ def _try_layouts(model: LoadedModel, x: torch.Tensor, candidates: list) -> tuple
         else:
             first_error = first_error or \
                 f"it returned shape {list(out.shape)}, not [batch, classes]"
-    return taken, first_error
+            returned.append(list(out.shape))
+    return taken, first_error, returned
 
 
 def _refuse_fixed_batch(model: LoadedModel, x: torch.Tensor, candidates: list) -> None:

@@ -54,8 +54,9 @@ def _run(run_cli, files, *extra):
 
 def test_the_report_names_the_input_and_the_other_shapes_the_model_takes(run_cli, files):
     result, report, _ = _run(run_cli, files)
-    assert report["source"]["input"] == {"name": "input", "shape": ["batch", 1, 4, 5], "dtype": "float32",
-                               "also": "[batch, 20], [batch, 4, 5]"}
+    assert report["source"]["input"] == {"name": "input", "shape": ["batch", 1, 4, 5],
+                                         "dtype": "float32",
+                                         "also": "[batch, 20], [batch, 4, 5]"}
     assert ("input input: float32 [batch, 1, 4, 5] (the model also takes [batch, 20], "
             "[batch, 4, 5]; --input-shape chooses one)") in result.out
 
@@ -63,7 +64,8 @@ def test_the_report_names_the_input_and_the_other_shapes_the_model_takes(run_cli
 def test_input_shape_chooses_the_layout_with_data_and_the_file_takes_exactly_it(run_cli,
                                                                                  files):
     _, report, out = _run(run_cli, files, "--input-shape", "4,5", "--quiet")
-    assert report["source"]["input"]["shape"] == ["batch", 4, 5] and report["source"]["input"]["also"] == ""
+    given = report["source"]["input"]
+    assert given["shape"] == ["batch", 4, 5] and given["also"] == ""
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((3, 4, 5), dtype=np.float32)
     assert sess.run(None, {"input": x})[0].shape == (3, 4)
@@ -95,6 +97,29 @@ def test_a_float64_model_is_refused_with_the_fix(run_cli, files):
     assert_refused(run_cli, args, files["dir"])
     assert "weights are float64" in run_cli(*args).err and "model.float()" in \
         run_cli(*args).err
+
+
+class PerToken(nn.Module):
+    """Logits for every position of the input ([batch, 4, classes]), as a language model's
+    head writes them for every token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(5, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.reshape(x.shape[0], 4, 5))))
+
+
+def test_a_model_with_logits_per_position_is_refused_naming_its_output(run_cli, files):
+    model = files["dir"] / "per_token.pt"
+    torch.save(PerToken().state_dict(), model)
+    args = [model, "--arch", "tests.cli.test_inputs:PerToken", "--target", "0.5", "--data",
+            files["data"], *FAST]
+    assert_refused(run_cli, args, files["dir"])
+    err = run_cli(*args).err
+    assert "returns [2, 4, 3]" in err and "[batch, classes]" in err and "data" not in err
 
 
 class TwoHeads(nn.Module):
