@@ -5,7 +5,12 @@ concatenated (pointwise convolutions over split inputs, depthwise ones of severa
 then a BatchNorm and an activation over the whole, then squeeze-excitation's gate, the block's
 residual add or the next block's split of its input. Piece by piece, each BatchNorm follows
 its convolution (and folds into it), each piece is a producer whose units the tracer follows
-to its own gate, add and split, and the cat stays only where one layer reads every piece."""
+to its own gate, add and split, and the cat stays only where one layer reads every piece.
+
+The other way round, a tensor split among layers that is no cat (SKNet's paths each reading
+half of the residual stream) is written in the split's pieces back to the layers that make
+it, through ops of one channel and residual adds, each convolution cut by its rows: the
+stream then is pieces too, each a space of its own, read whole through a cat."""
 
 from __future__ import annotations
 
@@ -32,10 +37,12 @@ def through_cats(gm: fx.GraphModule) -> list[str]:
     made = []
     while True:
         found = rewrite_all(gm, _refinable, _refine) + rewrite_all(gm, _pushable, _push) + \
-            rewrite_all(gm, _nested, _flatten)
+            rewrite_all(gm, _nested, _flatten) + rewrite_all(gm, _split_made, _split_back) + \
+            rewrite_all(gm, _added_to_cat, _cut_operand)
         if not found:
             break
         made += found
+        gm.graph.eliminate_dead_code()  # a cat no one reads any more counts as a reader
     split_at_pieces(gm)  # the layers `_refine` split, before their BatchNorms fold
     gm.graph.eliminate_dead_code()
     gm.recompile()
@@ -354,8 +361,8 @@ def _cut(gm: fx.GraphModule, tensor: fx.Node, start: int, end: int) -> fx.Node:
         gm.register_buffer(name, value)
     else:
         gm.register_parameter(name, torch.nn.Parameter(value))
-    original = names.get(tensor.target, tensor.target)
-    names[name] = f"{original}[{start}:{end}]"
+    layer, _, kind = names.get(tensor.target, tensor.target).rpartition(".")
+    names[name] = f"{layer}[{start}:{end}].{kind}" if layer else f"{kind}[{start}:{end}]"
     node = gm.graph.get_attr(name)
     node.meta["val"] = tensor.meta["val"][start:end]
     return node
@@ -369,3 +376,124 @@ def _functional(target):
     if name.endswith("_") and not name.startswith("_") and hasattr(aten, name[:-1]):
         return getattr(getattr(aten, name[:-1]), target._overloadname)
     return target
+
+
+ADDS = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor)
+
+
+def _in_pieces(node: object, widths: list[int], depth: int = 0) -> bool:
+    """Whether `node` (4-D, channels on axis 1) can be written as a cat of pieces of `widths`
+    back to the layers that make it: through ops of one channel and residual adds, to
+    ungrouped convolutions (cut by their rows) or cats of such pieces."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or depth > 64:
+        return False
+    val = node.meta.get("val")
+    if val is None or getattr(val, "ndim", 0) != 4 or int(val.shape[1]) != sum(widths):
+        return False
+    if _widths(node) is not None:
+        return _coarser(widths, _widths(node))
+    if node.target in CONV:
+        bias = node.args[2] if len(node.args) > 2 else None
+        return (len(node.args) < 7 or node.args[6] == 1) and _own(node.args[1]) and \
+            (bias is None or _own(bias))
+    if _unary(node) is not None:
+        return _in_pieces(node.args[0], widths, depth + 1)
+    if node.target in ADDS and len(node.args) == 2:
+        return all(_in_pieces(a, widths, depth + 1) for a in node.args)
+    return False
+
+
+def _write_in_pieces(gm: fx.GraphModule, node: fx.Node, widths: list[int]) -> list[fx.Node]:
+    """`node` written as pieces of `widths` (`_in_pieces` holds), every other reader of it
+    given their cat; the pieces."""
+    graph = gm.graph
+    bounds = list(itertools.accumulate([0, *widths]))
+    val = node.meta["val"]
+    if _widths(node) is not None:
+        inner = list(itertools.accumulate([0, *_widths(node)]))
+        pieces = []
+        for start, end in zip(bounds, bounds[1:]):
+            within = [p for p, a, b in zip(node.args[0], inner, inner[1:])
+                      if start <= a and b <= end]
+            if len(within) > 1:
+                with graph.inserting_before(node):
+                    within = [graph.call_function(aten.cat.default, (within, 1))]
+                within[0].meta = {"val": val[:, start:end]}
+            pieces += within
+        return pieces
+    if node.target in CONV:
+        made = []
+        for start, end in zip(bounds, bounds[1:]):
+            args = list(node.args)
+            with graph.inserting_before(node):
+                args[1] = _cut(gm, node.args[1], start, end)
+                if len(args) > 2 and args[2] is not None:
+                    args[2] = _cut(gm, node.args[2], start, end)
+                made.append(graph.call_function(node.target, tuple(args), dict(node.kwargs)))
+            made[-1].meta = {"val": val[:, start:end]}
+    elif node.target in ADDS:
+        a = _write_in_pieces(gm, node.args[0], widths)
+        b = _write_in_pieces(gm, node.args[1], widths)  # re-read: a cat if `a` wrote it
+        made = []
+        for k, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            with graph.inserting_before(node):
+                made.append(graph.call_function(_functional(node.target), (a[k], b[k])))
+            made[-1].meta = {"val": val[:, start:end]}
+    else:
+        inputs = _write_in_pieces(gm, node.args[0], widths)
+        made = []
+        for piece, start, end in zip(inputs, bounds, bounds[1:]):
+            with graph.inserting_before(node):
+                made.append(graph.call_function(_functional(node.target),
+                                                _piece_args(gm, node, piece, start, end),
+                                                dict(node.kwargs)))
+            made[-1].meta = {"val": val[:, start:end]}
+    with graph.inserting_before(node):
+        joined = graph.call_function(aten.cat.default, (made, 1))
+    joined.meta = {"val": val}
+    node.replace_all_uses_with(joined)
+    graph.erase_node(node)
+    for old in node.args[1:]:  # the per-channel tensors cut above
+        if isinstance(old, fx.Node) and old.op == "get_attr" and not old.users:
+            graph.erase_node(old)
+            delattr(gm, old.target)
+    return made
+
+
+def _split_made(split: fx.Node):
+    """(the sizes,) where `split` cuts a tensor that is not a cat but can be written in those
+    pieces (`_in_pieces`: SKNet's paths reading halves of the residual stream); else None."""
+    if split.op != "call_function" or split.target not in SPLITS or \
+            getattr(split, "_erased", False):
+        return None
+    sizes = _split_sizes(split)
+    if sizes is None or len(sizes) < 2 or _widths(split.args[0]) is not None or \
+            not _in_pieces(split.args[0], sizes):
+        return None
+    return (sizes,)
+
+
+def _split_back(gm: fx.GraphModule, split: fx.Node, sizes: list[int]) -> list[str]:
+    """The split's tensor written in its pieces: the split then reads a cat of them (which
+    `_push` resolves)."""
+    pieces = _write_in_pieces(gm, split.args[0], sizes)
+    return [p.name for p in pieces]
+
+
+def _added_to_cat(node: fx.Node):
+    """(the operand to cut, the widths) where `node` adds a cat of pieces and a tensor that
+    is no cat but can be written in the same pieces; else None."""
+    if node.op != "call_function" or node.target not in ADDS or len(node.args) != 2 or \
+            getattr(node, "_erased", False):
+        return None
+    a, b = node.args
+    for cat, other in ((a, b), (b, a)):
+        widths = _widths(cat)
+        if widths is not None and _widths(other) is None and _in_pieces(other, widths):
+            return other, widths
+    return None
+
+
+def _cut_operand(gm: fx.GraphModule, node: fx.Node, other: fx.Node,
+                 widths: list[int]) -> list[str]:
+    return [p.name for p in _write_in_pieces(gm, other, widths)]

@@ -245,6 +245,43 @@ def test_ops_after_a_cat_of_pieces_go_piece_by_piece_to_its_gate_add_and_split(i
     assert result.report.parity.max_abs_diff <= 1e-4
 
 
+class SplitStream(nn.Module):
+    """SKNet's block with its input split: the residual stream cut in halves, each read by one
+    path's convolution (3x3, and 3x3 dilated), the paths summed, projected and added back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.paths = nn.ModuleList([nn.Conv2d(8, 12, 3, padding=1),
+                                    nn.Conv2d(8, 12, 3, padding=2, dilation=2)])
+        self.proj, self.bn1 = nn.Conv2d(12, 16, 1), nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+        for bn in (self.bn0, self.bn1):  # not the identity
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        h = sum(torch.relu(path(p)) for path, p in zip(self.paths, torch.split(x, 8, 1)))
+        x = torch.relu(x + self.bn1(self.proj(h)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_stream_split_among_layers_is_written_in_its_pieces_back_to_their_makers():
+    net, x = SplitStream().eval(), _x()
+    gm = graph_of(net, x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
+    assert not [n for n in gm.graph.nodes if "split" in str(n.target)]
+    found = trace(gm)
+    assert sorted((g.name, g.size) for g in found.groups) == [
+        ("paths.0", 12), ("stem[0:8]", 8), ("stem[8:16]", 8)]
+    result = compressor.compress(net, 0.4, of="flops", data=x, latency=False)
+    assert result.report.size.flop_reduction >= 0.4
+    assert result.report.parity.max_abs_diff <= 1e-4
+
+
 class DenseLayers(nn.Module):
     """DenseNet's layers: each reads BatchNorm and ReLU over the cat of every output before it,
     which leads to no gate, add or split: nothing to write piece by piece."""
