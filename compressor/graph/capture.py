@@ -24,7 +24,8 @@ from .linears import as_linear, split_gated
 from .norms import as_rms_norm
 from .ops import CONV, LINEAR
 from .pieces import split_gate_over_cat
-from .plain_forms import drop_empty_cats, drop_same_type_casts, numeric_padding, plain_baddbmm
+from .plain_forms import (drop_empty_cats, drop_same_type_casts, numeric_padding, plain_baddbmm,
+                          plain_selective_kernel)
 from .split_layers import split_at_pieces
 from .through_cats import through_cats
 
@@ -82,6 +83,7 @@ def _clean(gm: fx.GraphModule) -> fx.GraphModule:
     drop_empty_cats(gm.graph)
     drop_same_type_casts(gm.graph)
     plain_baddbmm(gm.graph)
+    plain_selective_kernel(gm.graph)
     numeric_padding(gm.graph)
     root, original_names = _own_tensors(gm)
     if any(n.op == "call_module" for n in gm.graph.nodes):

@@ -1,9 +1,11 @@
 """Ops torch.export writes in a form the tracer and the refit do not read, rewritten at capture
 into the plain form of the same computation: a `cat` with empty tensors (an empty cache), a
 cast to the dtype a tensor already has, a convolution padded by name, a batched product added
-to a bias in one op."""
+to a bias in one op, two paths stacked and weighed by a softmax over them."""
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch import fx
@@ -103,3 +105,95 @@ def plain_baddbmm(graph: fx.Graph) -> None:
             new.meta["val"] = node.meta.get("val")
         node.replace_all_uses_with(made[-1])
         graph.erase_node(node)
+
+
+def plain_selective_kernel(graph: fx.Graph) -> None:
+    """Two paths stacked on a new axis 1 (SKNet's selective kernel: `stack([a, b], 1)`), read
+    only summed over it and weighed by a softmax over it of a layer's output viewed
+    [batch, 2, channels, 1, 1], as the sums `a + b` and
+    `a · sigmoid(g_a - g_b) + b · sigmoid(g_b - g_a)`, g_a and g_b the layer's two halves (a
+    softmax over two): every op then acts on channels the tracer follows, the paths' channels one
+    space with the layer's rows of both halves."""
+    aten = torch.ops.aten
+    for stack in list(graph.nodes):
+        if stack.target is not aten.stack.default or _stack_axis(stack) != 1 or \
+                len(stack.args[0]) != 2 or not all(_sum_over(u, 1) or _weighed(u)
+                                                    for u in stack.users):
+            continue
+        a, b = stack.args[0]
+        for user in list(stack.users):
+            total = user if _sum_over(user, 1) else next(iter(user.users))
+            val = total.meta.get("val")
+            with graph.inserting_before(total):
+                if user is total:
+                    made = graph.call_function(aten.add.Tensor, (a, b))
+                else:
+                    g = user.args[1].args[0].args[0]  # softmax(view(g))
+                    half = int(g.meta["val"].shape[1]) // 2
+                    split = graph.call_function(aten.split_with_sizes.default,
+                                                (g, [half, half], 1))
+                    split.meta["val"] = list(g.meta["val"].split([half, half], 1))
+                    parts = []
+                    for k in range(2):
+                        parts.append(graph.call_function(operator.getitem, (split, k)))
+                        parts[-1].meta["val"] = split.meta["val"][k]
+                    weights = []
+                    for first, second in (parts, parts[::-1]):
+                        gap = graph.call_function(aten.sub.Tensor, (first, second))
+                        gap.meta["val"] = first.meta["val"]
+                        weights.append(graph.call_function(aten.sigmoid.default, (gap,)))
+                        weights[-1].meta["val"] = first.meta["val"]
+                    terms = []
+                    for path, weight in zip((a, b), weights):
+                        terms.append(graph.call_function(aten.mul.Tensor, (path, weight)))
+                        terms[-1].meta["val"] = val
+                    made = graph.call_function(aten.add.Tensor, tuple(terms))
+            made.meta["val"] = val
+            total.replace_all_uses_with(made)
+            graph.erase_node(total)
+            if user is not total:
+                softmax = user.args[1]
+                graph.erase_node(user)
+                view = softmax.args[0]
+                graph.erase_node(softmax)
+                if not view.users:
+                    graph.erase_node(view)
+        graph.erase_node(stack)
+
+
+def _stack_axis(stack: fx.Node) -> int | None:
+    dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
+    val = stack.meta.get("val")
+    return None if val is None else dim % val.ndim
+
+
+def _sum_over(node: fx.Node, axis: int) -> bool:
+    """Whether `node` sums its input over `axis` alone, not keeping it."""
+    return node.target is torch.ops.aten.sum.dim_IntList and list(node.args[1]) in \
+        ([axis], [axis - 5]) and not (len(node.args) > 2 and node.args[2]) and \
+        not node.kwargs.get("keepdim", False)
+
+
+def _weighed(product: fx.Node) -> bool:
+    """Whether `product` multiplies the stack by softmax(view(g), 1), g of shape
+    [batch, 2 x channels, 1, 1] viewed [batch, 2, channels, 1, 1], and is read only summed
+    over the paths."""
+    aten = torch.ops.aten
+    if product.target is not aten.mul.Tensor or len(product.args) != 2 or \
+            len(product.users) != 1 or not _sum_over(next(iter(product.users)), 1):
+        return False
+    softmax = product.args[1]
+    if not isinstance(softmax, fx.Node) or softmax.target is not aten._softmax.default and \
+            softmax.target is not aten.softmax.int or softmax.args[1] % 5 != 1 or \
+            len(softmax.users) != 1:
+        return False
+    view = softmax.args[0]
+    if not isinstance(view, fx.Node) or view.target not in (aten.view.default,
+                                                            aten.reshape.default,
+                                                            aten._unsafe_view.default):
+        return False
+    g, out = view.args[0], view.meta.get("val")
+    gval = g.meta.get("val") if isinstance(g, fx.Node) else None
+    return gval is not None and out is not None and gval.ndim == 4 and out.ndim == 5 and \
+        tuple(out.shape[1:]) == (2, int(gval.shape[1]) // 2, 1, 1) and \
+        tuple(gval.shape[2:]) == (1, 1) and len(view.users) == 1

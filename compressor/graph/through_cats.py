@@ -22,11 +22,12 @@ from torch import fx
 
 from .linears import rewrite_all
 from .split_layers import split_at_pieces
-from .ops import ACTIVATIONS, BATCH_NORM, CAT, CONV, IDENTITY
+from .ops import ACTIVATIONS, ADD, BATCH_NORM, CAT, CONV, IDENTITY
 
 aten = torch.ops.aten
 SPLITS = (aten.split.Tensor, aten.split_with_sizes.default)
 PRODUCTS = (aten.mul.Tensor, aten.mul_.Tensor)
+POOLS = (aten.max_pool2d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default)
 BINARY = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, *PRODUCTS)
 
 
@@ -91,12 +92,12 @@ def _after(node: fx.Node) -> list[int] | None:
 
 def _unary(node: fx.Node) -> fx.Node | None:
     """The input of `node` if `node` acts on each channel alone with nothing but numbers and
-    its own per-channel tensors (an activation, a copy, an eval BatchNorm, a depthwise
-    convolution, a product or sum by a number); else None."""
+    its own per-channel tensors (an activation, a copy, a pooling, an eval BatchNorm, a
+    depthwise convolution, a product or sum by a number); else None."""
     if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
         return None
     x = node.args[0]
-    if node.target in ACTIVATIONS or node.target in IDENTITY:
+    if node.target in ACTIVATIONS or node.target in IDENTITY or node.target in POOLS:
         return x if not any(isinstance(a, fx.Node) for a in node.args[1:]) else None
     if node.target is BATCH_NORM[0]:
         params = node.args[1:5]
@@ -378,8 +379,6 @@ def _functional(target):
     return target
 
 
-ADDS = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor)
-
 
 def _in_pieces(node: object, widths: list[int], depth: int = 0) -> bool:
     """Whether `node` (4-D, channels on axis 1) can be written as a cat of pieces of `widths`
@@ -398,7 +397,7 @@ def _in_pieces(node: object, widths: list[int], depth: int = 0) -> bool:
             (bias is None or _own(bias))
     if _unary(node) is not None:
         return _in_pieces(node.args[0], widths, depth + 1)
-    if node.target in ADDS and len(node.args) == 2:
+    if node.target in ADD and len(node.args) == 2:
         return all(_in_pieces(a, widths, depth + 1) for a in node.args)
     return False
 
@@ -431,7 +430,7 @@ def _write_in_pieces(gm: fx.GraphModule, node: fx.Node, widths: list[int]) -> li
                     args[2] = _cut(gm, node.args[2], start, end)
                 made.append(graph.call_function(node.target, tuple(args), dict(node.kwargs)))
             made[-1].meta = {"val": val[:, start:end]}
-    elif node.target in ADDS:
+    elif node.target in ADD:
         a = _write_in_pieces(gm, node.args[0], widths)
         b = _write_in_pieces(gm, node.args[1], widths)  # re-read: a cat if `a` wrote it
         made = []
@@ -483,7 +482,7 @@ def _split_back(gm: fx.GraphModule, split: fx.Node, sizes: list[int]) -> list[st
 def _added_to_cat(node: fx.Node):
     """(the operand to cut, the widths) where `node` adds a cat of pieces and a tensor that
     is no cat but can be written in the same pieces; else None."""
-    if node.op != "call_function" or node.target not in ADDS or len(node.args) != 2 or \
+    if node.op != "call_function" or node.target not in ADD or len(node.args) != 2 or \
             getattr(node, "_erased", False):
         return None
     a, b = node.args

@@ -245,9 +245,11 @@ def test_ops_after_a_cat_of_pieces_go_piece_by_piece_to_its_gate_add_and_split(i
     assert result.report.parity.max_abs_diff <= 1e-4
 
 
-class SplitStream(nn.Module):
+class SelectiveKernel(nn.Module):
     """SKNet's block with its input split: the residual stream cut in halves, each read by one
-    path's convolution (3x3, and 3x3 dilated), the paths summed, projected and added back."""
+    path's convolution (3x3, and 3x3 dilated); the paths stacked, summed, pooled, reduced and
+    weighed by a softmax over the paths of one layer's output viewed [batch, 2, channels, 1,
+    1]; their weighed sum projected and added back."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -255,6 +257,7 @@ class SplitStream(nn.Module):
         self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
         self.paths = nn.ModuleList([nn.Conv2d(8, 12, 3, padding=1),
                                     nn.Conv2d(8, 12, 3, padding=2, dilation=2)])
+        self.fc_reduce, self.fc_select = nn.Conv2d(12, 4, 1), nn.Conv2d(4, 24, 1, bias=False)
         self.proj, self.bn1 = nn.Conv2d(12, 16, 1), nn.BatchNorm2d(16)
         self.head = nn.Linear(16, 4)
         for bn in (self.bn0, self.bn1):  # not the identity
@@ -263,20 +266,27 @@ class SplitStream(nn.Module):
 
     def forward(self, x):
         x = torch.relu(self.bn0(self.stem(x)))
-        h = sum(torch.relu(path(p)) for path, p in zip(self.paths, torch.split(x, 8, 1)))
+        paths = torch.stack([torch.relu(path(p)) for path, p in
+                             zip(self.paths, torch.split(x, 8, 1))], 1)
+        pooled = paths.sum(1).mean((2, 3), keepdim=True)
+        weights = self.fc_select(torch.relu(self.fc_reduce(pooled)))
+        h = (paths * torch.softmax(weights.view(x.shape[0], 2, 12, 1, 1), 1)).sum(1)
         x = torch.relu(x + self.bn1(self.proj(h)))
         return self.head(x.mean((2, 3)))
 
 
-def test_a_stream_split_among_layers_is_written_in_its_pieces_back_to_their_makers():
-    net, x = SplitStream().eval(), _x()
+def test_a_selective_kernel_over_a_split_stream_is_written_in_pieces_the_tracer_follows():
+    net, x = SelectiveKernel().eval(), _x()
     gm = graph_of(net, x[:2])
     with torch.no_grad():
         torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
-    assert not [n for n in gm.graph.nodes if "split" in str(n.target)]
+    assert not [n for n in gm.graph.nodes if any(op in str(n.target) for op in
+                                                 ("split", "stack", "softmax"))]
     found = trace(gm)
+    # the stream's halves, each with its projection's rows; the paths with both halves of
+    # the layer that weighs them; the weighing's own hidden units
     assert sorted((g.name, g.size) for g in found.groups) == [
-        ("paths.0", 12), ("stem[0:8]", 8), ("stem[8:16]", 8)]
+        ("fc_reduce", 4), ("paths.0", 12), ("stem[0:8]", 8), ("stem[8:16]", 8)]
     result = compressor.compress(net, 0.4, of="flops", data=x, latency=False)
     assert result.report.size.flop_reduction >= 0.4
     assert result.report.parity.max_abs_diff <= 1e-4
