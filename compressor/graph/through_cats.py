@@ -21,7 +21,6 @@ import torch
 from torch import fx
 
 from .linears import rewrite_all
-from .split_layers import split_at_pieces
 from .ops import ACTIVATIONS, ADD, BATCH_NORM, CAT, CONV, IDENTITY
 
 aten = torch.ops.aten
@@ -44,7 +43,6 @@ def through_cats(gm: fx.GraphModule) -> list[str]:
             break
         made += found
         gm.graph.eliminate_dead_code()  # a cat no one reads any more counts as a reader
-    split_at_pieces(gm)  # the layers `_refine` split, before their BatchNorms fold
     gm.graph.eliminate_dead_code()
     gm.recompile()
     kept = {n.name for n in gm.graph.nodes}
@@ -228,10 +226,10 @@ def _flatten(gm: fx.GraphModule, cat: fx.Node, pieces: list[fx.Node]) -> list[st
 
 
 def _refinable(split: fx.Node):
-    """(the cat, the finer widths) where `split` cuts, through ops of one channel, a cat at
-    other boundaries than its pieces', and every piece a boundary falls inside is a layer's
-    output that the cat alone reads (MixNet-M's two pointwise pieces read by three depthwise
-    kernels): those pieces can be cut there (`split_layers`); else None."""
+    """(the cat, the pieces of its pieces) where `split` cuts, through ops of one channel, a
+    cat at other boundaries than its pieces', and every piece a boundary falls inside can be
+    written in pieces there (`_in_pieces`: MixNet-M's two pointwise pieces read by three
+    depthwise kernels); else None."""
     if split.op != "call_function" or split.target not in SPLITS or \
             getattr(split, "_erased", False):
         return None
@@ -243,37 +241,23 @@ def _refinable(split: fx.Node):
         return None
     cuts = sorted(set(itertools.accumulate(sizes)) | set(itertools.accumulate(widths)))
     starts = list(itertools.accumulate([0, *widths]))
+    finer = []
     for piece, start, end in zip(node.args[0], starts, starts[1:]):
-        inner = [c for c in cuts if start < c < end]
-        if inner and not (piece.target in CONV and len(piece.users) == 1 and
-                          (len(piece.args) < 7 or piece.args[6] == 1)):
+        inner = [start, *(c for c in cuts if start < c < end), end]
+        finer.append([b - a for a, b in zip(inner, inner[1:])])
+        if len(finer[-1]) > 1 and not _in_pieces(piece, finer[-1]):
             return None
-    return node, [b - a for a, b in zip([0, *cuts], cuts)]
+    return node, finer
 
 
-def _refine(gm: fx.GraphModule, split: fx.Node, cat: fx.Node, finer: list[int]) -> list[str]:
-    """The cat written over the pieces of its pieces, cut at `finer`'s boundaries."""
-    graph, pieces = gm.graph, []
-    bounds = list(itertools.accumulate([0, *finer]))
-    with graph.inserting_before(cat):
-        start = 0
-        for piece in cat.args[0]:
-            end = start + int(piece.meta["val"].shape[1])
-            parts = [b - a for a, b in zip(bounds, bounds[1:]) if start <= a and b <= end]
-            if len(parts) == 1:
-                pieces.append(piece)
-            else:
-                cut = graph.call_function(aten.split_with_sizes.default, (piece, parts, 1))
-                cut.meta = {"val": list(piece.meta["val"].split(parts, 1))}
-                for k in range(len(parts)):
-                    pieces.append(graph.call_function(operator.getitem, (cut, k)))
-                    pieces[-1].meta = {"val": cut.meta["val"][k]}
-            start = end
-        joined = graph.call_function(aten.cat.default, (pieces, 1))
-        joined.meta = dict(cat.meta)
-    cat.replace_all_uses_with(joined)
-    graph.erase_node(cat)
-    return [joined.name]
+def _refine(gm: fx.GraphModule, split: fx.Node, cat: fx.Node,
+            finer: list[list[int]]) -> list[str]:
+    """Each piece of the cat a boundary falls inside written in its own pieces (the cat then
+    holds their cat, which `_flatten` opens)."""
+    for piece, parts in zip(list(cat.args[0]), finer):
+        if len(parts) > 1:
+            _write_in_pieces(gm, piece, parts)
+    return [cat.name]
 
 
 def _push(gm: fx.GraphModule, node: fx.Node, cat: fx.Node, widths: list[int]) -> list[str]:
