@@ -19,8 +19,8 @@ from .ops import ACTIVATIONS, BATCH_NORM, CAT, CONV, IDENTITY
 aten = torch.ops.aten
 SPLITS = (aten.split.Tensor, aten.split_with_sizes.default)
 POOLS = (aten.max_pool2d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default)
-BINARY = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor,
-          aten.mul.Tensor, aten.mul_.Tensor)
+PRODUCTS = (aten.mul.Tensor, aten.mul_.Tensor)
+BINARY = (aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, *PRODUCTS)
 
 
 def cat_widths(node: object) -> list[int] | None:

@@ -19,10 +19,10 @@ import itertools
 
 from torch import fx
 
-from .channel_pieces import (BINARY, SPLITS, cat_widths, coarser, in_pieces, split_sizes,
+from .channel_pieces import (BINARY, PRODUCTS, SPLITS, cat_widths, coarser, in_pieces, split_sizes,
                              unary_input, write_in_pieces)
 from .linears import rewrite_all
-from .ops import CONV
+from .ops import ADD, CONV
 
 
 def through_cats(gm: fx.GraphModule) -> list[str]:
@@ -52,14 +52,30 @@ def _after(node: fx.Node) -> list[int] | None:
 
 
 def _joins(node: fx.Node, widths: list[int]) -> bool:
-    """Whether `node` adds or multiplies a tensor of pieces of `widths` (a cat, or read from
-    one through ops of one channel) and one that can be written in them."""
+    """Whether `node` adds or multiplies two tensors of pieces of `widths` (each a cat, or
+    read from one through ops of one channel), or multiplies one by a gate over its channels
+    ([batch, channels, 1, 1]) that can be written in the same pieces (squeeze-excitation's)."""
     if node.target not in BINARY or len(node.args) != 2 or \
             not all(isinstance(a, fx.Node) for a in node.args):
         return False
     a, b = node.args
-    return any(_after(x) == widths and in_pieces(other, widths)
-               for x, other in ((a, b), (b, a)))
+    if _after(a) == widths and _after(b) == widths:
+        return True
+    return node.target in PRODUCTS and any(
+        _after(x) == widths and _gate(g) and in_pieces(g, widths) for x, g in ((a, b), (b, a)))
+
+
+def _gate(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return val is not None and val.ndim == 4 and tuple(val.shape[2:]) == (1, 1)
+
+
+def _added(node: fx.Node, cat: fx.Node, widths: list[int]) -> bool:
+    """Whether `node` adds the cat and a tensor that can be written in its pieces (a residual
+    add of a stream of pieces and a layer's output)."""
+    if node.target not in ADD or len(node.args) != 2:
+        return False
+    return in_pieces(node.args[1] if node.args[0] is cat else node.args[0], widths)
 
 
 def _needs(node: fx.Node, widths: list[int], depth: int = 0) -> bool:
@@ -90,7 +106,8 @@ def _pushable(node: fx.Node):
         if widths is None:
             continue
         if node.target in SPLITS and coarser(split_sizes(node), widths) or \
-                _joins(node, widths) or unary_input(node) is arg and _needs(node, widths):
+                _joins(node, widths) or _added(node, arg, widths) or \
+                unary_input(node) is arg and _needs(node, widths):
             return arg, widths
     return None
 
