@@ -46,6 +46,11 @@ def join(device: str) -> bool:
                 raise OptionError("--device cuda: no CUDA device is available here: drop "
                                   "--device or run on a machine with GPUs")
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # imported once the group is up, torch._dynamo (torch.export's tracer, and
+        # DistributedDataParallel's) keeps the group alive past destroy_process_group, and
+        # its gloo threads still running at exit could abort the process ("terminate called
+        # without an active exception")
+        import torch._dynamo  # noqa: F401
         dist.init_process_group("nccl" if cuda else "gloo")
         global _JOINED
         _JOINED = True
@@ -54,9 +59,8 @@ def join(device: str) -> bool:
 
 def leave() -> None:
     """Leave the group `join` initialised (one the caller initialised stays), all its
-    processes together: one that tore its gloo connections down while rank 0 was still
-    exporting could abort at exit (seen on a loaded machine). Called after the group's work
-    only; after an error nobody waits here (torchrun ends the others)."""
+    processes together, so that none exits while another still talks to it. Called after
+    the group's work only; after an error nobody waits here (torchrun ends the others)."""
     global _JOINED
     if _JOINED and dist.is_initialized():
         dist.barrier()

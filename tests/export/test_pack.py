@@ -31,7 +31,7 @@ def test_every_format_packs_a_runnable_file(sparse_model, fmt):
     assert (fmt is Format.INT8) <= int8 and (fmt is Format.LOWRANK) >= factored
     if fmt is Format.AUTO:
         assert packed.note.startswith("auto at batch 4") and "all dense" in packed.note
-    if fmt not in (Format.DENSE, Format.LOWRANK):
+    if fmt in (Format.CSR, Format.INT8):  # auto picks by measured speed, whatever the bytes
         assert len(packed.data) < len(sparse_model)
     if factored:  # fewer weights; on this tiny model the extra node can outweigh them in bytes
         assert _weights(packed.data) < _weights(sparse_model)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import digest
 
 ONE_SHOT = ["--target", "0.5", "--cycles", "2", "--epochs", "0", "--no-latency", "--quiet"]
@@ -67,3 +69,31 @@ def test_an_error_on_the_ranks_is_one_line_each_and_nothing_is_written(tiny_file
     assert errors and all("missing.npz does not exist" in line and "(rank " in line
                           for line in errors)
     assert digest(tmp) == before
+
+
+_LEAVES = """
+import os
+import torch
+from compressor.io import ranks
+ranks.join("cpu")
+torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),))  # what capture runs
+ranks.leave()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(os.path.dirname(__file__), f"rank{os.environ['RANK']}"), "w") as f:
+    f.write(" ".join(sorted(t for t in threads if "gloo" in t)))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through /proc")
+def test_leaving_the_group_stops_its_threads_though_torch_export_ran(tmp_path):
+    script = tmp_path / "leaves.py"
+    script.write_text(_LEAVES)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", str(script)], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    left = {f.name: f.read_text() for f in tmp_path.glob("rank*")}
+    assert left == {"rank0": "", "rank1": ""}  # no gloo thread left running to abort at exit
