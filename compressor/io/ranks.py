@@ -50,7 +50,7 @@ def join(device: str) -> bool:
         # DistributedDataParallel's) keeps the group alive past destroy_process_group, and
         # its gloo threads still running at exit could abort the process ("terminate called
         # without an active exception")
-        import torch._dynamo  # noqa: F401
+        from torch import _dynamo  # noqa: F401
         dist.init_process_group("nccl" if cuda else "gloo")
         global _JOINED
         _JOINED = True
