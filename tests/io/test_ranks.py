@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from compressor.errors import OptionError
+from compressor.io import ranks
 from tests.conftest import digest
 
 ONE_SHOT = ["--target", "0.5", "--cycles", "2", "--epochs", "0", "--no-latency", "--quiet"]
@@ -97,3 +100,11 @@ def test_leaving_the_group_stops_its_threads_though_torch_export_ran(tmp_path):
     assert done.returncode == 0, done.stderr
     left = {f.name: f.read_text() for f in tmp_path.glob("rank*")}
     assert left == {"rank0": "", "rank1": ""}  # no gloo thread left running to abort at exit
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_group_on_cuda_without_a_gpu_is_refused_before_it_starts(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(OptionError, match="no CUDA device is available here"):
+        ranks.join("cuda")
+    assert not torch.distributed.is_initialized()
