@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import operator
 import re
 from contextlib import contextmanager
@@ -219,6 +220,32 @@ def outputs_of(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
     graph.output(tuple(env[nodes[name]] for name in names))
     graph.eliminate_dead_code()
     return fx.GraphModule(gm, graph)
+
+
+PROBE_BYTES = 1 << 30  # the most one forward pass of a probe keeps of the outputs it returns
+
+
+def samples_per_pass(gm: fx.GraphModule, names: list[str], most: int) -> int:
+    """How many samples one forward pass of `outputs_of(gm, names)` may take: at most `most`,
+    and no more than keep the named outputs (float32) and a float64 copy of the largest of
+    them (what a caller sums in) within PROBE_BYTES. A transformer's every feed-forward
+    activation over 128 tokens is megabytes per sample: a thousand samples at once would hold
+    tens of gigabytes. Sizes are the graph's own (`meta["val"]`, batch axis first); a size
+    torch cannot say counts as 1."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    entries = [_per_sample(nodes[name]) for name in dict.fromkeys(names)]
+    per_sample = 4 * sum(entries) + 8 * max(entries, default=0)
+    return max(1, min(most, PROBE_BYTES // max(per_sample, 1)))
+
+
+def _per_sample(node: fx.Node) -> int:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or not val.ndim:
+        return 1
+    try:
+        return math.prod(int(d) for d in val.shape[1:])
+    except (TypeError, ValueError, RuntimeError):  # a size read from the data
+        return 1
 
 
 def sharing_tensors(gm: fx.GraphModule) -> fx.GraphModule:

@@ -56,6 +56,7 @@ class ModelFacts:
         factorable: pruned Linear layers whose inputs no group owns (an MLP's first layer).
         stream: the residual stream, where the trace followed it (`--prune-stream`: it is
             cut by its own share, not ranked with the groups).
+        flops: FLOPs per sample of the model as it is (`count.flops`).
     """
 
     groups: tuple[GroupFacts, ...]
@@ -63,6 +64,7 @@ class ModelFacts:
     weights: int
     factorable: tuple[LayerFacts, ...] = ()
     stream: GroupFacts | None = None
+    flops: int = 0
 
     @property
     def channels(self) -> bool:
@@ -138,7 +140,7 @@ def model_facts(gm: fx.GraphModule, found: Trace) -> ModelFacts:
     factorable = tuple(LayerFacts(name, layers[name].in_features, layers[name].out_features)
                        for name in candidates(gm, found))
     return ModelFacts(tuple(facts[g.name] for g in ranked), ranks_by_error(gm, ranked),
-                      count.weights(gm, found), factorable, stream)
+                      count.weights(gm, found), factorable, stream, count.flops(gm, found))
 
 
 def _read_through(group: PrunableGroup) -> str:

@@ -29,7 +29,6 @@ from ..prune.config import (
 from .facts import DataFacts, Machine, ModelFacts
 from .options import Options
 
-LATENCY_BATCHES = (1, 256)  # batch sizes the report times, with the budgets' batch
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,8 @@ def plan(options: Options, model: ModelFacts, data: DataFacts, machine: Machine,
     fmt = options.value("format")
     latency = options.value("latency")
     batch = options.value("batch")
-    bench = BenchConfig(batches=tuple(sorted({*LATENCY_BATCHES, batch})),
+    bench = BenchConfig(batches=tuple(sorted({1, made("latency", *rules.latency_batch(model)),
+                                              batch})),
                         threads=options.value("threads")) if latency else None
     torch_threads, why = rules.torch_threads(options, machine)
     onnx_threads = options.value("threads")
@@ -240,8 +240,9 @@ class _Once:
         return self.machine.threads()
 
 
+# how the report lists the decisions
 ORDER = ("criterion", "method", "compensate", "scope", "cycles", "epochs", "final_epochs",
-         "average", "align", "factor", "device", "threads")  # how the report lists the decisions
+         "average", "align", "factor", "device", "threads", "latency")
 
 
 class _Decisions:

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from ..graph.capture import on_device, outputs_of
+from ..graph.capture import on_device, outputs_of, samples_per_pass
 from ..graph.groups import PrunableGroup
 from ..io.cores import batch_starts
 from ..io.ranks import mine, size, summed
@@ -59,7 +59,8 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
         gm: the working graph.
         groups: the groups whose activation nodes are counted.
         x: calibration inputs.
-        batch_size: samples per forward pass.
+        batch_size: the most samples per forward pass (fewer where the counted activations
+            would not fit `samples_per_pass`'s bound).
         progress: called with (samples done, total) after each batch.
         device: where the forward passes run (counts are kept on the CPU).
 
@@ -69,6 +70,7 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
     """
     nodes = list(dict.fromkeys(name for g in groups for name in g.activations))
     probe = outputs_of(gm, nodes)
+    batch_size = samples_per_pass(gm, nodes, batch_size)
     counts = {g.name: torch.zeros(g.size, dtype=torch.int64) for g in groups}
     sums = {key: {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
             for key in ("h", "|h|", "h²")}

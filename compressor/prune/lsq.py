@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..graph.capture import get_tensor, on_device, outputs_of
+from ..graph.capture import get_tensor, on_device, outputs_of, samples_per_pass
 from ..graph.groups import PrunableGroup
 from ..graph.ops import LINEAR
 from ..io.cores import batch_starts
@@ -162,6 +162,7 @@ def consumer_problems(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                              "exactly one Linear that reads them directly")
     inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
     probe = outputs_of(gm, inputs)
+    batch_size = samples_per_pass(gm, inputs, batch_size)
     columns = [g.consumers[0].entries(torch.arange(g.size)) for g in groups]
     moments = [Moments(c.numel(), 0) for c in columns]
     with torch.no_grad(), on_device(probe, device):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..graph.capture import get_tensor, outputs_of, set_tensor
+from ..graph.capture import get_tensor, outputs_of, samples_per_pass, set_tensor
 from ..graph.groups import PrunableGroup, Slice
 from ..graph.ops import (
     ADD,
@@ -134,6 +134,7 @@ def rotate(gm: fx.GraphModule, group: PrunableGroup, x: torch.Tensor,
     norms = norms_of(gm, group)
     inputs = [n.args[0].name for n in norms]
     probe = outputs_of(gm, list(dict.fromkeys(inputs)))
+    batch_size = samples_per_pass(gm, inputs, batch_size)
     size = group.size
     cov = torch.zeros(size, size, dtype=torch.float64)
     rows = dict.fromkeys(inputs, 0)

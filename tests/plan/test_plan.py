@@ -13,8 +13,9 @@ from compressor.measure.budgets import Budgets
 from compressor.measure.widths import Kernel, WidthMultiple
 from compressor.plan import DataFacts, ModelFacts, Options, model_facts, plan
 from compressor.plan.facts import GroupFacts, LayerFacts, ThreadFacts
-from compressor.plan.rules import (AVERAGE_EPOCHS, CNN_SCHEDULE, LONGER_MAX, MLP_SCHEDULE,
-                                   TUNED_RIDGE, auto_rank)
+from compressor.plan.rules import (AVERAGE_EPOCHS, CNN_SCHEDULE, LATENCY_BATCH,
+                                   LATENCY_RUN_FLOPS, LONGER_MAX, MLP_SCHEDULE, TUNED_RIDGE,
+                                   auto_rank)
 from compressor.prune.config import Compensation, Criterion, Method, Scope
 from tests.helpers import graph_of
 
@@ -257,6 +258,7 @@ def test_model_facts_read_the_trace():
                    torch.rand(2, 20))
     facts = model_facts(mlp, trace(mlp))
     assert facts.linear and facts.factorable == (LayerFacts("0", 20, 16),)
+    assert facts.flops == 2 * (20 * 16 + 16 * 2)
 
 
 def test_single_weights_get_a_method_and_no_unit_choices():
@@ -288,3 +290,21 @@ def test_torch_threads_follow_the_free_cores_unless_given_or_set_by_the_user():
 
     capped = _plan(machine=Capped())
     assert capped.torch_threads == 1 and "OMP_NUM_THREADS" in capped.decision("threads").reason
+
+
+def test_the_large_latency_batch_shrinks_with_the_cost_of_a_run():
+    """A model whose dense run at the large batch would cost more than the bound is timed at
+    the largest halving that does not (a BERT-base over 128 tokens: batch 1), never below 1;
+    the budgets' batch is timed besides."""
+    def batches(flops, **options):
+        model = ModelFacts(MLP.groups, linear=True, weights=MLP.weights, flops=flops)
+        return _plan(model=model, **options).bench.batches
+
+    assert batches(641_400) == (1, LATENCY_BATCH)
+    assert batches(LATENCY_RUN_FLOPS // LATENCY_BATCH + 1) == (1, LATENCY_BATCH // 2)
+    assert batches(58_205_440) == (1, 64)
+    assert batches(22 * 10**9) == (1,)
+    assert batches(22 * 10**9, batch=8) == (1, 8)
+    decision = _plan(model=ModelFacts(MLP.groups, linear=True, weights=1, flops=58_205_440))
+    assert _chosen(decision, "latency") == 64 and "halved" in decision.decision("latency").reason
+    assert _plan(latency=False).decision("latency") is None

@@ -50,3 +50,33 @@ def test_counts_are_taken_after_the_relu_not_before():
     stats = count_activations(gm, groups, X)
     assert stats.counts["0"].tolist() == [0, 4, 1]
     assert stats.dead("0") == 1
+
+
+def test_a_pass_takes_no_more_samples_than_its_activations_may_hold(monkeypatch):
+    """Feed-forward activations over tokens are large per sample: each pass takes as many
+    samples as `samples_per_pass` allows (here one), and the counts are those of one pass,
+    as are the refit's covariances."""
+    from compressor.graph import capture
+    from compressor.prune.lsq import consumer_problems
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 8))
+    x = torch.randn(6, 16, 8)  # 6 samples of 16 tokens
+    gm = graph_of(net, x)
+    groups = trace(gm).groups
+    act = groups[0].activations[0]
+    per_sample = 4 * 16 * 64 + 8 * 16 * 64  # the activation, and a float64 copy of it
+    assert capture.samples_per_pass(gm, [act], 1000) == 1000
+    whole = count_activations(gm, groups, x)
+    problems = consumer_problems(gm, groups, x)
+    monkeypatch.setattr(capture, "PROBE_BYTES", 2 * per_sample)
+    assert capture.samples_per_pass(gm, [act], 1000) == 2
+    monkeypatch.setattr(capture, "PROBE_BYTES", per_sample - 1)
+    assert capture.samples_per_pass(gm, [act], 1000) == 1
+    seen = []
+    single = count_activations(gm, groups, x, progress=lambda done, total: seen.append(done))
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert single.counts["0"].tolist() == whole.counts["0"].tolist()
+    torch.testing.assert_close(single.means["0"], whole.means["0"])
+    cov = consumer_problems(gm, groups, x)["0"][0]
+    torch.testing.assert_close(cov, problems["0"][0])
