@@ -127,7 +127,8 @@ def _runs(model: LoadedModel, x: torch.Tensor, n: int) -> bool:
 
 def _refuse_dtype(model: LoadedModel, x: torch.Tensor, candidates: list) -> None:
     """Say so in one line when the model takes `x` only in the other dtype (token ids for
-    floats or floats for ids); ids out of the Embedding's range likewise."""
+    floats or floats for ids), or `x` holds ids and the model has no Embedding to read them
+    (whatever else is wrong with their shape); ids out of the Embedding's range likewise."""
     vocab = token_vocabulary(model)
     x = x[:LOAD_BATCH]  # the first samples tell the dtype (and a lazy dataset stays unread)
     if not x.is_floating_point() and vocab is not None and \
@@ -135,7 +136,8 @@ def _refuse_dtype(model: LoadedModel, x: torch.Tensor, candidates: list) -> None
         raise DataError(f"the data's token ids go from {int(x.min())} to {int(x.max())} and the "
                         f"model's Embedding has {vocab:,} rows: give ids in 0..{vocab - 1}")
     other = x.long() if x.is_floating_point() else x.float()
-    if not _try_layouts(model, other[:2], candidates)[0]:
+    if (x.is_floating_point() or vocab is not None) and \
+            not _try_layouts(model, other[:2], candidates)[0]:
         return
     if x.is_floating_point():
         raise DataError(f"the model takes integer token ids and the data holds "

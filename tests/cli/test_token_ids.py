@@ -117,9 +117,13 @@ def test_data_the_id_model_cannot_take_is_refused_in_one_line(run_cli, files, da
     assert says in run_cli(*args).err
 
 
-def test_ids_given_to_a_float_model_are_refused_naming_its_dtype(run_cli, files, tmp_path):
-    mlp = nn.Sequential(nn.Linear(LENGTH, 8), nn.ReLU(), nn.Linear(8, 3))
-    model = save_model(mlp, tmp_path / "mlp.pt", "pickle", torch.zeros(2, LENGTH))
+@pytest.mark.parametrize("width", [LENGTH, LENGTH + 3])
+def test_ids_given_to_a_float_model_are_refused_naming_its_dtype(run_cli, files, tmp_path,
+                                                                  width):
+    """Also where the ids' length is not the model's input width either: the dtype is
+    named first, not the error torch raised on the ids as given."""
+    mlp = nn.Sequential(nn.Linear(width, 8), nn.ReLU(), nn.Linear(8, 3))
+    model = save_model(mlp, tmp_path / "mlp.pt", "pickle", torch.zeros(2, width))
     args = [model, "--trust-pickle", "--target", "0.5", "--data", files["ids"], "--quiet"]
     assert_refused(run_cli, args, files["dir"])
     assert "data holds integer inputs (int64) and the model takes float inputs" in \
