@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from ..graph.capture import get_tensor, set_tensor
+from ..graph.capture import get_tensor, per_sample, set_tensor
 from ..graph.groups import Slice
 from ..graph.ops import CONV
 from ..io.memory import give_back
@@ -77,17 +77,9 @@ def refit_in_order(gm: fx.GraphModule, reference: fx.GraphModule, refits: dict[s
 def _samples(nodes: list[fx.Node], available: int) -> int:
     """How many samples the pass runs: as many as fit ACTIVATION_BYTES with the largest
     activations of both graphs alive (four of them at once, a residual block's worth)."""
-    largest = 1
-    for node in nodes:
-        val = node.meta.get("val")
-        if isinstance(val, torch.Tensor) and val.ndim:
-            with_batch = [d for d in val.shape[1:]]
-            try:
-                largest = max(largest, math.prod(int(d) for d in with_batch))
-            except (TypeError, ValueError, RuntimeError):  # a size read from the data (T5
-                continue  # picks its end-of-sequence tokens): torch cannot guess it
-    per_sample = 2 * 4 * largest * 4  # two graphs, four tensors, float32
-    return max(1, min(available, ACTIVATION_BYTES // per_sample))
+    largest = max((per_sample(node) for node in nodes), default=1)
+    bytes_per_sample = 2 * 4 * largest * 4  # two graphs, four tensors, float32
+    return max(1, min(available, ACTIVATION_BYTES // bytes_per_sample))
 
 
 def _run(node: fx.Node, owner: fx.GraphModule, env: dict[str, object]) -> object:

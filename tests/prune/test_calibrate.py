@@ -80,3 +80,25 @@ def test_a_pass_takes_no_more_samples_than_its_activations_may_hold(monkeypatch)
     torch.testing.assert_close(single.means["0"], whole.means["0"])
     cov = consumer_problems(gm, groups, x)["0"][0]
     torch.testing.assert_close(cov, problems["0"][0])
+
+
+class TokensAsRows(nn.Module):
+    """GPT-2's Conv1D: tokens folded into the batch axis, [batch x tokens, features]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 64), nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, 8)
+        return self.fc2(torch.relu(self.fc1(rows))).reshape(x.shape).mean(1)
+
+
+def test_a_sample_of_tokens_folded_into_rows_still_counts_all_its_tokens():
+    from compressor.graph.capture import per_sample
+
+    x = torch.randn(6, 16, 8)
+    gm = graph_of(TokensAsRows(), x)
+    act = trace(gm).groups[0].activations[0]
+    node = next(n for n in gm.graph.nodes if n.name == act)
+    assert per_sample(node) == 16 * 64
