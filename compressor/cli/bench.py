@@ -16,8 +16,8 @@ from .options import INT_LIST, POSITIVE
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--baseline", type=click.Path(path_type=Path), metavar="DENSE.onnx",
               help="ONNX file speedups are relative to (usually the dense export).")
-@click.option("--batch", type=INT_LIST, default="1,32,256", show_default=True, metavar="B,B,..",
-              help="Batch sizes.")
+@click.option("--batch", type=INT_LIST, metavar="B,B,..",
+              help="Batch sizes [1,32,256: those over 1 where a run costs at most 4 GFLOPs].")
 @click.option("--threads", type=INT_LIST, default="1", show_default=True, metavar="T,T,..",
               help="onnxruntime intra-op thread counts.")
 @click.option("--seconds", type=POSITIVE, default=1.0, show_default=True,
@@ -30,7 +30,7 @@ from .options import INT_LIST, POSITIVE
 @click.option("--plots", type=click.Path(path_type=Path), metavar="DIR",
               help="Also write DIR/latency_vs_batch.png (needs matplotlib: pip install "
                    "'compressor[plots]').")
-def bench_command(models: tuple[Path, ...], baseline: Path | None, batch: tuple[int, ...],
+def bench_command(models: tuple[Path, ...], baseline: Path | None, batch: tuple[int, ...] | None,
                   threads: tuple[int, ...], seconds: float, no_runtime: bool, no_memory: bool,
                   as_json: bool, plots: Path | None) -> None:
     """Benchmark ONNX MODELS on this CPU with onnxruntime: p50/p95 latency, throughput, file

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..io.files import files_in, write_atomic
-from ..measure.latency import timings
+from ..measure.latency import BATCHES, RUN_FLOPS, affordable, timings
 from ..measure.memory import peak_memory_mb
 from ..measure.onnx_file import flops_per_sample, load_onnx, random_input
 from ..report.bench import BenchResult, BenchRow
@@ -19,7 +19,7 @@ from ..runtime import SparseModel
 
 
 def bench(models: Sequence[Path], *, baseline: Path | None = None,
-          batches: Sequence[int] = (1, 32, 256), threads: Sequence[int] = (1,),
+          batches: Sequence[int] | None = None, threads: Sequence[int] = (1,),
           seconds: float = 1.0, runtime: bool = True, memory: bool = True,
           log: Callable[[str], None] | None = None, plots: Path | None = None) -> BenchResult:
     """Time every model (and the baseline) at every batch size and thread count in plain
@@ -28,7 +28,8 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
     Args:
         models: ONNX files.
         baseline: ONNX file speedups are relative to (timed in the same rounds).
-        batches: batch sizes.
+        batches: batch sizes; None: BATCHES, those over 1 only where a run of the costliest
+            file is affordable (`latency.affordable`; the others are logged).
         threads: intra-op thread counts.
         seconds: measuring time per model per configuration.
         runtime: also run files with sparse initializers in compressor.runtime (kernels
@@ -44,6 +45,13 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
     names = labels(files)
     loaded = {p: load_onnx(p).runnable() for p in files}
     flops = {p: flops_per_sample(m.proto, nonzero=True)[0] for p, m in loaded.items()}
+    if batches is None:
+        costliest = max(flops.values())
+        batches = affordable(BATCHES, costliest)
+        left = [str(b) for b in BATCHES if b not in batches]
+        if left:
+            log(f"batch {', '.join(left)} left out: one run would cost over {RUN_FLOPS / 1e9:g} "
+                f"GFLOPs ({costliest / 1e9:.2g} a sample); give --batch to time them")
     sample = {p: random_input(m, 64) for p, m in loaded.items()}
     sparse = {p for p, m in loaded.items() if runtime and m.proto.graph.sparse_initializer}
     peaks: dict[tuple[Path, bool, int], float | None] = {}

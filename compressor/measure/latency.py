@@ -73,6 +73,17 @@ def latencies_ms(models: Sequence[bytes | SparseModel], samples: Sequence[torch.
                                                         rounds=rounds)]
 
 
+RUN_FLOPS = 4 * 10**9  # the most a timed run() may cost where the batch is left to compressor
+BATCHES = (1, 32, 256)  # `compress bench`'s batch sizes when none are given
+
+
+def affordable(batches: Sequence[int], flops: int) -> tuple[int, ...]:
+    """`batches` without those over 1 at which one run() of `flops` FLOPs a sample would cost
+    more than RUN_FLOPS: a timing makes tens of runs of each file, and at a BERT-base's
+    FLOPs one run at batch 256 takes minutes."""
+    return tuple(b for b in batches if b == 1 or b * flops <= RUN_FLOPS)
+
+
 SPREAD_LIMIT = 0.25  # rounds whose speedups differ by more than this share are not trusted
 
 

@@ -5,6 +5,7 @@ Why each rule is what it is, with the measurements behind it: docs/method.md."""
 from __future__ import annotations
 
 from ..errors import OptionError
+from ..measure.latency import RUN_FLOPS
 from ..measure.widths import Kernel
 from ..prune.config import Compensation, Criterion, Method, Scope
 from .facts import DataFacts, GroupFacts, Machine, ModelFacts, cuda_available
@@ -109,21 +110,21 @@ def criterion(options: Options, model: ModelFacts, data: DataFacts, tuned: bool)
     return Criterion.ENERGY, f"{why}: RMS output x consumer norm (units not behind ReLUs)"
 
 
-LATENCY_BATCH = 256  # the large batch the report times besides 1 ...
-LATENCY_RUN_FLOPS = 4 * 10**9  # ... halved while one run() of the dense file would cost more
+LATENCY_BATCH = 256  # the large batch the report times besides 1, halved while one run() of
+# the dense file would cost more than RUN_FLOPS
 
 
 def latency_batch(model: ModelFacts) -> Reasoned:
     """The large batch the report times besides 1 (and the budgets' `batch`): LATENCY_BATCH,
-    halved while one dense run() would cost more than LATENCY_RUN_FLOPS. The timing makes tens
-    of runs of each file; at a BERT-base's FLOPs a batch of 256 would take hours."""
+    halved while one dense run() would cost more than RUN_FLOPS. The timing makes tens of runs
+    of each file; at a BERT-base's FLOPs a batch of 256 would take hours."""
     batch = LATENCY_BATCH
-    while batch > 1 and batch * model.flops > LATENCY_RUN_FLOPS:
+    while batch > 1 and batch * model.flops > RUN_FLOPS:
         batch //= 2
     if batch == LATENCY_BATCH:
         return batch, "timed besides batch 1"
     return batch, (f"{LATENCY_BATCH} halved until one run of the dense file costs at most "
-                   f"{LATENCY_RUN_FLOPS / 1e9:g} GFLOPs ({model.flops / 1e9:.2g} GFLOPs a "
+                   f"{RUN_FLOPS / 1e9:g} GFLOPs ({model.flops / 1e9:.2g} GFLOPs a "
                    "sample)")
 
 

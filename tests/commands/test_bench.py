@@ -105,3 +105,25 @@ def test_bad_input_is_refused_in_one_line(run_cli, files, args):
     (files / "dense.pt").write_bytes(b"not onnx")
     args = [files / a if a.endswith((".onnx", ".pt")) else a for a in args]
     assert_refused(run_cli, ["bench", *args], files)
+
+
+def test_without_batches_a_batch_is_timed_only_where_a_run_is_affordable(files, fixed_latency,
+                                                                         monkeypatch):
+    """Left to the command, batches 1, 32 and 256; a batch over 1 at which one run of the
+    costliest file would cost more than the bound is left out, and the log says so."""
+    from compressor.measure import latency
+
+    fixed_latency(1.0)
+    dense_flops = 2 * (20 * 32 + 32 * 24 + 24 * 16 + 16 * 4)
+    every = bench([files / "dense.onnx"], seconds=0.02, memory=False)
+    assert [r.batch for r in every.rows] == [1, 32, 256]
+    monkeypatch.setattr(latency, "RUN_FLOPS", 32 * dense_flops)
+    from compressor.commands import bench as command
+    monkeypatch.setattr(command, "RUN_FLOPS", 32 * dense_flops)
+    lines = []
+    some = bench([files / "sparse.onnx"], baseline=files / "dense.onnx", seconds=0.02,
+                 memory=False, runtime=False, log=lines.append)
+    assert sorted({r.batch for r in some.rows}) == [1, 32]
+    assert lines[0].startswith("batch 256 left out: one run would cost over")
+    given = bench([files / "dense.onnx"], batches=(256,), seconds=0.02, memory=False)
+    assert [r.batch for r in given.rows] == [256]

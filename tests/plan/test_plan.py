@@ -13,9 +13,9 @@ from compressor.measure.budgets import Budgets
 from compressor.measure.widths import Kernel, WidthMultiple
 from compressor.plan import DataFacts, ModelFacts, Options, model_facts, plan
 from compressor.plan.facts import GroupFacts, LayerFacts, ThreadFacts
-from compressor.plan.rules import (AVERAGE_EPOCHS, CNN_SCHEDULE, LATENCY_BATCH,
-                                   LATENCY_RUN_FLOPS, LONGER_MAX, MLP_SCHEDULE, TUNED_RIDGE,
-                                   auto_rank)
+from compressor.measure.latency import RUN_FLOPS
+from compressor.plan.rules import (AVERAGE_EPOCHS, CNN_SCHEDULE, LATENCY_BATCH, LONGER_MAX,
+                                   MLP_SCHEDULE, TUNED_RIDGE, auto_rank)
 from compressor.prune.config import Compensation, Criterion, Method, Scope
 from tests.helpers import graph_of
 
@@ -301,7 +301,7 @@ def test_the_large_latency_batch_shrinks_with_the_cost_of_a_run():
         return _plan(model=model, **options).bench.batches
 
     assert batches(641_400) == (1, LATENCY_BATCH)
-    assert batches(LATENCY_RUN_FLOPS // LATENCY_BATCH + 1) == (1, LATENCY_BATCH // 2)
+    assert batches(RUN_FLOPS // LATENCY_BATCH + 1) == (1, LATENCY_BATCH // 2)
     assert batches(58_205_440) == (1, 64)
     assert batches(22 * 10**9) == (1,)
     assert batches(22 * 10**9, batch=8) == (1, 8)
