@@ -51,7 +51,7 @@ def bench(models: Sequence[Path], *, baseline: Path | None = None,
         left = [str(b) for b in BATCHES if b not in batches]
         if left:
             log(f"batch {', '.join(left)} left out: one run would cost over {RUN_FLOPS / 1e9:g} "
-                f"GFLOPs ({costliest / 1e9:.2g} a sample); give --batch to time them")
+                f"GFLOPs ({costliest / 1e9:.2g} GFLOPs a sample); give --batch to time them")
     sample = {p: random_input(m, 64) for p, m in loaded.items()}
     sparse = {p for p, m in loaded.items() if runtime and m.proto.graph.sparse_initializer}
     peaks: dict[tuple[Path, bool, int], float | None] = {}
