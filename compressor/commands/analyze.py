@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import NothingToPruneError
 from ..export.formats import densify
-from ..graph.capture import capture, get_tensor, outputs_of, run_batched
+from ..graph.capture import capture, get_tensor, outputs_of, run_batched, samples_per_pass
 from ..graph.trace import trace
 from ..io.files import files_in, write_atomic
 from ..io.inputs import example, fit_data, random_inputs
@@ -167,11 +167,13 @@ def _activations(gm, groups, x: torch.Tensor) -> tuple[dict[str, FiringStats], d
         return {}, {}
     stats = count_activations(gm, groups, x, batch_size=BATCH)
     firing = {g.name: FiringStats.of(stats.rate(g.name)) for g in groups}
-    probe = outputs_of(gm, [g.activations[0] for g in groups])
+    names = [g.activations[0] for g in groups]
+    probe = outputs_of(gm, names)
+    batch = samples_per_pass(gm, names, BATCH)
     moments = [Moments(g.size) for g in groups]
     with torch.no_grad():
-        for start in range(0, x.shape[0], BATCH):
-            out = probe(x[start:start + BATCH])
+        for start in range(0, x.shape[0], batch):
+            out = probe(x[start:start + batch])
             for g, m, a in zip(groups, moments, out if isinstance(out, tuple) else (out,)):
                 m.add(g.units_of(0, a).transpose(1, 2).reshape(-1, g.size))
     return firing, {g.name: pca_dims(m.mean_cov()[1]) for g, m in zip(groups, moments)}

@@ -237,6 +237,15 @@ def samples_per_pass(gm: fx.GraphModule, names: list[str], most: int) -> int:
     return max(1, min(most, PROBE_BYTES // max(bytes_per_sample, 1)))
 
 
+def samples_per_forward(gm: fx.GraphModule, most: int) -> int:
+    """How many samples one forward pass of `gm` may take: at most `most`, and no more than
+    keep four of its largest activations (a residual block's worth alive at once) within
+    PROBE_BYTES."""
+    largest = max((per_sample(n) for n in gm.graph.nodes if n.op == "call_function"),
+                  default=1)
+    return max(1, min(most, PROBE_BYTES // (4 * 4 * largest)))
+
+
 def per_sample(node: fx.Node) -> int:
     """Entries of `node`'s value per sample, from the graph's own sizes (`meta["val"]`): with
     a dynamic batch, every size at a batch of 1 (a [16 x batch, 256] view of GPT-2's tokens
@@ -307,7 +316,10 @@ def add_zero_bias(gm: fx.GraphModule, layer: fx.Node) -> str:
 def run_batched(gm: nn.Module, x: torch.Tensor, batch_size: int = 1024, *,
                 device: str = "cpu") -> torch.Tensor:
     """Outputs of `gm` on `x` (on the CPU), computed on `device` in batches without
-    gradients."""
+    gradients (of fewer samples where a graph's activations would not fit:
+    `samples_per_forward`)."""
+    if isinstance(gm, fx.GraphModule):
+        batch_size = samples_per_forward(gm, batch_size)
     with torch.no_grad(), on_device(gm, device):
         return torch.cat([output_tensor(gm(x[i:i + batch_size].to(device))).cpu()
                           for i in batch_starts(x.shape[0], batch_size)])
