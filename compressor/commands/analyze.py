@@ -15,7 +15,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import NothingToPruneError
 from ..export.formats import densify
-from ..graph.capture import capture, get_tensor, outputs_of, run_batched, samples_per_pass
+from ..graph.capture import capture, get_tensor, outputs_of, run_batched
+from ..graph.sizes import samples_per_pass
 from ..graph.trace import trace
 from ..io.files import files_in, write_atomic
 from ..io.inputs import example, fit_data, random_inputs

@@ -17,8 +17,9 @@ from typing import Callable
 import torch
 from torch import fx
 
-from ..graph.capture import on_device, outputs_of, samples_per_pass
+from ..graph.capture import on_device, outputs_of
 from ..graph.groups import PrunableGroup
+from ..graph.sizes import samples_per_pass
 from ..io.cores import batch_starts
 from ..io.ranks import mine, size, summed
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..graph.capture import get_tensor, on_device, outputs_of, samples_per_pass
+from ..graph.capture import get_tensor, on_device, outputs_of
 from ..graph.groups import PrunableGroup
 from ..graph.ops import LINEAR
+from ..graph.sizes import samples_per_pass
 from ..io.cores import batch_starts
 from ..io.ranks import mine, summed
 

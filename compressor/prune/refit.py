@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 from torch import fx
 
-from ..graph.capture import get_tensor, per_sample, set_tensor
+from ..graph.capture import get_tensor, set_tensor
 from ..graph.groups import Slice
 from ..graph.ops import CONV
+from ..graph.sizes import per_sample
 from ..io.memory import give_back
 from .lsq import MAX_ROWS, Moments, patch_rows
 

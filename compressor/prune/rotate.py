@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..graph.capture import get_tensor, outputs_of, samples_per_pass, set_tensor
+from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup, Slice
 from ..graph.ops import (
     ADD,
@@ -34,6 +34,7 @@ from ..graph.ops import (
     RESIZE,
     TRANSPOSE,
 )
+from ..graph.sizes import samples_per_pass
 from ..io.cores import batch_starts
 
 LAYER_NORM, RMS_NORM = (op for op, name in NORMS.items() if name in ("LayerNorm", "RMSNorm"))

@@ -139,16 +139,16 @@ def test_a_loaded_program_lets_its_weights_go_and_captures_stay_equal(tmp_path):
 
 
 def test_a_forward_takes_no_more_samples_than_four_of_its_largest_activations_fit(monkeypatch):
-    from compressor.graph import capture
+    from compressor.graph import capture, sizes
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
     x = torch.randn(10, 16, 8)  # the widest activation: 16 tokens x 64 a sample
     gm = graph_of(net, x[:2])
     whole = capture.run_batched(gm, x)
-    assert capture.samples_per_forward(gm, 1024) == 1024
-    monkeypatch.setattr(capture, "PROBE_BYTES", 4 * 4 * 16 * 64 * 3)
-    assert capture.samples_per_forward(gm, 1024) == 3
+    assert sizes.samples_per_forward(gm, 1024) == 1024
+    monkeypatch.setattr(sizes, "PROBE_BYTES", 4 * 4 * 16 * 64 * 3)
+    assert sizes.samples_per_forward(gm, 1024) == 3
     seen = []
     monkeypatch.setattr(capture, "batch_starts",
                         lambda n, size: seen.append(size) or range(0, n, size))

@@ -56,7 +56,7 @@ def test_a_pass_takes_no_more_samples_than_its_activations_may_hold(monkeypatch)
     """Feed-forward activations over tokens are large per sample: each pass takes as many
     samples as `samples_per_pass` allows (here one), and the counts are those of one pass,
     as are the refit's covariances."""
-    from compressor.graph import capture
+    from compressor.graph import sizes
     from compressor.prune.lsq import consumer_problems
 
     torch.manual_seed(0)
@@ -66,13 +66,13 @@ def test_a_pass_takes_no_more_samples_than_its_activations_may_hold(monkeypatch)
     groups = trace(gm).groups
     act = groups[0].activations[0]
     per_sample = 4 * 16 * 64 + 8 * 16 * 64  # the activation, and a float64 copy of it
-    assert capture.samples_per_pass(gm, [act], 1000) == 1000
+    assert sizes.samples_per_pass(gm, [act], 1000) == 1000
     whole = count_activations(gm, groups, x)
     problems = consumer_problems(gm, groups, x)
-    monkeypatch.setattr(capture, "PROBE_BYTES", 2 * per_sample)
-    assert capture.samples_per_pass(gm, [act], 1000) == 2
-    monkeypatch.setattr(capture, "PROBE_BYTES", per_sample - 1)
-    assert capture.samples_per_pass(gm, [act], 1000) == 1
+    monkeypatch.setattr(sizes, "PROBE_BYTES", 2 * per_sample)
+    assert sizes.samples_per_pass(gm, [act], 1000) == 2
+    monkeypatch.setattr(sizes, "PROBE_BYTES", per_sample - 1)
+    assert sizes.samples_per_pass(gm, [act], 1000) == 1
     seen = []
     single = count_activations(gm, groups, x, progress=lambda done, total: seen.append(done))
     assert seen == [1, 2, 3, 4, 5, 6]
@@ -95,7 +95,7 @@ class TokensAsRows(nn.Module):
 
 
 def test_a_sample_of_tokens_folded_into_rows_still_counts_all_its_tokens():
-    from compressor.graph.capture import per_sample
+    from compressor.graph.sizes import per_sample
 
     x = torch.randn(6, 16, 8)
     gm = graph_of(TokensAsRows(), x)
