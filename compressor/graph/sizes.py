@@ -9,7 +9,7 @@ import math
 import torch
 from torch import fx
 
-PROBE_BYTES = 1 << 30  # the most one forward pass of a probe keeps of the outputs it returns
+PROBE_BYTES = 1 << 30  # the most activations one pass over calibration data keeps alive
 
 
 def samples_per_pass(gm: fx.GraphModule, names: list[str], most: int) -> int:

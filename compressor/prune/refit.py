@@ -15,14 +15,13 @@ from typing import Callable
 import torch
 from torch import fx
 
+from ..graph import sizes
 from ..graph.capture import get_tensor, set_tensor
 from ..graph.groups import Slice
 from ..graph.ops import CONV
-from ..graph.sizes import per_sample
 from ..io.memory import give_back
 from .lsq import MAX_ROWS, Moments, patch_rows
 
-ACTIVATION_BYTES = 1 << 30  # the most the pass keeps alive (both graphs' activations)
 MAX_COLUMNS = 8192  # a layer reading more kept inputs is refitted by the mean rule (memory)
 CHUNK_ROWS = 8192  # regression rows built at a time
 
@@ -76,11 +75,11 @@ def refit_in_order(gm: fx.GraphModule, reference: fx.GraphModule, refits: dict[s
 
 
 def _samples(nodes: list[fx.Node], available: int) -> int:
-    """How many samples the pass runs: as many as fit ACTIVATION_BYTES with the largest
+    """How many samples the pass runs: as many as fit PROBE_BYTES with the largest
     activations of both graphs alive (four of them at once, a residual block's worth)."""
-    largest = max((per_sample(node) for node in nodes), default=1)
+    largest = max((sizes.per_sample(node) for node in nodes), default=1)
     bytes_per_sample = 2 * 4 * largest * 4  # two graphs, four tensors, float32
-    return max(1, min(available, ACTIVATION_BYTES // bytes_per_sample))
+    return max(1, min(available, sizes.PROBE_BYTES // bytes_per_sample))
 
 
 def _run(node: fx.Node, owner: fx.GraphModule, env: dict[str, object]) -> object:
