@@ -23,7 +23,7 @@ from compressor.graph.capture import capture
 from compressor.graph.trace import trace
 from compressor.io.sources import load_data
 from compressor.plan import DEFAULTS
-from compressor.prune.lsq import STEPS, consumer_problems, greedy_errors
+from compressor.prune.error import STEPS, consumer_problems, greedy_errors
 
 REPO = Path(__file__).resolve().parents[1]
 RIDGE = DEFAULTS["ridge"]
@@ -91,9 +91,10 @@ def _text(samples: int, rows: list[dict]) -> str:
         "The layer: the first hidden layer (W units) of a 784-W-W/4-10 ReLU MLP with "
         f"PyTorch's default initial weights, on {samples:,} Fashion-MNIST training images; "
         "its consumer is the W/4-wide second layer. **covariance**: the activations' "
-        "covariance accumulated in float64 (what both rankings need). **exact**: greedy "
+        "covariance (what both rankings need; each batch's products in float32 about the "
+        "first batch's means, summed in float64). **exact**: greedy "
         "Optimal Brain Surgeon removal, one unit per step (the reference; used up to 512 "
-        "units). **blocked**: ceil(alive/{STEPS}) units per step with a rank-k Schur "
+        f"units). **blocked**: ceil(alive/{STEPS}) units per step with a rank-k Schur "
         "complement update of the kept inverse (used above 512 units). Error: the consumer's "
         "output error after removing the first share of each order and refitting the rest by "
         "ridge least squares, as a fraction of its output variance (lower is better).",

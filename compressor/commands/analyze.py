@@ -25,7 +25,7 @@ from ..io.sources import load_data
 from ..measure.onnx_file import fit_input, load_onnx, predictions
 from ..measure.spectra import pca_dims, weight_stats
 from ..prune.calibrate import count_activations
-from ..prune.lsq import ranks_by_error
+from ..prune.error import ranks_by_error
 from ..prune.pca import Moments, pca_projected
 from ..report.analyze import Analysis, FiringStats, LayerAnalysis, ModelAnalysis, PcaRow
 from ..report.plots import analyze_plots, require_matplotlib

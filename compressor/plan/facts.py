@@ -18,7 +18,7 @@ from ..graph.trace import Trace
 from ..io.cores import usable_cores
 from ..measure.widths import Kernel, WidthMultiple, preferred_multiple
 from ..prune.factor import candidates
-from ..prune.lsq import ranks_by_error, read_by_one_linear
+from ..prune.error import ranks_by_error, read_by_one_linear
 
 
 @dataclass(frozen=True)

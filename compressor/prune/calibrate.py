@@ -22,6 +22,7 @@ from ..graph.groups import PrunableGroup
 from ..graph.sizes import samples_per_pass
 from ..io.cores import batch_starts
 from ..io.ranks import mine, size, summed
+from .error import ConsumerSums
 
 Progress = Callable[[int, int], None]
 FIRING = 0.01  # non-ReLU units fire above this fraction of their group's mean |output|
@@ -53,7 +54,8 @@ class ActivationStats:
 
 def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor, *,
                       batch_size: int = 1000, progress: Progress | None = None,
-                      device: str = "cpu") -> ActivationStats:
+                      device: str = "cpu",
+                      consumers: ConsumerSums | None = None) -> ActivationStats:
     """Count, for every unit of every group, the samples of `x` on which it fires.
 
     Args:
@@ -64,26 +66,29 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
             would not fit `samples_per_pass`'s bound).
         progress: called with (samples done, total) after each batch.
         device: where the forward passes run (counts are kept on the CPU).
+        consumers: the error criterion's sums, fed by the same passes (what the consumers
+            read is probed beside the activations) instead of passes of their own.
 
     Returns:
         Counts and mean activations accumulated over all batches (in a torch.distributed
         group, over every process's share of them: the same on every process).
     """
     nodes = list(dict.fromkeys(name for g in groups for name in g.activations))
-    probe = outputs_of(gm, nodes)
-    batch_size = samples_per_pass(gm, nodes, batch_size)
+    probed = list(dict.fromkeys(nodes + (consumers.inputs if consumers else [])))
+    probe = outputs_of(gm, probed)
+    batch_size = samples_per_pass(gm, probed, batch_size)
     counts = {g.name: torch.zeros(g.size, dtype=torch.int64) for g in groups}
     sums = {key: {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
             for key in ("h", "|h|", "h²")}
     positions = {g.name: 0 for g in groups}
     n = int(x.shape[0])
     with torch.no_grad(), on_device(probe, device):
-        thresholds = _thresholds(groups, probe, nodes, x[:batch_size].to(device)) \
+        thresholds = _thresholds(groups, probe, probed, x[:batch_size].to(device)) \
             if size() > 1 and not all(g.relu for g in groups) else {}
         first = True
         for start in mine(batch_starts(n, batch_size)):
             batch = min(batch_size, n - start)
-            outputs = dict(zip(nodes, probe(x[start:start + batch_size].to(device))))
+            outputs = dict(zip(probed, probe(x[start:start + batch_size].to(device))))
             for g in groups:
                 for k, name in enumerate(g.activations):
                     per_unit = g.units_of(k, outputs[name])  # [B', units, positions]
@@ -102,6 +107,8 @@ def count_activations(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: 
                                               len(g.activations)).cpu()
                     if first:
                         positions[g.name] += per_unit.shape[2] * per_unit.shape[0] // batch
+            if consumers is not None:
+                consumers.add(outputs)
             first = False
             if progress is not None:
                 progress(min(start + batch_size, n), n)

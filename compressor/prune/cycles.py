@@ -21,7 +21,8 @@ from ..io.data import DataSplits
 from ..io.ranks import from_lead
 from .calibrate import ActivationStats, count_activations
 from .compensate import Compensated, compensate
-from .config import FinetuneConfig, Of, PruneConfig, Scope, Score
+from .error import ConsumerSums, Problems
+from .config import Criterion, FinetuneConfig, Of, PruneConfig, Scope, Score
 from .finetune import FinetuneResult, evaluate, finetune
 from .align import StepTime, align_widths
 from .reach import check_reachable
@@ -123,9 +124,12 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
     for n, (target, stream) in enumerate(zip(targets, streams), 1):
         principal = principal_directions(gm, groups, calib) if stream else {}
         stage = f"cycle {n}/{len(targets)}: counting activations"
+        # the error criterion's covariances are taken in the counting pass, not in another
+        consumers = ConsumerSums(gm, tuple(g for g in groups if not g.stream)) \
+            if calib is not None and prune.select.criterion is Criterion.ERROR else None
         stats = None if calib is None else count_activations(
             gm, groups, calib, batch_size=prune.batch_size, device=prune.device,
-            progress=progress and (lambda d, t: progress(stage, d, t)))
+            progress=progress and (lambda d, t: progress(stage, d, t)), consumers=consumers)
         first = first or [stats]
         budget = Budget(math.floor((1 - target) * w0), math.ceil((1 - target - TOLERANCE) * w0))
         last = n == len(targets)
@@ -136,7 +140,9 @@ def prune(gm: fx.GraphModule, found: Trace, splits: DataSplits | None, config: P
         removed = from_lead(_select(gm, found, groups, stats, calib, budget, prune, original,
                                     costs, align=dict(prune.align) if last else 1,
                                     step_time=time_model, stream=stream,
-                                    principal=principal))
+                                    principal=principal,
+                                    problems=None if consumers is None else
+                                    consumers.problems(gm)))
         begun = time.perf_counter()
         stage = f"cycle {n}/{len(targets)}: compensating"
         done = compensate(gm, groups, removed, prune.compensate, stats=stats, x=calib,
@@ -247,17 +253,18 @@ def _select(gm: fx.GraphModule, found: Trace, groups: tuple[PrunableGroup, ...],
             stats: ActivationStats | None, calib: torch.Tensor | None, budget: Budget,
             prune: PruneConfig, original: dict[str, int], costs: dict[str, int], *,
             align: int | dict[str, int], step_time: StepTime | None,
-            stream: float = 0.0,
-            principal: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+            stream: float = 0.0, principal: dict[str, torch.Tensor] | None = None,
+            problems: Problems | None = None) -> dict[str, torch.Tensor]:
     """Units to remove this cycle; in the last cycle, widths rounded to multiples of `align`
     (earlier cycles stay exact, so the rounding has every unit left to choose from), with
     `step_time`, among those that run as fast as their FLOPs say. A residual stream loses
     `stream` of its original width first (rounded to its multiple in the last cycle): its
     least principal directions where it was rotated (`principal`: their eigenvalues), else
-    its units lowest in energy (`stream_cuts`); the other groups meet the budget around it."""
+    its units lowest in energy (`stream_cuts`); the other groups meet the budget around it.
+    `problems`: the error criterion's covariances, where the counting pass took them."""
     shapes = count.shapes(gm, found)
     ranked = tuple(g for g in groups if not g.stream)
-    scores = unit_scores(gm, ranked, prune.select, stats=stats, x=calib)
+    scores = unit_scores(gm, ranked, prune.select, stats=stats, x=calib, problems=problems)
     dead = None if stats is None else {name: c == 0 for name, c in stats.counts.items()}
     fixed = stream_cuts(gm, groups, stats, original, stream, align, principal or {})
     for g in groups:  # a stream's cut is chosen already: never ranked, never dead

@@ -13,7 +13,7 @@ from torch import fx
 from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup
 from ..io.cores import batch_starts
-from .lsq import ranks_by_error
+from .error import ranks_by_error
 
 
 class Moments:

@@ -137,7 +137,7 @@ def _fit(gm: fx.GraphModule, reference: fx.GraphModule, node: fx.Node, refit: Re
         a = rows(a_all[start:start + step].cpu(), mask)
         z = z_all[rows_here].cpu() if mask is None else z_all[rows_here].cpu()[mask]
         for k, part in enumerate(moments):  # a grouped convolution's groups alone
-            part.add(a[:, columns[k]].double(), z[:, outs[k]].double())
+            part.add(a[:, columns[k]], z[:, outs[k]])
     new = w.to(torch.float64, copy=True).reshape(w.shape[0], -1)  # the priors, then the fit
     priors = [new[outs[k]][:, own].T for k in range(groups)]
     new.zero_()

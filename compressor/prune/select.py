@@ -16,7 +16,7 @@ from ..graph.capture import get_tensor
 from ..graph.groups import PrunableGroup, unit_rows, weight_count
 from .calibrate import ActivationStats
 from .config import Criterion, Scope, SelectConfig
-from .lsq import removal_errors
+from .error import Problems, removal_errors
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Budget:
 
 def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: SelectConfig, *,
                 stats: ActivationStats | None = None,
-                x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                x: torch.Tensor | None = None,
+                problems: Problems | None = None) -> dict[str, torch.Tensor]:
     """Per group, one score per unit (lower is removed first), by `config.criterion`:
 
     - activation: firing rates (needs `stats`);
@@ -40,12 +41,13 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: S
       group (layers with more inputs have larger norms; a global ranking must compare like
       with like);
     - error: the output error greedy removal with least-squares refits leaves (needs
-      calibration inputs `x`; see `compressor.prune.lsq.removal_errors`);
+      calibration inputs `x`, or the `problems` a counting pass took; see
+      `compressor.prune.error.removal_errors`);
     - random: uniform random scores from `config.seed` (the floor every criterion must beat).
     """
     criterion = config.criterion
     if (criterion in (Criterion.ACTIVATION, Criterion.ENERGY) and stats is None) or \
-            (criterion is Criterion.ERROR and x is None):
+            (criterion is Criterion.ERROR and x is None and problems is None):
         raise ValueError(f"the {criterion.value} criterion needs calibration data")
     if criterion is Criterion.ACTIVATION:  # firing rates: neurons and channels compare
         return {g.name: stats.rate(g.name) for g in groups}
@@ -57,7 +59,7 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: S
                 for g in groups}
     if criterion is Criterion.ERROR:
         return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size,
-                              device=config.device)
+                              device=config.device, problems=problems)
     order = 1 if criterion is Criterion.L1 else 2
     return {g.name: _relative(torch.linalg.vector_norm(unit_rows(gm, g), ord=order, dim=1))
             for g in groups}

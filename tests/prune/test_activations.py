@@ -16,7 +16,7 @@ from compressor.plan import DataFacts, Options, model_facts, plan
 from compressor.plan.facts import ThreadFacts
 from compressor.prune.config import (CompensateConfig, Compensation, Criterion, FinetuneConfig,
                                      PruneConfig, SelectConfig)
-from compressor.prune.lsq import ranks_by_error
+from compressor.prune.error import ranks_by_error
 from compressor.prune.cycles import prune
 from compressor.prune.select import consumer_norms, unit_scores
 from tests.helpers import graph_of, remove_units

@@ -57,7 +57,7 @@ def test_a_pass_takes_no_more_samples_than_its_activations_may_hold(monkeypatch)
     samples as `samples_per_pass` allows (here one), and the counts are those of one pass,
     as are the refit's covariances."""
     from compressor.graph import sizes
-    from compressor.prune.lsq import consumer_problems
+    from compressor.prune.error import consumer_problems
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 8))
@@ -78,8 +78,8 @@ def test_a_pass_takes_no_more_samples_than_its_activations_may_hold(monkeypatch)
     assert seen == [1, 2, 3, 4, 5, 6]
     assert single.counts["0"].tolist() == whole.counts["0"].tolist()
     torch.testing.assert_close(single.means["0"], whole.means["0"])
-    cov = consumer_problems(gm, groups, x)["0"][0]
-    torch.testing.assert_close(cov, problems["0"][0])
+    cov = consumer_problems(gm, groups, x)["0"][0]  # each pass's products in float32
+    torch.testing.assert_close(cov, problems["0"][0], rtol=1e-5, atol=1e-7)
 
 
 class TokensAsRows(nn.Module):
@@ -102,3 +102,21 @@ def test_a_sample_of_tokens_folded_into_rows_still_counts_all_its_tokens():
     act = trace(gm).groups[0].activations[0]
     node = next(n for n in gm.graph.nodes if n.name == act)
     assert per_sample(node) == 16 * 64
+
+
+def test_the_counting_pass_takes_the_error_criterions_covariances_as_its_own_pass_does():
+    from compressor.prune.error import ConsumerSums, consumer_problems
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 4))
+    x = torch.randn(300, 8)
+    gm = graph_of(net, x[:2])
+    groups = trace(gm).groups
+    alone = consumer_problems(gm, groups, x, batch_size=128)
+    consumers = ConsumerSums(gm, groups)
+    stats = count_activations(gm, groups, x, batch_size=128, consumers=consumers)
+    assert stats.counts["0"].tolist() == count_activations(gm, groups, x).counts["0"].tolist()
+    together = consumers.problems(gm)
+    for name, (cov, w) in alone.items():
+        torch.testing.assert_close(together[name][0], cov)
+        torch.testing.assert_close(together[name][1], w)

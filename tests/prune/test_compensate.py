@@ -141,6 +141,61 @@ def test_ridge_solve_matches_the_regularised_normal_equations():
     torch.testing.assert_close(ridge_solve(cov, cross, prior, 0.1), expected)
 
 
+def _moments_of(a: torch.Tensor, z: torch.Tensor, batch: int):
+    from compressor.prune.lsq import Moments
+
+    m = Moments(a.shape[1], z.shape[1])
+    for start in range(0, a.shape[0], batch):
+        m.add(a[start:start + batch], z[start:start + batch])
+    return m
+
+
+def test_moments_from_float32_batches_fit_as_float64_does_whatever_the_mean():
+    g = torch.Generator().manual_seed(0)
+    # activations far from zero mean: raw float32 products would lose the covariance
+    a = 1000 + torch.randn(3000, 8, generator=g, dtype=torch.float64)
+    z = a @ torch.randn(8, 3, generator=g, dtype=torch.float64) - 5000
+    prior = torch.zeros(8, 3, dtype=torch.float64)
+    expected_w, expected_b = _moments_of(a, z, 3000).solve(prior, 1e-6)
+    w, b = _moments_of(a.float(), z.float(), 700).solve(prior, 1e-6)
+    torch.testing.assert_close(w, expected_w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b, expected_b, rtol=1e-4, atol=1e-1)
+    m = _moments_of(a.float(), z.float(), 700)
+    cov = torch.cov(a.T, correction=0)
+    torch.testing.assert_close(m.covariance(), cov, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("columns", [7, 768, 1000])
+def test_gram_by_blocks_is_the_whole_product(columns):
+    from compressor.prune.lsq import add_gram
+
+    a = torch.randn(50, columns, generator=torch.Generator().manual_seed(0))
+    acc = torch.ones(columns, columns, dtype=torch.float64)
+    add_gram(acc, a)
+    torch.testing.assert_close(acc, 1 + (a.T @ a).double(), rtol=1e-5, atol=1e-4)
+
+
+def test_moments_summed_over_processes_are_taken_about_zero_first(monkeypatch):
+    from compressor.prune import lsq
+
+    g = torch.Generator().manual_seed(1)
+    a = 3 + torch.randn(400, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    prior = torch.zeros(5, 2, dtype=torch.float64)
+    alone = _moments_of(a, z, 100).solve(prior, 1e-3)
+    # two processes, each with its own shift; all_reduce adds the other's sums
+    halves = [_moments_of(a[:200], z[:200], 100), _moments_of(a[200:], z[200:], 100)]
+    monkeypatch.setattr(lsq, "size", lambda: 2)
+    for m in halves:
+        m.reduce()
+    mine_, other = halves
+    mine_.n += other.n
+    for name in ("sum_a", "sum_z", "aa", "az"):
+        getattr(mine_, name).add_(getattr(other, name))
+    for got, expected in zip(mine_.solve(prior, 1e-3), alone):
+        torch.testing.assert_close(got, expected)
+
+
 def test_ridge_solve_keeps_the_prior_where_the_data_says_nothing():
     cov = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))  # second input constant
     cross = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
@@ -150,7 +205,7 @@ def test_ridge_solve_keeps_the_prior_where_the_data_says_nothing():
 
 
 def test_greedy_removal_errors_find_the_redundant_neurons_first():
-    from compressor.prune.lsq import removal_errors
+    from compressor.prune.error import removal_errors
 
     x = torch.randn(1000, 20)
     gm = graph_of(with_duplicates(), x[:2])
@@ -183,7 +238,7 @@ def _set_error(cov: torch.Tensor, w: torch.Tensor, gone: list[int]) -> float:
 
 
 def test_exact_greedy_ranking_is_the_greedy_of_refits_from_scratch():
-    from compressor.prune.lsq import greedy_errors
+    from compressor.prune.error import greedy_errors
 
     cov, w = _layer(12, 5, seed=0)
     total = float(torch.trace(w @ cov @ w.T))
@@ -199,7 +254,7 @@ def test_exact_greedy_ranking_is_the_greedy_of_refits_from_scratch():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_blocked_ranking_leaves_the_error_of_the_exact_greedy(seed):
-    from compressor.prune.lsq import greedy_errors
+    from compressor.prune.error import greedy_errors
 
     cov, w = _layer(256, 32, seed)
     exact = greedy_errors(cov, w, 1e-9, steps=None).argsort()

@@ -149,7 +149,7 @@ def test_over_tokens_removal_errors_are_in_the_stream_units():
     """The feed-forward output projection scaled by 3: what each unit adds to the stream is
     3x, so its error is 9x (as a share of the projection's output it would not move): a
     block that adds little to the stream weighs less than one that adds a lot."""
-    from compressor.prune.lsq import removal_errors
+    from compressor.prune.error import removal_errors
 
     x = _tokens()
     model = TinyTransformer().eval()
