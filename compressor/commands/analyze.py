@@ -26,7 +26,8 @@ from ..measure.onnx_file import fit_input, load_onnx, predictions
 from ..measure.spectra import pca_dims, weight_stats
 from ..prune.calibrate import count_activations
 from ..prune.error import ranks_by_error
-from ..prune.pca import Moments, pca_projected
+from ..prune.lsq import Moments
+from ..prune.pca import pca_projected
 from ..report.analyze import Analysis, FiringStats, LayerAnalysis, ModelAnalysis, PcaRow
 from ..report.plots import analyze_plots, require_matplotlib
 from .compress import prepared

@@ -70,14 +70,14 @@ class ConsumerSums:
         self.groups = groups
         self.inputs = [_node(gm, g.consumer_nodes[0]).args[0].name for g in groups]
         self.columns = [g.consumers[0].entries(torch.arange(g.size)) for g in groups]
-        self.moments = [Moments(c.numel(), 0) for c in self.columns]
+        self.moments = [Moments(c.numel()) for c in self.columns]
 
     def add(self, outputs: dict[str, torch.Tensor]) -> None:
         """Add one batch: `outputs` holds at least the value of every node in `inputs`."""
         for m, name, c in zip(self.moments, self.inputs, self.columns):
             a = outputs[name]
             rows = a.cpu().reshape(-1, a.shape[-1])[:, c]  # a row per sample and token
-            m.add(rows, rows[:, :0])  # no targets: the covariance alone
+            m.add(rows)
 
     def problems(self, gm: fx.GraphModule) -> Problems:
         """Per group: the covariance of its units' activations (float64; summed over a

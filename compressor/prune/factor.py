@@ -19,7 +19,7 @@ from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.ops import LINEAR
 from ..graph.trace import Trace
 from ..io.cores import batch_starts
-from .pca import Moments
+from .lsq import Moments
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class Moments:
     are near zero mean, so a covariance taken from the sums does not lose float32's digits
     to the square of a large mean."""
 
-    def __init__(self, inputs: int, outputs: int) -> None:
+    def __init__(self, inputs: int, outputs: int = 0) -> None:
         self.n = 0
         self.shift_a = self.shift_z = None
         self.sum_a = torch.zeros(inputs, dtype=torch.float64)
@@ -67,8 +67,10 @@ class Moments:
         self.aa = torch.zeros(inputs, inputs, dtype=torch.float64)
         self.az = torch.zeros(inputs, outputs, dtype=torch.float64)
 
-    def add(self, a: torch.Tensor, z: torch.Tensor) -> None:
-        """Add rows of inputs `a` [rows, inputs] and targets `z` [rows, outputs]."""
+    def add(self, a: torch.Tensor, z: torch.Tensor | None = None) -> None:
+        """Add rows of inputs `a` [rows, inputs] and targets `z` [rows, outputs] (none:
+        the moments of `a` alone)."""
+        z = a[:, :0] if z is None else z
         if a.dtype not in (torch.float32, torch.float64):
             a, z = a.float(), z.float()
         if self.shift_a is None:
@@ -82,15 +84,20 @@ class Moments:
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean input and the mean target (float64)."""
-        a, z = self.sum_a / self.n, self.sum_z / self.n
+        a, z = self.sum_a / max(self.n, 1), self.sum_z / max(self.n, 1)
         if self.shift_a is None:
             return a, z
         return a + self.shift_a.double(), z + self.shift_z.double()
 
     def covariance(self) -> torch.Tensor:
-        """The inputs' covariance, made from the sums in place (they are spent)."""
-        mean = self.sum_a / self.n
-        return self.aa.div_(self.n).addr_(mean, mean, alpha=-1)
+        """The inputs' (population) covariance, made from the sums in place (they are
+        spent)."""
+        mean = self.sum_a / max(self.n, 1)
+        return self.aa.div_(max(self.n, 1)).addr_(mean, mean, alpha=-1)
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs' mean and covariance (the sums are spent)."""
+        return self.means()[0], self.covariance()
 
     def reduce(self) -> None:
         """The sums over every process of a torch.distributed group (each added its share,

@@ -14,26 +14,7 @@ from ..graph.capture import get_tensor, outputs_of, set_tensor
 from ..graph.groups import PrunableGroup
 from ..io.cores import batch_starts
 from .error import ranks_by_error
-
-
-class Moments:
-    """Streaming first and second moments of activations (float64)."""
-
-    def __init__(self, size: int) -> None:
-        self.n, self.sum = 0, torch.zeros(size, dtype=torch.float64)
-        self.outer = torch.zeros(size, size, dtype=torch.float64)
-
-    def add(self, rows: torch.Tensor) -> None:
-        """Add activations, a row per sample (and position or token)."""
-        rows = rows.double()
-        self.n += rows.shape[0]
-        self.sum += rows.sum(0)
-        self.outer += rows.T @ rows
-
-    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean and the (population) covariance of the rows added."""
-        mean = self.sum / max(self.n, 1)
-        return mean, self.outer / max(self.n, 1) - torch.outer(mean, mean)
+from .lsq import Moments
 
 
 def pca_projected(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], x: torch.Tensor,

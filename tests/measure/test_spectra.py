@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compressor.measure.spectra import energy_rank, pca_dims, weight_stats
-from compressor.prune.pca import Moments
+from compressor.prune.lsq import Moments
 
 
 def test_a_rank_3_matrix_with_a_zero_row_and_column():
