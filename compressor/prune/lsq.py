@@ -129,8 +129,8 @@ GRAM_BLOCK = 384  # columns per block of a Gram product taken by halves (see add
 
 def add_gram(acc: torch.Tensor, a: torch.Tensor) -> None:
     """acc += aᵀa, a product of the blocks of columns on and above the diagonal alone, each
-    added twice (its transpose below): nearly half the multiplications of the whole product
-    (docs/method.md, Limits); narrower `a` takes the whole product."""
+    added twice (its transpose below): nearly half the multiplications of the whole product;
+    narrower `a` takes the whole product."""
     n = a.shape[1]
     if n < 2 * GRAM_BLOCK:
         acc += a.T @ a

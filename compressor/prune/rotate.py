@@ -36,6 +36,7 @@ from ..graph.ops import (
 )
 from ..graph.sizes import samples_per_pass
 from ..io.cores import batch_starts
+from .lsq import add_gram
 
 LAYER_NORM, RMS_NORM = (op for op, name in NORMS.items() if name in ("LayerNorm", "RMSNorm"))
 aten = torch.ops.aten
@@ -145,9 +146,10 @@ def rotate(gm: fx.GraphModule, group: PrunableGroup, x: torch.Tensor,
             outs = probe(x[start:start + batch_size])
             outs = outs if isinstance(outs, (tuple, list)) else (outs,)
             for name, out in zip(rows, outs):
-                r = out.reshape(-1, size).double()
+                # rows of unit length, not centred: float32 products lose no digits here
+                r = out.reshape(-1, size).float()
                 r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                sums[name] += r.T @ r
+                add_gram(sums[name], r)
                 rows[name] += r.shape[0]
     for name in rows:
         cov += sums[name] / max(rows[name], 1)
