@@ -159,7 +159,8 @@ def test_directions_the_stream_never_uses_are_removed_exactly():
     rotate.make_invariant(gm, _stream(trace(gm, stream=True)))
     stream = _stream(trace(gm, x[:2], stream=True))
     values = rotate.rotate(gm, stream, x)
-    assert float(values[11]) > 1e-3 and float(values[12:].max()) < 1e-9
+    # zero up to the rounding of float32 products (eigenvalues of unit rows sum to 1)
+    assert float(values[11]) > 1e-3 and float(values[12:].max()) < 1e-6
     shrink(gm, (stream,), {stream.name: torch.arange(12, 16)})
     with torch.no_grad():
         torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-4)
