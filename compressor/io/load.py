@@ -243,5 +243,10 @@ def _guard(path: Path, what: str, load: Callable[[], Any]) -> Any:
         with quiet():  # torch.export.load logs its own traceback before raising
             return load()
     except Exception as e:  # loaders raise many types for damaged files
+        if "unbacked symbol" in str(e):  # saved, but torch.export.load cannot read it back
+            raise ModelError(f"cannot load {path}: the program has a shape that depends on the "
+                             "data (an unbacked symbol, e.g. from boolean-mask indexing), which "
+                             "torch.export.load cannot read back; save the model's state_dict "
+                             "and give --arch, or the module itself with --trust-pickle") from e
         raise ModelError(f"cannot load {path} as a {what} ({first_line(e)}): re-save the model "
                          "with the same torch version (2.13)") from e

@@ -110,3 +110,14 @@ def test_trust_pickle_finds_classes_in_the_current_directory_as_arch_does(tmp_pa
     monkeypatch.chdir(tmp_path)
     model = load_model(Path("whole.pt"), trust_pickle=True)
     assert model.format is ModelFormat.PICKLED_MODULE and model.run(X).shape == (5, 4)
+
+
+def test_a_program_torch_cannot_read_back_names_its_data_dependent_shape(tmp_path, monkeypatch):
+    path = saved(tmp_path, "pt2")
+
+    def refuse(_path):  # what torch.export.load raises for a BART classifier's program
+        raise AssertionError("expected no unbacked symbols, got 1: {u0}")
+
+    monkeypatch.setattr(torch.export, "load", refuse)
+    with pytest.raises(ModelError, match="depends on the data.*state_dict and give --arch"):
+        load_model(path)
