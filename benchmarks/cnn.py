@@ -212,7 +212,8 @@ def _header(seconds: float) -> str:
         "",
         "**Ours**: `compress models/M.pt --arch A --target T --of flops --data "
         "fashion-mnist` with every other option left to the plan (for conv channels: local "
-        "scope; behind ReLUs the weight norm (`l2`) fine-tuned and the firing rate one shot, "
+        "scope; behind ReLUs, fine-tuned, the norm of each channel's row and consumer columns "
+        "(`group`) and the firing rate one shot, "
         "energy behind other activations; lsq compensation; `--align auto`: channels in steps of "
         f"{MULTIPLE} (what it measured for this CPU's convolutions) in layers of at least "
         f"{4 * MULTIPLE} channels, in multiples of 8 in narrower ones), "

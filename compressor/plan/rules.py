@@ -98,6 +98,10 @@ def criterion(options: Options, model: ModelFacts, data: DataFacts, tuned: bool)
         return Criterion.ERROR, ("fine-tuned, every pruned layer over tokens and read by one "
                                  "Linear: dead units first, then the least output error after "
                                  "a least-squares refit")
+    if tuned and model.relu and model.channels:  # measured (docs/method.md)
+        return Criterion.GROUP, ("fine-tuned, conv channels behind ReLUs: dead units first, "
+                                 "then the norm of each unit's weights and of its columns in "
+                                 "the next layers over its layer's mean")
     if tuned and model.relu:  # measured (docs/method.md)
         where = "every pruned layer behind ReLUs and read by one Linear" if model.linear else \
             "every pruned unit behind a ReLU"

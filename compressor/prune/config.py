@@ -38,6 +38,7 @@ class Criterion(str, Enum):
     ENERGY = "energy"  # RMS output x the norm of the unit's columns in the next layers
     L1 = "l1"  # l1 norm of the unit's [weights | bias] row (the merging paper's)
     L2 = "l2"  # l2 norm of that row
+    GROUP = "group"  # l2 norm of that row and the unit's columns in the consumers
     ERROR = "error"  # output error left after greedy removal with least-squares refits
     RANDOM = "random"  # a random order: the sanity floor every criterion must beat
 

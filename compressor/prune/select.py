@@ -40,6 +40,8 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: S
     - l1 / l2: the norm of each unit's [weights | bias] row, divided by the mean norm of its
       group (layers with more inputs have larger norms; a global ranking must compare like
       with like);
+    - group: the l2 norm of every weight the unit owns, its [weights | bias] row and its
+      columns in the consumers (Torch-Pruning's group magnitude), over the mean of its group;
     - error: the output error greedy removal with least-squares refits leaves (needs
       calibration inputs `x`, or the `problems` a counting pass took; see
       `compressor.prune.error.removal_errors`);
@@ -60,6 +62,9 @@ def unit_scores(gm: fx.GraphModule, groups: tuple[PrunableGroup, ...], config: S
     if criterion is Criterion.ERROR:
         return removal_errors(gm, groups, x, ridge=config.ridge, batch_size=config.batch_size,
                               device=config.device, problems=problems)
+    if criterion is Criterion.GROUP:
+        return {g.name: _relative(((unit_rows(gm, g) ** 2).sum(1)
+                                   + consumer_norms(gm, g) ** 2).sqrt()) for g in groups}
     order = 1 if criterion is Criterion.L1 else 2
     return {g.name: _relative(torch.linalg.vector_norm(unit_rows(gm, g), ord=order, dim=1))
             for g in groups}

@@ -46,8 +46,9 @@ def test_conv_channels_are_pruned_counted_and_checked(run_cli, cnn_files, name, 
                      out, *FAST)
     assert result.code == 0, result.err
     report = json.loads(out.with_suffix(".json").read_text())
-    # one channel of a model this small is ~1.5% of its weights (the pre-activation one: 9%)
-    assert 0.5 <= report["size"]["reduction"] <= (0.6 if name == "preact" else 0.55)
+    # one channel of a model this small is ~1.5% of its weights (the concatenating ones: up
+    # to 9% and 16%, a channel of DenseBlock's being read by every later layer)
+    assert 0.5 <= report["size"]["reduction"] <= (0.6 if name in ("preact", "dense") else 0.55)
     proto = onnx.load(out)
     norms = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
     assert norms == (3 if name == "preact" else 0)  # folded where a layer precedes it alone

@@ -78,14 +78,15 @@ def test_one_shot_ranks_by_error_and_refits_and_says_why_it_is_one_shot():
         assert result.prune.cycles == 1 and result.finetune.max_epochs == 0
 
 
-def test_conv_channels_prune_locally_in_one_cycle_by_weight_norm_with_refits():
-    """Fine-tuned conv channels behind ReLUs: the weight norm, refitted (a conv is not read by
-    one Linear); one shot: the firing rate, refitted."""
+def test_conv_channels_prune_locally_in_one_cycle_by_group_weight_norm_with_refits():
+    """Fine-tuned conv channels behind ReLUs: the norm of each unit's row and consumer
+    columns, refitted (a conv is not read by one Linear); one shot: the firing rate,
+    refitted."""
     result = _plan(model=CNN)
     assert result.prune.select.scope is Scope.LOCAL
     assert (result.prune.cycles, result.finetune.max_epochs) == CNN_SCHEDULE
-    assert _chosen(result, "criterion") is Criterion.L2
-    assert "behind a ReLU" in result.decision("criterion").reason
+    assert _chosen(result, "criterion") is Criterion.GROUP
+    assert "conv channels behind ReLUs" in result.decision("criterion").reason
     assert _chosen(result, "compensate") is Compensation.LSQ
     one_shot = _plan(model=CNN, epochs=0)
     assert (_chosen(one_shot, "criterion"), _chosen(one_shot, "compensate")) == \

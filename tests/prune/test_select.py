@@ -99,6 +99,11 @@ def test_norm_criteria_score_the_weight_and_bias_row_relative_to_its_layer():
     l2 = unit_scores(gm, groups, SelectConfig("l2"))
     torch.testing.assert_close(l1["0"], row.abs().sum(1) / row.abs().sum(1).mean())
     torch.testing.assert_close(l2["0"], row.norm(dim=1) / row.norm(dim=1).mean())
+    # group: the row and the unit's column in the next layer, together
+    owned = torch.cat([row, net[2].weight.detach().double().T], dim=1).norm(dim=1)
+    group = unit_scores(gm, groups, SelectConfig("group"))
+    torch.testing.assert_close(group["0"], owned / owned.mean())
+    assert not torch.allclose(group["0"], l2["0"])
     for criterion in ("activation", "error"):
         with pytest.raises(ValueError, match="needs calibration data"):
             unit_scores(gm, groups, SelectConfig(criterion))
