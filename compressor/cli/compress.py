@@ -57,7 +57,7 @@ def _choices(enum) -> click.Choice:
               help="Score built from firing counts, magnitudes or at random (single weights; "
                    "for neurons: a criterion).  [auto]")
 @click.option("--criterion", type=_choices(Criterion), default=AUTO, show_default=True,
-              metavar="NAME", help="activation, energy, l1, l2, error or random")
+              metavar="NAME", help="activation, energy, l1, l2, group, error or random")
 @click.option("--compensate", type=_choices(Compensation), default=AUTO, show_default=True,
               metavar="NAME", help="Next layer makes up: lsq, merge, mean or none")
 @click.option("--merge-threshold", type=click.FloatRange(0, 1),
